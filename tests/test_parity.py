@@ -117,3 +117,40 @@ def test_cached_decoding_equals_uncached(tiny, name):
         steps.append(np.asarray(unembed(params, cfg, out.hidden)))
     cached = np.concatenate(steps, axis=1)
     np.testing.assert_allclose(cached[mask.astype(bool)], full[mask.astype(bool)], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral", "gemma3", "gpt2"])
+def test_packed_prefix_continuations_equal_full_forward(tiny, name):
+    """Several continuations packed in one row (segments) against a shared prefix cache give the
+    logits of each full sequence run alone; sliding windows (mistral, gemma3) count positions."""
+    path, _ = tiny(name)
+    model = steerjax.load_model(path)
+    cfg, params = model.config, model.params
+    rng = np.random.default_rng(3)
+    plen, lens = 7, [3, 5, 2, 4]
+    prefix_ids = rng.integers(3, cfg.vocab_size, plen)
+    conts = [rng.integers(3, cfg.vocab_size, n) for n in lens]
+    tp, width = 8, 12  # prefix left-padded by one; two rows of width 12: [3, 5, 2 | 4]
+    pre = np.zeros((1, tp), np.int32)
+    pre[0, tp - plen:] = prefix_ids
+    pvalid = np.zeros((1, tp), bool)
+    pvalid[0, tp - plen:] = True
+    cache = forward(params, cfg, jnp.asarray(pre), positions=positions_from_mask(jnp.asarray(pvalid)),
+                    valid=jnp.asarray(pvalid), cache=KVCache.empty(cfg, 1, tp)).cache
+    tok = np.zeros((2, width), np.int32)
+    valid = np.zeros((2, width), bool)
+    pos = np.zeros((2, width), np.int32)
+    seg = np.full((2, width), -1, np.int32)
+    where = {}
+    for i, (row, off) in enumerate([(0, 0), (0, 3), (0, 8), (1, 0)]):
+        n = lens[i]
+        tok[row, off:off + n], valid[row, off:off + n] = conts[i], True
+        pos[row, off:off + n], seg[row, off:off + n] = plen + np.arange(n), i
+        where[i] = (row, off)
+    out = forward(params, cfg, jnp.asarray(tok), positions=jnp.asarray(pos), valid=jnp.asarray(valid),
+                  prefix=cache, segments=jnp.asarray(seg))
+    packed = np.asarray(unembed(params, cfg, out.hidden))
+    for i, c in enumerate(conts):
+        full = np.asarray(model.logits(jnp.asarray(np.concatenate([prefix_ids, c])[None], jnp.int32)))[0, plen:]
+        row, off = where[i]
+        np.testing.assert_allclose(packed[row, off:off + lens[i]], full, atol=1e-4, rtol=0)

@@ -180,7 +180,7 @@ def test_single_token_answers(chat_model):
 def test_batched_equals_one_at_a_time(chat_model):
     batched = scoring.answer_logprobs(chat_model, PROMPTS, QUESTIONS, batch_size=64, progress=False)
     tiny = scoring.answer_logprobs(chat_model, PROMPTS, QUESTIONS, batch_size=1, progress=False)
-    np.testing.assert_allclose(tiny, batched, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(tiny, batched, atol=1e-5, rtol=1e-6)  # float32 sums of ~-20
     for p, system in enumerate(PROMPTS):
         for q, question in enumerate(QUESTIONS[:2]):
             one = scoring.answer_logprobs(chat_model, [system], [question], progress=False)

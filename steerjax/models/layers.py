@@ -125,6 +125,7 @@ class AttentionContext(NamedTuple):
     cache_index: jax.Array | None
     prefix_valid: jax.Array | None = None  # [E, P] for shared-prefix scoring
     rows: int = 1  # continuations per prefix (static)
+    segment: jax.Array | None = None  # [B, T] packed continuations per row (prefix mode only)
 
 
 class LayerContext(NamedTuple):
@@ -197,9 +198,14 @@ def _attend_with_prefix(q, k, v, ctx: LayerContext, cfg: ModelConfig):
     if cfg.attn_logit_softcap:
         scores = jnp.tanh(scores / cfg.attn_logit_softcap) * cfg.attn_logit_softcap
     qi = a.q_index.reshape(e, r, t)[..., None]  # [E,R,T,1]
-    ki = jnp.concatenate([jnp.arange(p, dtype=jnp.int32), a.k_index])[None, None, None, :]
+    k_own = jnp.broadcast_to(a.k_index, (br, t)).reshape(e, r, t)
+    ki = jnp.concatenate([jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (e, r, p)), k_own], -1)[:, :, None, :]
     valid = jnp.concatenate([jnp.broadcast_to(a.prefix_valid[:, None], (e, r, p)), a.k_valid.reshape(e, r, t)], -1)
     mask = (ki <= qi) & valid[:, :, None, :]
+    if a.segment is not None:  # packed rows: a token sees the prefix and its own segment only
+        seg = a.segment.reshape(e, r, t)
+        same = seg[..., :, None] == seg[..., None, :]
+        mask &= jnp.concatenate([jnp.ones((e, r, t, p), bool), same], -1)
     mask &= (ctx.window <= 0) | (qi - ki < ctx.window)  # [E,R,T,P+T]
     scores = jnp.where(mask[:, :, None, None], scores.reshape(e, r, kh, g, t, p + t), NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(e, r, kh, g * t, p + t)

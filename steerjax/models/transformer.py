@@ -64,6 +64,7 @@ def forward(
     generation_start=None,
     cache: KVCache | None = None,
     prefix: KVCache | None = None,
+    segments=None,
     collect_layers: bool = False,
 ) -> ForwardOutput:
     """Run the model on ``tokens [B, T]``.
@@ -78,6 +79,9 @@ def forward(
         row ``e * R + r`` continues prompt ``e`` (its tokens sit right after the prompt's slots).
         Many continuations (multipliers, completions) are scored against one prompt computation
         without copying its cache. Exclusive with ``cache``.
+      segments: optional ``[B, T]`` int ids packing several continuations into one row (with
+        ``prefix`` only): a token attends to the prefix and causally to earlier tokens of its own
+        segment (a run of equal ids); ``positions`` restart at the prefix length in each segment.
       collect_layers: also return every block's output.
     """
     fam = registry.family(cfg.family)
@@ -101,11 +105,19 @@ def forward(
         if cfg.rope_local_theta is not None:
             rot_local = rotary_tables(cfg, positions, cfg.rope_local_theta, scaled=False)
 
+    if segments is not None and prefix is None:
+        raise ValueError("segments= packs continuations of a shared prefix: pass prefix= too")
     if prefix is not None:
         rows = b // prefix.k.shape[1]
         s = prefix.valid.shape[1]
-        q_index = jnp.broadcast_to(s + jnp.arange(t, dtype=jnp.int32), (b, t))
-        attn = AttentionContext(q_index, s + jnp.arange(t, dtype=jnp.int32), valid, None, prefix.valid, rows)
+        j = jnp.arange(t, dtype=jnp.int32)
+        if segments is None:
+            k_index = s + j
+            q_index = jnp.broadcast_to(k_index, (b, t))
+        else:  # slot indices restart per segment: causality and windows hold within a segment
+            first = jnp.concatenate([jnp.ones((b, 1), bool), segments[:, 1:] != segments[:, :-1]], axis=1)
+            q_index = k_index = s + j - jax.lax.cummax(jnp.where(first, j, 0), axis=1)
+        attn = AttentionContext(q_index, k_index, valid, None, prefix.valid, rows, segments)
 
     if steering is not None:
         if generation_start is None:

@@ -10,8 +10,9 @@ KV reuse. The chats of one steering prompt share a long token prefix: the templa
 through the system message, and the start of the user message. For each steering prompt the
 longest common token prefix of its tokenized chats (at most the shortest chat minus one token)
 is computed once (one prefill into a :class:`KVCache`), and every question's remaining tokens
-plus its answer tokens are scored against it as rows of one batch with ``forward(prefix=...)``:
-right-padded, masked, positions continuing from the prefix length. Because the boundary is found
+plus its answer tokens are scored against it in one batch with ``forward(prefix=...)``. The
+continuations are packed several to a row (first-fit decreasing, each its own attention segment,
+positions continuing from the prefix length), so rows carry little padding. Because the boundary is found
 on the token ids of the full chats, the result equals scoring each full chat without a cache.
 Several steering prompts are batched as several prefixes, each with its own rows.
 """
@@ -34,6 +35,7 @@ from steerjax.profiles.data import DIRECTIONS, query_messages
 ANSWERS = ("yes", "no")
 PREFIX_BUCKET = 32
 ROW_BUCKET = 16
+PACK_WIDTH = 64  # packed row width: several questions per row, little padding
 
 
 def answer_logprobs(
@@ -52,9 +54,10 @@ def answer_logprobs(
       system_prompts: steering prompts (system messages); ``None`` for a chat without one.
       questions: profiling statements, asked with :func:`steerjax.profiles.data.query_messages`.
       answers: the two continuations scored after the generation prompt, ``(yes, no)``.
-      batch_size: most rows (question continuations) per scoring forward pass. A row is one
-        question when both answers are single tokens, else one (question, answer) pair. Whole
-        steering prompts are batched together when their rows fit.
+      batch_size: most continuations per scoring forward pass: a continuation is one question
+        when both answers are single tokens, else one (question, answer) pair. Continuations are
+        packed several to a row (their own segments, see :func:`forward`), so rows carry little
+        padding. Whole steering prompts are batched together when their continuations fit.
       progress: show a progress bar.
 
     Returns:
@@ -91,39 +94,42 @@ def answer_logprobs(
     single = all(len(a) == 1 for a in ans)
     per_q = 1 if single else 2
     n_prompts, n_q = len(prompts), len(qs)
-    q_chunk = min(n_q, max(1, batch_size // per_q))
-    group = max(1, min(n_prompts, batch_size // (q_chunk * per_q)))
-    order = sorted(range(n_prompts), key=lambda p: splits[p])  # similar prefix lengths share a group
-    tr = _round_up(max(len(r) - s for rows, s in zip(ids, splits) for r in rows) + longest - 1, ROW_BUCKET)
-    width = 2 if single else longest
+    n_items = n_q * per_q  # continuations per steering prompt
+    chunk = min(n_items, batch_size)
+    group = max(1, min(n_prompts, batch_size // n_items))
+    order = sorted(range(n_prompts), key=lambda p: splits[p])
     dtype = model.params["embed"].dtype
 
     out = np.zeros((n_prompts, n_q, 2), np.float32)
-    starts = [(g, c) for g in range(0, n_prompts, group) for c in range(0, n_q, q_chunk)]
+    by_bucket: dict[int, list[int]] = {}  # prompts of one prefix bucket share a prefill: no extra padding
+    for p in order:
+        by_bucket.setdefault(_round_up(splits[p], PREFIX_BUCKET), []).append(p)
+    groups = [(tp, ps[i:i + group]) for tp, ps in by_bucket.items() for i in range(0, len(ps), group)]
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(starts), desc="profile", unit="batch", disable=not progress or None)
+    bar = tqdm(total=len(groups) * -(-n_items // chunk), desc="profile", unit="batch",
+               disable=not progress or None)
     try:
-        for g0 in range(0, n_prompts, group):
-            pidx = order[g0:g0 + group]
-            pidx += [pidx[-1]] * (group - len(pidx))
-            tp = _round_up(max(splits[p] for p in pidx), PREFIX_BUCKET)  # this group's prefix bucket
-            pre_ids = np.zeros((group, tp), np.int32)
-            pre_valid = np.zeros((group, tp), bool)
+        for tp, pidx in groups:
+            size = min(group, _pow2(len(pidx)))  # a short group is padded with repeats to a power of two
+            pidx = pidx + [pidx[-1]] * (size - len(pidx))
+            pre_ids = np.zeros((size, tp), np.int32)
+            pre_valid = np.zeros((size, tp), bool)
             for e, p in enumerate(pidx):
                 pre_ids[e, tp - splits[p]:] = ids[p][0][:splits[p]]
                 pre_valid[e, tp - splits[p]:] = True
             cache = _prefill(model.params, cfg, jnp.asarray(pre_ids), jnp.asarray(pre_valid), dtype=dtype)
-            for c0 in range(0, n_q, q_chunk):
-                qidx = list(range(c0, min(c0 + q_chunk, n_q)))
-                n_real = len(qidx)
-                qidx += [qidx[-1]] * (q_chunk - n_real)
-                rows = _rows(ids, splits, pidx, qidx, ans, single, tr, width)
-                lp = np.asarray(_score_rows(model.params, cfg, cache, *map(jnp.asarray, rows)))
-                lp = lp.reshape(group, q_chunk, per_q, width)
-                scores = lp[:, :, 0, :] if single else lp.sum(-1)
-                for e, p in enumerate(pidx[: min(group, n_prompts - g0)]):
-                    out[p, c0:c0 + n_real] = scores[e, :n_real]
+            # one packing for the whole group: an item's slot fits its longest version in the group
+            lengths = [max(len(ids[p][q]) - splits[p] for p in pidx) + (0 if single else len(ans[a]) - 1)
+                       for q in range(n_q) for a in range(per_q)]
+            by_len = sorted(range(n_items), key=lambda i: -lengths[i])
+            for c0 in range(0, n_items, chunk):
+                rows, width = _pack(by_len[c0:c0 + chunk], lengths)
+                batch = _packed_batch(ids, splits, pidx, rows, width, ans, single, per_q)
+                *arrays, slots = batch
+                lp = np.asarray(_score_packed(model.params, cfg, cache, *map(jnp.asarray, arrays)))
+                keep = slots >= 0
+                np.add.at(out.reshape(-1), slots[keep], lp[keep])
                 bar.update(1)
     finally:
         bar.close()
@@ -218,41 +224,76 @@ def _common_prefix(seqs) -> int:
     return n
 
 
-def _rows(ids, splits, pidx, qidx, ans, single, tr, width):
-    """Row tokens, validity, start positions, read positions, targets and target validity.
+def _pack(items, size):
+    """First-fit-decreasing packing of ``items`` (sorted longest first) into rows.
 
-    Row order: prompt ``e``, question ``q``, then (two-row mode) answer ``a``. A row holds the
-    question's tokens after the shared prefix, then the answer's tokens but its last. In one-row
-    mode both answers are read at the row's last question token.
+    The row width is at least ``PACK_WIDTH`` and a multiple of ``ROW_BUCKET``; the number of
+    rows is rounded up to a power of two, so a dataset compiles a handful of shapes.
+    Returns ``(rows, width)``, ``rows`` a list of ``[(item, offset)]``.
     """
-    per_q = 1 if single else 2
-    b = len(pidx) * len(qidx) * per_q
-    tok = np.zeros((b, tr), np.int32)
-    valid = np.zeros((b, tr), bool)
-    start = np.zeros((b,), np.int32)
-    read = np.zeros((b, width), np.int32)
-    target = np.zeros((b, width), np.int32)
-    tvalid = np.zeros((b, width), bool)
-    i = 0
-    for p in pidx:
-        for q in qidx:
-            rest = ids[p][q][splits[p]:]
-            for a in range(per_q):
+    width = _round_up(max(PACK_WIDTH, max(size[i] for i in items)), ROW_BUCKET)
+    rows, free = [], []
+    for i in items:
+        r = next((r for r, f in enumerate(free) if f >= size[i]), None)
+        if r is None:
+            rows.append([])
+            free.append(width)
+            r = len(rows) - 1
+        rows[r].append((i, width - free[r]))
+        free[r] -= size[i]
+    rows += [[] for _ in range(_pow2(len(rows)) - len(rows))]
+    return rows, width
+
+
+def _packed_batch(ids, splits, pidx, rows, width, ans, single, per_q):
+    """Arrays for :func:`_score_packed` and the flat ``out`` index of each read.
+
+    Row ``e * R + r`` holds prompt ``pidx[e]``'s items packed in layout row ``r``. Item
+    ``q * per_q + a`` is the question's tokens after the shared prefix, then (two-row mode) the
+    answer's tokens but its last; it is one segment, its positions continuing from the prefix.
+    One read per single-token question (both answers' first tokens are targets) or per answer
+    token. Padding reads have ``slot = -1``.
+    """
+    n_rows = len(rows)
+    b = len(pidx) * n_rows
+    tok = np.zeros((b, width), np.int32)
+    valid = np.zeros((b, width), bool)
+    pos = np.zeros((b, width), np.int32)
+    seg = np.full((b, width), -1, np.int32)
+    reads = []  # (row, col, target0, target1, slot0, slot1)
+    n_q = len(ids[0])
+    for e, p in enumerate(pidx):
+        real = p not in pidx[:e]  # a group padded with repeats scores them but keeps one copy
+        for r, row in enumerate(rows):
+            i = e * n_rows + r
+            for item, off in row:
+                q, a = divmod(item, per_q)
+                rest = ids[p][q][splits[p]:]
                 seq = rest if single else rest + ans[a][:-1]
-                tok[i, :len(seq)] = seq
-                valid[i, :len(seq)] = True
-                start[i] = splits[p]
+                n = len(seq)
+                tok[i, off:off + n] = seq
+                valid[i, off:off + n] = True
+                pos[i, off:off + n] = splits[p] + np.arange(n)
+                seg[i, off:off + n] = item
+                base = (p * n_q + q) * 2
                 if single:
-                    read[i, :] = len(rest) - 1
-                    target[i, :] = [ans[0][0], ans[1][0]]
-                    tvalid[i, :] = True
+                    reads.append((i, off + len(rest) - 1, ans[0][0], ans[1][0],
+                                  base if real else -1, base + 1 if real else -1))
                 else:
-                    n = len(ans[a])
-                    read[i, :n] = len(rest) - 1 + np.arange(n)
-                    target[i, :n] = ans[a]
-                    tvalid[i, :n] = True
-                i += 1
-    return tok, valid, start, read, target, tvalid
+                    for t, target in enumerate(ans[a]):
+                        reads.append((i, off + len(rest) - 1 + t, target, 0, base + a if real else -1, -1))
+    n = _pow2(len(reads))
+    arr = np.zeros((n, 6), np.int64)
+    arr[:, 4:] = -1
+    arr[:len(reads)] = reads
+    read_row, read_col = arr[:, 0].astype(np.int32), arr[:, 1].astype(np.int32)
+    target = arr[:, 2:4].astype(np.int32)
+    slots = arr[:, 4:6]
+    return tok, valid, pos, seg, read_row, read_col, target, slots
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
@@ -265,11 +306,9 @@ def _prefill(params, cfg, ids, valid, *, dtype):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _score_rows(params, cfg, cache, tok, valid, start, read, target, tvalid):
-    """Log-probs ``[B, W]`` of ``target`` predicted at positions ``read`` of each row (0 where masked)."""
-    pos = start[:, None] + jnp.arange(tok.shape[1], dtype=jnp.int32)
-    out = forward(params, cfg, tok, positions=pos, valid=valid, prefix=cache)
-    hidden = jnp.take_along_axis(out.hidden, read[..., None], axis=1)  # [B, W, D]
+def _score_packed(params, cfg, cache, tok, valid, pos, seg, read_row, read_col, target):
+    """Log-probs ``[N, 2]`` of ``target`` predicted at ``(read_row, read_col)`` of packed rows."""
+    out = forward(params, cfg, tok, positions=pos, valid=valid, prefix=cache, segments=seg)
+    hidden = out.hidden[read_row, read_col]  # [N, D]
     logp = jax.nn.log_softmax(unembed(params, cfg, hidden), axis=-1)
-    lp = jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
-    return jnp.where(tvalid, lp, 0.0)
+    return jnp.take_along_axis(logp, target, axis=-1)
