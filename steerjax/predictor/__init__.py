@@ -1,0 +1,1 @@
+"""Predicting steerability early (Fan et al.): testbed, judges, features, CatBoost, guided search."""
