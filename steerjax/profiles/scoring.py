@@ -107,10 +107,10 @@ def answer_logprobs(
     groups = [(tp, ps[i:i + group]) for tp, ps in by_bucket.items() for i in range(0, len(ps), group)]
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(groups) * -(-n_items // chunk), desc="profile", unit="batch",
-               disable=not progress or None)
+    bar = tqdm(total=n_prompts, desc="profile", unit="prompt", disable=not progress or None)
     try:
         for tp, pidx in groups:
+            n_real = len(pidx)
             size = min(group, _pow2(len(pidx)))  # a short group is padded with repeats to a power of two
             pidx = pidx + [pidx[-1]] * (size - len(pidx))
             pre_ids = np.zeros((size, tp), np.int32)
@@ -123,14 +123,18 @@ def answer_logprobs(
             lengths = [max(len(ids[p][q]) - splits[p] for p in pidx) + (0 if single else len(ans[a]) - 1)
                        for q in range(n_q) for a in range(per_q)]
             by_len = sorted(range(n_items), key=lambda i: -lengths[i])
-            for c0 in range(0, n_items, chunk):
-                rows, width = _pack(by_len[c0:c0 + chunk], lengths)
+            layout, width = _pack(by_len, lengths)
+            n_calls = -(-n_items // chunk)
+            per_call = _round_rows(-(-len(layout) // n_calls))
+            for c0 in range(0, len(layout), per_call):
+                rows = layout[c0:c0 + per_call]
+                rows = rows + [[] for _ in range(_round_rows(len(rows)) - len(rows))]
                 batch = _packed_batch(ids, splits, pidx, rows, width, ans, single, per_q)
                 *arrays, slots = batch
                 lp = np.asarray(_score_packed(model.params, cfg, cache, *map(jnp.asarray, arrays)))
                 keep = slots >= 0
                 np.add.at(out.reshape(-1), slots[keep], lp[keep])
-                bar.update(1)
+            bar.update(n_real)
     finally:
         bar.close()
     return out
@@ -227,9 +231,8 @@ def _common_prefix(seqs) -> int:
 def _pack(items, size):
     """First-fit-decreasing packing of ``items`` (sorted longest first) into rows.
 
-    The row width is at least ``PACK_WIDTH`` and a multiple of ``ROW_BUCKET``; the number of
-    rows is rounded up to a power of two, so a dataset compiles a handful of shapes.
-    Returns ``(rows, width)``, ``rows`` a list of ``[(item, offset)]``.
+    The row width is at least ``PACK_WIDTH`` and a multiple of ``ROW_BUCKET``. Returns
+    ``(rows, width)``, ``rows`` a list of ``[(item, offset)]``, fullest first.
     """
     width = _round_up(max(PACK_WIDTH, max(size[i] for i in items)), ROW_BUCKET)
     rows, free = [], []
@@ -241,8 +244,14 @@ def _pack(items, size):
             r = len(rows) - 1
         rows[r].append((i, width - free[r]))
         free[r] -= size[i]
-    rows += [[] for _ in range(_pow2(len(rows)) - len(rows))]
     return rows, width
+
+
+def _round_rows(n: int) -> int:
+    """``n`` rounded up to three significant bits (1..8, 10, 12, 14, 16, 20, ...): at most 25%
+    padding rows, and a handful of shapes to compile."""
+    step = 1 << max(0, int(n).bit_length() - 3)
+    return -(-n // step) * step
 
 
 def _packed_batch(ids, splits, pidx, rows, width, ans, single, per_q):
