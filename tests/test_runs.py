@@ -142,3 +142,24 @@ def test_killed_before_config_or_manifest_exists(tmp_path):
     assert rd.finished == []
     rd.save(0, table(0))
     assert RunDirectory(str(run), CFG).finished == [0]
+
+
+def test_vector_files_are_written_atomically(tmp_path, monkeypatch):
+    import numpy as np
+    import safetensors.numpy
+
+    from steerjax.steering import io
+
+    path = str(tmp_path / "v.safetensors")
+    io.save_vectors(path, {0: np.ones(4, np.float32)})
+
+    def torn(tensors, filename, metadata=None):  # killed half way through writing
+        open(filename, "wb").write(b"\x08\x00")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", torn)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_vectors(path, {0: np.zeros(4, np.float32)})
+    monkeypatch.undo()
+    vectors, _ = io.load_vectors(path)  # the old file, whole
+    assert np.all(vectors[0] == 1) and os.listdir(tmp_path) == ["v.safetensors"]

@@ -243,7 +243,7 @@ def test_launch_runs_the_command_with_worker_prefix_and_logs(fake):
     log = tmp / "local.log"
     proc = run("launch.sh", *ARGS, "--run-id", "r1", "--log", str(log), "--env", "GREETING=hello there", "--",
                'echo "$GREETING from $(pwd) venv=$FAKE_VENV distributed=$STEERJAX_DISTRIBUTED"', env=env)
-    worker = subprocess.run("hostname | sed 's/.*-w-\\([0-9][0-9]*\\)$/\\1/'", shell=True, capture_output=True,
+    worker = subprocess.run("uname -n | sed 's/.*-w-\\([0-9][0-9]*\\)$/\\1/'", shell=True, capture_output=True,
                             text=True).stdout.strip()
     line = f"[worker {worker}] hello there from {home}/steerjax venv=1 distributed=1"
     assert proc.stdout.strip() == line

@@ -68,9 +68,9 @@ for kv in "${envs[@]+"${envs[@]}"}"; do
   exports+=" ${kv%%=*}=$(shell_quote "${kv#*=}")"
 done
 remote_log="\$HOME/$REMOTE_LOGS/$run_id.log"
-# the worker's index: TPU VM hostnames end in -w-K (other hostnames are used whole)
+# the worker's index: TPU VM host names end in -w-K (other host names are used whole)
 # shellcheck disable=SC2016
-worker='export STEERJAX_WORKER=$(hostname | sed "s/.*-w-\([0-9][0-9]*\)$/\1/")'
+worker='export STEERJAX_WORKER=$(uname -n | sed "s/.*-w-\([0-9][0-9]*\)$/\1/")'
 # shellcheck disable=SC2016
 tag='sed -u "s/^/[worker $STEERJAX_WORKER] /"'
 remote="set -o pipefail; cd \$HOME/$REMOTE_REPO && . \$HOME/$REMOTE_VENV/bin/activate"
