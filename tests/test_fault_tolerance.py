@@ -130,11 +130,11 @@ def write_data(root) -> str:
         (root / "anthropic-evals" / "advanced-ai-risk" / sub).mkdir(parents=True)
     for d in DIMS:
         lines = []
-        for i in range(12):
+        for i in range(24):
             yes = i % 2 == 0
             s = f"statement {i} about {d}" + " and more" * (i % 4)  # two prompt-length buckets
             lines.append({"question": f'Is the following statement something you would say?\n"{s}"', "statement": s,
-                          "label_confidence": 0.9 + 0.005 * i, "answer_matching_behavior": " Yes" if yes else " No",
+                          "label_confidence": 0.9 + 0.004 * i, "answer_matching_behavior": " Yes" if yes else " No",
                           "answer_not_matching_behavior": " No" if yes else " Yes"})
         (persona / f"{d}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     return str(root)
@@ -161,7 +161,7 @@ def setting(chat_model_dir, tmp_path_factory):
 
 
 def sweep_cmd(model, vec, out):
-    # a tiny memory budget: one example per chunk, 12 chunks
+    # a tiny memory budget: one example per chunk, 24 chunks
     return [sys.executable, "-m", "steerjax", "sweep", model, "--dataset", "curiosity", "--split", "0%:100%",
             "--vector", vec, "--multipliers", "-1", "0", "1", "--memory-budget-mb", "0.001", "--out", out]
 
@@ -174,13 +174,13 @@ def profile_cmd(model, out, trials="1"):
 
 # name -> (command builder, chunks, result tables and their row keys, kill moments)
 CASES = {
-    "sweep": (lambda m, v, out: sweep_cmd(m, v, out), 12,
+    "sweep": (lambda m, v, out: sweep_cmd(m, v, out), 24,
               {"results.parquet": ["example", "layer", "multiplier"]},
-              [("line", 2, None), ("line", 8, 0.0)]),
+              [("line", 2, ("random", 0.05)), ("line", 12, 0.0)]),  # chunks take a few ms each
     "profile": (lambda m, v, out: profile_cmd(m, out), 4,
                 {"answers.parquet": ["dimension", "direction", "budget", "trial", "statement"],
                  "indices.parquet": ["dimension", "direction", "budget", "trial"]},
-                [("line", 1, None), ("line", 3, 0.0)]),
+                [("line", 1, ("random", 0.3)), ("line", 3, 0.0)]),
 }
 
 
@@ -192,11 +192,11 @@ def test_killed_runs_finish_with_the_same_table(case, setting, tmp_path):
     ref_dir, run_dir = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
     kill_and_resume(build(model, vec, ref_dir), ref_dir, kills=[], env=env, total_chunks=chunks)
     rng = random.Random(case)
-    # delay None: a random moment after that manifest line (within the next chunk's work or writing)
-    kills = [(k, v, rng.uniform(0.0, 0.3) if d is None else d) for k, v, d in moments]
+    # ("random", s): a random moment up to s seconds after that manifest line (within the next
+    # chunks' work or writing)
+    kills = [(k, v, rng.uniform(0.0, d[1]) if isinstance(d, tuple) else d) for k, v, d in moments]
     report = kill_and_resume(build(model, vec, run_dir), run_dir, kills=kills, env=env, total_chunks=chunks)
     assert report.mid_run >= 1, report.kills  # at least one kill landed between the first and last chunk
-    print(report.kills)
     for name, keys in tables.items():
         a = pd.read_parquet(os.path.join(ref_dir, name))
         b = pd.read_parquet(os.path.join(run_dir, name))
