@@ -81,8 +81,8 @@ def test_setup_dry_run_installs_on_every_worker(tmp_path):
     out = run("setup.sh", *ARGS, "--data", str(tmp_path), "--libtpu-index", "file:///wheels/libtpu.html",
               "--dry-run").stdout
     cmds = commands(out)
-    tar = [c for c in cmds if c[0] == "git"]
-    assert tar and "ls-files" in tar[0]
+    pack = cmds[1]  # git ls-files | tar (a git checkout), else tar of the directory
+    assert (pack[0] == "git" and "ls-files" in pack and "tar" in pack) or pack[0] == "tar"
     scp, ssh = [c for c in gcloud(cmds) if c[4] == "scp"], [c for c in gcloud(cmds) if c[4] == "ssh"]
     assert [c[-4] for c in scp] == ["sj-test:steerjax-src.tar.gz", "sj-test:steerjax-data.tar.gz"]
     for c in scp + ssh:
@@ -214,7 +214,7 @@ set -euo pipefail
 echo "gcloud $*" >> "$FAKE_HOME/calls"
 case "$4" in
   ssh) for a in "$@"; do case $a in --command=*) cmd=${a#--command=} ;; esac; done
-       HOME=$FAKE_HOME bash -c "$cmd" ;;
+       if [[ -z ${FAKE_SSH_NOOP:-} ]]; then HOME=$FAKE_HOME bash -c "$cmd"; fi ;;
   scp) args=(); for a in "${@:5}"; do case $a in --*) ;; *) args+=("$a") ;; esac; done
        src=${args[0]}; dst=${args[1]}
        if [[ $src == *:* ]]; then src=$FAKE_HOME/${src#*:}; fi
@@ -259,3 +259,21 @@ def test_copy_back_copies_the_run_directory(fake, tmp_path):
     assert (dest / "table.csv").read_text() == "a,b\n1,2\n"
     again = run("copy_back.sh", *ARGS, "--remote", "runs/r", "--local", str(dest), env=env, check=False)
     assert again.returncode == 1 and "exists" in again.stderr
+
+
+def test_setup_ships_this_checkout_and_the_data(fake, tmp_path):
+    env, home, tmp = fake
+    data = tmp / "data"
+    (data / "prompt-steering").mkdir(parents=True)
+    (data / "prompt-steering" / "steering_df.csv").write_text("id\n")
+    run("setup.sh", *ARGS, "--data", str(data), env=dict(env, FAKE_SSH_NOOP="1", TMPDIR=str(tmp)))
+    listing = subprocess.run(["tar", "-tzf", str(home / "steerjax-src.tar.gz")], capture_output=True, text=True,
+                             check=True).stdout.split()
+    listing = [name[2:] if name.startswith("./") else name for name in listing]
+    assert {"pyproject.toml", "steerjax/runs.py", "tpu_scripts/setup.sh", "experiments/quickstart/run.py"} <= set(listing)
+    assert not [name for name in listing if name.startswith((".git/", "runs/", "tpu-logs/"))]
+    data_listing = subprocess.run(["tar", "-tzf", str(home / "steerjax-data.tar.gz")], capture_output=True,
+                                  text=True, check=True).stdout.split()
+    assert "./prompt-steering/steering_df.csv" in data_listing
+    calls = (home / "calls").read_text().splitlines()
+    assert [c.split()[4] for c in calls] == ["scp", "scp", "ssh"] and all("--worker=all" in c for c in calls)

@@ -9,7 +9,8 @@ On every worker (all at once): a virtual environment ~/steerjax-venv with jax[tp
 
 Where the code comes from:
   default          this checkout's files (git ls-files: tracked and untracked-but-not-ignored,
-                   uncommitted edits included), packed into a tarball and copied to every worker
+                   uncommitted edits included; outside git: all but .git, .venv, runs, results),
+                   packed into a tarball and copied to every worker
   --repo-url URL   workers git clone URL (at --ref REF, default: the default branch) instead
 --data DIR         copy a local data directory (anthropic-evals/, prompt-steering/, steering-bench/)
                    to ~/steerjax-data on every worker (default: \$STEERJAX_DATA if set; launch.sh
@@ -58,12 +59,19 @@ data_tar=$stage/steerjax-data.tar.gz
 clean="mkdir -p ~/$REMOTE_REPO && find ~/$REMOTE_REPO -mindepth 1 -maxdepth 1 ! -name runs -exec rm -rf {} +"
 if [[ -z $repo_url ]]; then
   run_or_print mkdir -p "$stage"
-  if [[ $TPU_DRY_RUN == 1 ]]; then
-    printf '+ git -C %s ls-files -z --cached --others --exclude-standard | tar -C %s --null -T - -czf %s\n' \
-      "$(shell_quote "$REPO_ROOT")" "$(shell_quote "$REPO_ROOT")" "$(shell_quote "$src_tar")"
-  else
-    git -C "$REPO_ROOT" ls-files -z --cached --others --exclude-standard \
-      | tar -C "$REPO_ROOT" --null -T - -czf "$src_tar"
+  q_root=$(shell_quote "$REPO_ROOT")
+  q_tar=$(shell_quote "$src_tar")
+  if git -C "$REPO_ROOT" rev-parse --is-inside-work-tree > /dev/null 2>&1; then
+    if [[ $TPU_DRY_RUN == 1 ]]; then
+      printf '+ git -C %s ls-files -z --cached --others --exclude-standard | tar -C %s --null --ignore-failed-read -T - -czf %s\n' \
+        "$q_root" "$q_root" "$q_tar"
+    else
+      git -C "$REPO_ROOT" ls-files -z --cached --others --exclude-standard \
+        | tar -C "$REPO_ROOT" --null --ignore-failed-read -T - -czf "$src_tar"
+    fi
+  else  # not a git checkout (an unpacked sdist, a copy): everything but local outputs
+    run_or_print tar -C "$REPO_ROOT" --exclude=./.git --exclude=./.venv --exclude=./runs --exclude=./results \
+      --exclude=./tpu-logs --exclude=__pycache__ -czf "$src_tar" .
   fi
   tpu_scp_to_all "$src_tar" steerjax-src.tar.gz
   get_code="$clean && tar -xzf ~/steerjax-src.tar.gz -C ~/$REMOTE_REPO"
