@@ -3,15 +3,33 @@
 Layout::
 
     RUN_DIR/config.json        what was asked (a run with another config is refused)
-    RUN_DIR/manifest.jsonl     one line per finished chunk, appended after its file is complete
+    RUN_DIR/manifest.jsonl     one line per finished chunk: {"chunk": i, "rows": n}
     RUN_DIR/chunks/NNNNN.parquet
 
-A chunk's parquet file is written to a temporary name and renamed before its manifest line is
-appended, so a run killed at any moment leaves only complete chunks behind.
+The manifest is the only record of what is finished; a chunk counts as done when it has a
+manifest line *and* its file holds that many rows. Writing a chunk:
+
+1. the table goes to ``NNNNN.parquet.tmp``, which is flushed to disk (fsync);
+2. it is renamed to ``NNNNN.parquet`` and the directory is fsynced (the rename is durable);
+3. the manifest line is appended in one write and fsynced.
+
+A process killed at any moment (SIGKILL, power loss) therefore leaves one of these states, each
+repaired when the directory is opened again:
+
+- a ``*.tmp`` file: deleted;
+- a chunk file without a manifest line (killed between 2 and 3): deleted, the chunk is redone;
+- a torn last manifest line (no newline, or not JSON): dropped, the chunk is redone;
+- a manifest line whose chunk file is missing or has another row count: dropped, redone;
+- several lines for one chunk: one is kept.
+
+When anything had to be dropped, the manifest is rewritten atomically (temporary file, fsync,
+rename), so new lines are never appended after a torn one. Chunks are identified by their index
+in the run's deterministic plan, so rows are never duplicated or lost across restarts.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from typing import Any
@@ -20,66 +38,195 @@ import pandas as pd
 
 from steerjax.errors import SteerjaxError
 
+CONFIG = "config.json"
+MANIFEST = "manifest.jsonl"
+CHUNKS = "chunks"
+
 
 class RunConfigError(SteerjaxError, ValueError):
     """A run directory already holds a run with a different configuration."""
 
 
 class RunDirectory:
+    """A resumable run directory: ``done(i)``, ``save(i, table)``, ``load(i)`` per chunk ``i``.
+
+    Args:
+      path: the directory (created if missing).
+      config: a JSON-serialisable description of the run; a directory holding a run with another
+        config raises :class:`RunConfigError`.
+    """
+
     def __init__(self, path: str, config: dict[str, Any]):
         self.path = path
         self.config = json.loads(json.dumps(config, default=str))
-        os.makedirs(os.path.join(path, "chunks"), exist_ok=True)
-        cfg_path = os.path.join(path, "config.json")
+        os.makedirs(os.path.join(path, CHUNKS), exist_ok=True)
+        self._remove_tmp_files()
+        cfg_path = os.path.join(path, CONFIG)
         if os.path.exists(cfg_path):
-            with open(cfg_path) as f:
-                old = json.load(f)
-            if old != self.config:
-                diff = sorted(k for k in set(old) | set(self.config) if old.get(k) != self.config.get(k))
-                raise RunConfigError(
-                    f"{path} holds a run with a different config (differs in: {', '.join(diff)}). "
-                    "Use a new --out directory, or delete this one to start over."
-                )
+            self._check_config(cfg_path)
         else:
-            _atomic_write(cfg_path, json.dumps(self.config, indent=2, sort_keys=True))
-        self._done = self._read_manifest()
+            _atomic_write(cfg_path, json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+        self._rows: dict[int, int] = self._recover()
 
-    def _read_manifest(self) -> set[int]:
-        done = set()
-        path = os.path.join(self.path, "manifest.jsonl")
-        if os.path.exists(path):
-            with open(path) as f:
-                for line in f:
-                    try:
-                        entry = json.loads(line)
-                    except json.JSONDecodeError:  # a line cut by a crash: its chunk is redone
-                        continue
-                    if os.path.exists(self._chunk_path(entry["chunk"])):
-                        done.add(int(entry["chunk"]))
-        return done
-
-    def _chunk_path(self, chunk: int) -> str:
-        return os.path.join(self.path, "chunks", f"{chunk:05d}.parquet")
+    # ------------------------------------------------------------------ public
 
     def done(self, chunk: int) -> bool:
-        return chunk in self._done
+        """Whether chunk ``chunk`` is finished (its table can be loaded)."""
+        return int(chunk) in self._rows
+
+    @property
+    def finished(self) -> list[int]:
+        """Indices of the finished chunks, sorted."""
+        return sorted(self._rows)
 
     def save(self, chunk: int, table: pd.DataFrame) -> None:
-        tmp = self._chunk_path(chunk) + ".tmp"
+        """Store the table of a finished chunk durably, then record it in the manifest."""
+        chunk = int(chunk)
+        final = self._chunk_path(chunk)
+        tmp = final + ".tmp"
         table.to_parquet(tmp, index=False)
-        os.replace(tmp, self._chunk_path(chunk))
-        with open(os.path.join(self.path, "manifest.jsonl"), "a") as f:
-            f.write(json.dumps({"chunk": chunk, "rows": len(table)}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self._done.add(chunk)
+        _fsync_file(tmp)
+        os.replace(tmp, final)
+        _fsync_dir(os.path.dirname(final))
+        manifest = os.path.join(self.path, MANIFEST)
+        created = not os.path.exists(manifest)
+        line = (json.dumps({"chunk": chunk, "rows": len(table)}) + "\n").encode()
+        fd = os.open(manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)  # one write: the line is never interleaved with another
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            _fsync_dir(self.path)
+        self._rows[chunk] = len(table)
 
     def load(self, chunk: int) -> pd.DataFrame:
-        return pd.read_parquet(self._chunk_path(chunk))
+        """The table of a finished chunk."""
+        return pd.read_parquet(self._chunk_path(int(chunk)))
+
+    # ------------------------------------------------------------------ recovery
+
+    def _chunk_path(self, chunk: int) -> str:
+        return os.path.join(self.path, CHUNKS, f"{chunk:05d}.parquet")
+
+    def _remove_tmp_files(self) -> None:
+        pattern = [os.path.join(self.path, CHUNKS, "*.parquet.tmp*"), os.path.join(self.path, CONFIG + ".tmp*"),
+                   os.path.join(self.path, MANIFEST + ".tmp*")]
+        for path in (p for pat in pattern for p in glob.glob(pat)):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+
+    def _check_config(self, cfg_path: str) -> None:
+        try:
+            with open(cfg_path) as f:
+                old = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise RunConfigError(
+                f"{self.path} has an unreadable {CONFIG} ({e}): it is not a steerjax run directory or it "
+                "is damaged. Use a new --out directory, or delete this one to start over."
+            ) from e
+        if old != self.config:
+            keys = set(old) | set(self.config) if isinstance(old, dict) else set(self.config)
+            diff = sorted(k for k in keys if not isinstance(old, dict) or old.get(k) != self.config.get(k))
+            detail = "; ".join(f"{k}: {_short(old.get(k) if isinstance(old, dict) else None)} in the directory, "
+                               f"{_short(self.config.get(k))} now" for k in diff[:4])
+            more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
+            raise RunConfigError(
+                f"{self.path} holds a run with a different config (differs in: {', '.join(diff)}; {detail}{more}). "
+                "Use a new --out directory, or delete this one to start over."
+            )
+
+    def _recover(self) -> dict[int, int]:
+        """Finished chunks -> row counts, repairing what a crash can leave behind."""
+        manifest = os.path.join(self.path, MANIFEST)
+        entries: dict[int, int] = {}
+        dirty = False
+        if os.path.exists(manifest):
+            with open(manifest, "rb") as f:
+                data = f.read()
+            lines = data.split(b"\n")
+            if lines and lines[-1] == b"":
+                lines.pop()
+            elif lines:  # the last line has no newline: torn by a crash
+                lines.pop()
+                dirty = True
+            for raw in lines:
+                entry = _parse_line(raw)
+                if entry is None:
+                    dirty = True
+                    continue
+                chunk, rows = entry
+                if chunk in entries:
+                    dirty = True  # a duplicate: the chunk's file was rewritten; check the last one
+                entries[chunk] = rows
+        done = {c: n for c, n in entries.items() if _parquet_rows(self._chunk_path(c)) == n}
+        dirty = dirty or len(done) != len(entries)
+        for path in glob.glob(os.path.join(self.path, CHUNKS, "*.parquet")):  # finished files not recorded
+            stem = os.path.basename(path)[: -len(".parquet")]
+            if not (stem.isdigit() and int(stem) in done):
+                os.remove(path)
+        if dirty:
+            text = "".join(json.dumps({"chunk": c, "rows": n}) + "\n" for c, n in sorted(done.items()))
+            _atomic_write(manifest, text)
+        return done
+
+
+def _parse_line(raw: bytes) -> tuple[int, int] | None:
+    try:
+        entry = json.loads(raw)
+        return int(entry["chunk"]), int(entry["rows"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _parquet_rows(path: str) -> int | None:
+    """Row count of a parquet file from its footer; ``None`` if missing or unreadable."""
+    if not os.path.exists(path):
+        return None
+    try:
+        import pyarrow.parquet as pq
+
+        return pq.read_metadata(path).num_rows
+    except Exception:  # noqa: BLE001 - a damaged file is simply not finished
+        return None
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a rename or a new file in ``path`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _atomic_write(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` so that a crash leaves the old file or the new one, never a mix."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path) or ".")

@@ -70,7 +70,16 @@ def save_vectors(path: str | os.PathLike, vectors: Mapping[int, Any], *,
     from safetensors.numpy import save_file
 
     tensors = {f"layer.{layer}": arr for layer, arr in _checked_vectors(vectors).items()}
-    save_file(tensors, os.fspath(path), metadata=_encode_metadata(metadata))
+    # a temporary file renamed into place: a run killed while saving never leaves a torn vector
+    # file for the next run to trip over
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        save_file(tensors, tmp, metadata=_encode_metadata(metadata))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def export_control_vector_gguf(path: str | os.PathLike, vectors: Mapping[int, Any], *, model_hint: str) -> None:

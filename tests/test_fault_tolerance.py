@@ -1,0 +1,227 @@
+"""Long runs survive faults: a run SIGKILLed at any moment and started again until it finishes gives
+the same table as an uninterrupted run (no lost rows, no duplicated rows).
+
+Each case runs a real command line (``python -m steerjax ...``) in subprocesses on the
+TinyStories-656K chat fixture with a small dataset this module writes itself.
+:func:`kill_and_resume` is the reusable part: another resumable command (e.g. the predictor's
+testbed) needs one more entry in ``CASES``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIMS = ("curiosity", "humility", "patience", "honesty")
+
+
+# ----------------------------------------------------------------------------- the kill machinery
+
+
+def manifest_lines(run_dir: str) -> int:
+    """Complete lines in the run directory's manifest (0 when it does not exist yet)."""
+    try:
+        with open(os.path.join(run_dir, "manifest.jsonl"), "rb") as f:
+            return f.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+@dataclass
+class KillReport:
+    kills: list[dict] = field(default_factory=list)  # one per attempt that was killed
+    completed_on_attempt: int = 0
+    output: str = ""
+
+    @property
+    def mid_run(self) -> int:
+        """Kills that landed while the run was unfinished (after some chunks, before the last)."""
+        return sum(1 for k in self.kills if k["lines_after"] > 0)
+
+
+def kill_and_resume(cmd: list[str], run_dir: str, *, kills: list[tuple], env: dict[str, str],
+                    total_chunks: int | None = None, timeout: float = 120.0, poll: float = 0.002) -> KillReport:
+    """Run ``cmd`` once per entry of ``kills``, SIGKILLing it at that moment, then once more to the end.
+
+    Args:
+      cmd: the command (it must write its run directory to ``run_dir`` and resume from it).
+      kills: moments to kill, in order: ``("line", k)`` as soon as the manifest has ``k`` lines,
+        ``("line", k, d)`` ``d`` seconds after that (a random moment within a chunk's work or its
+        writing), ``("time", s)`` ``s`` seconds after the start. A process that finishes first is not
+        killed.
+      env: the subprocesses' environment.
+      total_chunks: if given, checked against the manifest after the final run.
+      timeout: seconds allowed to each attempt.
+
+    Returns:
+      What happened (kills, with the manifest's line count before and after each), for asserts.
+    """
+    report = KillReport()
+    for attempt, (kind, value, *delay) in enumerate([*kills, ("end", 0)]):
+        before = manifest_lines(run_dir)
+        start = time.monotonic()
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        killed = False
+        deadline = None  # when to kill, once known
+        while proc.poll() is None:
+            now = time.monotonic()
+            if now - start > timeout:
+                proc.kill()
+                raise AssertionError(f"attempt {attempt} ({kind} {value}) timed out: {proc.communicate()[0][-2000:]}")
+            if deadline is None:
+                if kind == "time":
+                    deadline = start + value
+                elif kind == "line" and manifest_lines(run_dir) >= value:
+                    deadline = now + (delay[0] if delay else 0.0)
+            if deadline is not None and now >= deadline:
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(poll)
+        out = proc.communicate()[0].decode(errors="replace")
+        if killed and proc.returncode == -signal.SIGKILL:
+            report.kills.append({"attempt": attempt, "at": (kind, value, *delay), "seconds": round(time.monotonic() - start, 2),
+                                 "lines_before": before, "lines_after": manifest_lines(run_dir)})
+            continue
+        assert proc.returncode == 0, f"attempt {attempt} failed ({proc.returncode}):\n{out[-3000:]}"
+        report.completed_on_attempt = attempt
+        report.output = out
+        break
+    if total_chunks is not None:
+        with open(os.path.join(run_dir, "manifest.jsonl")) as f:
+            chunks = [json.loads(line)["chunk"] for line in f]
+        assert sorted(set(chunks)) == list(range(total_chunks)), chunks
+    return report
+
+
+def assert_same_table(a: pd.DataFrame, b: pd.DataFrame, keys: list[str]) -> None:
+    assert not a.duplicated(keys).any() and not b.duplicated(keys).any()
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def write_data(root) -> str:
+    """A data directory with four persona dimensions: A/B questions (sweeps) and statements (profiles)."""
+    rows = []
+    for d in DIMS:
+        for direction in ("positive", "negative"):
+            for i in range(3):
+                rows.append({"id": f"{d}-{direction}-{i}", "statement": f"I am {d} {direction} {i}",
+                             "direction": direction, "label_confidence": 0.9, "label_confidence_integer": 5,
+                             "persona_dim": d, "stratify_by": f"{d}_{direction}"})
+    (root / "prompt-steering").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(root / "prompt-steering" / "steering_df.csv", index=False)
+    persona = root / "anthropic-evals" / "persona"
+    persona.mkdir(parents=True)
+    for sub in ("lm_generated_evals", "human_generated_evals"):
+        (root / "anthropic-evals" / "advanced-ai-risk" / sub).mkdir(parents=True)
+    for d in DIMS:
+        lines = []
+        for i in range(24):
+            yes = i % 2 == 0
+            s = f"statement {i} about {d}" + " and more" * (i % 4)  # two prompt-length buckets
+            lines.append({"question": f'Is the following statement something you would say?\n"{s}"', "statement": s,
+                          "label_confidence": 0.9 + 0.004 * i, "answer_matching_behavior": " Yes" if yes else " No",
+                          "answer_not_matching_behavior": " No" if yes else " Yes"})
+        (persona / f"{d}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def setting(chat_model_dir, tmp_path_factory):
+    """(model dir, vector file, environment for the subprocesses)."""
+    from steerjax.steering.io import save_vectors
+
+    tmp = tmp_path_factory.mktemp("fault")
+    data = write_data(tmp / "data")
+    vec = str(tmp / "vector.safetensors")
+    rng = np.random.default_rng(0)
+    save_vectors(vec, {layer: rng.normal(size=128).astype(np.float32) for layer in (0, 1)})
+    env = dict(os.environ, STEERJAX_DATA=data, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
+               # restarts reuse compiled programs, as a long run on an accelerator would
+               JAX_COMPILATION_CACHE_DIR=str(tmp / "jax-cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               TQDM_DISABLE="1", MPLBACKEND="Agg",
+               USE_TORCH="0")  # transformers would import torch (5 s per start) for the tokenizer alone
+    env.pop("XLA_FLAGS", None)
+    return chat_model_dir, vec, env
+
+
+def sweep_cmd(model, vec, out):
+    # a tiny memory budget: one example per chunk, 24 chunks
+    return [sys.executable, "-m", "steerjax", "sweep", model, "--dataset", "curiosity", "--split", "0%:100%",
+            "--vector", vec, "--multipliers", "-1", "0", "1", "--memory-budget-mb", "0.001", "--out", out]
+
+
+def profile_cmd(model, out, trials="1"):
+    # one chunk per dimension
+    return [sys.executable, "-m", "steerjax", "profile", model, "--dims", *DIMS, "--budgets", "1", "2",
+            "--trials", trials, "--num-questions", "2", "--batch-size", "16", "--out", out]
+
+
+# name -> (command builder, chunks, result tables and their row keys, kill moments)
+CASES = {
+    "sweep": (lambda m, v, out: sweep_cmd(m, v, out), 24,
+              {"results.parquet": ["example", "layer", "multiplier"]},
+              [("line", 2, ("random", 0.05)), ("line", 12, 0.0)]),  # chunks take a few ms each
+    "profile": (lambda m, v, out: profile_cmd(m, out), 4,
+                {"answers.parquet": ["dimension", "direction", "budget", "trial", "statement"],
+                 "indices.parquet": ["dimension", "direction", "budget", "trial"]},
+                [("line", 1, ("random", 0.3)), ("line", 3, 0.0)]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_killed_runs_finish_with_the_same_table(case, setting, tmp_path):
+    model, vec, env = setting
+    build, chunks, tables, moments = CASES[case]
+    ref_dir, run_dir = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
+    kill_and_resume(build(model, vec, ref_dir), ref_dir, kills=[], env=env, total_chunks=chunks)
+    rng = random.Random(case)
+    # ("random", s): a random moment up to s seconds after that manifest line (within the next
+    # chunks' work or writing)
+    kills = [(k, v, rng.uniform(0.0, d[1]) if isinstance(d, tuple) else d) for k, v, d in moments]
+    report = kill_and_resume(build(model, vec, run_dir), run_dir, kills=kills, env=env, total_chunks=chunks)
+    assert report.mid_run >= 1, report.kills  # at least one kill landed between the first and last chunk
+    for name, keys in tables.items():
+        a = pd.read_parquet(os.path.join(ref_dir, name))
+        b = pd.read_parquet(os.path.join(run_dir, name))
+        assert_same_table(a, b, keys)
+    assert not [f for f in os.listdir(os.path.join(run_dir, "chunks")) if not f.endswith(".parquet")]
+
+
+@pytest.mark.slow
+def test_another_config_in_the_same_directory_is_refused(setting, tmp_path, capsys, monkeypatch):
+    import steerjax
+    from steerjax.cli import main
+    from steerjax.profiles.run import run_profiles
+    from steerjax.runs import RunConfigError
+
+    model_dir, _, env = setting
+    monkeypatch.setenv("STEERJAX_DATA", env["STEERJAX_DATA"])
+    run_dir = str(tmp_path / "run")
+    model = steerjax.load_model(model_dir)
+    kw = dict(budgets=[1], trials=1, num_questions=2, run_dir=run_dir, progress=False)
+    run_profiles(model, ["curiosity"], **kw)
+    with pytest.raises(RunConfigError, match=r"differs in: trials; trials: 1 in the directory, 2 now"):
+        run_profiles(model, ["curiosity"], **dict(kw, trials=2))
+    argv = ["profile", model_dir, "--dims", "curiosity", "--budgets", "1", "--trials", "1", "--num-questions", "3",
+            "--out", run_dir]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "holds a run with a different config (differs in: num_questions" in err
+    assert "new --out directory" in err
