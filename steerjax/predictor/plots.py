@@ -1,0 +1,93 @@
+"""Figures for the steerability predictor. Each function writes one image and returns its path."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from steerjax.plotting import save_figure  # noqa: E402
+from steerjax.predictor.judge import LABELS  # noqa: E402
+
+COLOURS = {"under-steer": "#a0aec0", "success": "#2f855a", "over-steer": "#c53030"}
+
+
+def confusion_matrix(conf: pd.DataFrame, path, *, title: str = "Predictor on unseen concepts") -> str:
+    """Row-normalised confusion matrix with counts."""
+    counts = conf.to_numpy()
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.6, 3.9))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            ax.text(j, i, f"{rates[i, j]:.2f}\n({counts[i, j]})", ha="center", va="center",
+                    color="white" if rates[i, j] > 0.6 else "black", fontsize=8)
+    ax.set_xticks(range(len(conf.columns)), conf.columns, rotation=20)
+    ax.set_yticks(range(len(conf.index)), conf.index)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("judge label")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
+    return save_figure(fig, path)
+
+
+def feature_importance(importance: pd.DataFrame, path, *, top: int = 20) -> str:
+    """The ``top`` features by mean CatBoost importance across folds."""
+    imp = importance.head(top).iloc[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.28 * len(imp) + 1))
+    ax.barh(imp["feature"], imp["importance"], color="#2b6cb0")
+    ax.set_xlabel("CatBoost importance (mean over folds)")
+    ax.set_title(f"Top {len(imp)} features", fontsize=10)
+    return save_figure(fig, path)
+
+
+def layer_step_importance(by: pd.DataFrame, path) -> str:
+    """Heatmap of importance summed by layer (rows; -1 = next-token distribution) and step."""
+    grid = by.pivot_table(index="layer", columns="step", values="importance", aggfunc="sum", fill_value=0.0)
+    fig, ax = plt.subplots(figsize=(1.0 * len(grid.columns) + 2.5, 0.22 * len(grid) + 1.5))
+    im = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(grid.columns)), [f"k={k}" for k in grid.columns])
+    ax.set_yticks(range(len(grid.index)), ["next-token" if layer < 0 else f"L{layer}" for layer in grid.index],
+                  fontsize=7)
+    ax.set_xlabel("decoding step")
+    ax.set_title("Where the signal is: importance by layer and step", fontsize=10)
+    fig.colorbar(im, ax=ax, label="importance")
+    return save_figure(fig, path)
+
+
+def labels_by_strength(table: pd.DataFrame, path) -> str:
+    """Stacked shares of each judge label per steering strength (steered rows)."""
+    share = pd.crosstab(table["strength"], table["label"], normalize="index").reindex(columns=list(LABELS),
+                                                                                      fill_value=0.0)
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    bottom = np.zeros(len(share))
+    x = np.arange(len(share))
+    for lab in LABELS:
+        ax.bar(x, share[lab], bottom=bottom, color=COLOURS[lab], label=lab)
+        bottom += share[lab].to_numpy()
+    ax.set_xticks(x, [f"{s:g}" for s in share.index])
+    ax.set_xlabel("strength (x residual norm)")
+    ax.set_ylabel("share of rollouts")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
+    ax.set_title("Judge labels by steering strength", fontsize=10)
+    return save_figure(fig, path)
+
+
+def f1_by_step(scores: pd.DataFrame, path) -> str:
+    """Macro-F1 on unseen concepts with features from the first ``k`` steps, with baselines."""
+    fig, ax = plt.subplots(figsize=(4.8, 3.2))
+    ax.plot(scores["k"], scores["macro_f1"], "o-", color="#2b6cb0", label="predictor")
+    for col, style in [("multiplier_only", "--"), ("majority", ":")]:
+        if col in scores:
+            ax.axhline(float(scores[col].iloc[0]), ls=style, color="grey", label=col.replace("_", "-"))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(scores["k"], [str(k) for k in scores["k"]])
+    ax.set_xlabel("features from the first k decoding steps")
+    ax.set_ylabel("macro-F1 (unseen concepts)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
