@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from steerjax import sharding as shd
 from steerjax.data.examples import DataError
 from steerjax.errors import ContextLengthError, TokenizerError
 from steerjax.models.transformer import KVCache, forward, positions_from_mask, unembed
@@ -44,6 +45,7 @@ def answer_logprobs(
     answers: tuple[str, str] = ANSWERS,
     batch_size: int = 64,
     progress: bool = True,
+    mesh=None,
 ) -> np.ndarray:
     """Log-probabilities of answering yes and no to every question under every system prompt.
 
@@ -56,6 +58,8 @@ def answer_logprobs(
         question when both answers are single tokens, else one (question, answer) pair. Whole
         steering prompts are batched together when their rows fit.
       progress: show a progress bar.
+      mesh: a ``("data", "model")`` mesh (:func:`steerjax.sharding.make_mesh`): steering prompts
+        (and their rows) split over ``data``, parameters over ``model``. Default: one device.
 
     Returns:
       ``float32 [n_prompts, n_questions, 2]``: ``log p(answers[0])``, ``log p(answers[1])``.
@@ -97,6 +101,11 @@ def answer_logprobs(
     tr = _round_up(max(len(r) - s for rows, s in zip(ids, splits) for r in rows) + longest - 1, ROW_BUCKET)
     width = 2 if single else longest
     dtype = model.params["embed"].dtype
+    params = model.params
+    if mesh is not None:  # whole steering prompts (and so their rows) per data shard
+        params = shd.shard_params(params, cfg, mesh)
+        group = shd.round_up(group, shd.data_size(mesh))
+    put = functools.partial(shd.put, mesh=mesh)
 
     out = np.zeros((n_prompts, n_q, 2), np.float32)
     starts = [(g, c) for g in range(0, n_prompts, group) for c in range(0, n_q, q_chunk)]
@@ -113,13 +122,13 @@ def answer_logprobs(
             for e, p in enumerate(pidx):
                 pre_ids[e, tp - splits[p]:] = ids[p][0][:splits[p]]
                 pre_valid[e, tp - splits[p]:] = True
-            cache = _prefill(model.params, cfg, jnp.asarray(pre_ids), jnp.asarray(pre_valid), dtype=dtype)
+            cache = _prefill(params, cfg, put(pre_ids), put(pre_valid), dtype=dtype)
             for c0 in range(0, n_q, q_chunk):
                 qidx = list(range(c0, min(c0 + q_chunk, n_q)))
                 n_real = len(qidx)
                 qidx += [qidx[-1]] * (q_chunk - n_real)
                 rows = _rows(ids, splits, pidx, qidx, ans, single, tr, width)
-                lp = np.asarray(_score_rows(model.params, cfg, cache, *map(jnp.asarray, rows)))
+                lp = shd.to_host(_score_rows(params, cfg, cache, *map(put, rows)))
                 lp = lp.reshape(group, q_chunk, per_q, width)
                 scores = lp[:, :, 0, :] if single else lp.sum(-1)
                 for e, p in enumerate(pidx[: min(group, n_prompts - g0)]):

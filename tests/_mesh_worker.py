@@ -1,0 +1,114 @@
+"""Run in a subprocess by tests/test_sharding.py: XLA_FLAGS (the CPU device count) must be set
+before jax is imported, so multi-device runs cannot share the test process.
+
+``python tests/_mesh_worker.py meshes MODEL_DIR OUT.json``: sweep, generate and answer_logprobs on
+one device and on 8x1, 4x2 and 2x4 meshes; writes the largest differences.
+
+``python tests/_mesh_worker.py sweep MODEL_DIR OUT.parquet [PROCESS_ID NUM_PROCESSES PORT]``: one
+sweep on a mesh over every device (of every process after ``jax.distributed.initialize``);
+process 0 writes the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+THINGS = ["cat", "dog", "bird", "little girl", "big tree", "boat", "sun", "princess", "frog"]
+SYSTEMS = ["You are kind.", None, "You love the sea and boats.", "Be brief."]
+QUESTIONS = ["I like cats.", "The sun is hot.", "Dogs are loud and big.", "I am happy.", "Trees are green."]
+
+
+def examples():
+    from steerjax.data import Example
+
+    out = [Example(f"Once upon a time there was a {w}. Was it happy?\n(A) yes\n(B) no\nAnswer:", " (A)", " (B)",
+                   {"thing": w}) for w in THINGS]
+    out[3] = Example(out[3].prompt, " yes", " no and then", {"thing": "odd lengths"})
+    return out
+
+
+def vector(cfg):
+    import numpy as np
+
+    return np.random.default_rng(0).normal(size=cfg.hidden_size).astype(np.float32)
+
+
+def run_sweep(model, mesh, positions="completion", batch_size=None):
+    return __import__("steerjax").sweep(model, examples(), vector(model.config), layers=[0, 1],
+                                        multipliers=[-2.0, 0.0, 1.5], positions=positions, progress=False,
+                                        mesh=mesh, batch_size=batch_size)
+
+
+def meshes(model_dir, out_path):
+    import jax
+    import numpy as np
+
+    import steerjax
+    from steerjax import sharding
+    from steerjax.profiles.scoring import answer_logprobs
+
+    model = steerjax.load_model(model_dir)
+    cfg = model.config
+    prompts = [[{"role": "user", "content": f"Tell me about a {w}."}] for w in THINGS[:5]]  # 5: padded to 8
+    steer = steerjax.Steering.create(cfg, {1: np.stack([vector(cfg) * s for s in (0, 1, -1, 2, 0.5)])},
+                                     multipliers=[0.0, 1.0, 2.0, -1.0, 3.0], positions="generated")
+
+    def everything(mesh):
+        out = {"sweep": run_sweep(model, mesh), "sweep_all": run_sweep(model, mesh, "all", batch_size=3)}
+        g = steerjax.generate(model, prompts, steering=steer, max_new_tokens=6, mesh=mesh)
+        out["tokens"], out["lengths"] = g.tokens, g.lengths
+        out["profile"] = answer_logprobs(model, SYSTEMS, QUESTIONS, batch_size=8, progress=False, mesh=mesh)
+        return out
+
+    ref = everything(None)
+    report = {"devices": jax.device_count()}
+    for shape in ((8, 1), (4, 2), (2, 4)):
+        mesh = sharding.make_mesh(*shape)
+        got = everything(mesh)
+        leaf = model.params["layers"]["self_attn.q_proj.kernel"]
+        placed = sharding.shard_params(model.params, cfg, mesh)["layers"]["self_attn.q_proj.kernel"]
+        report["x".join(map(str, shape))] = {
+            "sweep": float(np.max(np.abs(got["sweep"]["logp_positive"] - ref["sweep"]["logp_positive"]))
+                           + np.max(np.abs(got["sweep"]["logp_negative"] - ref["sweep"]["logp_negative"]))),
+            "sweep_all": float(np.max(np.abs(got["sweep_all"][["logp_positive", "logp_negative"]].to_numpy()
+                                             - ref["sweep_all"][["logp_positive", "logp_negative"]].to_numpy()))),
+            "same_rows": bool(got["sweep"][["example", "layer", "multiplier"]].equals(
+                ref["sweep"][["example", "layer", "multiplier"]])),
+            "tokens_equal": bool(np.array_equal(got["tokens"], ref["tokens"])
+                                 and np.array_equal(got["lengths"], ref["lengths"])),
+            "generate_shape": list(got["tokens"].shape),
+            "profile": float(np.max(np.abs(got["profile"] - ref["profile"]))),
+            "q_proj_shard": list(placed.addressable_shards[0].data.shape),
+            "q_proj_full": list(leaf.shape),
+        }
+    with open(out_path, "w") as f:
+        json.dump(report, f)
+
+
+def sweep(model_dir, out_path, process_id=None, num_processes=None, port=None):
+    import jax
+
+    if num_processes is not None:
+        jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=int(num_processes),
+                                   process_id=int(process_id), initialization_timeout=60)
+    import steerjax
+    from steerjax import sharding
+
+    model = steerjax.load_model(model_dir)
+    mesh = sharding.make_mesh(model=2)  # every device of every process
+    table = run_sweep(model, mesh)
+    if jax.process_index() == 0:
+        table.to_parquet(out_path)
+        with open(out_path + ".json", "w") as f:
+            json.dump({"devices": jax.device_count(), "processes": jax.process_count(),
+                       "mesh": dict(mesh.shape)}, f)
+    if num_processes is not None:
+        jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    {"meshes": meshes, "sweep": sweep}[sys.argv[1]](*sys.argv[2:])
