@@ -29,6 +29,14 @@ def param_shapes(cfg) -> dict:
     return registry.family(cfg.family).param_shapes(cfg)
 
 
+def block_bytes(cfg, dtype=jnp.float32) -> int:
+    """Bytes of one block's parameters. A chunk holds this much on top of the parameters and
+    its examples: the scan over the stacked blocks works on a slice (a copy) of the current
+    block's weights (seen in XLA's memory analysis as a constant independent of the batch)."""
+    layers = param_shapes(cfg)["layers"]
+    return sum(math.prod(s[1:]) for s in layers.values()) * jnp.dtype(dtype).itemsize
+
+
 def sweep_bytes_per_example(cfg, prompt_len: int, completion_len: int, rows: int, positions: str = "completion",
                             dtype=jnp.float32) -> int:
     """Peak bytes one example adds to a sweep chunk (upper estimate, parameters excluded).
@@ -66,11 +74,12 @@ def sweep_bytes_per_example(cfg, prompt_len: int, completion_len: int, rows: int
     )
 
 
-def examples_per_chunk(bytes_per_example: int, budget_mb: float, *, data: int = 1,
+def examples_per_chunk(bytes_per_example: int, budget_mb: float, *, data: int = 1, reserved: int = 0,
                        cap: int = MAX_EXAMPLES_PER_DEVICE) -> int:
-    """Examples in one chunk: as many per device as ``budget_mb`` (per device) holds, at least
-    one and at most ``cap``, times the ``data`` axis size (each device holds ``1/data`` of them)."""
-    per_device = int(budget_mb * 2**20 // max(1, bytes_per_example))
+    """Examples in one chunk: as many per device as ``budget_mb`` (per device) holds after
+    ``reserved`` bytes (e.g. :func:`block_bytes`), at least one and at most ``cap``, times the
+    ``data`` axis size (each device holds ``1/data`` of them)."""
+    per_device = int((budget_mb * 2**20 - reserved) // max(1, bytes_per_example))
     return max(1, min(cap, per_device)) * data
 
 

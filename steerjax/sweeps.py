@@ -73,8 +73,8 @@ def sweep(
       operator: ``"add"``, ``"ablate_then_add"`` or ``"clamp"``.
       batch_size: most examples per chunk; default from ``memory_budget_mb`` for each prompt
         length bucket (:func:`steerjax.memory.sweep_bytes_per_example`).
-      memory_budget_mb: bytes (per device) a chunk's activations, caches and logits may take;
-        parameters are not counted.
+      memory_budget_mb: MiB (per device) a chunk's activations, caches, logits and working copy
+        of one block's weights may take; the parameters themselves are not counted.
       progress: show a progress bar over chunks.
       run_dir: if given, finished chunks are stored there and skipped when the same sweep is
         started again (resume after a crash or kill).
@@ -117,8 +117,10 @@ def sweep(
         shd.check_mesh(mesh, cfg)
         model = dataclasses.replace(model, params=shd.shard_params(model.params, cfg, mesh))
     dtype = model.params["embed"].dtype
+    reserved = memory.block_bytes(cfg, dtype) // shd.axis_sizes(mesh)["model"]
     chunks = _chunks(encoded, lambda tp: shd.round_up(batch_size, d) if batch_size else memory.examples_per_chunk(
-        memory.sweep_bytes_per_example(cfg, tp, tc, rows, positions, dtype), memory_budget_mb, data=d), multiple=d)
+        memory.sweep_bytes_per_example(cfg, tp, tc, rows, positions, dtype), memory_budget_mb, data=d,
+        reserved=reserved), multiple=d)
 
     store = None
     if run_dir is not None:

@@ -1,8 +1,9 @@
 """Run in a subprocess by tests/test_sharding.py: XLA_FLAGS (the CPU device count) must be set
 before jax is imported, so multi-device runs cannot share the test process.
 
-``python tests/_mesh_worker.py meshes MODEL_DIR OUT.json``: sweep, generate and answer_logprobs on
-one device and on 8x1, 4x2 and 2x4 meshes; writes the largest differences.
+``python tests/_mesh_worker.py meshes MODEL_DIR OUT.npz``: sweep, generate and answer_logprobs on
+one device and on 8x1, 4x2, 2x4 and 1x8 meshes; writes every result (``OUT.npz``) and the
+shard shapes and bad-input errors (``OUT.npz.json``).
 
 ``python tests/_mesh_worker.py sweep MODEL_DIR OUT.parquet [PROCESS_ID NUM_PROCESSES PORT]``: one
 sweep on a mesh over every device (of every process after ``jax.distributed.initialize``);
@@ -17,6 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+SHAPES = ((8, 1), (4, 2), (2, 4), (1, 8))  # 1x8: the 4 KV heads of the test model are replicated
 THINGS = ["cat", "dog", "bird", "little girl", "big tree", "boat", "sun", "princess", "frog"]
 SYSTEMS = ["You are kind.", None, "You love the sea and boats.", "Be brief."]
 QUESTIONS = ["I like cats.", "The sun is hot.", "Dogs are loud and big.", "I am happy.", "Trees are green."]
@@ -64,28 +66,36 @@ def meshes(model_dir, out_path):
         out["profile"] = answer_logprobs(model, SYSTEMS, QUESTIONS, batch_size=8, progress=False, mesh=mesh)
         return out
 
-    ref = everything(None)
-    report = {"devices": jax.device_count()}
-    for shape in ((8, 1), (4, 2), (2, 4)):
+    def arrays(out):
+        cols = ["logp_positive", "logp_negative"]
+        return {"sweep": out["sweep"][cols].to_numpy(), "sweep_all": out["sweep_all"][cols].to_numpy(),
+                "sweep_keys": out["sweep"][["example", "layer", "multiplier"]].to_numpy(),
+                "profile": out["profile"], "tokens": out["tokens"], "lengths": out["lengths"]}
+
+    results = {f"single/{k}": v for k, v in arrays(everything(None)).items()}
+    report = {"devices": jax.device_count(), "shards": {}, "errors": {}}
+    for shape in SHAPES:
+        name = "x".join(map(str, shape))
         mesh = sharding.make_mesh(*shape)
-        got = everything(mesh)
-        leaf = model.params["layers"]["self_attn.q_proj.kernel"]
-        placed = sharding.shard_params(model.params, cfg, mesh)["layers"]["self_attn.q_proj.kernel"]
-        report["x".join(map(str, shape))] = {
-            "sweep": float(np.max(np.abs(got["sweep"]["logp_positive"] - ref["sweep"]["logp_positive"]))
-                           + np.max(np.abs(got["sweep"]["logp_negative"] - ref["sweep"]["logp_negative"]))),
-            "sweep_all": float(np.max(np.abs(got["sweep_all"][["logp_positive", "logp_negative"]].to_numpy()
-                                             - ref["sweep_all"][["logp_positive", "logp_negative"]].to_numpy()))),
-            "same_rows": bool(got["sweep"][["example", "layer", "multiplier"]].equals(
-                ref["sweep"][["example", "layer", "multiplier"]])),
-            "tokens_equal": bool(np.array_equal(got["tokens"], ref["tokens"])
-                                 and np.array_equal(got["lengths"], ref["lengths"])),
-            "generate_shape": list(got["tokens"].shape),
-            "profile": float(np.max(np.abs(got["profile"] - ref["profile"]))),
-            "q_proj_shard": list(placed.addressable_shards[0].data.shape),
-            "q_proj_full": list(leaf.shape),
-        }
-    with open(out_path, "w") as f:
+        results |= {f"{name}/{k}": v for k, v in arrays(everything(mesh)).items()}
+        placed = sharding.shard_params(model.params, cfg, mesh)["layers"]
+        report["shards"][name] = {k: list(placed[k].addressable_shards[0].data.shape)
+                                  for k in ("self_attn.q_proj.kernel", "self_attn.k_proj.kernel")}
+    np.savez(out_path, **results)
+
+    def error(name, fn):
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - the test checks the type and message
+            report["errors"][name] = [type(e).__name__, str(e)]
+
+    mesh = sharding.make_mesh(8, 1)
+    error("uneven_batch", lambda: sharding.put(np.zeros((3, 2)), mesh))
+    error("mesh_size", lambda: sharding.make_mesh(3, 2))
+    mesh_2x3 = sharding.make_mesh(2, 3, jax.devices()[:6])  # 3 divides none of the 8 heads
+    error("heads", lambda: sharding.shard_params(model.params, cfg, mesh_2x3))
+    error("sweep_heads", lambda: run_sweep(model, mesh_2x3))
+    with open(out_path + ".json", "w") as f:
         json.dump(report, f)
 
 
