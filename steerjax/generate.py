@@ -115,7 +115,7 @@ def generate(
         jax.random.key(seed), jnp.float32(temperature), jnp.float32(top_p),
         max_new_tokens=int(max_new_tokens), pad_id=int(pad),
     )
-    new, lengths = (np.asarray(x)[:b] for x in jax.device_get(out))
+    new, lengths = (np.asarray(x)[:b] for x in jax.device_get(out))  # [:b]: drop mesh padding
     texts = None
     if model.tokenizer is not None:
         texts = [model.tokenizer.decode(row[:n].tolist(), skip_special_tokens=True) for row, n in zip(new, lengths)]

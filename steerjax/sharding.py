@@ -166,14 +166,16 @@ def check_mesh(mesh, cfg) -> None:
     """Raise :class:`ShardingError` unless ``mesh`` is a ``(data, model)`` mesh whose ``model``
     size divides the model's attention heads."""
     if mesh is not None and not isinstance(mesh, Mesh):
-        raise ShardingError(f"mesh must be a jax.sharding.Mesh (steerjax.sharding.make_mesh), got {type(mesh).__name__}")
+        raise ShardingError(f"mesh must be a jax.sharding.Mesh (steerjax.sharding.make_mesh), "
+                            f"got {type(mesh).__name__}")
     _check_heads(axis_sizes(mesh)[MODEL], cfg)
 
 
 def _check_heads(m: int, cfg) -> None:
     if cfg.num_heads % m:
+        fits = [k for k in range(1, cfg.num_heads + 1) if cfg.num_heads % k == 0]
         raise ShardingError(f"the model axis ({m}) must divide the number of attention heads ({cfg.num_heads}); "
-                            f"use a model axis among {[k for k in range(1, cfg.num_heads + 1) if cfg.num_heads % k == 0]}")
+                            f"use a model axis among {fits}")
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -245,29 +247,27 @@ def per_device_bytes(params, cfg, mesh, dtype=jnp.float32) -> int:
     """Bytes of parameters each device holds under :func:`param_specs` (no allocation).
 
     ``params``: arrays or ``ShapeDtypeStruct`` s (their dtype is used), or shape tuples
-    (``dtype`` is used).
+    (``dtype`` is used). ``mesh``: a ``Mesh``, an ``AbstractMesh``, ``{"data": d, "model": m}``
+    or None.
     """
     sizes = axis_sizes(mesh)
-    specs = param_specs(params, cfg, mesh)
-    total = 0
-    flat = _map_named(lambda name, leaf: leaf, params)
+    _check_heads(sizes[MODEL], cfg)
 
-    def add(name, spec):
-        nonlocal total
-        leaf = _get(flat, name)
+    def leaf_bytes(name, leaf):
         shape = _shape(leaf)
+        spec = spec_for(logical_axes(name, len(shape)), cfg, mesh)
         itemsize = jnp.dtype(dtype if isinstance(leaf, tuple) else leaf.dtype).itemsize
-        shard = [s // (sizes[ax] if ax else 1) for s, ax in zip(shape, tuple(spec) + (None,) * len(shape))]
-        total += math.prod(shard) * itemsize
+        return math.prod(n // (sizes[ax] if ax else 1) for n, ax in zip(shape, spec)) * itemsize
 
-    _map_named(add, specs)
-    return total
+    return sum(_flat(_map_named(leaf_bytes, params)))
 
 
-def _get(tree, name):
-    for k in name.split("/"):
-        tree = tree[k]
-    return tree
+def _flat(tree):
+    if isinstance(tree, Mapping):
+        for v in tree.values():
+            yield from _flat(v)
+    else:
+        yield tree
 
 
 # ----------------------------------------------------------------------------- batches

@@ -36,8 +36,8 @@ REAL = {"llama3-8b": (LLAMA3_8B, 8_030_261_248), "gemma2-9b": (GEMMA2_9B, 9_241_
 def abstract_params(cfg, dtype):
     """The params pytree as ``ShapeDtypeStruct`` s, via ``jax.eval_shape`` of an initialiser."""
     shapes = registry.family(cfg.family).param_shapes(cfg)
-    init = lambda: jax.tree.map(lambda s: jnp.zeros(s, dtype), shapes, is_leaf=lambda x: isinstance(x, tuple))  # noqa: E731
-    return jax.eval_shape(init)
+    return jax.eval_shape(lambda: jax.tree.map(lambda s: jnp.zeros(s, dtype), shapes,
+                                               is_leaf=lambda x: isinstance(x, tuple)))
 
 
 @pytest.mark.parametrize("name", sorted(REAL))

@@ -57,6 +57,7 @@ def wait(procs, timeout=TIMEOUT):
 # ----------------------------------------------------------------------------- many devices
 
 
+@pytest.mark.slow
 @needs_tinystories
 def test_meshes_equal_one_device(chat_model_dir, tmp_path):
     """8x1, 4x2, 2x4 and 1x8 meshes: sweep (both position modes), generate (per-example steering,
@@ -84,6 +85,7 @@ def test_meshes_equal_one_device(chat_model_dir, tmp_path):
         assert errors[key][0] == "ShardingError" and "must divide the number of attention heads (8)" in errors[key][1]
 
 
+@pytest.mark.slow
 @needs_tinystories
 def test_two_processes_give_the_table_of_one(chat_model_dir, tmp_path):
     """jax.distributed on CPU (gloo): 2 processes x 4 devices run one sweep on a 4x2 global mesh."""
