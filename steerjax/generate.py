@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from steerjax import sharding as shd
 from steerjax.errors import ContextLengthError, SteerjaxError, TokenizerError
 from steerjax.models.transformer import KVCache, forward, positions_from_mask, unembed
 from steerjax.steering.core import Steering
@@ -107,15 +108,13 @@ def generate(
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_ids or (0,))[0]
     params = model.params
     if mesh is not None:
-        from steerjax import sharding as shd
-
         params, tokens, valid, steering = shd.shard_batch(mesh, cfg, params, tokens, valid, steering)
     out = _generate(
         params, cfg, jnp.asarray(tokens), jnp.asarray(valid), steering,
         jax.random.key(seed), jnp.float32(temperature), jnp.float32(top_p),
         max_new_tokens=int(max_new_tokens), pad_id=int(pad),
     )
-    new, lengths = (np.asarray(x)[:b] for x in jax.device_get(out))  # [:b]: drop mesh padding
+    new, lengths = (shd.to_host(x)[:b] for x in out)  # [:b]: drop mesh padding
     texts = None
     if model.tokenizer is not None:
         texts = [model.tokenizer.decode(row[:n].tolist(), skip_special_tokens=True) for row, n in zip(new, lengths)]

@@ -51,20 +51,13 @@ def meshes(model_dir, out_path):
 
     import steerjax
     from steerjax import sharding
-    from steerjax.profiles.scoring import answer_logprobs
 
     model = steerjax.load_model(model_dir)
     cfg = model.config
-    prompts = [[{"role": "user", "content": f"Tell me about a {w}."}] for w in THINGS[:5]]  # 5: padded to 8
-    steer = steerjax.Steering.create(cfg, {1: np.stack([vector(cfg) * s for s in (0, 1, -1, 2, 0.5)])},
-                                     multipliers=[0.0, 1.0, 2.0, -1.0, 3.0], positions="generated")
 
     def everything(mesh):
         out = {"sweep": run_sweep(model, mesh), "sweep_all": run_sweep(model, mesh, "all", batch_size=3)}
-        g = steerjax.generate(model, prompts, steering=steer, max_new_tokens=6, mesh=mesh)
-        out["tokens"], out["lengths"] = g.tokens, g.lengths
-        out["profile"] = answer_logprobs(model, SYSTEMS, QUESTIONS, batch_size=8, progress=False, mesh=mesh)
-        return out
+        return out | others(model, mesh)
 
     def arrays(out):
         cols = ["logp_positive", "logp_negative"]
@@ -99,8 +92,25 @@ def meshes(model_dir, out_path):
         json.dump(report, f)
 
 
+def others(model, mesh):
+    """Generation (5 prompts, per-example steering) and profile scoring."""
+    import numpy as np
+
+    import steerjax
+    from steerjax.profiles.scoring import answer_logprobs
+
+    cfg = model.config
+    prompts = [[{"role": "user", "content": f"Tell me about a {w}."}] for w in THINGS[:5]]  # 5: padded to 8
+    steer = steerjax.Steering.create(cfg, {1: np.stack([vector(cfg) * s for s in (0, 1, -1, 2, 0.5)])},
+                                     multipliers=[0.0, 1.0, 2.0, -1.0, 3.0], positions="generated")
+    g = steerjax.generate(model, prompts, steering=steer, max_new_tokens=6, mesh=mesh)
+    profile = answer_logprobs(model, SYSTEMS, QUESTIONS, batch_size=8, progress=False, mesh=mesh)
+    return {"tokens": g.tokens, "lengths": g.lengths, "profile": profile}
+
+
 def sweep(model_dir, out_path, process_id=None, num_processes=None, port=None):
     import jax
+    import numpy as np
 
     if num_processes is not None:
         jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=int(num_processes),
@@ -111,8 +121,10 @@ def sweep(model_dir, out_path, process_id=None, num_processes=None, port=None):
     model = steerjax.load_model(model_dir)
     mesh = sharding.make_mesh(model=2)  # every device of every process
     table = run_sweep(model, mesh)
+    extra = others(model, mesh)
     if jax.process_index() == 0:
         table.to_parquet(out_path)
+        np.savez(out_path + ".npz", **extra)
         with open(out_path + ".json", "w") as f:
             json.dump({"devices": jax.device_count(), "processes": jax.process_count(),
                        "mesh": dict(mesh.shape)}, f)

@@ -88,7 +88,8 @@ def test_meshes_equal_one_device(chat_model_dir, tmp_path):
 @pytest.mark.slow
 @needs_tinystories
 def test_two_processes_give_the_table_of_one(chat_model_dir, tmp_path):
-    """jax.distributed on CPU (gloo): 2 processes x 4 devices run one sweep on a 4x2 global mesh."""
+    """jax.distributed on CPU (gloo): 2 processes x 4 devices run a sweep, generation and profile
+    scoring on a 4x2 global mesh; process 0 writes what every process gets."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = str(s.getsockname()[1])
@@ -97,14 +98,20 @@ def test_two_processes_give_the_table_of_one(chat_model_dir, tmp_path):
     meta = json.load(open(out + ".json"))
     assert meta == {"devices": 8, "processes": 2, "mesh": {"data": 4, "model": 2}}
     got = pd.read_parquet(out)
-    from tests._mesh_worker import run_sweep
+    from tests._mesh_worker import others, run_sweep
 
-    ref = run_sweep(steerjax.load_model(chat_model_dir), None)
+    model = steerjax.load_model(chat_model_dir)
+    ref = run_sweep(model, None)
     assert list(got.columns) == list(ref.columns)
     pd.testing.assert_frame_equal(got[["example", "layer", "multiplier", "correct", "thing"]],
                                   ref[["example", "layer", "multiplier", "correct", "thing"]])
     for col in ("logp_positive", "logp_negative", "propensity"):
         np.testing.assert_allclose(got[col], ref[col], rtol=RTOL, atol=ATOL, err_msg=col)
+    # generation and profile scoring on the same global mesh
+    extra, ref = np.load(out + ".npz"), others(model, None)
+    np.testing.assert_allclose(extra["profile"], ref["profile"], rtol=RTOL, atol=ATOL)
+    np.testing.assert_array_equal(extra["tokens"], ref["tokens"])
+    np.testing.assert_array_equal(extra["lengths"], ref["lengths"])
 
 
 # ----------------------------------------------------------------------------- one device
