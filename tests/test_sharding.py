@@ -118,13 +118,19 @@ def test_two_processes_give_the_table_of_one(chat_model_dir, tmp_path):
 
 
 @needs_tinystories
-def test_a_one_device_mesh_changes_nothing():
-    from tests._mesh_worker import run_sweep
+def test_a_one_device_mesh_changes_nothing(chat_model_dir):
+    from steerjax.profiles.scoring import answer_logprobs
+    from tests._mesh_worker import QUESTIONS, SYSTEMS, run_sweep
 
-    model = steerjax.load_model(tinystories_path())
+    model = steerjax.load_model(chat_model_dir)
     mesh = sharding.make_mesh()
     assert dict(mesh.shape) == {"data": 1, "model": 1}
     pd.testing.assert_frame_equal(run_sweep(model, mesh), run_sweep(model, None))
+    gen = [steerjax.generate(model, ["Once upon a time", "The cat"], max_new_tokens=4, mesh=m) for m in (mesh, None)]
+    np.testing.assert_array_equal(gen[0].tokens, gen[1].tokens)
+    assert gen[0].texts == gen[1].texts
+    np.testing.assert_array_equal(*[answer_logprobs(model, SYSTEMS, QUESTIONS, progress=False, mesh=m)
+                                    for m in (mesh, None)])
 
 
 @needs_tinystories
