@@ -49,3 +49,7 @@ class ContextLengthError(SteerjaxError, ValueError):
 
 class TokenizerError(SteerjaxError, ValueError):
     """Text input was given but the model has no tokenizer, or the tokenizer cannot do it."""
+
+
+class ShardingError(SteerjaxError, ValueError):
+    """A device mesh does not fit the devices, the model (heads) or the batch."""

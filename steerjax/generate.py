@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from steerjax import sharding as shd
 from steerjax.errors import ContextLengthError, SteerjaxError, TokenizerError
 from steerjax.models.transformer import KVCache, forward, positions_from_mask, unembed
 from steerjax.steering.core import Steering
@@ -67,13 +68,16 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int = 0,
+    mesh=None,
 ) -> GenerationOutput:
     """Generate ``max_new_tokens`` for a batch of prompts in one compiled program.
 
     Prompts are left-padded to a multiple of 16 tokens, so similar lengths share a compile.
     ``steering`` may hold one vector/multiplier per example; ``positions="generated"`` steers
     only generated tokens. ``temperature=0`` is greedy decoding; otherwise nucleus sampling with
-    ``top_p`` from ``jax.random.key(seed)``.
+    ``top_p`` from ``jax.random.key(seed)``. ``mesh`` (:func:`steerjax.sharding.make_mesh`):
+    prompts split over its ``data`` axis (the batch padded to a multiple of it), parameters over
+    ``model``; default one device.
     """
     cfg = model.config
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
@@ -102,12 +106,15 @@ def generate(
         tokens[i, t - len(x):] = x
         valid[i, t - len(x):] = True
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_ids or (0,))[0]
+    params = model.params
+    if mesh is not None:
+        params, tokens, valid, steering = shd.shard_batch(mesh, cfg, params, tokens, valid, steering)
     out = _generate(
-        model.params, cfg, jnp.asarray(tokens), jnp.asarray(valid), steering,
+        params, cfg, jnp.asarray(tokens), jnp.asarray(valid), steering,
         jax.random.key(seed), jnp.float32(temperature), jnp.float32(top_p),
         max_new_tokens=int(max_new_tokens), pad_id=int(pad),
     )
-    new, lengths = (np.asarray(x) for x in jax.device_get(out))
+    new, lengths = (shd.to_host(x)[:b] for x in out)  # [:b]: drop mesh padding
     texts = None
     if model.tokenizer is not None:
         texts = [model.tokenizer.decode(row[:n].tolist(), skip_special_tokens=True) for row, n in zip(new, lengths)]

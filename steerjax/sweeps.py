@@ -13,11 +13,14 @@ Where the speed comes from (see the README):
 4. Prompt lengths are bucketed (multiples of 32); a chunk holds examples of one bucket, as many
    as the memory budget allows (more for short prompts), and a bucket's last chunk is padded to
    a power of two: little padding, and a dataset compiles a handful of times.
-5. Chunk sizes follow from a memory budget.
+5. Chunk sizes follow from a memory budget (:mod:`steerjax.memory`, per device).
+6. With ``mesh=`` (:mod:`steerjax.sharding`) a chunk's examples are split over the ``data`` axis
+   and the parameters over ``model``; the table is the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -29,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from steerjax import memory
+from steerjax import sharding as shd
 from steerjax.data.examples import Encoded, Example, encode_all
 from steerjax.errors import ContextLengthError, SteeringError
 from steerjax.models.transformer import KVCache, forward, positions_from_mask, unembed
@@ -51,6 +56,7 @@ def sweep(
     memory_budget_mb: float = 2048,
     progress: bool = True,
     run_dir: str | None = None,
+    mesh=None,
 ) -> pd.DataFrame:
     """Score every example under every (layer, multiplier): a tidy table.
 
@@ -66,10 +72,15 @@ def sweep(
         untouched, as in Tan et al.); ``"all"`` steers the prompt too.
       operator: ``"add"``, ``"ablate_then_add"`` or ``"clamp"``.
       batch_size: most examples per chunk; default from ``memory_budget_mb`` for each prompt
-        length bucket.
+        length bucket (:func:`steerjax.memory.sweep_bytes_per_example`).
+      memory_budget_mb: MiB (per device) a chunk's activations, caches, logits and working copy
+        of one block's weights may take; the parameters themselves are not counted.
       progress: show a progress bar over chunks.
       run_dir: if given, finished chunks are stored there and skipped when the same sweep is
         started again (resume after a crash or kill).
+      mesh: a ``("data", "model")`` mesh (:func:`steerjax.sharding.make_mesh`): examples are
+        split over ``data`` (chunks padded to a multiple of its size, ``batch_size`` rounded up
+        to one), parameters over ``model``. Default: one device.
 
     Returns:
       One row per example x layer x multiplier: ``example`` (position in ``examples``),
@@ -101,7 +112,15 @@ def sweep(
                 f"context of {cfg.max_position_embeddings}"
             )
     rows = len(layer_ids) * len(mults) * 2
-    chunks = _chunks(encoded, lambda tp: batch_size or _batch_size(cfg, tp, tc, rows, positions, memory_budget_mb))
+    d = shd.data_size(mesh)
+    if mesh is not None:
+        shd.check_mesh(mesh, cfg)
+        model = dataclasses.replace(model, params=shd.shard_params(model.params, cfg, mesh))
+    dtype = model.params["embed"].dtype
+    reserved = memory.block_bytes(cfg, dtype) // shd.axis_sizes(mesh)["model"]
+    chunks = _chunks(encoded, lambda tp: shd.round_up(batch_size, d) if batch_size else memory.examples_per_chunk(
+        memory.sweep_bytes_per_example(cfg, tp, tc, rows, positions, dtype), memory_budget_mb, data=d,
+        reserved=reserved), multiple=d)
 
     store = None
     if run_dir is not None:
@@ -122,7 +141,7 @@ def sweep(
             parts.append(store.load(ci))
             continue
         scores = _score_chunk(model, cfg, [encoded[i] for i in idx], size, tc, table, layer_ids, mults,
-                              positions, operator)
+                              positions, operator, mesh)
         part = _rows(idx, scores, examples, layer_ids, mults)
         if store is not None:
             store.save(ci, part)
@@ -162,26 +181,14 @@ def _check_width(cfg, vec, layer) -> np.ndarray:
     return arr
 
 
-def _batch_size(cfg, tp, tc, rows, positions, budget_mb) -> int:
-    """Examples per chunk of prompt bucket ``tp`` so that the biggest buffers fit in the budget."""
-    f = 4
-    prefixes = 1 if positions == "completion" else rows // 2
-    per_example = (
-        prefixes * tp * (cfg.hidden_size * 6 + cfg.intermediate_size * 3) * f  # prefill activations
-        + prefixes * cfg.num_layers * 2 * cfg.num_kv_heads * tp * cfg.head_dim * f  # prompt cache
-        + rows * max(tc - 1, 1) * cfg.vocab_size * f * 3  # completion logits and log-softmax
-        + rows * max(tc - 1, 1) * cfg.num_heads * (tp + tc) * f * 3  # attention scores
-    )
-    return int(max(1, min(64, budget_mb * 2**20 // per_example)))
-
-
 def _bucket(n: int) -> int:
     return -(-n // PROMPT_BUCKET) * PROMPT_BUCKET
 
 
-def _chunks(encoded, max_batch) -> list[tuple[list[int], int]]:
+def _chunks(encoded, max_batch, multiple=1) -> list[tuple[list[int], int]]:
     """``(example indices, padded batch size)`` per chunk: one prompt bucket per chunk, at most
-    ``max_batch(bucket)`` examples, the bucket's last chunk padded to a power of two."""
+    ``max_batch(bucket)`` examples, the bucket's last chunk padded to a power of two (then to a
+    multiple of ``multiple``, the mesh's data axis)."""
     buckets: dict[int, list[int]] = {}
     for i, e in enumerate(encoded):
         buckets.setdefault(_bucket(len(e.prompt)), []).append(i)
@@ -190,7 +197,8 @@ def _chunks(encoded, max_batch) -> list[tuple[list[int], int]]:
         idx, cap = buckets[tp], max_batch(tp)
         for start in range(0, len(idx), cap):
             part = idx[start:start + cap]
-            out.append((part, cap if len(part) == cap else min(cap, 1 << (len(part) - 1).bit_length())))
+            size = cap if len(part) == cap else min(cap, 1 << (len(part) - 1).bit_length())
+            out.append((part, shd.round_up(size, multiple)))
     return out
 
 
@@ -199,7 +207,7 @@ def _digest(obj) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def _score_chunk(model, cfg, encoded, batch_size, tc, table, layers, mults, positions, operator):
+def _score_chunk(model, cfg, encoded, batch_size, tc, table, layers, mults, positions, operator, mesh=None):
     """[n, n_layers, n_mults, 2] summed completion log-probs for one chunk (padded to batch_size)."""
     n = len(encoded)
     pad = encoded + [encoded[-1]] * (batch_size - n)  # fixed chunk shape: one compile per bucket
@@ -216,10 +224,11 @@ def _score_chunk(model, cfg, encoded, batch_size, tc, table, layers, mults, posi
             cvalid[i, s, :len(c)] = True
     onehot = np.zeros((len(layers), cfg.num_layers), bool)
     onehot[np.arange(len(layers)), layers] = True
-    out = _score(model.params, cfg, jnp.asarray(prompt), jnp.asarray(pvalid), jnp.asarray(comp),
-                 jnp.asarray(cvalid), jnp.asarray(table), jnp.asarray(onehot), jnp.asarray(mults),
-                 positions=positions, operator=operator)
-    return np.asarray(out)[:n]
+    ex = functools.partial(shd.put, mesh=mesh)  # examples over the mesh's data axis
+    shared = functools.partial(shd.put, mesh=mesh, batch=False)
+    out = _score(model.params, cfg, ex(prompt), ex(pvalid), ex(comp), ex(cvalid), shared(table), shared(onehot),
+                 shared(mults), positions=positions, operator=operator)
+    return shd.to_host(out)[:n]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "positions", "operator"))

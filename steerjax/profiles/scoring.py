@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from steerjax import sharding as shd
 from steerjax.data.examples import DataError
 from steerjax.errors import ContextLengthError, TokenizerError
 from steerjax.models.transformer import KVCache, forward, positions_from_mask, unembed
@@ -46,6 +47,7 @@ def answer_logprobs(
     answers: tuple[str, str] = ANSWERS,
     batch_size: int = 64,
     progress: bool = True,
+    mesh=None,
 ) -> np.ndarray:
     """Log-probabilities of answering yes and no to every question under every system prompt.
 
@@ -59,6 +61,8 @@ def answer_logprobs(
         packed several to a row (their own segments, see :func:`forward`), so rows carry little
         padding. Whole steering prompts are batched together when their continuations fit.
       progress: show a progress bar.
+      mesh: a ``("data", "model")`` mesh (:func:`steerjax.sharding.make_mesh`): steering prompts
+        (and their packed rows) split over ``data``, parameters over ``model``. Default: one device.
 
     Returns:
       ``float32 [n_prompts, n_questions, 2]``: ``log p(answers[0])``, ``log p(answers[1])``.
@@ -99,6 +103,11 @@ def answer_logprobs(
     group = max(1, min(n_prompts, batch_size // n_items))
     order = sorted(range(n_prompts), key=lambda p: splits[p])
     dtype = model.params["embed"].dtype
+    params = model.params
+    if mesh is not None:  # whole steering prompts (and so their rows) per data shard
+        params = shd.shard_params(params, cfg, mesh)
+        group = shd.round_up(group, shd.data_size(mesh))
+    put = functools.partial(shd.put, mesh=mesh)
 
     out = np.zeros((n_prompts, n_q, 2), np.float32)
     by_bucket: dict[int, list[int]] = {}  # prompts of one prefix bucket share a prefill: no extra padding
@@ -112,13 +121,15 @@ def answer_logprobs(
         for tp, pidx in groups:
             n_real = len(pidx)
             size = min(group, _pow2(len(pidx)))  # a short group is padded with repeats to a power of two
+            if mesh is not None:
+                size = shd.round_up(size, shd.data_size(mesh))
             pidx = pidx + [pidx[-1]] * (size - len(pidx))
             pre_ids = np.zeros((size, tp), np.int32)
             pre_valid = np.zeros((size, tp), bool)
             for e, p in enumerate(pidx):
                 pre_ids[e, tp - splits[p]:] = ids[p][0][:splits[p]]
                 pre_valid[e, tp - splits[p]:] = True
-            cache = _prefill(model.params, cfg, jnp.asarray(pre_ids), jnp.asarray(pre_valid), dtype=dtype)
+            cache = _prefill(params, cfg, put(pre_ids), put(pre_valid), dtype=dtype)
             # one packing for the whole group: an item's slot fits its longest version in the group
             lengths = [max(len(ids[p][q]) - splits[p] for p in pidx) + (0 if single else len(ans[a]) - 1)
                        for q in range(n_q) for a in range(per_q)]
@@ -130,8 +141,9 @@ def answer_logprobs(
                 rows = layout[c0:c0 + per_call]
                 rows = rows + [[] for _ in range(_round_rows(len(rows)) - len(rows))]
                 batch = _packed_batch(ids, splits, pidx, rows, width, ans, single, per_q)
-                *arrays, slots = batch
-                lp = np.asarray(_score_packed(model.params, cfg, cache, *map(jnp.asarray, arrays)))
+                *arrays, slots = batch  # rows split over data with their prompts; reads replicated
+                arrays = [put(x) for x in arrays[:4]] + [put(x, batch=False) for x in arrays[4:]]
+                lp = shd.to_host(_score_packed(params, cfg, cache, *arrays))
                 keep = slots >= 0
                 np.add.at(out.reshape(-1), slots[keep], lp[keep])
             bar.update(n_real)

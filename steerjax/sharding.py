@@ -1,0 +1,356 @@
+"""Device meshes: examples over ``data``, parameters over ``model``, by one table of axis rules.
+
+A mesh has two axes, ``("data", "model")``. Every array dimension has a *logical* name; the one
+table :data:`LOGICAL_AXIS_RULES` maps logical names to mesh axes (maxtext's
+``logical_axis_rules``): ``batch`` (examples) goes over ``data``; attention ``heads`` /
+``kv_heads``, the MLP's hidden units ``mlp`` and the ``vocab`` go over ``model``; ``embed``,
+``layers`` (the stacked-block axis) and the rest are replicated. :data:`PARAM_AXES` names the
+logical axes of every parameter of every family by its HF name, so a model is sharded by name
+(tensor parallelism: each ``model`` shard holds ``1/model`` of the heads and MLP units).
+
+The entry points (:func:`steerjax.sweep`, :func:`steerjax.generate`,
+:func:`steerjax.profiles.scoring.answer_logprobs`) take ``mesh=``: they place the parameters
+with :func:`shard_params`, pad their batches to a multiple of the ``data`` size and place them
+with :func:`put`; XLA's SPMD partitioner propagates the shardings through the unchanged jitted
+programs, so one program runs on 1 CPU, 8 GPUs or a multi-host TPU slice.
+
+Divisibility (the ``model`` axis of size ``m``):
+
+* ``heads``: ``m`` must divide ``num_heads``, else :class:`ShardingError` (the query heads are
+  the unit of attention work; a model that cannot split them should use ``model=1``).
+* ``kv_heads``, ``mlp``, ``vocab``: a dimension that ``m`` does not divide is replicated instead
+  (grouped-query models often have fewer KV heads than shards; vocabularies such as GPT-2's
+  50257 are odd). :func:`param_specs` says which, so nothing is silent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from steerjax.errors import ShardingError
+
+DATA, MODEL = "data", "model"
+AXES = (DATA, MODEL)
+
+#: logical axis -> mesh axis (None: replicated). The one place shardings are decided.
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
+    ("batch", DATA),
+    ("layers", None),
+    ("embed", None),
+    ("heads", MODEL),
+    ("kv_heads", MODEL),
+    ("mlp", MODEL),
+    ("vocab", MODEL),
+    ("head_dim", None),
+    ("positions", None),
+    ("length", None),
+)
+_RULES = dict(LOGICAL_AXIS_RULES)
+_REPLICATE_IF_UNEVEN = ("kv_heads", "mlp", "vocab")
+
+_EMBED = ("embed",)
+_Q_IN, _KV_IN, _O = ("embed", "heads"), ("embed", "kv_heads"), ("heads", "embed")
+_UP, _DOWN = ("embed", "mlp"), ("mlp", "embed")
+
+#: parameter name -> logical axes. Layer parameters (under ``layers``) have a leading ``layers``
+#: axis that is not listed. Kernels are ``[in, out]``; ``heads`` on a kernel means its
+#: ``num_heads * head_dim`` dimension (split at head boundaries when the count divides).
+PARAM_AXES: dict[str, tuple[str | None, ...]] = {
+    # globals (every family)
+    "embed": ("vocab", "embed"),
+    "lm_head": ("embed", "vocab"),
+    "pos_embed": ("positions", "embed"),
+    "final_norm.scale": _EMBED,
+    "final_norm.bias": _EMBED,
+    # Llama, Mistral, Qwen, Phi-3, Gemma 2/3
+    "input_layernorm.scale": _EMBED,
+    "input_layernorm.bias": _EMBED,  # GPT-NeoX
+    "post_attention_layernorm.scale": _EMBED,
+    "post_attention_layernorm.bias": _EMBED,  # GPT-NeoX
+    "pre_feedforward_layernorm.scale": _EMBED,
+    "post_feedforward_layernorm.scale": _EMBED,
+    "self_attn.q_proj.kernel": _Q_IN,
+    "self_attn.k_proj.kernel": _KV_IN,
+    "self_attn.v_proj.kernel": _KV_IN,
+    "self_attn.o_proj.kernel": _O,
+    "self_attn.q_proj.bias": ("heads",),
+    "self_attn.k_proj.bias": ("kv_heads",),
+    "self_attn.v_proj.bias": ("kv_heads",),
+    "self_attn.o_proj.bias": _EMBED,
+    "self_attn.q_norm.scale": ("head_dim",),
+    "self_attn.k_norm.scale": ("head_dim",),
+    "mlp.gate_proj.kernel": _UP,
+    "mlp.up_proj.kernel": _UP,
+    "mlp.down_proj.kernel": _DOWN,
+    "mlp.gate_proj.bias": ("mlp",),
+    "mlp.up_proj.bias": ("mlp",),
+    "mlp.down_proj.bias": _EMBED,
+    # GPT-2 (no grouped-query attention: k and v have all heads)
+    "ln_1.scale": _EMBED, "ln_1.bias": _EMBED, "ln_2.scale": _EMBED, "ln_2.bias": _EMBED,
+    "attn.q_proj.kernel": _Q_IN, "attn.k_proj.kernel": _Q_IN, "attn.v_proj.kernel": _Q_IN,
+    "attn.q_proj.bias": ("heads",), "attn.k_proj.bias": ("heads",), "attn.v_proj.bias": ("heads",),
+    "attn.c_proj.kernel": _O, "attn.c_proj.bias": _EMBED,
+    "mlp.c_fc.kernel": _UP, "mlp.c_fc.bias": ("mlp",), "mlp.c_proj.kernel": _DOWN, "mlp.c_proj.bias": _EMBED,
+    # GPT-NeoX
+    "attention.q_proj.kernel": _Q_IN, "attention.k_proj.kernel": _Q_IN, "attention.v_proj.kernel": _Q_IN,
+    "attention.q_proj.bias": ("heads",), "attention.k_proj.bias": ("heads",), "attention.v_proj.bias": ("heads",),
+    "attention.dense.kernel": _O, "attention.dense.bias": _EMBED,
+    "mlp.dense_h_to_4h.kernel": _UP, "mlp.dense_h_to_4h.bias": ("mlp",),
+    "mlp.dense_4h_to_h.kernel": _DOWN, "mlp.dense_4h_to_h.bias": _EMBED,
+}
+
+
+# ----------------------------------------------------------------------------- meshes
+
+
+def make_mesh(data: int | None = None, model: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+    """A ``Mesh`` of shape ``(data, model)`` with axes ``("data", "model")``.
+
+    Args:
+      data: examples are split over this many device groups; default: every device not used
+        by ``model``.
+      model: parameters (heads, MLP units, vocabulary) are split over this many devices.
+      devices: default ``jax.devices()`` (all processes' devices in a multi-host run).
+
+    Raises:
+      ShardingError: ``data * model`` differs from the number of devices, or a size is not a
+        positive integer.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    if not devices:
+        raise ShardingError("no devices to build a mesh from")
+    for name, size in (("model", model), ("data", data)):
+        if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1):
+            raise ShardingError(f"mesh axis {name} must be a positive int, got {size!r}")
+    if data is None:
+        if n % model:
+            raise ShardingError(f"model={model} does not divide the {n} devices; pass data= and model= "
+                                f"with data * model == {n}")
+        data = n // model
+    if data * model != n:
+        raise ShardingError(f"a {data}x{model} mesh needs {data * model} devices but {n} are available; "
+                            f"choose data * model == {n} (on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
+                            "before jax is imported gives N devices)")
+    try:
+        grid = mesh_utils.create_device_mesh((data, model), devices, allow_split_physical_axes=True)
+    except Exception:  # noqa: BLE001 - CPU and unusual topologies: plain row-major order
+        grid = np.asarray(devices, dtype=object).reshape(data, model)
+    return Mesh(grid, AXES)
+
+
+def axis_sizes(mesh: Mesh | Mapping[str, int] | None) -> dict[str, int]:
+    """``{"data": d, "model": m}`` of a ``Mesh``, an ``AbstractMesh``, a mapping, or ``None`` (1x1)."""
+    if mesh is None:
+        return {DATA: 1, MODEL: 1}
+    shape = dict(mesh.shape) if hasattr(mesh, "shape") and not isinstance(mesh, Mapping) else dict(mesh)
+    if set(shape) != set(AXES):
+        raise ShardingError(f"a steerjax mesh has axes {AXES} (use make_mesh); got {tuple(shape)}")
+    return {DATA: int(shape[DATA]), MODEL: int(shape[MODEL])}
+
+
+def data_size(mesh) -> int:
+    """Devices (groups) examples are split over: 1 without a mesh."""
+    return axis_sizes(mesh)[DATA]
+
+
+def check_mesh(mesh, cfg) -> None:
+    """Raise :class:`ShardingError` unless ``mesh`` is a ``(data, model)`` mesh whose ``model``
+    size divides the model's attention heads."""
+    if mesh is not None and not isinstance(mesh, Mesh):
+        raise ShardingError(f"mesh must be a jax.sharding.Mesh (steerjax.sharding.make_mesh), "
+                            f"got {type(mesh).__name__}")
+    _check_heads(axis_sizes(mesh)[MODEL], cfg)
+
+
+def _check_heads(m: int, cfg) -> None:
+    if cfg.num_heads % m:
+        fits = [k for k in range(1, cfg.num_heads + 1) if cfg.num_heads % k == 0]
+        raise ShardingError(f"the model axis ({m}) must divide the number of attention heads ({cfg.num_heads}); "
+                            f"use a model axis among {fits}")
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def _counts(cfg) -> dict[str, int]:
+    """How many units each logical axis splits into (what the mesh axis must divide)."""
+    return {"heads": cfg.num_heads, "kv_heads": cfg.num_kv_heads, "mlp": cfg.intermediate_size,
+            "vocab": cfg.vocab_size}
+
+
+def logical_axes(name: str, ndim: int) -> tuple[str | None, ...]:
+    """Logical axes of the parameter ``name`` (``"layers/<hf name>"`` or a global name)."""
+    layer = name.startswith("layers/")
+    key = name.split("/", 1)[1] if layer else name.replace("/", ".")
+    if key not in PARAM_AXES:
+        raise ShardingError(f"no sharding rule for parameter {name!r}: add it to steerjax.sharding.PARAM_AXES")
+    axes = (("layers",) if layer else ()) + PARAM_AXES[key]
+    if len(axes) != ndim:
+        raise ShardingError(f"parameter {name!r} has {ndim} dimensions but its rule names {len(axes)}: {axes}")
+    return axes
+
+
+def spec_for(axes: Sequence[str | None], cfg, mesh) -> PartitionSpec:
+    """``PartitionSpec`` of an array with these logical axes, by :data:`LOGICAL_AXIS_RULES`."""
+    sizes = axis_sizes(mesh)
+    counts = _counts(cfg)
+    out = []
+    for ax in axes:
+        mesh_ax = _RULES.get(ax) if ax is not None else None
+        if mesh_ax is not None and sizes[mesh_ax] > 1 and ax in counts and counts[ax] % sizes[mesh_ax]:
+            if ax not in _REPLICATE_IF_UNEVEN:
+                raise ShardingError(f"the {mesh_ax} axis ({sizes[mesh_ax]}) does not divide {ax} ({counts[ax]})")
+            mesh_ax = None  # documented fallback: replicate this dimension
+        out.append(mesh_ax if mesh_ax is not None and sizes[mesh_ax] > 1 else None)
+    return PartitionSpec(*out)
+
+
+def _map_named(fn, tree, prefix=""):
+    if isinstance(tree, Mapping):
+        return {k: _map_named(fn, v, f"{prefix}{k}/") for k, v in tree.items()}
+    return fn(prefix[:-1], tree)
+
+
+def _shape(leaf) -> tuple[int, ...]:
+    return tuple(leaf) if isinstance(leaf, tuple) else tuple(leaf.shape)
+
+
+def param_specs(params, cfg, mesh) -> dict:
+    """A ``PartitionSpec`` per parameter of ``params`` (arrays, ``ShapeDtypeStruct`` s, or the
+    shape tuples of ``param_shapes(cfg)``): same nesting as ``params``."""
+    _check_heads(axis_sizes(mesh)[MODEL], cfg)
+    return _map_named(lambda name, leaf: spec_for(logical_axes(name, len(_shape(leaf))), cfg, mesh), params)
+
+
+def shard_params(params, cfg, mesh: Mesh) -> dict:
+    """``params`` placed on ``mesh`` by :func:`param_specs` (replicated over ``data``).
+
+    Leaves already placed that way are returned as they are, so calling this on every sweep
+    is cheap once a model is sharded.
+    """
+    check_mesh(mesh, cfg)
+    specs = param_specs(params, cfg, mesh)
+    return jax.tree.map(lambda x, s: _place(x, NamedSharding(mesh, s)), params, specs,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def per_device_bytes(params, cfg, mesh, dtype=jnp.float32) -> int:
+    """Bytes of parameters each device holds under :func:`param_specs` (no allocation).
+
+    ``params``: arrays or ``ShapeDtypeStruct`` s (their dtype is used), or shape tuples
+    (``dtype`` is used). ``mesh``: a ``Mesh``, an ``AbstractMesh``, ``{"data": d, "model": m}``
+    or None.
+    """
+    sizes = axis_sizes(mesh)
+    _check_heads(sizes[MODEL], cfg)
+
+    def leaf_bytes(name, leaf):
+        shape = _shape(leaf)
+        spec = spec_for(logical_axes(name, len(shape)), cfg, mesh)
+        itemsize = jnp.dtype(dtype if isinstance(leaf, tuple) else leaf.dtype).itemsize
+        return math.prod(n // (sizes[ax] if ax else 1) for n, ax in zip(shape, spec)) * itemsize
+
+    return sum(_flat(_map_named(leaf_bytes, params)))
+
+
+def _flat(tree):
+    if isinstance(tree, Mapping):
+        for v in tree.values():
+            yield from _flat(v)
+    else:
+        yield tree
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def batch_spec(ndim: int) -> PartitionSpec:
+    """Leading (example) axis over ``data``, the rest replicated."""
+    return PartitionSpec(_RULES["batch"], *([None] * (ndim - 1)))
+
+
+def put(x, mesh: Mesh | None, *, batch: bool = True):
+    """``x`` as a device array: split over ``data`` on its leading axis (``batch=True``) or
+    replicated. Without a mesh, ``jnp.asarray(x)`` (single-device behaviour).
+
+    Raises:
+      ShardingError: the leading axis is not a multiple of the ``data`` size (pad with
+        :func:`pad_rows`).
+    """
+    if mesh is None:
+        return jnp.asarray(x)
+    if batch:
+        d = data_size(mesh)
+        if np.ndim(x) == 0 or np.shape(x)[0] % d:
+            raise ShardingError(f"a batch of {np.shape(x)[:1]} examples cannot be split over data={d}: "
+                                "pad it to a multiple of the data axis")
+        return _place(x, NamedSharding(mesh, batch_spec(np.ndim(x))))
+    return _place(x, NamedSharding(mesh, PartitionSpec()))
+
+
+def round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def pad_rows(x, size: int):
+    """``x`` with its last row repeated along axis 0 up to ``size`` rows (padding examples)."""
+    n = np.shape(x)[0]
+    if n == size:
+        return x
+    xp = jnp if isinstance(x, jax.Array) else np
+    return xp.concatenate([x, xp.repeat(x[-1:], size - n, axis=0)], axis=0)
+
+
+def pad_steering(steering, batch: int, size: int):
+    """A :class:`~steerjax.steering.Steering` broadcast to ``batch`` examples, with its
+    per-example fields padded to ``size`` (the last example repeated)."""
+    s = steering.broadcast(batch)
+    vec = s.vectors if s.vectors.shape[1] != batch else jnp.concatenate(
+        [s.vectors, jnp.repeat(s.vectors[:, -1:], size - batch, axis=1)], axis=1)
+    lm = s.layer_mask
+    if lm is not None and lm.shape[1] == batch:
+        lm = jnp.concatenate([lm, jnp.repeat(lm[:, -1:], size - batch, axis=1)], axis=1)
+    return s.replace(vectors=vec, layer_mask=lm, multipliers=pad_rows(s.multipliers, size),
+                     start=pad_rows(s.start, size), end=pad_rows(s.end, size))
+
+
+def to_host(x) -> np.ndarray:
+    """A numpy copy of a (possibly multi-process) array: every process gets the whole array."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def _place(x, sharding: NamedSharding):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+        return x
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    # multi-host: every process holds the same host value; each fills its own devices' shards
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
+def shard_batch(mesh: Mesh, cfg, params, *arrays_and_steering):
+    """Parameters sharded on ``mesh``; batch arrays ``[B, ...]`` padded to a multiple of the
+    ``data`` size and split over it; a trailing :class:`Steering` (or None) padded to match and
+    replicated. Returns ``(params, *arrays, steering)``."""
+    *arrays, steering = arrays_and_steering
+    check_mesh(mesh, cfg)
+    b = np.shape(arrays[0])[0]
+    size = round_up(b, data_size(mesh))
+    arrays = [put(pad_rows(np.asarray(a), size), mesh) for a in arrays]
+    if steering is not None:
+        steering = jax.tree.map(lambda x: put(x, mesh, batch=False), pad_steering(steering, b, size))
+    return (shard_params(params, cfg, mesh), *arrays, steering)

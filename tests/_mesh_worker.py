@@ -1,0 +1,136 @@
+"""Run in a subprocess by tests/test_sharding.py: XLA_FLAGS (the CPU device count) must be set
+before jax is imported, so multi-device runs cannot share the test process.
+
+``python tests/_mesh_worker.py meshes MODEL_DIR OUT.npz``: sweep, generate and answer_logprobs on
+one device and on 8x1, 4x2, 2x4 and 1x8 meshes; writes every result (``OUT.npz``) and the
+shard shapes and bad-input errors (``OUT.npz.json``).
+
+``python tests/_mesh_worker.py sweep MODEL_DIR OUT.parquet [PROCESS_ID NUM_PROCESSES PORT]``: one
+sweep on a mesh over every device (of every process after ``jax.distributed.initialize``);
+process 0 writes the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+SHAPES = ((8, 1), (4, 2), (2, 4), (1, 8))  # 1x8: the 4 KV heads of the test model are replicated
+THINGS = ["cat", "dog", "bird", "little girl", "big tree", "boat", "sun", "princess", "frog"]
+SYSTEMS = ["You are kind.", None, "You love the sea and boats.", "Be brief."]
+QUESTIONS = ["I like cats.", "The sun is hot.", "Dogs are loud and big.", "I am happy.", "Trees are green."]
+
+
+def examples():
+    from steerjax.data import Example
+
+    out = [Example(f"Once upon a time there was a {w}. Was it happy?\n(A) yes\n(B) no\nAnswer:", " (A)", " (B)",
+                   {"thing": w}) for w in THINGS]
+    out[3] = Example(out[3].prompt, " yes", " no and then", {"thing": "odd lengths"})
+    return out
+
+
+def vector(cfg):
+    import numpy as np
+
+    return np.random.default_rng(0).normal(size=cfg.hidden_size).astype(np.float32)
+
+
+def run_sweep(model, mesh, positions="completion", batch_size=None):
+    return __import__("steerjax").sweep(model, examples(), vector(model.config), layers=[0, 1],
+                                        multipliers=[-2.0, 0.0, 1.5], positions=positions, progress=False,
+                                        mesh=mesh, batch_size=batch_size)
+
+
+def meshes(model_dir, out_path):
+    import jax
+    import numpy as np
+
+    import steerjax
+    from steerjax import sharding
+
+    model = steerjax.load_model(model_dir)
+    cfg = model.config
+
+    def everything(mesh):
+        out = {"sweep": run_sweep(model, mesh), "sweep_all": run_sweep(model, mesh, "all", batch_size=3)}
+        return out | others(model, mesh)
+
+    def arrays(out):
+        cols = ["logp_positive", "logp_negative"]
+        return {"sweep": out["sweep"][cols].to_numpy(), "sweep_all": out["sweep_all"][cols].to_numpy(),
+                "sweep_keys": out["sweep"][["example", "layer", "multiplier"]].to_numpy(),
+                "profile": out["profile"], "tokens": out["tokens"], "lengths": out["lengths"]}
+
+    results = {f"single/{k}": v for k, v in arrays(everything(None)).items()}
+    report = {"devices": jax.device_count(), "shards": {}, "errors": {}}
+    for shape in SHAPES:
+        name = "x".join(map(str, shape))
+        mesh = sharding.make_mesh(*shape)
+        results |= {f"{name}/{k}": v for k, v in arrays(everything(mesh)).items()}
+        placed = sharding.shard_params(model.params, cfg, mesh)["layers"]
+        report["shards"][name] = {k: list(placed[k].addressable_shards[0].data.shape)
+                                  for k in ("self_attn.q_proj.kernel", "self_attn.k_proj.kernel")}
+    np.savez(out_path, **results)
+
+    def error(name, fn):
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - the test checks the type and message
+            report["errors"][name] = [type(e).__name__, str(e)]
+
+    mesh = sharding.make_mesh(8, 1)
+    error("uneven_batch", lambda: sharding.put(np.zeros((3, 2)), mesh))
+    error("mesh_size", lambda: sharding.make_mesh(3, 2))
+    mesh_2x3 = sharding.make_mesh(2, 3, jax.devices()[:6])  # 3 divides none of the 8 heads
+    error("heads", lambda: sharding.shard_params(model.params, cfg, mesh_2x3))
+    error("sweep_heads", lambda: run_sweep(model, mesh_2x3))
+    with open(out_path + ".json", "w") as f:
+        json.dump(report, f)
+
+
+def others(model, mesh):
+    """Generation (5 prompts, per-example steering) and profile scoring."""
+    import numpy as np
+
+    import steerjax
+    from steerjax.profiles.scoring import answer_logprobs
+
+    cfg = model.config
+    prompts = [[{"role": "user", "content": f"Tell me about a {w}."}] for w in THINGS[:5]]  # 5: padded to 8
+    steer = steerjax.Steering.create(cfg, {1: np.stack([vector(cfg) * s for s in (0, 1, -1, 2, 0.5)])},
+                                     multipliers=[0.0, 1.0, 2.0, -1.0, 3.0], positions="generated")
+    g = steerjax.generate(model, prompts, steering=steer, max_new_tokens=6, mesh=mesh)
+    profile = answer_logprobs(model, SYSTEMS, QUESTIONS, batch_size=8, progress=False, mesh=mesh)
+    return {"tokens": g.tokens, "lengths": g.lengths, "profile": profile}
+
+
+def sweep(model_dir, out_path, process_id=None, num_processes=None, port=None):
+    import jax
+    import numpy as np
+
+    if num_processes is not None:
+        jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=int(num_processes),
+                                   process_id=int(process_id), initialization_timeout=60)
+    import steerjax
+    from steerjax import sharding
+
+    model = steerjax.load_model(model_dir)
+    mesh = sharding.make_mesh(model=2)  # every device of every process
+    table = run_sweep(model, mesh)
+    extra = others(model, mesh)
+    if jax.process_index() == 0:
+        table.to_parquet(out_path)
+        np.savez(out_path + ".npz", **extra)
+        with open(out_path + ".json", "w") as f:
+            json.dump({"devices": jax.device_count(), "processes": jax.process_count(),
+                       "mesh": dict(mesh.shape)}, f)
+    if num_processes is not None:
+        jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    {"meshes": meshes, "sweep": sweep}[sys.argv[1]](*sys.argv[2:])

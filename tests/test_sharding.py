@@ -1,0 +1,212 @@
+"""Meshes: sharded sweeps, generation and profile scoring equal one device; two processes equal one;
+parameter sharding rules; clear errors for meshes that do not fit.
+
+Multi-device runs need ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before jax is
+imported, so they run ``tests/_mesh_worker.py`` in subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+from jax.sharding import AbstractMesh, Mesh, PartitionSpec
+
+import steerjax
+from steerjax import sharding
+from steerjax.errors import ShardingError, SteerjaxError
+from steerjax.model import config_from_hf
+from steerjax.models import registry
+from tests import tiny_models
+from tests.conftest import tinystories_path
+
+WORKER = os.path.join(os.path.dirname(__file__), "_mesh_worker.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 420
+RTOL = ATOL = 1e-5
+needs_tinystories = pytest.mark.skipif(tinystories_path() is None, reason="tinystories-656k not found")
+
+
+def run_worker(args, devices, timeout=TIMEOUT):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), JAX_PLATFORMS="cpu")
+    return subprocess.Popen([sys.executable, WORKER, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait(procs, timeout=TIMEOUT):
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=timeout)[0])
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail(f"mesh worker timed out after {timeout}s:\n" + "\n".join(p.communicate()[0][-3000:] for p in procs))
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, f"mesh worker failed ({p.returncode}):\n{out[-5000:]}"
+
+
+# ----------------------------------------------------------------------------- many devices
+
+
+@pytest.mark.slow
+@needs_tinystories
+def test_meshes_equal_one_device(chat_model_dir, tmp_path):
+    """8x1, 4x2, 2x4 and 1x8 meshes: sweep (both position modes), generate (per-example steering,
+    5 prompts padded to 8) and answer_logprobs equal the single-device results."""
+    out = str(tmp_path / "meshes.npz")
+    wait([run_worker(["meshes", chat_model_dir, out], devices=8)])
+    res = np.load(out)
+    report = json.load(open(out + ".json"))
+    assert report["devices"] == 8
+    for mesh in ("8x1", "4x2", "2x4", "1x8"):
+        for key in ("sweep", "sweep_all", "profile"):
+            np.testing.assert_allclose(res[f"{mesh}/{key}"], res[f"single/{key}"], rtol=RTOL, atol=ATOL,
+                                       err_msg=f"{key} on a {mesh} mesh")
+        for key in ("sweep_keys", "tokens", "lengths"):
+            np.testing.assert_array_equal(res[f"{mesh}/{key}"], res[f"single/{key}"], err_msg=f"{key} on {mesh}")
+    assert res["single/tokens"].shape == (5, 6)
+    # 8 heads x 16 dims split over the model axis; the 4 KV heads fall back to replication on 1x8
+    assert report["shards"]["2x4"] == {"self_attn.q_proj.kernel": [2, 128, 32], "self_attn.k_proj.kernel": [2, 128, 16]}
+    assert report["shards"]["8x1"]["self_attn.q_proj.kernel"] == [2, 128, 128]
+    assert report["shards"]["1x8"] == {"self_attn.q_proj.kernel": [2, 128, 16], "self_attn.k_proj.kernel": [2, 128, 64]}
+    errors = report["errors"]
+    assert errors["uneven_batch"][0] == "ShardingError" and "data=8" in errors["uneven_batch"][1]
+    assert errors["mesh_size"][0] == "ShardingError" and "needs 6 devices but 8" in errors["mesh_size"][1]
+    for key in ("heads", "sweep_heads"):
+        assert errors[key][0] == "ShardingError" and "must divide the number of attention heads (8)" in errors[key][1]
+
+
+@pytest.mark.slow
+@needs_tinystories
+def test_two_processes_give_the_table_of_one(chat_model_dir, tmp_path):
+    """jax.distributed on CPU (gloo): 2 processes x 4 devices run a sweep, generation and profile
+    scoring on a 4x2 global mesh; process 0 writes what every process gets."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = str(s.getsockname()[1])
+    out = str(tmp_path / "table.parquet")
+    wait([run_worker(["sweep", chat_model_dir, out, str(i), "2", port], devices=4) for i in range(2)])
+    meta = json.load(open(out + ".json"))
+    assert meta == {"devices": 8, "processes": 2, "mesh": {"data": 4, "model": 2}}
+    got = pd.read_parquet(out)
+    from tests._mesh_worker import others, run_sweep
+
+    model = steerjax.load_model(chat_model_dir)
+    ref = run_sweep(model, None)
+    assert list(got.columns) == list(ref.columns)
+    pd.testing.assert_frame_equal(got[["example", "layer", "multiplier", "correct", "thing"]],
+                                  ref[["example", "layer", "multiplier", "correct", "thing"]])
+    for col in ("logp_positive", "logp_negative", "propensity"):
+        np.testing.assert_allclose(got[col], ref[col], rtol=RTOL, atol=ATOL, err_msg=col)
+    # generation and profile scoring on the same global mesh
+    extra, ref = np.load(out + ".npz"), others(model, None)
+    np.testing.assert_allclose(extra["profile"], ref["profile"], rtol=RTOL, atol=ATOL)
+    np.testing.assert_array_equal(extra["tokens"], ref["tokens"])
+    np.testing.assert_array_equal(extra["lengths"], ref["lengths"])
+
+
+# ----------------------------------------------------------------------------- one device
+
+
+@needs_tinystories
+def test_a_one_device_mesh_changes_nothing(chat_model_dir):
+    from steerjax.profiles.scoring import answer_logprobs
+    from tests._mesh_worker import QUESTIONS, SYSTEMS, run_sweep
+
+    model = steerjax.load_model(chat_model_dir)
+    mesh = sharding.make_mesh()
+    assert dict(mesh.shape) == {"data": 1, "model": 1}
+    pd.testing.assert_frame_equal(run_sweep(model, mesh), run_sweep(model, None))
+    gen = [steerjax.generate(model, ["Once upon a time", "The cat"], max_new_tokens=4, mesh=m) for m in (mesh, None)]
+    np.testing.assert_array_equal(gen[0].tokens, gen[1].tokens)
+    assert gen[0].texts == gen[1].texts
+    np.testing.assert_array_equal(*[answer_logprobs(model, SYSTEMS, QUESTIONS, progress=False, mesh=m)
+                                    for m in (mesh, None)])
+
+
+@needs_tinystories
+def test_a_mesh_with_other_axes_is_rejected():
+    from tests._mesh_worker import run_sweep
+
+    model = steerjax.load_model(tinystories_path())
+    with pytest.raises(ShardingError, match="axes"):
+        run_sweep(model, Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("batch", "tensor")))
+    with pytest.raises(ShardingError, match="jax.sharding.Mesh"):
+        run_sweep(model, {"data": 1, "model": 1})
+
+
+def test_make_mesh_checks_the_device_count():
+    assert isinstance(ShardingError("x"), (SteerjaxError, ValueError))
+    n = jax.device_count()
+    with pytest.raises(ShardingError, match=f"needs {2 * n} devices but {n} are available"):
+        sharding.make_mesh(2, n)
+    with pytest.raises(ShardingError, match="positive int"):
+        sharding.make_mesh(model=0)
+    with pytest.raises(ShardingError, match="does not divide"):
+        sharding.make_mesh(model=n + 1)
+    assert dict(sharding.make_mesh(model=n).shape) == {"data": 1, "model": n}
+
+
+def hf_config(name):
+    import transformers
+
+    cls, kwargs = tiny_models.SPECS[name]
+    return config_from_hf(getattr(transformers, cls)(**kwargs).to_dict())
+
+
+@pytest.mark.parametrize("name", sorted(tiny_models.SPECS))
+def test_every_parameter_of_every_family_has_a_rule(name):
+    cfg = hf_config(name)
+    shapes = registry.family(cfg.family).param_shapes(cfg)
+    specs = sharding.param_specs(shapes, cfg, AbstractMesh((2, 4), ("data", "model")))
+    flat = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+    assert len(flat) == len(jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple)))
+    assert all("data" not in spec for spec in flat)  # parameters are replicated over examples
+    assert any("model" in spec for spec in flat)
+
+
+def test_uneven_kv_heads_mlp_and_vocab_are_replicated_heads_are_an_error():
+    cfg = hf_config("llama")  # 4 heads, 2 KV heads, 128 MLP units, vocab 256
+    shapes = registry.family(cfg.family).param_shapes(cfg)
+    specs = sharding.param_specs(shapes, cfg, {"data": 2, "model": 4})
+    layers = specs["layers"]
+    assert layers["self_attn.q_proj.kernel"] == PartitionSpec(None, None, "model")
+    assert layers["self_attn.k_proj.kernel"] == PartitionSpec(None, None, None)  # 2 KV heads on 4 shards
+    assert layers["mlp.down_proj.kernel"] == PartitionSpec(None, "model", None)
+    assert specs["lm_head"] == PartitionSpec(None, "model")
+    gpt2 = config_from_hf({"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 50257,
+                           "n_positions": 128})
+    specs = sharding.param_specs(registry.family("gpt2").param_shapes(gpt2), gpt2, {"data": 1, "model": 2})
+    assert specs["embed"] == PartitionSpec(None, None)  # an odd vocabulary is not split
+    assert specs["layers"]["mlp.c_fc.kernel"] == PartitionSpec(None, None, "model")
+    with pytest.raises(ShardingError, match=r"must divide the number of attention heads \(4\)"):
+        sharding.param_specs(shapes, cfg, {"data": 1, "model": 3})
+
+
+def test_unknown_parameters_and_bad_shapes_are_errors():
+    cfg = hf_config("llama")
+    with pytest.raises(ShardingError, match="no sharding rule for parameter 'layers/self_attn.gate.kernel'"):
+        sharding.param_specs({"layers": {"self_attn.gate.kernel": (3, 4, 4)}}, cfg, {"data": 1, "model": 1})
+    with pytest.raises(ShardingError, match="has 2 dimensions"):
+        sharding.param_specs({"layers": {"self_attn.q_proj.kernel": (3, 4)}}, cfg, {"data": 1, "model": 1})
+
+
+def test_padding_helpers():
+    x = np.arange(6).reshape(3, 2)
+    np.testing.assert_array_equal(sharding.pad_rows(x, 4), [[0, 1], [2, 3], [4, 5], [4, 5]])
+    cfg = hf_config("llama")
+    steer = steerjax.Steering.create(cfg, {1: np.ones((3, cfg.hidden_size))}, multipliers=[1.0, 2.0, 3.0])
+    padded = sharding.pad_steering(steer, 3, 8)
+    assert padded.vectors.shape == (cfg.num_layers, 8, cfg.hidden_size)
+    np.testing.assert_array_equal(padded.multipliers, [1, 2, 3, 3, 3, 3, 3, 3])
+    assert padded.start.shape == padded.end.shape == (8,)
+    assert sharding.round_up(5, 4) == 8 and sharding.data_size(None) == 1
