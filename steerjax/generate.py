@@ -80,6 +80,7 @@ def generate(
     ``model``; default one device.
     """
     cfg = model.config
+    mesh = shd.default_mesh(mesh)
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise SteerjaxError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if not (np.isfinite(temperature) and temperature >= 0):

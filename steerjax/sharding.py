@@ -25,6 +25,7 @@ Divisibility (the ``model`` axis of size ``m``):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -145,6 +146,61 @@ def make_mesh(data: int | None = None, model: int = 1, devices: Sequence[Any] | 
     except Exception:  # noqa: BLE001 - CPU and unusual topologies: plain row-major order
         grid = np.asarray(devices, dtype=object).reshape(data, model)
     return Mesh(grid, AXES)
+
+
+_DEFAULT_MESHES: list = []
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh | None):
+    """Inside the block, ``mesh`` is the mesh of every entry point called with ``mesh=None``
+    (and of the runners and experiments built on them). ``None`` keeps one device."""
+    _DEFAULT_MESHES.append(mesh)
+    try:
+        yield mesh
+    finally:
+        _DEFAULT_MESHES.pop()
+
+
+def default_mesh(mesh: Mesh | None = None) -> Mesh | None:
+    """``mesh`` if given, else the innermost :func:`use_mesh` mesh, else None (one device)."""
+    if mesh is not None:
+        return mesh
+    return _DEFAULT_MESHES[-1] if _DEFAULT_MESHES else None
+
+
+def from_env() -> Mesh | None:
+    """The mesh a launched job asks for through its environment (``tpu_scripts/launch.sh`` sets it).
+
+    * ``STEERJAX_DISTRIBUTED=1``: join the other processes with
+      ``jax.distributed.initialize()`` (coordinator and process ids from the TPU or cluster
+      environment), once.
+    * ``STEERJAX_MESH=DATA,MODEL`` (e.g. ``16,1`` or ``8,2``): that mesh over all processes'
+      devices; without it, with more than one device, a ``(all devices, 1)`` data-parallel mesh.
+
+    Returns None (one device, nothing set up) when neither applies.
+    """
+    import os
+
+    if os.environ.get("STEERJAX_DISTRIBUTED") == "1" and not _initialized():
+        jax.distributed.initialize()
+    spec = os.environ.get("STEERJAX_MESH")
+    if spec:
+        try:
+            data, model = (int(x) for x in spec.split(","))
+        except ValueError:
+            raise ShardingError(f"STEERJAX_MESH must be 'DATA,MODEL' (two ints), got {spec!r}") from None
+        return make_mesh(data=data, model=model)
+    return make_mesh() if jax.device_count() > 1 else None
+
+
+def _initialized() -> bool:
+    try:
+        from jax._src import distributed
+
+        return distributed.global_state.client is not None
+    except Exception:  # noqa: BLE001 - private API moved: initialize() then raises a clear error itself
+        return False
 
 
 def axis_sizes(mesh: Mesh | Mapping[str, int] | None) -> dict[str, int]:

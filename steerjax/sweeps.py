@@ -112,6 +112,7 @@ def sweep(
                 f"context of {cfg.max_position_embeddings}"
             )
     rows = len(layer_ids) * len(mults) * 2
+    mesh = shd.default_mesh(mesh)
     d = shd.data_size(mesh)
     if mesh is not None:
         shd.check_mesh(mesh, cfg)

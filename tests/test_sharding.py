@@ -210,3 +210,24 @@ def test_padding_helpers():
     np.testing.assert_array_equal(padded.multipliers, [1, 2, 3, 3, 3, 3, 3, 3])
     assert padded.start.shape == padded.end.shape == (8,)
     assert sharding.round_up(5, 4) == 8 and sharding.data_size(None) == 1
+
+
+def test_use_mesh_and_from_env(monkeypatch):
+    from steerjax import sharding
+
+    monkeypatch.delenv("STEERJAX_DISTRIBUTED", raising=False)
+    monkeypatch.delenv("STEERJAX_MESH", raising=False)
+    assert sharding.from_env() is None  # one CPU device, nothing asked for
+    monkeypatch.setenv("STEERJAX_MESH", "1,1")
+    mesh = sharding.from_env()
+    assert dict(mesh.shape) == {"data": 1, "model": 1}
+    monkeypatch.setenv("STEERJAX_MESH", "two")
+    with pytest.raises(ShardingError, match="DATA,MODEL"):
+        sharding.from_env()
+    assert sharding.default_mesh() is None
+    with sharding.use_mesh(mesh):
+        assert sharding.default_mesh() is mesh
+        with sharding.use_mesh(None):
+            assert sharding.default_mesh() is None
+        assert sharding.default_mesh() is mesh
+    assert sharding.default_mesh() is None

@@ -127,4 +127,7 @@ def _write_json(path, obj):
 
 
 if __name__ == "__main__":
-    main()
+    from steerjax import sharding
+
+    with sharding.use_mesh(sharding.from_env()):  # a launched multi-device or multi-host job (tpu_scripts/)
+        main()

@@ -73,6 +73,7 @@ def answer_logprobs(
       DataError: empty inputs, bad ``batch_size``, or answers that tokenize identically.
     """
     prompts, qs = list(system_prompts), list(questions)
+    mesh = shd.default_mesh(mesh)
     if not prompts:
         raise DataError("system_prompts is empty: pass at least one steering prompt (or None)")
     if not qs:
