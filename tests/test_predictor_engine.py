@@ -261,3 +261,36 @@ def test_smollm2_larger_strength_moves_features_monotonically():
     for col in ("kl_next_k1", "kl_next_k4", "diff_norm_L20_k4"):
         assert np.all(np.diff(mean[col].to_numpy()) > 0), mean[col]
     assert np.all(np.diff(mean["cos_L20_k1"].to_numpy()) < 0)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_testbed_rejects_bad_input(tiny, capsys):
+    from steerjax.cli import main
+
+    path, _ = tiny("llama")
+    base = ["testbed", path, "--concepts", "agreeableness", "--layer", "1", "--out", "unused"]
+    for extra, msg in ((["--prompts", "0"], "--prompts"), (["--strengths", "nan"], "finite"),
+                       (["--max-new-tokens", "0"], "--max-new-tokens")):
+        assert main(base + extra) == 2
+        assert msg in capsys.readouterr().err
+    assert main(["testbed", path, "--concepts", "x", "--layer", "9", "--out", "unused"]) == 2
+    assert "out of range" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("STEERJAX_DATA"), reason="STEERJAX_DATA is not set")
+def test_cli_testbed_runs_and_resumes(chat_model_dir, tmp_path, capsys):
+    from steerjax.cli import main
+
+    out = str(tmp_path / "tb")
+    args = ["testbed", chat_model_dir, "--concepts", "agreeableness", "anti-immigration", "--prompts", "3",
+            "--strengths", "0.5", "2", "--layer", "0", "--max-new-tokens", "4", "--pairs", "4", "--out", out]
+    assert main(args) == 0
+    table = pd.read_parquet(f"{out}/rollouts.parquet")
+    assert len(table) == 3 * (1 + 2 * 2) and set(table.concept) == {"none", "agreeableness", "anti-immigration"}
+    assert table.text.map(lambda t: isinstance(t, str)).all()
+    assert main(args) == 0  # resumes: every chunk is done, concepts are reused
+    pd.testing.assert_frame_equal(table, pd.read_parquet(f"{out}/rollouts.parquet"))
+    assert main(args[:3] + ["agreeable"] + args[5:]) == 2
+    assert "unknown" in capsys.readouterr().err

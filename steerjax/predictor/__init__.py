@@ -5,8 +5,10 @@ from steerjax.predictor.concepts import (
     NEUTRAL_PROMPTS,
     UNSTEERED,
     Concept,
+    load_concepts,
     persona_concepts,
     residual_norm,
+    save_concepts,
     text_concepts,
 )
 from steerjax.predictor.features import FEATURE_STEPS, early_features, feature_columns, lens_layers
@@ -14,5 +16,5 @@ from steerjax.predictor.testbed import rollouts
 
 __all__ = [
     "FEATURE_STEPS", "NEUTRAL_PROMPTS", "UNSTEERED", "Concept", "early_features", "feature_columns",
-    "lens_layers", "persona_concepts", "residual_norm", "rollouts", "text_concepts",
+    "lens_layers", "load_concepts", "persona_concepts", "residual_norm", "rollouts", "save_concepts", "text_concepts",
 ]

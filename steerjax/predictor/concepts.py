@@ -307,3 +307,21 @@ def persona_concepts(model, names: Sequence[str] | None = None, *, layer: int, n
         vec = train_vector(model, examples, layers=[li], method="caa", batch_size=batch_size, progress=False)
         out.append(Concept(n, f"persona:{n}", vec.vectors[li], li, rnorm))
     return out
+
+
+def save_concepts(path, concepts: Sequence[Concept]) -> None:
+    """Write concepts to an ``.npz`` (names, sources, vectors ``[C, D]``, layers, residual norms)."""
+    import os
+
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    np.savez(tmp, name=np.asarray([c.name for c in concepts]), source=np.asarray([c.source for c in concepts]),
+             vector=np.stack([c.vector for c in concepts]), layer=np.asarray([c.layer for c in concepts]),
+             residual_norm=np.asarray([c.residual_norm for c in concepts]))
+    os.replace(tmp, path)
+
+
+def load_concepts(path) -> list[Concept]:
+    """Concepts written by :func:`save_concepts`."""
+    with np.load(path) as z:
+        return [Concept(str(n), str(s), v, int(li), float(r))
+                for n, s, v, li, r in zip(z["name"], z["source"], z["vector"], z["layer"], z["residual_norm"])]
