@@ -89,7 +89,7 @@ def test_rollouts_resume_after_a_partial_run(model, concepts, tmp_path, monkeypa
     import os
 
     chunks = sorted(os.listdir(os.path.join(run, "chunks")))
-    assert len(chunks) == 7
+    assert len(chunks) == 7  # 28 rows in chunks of 4
     os.remove(os.path.join(run, "chunks", chunks[3]))  # a crash lost this chunk
     calls = []
     import importlib
@@ -232,7 +232,7 @@ def test_batched_features_equal_a_per_example_computation(model, concepts, posit
 
 
 def test_features_do_not_recompile_for_new_prompts_and_strengths(model, concepts):
-    early_features(model, PROMPTS[:2], concepts[:1], [1.0], layer=LAYER, steps=(1, 2), batch_size=4)
+    early_features(model, PROMPTS[:2], concepts[:2], [1.0], layer=LAYER, steps=(1, 2), batch_size=4)
     before = features_mod._early._cache_size()
     early_features(model, [[9, 9, 9], [1, 2, 3, 4, 5, 6]], concepts[1:], [0.3, -1.0], layer=LAYER, steps=(1, 2),
                    batch_size=4)

@@ -42,7 +42,14 @@ from steerjax.errors import SteerjaxError
 from steerjax.models import registry
 from steerjax.models.transformer import KVCache, forward, positions_from_mask, unembed
 from steerjax.predictor.concepts import Concept, pad_left
-from steerjax.predictor.testbed import _check_options, _prompts, check_concepts, job_steering, strength_grid
+from steerjax.predictor.testbed import (
+    _check_options,
+    _prompts,
+    bucket_rows,
+    check_concepts,
+    job_steering,
+    strength_grid,
+)
 from steerjax.steering.core import normalize_layer
 
 FEATURE_STEPS = (1, 2, 4, 8)
@@ -89,7 +96,9 @@ def early_features(
       model, prompts, concepts, strengths, layer, positions, chat: as in
         :func:`steerjax.predictor.testbed.rollouts` (no unsteered rows are added here).
       steps: the ``k`` of the columns; ``max(steps)`` tokens are decoded.
-      batch_size: (prompt, concept, strength) rows per jitted call (``2 * batch_size`` model rows).
+      batch_size: (prompt, concept, strength) rows per jitted call (``2 * batch_size`` model rows;
+        a short call is padded to a power of two, so prompts of up to 16 tokens more, new
+        strengths and concepts reuse the compiled program).
 
     Returns:
       ``(table, tokens)``: one row per prompt x concept x strength with ``prompt_id, concept,
@@ -116,9 +125,10 @@ def early_features(
     raw, toks, mults = [], [], []
     for i in tqdm(range(0, len(jobs), batch_size), desc="features", unit="batch", disable=None if progress else True):
         chunk = jobs[i:i + batch_size]
-        steering, m = job_steering(cfg, chunk, li, batch_size, positions)
-        tokens, valid = pad_left([ids[p] for p, _, _ in chunk], batch_size)
-        units = np.zeros((batch_size, cfg.hidden_size), np.float32)
+        size = bucket_rows(len(chunk), batch_size)
+        steering, m = job_steering(cfg, chunk, li, size, positions)
+        tokens, valid = pad_left([ids[p] for p, _, _ in chunk], size)
+        units = np.zeros((size, cfg.hidden_size), np.float32)
         for r, (_, c, _) in enumerate(chunk):
             units[r] = c.vector / c.norm
         both = _pair(steering)

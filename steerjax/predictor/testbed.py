@@ -2,9 +2,9 @@
 
 One :func:`steerjax.generate` call per chunk of ``batch_size`` rows; each row carries its own
 vector and multiplier (a batch axis of the :class:`~steerjax.steering.core.Steering`), so concepts
-and strengths mix freely in a batch and a batch compiles once. The last chunk is padded with
-unsteered rows to the same batch size, and prompts are left-padded to multiples of 16 tokens, so a
-run compiles a handful of programs at most.
+and strengths mix freely in a batch and a batch compiles once. A short last chunk is padded with
+unsteered rows to a power of two (:func:`bucket_rows`), and prompts are left-padded to multiples of
+16 tokens, so a run compiles a handful of programs at most.
 
 Steered token positions (``positions``): ``"all"`` (default) steers the prompt and every generated
 token, as most activation-steering work does (CAA, steering-vectors' default); ``"generated"``
@@ -60,7 +60,7 @@ def rollouts(
       max_new_tokens: tokens generated per row (rows stop at EOS; ``n_tokens`` counts up to it).
       seed: sampling seed; chunk ``c`` uses ``seed + c`` (recorded per row). With the default
         greedy decoding (``temperature=0``) rows do not depend on it nor on their batch.
-      batch_size: rows per ``generate`` call (the last chunk is padded with unsteered rows).
+      batch_size: rows per ``generate`` call (a short chunk is padded to a power of two).
       positions: ``"all"`` or ``"generated"`` (see the module docstring).
       run_dir: resumable run directory (:class:`steerjax.runs.RunDirectory`): finished chunks
         are kept, a run with another config is refused.
@@ -106,8 +106,9 @@ def rollouts(
         if store is not None and store.done(ci):
             parts.append(store.load(ci))
             continue
-        steering, mults = job_steering(cfg, chunk, li, batch_size, positions)
-        rows = [ids[p] for p, _, _ in chunk] + [ids[chunk[0][0]]] * (batch_size - len(chunk))
+        size = bucket_rows(len(chunk), batch_size)
+        steering, mults = job_steering(cfg, chunk, li, size, positions)
+        rows = [ids[p] for p, _, _ in chunk] + [ids[chunk[0][0]]] * (size - len(chunk))
         out = generate(model, rows, steering=steering, max_new_tokens=int(max_new_tokens),
                        temperature=temperature, top_p=top_p, seed=int(seed) + ci)
         records = []
@@ -209,6 +210,12 @@ def job_steering(cfg, chunk, layer: int, rows: int, positions: str) -> tuple[Ste
             vecs[r] = c.vector
             mults[r] = c.multiplier(s)
     return Steering.create(cfg, {layer: vecs}, mults, positions=positions), mults
+
+
+def bucket_rows(n: int, batch_size: int) -> int:
+    """Rows of a compiled batch for ``n`` jobs: the next power of two, at most ``batch_size``, so
+    small calls do not pay for a full batch and a run compiles a few batch shapes at most."""
+    return min(int(batch_size), 1 << max(int(n) - 1, 0).bit_length())
 
 
 def digest(obj) -> str:
