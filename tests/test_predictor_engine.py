@@ -219,8 +219,9 @@ def _reference_features(model, ids, concept, strength, k_max, positions="all"):
 @pytest.mark.parametrize("positions", ["all", "generated"])
 def test_batched_features_equal_a_per_example_computation(model, concepts, positions):
     strengths = [0.5, 2.0]
+    # batches of 3 rows mix prompts (4 rows per prompt), so shared prompt passes are gathered
     table, tokens = early_features(model, PROMPTS[:3], concepts[:2], strengths, layer=LAYER, steps=STEPS,
-                                   batch_size=4, positions=positions)
+                                   batch_size=3, positions=positions)
     cols = feature_columns(model.config, STEPS)
     for i, row in table.iterrows():
         c = concepts[[x.name for x in concepts].index(row.concept)]
@@ -234,7 +235,8 @@ def test_batched_features_equal_a_per_example_computation(model, concepts, posit
 def test_features_do_not_recompile_for_new_prompts_and_strengths(model, concepts):
     early_features(model, PROMPTS[:2], concepts[:2], [1.0], layer=LAYER, steps=(1, 2), batch_size=4)
     before = features_mod._early._cache_size()
-    early_features(model, [[9, 9, 9], [1, 2, 3, 4, 5, 6]], concepts[1:], [0.3, -1.0], layer=LAYER, steps=(1, 2),
+    # same shapes (rows, distinct prompts per batch, 16-token bucket), new prompts, concepts, strengths
+    early_features(model, [[9, 9, 9], [1, 2, 3, 4, 5, 6]], concepts[1:], [0.3], layer=LAYER, steps=(1, 2),
                    batch_size=4)
     assert features_mod._early._cache_size() == before
 

@@ -5,8 +5,11 @@ greedy tokens with steering and, in the same forward calls, runs an unsteered *r
 is teacher-forced on the steered row's tokens: the batch holds ``2B`` rows (``B`` steered, ``B``
 references with multiplier 0) and at every step both halves are fed the steered row's token. The
 two rows therefore see the same positions and the same token history, and every difference comes
-from steering alone. (A reference cannot be shared between strengths of one prompt: after the first
-step its history is the steered row's own tokens.)
+from steering alone. A reference row cannot be shared between strengths of one prompt (after the
+first step its history is the steered row's own tokens), but its prompt pass can: the unsteered
+prompt KV cache is computed once per distinct prompt of a batch and gathered into the reference
+rows, and, with ``positions="generated"`` (prompt not steered), into the steered rows as well, so a
+strength search on one prompt pays for one prompt pass.
 
 Decoding step ``j`` (``1..K``) is the forward call that predicts new token ``j``: its input is the
 last prompt token for ``j = 1`` and new token ``j - 1`` after. At each step, with ``s`` / ``u`` the
@@ -97,8 +100,9 @@ def early_features(
         :func:`steerjax.predictor.testbed.rollouts` (no unsteered rows are added here).
       steps: the ``k`` of the columns; ``max(steps)`` tokens are decoded.
       batch_size: (prompt, concept, strength) rows per jitted call (``2 * batch_size`` model rows;
-        a short call is padded to a power of two, so prompts of up to 16 tokens more, new
-        strengths and concepts reuse the compiled program).
+        a short call is padded to a power of two). One program per (rows, distinct prompts per
+        batch, both powers of two; prompt length in steps of 16): new prompts, concepts and
+        strengths reuse it.
 
     Returns:
       ``(table, tokens)``: one row per prompt x concept x strength with ``prompt_id, concept,
@@ -127,13 +131,15 @@ def early_features(
         chunk = jobs[i:i + batch_size]
         size = bucket_rows(len(chunk), batch_size)
         steering, m = job_steering(cfg, chunk, li, size, positions)
-        tokens, valid = pad_left([ids[p] for p, _, _ in chunk], size)
+        uniq = list(dict.fromkeys(p for p, _, _ in chunk))  # the chunk's prompts, each once
+        row_prompt = np.zeros((size,), np.int32)
+        row_prompt[:len(chunk)] = [uniq.index(p) for p, _, _ in chunk]
+        tokens, valid = pad_left([ids[p] for p in uniq], bucket_rows(len(uniq), size))
         units = np.zeros((size, cfg.hidden_size), np.float32)
         for r, (_, c, _) in enumerate(chunk):
             units[r] = c.vector / c.norm
-        both = _pair(steering)
-        out = _early(model.params, cfg, jnp.asarray(tokens), jnp.asarray(valid), both, jnp.asarray(units),
-                     steps=k_max, lens=lens)
+        out = _early(model.params, cfg, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(row_prompt), steering,
+                     jnp.asarray(units), steps=k_max, lens=lens, steer_prompt=positions == "all")
         out = jax.device_get(out)
         n = len(chunk)
         raw.append({k: np.asarray(v)[..., :n] for k, v in out["feats"].items()})
@@ -194,32 +200,77 @@ def _step_features(params, cfg, layers, logits, unit, lens):
     return {"layer": layer, "next": jnp.stack([kl, ent]), "lens": lens_kl}
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "steps", "lens"))
-def _early(params, cfg, tokens, valid, steering, unit, *, steps, lens):
-    """Greedy steered decoding of ``steps`` tokens with a teacher-forced reference half."""
-    tokens2 = jnp.concatenate([tokens, tokens])
-    valid2 = jnp.concatenate([valid, valid])
-    rows, t = tokens2.shape
-    b = rows // 2
-    lengths = jnp.sum(valid2, axis=-1).astype(jnp.int32)
-    cache = KVCache.empty(cfg, rows, t + steps, params["embed"].dtype)
-    out = forward(params, cfg, tokens2, positions=positions_from_mask(valid2), valid=valid2, steering=steering,
-                  generation_start=lengths, cache=cache, collect_layers=True)
-    logits = unembed(params, cfg, out.hidden[:, -1])
-    f0 = _step_features(params, cfg, out.layers[:, :, -1], logits, unit, lens)
+def _gather_cache(cache: KVCache, rows) -> KVCache:
+    return KVCache(cache.k[:, rows], cache.v[:, rows], cache.valid[rows], cache.index)
+
+
+def _pad_rows(steering, n: int):
+    """``steering`` for its rows followed by ``n`` unsteered rows."""
+    b = steering.vectors.shape[1]
+    return steering.replace(
+        vectors=jnp.concatenate([steering.vectors, jnp.zeros_like(steering.vectors[:, :1]).repeat(n, 1)], axis=1),
+        multipliers=jnp.concatenate([jnp.broadcast_to(steering.multipliers, (b,)), jnp.zeros((n,), jnp.float32)]),
+        start=jnp.broadcast_to(steering.start[:1], (b + n,)),
+        end=jnp.broadcast_to(steering.end[:1], (b + n,)),
+    )
+
+
+def _concat_cache(a: KVCache, b: KVCache) -> KVCache:
+    return KVCache(jnp.concatenate([a.k, b.k], axis=1), jnp.concatenate([a.v, b.v], axis=1),
+                   jnp.concatenate([a.valid, b.valid]), a.index)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "steps", "lens", "steer_prompt"))
+def _early(params, cfg, tokens, valid, row_prompt, steering, unit, *, steps, lens, steer_prompt):
+    """Greedy steered decoding of ``steps`` tokens with a teacher-forced reference half.
+
+    ``tokens, valid [E, T]``: the chunk's distinct prompts; ``row_prompt [B]``: each row's prompt.
+    The unsteered prompt pass runs once per distinct prompt and its KV cache is gathered into the
+    reference rows (and into the steered rows too when only generated tokens are steered, since
+    their prompt pass is then the same: ``E`` prompt rows in all). With ``steer_prompt`` the steered
+    rows and the distinct prompts share one pass of ``B + E`` rows instead of ``2B``.
+    """
+    e, t = tokens.shape
+    b = row_prompt.shape[0]
+    dtype = params["embed"].dtype
+    lengths = jnp.sum(valid, axis=-1).astype(jnp.int32)[row_prompt]
+    if steer_prompt:
+        # steered rows and the distinct prompts in one batch: zero steering then gives bit-equal rows
+        pt, pv = jnp.concatenate([tokens[row_prompt], tokens]), jnp.concatenate([valid[row_prompt], valid])
+        pre = _pad_rows(steering, e)
+    else:  # the prompt is not steered: the steered rows' prompt pass is the plain one
+        pt, pv, pre = tokens, valid, None
+    out = forward(params, cfg, pt, positions=positions_from_mask(pv), valid=pv, steering=pre,
+                  generation_start=jnp.sum(pv, axis=-1).astype(jnp.int32),
+                  cache=KVCache.empty(cfg, pt.shape[0], t + steps, dtype), collect_layers=True)
+    last_layers, last_hidden = out.layers[:, :, -1], out.hidden[:, -1]
+    plain = jnp.arange(e) + (b if steer_prompt else 0)  # rows of the unsteered prompt pass
+    ref = plain[row_prompt]
+    ref_cache, ref_layers, ref_hidden = _gather_cache(out.cache, ref), last_layers[:, ref], last_hidden[ref]
+    if steer_prompt:
+        own = jnp.arange(b)
+        st_cache, st_layers, st_hidden = _gather_cache(out.cache, own), last_layers[:, own], last_hidden[own]
+    else:
+        st_cache, st_layers, st_hidden = ref_cache, ref_layers, ref_hidden
+    cache = _concat_cache(st_cache, ref_cache)
+    logits = unembed(params, cfg, jnp.concatenate([st_hidden, ref_hidden]))
+    f0 = _step_features(params, cfg, jnp.concatenate([st_layers, ref_layers], axis=1), logits, unit, lens)
     tok = jnp.argmax(logits[:b], axis=-1).astype(jnp.int32)
+    both = _pair(steering)
+    lengths2 = jnp.concatenate([lengths, lengths])
+    rows = 2 * b
 
     def step(carry, _):
         cache, tok, pos = carry
         o = forward(params, cfg, jnp.concatenate([tok, tok])[:, None], positions=pos[:, None],
-                    valid=jnp.ones((rows, 1), bool), steering=steering, generation_start=lengths, cache=cache,
+                    valid=jnp.ones((rows, 1), bool), steering=both, generation_start=lengths2, cache=cache,
                     collect_layers=True)
         lg = unembed(params, cfg, o.hidden[:, -1])
         f = _step_features(params, cfg, o.layers[:, :, -1], lg, unit, lens)
         nxt = jnp.argmax(lg[:b], axis=-1).astype(jnp.int32)
         return (o.cache, nxt, pos + 1), (f, nxt)
 
-    _, (fs, rest) = jax.lax.scan(step, (out.cache, tok, lengths), None, length=steps - 1)
+    _, (fs, rest) = jax.lax.scan(step, (cache, tok, lengths2), None, length=steps - 1)
     feats = jax.tree.map(lambda a, r: jnp.concatenate([a[None], r]), f0, fs)  # [K, ...]
     new = jnp.concatenate([tok[:, None], rest.T], axis=1)
     return {"feats": feats, "tokens": new}
