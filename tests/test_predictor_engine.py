@@ -34,14 +34,21 @@ def model(tiny):
 def concepts(model):
     rng = np.random.default_rng(0)
     texts = {name: [rng.integers(3, 256, size=6).tolist() for _ in range(3)] for name in ("alpha", "beta", "gamma")}
-    neutral = [rng.integers(3, 256, size=6).tolist() for _ in range(4)]
-    return text_concepts(model, texts, neutral, LAYER)
+    return text_concepts(model, texts, NEUTRAL, LAYER)
+
+
+NEUTRAL = [np.random.default_rng(1).integers(3, 256, size=6).tolist() for _ in range(4)]
 
 
 def test_concepts_and_multipliers(model, concepts):
     assert [c.name for c in concepts] == ["alpha", "beta", "gamma"]
     c = concepts[0]
     assert c.vector.shape == (64,) and c.layer == LAYER and c.residual_norm > 0
+    assert np.isclose(c.residual_norm, residual_norm(model, NEUTRAL, LAYER), rtol=1e-6)
+    # texts of unequal lengths (left padding) give the same norm as one at a time
+    mixed = [[5, 6, 7], list(range(10, 40))]
+    alone = np.mean([residual_norm(model, [x], LAYER) for x in mixed])
+    assert np.isclose(residual_norm(model, mixed, LAYER), alone, rtol=1e-5)
     # strength s adds a vector of norm s * residual_norm
     assert np.isclose(np.linalg.norm(c.multiplier(0.5) * c.vector), 0.5 * c.residual_norm, rtol=1e-6)
     with pytest.raises(SteeringError, match="reserved|none"):
