@@ -17,7 +17,7 @@ best for steered vs unsteered, and 0.18 with 256 distinct configurations).
 
 Usage::
 
-    python benchmarks/generate.py [--batch 32] [--new-tokens 32] [--repeats 5]
+    python benchmarks/generate.py [--batch 32] [--new-tokens 32] [--repeats 5] [--peer]
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--layer", type=int, default=12, help="steered block (default 12)")
     p.add_argument("--strength", type=float, default=0.5, help="added norm / residual norm (default 0.5)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--peer", action="store_true",
+                   help="also time transformers generate (unsteered, and steered with steering-vectors' "
+                        "SteeringVector.apply: one shared configuration per call), interleaved with the rest")
     return p.parse_args(argv)
 
 
@@ -79,15 +82,20 @@ def main(argv=None):
                                               max_new_tokens=args.new_tokens)
         return run
 
-    first, times = {}, {name: [] for name in steerings}
-    for name in steerings:
+    calls = {name: call(name) for name in steerings}
+    peer_info = None
+    if args.peer:
+        peer_calls, peer_info = peer_generate(model, prompts, vecs[0] * mults[0], args)
+        calls |= peer_calls
+    first, times = {}, {name: [] for name in calls}
+    for name, fn in calls.items():
         t0 = time.perf_counter()
-        call(name)()
+        fn()
         first[name] = time.perf_counter() - t0
-    for _ in range(args.repeats):
-        for name in steerings:
+    for _ in range(args.repeats):  # interleaved: load from other processes hits every configuration alike
+        for name, fn in calls.items():
             t0 = time.perf_counter()
-            call(name)()
+            fn()
             times[name].append(time.perf_counter() - t0)
 
     n_new = args.batch * args.new_tokens
@@ -107,14 +115,58 @@ def main(argv=None):
     print(header)
     print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
     for name, t in times.items():
+        if name.startswith("peer"):
+            continue
         med = statistics.median(t)
         print(f"| {name:<11} | {med:8.3f} | {min(t):7.3f} | {tps[name]:15.1f} | {n_new / med:18.1f} | "
               f"{first[name]:12.2f} |")
     print()
+    if args.peer:
+        print(f"peer: transformers {peer_info['version']} generate (torch {peer_info['torch']}, "
+              f"{peer_info['threads']} threads), steering-vectors' hook on the same block and vector, the same "
+              f"prompts and {args.new_tokens} new tokens (min_new_tokens), fastest of {args.repeats} "
+              "interleaved calls:")
+        for name in ("unsteered", "shared"):
+            peer = tps["peer " + name]
+            print(f"  {name:<9}: {peer:7.1f} new tokens/s; steerjax / peer {tps[name] / peer:.2f}x")
+        print(f"  peer steered / unsteered: {tps['peer shared'] / tps['peer unsteered']:.3f}; a hook applies one "
+              "configuration per call, so per-example configurations need one call each")
+        print()
     r1 = tps["shared"] / tps["unsteered"]
     r2 = tps["per-example"] / tps["shared"]
     print(f"ratio shared / unsteered:    {r1:.3f}  (target >= 0.95: {'OK' if r1 >= 0.95 else 'MISSED'})")
     print(f"ratio per-example / shared:  {r2:.3f}  (target >= 0.95: {'OK' if r2 >= 0.95 else 'MISSED'})")
+
+
+def peer_generate(model, prompts, delta, args):
+    """Callables running transformers' greedy generate on the same batch, unsteered and steered
+    (steering-vectors' ``SteeringVector.apply``: ``delta`` added at ``args.layer``), and versions."""
+    import torch
+    import transformers
+    from steering_vectors import SteeringVector
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    tm = AutoModelForCausalLM.from_pretrained(os.path.dirname(model.source), gguf_file=os.path.basename(model.source),
+                                              dtype=torch.float32).eval()
+    tok = model.tokenizer
+    tok.padding_side = "left"
+    texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    sv = SteeringVector(layer_activations={args.layer: torch.tensor(delta)}, layer_type="decoder_block")
+    kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
+              pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+
+    def plain():
+        with torch.inference_mode():
+            tm.generate(**enc, **kw)
+
+    def steered():
+        with torch.inference_mode(), sv.apply(tm, multiplier=1.0):
+            tm.generate(**enc, **kw)
+
+    info = {"version": transformers.__version__, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    return {"peer unsteered": plain, "peer shared": steered}, info
 
 
 if __name__ == "__main__":
