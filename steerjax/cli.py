@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser with the ``info`` and ``generate`` subcommands."""
+    """The argparse parser with every subcommand."""
     from steerjax import __version__
 
     parser = argparse.ArgumentParser(
@@ -177,6 +177,27 @@ def build_parser() -> argparse.ArgumentParser:
     pse.add_argument("--seed", type=int, default=0)
     pse.add_argument("--out", default=None, metavar="FILE.json", help="also write the result as JSON")
     pse.set_defaults(run=_predictor_search)
+    tb = sub.add_parser("testbed", help="steerability testbed: steered rollouts of concepts x strengths x prompts",
+                        description="Generate neutral prompts steered by persona CAA concepts at a grid of "
+                                    "strengths (fractions of the residual norm); resumable.")
+    tb.add_argument("model", nargs="?", default=DEFAULT_MODEL, metavar="MODEL", help=model_help)
+    tb.add_argument("--concepts", nargs="+", required=True, metavar="DIM",
+                    help="Anthropic persona dimensions ($STEERJAX_DATA), or 'all'")
+    tb.add_argument("--prompts", type=int, default=50, metavar="N",
+                    help="the first N of the built-in neutral prompts (default: 50)")
+    tb.add_argument("--strengths", type=float, nargs="+", default=[0.125, 0.25, 0.5, 1.0, 2.0], metavar="S",
+                    help="added norm as a fraction of the residual norm (default: 0.125 0.25 0.5 1 2)")
+    tb.add_argument("--layer", type=int, required=True, metavar="L", help="the steered block")
+    tb.add_argument("--max-new-tokens", type=int, default=48, metavar="T", help="default: 48")
+    tb.add_argument("--pairs", type=int, default=32, metavar="N", help="A/B examples per CAA vector (default: 32)")
+    tb.add_argument("--positions", choices=("all", "generated"), default="all",
+                    help="steer prompt and generated tokens, or generated only (default: all)")
+    tb.add_argument("--batch-size", type=int, default=32)
+    tb.add_argument("--temperature", type=float, default=0.0, help="0 is greedy decoding (default: 0)")
+    tb.add_argument("--seed", type=int, default=0)
+    tb.add_argument("--dtype", choices=DTYPES, default="float32")
+    tb.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (resumed if it exists)")
+    tb.set_defaults(run=_testbed)
     return parser
 
 
@@ -551,4 +572,47 @@ def _predictor_search(args) -> int:
         with open(args.out, "w") as f:
             json.dump({k: (v.to_dict(orient="records") if hasattr(v, "to_dict") else v) for k, v in res.items()},
                       f, indent=2, default=str)
+def _testbed(args) -> int:
+    import math
+    import os
+
+    import steerjax
+    from steerjax.predictor import NEUTRAL_PROMPTS, load_concepts, persona_concepts, rollouts, save_concepts
+
+    if not 1 <= args.prompts <= len(NEUTRAL_PROMPTS):
+        raise SteerjaxError(f"--prompts must be in 1..{len(NEUTRAL_PROMPTS)}, got {args.prompts}")
+    if not all(math.isfinite(s) for s in args.strengths):
+        raise SteerjaxError(f"--strengths must be finite numbers, got {args.strengths}")
+    for name in ("max_new_tokens", "pairs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise SteerjaxError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    model = steerjax.load_model(args.model, dtype=args.dtype)
+    from steerjax.steering.core import normalize_layer
+
+    layer = normalize_layer(args.layer, model.config.num_layers)
+    names = None if args.concepts == ["all"] else args.concepts
+    os.makedirs(args.out, exist_ok=True)
+    cpath = os.path.join(args.out, "concepts.npz")
+    key = {"model": str(model.source), "dtype": args.dtype, "concepts": args.concepts, "layer": layer,
+           "pairs": args.pairs, "seed": args.seed}
+    kpath = os.path.join(args.out, "concepts.json")
+    cached = None
+    if os.path.exists(cpath) and os.path.exists(kpath):
+        with open(kpath) as f:
+            if json.load(f) == key:
+                cached = load_concepts(cpath)
+    if cached is None:
+        concepts = persona_concepts(model, names, layer=layer, n_pairs=args.pairs, seed=args.seed)
+        save_concepts(cpath, concepts)
+        with open(kpath, "w") as f:
+            json.dump(key, f, indent=2)
+    else:
+        concepts = cached
+    table = rollouts(model, list(NEUTRAL_PROMPTS[:args.prompts]), concepts, args.strengths, layer=layer,
+                     max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
+                     positions=args.positions, temperature=args.temperature, run_dir=args.out)
+    table.to_parquet(os.path.join(args.out, "rollouts.parquet"), index=False)
+    print(f"{len(table)} rollouts ({args.prompts} prompts x ({len(concepts)} concepts x {len(args.strengths)} "
+          f"strengths + unsteered)), layer {layer}, {args.max_new_tokens} new tokens")
+    print(f"results in {args.out}")
     return 0

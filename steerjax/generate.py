@@ -123,16 +123,25 @@ def generate(
 
 
 def sample(logits, key, temperature, top_p):
-    """Greedy when ``temperature == 0``, else nucleus sampling. logits: [B, V] float32."""
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
-    order = jnp.argsort(-scaled, axis=-1)
-    sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
-    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p  # always keeps the top token
-    choice = jax.random.categorical(key, jnp.where(keep, sorted_logits, -jnp.inf), axis=-1)
-    sampled = jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
-    return jnp.where(temperature > 0, sampled, greedy)
+    """Greedy when ``temperature == 0``, else nucleus sampling. logits: [B, V] float32.
+
+    A ``lax.cond`` on the traced temperature: greedy decoding never pays for the vocabulary sort
+    and the random draws (on CPU they cost more than the rest of a decoding step at batch 32).
+    """
+
+    def nucleus(logits):
+        scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
+        order = jnp.argsort(-scaled, axis=-1)
+        sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p  # always keeps the top token
+        choice = jax.random.categorical(key, jnp.where(keep, sorted_logits, -jnp.inf), axis=-1)
+        return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+    def greedy(logits):
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    return jax.lax.cond(temperature > 0, nucleus, greedy, logits)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "pad_id"))

@@ -78,7 +78,7 @@ def main(argv=None):
             f.write(line + "\n")
 
     # 1. concepts and rollouts
-    cpath = os.path.join(out, "concepts.safetensors")
+    cpath = os.path.join(out, "concepts.npz")
     if os.path.exists(cpath):
         concepts = load_concepts(cpath)
     else:

@@ -197,8 +197,8 @@ class HiddenStateJudge(Judge):
     Args:
       model: the :class:`steerjax.LanguageModel` that made the rollouts.
       concepts: the :class:`~steerjax.predictor.concepts.Concept` list (vectors and layer).
-      prompt_tokens: ``{prompt_id: token ids}`` of the rendered prompts (the rollout table's
-        ``prompt`` text is rendered with the chat template when omitted).
+      prompt_tokens: ``{prompt_id: token ids}`` of the rendered prompts (default: the rollout
+        table's ``prompt`` texts, encoded as the testbed encodes them).
       batch_size: rollouts per forward pass.
     """
 
@@ -275,13 +275,11 @@ def _prompt_ids(model, table, given):
         return [list(given[p]) for p in table["prompt_id"]]
     if "prompt" not in table:
         raise JudgeError("the rollout table has no 'prompt' column: pass prompt_tokens")
-    from steerjax.generate import encode_prompts
+    from steerjax.predictor.concepts import encode
 
-    cache = {}
-    for p, text in zip(table["prompt_id"], table["prompt"]):
-        if p not in cache:
-            cache[p] = encode_prompts(model, [[{"role": "user", "content": text}]])[0]
-    return [cache[p] for p in table["prompt_id"]]
+    texts = dict(zip(table["prompt_id"], table["prompt"]))
+    ids = dict(zip(texts, encode(model, list(texts.values()))))  # rendered as the testbed renders them
+    return [ids[p] for p in table["prompt_id"]]
 
 
 def _round_up(n: int, k: int) -> int:

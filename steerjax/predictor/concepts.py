@@ -1,0 +1,327 @@
+"""Concepts of the steerability testbed: steering vectors, their layer, and the residual norm.
+
+A :class:`Concept` is one steering direction at one block. Strengths are expressed relative to the
+residual stream: strength ``s`` gives the multiplier ``s * residual_norm / |v|``, so the added
+vector ``multiplier * v`` has norm ``s * residual_norm`` whatever the vector's own norm
+(``residual_norm`` is the mean norm of the residual stream at that block over neutral prompts, see
+:func:`residual_norm`). ``s = 1`` thus adds a vector as long as a typical residual.
+
+Two sources of vectors:
+
+* :func:`persona_concepts`: CAA (Rimsky et al. 2024) on Anthropic persona dimensions, the mean
+  difference of the answer-letter activations of matching vs non-matching A/B answers
+  (:func:`steerjax.steering.vectors.train_vector`, data from ``$STEERJAX_DATA``); 135 dimensions.
+* :func:`text_concepts`: concept texts vs neutral texts, the difference of mean token activations
+  (needs no data; works with token ids for models without a tokenizer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from steerjax.errors import SteerjaxError, SteeringError
+from steerjax.generate import PROMPT_BUCKET, encode_prompts
+from steerjax.models.transformer import forward, positions_from_mask
+from steerjax.steering.core import normalize_layer
+
+UNSTEERED = "none"
+
+NEUTRAL_PROMPTS: tuple[str, ...] = (
+    "Tell me about your weekend plans.",
+    "Describe a city you would like to visit.",
+    "What is a good way to spend a rainy afternoon?",
+    "Tell me about a hobby you find interesting.",
+    "Describe your ideal breakfast.",
+    "What should I cook for dinner tonight?",
+    "Tell me a short story about a lighthouse.",
+    "Describe the view from a mountain top.",
+    "What do you think about when you look at the ocean?",
+    "Give me some tips for organizing my desk.",
+    "Tell me about a book you would recommend.",
+    "Describe a typical day at a busy train station.",
+    "What makes a good birthday present?",
+    "Tell me about the changing of the seasons.",
+    "How would you plan a picnic in the park?",
+    "Describe a walk through a forest in autumn.",
+    "What are some fun things to do at the beach?",
+    "Tell me about an interesting animal.",
+    "Describe a small village market.",
+    "How do I start learning to play the guitar?",
+    "What is your favorite kind of weather, and why?",
+    "Tell me about a memorable meal.",
+    "Describe a cozy living room.",
+    "What would you pack for a weekend trip?",
+    "Tell me about the night sky.",
+    "How can I make my mornings more pleasant?",
+    "Describe a garden in early summer.",
+    "What are some good games to play with friends?",
+    "Tell me about a famous bridge.",
+    "Describe the sounds of a city at night.",
+    "What is a nice way to thank a neighbor?",
+    "Tell me about learning a new language.",
+    "Describe a bakery early in the morning.",
+    "How would you describe the color blue to someone?",
+    "Tell me about a river and the towns along it.",
+    "What should I know before adopting a cat?",
+    "Describe a snowy winter day.",
+    "Tell me about your favorite season.",
+    "How do people celebrate the new year?",
+    "Describe a long train journey.",
+    "What makes a room feel welcoming?",
+    "Tell me about a museum you would like to see.",
+    "Describe a sunset over the fields.",
+    "How can I keep my houseplants healthy?",
+    "Tell me about a day at the zoo.",
+    "Describe the smell of fresh bread.",
+    "What is a good routine for an evening walk?",
+    "Tell me about the history of tea.",
+    "Describe a quiet library.",
+    "What would you do with a free afternoon?",
+    "Tell me about a festival in a small town.",
+    "Describe a boat trip on a lake.",
+    "How would you decorate a small apartment?",
+    "Tell me about the moon.",
+    "Describe a friendly conversation between two strangers.",
+    "What is a simple recipe for soup?",
+    "Tell me about a bicycle ride in the countryside.",
+    "Describe what a school looks like on the first day of term.",
+    "What do you enjoy about music?",
+    "Tell me about planning a family dinner.",
+)
+
+
+@dataclasses.dataclass
+class Concept:
+    """One steering direction.
+
+    Attributes:
+      name: unique; ``"none"`` is reserved for unsteered rows.
+      source: where the vector came from, e.g. ``"persona:agreeableness"`` or ``"text"``.
+      vector: float32 ``[D]``, added at block ``layer``.
+      layer: block index (``>= 0``).
+      residual_norm: mean residual-stream norm at ``layer`` over neutral prompts; strengths are
+        fractions of it (:meth:`multiplier`).
+    """
+
+    name: str
+    source: str
+    vector: np.ndarray
+    layer: int
+    residual_norm: float
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name or self.name == UNSTEERED:
+            raise SteeringError(f"concept name must be a non-empty string other than {UNSTEERED!r}, got {self.name!r}")
+        self.vector = np.asarray(self.vector, np.float32)
+        if self.vector.ndim != 1:
+            raise SteeringError(f"concept {self.name!r}: vector must be 1-D [D], got shape {self.vector.shape}")
+        norm = float(np.linalg.norm(self.vector))
+        if not np.isfinite(norm) or norm == 0:
+            raise SteeringError(f"concept {self.name!r}: vector must be finite and non-zero")
+        if not (np.isfinite(self.residual_norm) and self.residual_norm > 0):
+            raise SteeringError(f"concept {self.name!r}: residual_norm must be > 0, got {self.residual_norm}")
+        self.layer = int(self.layer)
+        self.residual_norm = float(self.residual_norm)
+
+    @property
+    def norm(self) -> float:
+        return float(np.linalg.norm(self.vector))
+
+    def multiplier(self, strength) -> np.ndarray | float:
+        """``strength * residual_norm / |v|``: the added vector has norm ``|strength| * residual_norm``."""
+        return np.asarray(strength, np.float64) * self.residual_norm / self.norm
+
+
+def select(concepts: Sequence[Concept], names: Sequence[str] | None) -> list[Concept]:
+    """The concepts named ``names`` (in that order); all of them for ``None``.
+
+    Raises:
+      SteerjaxError: an unknown or repeated name.
+    """
+    by_name = {c.name: c for c in concepts}
+    if names is None:
+        return list(concepts)
+    out = []
+    for n in names:
+        if n not in by_name:
+            import difflib
+
+            close = difflib.get_close_matches(str(n), list(by_name), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise SteerjaxError(f"unknown concept {n!r}{hint} (known: {len(by_name)} concepts)")
+        out.append(by_name[n])
+    if len({c.name for c in out}) != len(out):
+        raise SteerjaxError(f"concept names repeat in {list(names)}")
+    return out
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def encode(model, prompts, *, chat: bool | None = None) -> list[list[int]]:
+    """Token ids of prompts: a text is a user message formatted with the chat template when the
+    tokenizer has one (``chat=None``) or ``chat=True``; plain text with ``chat=False``; chats and
+    token-id lists pass through."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+        raise SteerjaxError("prompts must be a non-empty list of strings, chats or token-id lists")
+    tok = model.tokenizer
+    use_chat = bool(getattr(tok, "chat_template", None)) if chat is None else chat
+    items = [[{"role": "user", "content": p}] if isinstance(p, str) and use_chat else p for p in prompts]
+    return encode_prompts(model, list(items))
+
+
+def pad_left(ids: Sequence[Sequence[int]], rows: int | None = None, bucket: int = PROMPT_BUCKET):
+    """Left-pad to a multiple of ``bucket`` tokens and (optionally) ``rows`` rows (extra rows repeat
+    the first prompt). Returns ``tokens [rows, T] int32``, ``valid [rows, T] bool``."""
+    rows = len(ids) if rows is None else rows
+    longest = max(len(x) for x in ids)
+    t = -(-longest // bucket) * bucket
+    tokens = np.zeros((rows, t), np.int32)
+    valid = np.zeros((rows, t), bool)
+    for i in range(rows):
+        x = ids[i] if i < len(ids) else ids[0]
+        tokens[i, t - len(x):] = x
+        valid[i, t - len(x):] = True
+    return tokens, valid
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _layer_stats(params, cfg, tokens, valid, layer):
+    """Per row: mean residual at ``layer`` and mean residual norm, over real tokens but the first."""
+    out = forward(params, cfg, tokens, positions=positions_from_mask(valid), valid=valid, collect_layers=True)
+    h = out.layers[layer].astype(jnp.float32)  # [B, T, D]
+    pos = positions_from_mask(valid)
+    n_real = jnp.sum(valid, axis=-1)
+    use = valid & ((pos > 0) | (n_real[:, None] == 1))  # skip the attention-sink first token
+    w = use.astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(w, axis=-1), 1.0)
+    mean = jnp.einsum("bt,btd->bd", w, h) / count[:, None]
+    norm = jnp.sum(w * jnp.linalg.norm(h, axis=-1), axis=-1) / count
+    return mean, norm
+
+
+def _stats(model, ids, layer: int, batch_size: int):
+    means, norms = [], []
+    for i in range(0, len(ids), batch_size):
+        part = ids[i:i + batch_size]
+        tokens, valid = pad_left(part, batch_size)
+        m, n = _layer_stats(model.params, model.config, jnp.asarray(tokens), jnp.asarray(valid), jnp.int32(layer))
+        means.append(np.asarray(m)[:len(part)])
+        norms.append(np.asarray(n)[:len(part)])
+    return np.concatenate(means).astype(np.float64), np.concatenate(norms).astype(np.float64)
+
+
+def residual_norm(model, prompts=NEUTRAL_PROMPTS, layer: int = 0, *, chat: bool | None = None,
+                  batch_size: int = 16) -> float:
+    """Mean norm of the (unsteered) residual stream after block ``layer``: averaged over each
+    prompt's tokens (all but the first, whose norm is often an outlier) and then over prompts.
+    Prompts are encoded as in :func:`encode`."""
+    li = normalize_layer(layer, model.config.num_layers)
+    _, norms = _stats(model, encode(model, prompts, chat=chat), li, batch_size)
+    return float(norms.mean())
+
+
+# ----------------------------------------------------------------------------- concept sources
+
+
+def text_concepts(model, texts: Mapping[str, Sequence[Any]], neutral_texts: Sequence[Any], layer: int, *,
+                  norm_prompts=None, chat: bool | None = False, batch_size: int = 16) -> list[Concept]:
+    """Concepts from concept texts vs neutral texts: ``mean_t h(concept) - mean_t h(neutral)``
+    where ``h`` is a text's mean residual after block ``layer`` (first token excluded).
+
+    Args:
+      texts: concept name -> texts (or token-id lists).
+      neutral_texts: the contrast texts (or token-id lists).
+      norm_prompts: prompts for :func:`residual_norm`; default ``neutral_texts``.
+      chat: encode texts as chat user messages (default: plain text).
+    """
+    if not texts:
+        raise SteerjaxError("texts is empty: give at least one {concept: [texts]} entry")
+    li = normalize_layer(layer, model.config.num_layers)
+    neutral_ids = encode(model, list(neutral_texts), chat=chat)
+    neutral_mean, neutral_norm = _stats(model, neutral_ids, li, batch_size)
+    if norm_prompts is None:
+        rnorm = float(neutral_norm.mean())
+    else:
+        rnorm = residual_norm(model, norm_prompts, li, batch_size=batch_size)
+    out = []
+    for name, items in texts.items():
+        mean, _ = _stats(model, encode(model, list(items), chat=chat), li, batch_size)
+        vec = (mean.mean(axis=0) - neutral_mean.mean(axis=0)).astype(np.float32)
+        out.append(Concept(str(name), "text", vec, li, rnorm))
+    select(out, [c.name for c in out])  # rejects repeats
+    return out
+
+
+def persona_concepts(model, names: Sequence[str] | None = None, *, layer: int, n_pairs: int = 32, seed: int = 0,
+                     norm_prompts=NEUTRAL_PROMPTS, batch_size: int = 16, progress: bool = True) -> list[Concept]:
+    """CAA concepts from Anthropic persona dimensions (``$STEERJAX_DATA/anthropic-evals/persona``).
+
+    For each dimension, ``n_pairs`` A/B questions (``steerjax.data.load_dataset``, shuffled with
+    ``seed``) give the mean difference of the residual after block ``layer`` at the answer letter,
+    matching minus non-matching answer (``train_vector(method="caa")``).
+
+    Args:
+      names: persona dimensions (``steerjax.data.list_datasets("persona")``, 135 of them);
+        ``None``: all of them.
+      norm_prompts: prompts for :func:`residual_norm` (default: :data:`NEUTRAL_PROMPTS`).
+
+    Raises:
+      DataError: ``STEERJAX_DATA`` unset, an unknown dimension (with suggestions).
+    """
+    from tqdm.auto import tqdm
+
+    from steerjax.data import list_datasets, load_dataset
+    from steerjax.steering.vectors import train_vector
+
+    if isinstance(n_pairs, bool) or not isinstance(n_pairs, (int, np.integer)) or n_pairs < 1:
+        raise SteerjaxError(f"n_pairs must be a positive int, got {n_pairs!r}")
+    li = normalize_layer(layer, model.config.num_layers)
+    available = list_datasets("persona")
+    if names is None:
+        names = available
+    if isinstance(names, str):
+        names = [names]
+    names = list(names)
+    if not names:
+        raise SteerjaxError("names is empty: give persona dimensions, or None for all")
+    for n in names:
+        if n not in available:
+            load_dataset(n)  # raises DataError with close matches
+            raise SteerjaxError(f"{n!r} is not a persona dimension")
+    if len(set(names)) != len(names):
+        raise SteerjaxError(f"persona dimensions repeat in {names}")
+    rnorm = residual_norm(model, norm_prompts, li, batch_size=batch_size)
+    out = []
+    for n in tqdm(names, desc="concept vectors", unit="concept", disable=None if progress else True):
+        examples = load_dataset(n, seed=seed, max_examples=int(n_pairs))
+        vec = train_vector(model, examples, layers=[li], method="caa", batch_size=batch_size, progress=False)
+        out.append(Concept(n, f"persona:{n}", vec.vectors[li], li, rnorm))
+    return out
+
+
+def save_concepts(path, concepts: Sequence[Concept]) -> None:
+    """Write concepts to an ``.npz`` (names, sources, vectors ``[C, D]``, layers, residual norms)."""
+    import os
+
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    np.savez(tmp, name=np.asarray([c.name for c in concepts]), source=np.asarray([c.source for c in concepts]),
+             vector=np.stack([c.vector for c in concepts]), layer=np.asarray([c.layer for c in concepts]),
+             residual_norm=np.asarray([c.residual_norm for c in concepts]))
+    os.replace(tmp, path)
+
+
+def load_concepts(path) -> list[Concept]:
+    """Concepts written by :func:`save_concepts`."""
+    with np.load(path) as z:
+        return [Concept(str(n), str(s), v, int(li), float(r))
+                for n, s, v, li, r in zip(z["name"], z["source"], z["vector"], z["layer"], z["residual_norm"])]

