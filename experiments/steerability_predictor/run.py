@@ -1,7 +1,7 @@
 """Predicting steerability early (Fan et al., "When is Your LLM Steerable?") on one model.
 
-1. Testbed: contrastive (CAA) concepts from Anthropic persona dimensions, neutral open-ended
-   prompts, a grid of strengths (fractions of the residual norm at the steered block); greedy
+1. Testbed: contrastive concepts from Anthropic persona statements (each dimension's statements
+   against all dimensions' statements), neutral open-ended prompts, a grid of strengths (fractions of the residual norm at the steered block); greedy
    steered rollouts with the KV cache, per-example vectors and multipliers in one batch.
 2. Labels: the hidden-state judge (concept shift, NLL, repetition; thresholds calibrated on the
    unsteered rollouts), and Cohen's kappa against the independent MiniLM embedding judge on a sample.
@@ -28,16 +28,16 @@ import pandas as pd
 
 PRESETS = {
     # CI: a minute or two on 2 CPU cores; checks the pipeline end to end, not the targets
-    "smoke": dict(concepts=4, prompts=4, strengths=[0.5, 2.0, 8.0], max_new_tokens=8, steps=[1, 2, 4],
-                  n_pairs=8, folds=2, search_k=2, kappa_sample=24, iterations=50, batch_size=16),
-    # the issue's quick configuration: >= 30 concepts x 50 prompts, a small grid; ~20 min on 2 cores
-    "quick": dict(concepts=30, prompts=50, strengths=[0.25, 0.5, 1.0, 2.0, 4.0], max_new_tokens=24,
-                  steps=[1, 2, 4, 8], n_pairs=24, folds=5, search_k=2, kappa_sample=300, iterations=300,
+    "smoke": dict(concepts=4, prompts=4, strengths=[0.1, 0.3, 0.6], max_new_tokens=8, steps=[1, 2],
+                  n_statements=8, folds=2, search_k=1, kappa_sample=16, iterations=40, batch_size=32),
+    # 30 concepts x 12 prompts x 7 strengths, 24 new tokens: ~16 min on 2 CPU cores
+    "quick": dict(concepts=30, prompts=12, strengths=[0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6], max_new_tokens=24,
+                  steps=[1, 2, 4], n_statements=32, folds=5, search_k=2, kappa_sample=300, iterations=150,
                   batch_size=64),
-    # the paper-scale configuration, for a GPU or TPU (every persona dimension, a finer grid)
-    "full": dict(concepts=None, prompts=None, strengths=[0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0],
-                 max_new_tokens=64, steps=[1, 2, 4, 8], n_pairs=64, folds=5, search_k=2, kappa_sample=1000,
-                 iterations=600, batch_size=256),
+    # paper scale, for a GPU or TPU: every persona dimension, all 60 prompts, a finer grid, longer rollouts
+    "full": dict(concepts=None, prompts=None, strengths=[0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
+                                                          0.6, 0.8], max_new_tokens=64, steps=[1, 2, 4, 8],
+                 n_statements=64, folds=5, search_k=2, kappa_sample=2000, iterations=500, batch_size=256),
 }
 
 
@@ -54,7 +54,7 @@ def main(argv=None):
     import steerjax
     from steerjax.data import list_datasets
     from steerjax.predictor import classifier, judge, plots, search
-    from steerjax.predictor.concepts import NEUTRAL_PROMPTS, load_concepts, persona_concepts, save_concepts
+    from steerjax.predictor.concepts import NEUTRAL_PROMPTS, load_concepts, save_concepts, statement_concepts
     from steerjax.predictor.features import early_features
     from steerjax.predictor.testbed import rollouts
 
@@ -82,7 +82,7 @@ def main(argv=None):
     if os.path.exists(cpath):
         concepts = load_concepts(cpath)
     else:
-        concepts = persona_concepts(model, names, layer=layer, n_pairs=preset["n_pairs"], seed=args.seed)
+        concepts = statement_concepts(model, names, layer=layer, n_statements=preset["n_statements"], seed=args.seed)
         save_concepts(cpath, concepts)
     log(f"{len(concepts)} concepts at block {layer}; residual norm {concepts[0].residual_norm:.1f}")
     roll = rollouts(model, prompts, concepts, preset["strengths"], layer=layer,

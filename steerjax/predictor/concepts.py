@@ -262,6 +262,42 @@ def text_concepts(model, texts: Mapping[str, Sequence[Any]], neutral_texts: Sequ
     return out
 
 
+def statement_concepts(model, names: Sequence[str], *, layer: int, n_statements: int = 32, seed: int = 0,
+                       norm_prompts=NEUTRAL_PROMPTS, batch_size: int = 16, progress: bool = True) -> list[Concept]:
+    """Contrastive concepts from Anthropic persona statements (``$STEERJAX_DATA``).
+
+    For each dimension, ``n_statements`` of its positive statements (what the persona would say,
+    sampled with ``seed``) give ``m_c``, the mean over statements of their mean residual after
+    block ``layer`` (plain text, first token excluded). The vector is ``m_c - mean_c' m_c'``: the
+    dimension's statements against all dimensions' statements, so what every statement shares
+    (first-person, declarative style) cancels and what is particular to the dimension remains.
+    Unlike :func:`persona_concepts` (A/B answer letters), these directions are about what the
+    text says, so steering with them shows in the rollouts. Needs at least two dimensions.
+    """
+    from tqdm.auto import tqdm
+
+    from steerjax.profiles.data import persona_statements
+
+    names = list(names)
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise SteerjaxError(f"statement concepts contrast dimensions with each other: give two or more distinct "
+                            f"names, got {names}")
+    if n_statements < 1:
+        raise SteerjaxError(f"n_statements must be >= 1, got {n_statements}")
+    li = normalize_layer(layer, model.config.num_layers)
+    means = []
+    for n in tqdm(names, desc="concept vectors", unit="concept", disable=None if progress else True):
+        rows = persona_statements(n)
+        pos = rows.loc[rows["direction"] == "positive", "statement"]
+        texts = pos.sample(n=min(n_statements, len(pos)), random_state=seed).tolist()
+        m, _ = _stats(model, encode(model, texts, chat=False), li, batch_size)
+        means.append(m.mean(axis=0))
+    means = np.stack(means)
+    rnorm = residual_norm(model, norm_prompts, li, batch_size=batch_size)
+    return [Concept(n, f"persona-statements:{n}", (m - means.mean(axis=0)).astype(np.float32), li, rnorm)
+            for n, m in zip(names, means)]
+
+
 def persona_concepts(model, names: Sequence[str] | None = None, *, layer: int, n_pairs: int = 32, seed: int = 0,
                      norm_prompts=NEUTRAL_PROMPTS, batch_size: int = 16, progress: bool = True) -> list[Concept]:
     """CAA concepts from Anthropic persona dimensions (``$STEERJAX_DATA/anthropic-evals/persona``).

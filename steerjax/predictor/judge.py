@@ -204,7 +204,7 @@ class HiddenStateJudge(Judge):
 
     name = "hidden-state judge"
     fluency_columns = ("nll", "repetition")
-    fluency_margin = {"nll": 1.0, "repetition": 0.1}
+    fluency_margin = {"nll": 1.0, "repetition": 0.25}
 
     def __init__(self, model, concepts, *, prompt_tokens: Mapping | None = None, batch_size: int = 32,
                  progress: bool = True):
