@@ -10,9 +10,10 @@ statements and Anthropic persona statements); without it, synthetic statements.
 steerjax: :func:`steerjax.profiles.scoring.answer_logprobs`, one call per dimension (its prompts x
 its questions), the steering prompt's KV cache computed once and reused; warmed up (compiled)
 before timing; the timed call includes its host-side tokenization.
-The peer is the reference implementation's loop: for each (steering prompt, question), render the
-full chat, tokenize, one forward pass of the whole chat, log-softmax at the last position, read
-the answer tokens (steerjax's own answer tokenization; an answer of several tokens is scored with
+The peer runs in a process of its own (no JAX runtime competes with its threads) and is the
+reference implementation's loop: for each (steering prompt, question), render the full chat,
+tokenize, one forward pass of the whole chat, log-softmax at the last position, read the answer
+tokens (steerjax's own answer tokenization; an answer of several tokens is scored with
 a forward over chat + answer and its log-probs summed). One run on this machine.
 
     STEERJAX_DATA=/path/to/data python benchmarks/profile_scoring.py --dims 2 --budgets 5 20 --questions 16
@@ -21,7 +22,11 @@ a forward over chat + answer and its log-probs summed). One run on this machine.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -96,6 +101,51 @@ def peer_scores(tm, tokenizer, prompts, questions, ans):
     return out
 
 
+def _setup(args):
+    if os.environ.get("STEERJAX_DATA"):
+        return real_setup(args.dims, args.budgets, args.questions, args.seed, args.dim)
+    return synthetic_setup(args.dims, args.budgets, args.questions, args.seed)
+
+
+def peer_main(args, cores):
+    """The peer in a process of its own (no JAX runtime beside it): probes torch's best thread
+    count on one chat forward, scores every chat, writes scores and seconds to ``args.peer_out``."""
+    import torch
+    import transformers
+
+    import importlib.util
+
+    from steerjax.model import ALIASES
+    from steerjax.profiles.data import query_messages
+
+    pkg, name, _ = ALIASES["smollm2-135m-instruct"]
+    gguf_dir = os.path.dirname(importlib.util.find_spec(pkg).origin)
+    tm = transformers.AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=name, dtype=torch.float32).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(gguf_dir, gguf_file=name)
+    setup, _ = _setup(args)
+    best = {}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    else:  # on shared cores more OpenMP threads can be slower: give the peer its best count
+        ids = torch.tensor([tok(tok.apply_chat_template(query_messages(setup[0][2][0], system=setup[0][1][-1][1]),
+                                                        add_generation_prompt=True, tokenize=False),
+                                add_special_tokens=False)["input_ids"]])
+        for n in range(1, cores + 1):
+            torch.set_num_threads(n)
+            with torch.inference_mode():
+                tm(ids)
+                t = time.perf_counter()
+                tm(ids)
+                best[n] = time.perf_counter() - t
+        torch.set_num_threads(min(best, key=best.get))
+    ans = [list(map(int, a)) for a in args.answer_tokens]
+    t = time.perf_counter()
+    pt = [peer_scores(tm, tok, [s for _, s in ps], qs, ans) for _, ps, qs in setup]
+    seconds = time.perf_counter() - t
+    np.savez(args.peer_out, *pt, seconds=seconds, threads=torch.get_num_threads(),
+             probe=json.dumps(best), versions=json.dumps([torch.__version__, transformers.__version__]))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dims", type=int, default=2, help="persona dimensions (the first N sorted; default 2)")
@@ -106,44 +156,22 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: the fastest of 1..usable cores, probed on one chat forward)")
+    ap.add_argument("--peer-out", default=None, help=argparse.SUPPRESS)  # internal: run as the peer process
+    ap.add_argument("--answer-tokens", type=json.loads, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-    import torch
+    if args.peer_out:
+        return peer_main(args, cores)
 
     import jax
-    import transformers
 
     import steerjax
     from steerjax.profiles.data import query_messages
     from steerjax.profiles.scoring import ANSWERS, _answer_tokens, answer_logprobs
 
     model = steerjax.load_model("smollm2-135m-instruct", dtype="float32")
-    gguf_dir, gguf_name = os.path.dirname(model.source), os.path.basename(model.source)
-    tm = transformers.AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
-
-    if os.environ.get("STEERJAX_DATA"):
-        setup, source = real_setup(args.dims, args.budgets, args.questions, args.seed, args.dim)
-    else:
-        setup, source = synthetic_setup(args.dims, args.budgets, args.questions, args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        probe = ""
-    else:  # on shared cores more OpenMP threads can be much slower: give the peer its best count
-        ids = torch.tensor([model.tokenizer(model.tokenizer.apply_chat_template(query_messages(
-            setup[0][2][0], system=setup[0][1][-1][1]), add_generation_prompt=True, tokenize=False),
-            add_special_tokens=False)["input_ids"]])
-        best = {}
-        for n in range(1, cores + 1):
-            torch.set_num_threads(n)
-            with torch.inference_mode():
-                tm(ids)
-                t = time.perf_counter()
-                tm(ids)
-                best[n] = time.perf_counter() - t
-        torch.set_num_threads(min(best, key=best.get))
-        probe = "; forward s by threads " + ", ".join(f"{n}: {v:.2f}" for n, v in best.items())
+    gguf_name = os.path.basename(model.source)
+    setup, source = _setup(args)
     n_pairs = sum(len(p) * len(q) for _, p, q in setup)
     # the answer tokens exactly as steerjax finds them (continuation of the rendered chat)
     ans = _answer_tokens(model.tokenizer, setup[0][1][0][1], setup[0][2][0], ANSWERS)
@@ -161,9 +189,21 @@ def main(argv=None):
     t = time.perf_counter()
     sj = ours()
     sj_s = time.perf_counter() - t
-    t = time.perf_counter()
-    pt = [peer_scores(tm, tok, [s for _, s in ps], qs, ans) for _, ps, qs in setup]
-    pt_s = time.perf_counter() - t
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "peer.npz")
+        cmd = [sys.executable, os.path.abspath(__file__), "--peer-out", out, "--answer-tokens", json.dumps(ans),
+               "--budgets", *map(str, args.budgets), "--questions", str(args.questions), "--dims", str(args.dims),
+               "--seed", str(args.seed)] + [f"--dim={d}" for d in args.dim or []]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        subprocess.run(cmd, check=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+        with np.load(out) as z:
+            pt = [z[f"arr_{i}"] for i in range(len(setup))]
+            pt_s, threads = float(z["seconds"]), int(z["threads"])
+            best = json.loads(str(z["probe"]))
+            torch_v, tf_v = json.loads(str(z["versions"]))
+    probe = "; forward s by threads " + ", ".join(f"{n}: {v:.2f}" for n, v in best.items()) if best else ""
 
     margin = lambda lp: lp[..., 0] - lp[..., 1]  # noqa: E731
     diff = max(float(np.abs(margin(a) - margin(b)).max()) for a, b in zip(sj, pt))
@@ -176,9 +216,10 @@ def main(argv=None):
           f"-> {n_pairs} (prompt, question) pairs; chats {min(chat_lens)}-{max(chat_lens)} tokens "
           f"(mean {np.mean(chat_lens):.0f}); answers {ANSWERS} -> tokens {ans}")
     print(f"# machine: {cpu_name()}, {cores} usable cores; jax {jax.__version__} on {jax.devices()[0].platform}, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads{probe}), transformers {transformers.__version__}")
+          f"torch {torch_v} ({threads} threads{probe}), transformers {tf_v}")
     print(f"# steerjax: answer_logprobs per dimension, batch_size {args.batch_size}, first call (compile) "
-          f"{first:.1f} s, then one timed run; peer: transformers, one full chat per forward, one run\n")
+          f"{first:.1f} s, then one timed run; peer: transformers in its own process (no JAX runtime beside it), "
+          f"one full chat per forward, one run\n")
     print("| library | seconds | questions/s |")
     print("|---|---|---|")
     print(f"| steerjax answer_logprobs | {sj_s:.2f} | {n_pairs / sj_s:.1f} |")

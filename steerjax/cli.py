@@ -189,7 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="added norm as a fraction of the residual norm (default: 0.125 0.25 0.5 1 2)")
     tb.add_argument("--layer", type=int, required=True, metavar="L", help="the steered block")
     tb.add_argument("--max-new-tokens", type=int, default=48, metavar="T", help="default: 48")
-    tb.add_argument("--pairs", type=int, default=32, metavar="N", help="A/B examples per CAA vector (default: 32)")
+    tb.add_argument("--source", choices=("statements", "ab"), default="statements",
+                    help="concept vectors from each dimension's statements against all dimensions' statements, "
+                         "or CAA on its A/B questions (default: statements)")
+    tb.add_argument("--pairs", type=int, default=32, metavar="N",
+                    help="statements (or A/B examples) per concept vector (default: 32)")
     tb.add_argument("--positions", choices=("all", "generated"), default="all",
                     help="steer prompt and generated tokens, or generated only (default: all)")
     tb.add_argument("--batch-size", type=int, default=32)
@@ -572,12 +576,16 @@ def _predictor_search(args) -> int:
         with open(args.out, "w") as f:
             json.dump({k: (v.to_dict(orient="records") if hasattr(v, "to_dict") else v) for k, v in res.items()},
                       f, indent=2, default=str)
+    return 0
+
+
 def _testbed(args) -> int:
     import math
     import os
 
     import steerjax
     from steerjax.predictor import NEUTRAL_PROMPTS, load_concepts, persona_concepts, rollouts, save_concepts
+    from steerjax.predictor.concepts import statement_concepts
 
     if not 1 <= args.prompts <= len(NEUTRAL_PROMPTS):
         raise SteerjaxError(f"--prompts must be in 1..{len(NEUTRAL_PROMPTS)}, got {args.prompts}")
@@ -594,7 +602,7 @@ def _testbed(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     cpath = os.path.join(args.out, "concepts.npz")
     key = {"model": str(model.source), "dtype": args.dtype, "concepts": args.concepts, "layer": layer,
-           "pairs": args.pairs, "seed": args.seed}
+           "pairs": args.pairs, "seed": args.seed, "source": args.source}
     kpath = os.path.join(args.out, "concepts.json")
     cached = None
     if os.path.exists(cpath) and os.path.exists(kpath):
@@ -602,7 +610,13 @@ def _testbed(args) -> int:
             if json.load(f) == key:
                 cached = load_concepts(cpath)
     if cached is None:
-        concepts = persona_concepts(model, names, layer=layer, n_pairs=args.pairs, seed=args.seed)
+        if args.source == "ab":
+            concepts = persona_concepts(model, names, layer=layer, n_pairs=args.pairs, seed=args.seed)
+        else:
+            from steerjax.data import list_datasets
+
+            concepts = statement_concepts(model, names or list_datasets("persona"), layer=layer,
+                                          n_statements=args.pairs, seed=args.seed)
         save_concepts(cpath, concepts)
         with open(kpath, "w") as f:
             json.dump(key, f, indent=2)

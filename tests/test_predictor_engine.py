@@ -303,3 +303,33 @@ def test_cli_testbed_runs_and_resumes(chat_model_dir, tmp_path, capsys):
     pd.testing.assert_frame_equal(table, pd.read_parquet(f"{out}/rollouts.parquet"))
     assert main(args[:3] + ["agreeable"] + args[5:]) == 2
     assert "unknown" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("STEERJAX_DATA"), reason="STEERJAX_DATA is not set")
+def test_cli_predictor_train_and_search(chat_model_dir, tmp_path, capsys):
+    import json
+
+    from steerjax.cli import main
+    from steerjax.predictor.classifier import SteerabilityPredictor
+
+    tb, pred = str(tmp_path / "tb"), str(tmp_path / "pred")
+    assert main(["testbed", chat_model_dir, "--concepts", "agreeableness", "narcissism", "risk-seeking",
+                 "--prompts", "4", "--strengths", "0.02", "0.5", "4", "--layer", "0", "--max-new-tokens", "6",
+                 "--pairs", "4", "--out", tb]) == 0
+    assert main(["predictor", "train", tb, "--steps", "1", "2", "--search-k", "1", "--folds", "0",
+                 "--iterations", "20", "--out", pred]) == 0
+    labels = pd.read_parquet(f"{pred}/labels.parquet")
+    assert set(labels["label"]) <= {"under-steer", "success", "over-steer"} and len(labels) == 4 * (1 + 3 * 3)
+    p = SteerabilityPredictor.load(pred)
+    assert p.meta["layer"] == 0 and all(c.endswith("_k1") or c == "strength" for c in p.feature_columns)
+    capsys.readouterr()
+    out = str(tmp_path / "search.json")
+    assert main(["predictor", "search", pred, "--prompt", "Tell me a story.", "--concept", "narcissism",
+                 "--strategy", "bisect", "--judge", "--out", out]) == 0
+    res = json.load(open(out))
+    assert res["strength"] in (0.02, 0.5, 4.0) and res["label"] in ("under-steer", "success", "over-steer")
+    assert 1 <= len(res["evaluated"]) <= 2 and res["decoded_tokens"] > 0
+    assert main(["predictor", "search", pred, "--prompt", "x", "--concept", "nope"]) == 2
+    assert "unknown concept" in capsys.readouterr().err
+    assert main(["predictor", "train", str(tmp_path / "missing"), "--out", pred]) == 2
+    assert "not a finished testbed run" in capsys.readouterr().err

@@ -231,3 +231,13 @@ def test_use_mesh_and_from_env(monkeypatch):
             assert sharding.default_mesh() is None
         assert sharding.default_mesh() is mesh
     assert sharding.default_mesh() is None
+
+
+def test_load_model_places_shards_from_host(tiny):
+    path, _ = tiny("llama")
+    mesh = sharding.make_mesh(data=1, model=1)
+    placed = steerjax.load_model(path, mesh=mesh)
+    plain = steerjax.load_model(path)
+    for a, b in zip(jax.tree.leaves(placed.params), jax.tree.leaves(plain.params)):
+        assert isinstance(a.sharding, jax.sharding.NamedSharding) and a.sharding.mesh.shape == mesh.shape
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

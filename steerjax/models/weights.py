@@ -99,8 +99,11 @@ def build_params(
     *,
     source: str = "checkpoint",
     transform: Callable[[str, np.ndarray], np.ndarray] | None = None,
+    to_device: bool = True,
 ) -> dict:
-    """Convert HF-named tensors into the family's stacked params, checking keys and shapes."""
+    """Convert HF-named tensors into the family's stacked params, checking keys and shapes.
+
+    ``to_device=False`` keeps host (numpy) arrays, for placing them shard by shard."""
     tensors = {fam.canonical(k): v for k, v in tensors.items()}
     used: set[str] = set()
     missing: list[str] = []
@@ -143,7 +146,7 @@ def build_params(
                 )
         params["layers"][key] = np.stack([np.asarray(lp[key]) for lp in layers])
     _check_shapes(params, expected, source)
-    return _cast(params, dtype)
+    return _cast(params, dtype, to_device)
 
 
 def _check_shapes(params, expected, source, path=""):
@@ -159,12 +162,13 @@ def _check_shapes(params, expected, source, path=""):
             )
 
 
-def _cast(tree, dtype):
+def _cast(tree, dtype, to_device=True):
     import jax.numpy as jnp
 
     if isinstance(tree, dict):
-        return {k: _cast(v, dtype) for k, v in tree.items()}
-    return jnp.asarray(np.asarray(tree).astype(dtype))
+        return {k: _cast(v, dtype, to_device) for k, v in tree.items()}
+    host = np.asarray(tree).astype(dtype)
+    return jnp.asarray(host) if to_device else host
 
 
 def count(params) -> int:

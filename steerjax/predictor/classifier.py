@@ -96,6 +96,9 @@ def fit(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = None, la
     cols = list(feature_columns) if feature_columns is not None else feature_columns_of(table)
     _check(table, cols, label_col)
     y = table[label_col].astype(str).to_numpy()
+    if len(set(y)) < 2:
+        raise PredictorError(f"every row has the label {y[0]!r}: a classifier needs two or more; widen the "
+                             "strength grid")
     model = CatBoostClassifier(loss_function="MultiClass", iterations=iterations, depth=depth,
                                learning_rate=learning_rate, random_seed=seed, verbose=False,
                                thread_count=threads or -1, allow_writing_files=False,

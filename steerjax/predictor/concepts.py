@@ -276,9 +276,15 @@ def statement_concepts(model, names: Sequence[str], *, layer: int, n_statements:
     """
     from tqdm.auto import tqdm
 
+    from steerjax.data import list_datasets, load_dataset
     from steerjax.profiles.data import persona_statements
 
     names = list(names)
+    available = set(list_datasets("persona"))
+    for n in names:
+        if n not in available:
+            load_dataset(n)  # raises DataError with close matches
+            raise SteerjaxError(f"{n!r} is not a persona dimension")
     if len(names) < 2 or len(set(names)) != len(names):
         raise SteerjaxError(f"statement concepts contrast dimensions with each other: give two or more distinct "
                             f"names, got {names}")
