@@ -16,7 +16,8 @@ tokenize, one forward pass of the whole chat, log-softmax at the last position, 
 tokens (steerjax's own answer tokenization; an answer of several tokens is scored with
 a forward over chat + answer and its log-probs summed). One run on this machine.
 
-    STEERJAX_DATA=/path/to/data python benchmarks/profile_scoring.py --dims 2 --budgets 5 20 --questions 16
+    STEERJAX_DATA=/path/to/data python benchmarks/profile_scoring.py                 # the paper's 100 questions
+    STEERJAX_DATA=/path/to/data python benchmarks/profile_scoring.py --dims 2 --questions 16
 """
 
 from __future__ import annotations
@@ -148,10 +149,11 @@ def peer_main(args, cores):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dims", type=int, default=2, help="persona dimensions (the first N sorted; default 2)")
+    ap.add_argument("--dims", type=int, default=1, help="persona dimensions (the first N sorted; default 1)")
     ap.add_argument("--dim", action="append", default=None, help="a dimension by name (repeatable; overrides --dims)")
     ap.add_argument("--budgets", type=int, nargs="+", default=[5, 20], help="steering budgets k (default 5 20)")
-    ap.add_argument("--questions", type=int, default=16, help="profiling questions per dimension (default 16)")
+    ap.add_argument("--questions", type=int, default=100,
+                    help="profiling questions per steering prompt (default 100: the paper's 50 per direction)")
     ap.add_argument("--batch-size", type=int, default=64, help="answer_logprobs batch_size (default 64)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None,
