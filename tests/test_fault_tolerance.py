@@ -172,7 +172,7 @@ def profile_cmd(model, out, trials="1"):
             "--trials", trials, "--num-questions", "2", "--batch-size", "16", "--out", out]
 
 
-def testbed_cmd(model, out):
+def rollouts_cmd(model, out):
     # 6 prompts x (unsteered + 2 concepts x 2 strengths) = 30 rollouts, 4 per chunk: 8 chunks
     return [sys.executable, "-m", "steerjax", "testbed", model, "--concepts", *DIMS[:2], "--prompts", "6",
             "--strengths", "0.1", "0.5", "--layer", "1", "--max-new-tokens", "4", "--pairs", "4",
@@ -188,7 +188,7 @@ CASES = {
                 {"answers.parquet": ["dimension", "direction", "budget", "trial", "statement"],
                  "indices.parquet": ["dimension", "direction", "budget", "trial"]},
                 [("line", 1, ("random", 0.3)), ("line", 3, 0.0)]),
-    "testbed": (lambda m, v, out: testbed_cmd(m, out), 8,
+    "testbed": (lambda m, v, out: rollouts_cmd(m, out), 8,
                 {"rollouts.parquet": ["prompt_id", "concept", "strength"]},
                 [("line", 2, ("random", 0.2)), ("line", 5, 0.0)]),
 }
