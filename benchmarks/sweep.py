@@ -97,7 +97,7 @@ def main(argv=None):
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; jax {jax.__version__}, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
     peak = matmul_peak_flops()
-    rows = []
+    rows, peer_time_7 = [], None
     for n_mult in (7, 21):
         mults = np.linspace(-1.5, 1.5, n_mult).astype(np.float32)
         sweep(model, examples, {args.layer: vec}, layers=[args.layer], multipliers=mults, progress=False)  # compile

@@ -488,7 +488,6 @@ def _predictor_train(args) -> int:
 
     import steerjax
     from steerjax.predictor import classifier, judge, plots
-    from steerjax.predictor.concepts import load_concepts
     from steerjax.predictor.features import early_features
 
     cfg, concepts, table = _testbed_run(args.testbed)

@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import pytest
 
-from steerjax.data import DataError, Encoded, Example, encode, list_datasets, load_dataset, parse_split, persona_prompts
+from steerjax.data import DataError, Encoded, encode, list_datasets, load_dataset, parse_split, persona_prompts
 from steerjax.data.mwe import split_indices, strip_meta
 from tests.conftest import tinystories_path
 

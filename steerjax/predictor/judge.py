@@ -226,7 +226,8 @@ class HiddenStateJudge(Judge):
         n_new = _round_up(max(max((len(r) for r in rolls), default=1), 1), 8)
         tp = _round_up(max(len(p) for p in prompts), BUCKET)
         if tp + n_new > cfg.max_position_embeddings:
-            raise JudgeError(f"prompt + rollout of {tp + n_new} tokens exceeds the context {cfg.max_position_embeddings}")
+            raise JudgeError(f"prompt + rollout of {tp + n_new} tokens exceeds the context "
+                             f"{cfg.max_position_embeddings}")
         nll = np.zeros(len(table), np.float32)
         hid = np.zeros((len(table), cfg.hidden_size), np.float32)
         from tqdm.auto import tqdm

@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from steerjax.data.examples import DataError, Encoded, Example, as_examples, encode, encode_all
-from steerjax.errors import SteeringError, TokenizerError
+from steerjax.data.examples import DataError, Encoded, Example, encode_all
+from steerjax.errors import SteeringError
 from steerjax.models.transformer import forward, positions_from_mask, unembed
 from steerjax.steering import io
 from steerjax.steering.core import NO_END, Steering, normalize_layer
