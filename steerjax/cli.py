@@ -484,37 +484,26 @@ def _profile(args) -> int:
 def _predictor_train(args) -> int:
     import os
 
-    import pandas as pd
-
     import steerjax
-    from steerjax.predictor import classifier, judge, plots
-    from steerjax.predictor.features import early_features
+    from steerjax.predictor import classifier, plots
+    from steerjax.predictor.concepts import UNSTEERED
+    from steerjax.predictor.pipeline import label_and_featurize, save_evaluation
 
     cfg, concepts, table = _testbed_run(args.testbed)
     model = steerjax.load_model(cfg["model"], dtype=cfg.get("dtype", "float32"))
-    prompts = list(dict(zip(table["prompt_id"], table["prompt"])).values())
     os.makedirs(args.out, exist_ok=True)
-    scores, thr = judge.HiddenStateJudge(model, concepts, batch_size=args.batch_size)(table)
-    labelled = pd.concat([table.drop(columns=["tokens"]), scores], axis=1)
+    labelled, thr, data = label_and_featurize(model, concepts, table, layer=cfg["layer"], steps=args.steps,
+                                              batch_size=args.batch_size, positions=cfg.get("positions", "all"))
     labelled.to_parquet(os.path.join(args.out, "labels.parquet"), index=False)
-    steered = labelled[labelled["concept"] != judge.UNSTEERED]
+    data.to_parquet(os.path.join(args.out, "features.parquet"), index=False)
+    steered = labelled[labelled["concept"] != UNSTEERED]
     plots.labels_by_strength(steered, os.path.join(args.out, "labels_by_strength.png"))
     strengths = sorted(set(steered["strength"]))
-    feats, _ = early_features(model, prompts, concepts, strengths, layer=cfg["layer"], steps=args.steps,
-                              batch_size=args.batch_size, positions=cfg.get("positions", "all"), progress=True)
-    data = feats.merge(steered[["prompt_id", "concept", "strength", "label"]],
-                       on=["prompt_id", "concept", "strength"], validate="one_to_one")
-    data.to_parquet(os.path.join(args.out, "features.parquet"), index=False)
     print(f"labels: {steered['label'].value_counts().to_dict()}\n{thr.how}")
     fit_kw = dict(iterations=args.iterations, seed=args.seed)
     if args.folds >= 2:
         ev = classifier.evaluate(data, n_folds=args.folds, **fit_kw)
-        ev.scores.to_csv(os.path.join(args.out, "scores.csv"), index=False)
-        ev.importance.to_csv(os.path.join(args.out, "importance.csv"), index=False)
-        plots.confusion_matrix(ev.confusion, os.path.join(args.out, "confusion.png"))
-        plots.feature_importance(ev.importance, os.path.join(args.out, "importance.png"))
-        plots.layer_step_importance(classifier.importance_by_layer_and_step(ev.importance),
-                                    os.path.join(args.out, "importance_layer_step.png"))
+        save_evaluation(ev, args.out)
         print("unseen concepts (concept-grouped CV):")
         print(ev.scores.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     cols = classifier.feature_columns_of(data, max_step=args.search_k)

@@ -37,6 +37,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from steerjax.errors import ShardingError
+from steerjax.models.config import leaves
 
 DATA, MODEL = "data", "model"
 AXES = (DATA, MODEL)
@@ -315,15 +316,7 @@ def per_device_bytes(params, cfg, mesh, dtype=jnp.float32) -> int:
         itemsize = jnp.dtype(dtype if isinstance(leaf, tuple) else leaf.dtype).itemsize
         return math.prod(n // (sizes[ax] if ax else 1) for n, ax in zip(shape, spec)) * itemsize
 
-    return sum(_flat(_map_named(leaf_bytes, params)))
-
-
-def _flat(tree):
-    if isinstance(tree, Mapping):
-        for v in tree.values():
-            yield from _flat(v)
-    else:
-        yield tree
+    return sum(leaves(_map_named(leaf_bytes, params)))
 
 
 # ----------------------------------------------------------------------------- batches

@@ -55,7 +55,7 @@ def main(argv=None):
     from steerjax.data import list_datasets
     from steerjax.predictor import classifier, judge, plots, search
     from steerjax.predictor.concepts import NEUTRAL_PROMPTS, load_concepts, save_concepts, statement_concepts
-    from steerjax.predictor.features import early_features
+    from steerjax.predictor.pipeline import label_and_featurize, save_evaluation
     from steerjax.predictor.testbed import rollouts
 
     preset = dict(PRESETS[args.preset])
@@ -91,37 +91,24 @@ def main(argv=None):
     roll.to_parquet(os.path.join(out, "rollouts.parquet"), index=False)
     log(f"{len(roll)} rollouts")
 
-    # 2. labels
-    hj = judge.HiddenStateJudge(model, concepts, batch_size=preset["batch_size"])
-    scores, thr = hj(roll)
-    labelled = pd.concat([roll.drop(columns=["tokens"]), scores], axis=1)
+    # 2-3. labels and early features
+    labelled, thr, table = label_and_featurize(model, concepts, roll, layer=layer, steps=preset["steps"],
+                                               batch_size=preset["batch_size"])
     labelled.to_parquet(os.path.join(out, "labels.parquet"), index=False)
+    table.to_parquet(os.path.join(out, "features.parquet"), index=False)
     steered = labelled[labelled["concept"] != judge.UNSTEERED]
     summary = {"thresholds": thr.to_dict(), "label_shares": steered["label"].value_counts(normalize=True).to_dict()}
     log(f"labels: {summary['label_shares']}; {thr.how}")
+    log(f"features: {table.shape[1] - 5} columns for {len(table)} rows")
     plots.labels_by_strength(steered, os.path.join(out, "labels_by_strength.png"))
     if not args.no_kappa:
-        summary["kappa"] = _kappa(roll, scores, names, preset["kappa_sample"], args.seed, judge, log)
-
-    # 3. features
-    feats, _ = early_features(model, prompts, concepts, preset["strengths"], layer=layer, steps=preset["steps"],
-                              batch_size=preset["batch_size"], progress=True)
-    table = feats.merge(steered[["prompt_id", "concept", "strength", "label"]], on=["prompt_id", "concept", "strength"],
-                        validate="one_to_one")
-    table.to_parquet(os.path.join(out, "features.parquet"), index=False)
-    log(f"features: {table.shape[1] - 5} columns for {len(table)} rows")
+        summary["kappa"] = _kappa(roll, labelled, preset["kappa_sample"], args.seed, judge, log)
 
     # 4. predictor on unseen concepts
     fit_kw = dict(iterations=preset["iterations"])
     ev = classifier.evaluate(table, n_folds=preset["folds"], seed=args.seed, **fit_kw)
     ev.predictions.to_parquet(os.path.join(out, "predictions.parquet"), index=False)
-    ev.scores.to_csv(os.path.join(out, "scores.csv"), index=False)
-    ev.importance.to_csv(os.path.join(out, "importance.csv"), index=False)
-    by = classifier.importance_by_layer_and_step(ev.importance)
-    by.to_csv(os.path.join(out, "importance_by_layer_step.csv"), index=False)
-    plots.confusion_matrix(ev.confusion, os.path.join(out, "confusion.png"))
-    plots.feature_importance(ev.importance, os.path.join(out, "importance.png"))
-    plots.layer_step_importance(by, os.path.join(out, "importance_layer_step.png"))
+    save_evaluation(ev, out)
     summary["evaluation"] = ev.summary()
     log(f"unseen concepts: {ev.summary()}")
     by_k = []
@@ -157,7 +144,7 @@ def main(argv=None):
     return summary
 
 
-def _kappa(roll, scores, names, n, seed, judge, log):
+def _kappa(roll, scores, n, seed, judge, log):
     """Agreement of the hidden-state judge with the embedding judge on a sample of steered rows
     (all unsteered rows are scored too: both judges calibrate on them)."""
     from steerjax.profiles.data import persona_statements

@@ -90,7 +90,7 @@ class ModelConfig:
 
         shapes = registry.family(self.family).param_shapes(self)
         n = 0
-        for shape in _leaves(shapes):
+        for shape in leaves(shapes):
             size = 1
             for s in shape:
                 size *= s
@@ -98,10 +98,11 @@ class ModelConfig:
         return n
 
 
-def _leaves(tree):
+def leaves(tree):
+    """The leaves of a tree of nested dicts (params, shapes), in insertion order."""
     if isinstance(tree, dict):
         for v in tree.values():
-            yield from _leaves(v)
+            yield from leaves(v)
     else:
         yield tree
 

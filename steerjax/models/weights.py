@@ -17,7 +17,7 @@ import ml_dtypes
 import numpy as np
 
 from steerjax.errors import CheckpointError, ShapeMismatchError, WeightKeyError
-from steerjax.models.config import ModelConfig, _leaves
+from steerjax.models.config import ModelConfig, leaves
 
 _ST_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -172,7 +172,7 @@ def _cast(tree, dtype, to_device=True):
 
 
 def count(params) -> int:
-    return sum(int(np.prod(x.shape)) for x in _leaves(params))
+    return sum(int(np.prod(x.shape)) for x in leaves(params))
 
 
 class _Missing:

@@ -44,10 +44,11 @@ import numpy as np
 import pandas as pd
 
 from steerjax.errors import SteerjaxError
+from steerjax.predictor.concepts import UNSTEERED
+from steerjax.sharding import round_up
 from steerjax.models.transformer import forward, positions_from_mask, unembed
 
 LABELS = ("under-steer", "success", "over-steer")
-UNSTEERED = "none"  # the concept name of unsteered rows in a rollout table
 BUCKET = 32
 
 
@@ -223,8 +224,8 @@ class HiddenStateJudge(Judge):
         prompts = _prompt_ids(self.model, table, self.prompt_tokens)
         rolls = [list(t) for t in table["tokens"]]
         cfg = self.model.config
-        n_new = _round_up(max(max((len(r) for r in rolls), default=1), 1), 8)
-        tp = _round_up(max(len(p) for p in prompts), BUCKET)
+        n_new = round_up(max(max((len(r) for r in rolls), default=1), 1), 8)
+        tp = round_up(max(len(p) for p in prompts), BUCKET)
         if tp + n_new > cfg.max_position_embeddings:
             raise JudgeError(f"prompt + rollout of {tp + n_new} tokens exceeds the context "
                              f"{cfg.max_position_embeddings}")
@@ -281,10 +282,6 @@ def _prompt_ids(model, table, given):
     texts = dict(zip(table["prompt_id"], table["prompt"]))
     ids = dict(zip(texts, encode(model, list(texts.values()))))  # rendered as the testbed renders them
     return [ids[p] for p in table["prompt_id"]]
-
-
-def _round_up(n: int, k: int) -> int:
-    return max(k, -(-int(n) // k) * k)
 
 
 # ----------------------------------------------------------------------------- embedding judge

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from steerjax.predictor.classifier import PredictorError, SteerabilityPredictor
+from steerjax.predictor.classifier import _STEP, PredictorError, SteerabilityPredictor
 from steerjax.predictor.judge import LABELS
 
 STRATEGIES = ("argmax", "bisect")
@@ -177,8 +177,9 @@ def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept,
     columns name). The confirming rollout comes with the prompt's unsteered rollout (the
     testbed's unit, and the judge's reference); with a ``judge`` it is labelled. Returns the
     chosen strength, the evaluated candidates with their predictions, the rollout text, its
-    label (or None) and the decoded tokens (``k`` per evaluated candidate, its teacher-forced
-    reference not counted, plus both rollouts).
+    label (or None), ``decoded_tokens`` counted as :func:`simulate` counts them (``k`` per
+    evaluated candidate plus the confirming rollout) and ``reference_tokens`` (the prompt's
+    unsteered rollout, decoded for the judge).
     """
     from steerjax.predictor.features import early_features
     from steerjax.predictor.testbed import rollouts
@@ -209,14 +210,13 @@ def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept,
     return {
         "strength": chosen, "evaluated": evaluated, "label": label, "text": steered["text"],
         "predictions": pd.concat(rows, ignore_index=True),
-        "decoded_tokens": len(evaluated) * max(steps) + int(roll["n_tokens"].sum()),
+        "decoded_tokens": len(evaluated) * max(steps) + int(steered["n_tokens"]),
+        "reference_tokens": int(roll.loc[roll["concept"] == "none", "n_tokens"].sum()),
     }
 
 
 def _steps_of(predictor: SteerabilityPredictor) -> tuple[int, ...]:
-    import re
-
-    steps = sorted({int(m.group(1)) for c in predictor.feature_columns if (m := re.search(r"_k(\d+)$", c))})
+    steps = sorted({int(m.group(1)) for c in predictor.feature_columns if (m := _STEP.search(c))})
     if not steps:
         raise PredictorError("the predictor's features name no decoding steps (columns ..._k{step})")
     return tuple(steps)
