@@ -46,7 +46,7 @@ import pandas as pd
 from steerjax.errors import SteerjaxError
 from steerjax.predictor.concepts import UNSTEERED
 from steerjax.sharding import round_up
-from steerjax.models.transformer import forward, positions_from_mask, unembed
+from steerjax.models.transformer import KVCache, forward, positions_from_mask, unembed
 
 LABELS = ("under-steer", "success", "over-steer")
 BUCKET = 32
@@ -220,30 +220,49 @@ class HiddenStateJudge(Judge):
         self.batch_size, self.progress = int(batch_size), progress
 
     def read(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """``(nll [N], mean hidden state at the layer [N, D])`` of each rollout, unsteered."""
+        """``(nll [N], mean hidden state at the layer [N, D])`` of each rollout, unsteered.
+
+        Every rollout of a prompt continues one prefill of that prompt (``forward(prefix=...)``):
+        the prompt, usually longer than the rollout, is computed once per prompt, not once per row.
+        """
         prompts = _prompt_ids(self.model, table, self.prompt_tokens)
         rolls = [list(t) for t in table["tokens"]]
         cfg = self.model.config
         n_new = round_up(max(max((len(r) for r in rolls), default=1), 1), 8)
-        tp = round_up(max(len(p) for p in prompts), BUCKET)
-        if tp + n_new > cfg.max_position_embeddings:
-            raise JudgeError(f"prompt + rollout of {tp + n_new} tokens exceeds the context "
+        longest = max(len(p) for p in prompts)
+        if longest + n_new > cfg.max_position_embeddings:
+            raise JudgeError(f"prompt + rollout of {longest + n_new} tokens exceeds the context "
                              f"{cfg.max_position_embeddings}")
+        if min(len(p) for p in prompts) == 0:
+            raise JudgeError("an empty prompt: the judge scores a rollout's tokens after its prompt")
         nll = np.zeros(len(table), np.float32)
         hid = np.zeros((len(table), cfg.hidden_size), np.float32)
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(tuple(p), []).append(i)
+        bs = self.batch_size
+        dtype = self.model.params["embed"].dtype
         from tqdm.auto import tqdm
 
-        bs = self.batch_size
-        for s in tqdm(range(0, len(table), bs), desc="judge", unit="batch", disable=not self.progress or None):
-            idx = list(range(s, min(s + bs, len(table))))
-            ids = np.zeros((bs, tp + n_new), np.int32)
-            valid = np.zeros((bs, tp + n_new), bool)
-            for j, i in enumerate(idx):
-                p, r = prompts[i], rolls[i]
-                ids[j, tp - len(p):tp], valid[j, tp - len(p):tp] = p, True
-                ids[j, tp:tp + len(r)], valid[j, tp:tp + len(r)] = r, True
-            a, h = _read(self.model.params, cfg, jnp.asarray(ids), jnp.asarray(valid), tp=tp, layer=self.layer)
-            nll[idx], hid[idx] = np.asarray(a)[:len(idx)], np.asarray(h)[:len(idx)]
+        bar = tqdm(total=len(table), desc="judge", unit="rollout", disable=not self.progress or None)
+        for p, rows in groups.items():
+            tp = round_up(len(p), BUCKET)
+            ids = np.zeros((1, tp), np.int32)
+            ids[0, tp - len(p):] = p
+            valid = np.zeros((1, tp), bool)
+            valid[0, tp - len(p):] = True
+            cache, first = _prefill(self.model.params, cfg, jnp.asarray(ids), jnp.asarray(valid), dtype=dtype)
+            for s in range(0, len(rows), bs):
+                idx = rows[s:s + bs]
+                tok = np.zeros((bs, n_new), np.int32)
+                ok = np.zeros((bs, n_new), bool)
+                for j, i in enumerate(idx):
+                    tok[j, :len(rolls[i])], ok[j, :len(rolls[i])] = rolls[i], True
+                a, h = _read(self.model.params, cfg, cache, first, jnp.asarray(tok), jnp.asarray(ok),
+                             start=len(p), layer=self.layer)
+                nll[idx], hid[idx] = np.asarray(a)[:len(idx)], np.asarray(h)[:len(idx)]
+                bar.update(len(idx))
+        bar.close()
         return nll, hid
 
     def score(self, table: pd.DataFrame) -> pd.DataFrame:
@@ -254,19 +273,29 @@ class HiddenStateJudge(Judge):
                              "concept_null": null}, index=table.index)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "tp", "layer"))
-def _read(params, cfg, ids, valid, *, tp, layer):
-    """Mean NLL of the tokens after column ``tp`` and their mean residual stream after ``layer``."""
-    out = forward(params, cfg, ids, positions=positions_from_mask(valid), valid=valid, collect_layers=True)
-    roll = valid[:, tp:]  # [B, N]
-    logits = unembed(params, cfg, out.hidden[:, tp - 1:-1])  # predicts columns tp..end
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    tok_lp = jnp.take_along_axis(logp, ids[:, tp:, None], axis=-1)[..., 0]
-    n = jnp.maximum(roll.sum(-1), 1)
-    nll = -jnp.where(roll, tok_lp, 0.0).sum(-1) / n
-    h = out.layers[layer][:, tp:].astype(jnp.float32)
-    hmean = jnp.where(roll[..., None], h, 0.0).sum(1) / n[:, None]
-    return nll, hmean
+@functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
+def _prefill(params, cfg, ids, valid, *, dtype):
+    """KV cache of one left-padded prompt ``[1, TP]`` and the log-probs of the token after it."""
+    out = forward(params, cfg, ids, positions=positions_from_mask(valid), valid=valid,
+                  cache=KVCache.empty(cfg, ids.shape[0], ids.shape[1], dtype))
+    return out.cache, jax.nn.log_softmax(unembed(params, cfg, out.hidden[:, -1]), axis=-1)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "layer"))
+def _read(params, cfg, cache, first, tok, ok, *, start, layer):
+    """Mean NLL of rollout tokens ``tok [B, N]`` (valid where ``ok``) continuing the prompt in
+    ``cache``, and their mean residual stream after block ``layer``. ``first``: the prompt's
+    log-probs for the first rollout token; ``start``: the prompt's length (the first position)."""
+    b, n = tok.shape
+    pos = jnp.broadcast_to(start + jnp.arange(n, dtype=jnp.int32), (b, n))
+    out = forward(params, cfg, tok, positions=pos, valid=ok, prefix=cache, collect_layers=True)
+    logp = jax.nn.log_softmax(unembed(params, cfg, out.hidden[:, :-1]), axis=-1)  # predicts columns 1..N-1
+    tok_lp = jnp.concatenate([first[tok[:, :1]], jnp.take_along_axis(logp, tok[:, 1:, None], axis=-1)[..., 0]],
+                             axis=1)
+    cnt = jnp.maximum(ok.sum(-1), 1)
+    nll = -jnp.where(ok, tok_lp, 0.0).sum(-1) / cnt
+    h = out.layers[layer].astype(jnp.float32)
+    return nll, jnp.where(ok[..., None], h, 0.0).sum(1) / cnt[:, None]
 
 
 def _prompt_ids(model, table, given):
