@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     pse.add_argument("--concept", required=True, help="a concept of the predictor's testbed")
     pse.add_argument("--strengths", type=float, nargs="+", default=None, help="candidates (default: the testbed's)")
     pse.add_argument("--strategy", choices=("argmax", "bisect"), default="argmax")
+    pse.add_argument("--max-rollouts", type=int, default=1, metavar="R",
+                     help="confirm up to R ranked strengths, stopping at the judge's first success (needs --judge)")
     pse.add_argument("--max-new-tokens", type=int, default=None, help="default: the testbed's")
     pse.add_argument("--judge", action="store_true", help="label the rollout with the hidden-state judge")
     pse.add_argument("--seed", type=int, default=0)
@@ -553,9 +555,12 @@ def _predictor_search(args) -> int:
     jd = judges.HiddenStateJudge(model, concepts, progress=False) if args.judge else None
     res = guided_search(model, pred, args.prompt, by_name[args.concept], strengths, layer=meta["layer"],
                         max_new_tokens=args.max_new_tokens or meta.get("max_new_tokens") or 48,
-                        strategy=args.strategy, judge=jd, seed=args.seed)
+                        strategy=args.strategy, max_rollouts=args.max_rollouts, judge=jd, seed=args.seed)
     print(res["predictions"].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    print(f"chosen strength {res['strength']:g} (evaluated {res['evaluated']}), {res['decoded_tokens']} decoded tokens")
+    for t in res["tried"][:-1]:
+        print(f"rollout at {t['strength']:g}: {t['label']}")
+    print(f"chosen strength {res['strength']:g} (evaluated {res['evaluated']}, {len(res['tried'])} full rollout(s)), "
+          f"{res['decoded_tokens']} decoded tokens")
     if res["label"] is not None:
         print(f"judge: {res['label']}")
     print(res["text"])

@@ -185,6 +185,14 @@ def test_evaluate_groups_folds_by_concept_and_beats_baselines():
     s = ev.scores.set_index("model")["macro_f1"]
     assert s["predictor"] > 0.8
     assert s["predictor"] > s["multiplier-only"] + 0.15 > s["majority"]
+    assert s["strength-only"] == s["multiplier-only"]  # no multiplier column: both see the strength
+    # with a multiplier column the multiplier-only baseline sees it (here: strength x a concept scale)
+    scale = table["concept"].str[1:].astype(int) + 1.0
+    ev2 = classifier.evaluate(table.assign(multiplier=table["strength"] * scale), n_folds=5, iterations=60, depth=4,
+                              progress=False)
+    s2 = ev2.scores.set_index("model")["macro_f1"]
+    assert s2["strength-only"] == s["strength-only"] and s2["multiplier-only"] != s["multiplier-only"]
+    assert s2["predictor"] == s["predictor"]  # the multiplier is an id column, not a feature
     assert ev.confusion.to_numpy().sum() == len(table)
     assert ev.importance.iloc[0]["feature"] in {"kl_next_k1", "cos_L3_k1"}
     by = classifier.importance_by_layer_and_step(ev.importance)
@@ -251,6 +259,34 @@ def test_simulate_counts_tokens_and_successes():
     assert (bis["n_evaluated"] <= 3).all() and (bis["guided_tokens"] < sim["guided_tokens"]).all()
 
 
+def test_ranked_confirmation_stops_at_the_first_success():
+    # one (prompt, concept): labels by strength, and predicted success probabilities
+    s = [1.0, 2.0, 4.0, 8.0]
+    labels = ["under-steer", "under-steer", "success", "over-steer"]
+    p_success = [0.1, 0.6, 0.5, 0.2]  # ranking 2, 4, 8, 1: the top is wrong, the second succeeds
+    table = pd.DataFrame({"prompt_id": 0, "concept": "c", "strength": s, "label": labels})
+
+    class Fixed:
+        def predict_proba(self, t):
+            p = np.asarray(p_success)[[s.index(x) for x in t["strength"]]]
+            return pd.DataFrame({"under-steer": 1 - p, "success": p, "over-steer": 0.0}, index=t.index)
+
+    ranking, evaluated = search.rank_strengths(s, Fixed().predict_proba(table), "argmax")
+    assert ranking == [2.0, 4.0, 8.0, 1.0] and evaluated == s
+    # a predictor trained without some class has no column for it: that class gets probability 0
+    lacking = Fixed().predict_proba(table).drop(columns=["over-steer"])
+    assert search.rank_strengths(s, lacking, "bisect")[0][0] in s
+    rows = {r: search.simulate(table, Fixed(), k=2, max_new_tokens=10, max_rollouts=r).iloc[0] for r in (1, 2, 3)}
+    assert not rows[1]["guided_success"] and rows[1]["chosen_strength"] == 2.0
+    assert rows[1]["guided_tokens"] == 4 * 2 + 10
+    for r in (2, 3):  # stops at the second rollout either way
+        assert rows[r]["guided_success"] and rows[r]["n_rollouts"] == 2 and rows[r]["chosen_strength"] == 4.0
+        assert rows[r]["guided_tokens"] == 4 * 2 + 2 * 10
+    assert rows[1]["grid_tokens"] == 40 and rows[1]["sequential_tokens"] == 30
+    with pytest.raises(classifier.PredictorError, match="max_rollouts"):
+        search.simulate(table, Fixed(), k=2, max_new_tokens=10, max_rollouts=0)
+
+
 def test_cross_validated_search_holds_out_concepts_and_prompts():
     table = synthetic_features(n_concepts=6, n_prompts=10)
     sims = search.cross_validated(table, n_folds=3, k=1, max_new_tokens=32, iterations=30, depth=3)
@@ -259,3 +295,13 @@ def test_cross_validated_search_holds_out_concepts_and_prompts():
     assert sorted(per["concept"].unique()) == sorted(table["concept"].unique())  # each concept searched once
     assert per["prompt_id"].nunique() == 2 and len(per) == 6 * 2  # 20% of 10 prompts held out
     assert search.summarize(per)["success_ratio"] > 0.5
+    # concept folds x prompt folds: every pair searched once, by a predictor that saw neither
+    cross = search.cross_validated(table, n_folds=3, k=1, max_new_tokens=32, strategies=("argmax",),
+                                   max_rollouts=(1, 2), prompt_folds=5, iterations=30, depth=3)
+    for r, g in cross.groupby("max_rollouts"):
+        assert len(g) == 6 * 10 and not g.duplicated(["prompt_id", "concept"]).any()
+        assert set(g["prompt_fold"]) == set(range(5))
+    one, two = (search.summarize(g) for _, g in cross.groupby("max_rollouts"))
+    assert two["guided_success_rate"] >= one["guided_success_rate"] and two["mean_rollouts"] >= 1
+    with pytest.raises(classifier.PredictorError, match="prompt_folds"):
+        search.cross_validated(table, n_folds=3, k=1, max_new_tokens=32, prompt_folds=11)

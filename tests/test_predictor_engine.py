@@ -329,6 +329,17 @@ def test_cli_predictor_train_and_search(chat_model_dir, tmp_path, capsys):
     res = json.load(open(out))
     assert res["strength"] in (0.02, 0.5, 4.0) and res["label"] in ("under-steer", "success", "over-steer")
     assert 1 <= len(res["evaluated"]) <= 2 and res["decoded_tokens"] > 0
+    # ranked confirmation: up to 3 full rollouts in the predictor's order, stopping at the first success
+    assert main(["predictor", "search", pred, "--prompt", "Tell me a story.", "--concept", "narcissism",
+                 "--max-rollouts", "3", "--judge", "--out", out]) == 0
+    res = json.load(open(out))
+    tried = res["tried"]
+    assert 1 <= len(tried) <= 3 and len({t["strength"] for t in tried}) == len(tried)
+    assert all(t["label"] != "success" for t in tried[:-1])
+    assert len(tried) == 3 or tried[-1]["label"] == "success"
+    assert res["decoded_tokens"] == 3 * 1 + sum(t["n_tokens"] for t in tried)  # k=1 per candidate + rollouts
+    assert main(["predictor", "search", pred, "--prompt", "x", "--concept", "narcissism", "--max-rollouts", "2"]) == 2
+    assert "pass a judge" in capsys.readouterr().err
     assert main(["predictor", "search", pred, "--prompt", "x", "--concept", "nope"]) == 2
     assert "unknown concept" in capsys.readouterr().err
     assert main(["predictor", "train", str(tmp_path / "missing"), "--out", pred]) == 2

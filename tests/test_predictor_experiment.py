@@ -30,10 +30,13 @@ def test_steerability_predictor_experiment_smoke(tmp_path):
     feats = pd.read_parquet(out / "features.parquet")
     assert len(feats) == p["prompts"] * p["concepts"] * len(p["strengths"]) and "kl_next_k1" in feats
     scores = pd.read_csv(out / "scores.csv")
-    assert list(scores["model"]) == ["predictor", "multiplier-only", "majority"]
+    assert list(scores["model"]) == ["predictor", "multiplier-only", "strength-only", "majority"]
     assert scores["macro_f1"].between(0, 1).all()
     search = pd.read_csv(out / "search.csv")
-    assert set(search["strategy"]) == {"argmax", "bisect"} and (search["guided_tokens"] < search["grid_tokens"]).all()
+    assert set(search["strategy"]) == {"argmax", "bisect"} and set(search["max_rollouts"]) == set(p["max_rollouts"])
+    assert (search.groupby("max_rollouts").size() == p["prompts"] * p["concepts"] * 2).all()  # every pair, 2 strategies
+    assert (search["n_rollouts"] <= search["max_rollouts"]).all()
+    assert set(summary["search"]) == {f"{s}_R{r}" for s in ("argmax", "bisect") for r in p["max_rollouts"]}
     assert -1 <= summary["kappa"]["kappa"] <= 1 and set(summary["targets"]) and summary["wall_seconds"] > 0
-    for png in ("confusion", "importance", "importance_layer_step", "labels_by_strength", "f1_by_step"):
+    for png in ("confusion", "importance", "importance_layer_step", "labels_by_strength", "f1_by_step", "search"):
         assert os.path.getsize(out / f"{png}.png") > 5000

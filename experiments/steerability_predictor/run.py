@@ -7,8 +7,11 @@
    unsteered rollouts), and Cohen's kappa against the independent MiniLM embedding judge on a sample.
 3. Features: diff features of the first k decoding steps at every layer (k in 1, 2, 4, 8).
 4. Predictor: CatBoost, concept-grouped cross-validation (unseen concepts): macro-F1, per-class
-   F1, confusion matrix, baselines (majority, multiplier-only), F1 by k, importance by layer/step.
-5. Guided strength search on unseen concepts and held-out prompts vs grid search by full rollouts.
+   F1, confusion matrix, baselines (majority, multiplier-only, strength-only), F1 by k, importance
+   by layer/step.
+5. Guided strength search on unseen concepts and unseen prompts (concept folds x prompt folds) vs
+   grid search by full rollouts: the predictor ranks the grid from early features, then up to R
+   full rollouts confirm the ranking in order (R = 1: one confirming rollout).
 
     python experiments/steerability_predictor/run.py --preset quick --out runs/steerability-predictor
 
@@ -29,15 +32,19 @@ import pandas as pd
 PRESETS = {
     # CI: a minute or two on 2 CPU cores; checks the pipeline end to end, not the targets
     "smoke": dict(concepts=4, prompts=4, strengths=[0.1, 0.3, 0.6], max_new_tokens=8, steps=[1, 2],
-                  n_statements=8, folds=2, search_k=1, kappa_sample=16, iterations=40, batch_size=32),
-    # 30 concepts x 12 prompts x 7 strengths, 24 new tokens: ~16 min on 2 CPU cores
-    "quick": dict(concepts=30, prompts=12, strengths=[0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6], max_new_tokens=24,
-                  steps=[1, 2, 4], n_statements=32, folds=5, search_k=2, kappa_sample=300, iterations=150,
-                  batch_size=64),
+                  n_statements=8, folds=2, search_k=1, max_rollouts=[1, 2], prompt_folds=2, kappa_sample=16,
+                  iterations=40, batch_size=32),
+    # 30 concepts x 10 prompts x 12 strengths (dense where SmolLM2's success window is), 24 new
+    # tokens: 17 min on 2 CPU cores
+    "quick": dict(concepts=30, prompts=10, strengths=[0.05, 0.1, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25, 0.3, 0.35,
+                                                      0.4, 0.5], max_new_tokens=24,
+                  steps=[1, 2, 4], n_statements=32, folds=5, search_k=1, max_rollouts=[1, 2, 3, 4, 5],
+                  prompt_folds=5, kappa_sample=300, iterations=150, batch_size=64),
     # paper scale, for a GPU or TPU: every persona dimension, all 60 prompts, a finer grid, longer rollouts
     "full": dict(concepts=None, prompts=None, strengths=[0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
                                                           0.6, 0.8], max_new_tokens=64, steps=[1, 2, 4, 8],
-                 n_statements=64, folds=5, search_k=2, kappa_sample=2000, iterations=500, batch_size=256),
+                 n_statements=64, folds=5, search_k=2, max_rollouts=[1, 2, 3, 4, 5], prompt_folds=5, kappa_sample=2000,
+                 iterations=500, batch_size=256),
 }
 
 
@@ -118,23 +125,27 @@ def main(argv=None):
         ek = ev if k == max(preset["steps"]) else classifier.evaluate(
             table, feature_columns=cols, n_folds=preset["folds"], seed=args.seed, progress=False, **fit_kw)
         by_k.append({"k": k, "macro_f1": float(ek.scores.set_index("model").loc["predictor", "macro_f1"]),
-                     "multiplier_only": float(base["multiplier-only"]), "majority": float(base["majority"])})
+                     "multiplier_only": float(base["multiplier-only"]), "strength_only": float(base["strength-only"]),
+                     "majority": float(base["majority"])})
     by_k = pd.DataFrame(by_k)
     by_k.to_csv(os.path.join(out, "f1_by_step.csv"), index=False)
     plots.f1_by_step(by_k, os.path.join(out, "f1_by_step.png"))
     summary["f1_by_step"] = by_k.to_dict(orient="records")
 
-    # 5. guided search on unseen concepts and held-out prompts
+    # 5. guided search on unseen concepts and unseen prompts
     sims = search.cross_validated(table, n_folds=preset["folds"], k=preset["search_k"],
-                                  max_new_tokens=preset["max_new_tokens"], seed=args.seed, **fit_kw)
+                                  max_new_tokens=preset["max_new_tokens"], max_rollouts=preset["max_rollouts"],
+                                  prompt_folds=preset["prompt_folds"], seed=args.seed, **fit_kw)
     sims.to_csv(os.path.join(out, "search.csv"), index=False)
-    summary["search"] = {s: search.summarize(g) for s, g in sims.groupby("strategy")}
+    summary["search"] = {f"{s}_R{r}": search.summarize(g) for (s, r), g in sims.groupby(["strategy", "max_rollouts"])}
+    plots.search_tradeoff(sims, os.path.join(out, "search.png"))
     log(f"search: {summary['search']}")
 
+    f1 = {m: v["macro_f1"] for m, v in summary["evaluation"].items()}
     summary["targets"] = {
-        "macro_f1>=0.70": summary["evaluation"]["predictor"]["macro_f1"] >= 0.70,
-        "macro_f1-multiplier_only>=0.15": (summary["evaluation"]["predictor"]["macro_f1"]
-                                           - summary["evaluation"]["multiplier-only"]["macro_f1"]) >= 0.15,
+        "macro_f1>=0.70": f1["predictor"] >= 0.70,
+        "macro_f1-multiplier_only>=0.15": f1["predictor"] - f1["multiplier-only"] >= 0.15,
+        "macro_f1-strength_only>=0.15": f1["predictor"] - f1["strength-only"] >= 0.15,
         **{f"search_{s}: success>=0.9*grid and tokens<=0.25*grid":
            v["success_ratio"] >= 0.9 and v["tokens_vs_grid"] <= 0.25 for s, v in summary["search"].items()},
     }

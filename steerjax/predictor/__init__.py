@@ -15,11 +15,11 @@ from steerjax.predictor.features import FEATURE_STEPS, early_features, feature_c
 from steerjax.predictor.testbed import rollouts
 from steerjax.predictor.judge import LABELS, EmbeddingJudge, HiddenStateJudge, cohen_kappa
 from steerjax.predictor.classifier import SteerabilityPredictor, evaluate, fit
-from steerjax.predictor.search import choose_strength, guided_search
+from steerjax.predictor.search import choose_strength, guided_search, rank_strengths
 
 __all__ = [
     "LABELS", "EmbeddingJudge", "HiddenStateJudge", "SteerabilityPredictor", "choose_strength", "cohen_kappa",
-    "evaluate", "fit", "guided_search",
+    "evaluate", "fit", "guided_search", "rank_strengths",
     "FEATURE_STEPS", "NEUTRAL_PROMPTS", "UNSTEERED", "Concept", "early_features", "feature_columns",
     "lens_layers", "load_concepts", "persona_concepts", "residual_norm", "rollouts", "save_concepts", "text_concepts",
 ]

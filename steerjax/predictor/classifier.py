@@ -179,7 +179,8 @@ def evaluate(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = Non
     """Concept-grouped cross-validation of the predictor and its baselines.
 
     Each fold's test concepts are unseen in its training rows. Baselines: ``majority`` (the
-    training folds' most common label) and ``multiplier-only`` (CatBoost on ``strength`` alone).
+    training folds' most common label), ``multiplier-only`` (CatBoost on ``multiplier`` alone; on
+    ``strength`` when the table has no multiplier column) and ``strength-only`` (on ``strength``).
     """
     cols = list(feature_columns) if feature_columns is not None else feature_columns_of(table)
     _check(table, cols, label_col)
@@ -187,7 +188,10 @@ def evaluate(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = Non
         raise PredictorError("no 'strength' column for the multiplier-only baseline")
     folds = concept_folds(table["concept"], n_folds, seed)
     pred = table[[c for c in ID_COLUMNS if c in table]].copy()
-    pred["predicted"] = pred["majority"] = pred["multiplier_only"] = ""
+    pred["predicted"] = pred["majority"] = pred["multiplier_only"] = pred["strength_only"] = ""
+    knob = "multiplier" if "multiplier" in table else "strength"
+    if not np.isfinite(table[knob].to_numpy(np.float64)).all():
+        raise PredictorError(f"non-finite values in {knob!r}")
     probs = np.zeros((len(table), len(LABELS)))
     imp = np.zeros(len(cols))
     from tqdm.auto import tqdm
@@ -202,14 +206,16 @@ def evaluate(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = Non
         probs[test] = p.reindex(columns=list(LABELS), fill_value=0.0).to_numpy()
         pred.loc[test, "predicted"] = p.idxmax(axis=1).to_numpy()
         pred.loc[test, "majority"] = train[label_col].astype(str).value_counts().idxmax()
-        base = fit(train, feature_columns=["strength"], label_col=label_col, seed=seed, **fit_kw)
-        pred.loc[test, "multiplier_only"] = base.predict(table[test]).to_numpy()
+        for col, feature in (("multiplier_only", knob), ("strength_only", "strength")):
+            base = fit(train, feature_columns=[feature], label_col=label_col, seed=seed, **fit_kw)
+            pred.loc[test, col] = base.predict(table[test]).to_numpy()
         imp += np.asarray(m.model.get_feature_importance(), float) / len(folds)
     for j, c in enumerate(LABELS):
         pred[f"p_{c}"] = probs[:, j]
     y = table[label_col].astype(str).to_numpy()
     rows = []
-    for name, col in [("predictor", "predicted"), ("multiplier-only", "multiplier_only"), ("majority", "majority")]:
+    for name, col in [("predictor", "predicted"), ("multiplier-only", "multiplier_only"),
+                      ("strength-only", "strength_only"), ("majority", "majority")]:
         f = f1_scores(y, pred[col])
         rows.append({"model": name, "macro_f1": macro_f1(y, pred[col]), "accuracy": float(np.mean(y == pred[col])),
                      **{f"f1_{c}": f[c] for c in LABELS}})

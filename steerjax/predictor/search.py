@@ -3,6 +3,9 @@
 Grid search decodes a full rollout at every candidate strength and keeps one the judge calls a
 success. Guided search decodes only the first ``k`` tokens per candidate (the early-decoding
 features), asks the predictor, and decodes one full rollout at the chosen strength to confirm.
+With ``max_rollouts=R > 1`` a failed confirmation moves on to the candidate with the next
+highest predicted success probability, up to ``R`` full rollouts (stopping at the first success):
+the paper's ranked search, which decodes only the top of the predictor's ranking.
 
 Strategies (:func:`choose_strength`):
 
@@ -13,7 +16,7 @@ Strategies (:func:`choose_strength`):
   evaluated one with the highest predicted success probability.
 
 Decoded tokens are counted as: guided, ``k`` per evaluated candidate plus the confirming
-rollout; grid, ``max_new_tokens`` per candidate. Neither counts the prompt's unsteered rollout,
+rollouts; grid, ``max_new_tokens`` per candidate. Neither counts the prompt's unsteered rollout,
 which both need only because the default judge scores against it (the features' teacher-forced
 reference is a forward over the steered tokens, not a decode, and is not counted either).
 """
@@ -39,18 +42,31 @@ def choose_strength(strengths: Sequence[float], proba: pd.DataFrame, strategy: s
       strengths: candidate strengths, aligned with the rows of ``proba``.
       proba: columns ``under-steer``, ``success``, ``over-steer`` (predicted probabilities).
     """
+    ranking, evaluated = rank_strengths(strengths, proba, strategy)
+    return ranking[0], evaluated
+
+
+def rank_strengths(strengths: Sequence[float], proba: pd.DataFrame, strategy: str = "argmax"):
+    """``(ranking, evaluated)``: the evaluated strengths by predicted success probability (highest
+    first, the smaller strength on ties), and the strengths in the order evaluated."""
     s = np.asarray(strengths, float)
     if s.size == 0 or s.size != len(proba):
         raise PredictorError(f"{s.size} strengths for {len(proba)} predictions")
     order = np.argsort(s, kind="stable")
-    table = proba.iloc[order].reset_index(drop=True)
-    return search(s[order], lambda idx: table.iloc[list(idx)], strategy)
+    # a predictor fitted on rows without some class has no column for it: probability 0
+    table = proba.reindex(columns=list(LABELS), fill_value=0.0).iloc[order].reset_index(drop=True)
+    return _search(s[order], lambda idx: table.iloc[list(idx)], strategy)
 
 
 def search(strengths: Sequence[float], predict, strategy: str = "argmax"):
     """The search itself: ``predict(indices)`` gives class probabilities for candidates
     ``strengths[indices]`` (sorted ascending), evaluated lazily (bisect asks for one at a time).
     Returns ``(chosen strength, evaluated strengths in the order evaluated)``."""
+    ranking, evaluated = _search(strengths, predict, strategy)
+    return ranking[0], evaluated
+
+
+def _search(strengths, predict, strategy):
     if strategy not in STRATEGIES:
         raise PredictorError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     s = [float(x) for x in strengths]
@@ -76,8 +92,14 @@ def search(strengths: Sequence[float], predict, strategy: str = "argmax"):
                 hi = mid - 1
             else:
                 lo = mid + 1
-    best = max(seen, key=lambda i: (float(seen[i]["success"]), -i))  # the smaller strength on ties
-    return s[best], [s[i] for i in seen]
+    ranking = sorted(seen, key=lambda i: (-float(seen[i]["success"]), i))  # the smaller strength on ties
+    return [s[i] for i in ranking], [s[i] for i in seen]
+
+
+def _check_rollouts(max_rollouts) -> int:
+    if int(max_rollouts) != max_rollouts or max_rollouts < 1:
+        raise PredictorError(f"max_rollouts must be a positive integer, got {max_rollouts!r}")
+    return int(max_rollouts)
 
 
 @dataclasses.dataclass
@@ -90,16 +112,19 @@ class SearchOutcome:
 
 
 def simulate(features: pd.DataFrame, predictor: SteerabilityPredictor, *, strategy: str = "argmax",
-             k: int, max_new_tokens: int, label_col: str = "label") -> pd.DataFrame:
+             k: int, max_new_tokens: int, max_rollouts: int = 1, label_col: str = "label") -> pd.DataFrame:
     """Guided vs grid search over a labelled testbed, one row per (prompt, concept).
 
     ``features`` holds every candidate strength of each (prompt, concept) with its features and
-    judge label (the testbed's rollouts are greedy, so the confirming rollout at the chosen
-    strength is the testbed's rollout at that strength). Columns of the result: chosen strength,
-    ``guided_success``, ``grid_success`` (some candidate succeeds), ``sequential_success``
-    (the same), token counts ``guided_tokens``, ``grid_tokens`` (every candidate decoded) and
-    ``sequential_tokens`` (grid from the smallest strength, stopping at the first success).
+    judge label (the testbed's rollouts are greedy, so a confirming rollout at a strength is the
+    testbed's rollout at that strength). Guided search confirms the ranked candidates in order,
+    at most ``max_rollouts`` of them, and stops at the first success. Columns of the result:
+    ``chosen_strength`` (the first success, else the top-ranked one), ``n_rollouts``,
+    ``guided_success``, ``grid_success`` (some candidate succeeds), token counts
+    ``guided_tokens``, ``grid_tokens`` (every candidate decoded) and ``sequential_tokens`` (grid
+    from the smallest strength, stopping at the first success).
     """
+    max_rollouts = _check_rollouts(max_rollouts)
     need = {"prompt_id", "concept", "strength", label_col}
     if need - set(features.columns):
         raise PredictorError(f"features table lacks {sorted(need - set(features.columns))}")
@@ -107,13 +132,16 @@ def simulate(features: pd.DataFrame, predictor: SteerabilityPredictor, *, strate
     rows = []
     for (pid, concept), g in features.groupby(["prompt_id", "concept"], sort=True):
         g = g.sort_values("strength")
-        chosen, evaluated = choose_strength(g["strength"].to_numpy(), proba.loc[g.index], strategy)
-        labels = g[label_col].astype(str).to_numpy()
-        hit = np.flatnonzero(labels == "success")
+        ranking, evaluated = rank_strengths(g["strength"].to_numpy(), proba.loc[g.index], strategy)
+        label_at = dict(zip(g["strength"].to_numpy().tolist(), g[label_col].astype(str)))
+        tried = ranking[:max_rollouts]
+        ok = [label_at[x] == "success" for x in tried]
+        n_roll = ok.index(True) + 1 if any(ok) else len(tried)
+        hit = np.flatnonzero(g[label_col].astype(str).to_numpy() == "success")
         rows.append({
-            "prompt_id": pid, "concept": concept, "chosen_strength": chosen, "n_evaluated": len(evaluated),
-            "guided_success": bool(labels[np.flatnonzero(g["strength"].to_numpy() == chosen)[0]] == "success"),
-            "grid_success": bool(hit.size), "guided_tokens": len(evaluated) * k + max_new_tokens,
+            "prompt_id": pid, "concept": concept, "chosen_strength": tried[n_roll - 1] if any(ok) else ranking[0],
+            "n_evaluated": len(evaluated), "n_rollouts": n_roll, "guided_success": any(ok),
+            "grid_success": bool(hit.size), "guided_tokens": len(evaluated) * k + n_roll * max_new_tokens,
             "grid_tokens": len(g) * max_new_tokens,
             "sequential_tokens": (int(hit[0]) + 1 if hit.size else len(g)) * max_new_tokens,
         })
@@ -121,35 +149,46 @@ def simulate(features: pd.DataFrame, predictor: SteerabilityPredictor, *, strate
 
 
 def cross_validated(table: pd.DataFrame, *, n_folds: int, k: int, max_new_tokens: int,
-                    strategies: Sequence[str] = STRATEGIES, prompt_holdout: float = 0.2, seed: int = 0,
+                    strategies: Sequence[str] = STRATEGIES, max_rollouts: Sequence[int] = (1,),
+                    prompt_folds: int | None = None, prompt_holdout: float = 0.2, seed: int = 0,
                     label_col: str = "label", **fit_kw) -> pd.DataFrame:
-    """Guided vs grid search for unseen concepts on held-out prompts.
+    """Guided vs grid search for unseen concepts on unseen prompts.
 
-    Prompts are split once (``prompt_holdout`` of them held out, seeded); concepts by
-    :func:`~steerjax.predictor.classifier.concept_folds`. Each fold's predictor is fitted on the
-    other concepts' rows of the training prompts, with the features of the first ``k`` steps, and
-    searches the fold's concepts on the held-out prompts. One :func:`simulate` table for all
-    folds and strategies, with ``fold`` and ``strategy`` columns.
+    Concepts are split by :func:`~steerjax.predictor.classifier.concept_folds`. Prompts: with
+    ``prompt_folds`` they are split into that many seeded folds too and every (concept fold,
+    prompt fold) cell is searched by a predictor fitted on the other concepts' rows of the other
+    prompts, so every (prompt, concept) pair is searched once; without it, one seeded split holds
+    out ``prompt_holdout`` of the prompts. The predictors use the features of the first ``k``
+    steps. One :func:`simulate` table for all cells, strategies and ``max_rollouts`` values,
+    with ``fold``, ``prompt_fold``, ``strategy`` and ``max_rollouts`` columns.
     """
     from steerjax.predictor.classifier import concept_folds, feature_columns_of, fit
 
-    if not 0 < prompt_holdout < 1:
-        raise PredictorError(f"prompt_holdout must be in (0, 1), got {prompt_holdout}")
+    budgets = [_check_rollouts(r) for r in max_rollouts]
     pids = np.asarray(sorted(set(table["prompt_id"])))
-    n_test = max(1, int(round(prompt_holdout * len(pids))))
-    if n_test >= len(pids):
-        raise PredictorError(f"{len(pids)} prompts: too few to hold some out for the search")
-    test_p = set(np.random.default_rng(seed).permutation(pids)[:n_test].tolist())
+    if prompt_folds is None:
+        if not 0 < prompt_holdout < 1:
+            raise PredictorError(f"prompt_holdout must be in (0, 1), got {prompt_holdout}")
+        n_test = max(1, int(round(prompt_holdout * len(pids))))
+        if n_test >= len(pids):
+            raise PredictorError(f"{len(pids)} prompts: too few to hold some out for the search")
+        groups = [np.random.default_rng(seed).permutation(pids)[:n_test]]
+    else:
+        if not 2 <= prompt_folds <= len(pids):
+            raise PredictorError(f"prompt_folds must be in 2..{len(pids)} (the prompts), got {prompt_folds}")
+        groups = np.array_split(np.random.default_rng(seed).permutation(pids), prompt_folds)
     cols = feature_columns_of(table, max_step=k)
     out = []
     for f, concepts in enumerate(concept_folds(table["concept"], n_folds, seed)):
         unseen = table["concept"].isin(concepts)
-        held = table["prompt_id"].isin(test_p)
-        m = fit(table[~unseen & ~held], feature_columns=cols, label_col=label_col, seed=seed, **fit_kw)
-        for strategy in strategies:
-            sim = simulate(table[unseen & held], m, strategy=strategy, k=k, max_new_tokens=max_new_tokens,
-                           label_col=label_col)
-            out.append(sim.assign(fold=f, strategy=strategy))
+        for g, test_p in enumerate(groups):
+            held = table["prompt_id"].isin(set(test_p.tolist()))
+            m = fit(table[~unseen & ~held], feature_columns=cols, label_col=label_col, seed=seed, **fit_kw)
+            for strategy in strategies:
+                for r in budgets:
+                    sim = simulate(table[unseen & held], m, strategy=strategy, k=k, max_new_tokens=max_new_tokens,
+                                   max_rollouts=r, label_col=label_col)
+                    out.append(sim.assign(fold=f, prompt_fold=g, strategy=strategy, max_rollouts=r))
     return pd.concat(out, ignore_index=True)
 
 
@@ -165,25 +204,32 @@ def summarize(sim: pd.DataFrame) -> dict:
         "tokens_vs_grid": float(sim["guided_tokens"].sum() / sim["grid_tokens"].sum()),
         "tokens_vs_sequential_grid": float(sim["guided_tokens"].sum() / sim["sequential_tokens"].sum()),
         "mean_evaluated": float(sim["n_evaluated"].mean()),
+        "mean_rollouts": float(sim["n_rollouts"].mean()),
     }
 
 
 def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept, strengths: Sequence[float], *,
-                  layer: int, max_new_tokens: int, strategy: str = "argmax", steps=None, judge=None,
-                  positions: str = "all", seed: int = 0) -> dict:
-    """Search a strength for one prompt and concept with the predictor, then decode one rollout.
+                  layer: int, max_new_tokens: int, strategy: str = "argmax", max_rollouts: int = 1, steps=None,
+                  judge=None, positions: str = "all", seed: int = 0) -> dict:
+    """Search a strength for one prompt and concept with the predictor, then decode to confirm.
 
     ``steps``: the decoding steps whose features the predictor uses (default: those its feature
     columns name). The confirming rollout comes with the prompt's unsteered rollout (the
-    testbed's unit, and the judge's reference); with a ``judge`` it is labelled. Returns the
-    chosen strength, the evaluated candidates with their predictions, the rollout text, its
-    label (or None), ``decoded_tokens`` counted as :func:`simulate` counts them (``k`` per
-    evaluated candidate plus the confirming rollout) and ``reference_tokens`` (the prompt's
-    unsteered rollout, decoded for the judge).
+    testbed's unit, and the judge's reference); with a ``judge`` it is labelled, and with
+    ``max_rollouts > 1`` (which needs the judge) a rollout the judge does not call a success is
+    followed by one at the next-ranked strength, up to ``max_rollouts``. Returns the chosen
+    strength (the first success, else the top-ranked one), the evaluated candidates with their
+    predictions, every confirming rollout (``tried``), the chosen rollout's text and label (or
+    None), ``decoded_tokens`` counted as :func:`simulate` counts them (``k`` per evaluated
+    candidate plus the confirming rollouts) and ``reference_tokens`` (the prompt's unsteered
+    rollout, decoded for the judge).
     """
     from steerjax.predictor.features import early_features
     from steerjax.predictor.testbed import rollouts
 
+    max_rollouts = _check_rollouts(max_rollouts)
+    if max_rollouts > 1 and judge is None:
+        raise PredictorError("max_rollouts > 1 confirms with the judge: pass a judge")
     steps = tuple(steps) if steps else _steps_of(predictor)
     cands = sorted({float(x) for x in strengths})
     if not cands or not all(np.isfinite(cands)):
@@ -199,19 +245,27 @@ def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept,
         rows.append(pd.concat([feats[["strength"]].reset_index(drop=True), proba.reset_index(drop=True)], axis=1))
         return proba
 
-    chosen, evaluated = search(cands, predict, strategy)
-    roll = rollouts(model, [prompt], [concept], [chosen], layer=layer, max_new_tokens=max_new_tokens, seed=seed,
-                    positions=positions, progress=False)
-    steered = roll[roll["concept"] != "none"].iloc[0]
-    label = None
-    if judge is not None:
-        scores, _ = judge(roll)
-        label = str(scores.loc[steered.name, "label"])
+    ranking, evaluated = _search(cands, predict, strategy)
+    tried, reference = [], 0
+    for strength in ranking[:max_rollouts]:
+        roll = rollouts(model, [prompt], [concept], [strength], layer=layer, max_new_tokens=max_new_tokens,
+                        seed=seed, positions=positions, progress=False)
+        steered = roll[roll["concept"] != "none"].iloc[0]
+        reference = int(roll.loc[roll["concept"] == "none", "n_tokens"].sum())
+        label = None
+        if judge is not None:
+            scores, _ = judge(roll)
+            label = str(scores.loc[steered.name, "label"])
+        tried.append({"strength": strength, "label": label, "text": steered["text"],
+                      "n_tokens": int(steered["n_tokens"])})
+        if label in (None, "success"):
+            break
+    best = next((t for t in tried if t["label"] == "success"), tried[0])
     return {
-        "strength": chosen, "evaluated": evaluated, "label": label, "text": steered["text"],
-        "predictions": pd.concat(rows, ignore_index=True),
-        "decoded_tokens": len(evaluated) * max(steps) + int(steered["n_tokens"]),
-        "reference_tokens": int(roll.loc[roll["concept"] == "none", "n_tokens"].sum()),
+        "strength": best["strength"], "evaluated": evaluated, "label": best["label"], "text": best["text"],
+        "tried": tried, "predictions": pd.concat(rows, ignore_index=True),
+        "decoded_tokens": len(evaluated) * max(steps) + sum(t["n_tokens"] for t in tried),
+        "reference_tokens": reference,
     }
 
 
