@@ -193,6 +193,9 @@ def test_evaluate_groups_folds_by_concept_and_beats_baselines():
     s2 = ev2.scores.set_index("model")["macro_f1"]
     assert s2["strength-only"] == s["strength-only"] and s2["multiplier-only"] != s["multiplier-only"]
     assert s2["predictor"] == s["predictor"]  # the multiplier is an id column, not a feature
+    bare = classifier.evaluate(table, n_folds=5, iterations=60, depth=4, progress=False, baselines=False)
+    assert list(bare.scores["model"]) == ["predictor", "majority"]
+    assert bare.scores.set_index("model").loc["predictor", "macro_f1"] == s["predictor"]
     assert ev.confusion.to_numpy().sum() == len(table)
     assert ev.importance.iloc[0]["feature"] in {"kl_next_k1", "cos_L3_k1"}
     by = classifier.importance_by_layer_and_step(ev.importance)

@@ -154,7 +154,13 @@ def test_feature_columns_and_zero_strength(model, concepts):
         np.testing.assert_allclose(zero[[f"diff_norm_L{l}_k{k}" for l in range(3)]], 0.0, atol=0)
         np.testing.assert_allclose(zero[f"kl_next_k{k}"], 0.0, atol=1e-7)
         np.testing.assert_allclose(zero[f"entropy_change_k{k}"], 0.0, atol=1e-6)
+        np.testing.assert_allclose(zero[f"concept_read_k{k}"], 0.0, atol=0)  # measured against itself
     one = table[table.strength == 1.0]
+    assert (table["concept_read_k1"] == 0).all()  # step 1 has read no new token yet
+    # without zero strength in the grid, its rows are decoded for concept_read and dropped
+    alone, alone_tokens = early_features(model, PROMPTS, concepts, [1.0], layer=LAYER, steps=STEPS, batch_size=5)
+    pd.testing.assert_frame_equal(alone, one.reset_index(drop=True), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(alone_tokens, tokens[(table.strength == 1.0).to_numpy()])
     assert (one[f"diff_norm_L{LAYER}_k1"] > 0).all() and (one["kl_next_k1"] > 0).all()
     # at the steered block the difference is exactly m v (the block's input is unsteered)
     c = {x.name: x for x in concepts}
@@ -220,7 +226,19 @@ def _reference_features(model, ids, concept, strength, k_max, positions="all"):
         out[f"entropy_change_k{k}"] = (ent(ls) - ent(lu))[:k].mean()
         for layer in lens_layers(cfg):
             out[f"lens_kl_L{layer}_k{k}"] = kl(lens_logits(hs[layer]), lens_logits(hu[layer]))[:k].mean()
+        # the unsteered model's NLL of the steered tokens, and its reading of new tokens 1..k-1
+        out[f"read_nll_k{k}"] = -np.mean([logsm(lu[j])[seq[n + j]] for j in range(k)])
+        out[f"read_proj_k{k}"] = (hu[li, 1:k] @ (concept.vector / concept.norm)).mean() if k > 1 else 0.0
     return out, seq[n:]
+
+
+def _with_concept_read(model, ids, concept, strength, k_max, positions="all"):
+    """The reference features plus concept_read: the reading relative to the zero-strength row."""
+    out, toks = _reference_features(model, ids, concept, strength, k_max, positions)
+    zero, _ = _reference_features(model, ids, concept, 0.0, k_max, positions)
+    for k in STEPS:
+        out[f"concept_read_k{k}"] = (out[f"read_proj_k{k}"] - zero[f"read_proj_k{k}"]) / concept.residual_norm
+    return out, toks
 
 
 @pytest.mark.parametrize("positions", ["all", "generated"])
@@ -232,7 +250,7 @@ def test_batched_features_equal_a_per_example_computation(model, concepts, posit
     cols = feature_columns(model.config, STEPS)
     for i, row in table.iterrows():
         c = concepts[[x.name for x in concepts].index(row.concept)]
-        ref, toks = _reference_features(model, PROMPTS[row.prompt_id], c, row.strength, max(STEPS), positions)
+        ref, toks = _with_concept_read(model, PROMPTS[row.prompt_id], c, row.strength, max(STEPS), positions)
         assert list(tokens[i]) == toks
         got = row[cols].to_numpy(np.float64)
         want = np.asarray([ref[col] for col in cols])

@@ -175,12 +175,14 @@ class Evaluation:
 
 
 def evaluate(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = None, n_folds: int = 5,
-             seed: int = 0, label_col: str = "label", progress: bool = True, **fit_kw) -> Evaluation:
+             seed: int = 0, label_col: str = "label", progress: bool = True, baselines: bool = True,
+             **fit_kw) -> Evaluation:
     """Concept-grouped cross-validation of the predictor and its baselines.
 
     Each fold's test concepts are unseen in its training rows. Baselines: ``majority`` (the
     training folds' most common label), ``multiplier-only`` (CatBoost on ``multiplier`` alone; on
-    ``strength`` when the table has no multiplier column) and ``strength-only`` (on ``strength``).
+    ``strength`` when the table has no multiplier column) and ``strength-only`` (on ``strength``);
+    ``baselines=False`` skips the two fitted baselines (their rows are then absent from ``scores``).
     """
     cols = list(feature_columns) if feature_columns is not None else feature_columns_of(table)
     _check(table, cols, label_col)
@@ -206,7 +208,7 @@ def evaluate(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = Non
         probs[test] = p.reindex(columns=list(LABELS), fill_value=0.0).to_numpy()
         pred.loc[test, "predicted"] = p.idxmax(axis=1).to_numpy()
         pred.loc[test, "majority"] = train[label_col].astype(str).value_counts().idxmax()
-        for col, feature in (("multiplier_only", knob), ("strength_only", "strength")):
+        for col, feature in (("multiplier_only", knob), ("strength_only", "strength")) if baselines else ():
             base = fit(train, feature_columns=[feature], label_col=label_col, seed=seed, **fit_kw)
             pred.loc[test, col] = base.predict(table[test]).to_numpy()
         imp += np.asarray(m.model.get_feature_importance(), float) / len(folds)
@@ -214,8 +216,9 @@ def evaluate(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = Non
         pred[f"p_{c}"] = probs[:, j]
     y = table[label_col].astype(str).to_numpy()
     rows = []
-    for name, col in [("predictor", "predicted"), ("multiplier-only", "multiplier_only"),
-                      ("strength-only", "strength_only"), ("majority", "majority")]:
+    models = [("predictor", "predicted"), ("multiplier-only", "multiplier_only"), ("strength-only", "strength_only"),
+              ("majority", "majority")]
+    for name, col in models if baselines else [models[0], models[-1]]:
         f = f1_scores(y, pred[col])
         rows.append({"model": name, "macro_f1": macro_f1(y, pred[col]), "accuracy": float(np.mean(y == pred[col])),
                      **{f"f1_{c}": f[c] for c in LABELS}})

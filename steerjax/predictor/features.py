@@ -21,7 +21,17 @@ steered / reference residual after block ``l`` at that token and ``d = s - u``:
 * ``kl_next``: KL(p_steered || p_reference) of the next-token distribution (nats);
   ``entropy_change``: H(p_steered) - H(p_reference);
 * ``lens_kl_L{l}``: the same KL through the logit lens (final norm + unembedding) of block ``l``,
-  for ``l`` in :func:`lens_layers` (every 4th block, the last one excluded: it is ``kl_next``).
+  for ``l`` in :func:`lens_layers` (every 8th block, the last one excluded: it is ``kl_next``;
+  each lens block costs an unembedding per step, the dearest part of a decoding step).
+* ``read_nll``: the negative log-likelihood of the steered row's new token under the reference
+  (unsteered) row: the judge's fluency signal, read on the tokens decoded so far;
+* ``concept_read``: how far the tokens decoded so far move the *unsteered* model along the
+  concept: the reference row's residual at the steered block projected on the unit steering
+  vector, averaged over the new tokens it has read (step ``j`` reads new token ``j - 1``, so
+  step 1 reads none and the column is 0 at ``k = 1``), minus the same for the prompt's
+  zero-strength row (its own greedy tokens), divided by the concept's mean residual norm. It is
+  the hidden-state judge's concept score on the first tokens, from the same pass (zero-strength
+  rows are decoded alongside when the grid lacks them, and dropped from the table).
 
 A column ``{name}_k{k}`` is the **mean over the first k decoding steps** (so ``k1`` is step 1
 alone, and larger ``k`` smooth over more tokens). Blocks at or below the steered block carry no
@@ -56,14 +66,15 @@ from steerjax.predictor.testbed import (
 from steerjax.steering.core import normalize_layer
 
 FEATURE_STEPS = (1, 2, 4, 8)
-LENS_EVERY = 4
+LENS_EVERY = 8
 LAYER_FEATURES = ("cos", "norm_ratio", "diff_norm", "diff_proj", "diff_growth")
 NEXT_FEATURES = ("kl_next", "entropy_change")
+READ_FEATURES = ("read_nll", "concept_read")
 ID_COLUMNS = ("prompt_id", "concept", "strength", "multiplier")
 
 
 def lens_layers(cfg) -> tuple[int, ...]:
-    """Blocks read through the logit lens: ``0, 4, 8, ...`` below the last block."""
+    """Blocks read through the logit lens: ``0, 8, 16, ...`` below the last block."""
     cfg = getattr(cfg, "config", cfg)
     return tuple(range(0, cfg.num_layers - 1, LENS_EVERY))
 
@@ -77,6 +88,7 @@ def feature_columns(cfg, steps: Sequence[int] = FEATURE_STEPS) -> list[str]:
         cols += [f"{f}_L{l}_k{k}" for l in range(cfg.num_layers) for f in LAYER_FEATURES]
         cols += [f"{f}_k{k}" for f in NEXT_FEATURES]
         cols += [f"lens_kl_L{l}_k{k}" for l in lens_layers(cfg)]
+        cols += [f"{f}_k{k}" for f in READ_FEATURES]
     return cols
 
 
@@ -122,6 +134,9 @@ def early_features(
         raise SteerjaxError(f"a prompt of {longest} tokens + {k_max} steps exceeds the context "
                             f"of {cfg.max_position_embeddings}")
     jobs = [(p, c, s) for p in range(len(ids)) for c in concepts for s in grid[c.name]]
+    n_jobs = len(jobs)
+    # the zero-strength rows concept_read is measured against, where the grid lacks them
+    jobs += [(p, c, 0.0) for p in range(len(ids)) for c in concepts if 0.0 not in grid[c.name]]
     lens = lens_layers(cfg)
 
     from tqdm.auto import tqdm
@@ -139,14 +154,14 @@ def early_features(
         for r, (_, c, _) in enumerate(chunk):
             units[r] = c.vector / c.norm
         out = _early(model.params, cfg, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(row_prompt), steering,
-                     jnp.asarray(units), steps=k_max, lens=lens, steer_prompt=positions == "all")
+                     jnp.asarray(units), steps=k_max, lens=lens, layer=li, steer_prompt=positions == "all")
         out = jax.device_get(out)
         n = len(chunk)
         raw.append({k: np.asarray(v)[..., :n] for k, v in out["feats"].items()})
         toks.append(np.asarray(out["tokens"])[:n])
         mults.append(m[:n])
     table = _table(cfg, jobs, raw, np.concatenate(mults), steps, lens)
-    return table, np.concatenate(toks).astype(np.int32)
+    return table.iloc[:n_jobs].reset_index(drop=True), np.concatenate(toks)[:n_jobs].astype(np.int32)
 
 
 # ----------------------------------------------------------------------------- internals
@@ -174,7 +189,7 @@ def _pair(steering):
     )
 
 
-def _step_features(params, cfg, layers, logits, unit, lens):
+def _step_features(params, cfg, layers, logits, unit, lens, layer_index):
     """Features of one decoding step. layers [L, 2B, D] (steered rows first); logits [2B, V]."""
     b = unit.shape[0]
     h = layers.astype(jnp.float32)
@@ -197,7 +212,11 @@ def _step_features(params, cfg, layers, logits, unit, lens):
     fam = registry.family(cfg.family)
     lens_logits = unembed(params, cfg, fam.final_norm(params, cfg, layers[jnp.asarray(lens, jnp.int32)]))
     lens_kl, _ = kl_ent(lens_logits)  # [nl, B]
-    return {"layer": layer, "next": jnp.stack([kl, ent]), "lens": lens_kl}
+    tok = jnp.argmax(logits[:b], axis=-1)  # the steered row's next token (greedy)
+    ref_lp = jax.nn.log_softmax(logits[b:].astype(jnp.float32), axis=-1)
+    read_nll = -jnp.take_along_axis(ref_lp, tok[:, None], axis=-1)[:, 0]
+    read_proj = jnp.einsum("bd,bd->b", u[layer_index], unit)  # the reference row's reading of its input token
+    return {"layer": layer, "next": jnp.stack([kl, ent]), "lens": lens_kl, "read": jnp.stack([read_nll, read_proj])}
 
 
 def _gather_cache(cache: KVCache, rows) -> KVCache:
@@ -220,8 +239,8 @@ def _concat_cache(a: KVCache, b: KVCache) -> KVCache:
                    jnp.concatenate([a.valid, b.valid]), a.index)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "steps", "lens", "steer_prompt"))
-def _early(params, cfg, tokens, valid, row_prompt, steering, unit, *, steps, lens, steer_prompt):
+@functools.partial(jax.jit, static_argnames=("cfg", "steps", "lens", "layer", "steer_prompt"))
+def _early(params, cfg, tokens, valid, row_prompt, steering, unit, *, steps, lens, layer, steer_prompt):
     """Greedy steered decoding of ``steps`` tokens with a teacher-forced reference half.
 
     ``tokens, valid [E, T]``: the chunk's distinct prompts; ``row_prompt [B]``: each row's prompt.
@@ -254,7 +273,7 @@ def _early(params, cfg, tokens, valid, row_prompt, steering, unit, *, steps, len
         st_cache, st_layers, st_hidden = ref_cache, ref_layers, ref_hidden
     cache = _concat_cache(st_cache, ref_cache)
     logits = unembed(params, cfg, jnp.concatenate([st_hidden, ref_hidden]))
-    f0 = _step_features(params, cfg, jnp.concatenate([st_layers, ref_layers], axis=1), logits, unit, lens)
+    f0 = _step_features(params, cfg, jnp.concatenate([st_layers, ref_layers], axis=1), logits, unit, lens, layer)
     tok = jnp.argmax(logits[:b], axis=-1).astype(jnp.int32)
     both = _pair(steering)
     lengths2 = jnp.concatenate([lengths, lengths])
@@ -266,7 +285,7 @@ def _early(params, cfg, tokens, valid, row_prompt, steering, unit, *, steps, len
                     valid=jnp.ones((rows, 1), bool), steering=both, generation_start=lengths2, cache=cache,
                     collect_layers=True)
         lg = unembed(params, cfg, o.hidden[:, -1])
-        f = _step_features(params, cfg, o.layers[:, :, -1], lg, unit, lens)
+        f = _step_features(params, cfg, o.layers[:, :, -1], lg, unit, lens, layer)
         nxt = jnp.argmax(lg[:b], axis=-1).astype(jnp.int32)
         return (o.cache, nxt, pos + 1), (f, nxt)
 
@@ -280,9 +299,17 @@ def _table(cfg, jobs, raw, mults, steps, lens) -> pd.DataFrame:
     layer = np.concatenate([r["layer"] for r in raw], axis=-1)  # [K, 5, L, N]
     nxt = np.concatenate([r["next"] for r in raw], axis=-1)  # [K, 2, N]
     lensk = np.concatenate([r["lens"] for r in raw], axis=-1)  # [K, nl, N]
+    read = np.concatenate([r["read"] for r in raw], axis=-1).astype(np.float64)  # [K, 2, N]
     denom = np.arange(1, layer.shape[0] + 1, dtype=np.float64)
     mean = lambda a: np.cumsum(a.astype(np.float64), axis=0) / denom.reshape(-1, *[1] * (a.ndim - 1))  # noqa: E731
-    layer, nxt, lensk = mean(layer), mean(nxt), mean(lensk)
+    layer, nxt, lensk, read_nll = mean(layer), mean(nxt), mean(lensk), mean(read[:, 0])
+    # concept_read: mean over steps 2..k (new tokens 1..k-1), relative to the zero-strength row
+    proj = np.cumsum(read[:, 1], axis=0)
+    proj = np.concatenate([np.zeros_like(proj[:1]), (proj[1:] - proj[:1]) / denom[:-1, None]])  # [K, N]
+    zero = {(p, c.name): i for i, (p, c, s) in enumerate(jobs) if s == 0.0}
+    ref = np.asarray([zero[(p, c.name)] for p, c, _ in jobs])
+    scale = np.asarray([float(c.residual_norm) for _, c, _ in jobs])
+    concept_read = (proj - proj[:, ref]) / scale
     cols: dict[str, Any] = {
         "prompt_id": [p for p, _, _ in jobs],
         "concept": [c.name for _, c, _ in jobs],
@@ -298,4 +325,6 @@ def _table(cfg, jobs, raw, mults, steps, lens) -> pd.DataFrame:
             cols[f"{f}_k{k}"] = nxt[j, fi]
         for li, l in enumerate(lens):
             cols[f"lens_kl_L{l}_k{k}"] = lensk[j, li]
+        cols[f"read_nll_k{k}"] = read_nll[j]
+        cols[f"concept_read_k{k}"] = concept_read[j]
     return pd.DataFrame(cols)
