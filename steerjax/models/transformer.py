@@ -8,6 +8,7 @@ masks, rotary tables) lives here, once.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -157,6 +158,16 @@ def forward(
     if cache is not None:
         new_cache = KVCache(kv[0], kv[1], attn.k_valid, cache.index + t)
     return ForwardOutput(fam.final_norm(params, cfg, x), layers, new_cache)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
+def prefill(params, cfg: ModelConfig, ids, valid, *, dtype):
+    """The KV cache of left-padded shared prefixes ``ids, valid [E, T]``: the ``prefix=`` of
+    :func:`forward` for continuations (positions of a row's continuation start at its prefix length)."""
+    e, t = ids.shape
+    out = forward(params, cfg, ids, positions=positions_from_mask(valid), valid=valid,
+                  cache=KVCache.empty(cfg, e, t, dtype))
+    return out.cache
 
 
 def unembed(params, cfg: ModelConfig, hidden):

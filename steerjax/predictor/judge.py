@@ -46,7 +46,7 @@ import pandas as pd
 from steerjax.errors import SteerjaxError
 from steerjax.predictor.concepts import UNSTEERED
 from steerjax.sharding import round_up
-from steerjax.models.transformer import KVCache, forward, positions_from_mask, unembed
+from steerjax.models.transformer import forward, prefill, unembed
 
 LABELS = ("under-steer", "success", "over-steer")
 BUCKET = 32
@@ -222,16 +222,17 @@ class HiddenStateJudge(Judge):
     def read(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """``(nll [N], mean hidden state at the layer [N, D])`` of each rollout, unsteered.
 
-        Every rollout of a prompt continues one prefill of that prompt (``forward(prefix=...)``):
-        the prompt, usually longer than the rollout, is computed once per prompt, not once per row.
+        Every rollout of a prompt continues one prefill of that prompt but its last token
+        (``forward(prefix=...)``), fed again before the rollout's tokens so that it predicts the
+        first of them: the prompt, usually longer than the rollout, is computed once per prompt.
         """
         prompts = _prompt_ids(self.model, table, self.prompt_tokens)
         rolls = [list(t) for t in table["tokens"]]
         cfg = self.model.config
-        n_new = round_up(max(max((len(r) for r in rolls), default=1), 1), 8)
+        n_new = round_up(max(max((len(r) for r in rolls), default=1), 1) + 1, 8)  # + the prompt's last token
         longest = max(len(p) for p in prompts)
-        if longest + n_new > cfg.max_position_embeddings:
-            raise JudgeError(f"prompt + rollout of {longest + n_new} tokens exceeds the context "
+        if longest - 1 + n_new > cfg.max_position_embeddings:
+            raise JudgeError(f"prompt + rollout of {longest - 1 + n_new} tokens exceeds the context "
                              f"{cfg.max_position_embeddings}")
         if min(len(p) for p in prompts) == 0:
             raise JudgeError("an empty prompt: the judge scores a rollout's tokens after its prompt")
@@ -246,20 +247,22 @@ class HiddenStateJudge(Judge):
 
         bar = tqdm(total=len(table), desc="judge", unit="rollout", disable=not self.progress or None)
         for p, rows in groups.items():
-            tp = round_up(len(p), BUCKET)
+            head = p[:-1]
+            tp = max(round_up(len(head), BUCKET), BUCKET)
             ids = np.zeros((1, tp), np.int32)
-            ids[0, tp - len(p):] = p
             valid = np.zeros((1, tp), bool)
-            valid[0, tp - len(p):] = True
-            cache, first = _prefill(self.model.params, cfg, jnp.asarray(ids), jnp.asarray(valid), dtype=dtype)
+            if head:
+                ids[0, tp - len(head):], valid[0, tp - len(head):] = head, True
+            cache = prefill(self.model.params, cfg, jnp.asarray(ids), jnp.asarray(valid), dtype=dtype)
             for s in range(0, len(rows), bs):
                 idx = rows[s:s + bs]
                 tok = np.zeros((bs, n_new), np.int32)
                 ok = np.zeros((bs, n_new), bool)
                 for j, i in enumerate(idx):
-                    tok[j, :len(rolls[i])], ok[j, :len(rolls[i])] = rolls[i], True
-                a, h = _read(self.model.params, cfg, cache, first, jnp.asarray(tok), jnp.asarray(ok),
-                             start=len(p), layer=self.layer)
+                    seq = [p[-1], *rolls[i]]
+                    tok[j, :len(seq)], ok[j, :len(seq)] = seq, True
+                a, h = _read(self.model.params, cfg, cache, jnp.asarray(tok), jnp.asarray(ok),
+                             start=len(head), layer=self.layer)
                 nll[idx], hid[idx] = np.asarray(a)[:len(idx)], np.asarray(h)[:len(idx)]
                 bar.update(len(idx))
         bar.close()
@@ -273,29 +276,21 @@ class HiddenStateJudge(Judge):
                              "concept_null": null}, index=table.index)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
-def _prefill(params, cfg, ids, valid, *, dtype):
-    """KV cache of one left-padded prompt ``[1, TP]`` and the log-probs of the token after it."""
-    out = forward(params, cfg, ids, positions=positions_from_mask(valid), valid=valid,
-                  cache=KVCache.empty(cfg, ids.shape[0], ids.shape[1], dtype))
-    return out.cache, jax.nn.log_softmax(unembed(params, cfg, out.hidden[:, -1]), axis=-1)[0]
-
-
 @functools.partial(jax.jit, static_argnames=("cfg", "layer"))
-def _read(params, cfg, cache, first, tok, ok, *, start, layer):
-    """Mean NLL of rollout tokens ``tok [B, N]`` (valid where ``ok``) continuing the prompt in
-    ``cache``, and their mean residual stream after block ``layer``. ``first``: the prompt's
-    log-probs for the first rollout token; ``start``: the prompt's length (the first position)."""
+def _read(params, cfg, cache, tok, ok, *, start, layer):
+    """``tok [B, 1 + N]``: a prompt's last token then a rollout (valid where ``ok``), continuing
+    the rest of the prompt in ``cache`` from position ``start``. Mean NLL of the rollout's tokens
+    and their mean residual stream after block ``layer``."""
     b, n = tok.shape
     pos = jnp.broadcast_to(start + jnp.arange(n, dtype=jnp.int32), (b, n))
     out = forward(params, cfg, tok, positions=pos, valid=ok, prefix=cache, collect_layers=True)
-    logp = jax.nn.log_softmax(unembed(params, cfg, out.hidden[:, :-1]), axis=-1)  # predicts columns 1..N-1
-    tok_lp = jnp.concatenate([first[tok[:, :1]], jnp.take_along_axis(logp, tok[:, 1:, None], axis=-1)[..., 0]],
-                             axis=1)
-    cnt = jnp.maximum(ok.sum(-1), 1)
-    nll = -jnp.where(ok, tok_lp, 0.0).sum(-1) / cnt
-    h = out.layers[layer].astype(jnp.float32)
-    return nll, jnp.where(ok[..., None], h, 0.0).sum(1) / cnt[:, None]
+    logp = jax.nn.log_softmax(unembed(params, cfg, out.hidden[:, :-1]), axis=-1)  # predicts columns 1..
+    tok_lp = jnp.take_along_axis(logp, tok[:, 1:, None], axis=-1)[..., 0]
+    roll = ok[:, 1:]
+    cnt = jnp.maximum(roll.sum(-1), 1)
+    nll = -jnp.where(roll, tok_lp, 0.0).sum(-1) / cnt
+    h = out.layers[layer][:, 1:].astype(jnp.float32)
+    return nll, jnp.where(roll[..., None], h, 0.0).sum(1) / cnt[:, None]
 
 
 def _prompt_ids(model, table, given):

@@ -30,7 +30,7 @@ import numpy as np
 from steerjax import sharding as shd
 from steerjax.data.examples import DataError
 from steerjax.errors import ContextLengthError, TokenizerError
-from steerjax.models.transformer import KVCache, forward, positions_from_mask, unembed
+from steerjax.models.transformer import forward, prefill, unembed
 from steerjax.profiles.data import DIRECTIONS, query_messages
 
 ANSWERS = ("yes", "no")
@@ -130,7 +130,7 @@ def answer_logprobs(
             for e, p in enumerate(pidx):
                 pre_ids[e, tp - splits[p]:] = ids[p][0][:splits[p]]
                 pre_valid[e, tp - splits[p]:] = True
-            cache = _prefill(params, cfg, put(pre_ids), put(pre_valid), dtype=dtype)
+            cache = prefill(params, cfg, put(pre_ids), put(pre_valid), dtype=dtype)
             # one packing for the whole group: an item's slot fits its longest version in the group
             lengths = [max(len(ids[p][q]) - splits[p] for p in pidx) + (0 if single else len(ans[a]) - 1)
                        for q in range(n_q) for a in range(per_q)]
@@ -316,15 +316,6 @@ def _packed_batch(ids, splits, pidx, rows, width, ans, single, per_q):
 
 def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
-def _prefill(params, cfg, ids, valid, *, dtype):
-    """The KV cache of left-padded shared prefixes ``[E, TP]``."""
-    e, tp = ids.shape
-    out = forward(params, cfg, ids, positions=positions_from_mask(valid), valid=valid,
-                  cache=KVCache.empty(cfg, e, tp, dtype))
-    return out.cache
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
