@@ -112,7 +112,8 @@ class SearchOutcome:
 
 
 def simulate(features: pd.DataFrame, predictor: SteerabilityPredictor, *, strategy: str = "argmax",
-             k: int, max_new_tokens: int, max_rollouts: int = 1, label_col: str = "label") -> pd.DataFrame:
+             k: int, max_new_tokens: int, max_rollouts: int = 1, label_col: str = "label",
+             proba: pd.DataFrame | None = None) -> pd.DataFrame:
     """Guided vs grid search over a labelled testbed, one row per (prompt, concept).
 
     ``features`` holds every candidate strength of each (prompt, concept) with its features and
@@ -122,13 +123,14 @@ def simulate(features: pd.DataFrame, predictor: SteerabilityPredictor, *, strate
     ``chosen_strength`` (the first success, else the top-ranked one), ``n_rollouts``,
     ``guided_success``, ``grid_success`` (some candidate succeeds), token counts
     ``guided_tokens``, ``grid_tokens`` (every candidate decoded) and ``sequential_tokens`` (grid
-    from the smallest strength, stopping at the first success).
+    from the smallest strength, stopping at the first success). ``proba``: the predictor's
+    probabilities for ``features`` when already computed.
     """
     max_rollouts = _check_rollouts(max_rollouts)
     need = {"prompt_id", "concept", "strength", label_col}
     if need - set(features.columns):
         raise PredictorError(f"features table lacks {sorted(need - set(features.columns))}")
-    proba = predictor.predict_proba(features)
+    proba = predictor.predict_proba(features) if proba is None else proba
     rows = []
     for (pid, concept), g in features.groupby(["prompt_id", "concept"], sort=True):
         g = g.sort_values("strength")
@@ -184,10 +186,12 @@ def cross_validated(table: pd.DataFrame, *, n_folds: int, k: int, max_new_tokens
         for g, test_p in enumerate(groups):
             held = table["prompt_id"].isin(set(test_p.tolist()))
             m = fit(table[~unseen & ~held], feature_columns=cols, label_col=label_col, seed=seed, **fit_kw)
+            test = table[unseen & held]
+            proba = m.predict_proba(test)
             for strategy in strategies:
                 for r in budgets:
-                    sim = simulate(table[unseen & held], m, strategy=strategy, k=k, max_new_tokens=max_new_tokens,
-                                   max_rollouts=r, label_col=label_col)
+                    sim = simulate(test, m, strategy=strategy, k=k, max_new_tokens=max_new_tokens,
+                                   max_rollouts=r, label_col=label_col, proba=proba)
                     out.append(sim.assign(fold=f, prompt_fold=g, strategy=strategy, max_rollouts=r))
     return pd.concat(out, ignore_index=True)
 
