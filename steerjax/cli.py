@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     ptr.set_defaults(run=_predictor_train)
     pse = pa.add_parser("search", help="find a steering strength for a prompt and concept",
                         description="Evaluate candidate strengths with early-decoding predictions, then decode "
-                                    "one full rollout at the chosen strength.")
+                                    "a full rollout at the best-ranked strength (with --judge and --max-rollouts R, "
+                                    "up to R ranked strengths until the judge calls one a success).")
     pse.add_argument("predictor", metavar="PREDICTOR_DIR", help="from `steerjax predictor train`")
     pse.add_argument("--prompt", required=True, help="a user message")
     pse.add_argument("--concept", required=True, help="a concept of the predictor's testbed")
@@ -546,7 +547,7 @@ def _predictor_search(args) -> int:
 
     pred = SteerabilityPredictor.load(args.predictor)
     meta = pred.meta
-    _, concepts, _ = _testbed_run(meta["testbed"])
+    _, concepts, testbed_rollouts = _testbed_run(meta["testbed"])
     by_name = {c.name: c for c in concepts}
     if args.concept not in by_name:
         raise SteerjaxError(f"unknown concept {args.concept!r}; the testbed has {sorted(by_name)}")
@@ -555,7 +556,8 @@ def _predictor_search(args) -> int:
     jd = judges.HiddenStateJudge(model, concepts, progress=False) if args.judge else None
     res = guided_search(model, pred, args.prompt, by_name[args.concept], strengths, layer=meta["layer"],
                         max_new_tokens=args.max_new_tokens or meta.get("max_new_tokens") or 48,
-                        strategy=args.strategy, max_rollouts=args.max_rollouts, judge=jd, seed=args.seed)
+                        strategy=args.strategy, max_rollouts=args.max_rollouts, judge=jd,
+                        calibration=testbed_rollouts if jd is not None else None, seed=args.seed)
     print(res["predictions"].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     for t in res["tried"][:-1]:
         print(f"rollout at {t['strength']:g}: {t['label']}")

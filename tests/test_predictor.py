@@ -308,3 +308,16 @@ def test_cross_validated_search_holds_out_concepts_and_prompts():
     assert two["guided_success_rate"] >= one["guided_success_rate"] and two["mean_rollouts"] >= 1
     with pytest.raises(classifier.PredictorError, match="prompt_folds"):
         search.cross_validated(table, n_folds=3, k=1, max_new_tokens=32, prompt_folds=11)
+
+
+def test_guided_search_judge_needs_a_calibration_sample():
+    # one prompt's own unsteered rollout gives the judge no spread: thresholds would collapse to it
+    args = dict(layer=0, max_new_tokens=4, judge=object())
+    with pytest.raises(classifier.PredictorError, match="calibration="):
+        search.guided_search(None, None, "p", None, [1.0], **args)
+    one = pd.DataFrame({"prompt_id": [0, 0], "prompt": "p", "concept": ["none", "c"], "strength": [0.0, 1.0],
+                        "text": "t", "tokens": [[1], [2]]})
+    with pytest.raises(classifier.PredictorError, match="2 or more prompts"):
+        search.guided_search(None, None, "p", None, [1.0], calibration=one, **args)
+    with pytest.raises(classifier.PredictorError, match="lack"):
+        search.guided_search(None, None, "p", None, [1.0], calibration=one.drop(columns=["tokens"]), **args)

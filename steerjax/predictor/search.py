@@ -214,12 +214,16 @@ def summarize(sim: pd.DataFrame) -> dict:
 
 def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept, strengths: Sequence[float], *,
                   layer: int, max_new_tokens: int, strategy: str = "argmax", max_rollouts: int = 1, steps=None,
-                  judge=None, positions: str = "all", seed: int = 0) -> dict:
+                  judge=None, calibration: pd.DataFrame | None = None, positions: str = "all",
+                  seed: int = 0) -> dict:
     """Search a strength for one prompt and concept with the predictor, then decode to confirm.
 
     ``steps``: the decoding steps whose features the predictor uses (default: those its feature
     columns name). The confirming rollout comes with the prompt's unsteered rollout (the
-    testbed's unit, and the judge's reference); with a ``judge`` it is labelled, and with
+    testbed's unit, and the judge's reference); with a ``judge`` it is labelled against
+    ``calibration``, unsteered rollouts of many prompts (e.g. the testbed's ``concept == "none"``
+    rows: the judge's thresholds and concept-score units come from their spread, which one
+    prompt's unsteered rollout cannot give), and with
     ``max_rollouts > 1`` (which needs the judge) a rollout the judge does not call a success is
     followed by one at the next-ranked strength, up to ``max_rollouts``. Returns the chosen
     strength (the first success, else the top-ranked one), the evaluated candidates with their
@@ -234,6 +238,8 @@ def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept,
     max_rollouts = _check_rollouts(max_rollouts)
     if max_rollouts > 1 and judge is None:
         raise PredictorError("max_rollouts > 1 confirms with the judge: pass a judge")
+    if judge is not None:
+        calibration = _calibration(calibration)
     steps = tuple(steps) if steps else _steps_of(predictor)
     cands = sorted({float(x) for x in strengths})
     if not cands or not all(np.isfinite(cands)):
@@ -257,8 +263,9 @@ def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept,
         steered = roll[roll["concept"] != "none"].iloc[0]
         reference = int(roll.loc[roll["concept"] == "none", "n_tokens"].sum())
         label = None
-        if judge is not None:
-            scores, _ = judge(roll)
+        if judge is not None:  # the new prompt joins the calibration rollouts under a fresh id
+            roll = roll.assign(prompt_id=int(calibration["prompt_id"].max()) + 1)
+            scores, _ = judge(pd.concat([calibration.set_axis(range(-len(calibration), 0)), roll]))
             label = str(scores.loc[steered.name, "label"])
         tried.append({"strength": strength, "label": label, "text": steered["text"],
                       "n_tokens": int(steered["n_tokens"])})
@@ -271,6 +278,23 @@ def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept,
         "decoded_tokens": len(evaluated) * max(steps) + sum(t["n_tokens"] for t in tried),
         "reference_tokens": reference,
     }
+
+
+def _calibration(table) -> pd.DataFrame:
+    """The unsteered rows of ``table``, checked: the judge calibrates on them."""
+    from steerjax.predictor.concepts import UNSTEERED
+
+    if table is None:
+        raise PredictorError("a judge needs calibration=: unsteered rollouts of many prompts (e.g. the testbed's "
+                             "concept == 'none' rows); one prompt's own unsteered rollout gives no spread")
+    need = {"prompt_id", "prompt", "concept", "strength", "text", "tokens"}
+    if need - set(table.columns):
+        raise PredictorError(f"calibration rollouts lack {sorted(need - set(table.columns))}")
+    cal = table[table["concept"] == UNSTEERED]
+    if cal["prompt_id"].nunique() < 2:
+        raise PredictorError(f"calibration needs unsteered rollouts of 2 or more prompts, got "
+                             f"{cal['prompt_id'].nunique()}")
+    return cal.reset_index(drop=True)
 
 
 def _steps_of(predictor: SteerabilityPredictor) -> tuple[int, ...]:
