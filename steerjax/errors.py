@@ -53,3 +53,11 @@ class TokenizerError(SteerjaxError, ValueError):
 
 class ShardingError(SteerjaxError, ValueError):
     """A device mesh does not fit the devices, the model (heads) or the batch."""
+
+
+class RunConfigError(SteerjaxError, ValueError):
+    """A run directory already holds a run with a different configuration."""
+
+
+class ArtifactKeyError(SteerjaxError, ValueError):
+    """A stored artifact (a vector, concepts, a cache) was built for another configuration."""

@@ -32,19 +32,19 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Any
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import pandas as pd
 
-from steerjax.errors import SteerjaxError
+from steerjax.errors import ArtifactKeyError, RunConfigError
+
+T = TypeVar("T")
 
 CONFIG = "config.json"
 MANIFEST = "manifest.jsonl"
 CHUNKS = "chunks"
-
-
-class RunConfigError(SteerjaxError, ValueError):
-    """A run directory already holds a run with a different configuration."""
 
 
 class RunDirectory:
@@ -104,6 +104,17 @@ class RunDirectory:
     def load(self, chunk: int) -> pd.DataFrame:
         """The table of a finished chunk."""
         return pd.read_parquet(self._chunk_path(int(chunk)))
+
+    def map(self, chunks: Sequence[Any], work: Callable[[int, Any], pd.DataFrame], *, desc: str = "chunks",
+            progress: bool = True) -> pd.DataFrame:
+        """:func:`map_chunks` over this directory."""
+        return map_chunks(chunks, work, store=self, desc=desc, progress=progress)
+
+    def artifact(self, name: str, key: Any, build: Callable[[], T], *, save: Callable[[T, str], None],
+                 load: Callable[[str], T], on_mismatch: str = "rebuild") -> T:
+        """:func:`keyed_artifact` at ``name`` inside this directory."""
+        return keyed_artifact(os.path.join(self.path, name), key, build, save=save, load=load,
+                              on_mismatch=on_mismatch)
 
     # ------------------------------------------------------------------ recovery
 
@@ -230,3 +241,74 @@ def _atomic_write(path: str, text: str) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(os.path.dirname(path) or ".")
+
+
+# ----------------------------------------------------------------------------- the two patterns
+
+
+def map_chunks(chunks: Sequence[Any], work: Callable[[int, Any], pd.DataFrame], *,
+               store: RunDirectory | None = None, desc: str = "chunks", progress: bool = True) -> pd.DataFrame:
+    """``work(i, chunk)`` for every chunk, concatenated in order; with a ``store`` the finished
+    chunks are loaded instead of recomputed, each new one is saved as soon as it is done, and a
+    resumed run says how many chunks it reuses."""
+    from tqdm.auto import tqdm
+
+    chunks = list(chunks)
+    reused = 0 if store is None else sum(store.done(i) for i in range(len(chunks)))
+    if reused and progress:
+        print(f"{desc}: resuming {store.path}: {reused} of {len(chunks)} chunks already done, reused",
+              file=sys.stderr, flush=True)
+    parts = []
+    with tqdm(total=len(chunks), initial=reused, desc=desc, unit="chunk", disable=not progress or None) as bar:
+        for i, chunk in enumerate(chunks):
+            if store is not None and store.done(i):
+                parts.append(store.load(i))
+                continue
+            part = work(i, chunk)
+            if store is not None:
+                store.save(i, part)
+            parts.append(part)
+            bar.update(1)
+    if not parts:
+        return pd.DataFrame()
+    return pd.concat(parts, ignore_index=True)
+
+
+def keyed_artifact(path: str, key: Any, build: Callable[[], T], *, save: Callable[[T, str], None],
+                   load: Callable[[str], T], on_mismatch: str = "rebuild") -> T:
+    """An artifact built once and reloaded only while its key matches.
+
+    ``path`` holds the artifact (written by ``save(value, path)`` to a temporary name, then
+    renamed), ``path + ".key.json"`` the key it was built for (JSON-serialisable: the model,
+    data digests, options). When both exist and the keys are equal, ``load(path)`` is returned.
+    Otherwise it is built; an existing artifact with another key is rebuilt
+    (``on_mismatch="rebuild"``) or refused with :class:`ArtifactKeyError` (``"error"``).
+    """
+    if on_mismatch not in ("rebuild", "error"):
+        raise ValueError(f"on_mismatch must be 'rebuild' or 'error', got {on_mismatch!r}")
+    key = json.loads(json.dumps(key, default=str))
+    key_path = path + ".key.json"
+    if os.path.exists(path) and os.path.exists(key_path):
+        try:
+            with open(key_path) as f:
+                old = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old == key:
+            return load(path)
+        if on_mismatch == "error":
+            diff = sorted(k for k in set(old or {}) | set(key) if (old or {}).get(k) != key.get(k)) \
+                if isinstance(old, dict) and isinstance(key, dict) else ["key"]
+            raise ArtifactKeyError(f"{path} was built for another configuration (differs in: {', '.join(diff)}); "
+                                   "delete it or use another directory")
+    elif os.path.exists(path) and on_mismatch == "error":
+        raise ArtifactKeyError(f"{path} exists but has no {os.path.basename(key_path)}: it was not built by "
+                               "steerjax for this run; delete it or use another directory")
+    value = build()
+    d, base = os.path.split(path)
+    root, ext = os.path.splitext(base)
+    tmp = os.path.join(d, f"{root}.tmp{os.getpid()}{ext}")  # keep the extension: savers may look at it
+    save(value, tmp)
+    os.replace(tmp, path)
+    _atomic_write(key_path, json.dumps(key, indent=2, sort_keys=True) + "\n")
+    return value

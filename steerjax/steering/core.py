@@ -127,22 +127,99 @@ class Steering:
         start, end = _positions(positions)
         return self.replace(start=jnp.asarray(start), end=jnp.asarray(end))
 
-    def with_layer_mask(self, layer_mask: Any) -> Steering:
-        """Restrict steering to blocks: ``layer_mask [L]`` (shared) or ``[L, B]`` bool."""
-        mask = np.asarray(layer_mask, bool)
-        if mask.ndim == 1:
-            mask = mask[:, None]
-        return self.replace(layer_mask=jnp.asarray(mask))
+    # ------------------------------------------------------------------ reshaping (traceable)
 
-    def broadcast(self, batch_size: int) -> Steering:
+    @classmethod
+    def build(cls, vectors, multipliers, *, start=None, end=None, operator: str = "add",
+              layer_mask=None) -> Steering:
+        """Construct from arrays without host-side checks, for use inside ``jit``.
+
+        ``vectors [L, Bv, D]``, ``multipliers [Bm]``; ``start`` / ``end`` default to the whole
+        sequence (``0`` and :data:`NO_END`, one per multiplier row)."""
+        multipliers = jnp.asarray(multipliers, jnp.float32)
+        if start is None:
+            start = jnp.zeros(multipliers.shape, jnp.int32)
+        if end is None:
+            end = jnp.full(multipliers.shape, NO_END, jnp.int32)
+        return cls(vectors, multipliers, start, end, operator, layer_mask)
+
+    @property
+    def batch_size(self) -> int:
+        """Rows this steering has (1 when every field is shared)."""
+        sizes = [self.vectors.shape[1], self.multipliers.shape[0], self.start.shape[0], self.end.shape[0]]
+        if self.layer_mask is not None:
+            sizes.append(self.layer_mask.shape[1])
+        return max(sizes)
+
+    def broadcast(self, batch_size: int, *, full: bool = False) -> Steering:
         """Per-example fields broadcast to ``[batch_size]``, so shared and per-example
-        multipliers or positions give the same shapes (and reuse one compiled program)."""
+        multipliers or positions give the same shapes (and reuse one compiled program).
+        ``full=True`` also gives ``vectors`` (and ``layer_mask``) one row per example."""
         b = (batch_size,)
-        return self.replace(
+        out = self.replace(
             multipliers=jnp.broadcast_to(self.multipliers, b),
             start=jnp.broadcast_to(self.start, b),
             end=jnp.broadcast_to(self.end, b),
         )
+        if full:
+            v = self.vectors
+            lm = self.layer_mask
+            out = out.replace(
+                vectors=jnp.broadcast_to(v, (v.shape[0], batch_size, v.shape[2])),
+                layer_mask=None if lm is None else jnp.broadcast_to(lm, (lm.shape[0], batch_size)),
+            )
+        return out
+
+    def pad(self, batch_size: int, size: int, *, fill: str = "repeat") -> Steering:
+        """Broadcast to ``batch_size`` rows, then pad to ``size`` rows: the last row repeated
+        (``fill="repeat"``: padding examples whose results are dropped) or rows that steer
+        nothing (``fill="unsteered"``: zero vectors and multipliers)."""
+        if fill not in ("repeat", "unsteered"):
+            raise SteeringError(f"fill must be 'repeat' or 'unsteered', got {fill!r}")
+        n = size - batch_size
+        if n < 0:
+            raise SteeringError(f"cannot pad {batch_size} steering rows to {size}")
+        s = self.broadcast(batch_size)
+        if n == 0:
+            return s
+        if fill == "unsteered":
+            s = s.broadcast(batch_size, full=True)
+            lm = s.layer_mask
+            extra = Steering.build(jnp.zeros_like(s.vectors[:, :1]).repeat(n, 1), jnp.zeros((n,), jnp.float32),
+                                   start=jnp.repeat(s.start[-1:], n), end=jnp.repeat(s.end[-1:], n),
+                                   operator=s.operator, layer_mask=None if lm is None else jnp.repeat(lm[:, -1:], n, 1))
+            return s.concat(extra)
+
+        def rep(x, axis):
+            if x is None or x.shape[axis] != batch_size:
+                return x  # shared: nothing to pad
+            last = jax.lax.slice_in_dim(x, x.shape[axis] - 1, x.shape[axis], axis=axis)
+            return jnp.concatenate([x, jnp.repeat(last, n, axis=axis)], axis=axis)
+
+        return s.replace(vectors=rep(s.vectors, 1), layer_mask=rep(s.layer_mask, 1),
+                         multipliers=rep(s.multipliers, 0), start=rep(s.start, 0), end=rep(s.end, 0))
+
+    def concat(self, other: Steering) -> Steering:
+        """The rows of ``self`` then those of ``other`` (same operator; both or neither with a
+        ``layer_mask``)."""
+        if other.operator != self.operator:
+            raise SteeringError(f"cannot concatenate {self.operator!r} and {other.operator!r} steerings")
+        if (self.layer_mask is None) != (other.layer_mask is None):
+            raise SteeringError("cannot concatenate a steering with a layer_mask and one without")
+        a = self.broadcast(self.batch_size, full=True)
+        b = other.broadcast(other.batch_size, full=True)
+
+        def cat(x, y, axis):
+            return None if x is None else jnp.concatenate([x, y], axis=axis)
+
+        return a.replace(vectors=cat(a.vectors, b.vectors, 1), layer_mask=cat(a.layer_mask, b.layer_mask, 1),
+                         multipliers=cat(a.multipliers, b.multipliers, 0), start=cat(a.start, b.start, 0),
+                         end=cat(a.end, b.end, 0))
+
+    def zero_strength(self) -> Steering:
+        """The same rows with every multiplier 0: the reference an ``add`` steering is measured
+        against (``ablate_then_add`` still ablates at multiplier 0)."""
+        return self.replace(multipliers=jnp.zeros_like(self.multipliers))
 
     @property
     def layers(self) -> list[int]:
