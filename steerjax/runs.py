@@ -58,14 +58,9 @@ class RunDirectory:
 
     def __init__(self, path: str, config: dict[str, Any]):
         self.path = path
-        self.config = json.loads(json.dumps(config, default=str))
         os.makedirs(os.path.join(path, CHUNKS), exist_ok=True)
         self._remove_tmp_files()
-        cfg_path = os.path.join(path, CONFIG)
-        if os.path.exists(cfg_path):
-            self._check_config(cfg_path)
-        else:
-            _atomic_write(cfg_path, json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+        self.config = claim(path, config)
         self._rows: dict[int, int] = self._recover()
 
     # ------------------------------------------------------------------ public
@@ -122,33 +117,9 @@ class RunDirectory:
         return os.path.join(self.path, CHUNKS, f"{chunk:05d}.parquet")
 
     def _remove_tmp_files(self) -> None:
-        pattern = [os.path.join(self.path, CHUNKS, "*.parquet.tmp*"), os.path.join(self.path, CONFIG + ".tmp*"),
-                   os.path.join(self.path, MANIFEST + ".tmp*")]
+        pattern = [os.path.join(self.path, CHUNKS, "*.parquet.tmp*"), os.path.join(self.path, MANIFEST + ".tmp*")]
         for path in (p for pat in pattern for p in glob.glob(pat)):
-            try:
-                os.remove(path)
-            except FileNotFoundError:
-                pass
-
-    def _check_config(self, cfg_path: str) -> None:
-        try:
-            with open(cfg_path) as f:
-                old = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise RunConfigError(
-                f"{self.path} has an unreadable {CONFIG} ({e}): it is not a steerjax run directory or it "
-                "is damaged. Use a new --out directory, or delete this one to start over."
-            ) from e
-        if old != self.config:
-            keys = set(old) | set(self.config) if isinstance(old, dict) else set(self.config)
-            diff = sorted(k for k in keys if not isinstance(old, dict) or old.get(k) != self.config.get(k))
-            detail = "; ".join(f"{k}: {_short(old.get(k) if isinstance(old, dict) else None)} in the directory, "
-                               f"{_short(self.config.get(k))} now" for k in diff[:4])
-            more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
-            raise RunConfigError(
-                f"{self.path} holds a run with a different config (differs in: {', '.join(diff)}; {detail}{more}). "
-                "Use a new --out directory, or delete this one to start over."
-            )
+            _remove(path)
 
     def _recover(self) -> dict[int, int]:
         """Finished chunks -> row counts, repairing what a crash can leave behind."""
@@ -183,6 +154,58 @@ class RunDirectory:
             text = "".join(json.dumps({"chunk": c, "rows": n}) + "\n" for c, n in sorted(done.items()))
             _atomic_write(manifest, text)
         return done
+
+
+def claim(path: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Make ``path`` the directory of the run described by ``config``: its ``config.json`` is
+    written once (atomically) and, when it already exists, must equal ``config``.
+
+    Returns the config as stored (JSON types). Results and facts found during the run (timings,
+    a chosen layer, versions) belong in other files, never in ``config.json``.
+
+    Raises:
+      RunConfigError: the directory holds another run (the message names what differs), or its
+        ``config.json`` is unreadable.
+    """
+    config = json.loads(json.dumps(config, default=str))
+    os.makedirs(path, exist_ok=True)
+    for stale in glob.glob(os.path.join(path, CONFIG + ".tmp*")):
+        _remove(stale)
+    cfg_path = os.path.join(path, CONFIG)
+    if not os.path.exists(cfg_path):
+        _atomic_write(cfg_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        return config
+    try:
+        with open(cfg_path) as f:
+            old = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunConfigError(
+            f"{path} has an unreadable {CONFIG} ({e}): it is not a steerjax run directory or it "
+            "is damaged. Use a new --out directory, or delete this one to start over."
+        ) from e
+    if old != config:
+        keys = set(old) | set(config) if isinstance(old, dict) else set(config)
+        diff = sorted(k for k in keys if not isinstance(old, dict) or old.get(k) != config.get(k))
+        detail = "; ".join(f"{k}: {_short(old.get(k) if isinstance(old, dict) else None)} in the directory, "
+                           f"{_short(config.get(k))} now" for k in diff[:4])
+        more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
+        raise RunConfigError(
+            f"{path} holds a run with a different config (differs in: {', '.join(diff)}; {detail}{more}). "
+            "Use a new --out directory, or delete this one to start over."
+        )
+    return config
+
+
+def write_json(path: str, obj: Any) -> None:
+    """``obj`` as indented JSON at ``path``, written atomically."""
+    _atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def _parse_line(raw: bytes) -> tuple[int, int] | None:

@@ -163,3 +163,67 @@ def test_vector_files_are_written_atomically(tmp_path, monkeypatch):
     monkeypatch.undo()
     vectors, _ = io.load_vectors(path)  # the old file, whole
     assert np.all(vectors[0] == 1) and os.listdir(tmp_path) == ["v.safetensors"]
+
+
+# ----------------------------------------------------------------------------- map_chunks, keyed artifacts, claim
+
+
+def test_map_chunks_resumes_and_says_what_it_reuses(tmp_path, capsys):
+    from steerjax.runs import map_chunks
+
+    calls = []
+
+    def work(i, chunk):
+        calls.append(i)
+        return table(chunk, rows=chunk)
+
+    rd = RunDirectory(str(tmp_path / "run"), CFG)
+    first = map_chunks([1, 2], work, store=rd, desc="demo")
+    assert calls == [0, 1] and len(first) == 3
+    rd = RunDirectory(str(tmp_path / "run"), CFG)
+    second = map_chunks([1, 2, 3], work, store=rd, desc="demo")
+    assert calls == [0, 1, 2]  # only the new chunk is computed
+    pd.testing.assert_frame_equal(second.iloc[:3], first)
+    assert list(second["chunk"]) == [1, 2, 2, 3, 3, 3]
+    assert "2 of 3 chunks already done" in capsys.readouterr().err
+    assert len(map_chunks([1], work, store=None, progress=False)) == 1 and calls[-1] == 0
+
+
+def test_keyed_artifact_rebuilds_or_refuses_on_another_key(tmp_path):
+    import numpy as np
+
+    from steerjax.errors import ArtifactKeyError
+    from steerjax.runs import keyed_artifact
+
+    path = str(tmp_path / "v.npy")
+    built = []
+
+    def build(value):
+        def make():
+            built.append(value)
+            return np.full(3, value)
+        return make
+
+    kw = dict(save=lambda v, p: np.save(p, v), load=np.load)
+    assert keyed_artifact(path, {"model": "a", "n": 1}, build(1.0), **kw).tolist() == [1.0] * 3
+    assert keyed_artifact(path, {"model": "a", "n": 1}, build(9.0), **kw).tolist() == [1.0] * 3  # reused
+    assert built == [1.0]
+    with pytest.raises(ArtifactKeyError, match="differs in: n"):
+        keyed_artifact(path, {"model": "a", "n": 2}, build(2.0), on_mismatch="error", **kw)
+    assert keyed_artifact(path, {"model": "a", "n": 2}, build(2.0), **kw).tolist() == [2.0] * 3  # rebuilt
+    assert built == [1.0, 2.0] and sorted(os.listdir(tmp_path)) == ["v.npy", "v.npy.key.json"]
+    np.save(str(tmp_path / "w.npy"), np.zeros(2))  # a file steerjax did not build
+    with pytest.raises(ArtifactKeyError, match="no w.npy.key.json"):
+        keyed_artifact(str(tmp_path / "w.npy"), {"n": 1}, build(3.0), on_mismatch="error", **kw)
+
+
+def test_claim_writes_config_once_and_checks_it(tmp_path):
+    from steerjax.runs import claim
+
+    run = str(tmp_path / "exp")
+    assert claim(run, {"preset": "smoke", "layers": (1, 2)}) == {"preset": "smoke", "layers": [1, 2]}
+    before = os.stat(os.path.join(run, "config.json")).st_mtime_ns
+    claim(run, {"preset": "smoke", "layers": [1, 2]})
+    assert os.stat(os.path.join(run, "config.json")).st_mtime_ns == before  # not rewritten
+    with pytest.raises(RunConfigError, match="differs in: preset"):
+        claim(run, {"preset": "quick", "layers": [1, 2]})
