@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from steerjax.errors import SteerjaxError, SteeringError
-from steerjax.generate import PROMPT_BUCKET, encode_prompts
+from steerjax.data import batch
 from steerjax.models.transformer import forward, positions_from_mask
 from steerjax.steering.core import normalize_layer
 
@@ -169,17 +169,10 @@ def encode(model, prompts, *, chat: bool | None = None) -> list[list[int]]:
     """Token ids of prompts: a text is a user message formatted with the chat template when the
     tokenizer has one (``chat=None``) or ``chat=True``; plain text with ``chat=False``; chats and
     token-id lists pass through."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
-        raise SteerjaxError("prompts must be a non-empty list of strings, chats or token-id lists")
-    tok = model.tokenizer
-    use_chat = bool(getattr(tok, "chat_template", None)) if chat is None else chat
-    items = [[{"role": "user", "content": p}] if isinstance(p, str) and use_chat else p for p in prompts]
-    return encode_prompts(model, list(items))
+    return batch.encode(model, prompts, chat=chat)
 
 
-def pad_left(ids: Sequence[Sequence[int]], rows: int | None = None, bucket: int = PROMPT_BUCKET):
+def pad_left(ids: Sequence[Sequence[int]], rows: int | None = None, bucket: int = batch.GENERATION.multiple):
     """Left-pad to a multiple of ``bucket`` tokens and (optionally) ``rows`` rows (extra rows repeat
     the first prompt). Returns ``tokens [rows, T] int32``, ``valid [rows, T] bool``."""
     rows = len(ids) if rows is None else rows
