@@ -61,3 +61,27 @@ class RunConfigError(SteerjaxError, ValueError):
 
 class ArtifactKeyError(SteerjaxError, ValueError):
     """A stored artifact (a vector, concepts, a cache) was built for another configuration."""
+
+class DataError(SteerjaxError, ValueError):
+    """Bad input to a dataset loader or example encoder: a missing or malformed data file, an unknown
+    dataset or dimension, a bad split, or contrastive examples that cannot be encoded."""
+
+
+class MetricsError(SteerjaxError, ValueError):
+    """A table passed to a steerability metric is malformed: missing columns, NaN values, too few
+    multipliers, repeated rows."""
+
+
+class ProfileError(SteerjaxError, ValueError):
+    """Bad input to a profile computation: confidences outside [0.5, 1], NaN, non-positive Beta
+    parameters, mismatched shapes, or a malformed profile table."""
+
+
+class JudgeError(SteerjaxError, ValueError):
+    """A rollout table or judge input that cannot be labelled (or two labelings that cannot be compared)."""
+
+
+class PredictorError(SteerjaxError, ValueError):
+    """Bad input to the predictor or the guided search: missing features or labels, too few concepts
+    for the folds, a bad strategy or budget."""
+

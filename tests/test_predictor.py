@@ -301,7 +301,7 @@ def test_cross_validated_search_holds_out_concepts_and_prompts():
     # concept folds x prompt folds: every pair searched once, by a predictor that saw neither
     cross = search.cross_validated(table, n_folds=3, k=1, max_new_tokens=32, strategies=("argmax",),
                                    max_rollouts=(1, 2), prompt_folds=5, iterations=30, depth=3)
-    for r, g in cross.groupby("max_rollouts"):
+    for _, g in cross.groupby("max_rollouts"):
         assert len(g) == 6 * 10 and not g.duplicated(["prompt_id", "concept"]).any()
         assert set(g["prompt_fold"]) == set(range(5))
     one, two = (search.summarize(g) for _, g in cross.groupby("max_rollouts"))

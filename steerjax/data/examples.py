@@ -13,11 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from steerjax.errors import SteerjaxError, TokenizerError
-
-
-class DataError(SteerjaxError, ValueError):
-    """A dataset, split or example is malformed or unavailable."""
+from steerjax.errors import DataError, TokenizerError
 
 
 @dataclasses.dataclass(frozen=True)

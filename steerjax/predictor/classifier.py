@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from steerjax.errors import SteerjaxError
+from steerjax.errors import PredictorError
 from steerjax.predictor.judge import LABELS
 
 ID_COLUMNS = ("prompt_id", "prompt", "concept", "layer", "strength", "multiplier", "seed", "label")
@@ -27,8 +27,11 @@ _LAYER = re.compile(r"_L(\d+)(?:_|$)")
 _STEP = re.compile(r"_k(\d+)$")
 
 
-class PredictorError(SteerjaxError, ValueError):
-    """Bad input to the predictor: missing features or labels, too few concepts for the folds."""
+def feature_step(column: str) -> int | None:
+    """The decoding step of a feature column named ``..._k{step}`` (features of the first ``step``
+    tokens); None for a column without one."""
+    m = _STEP.search(column)
+    return None if m is None else int(m.group(1))
 
 
 def feature_columns_of(table: pd.DataFrame, max_step: int | None = None) -> list[str]:
@@ -38,7 +41,7 @@ def feature_columns_of(table: pd.DataFrame, max_step: int | None = None) -> list
     cols = [c for c in table.columns if (c == "strength" or c not in ID_COLUMNS)
             and pd.api.types.is_numeric_dtype(table[c])]
     if max_step is not None:
-        cols = [c for c in cols if (m := _STEP.search(c)) is None or int(m.group(1)) <= max_step]
+        cols = [c for c in cols if (step := feature_step(c)) is None or step <= max_step]
     if not cols:
         raise PredictorError("the table has no numeric feature columns")
     return cols
@@ -124,38 +127,48 @@ def _check(table, cols, label_col):
         raise PredictorError(f"non-finite feature values in {bad_cols[:5]}")
 
 
-def concept_folds(concepts: Sequence[str], n_folds: int, seed: int = 0) -> list[np.ndarray]:
-    """Concept names split into ``n_folds`` disjoint groups (shuffled with ``seed``)."""
-    names = sorted(set(concepts))
+def group_folds(groups: Sequence, n_folds: int, seed: int = 0, what: str = "concepts") -> list[np.ndarray]:
+    """The distinct ``groups`` split into ``n_folds`` disjoint folds by scikit-learn's shuffled
+    ``GroupKFold``: the sorted names permuted with ``random_state=seed``, then cut into ``n_folds``
+    runs of near-equal length (each fold's names sorted). ``what`` names the groups in errors."""
+    from sklearn.model_selection import GroupKFold
+
+    names = np.asarray(sorted(set(groups)))
     if len(names) < n_folds or n_folds < 2:
-        raise PredictorError(f"{len(names)} concepts cannot make {n_folds} concept-grouped folds (need >= 2 "
-                             "folds and at least one concept per fold)")
-    order = np.random.default_rng(seed).permutation(len(names))
-    return [np.asarray([names[i] for i in part]) for part in np.array_split(order, n_folds)]
+        raise PredictorError(f"{len(names)} {what} cannot make {n_folds} folds grouped by them (need >= 2 folds "
+                             "and at least one per fold)")
+    splitter = GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return [names[test] for _, test in splitter.split(names, groups=names)]
+
+
+def concept_folds(concepts: Sequence[str], n_folds: int, seed: int = 0) -> list[np.ndarray]:
+    """Concept names split into ``n_folds`` disjoint groups (:func:`group_folds`)."""
+    return group_folds(concepts, n_folds, seed, "concepts")
 
 
 def f1_scores(y_true, y_pred, classes: Sequence[str] = LABELS) -> dict[str, float]:
-    """Per-class F1 (0 for a class neither predicted nor present... and absent from the macro)."""
-    t, p = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
-    out = {}
-    for c in classes:
-        tp = np.sum((t == c) & (p == c))
-        denom = np.sum(t == c) + np.sum(p == c)
-        out[c] = float(2 * tp / denom) if denom else float("nan")
-    return out
+    """Per-class F1 by scikit-learn; NaN for a class neither present nor predicted."""
+    from sklearn.metrics import f1_score
+
+    f = f1_score(y_true, y_pred, labels=list(classes), average=None, zero_division=np.nan)
+    return {c: float(v) for c, v in zip(classes, f)}
 
 
 def macro_f1(y_true, y_pred, classes: Sequence[str] = LABELS) -> float:
-    """Mean F1 over the classes present in ``y_true`` (sklearn's macro average over true labels)."""
+    """Mean F1 over the ``classes`` present in ``y_true`` (scikit-learn's macro average over them)."""
+    from sklearn.metrics import f1_score
+
     present = [c for c in classes if np.any(np.asarray(y_true, dtype=object) == c)]
-    f = f1_scores(y_true, y_pred, present)
-    return float(np.mean([f[c] for c in present]))
+    return float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=np.nan))
 
 
 def confusion(y_true, y_pred, classes: Sequence[str] = LABELS) -> pd.DataFrame:
-    """Counts, rows true class, columns predicted class."""
-    t, p = np.asarray(y_true, dtype=object), np.asarray(y_pred, dtype=object)
-    m = [[int(np.sum((t == a) & (p == b))) for b in classes] for a in classes]
+    """Counts by scikit-learn, rows true class, columns predicted class (rows of other classes
+    are left out; all zeros when ``y_true`` holds none of ``classes``)."""
+    from sklearn.metrics import confusion_matrix
+
+    present = np.isin(np.asarray(y_true, dtype=object), list(classes)).any()
+    m = confusion_matrix(y_true, y_pred, labels=list(classes)) if present else np.zeros((len(classes),) * 2, int)
     return pd.DataFrame(m, index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted"))
 
 
@@ -232,10 +245,10 @@ def importance_by_layer_and_step(importance: pd.DataFrame) -> pd.DataFrame:
     features without a layer are under layer ``-1`` (next-token distribution features)."""
     rows = []
     for f, v in zip(importance["feature"], importance["importance"]):
-        lm, sm = _LAYER.search(f), _STEP.search(f)
-        if sm is None:
+        lm, step = _LAYER.search(f), feature_step(f)
+        if step is None:
             continue
-        rows.append({"layer": int(lm.group(1)) if lm else -1, "step": int(sm.group(1)), "importance": v})
+        rows.append({"layer": int(lm.group(1)) if lm else -1, "step": step, "importance": v})
     if not rows:
         return pd.DataFrame(columns=["layer", "step", "importance"])
     return pd.DataFrame(rows).groupby(["layer", "step"], as_index=False)["importance"].sum()

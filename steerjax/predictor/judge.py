@@ -43,17 +43,13 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from steerjax.errors import SteerjaxError
+from steerjax.errors import JudgeError
 from steerjax.predictor.concepts import UNSTEERED
 from steerjax.sharding import round_up
 from steerjax.models.transformer import forward, prefill, unembed
 
 LABELS = ("under-steer", "success", "over-steer")
 BUCKET = 32
-
-
-class JudgeError(SteerjaxError, ValueError):
-    """A rollout table or judge input that cannot be labelled."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,14 +150,16 @@ def repetition(tokens: Sequence[int], n: int = 3) -> float:
 
 
 def cohen_kappa(a: Sequence, b: Sequence) -> float:
-    """Cohen's kappa of two labelings of the same items (1: perfect, 0: chance agreement)."""
-    a, b = np.asarray(list(a), dtype=object), np.asarray(list(b), dtype=object)
-    if a.shape != b.shape or a.size == 0:
-        raise JudgeError(f"kappa needs two labelings of the same non-empty items, got {a.size} and {b.size}")
-    cats = sorted(set(a) | set(b), key=str)
-    po = float(np.mean(a == b))
-    pe = sum(float(np.mean(a == c)) * float(np.mean(b == c)) for c in cats)
-    return 1.0 if pe == 1.0 else (po - pe) / (1.0 - pe)
+    """Cohen's kappa of two labelings of the same items (1: perfect, 0: chance agreement), by
+    scikit-learn; 1 when both give every item the same single label (where sklearn's is 0/0)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    a, b = list(a), list(b)
+    if len(a) != len(b) or not a:
+        raise JudgeError(f"kappa needs two labelings of the same non-empty items, got {len(a)} and {len(b)}")
+    if len(set(a) | set(b)) == 1:
+        return 1.0
+    return float(cohen_kappa_score(a, b))
 
 
 def _shift_scores(table, feats: np.ndarray, directions: Mapping[str, np.ndarray]):

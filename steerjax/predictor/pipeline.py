@@ -8,10 +8,11 @@ import os
 
 import pandas as pd
 
+from steerjax.errors import JudgeError
 from steerjax.predictor import classifier, plots
 from steerjax.predictor.concepts import UNSTEERED
 from steerjax.predictor.features import early_features
-from steerjax.predictor.judge import HiddenStateJudge, JudgeError
+from steerjax.predictor.judge import HiddenStateJudge
 
 KEYS = ["prompt_id", "concept", "strength"]
 

@@ -23,13 +23,20 @@ reference is a forward over the steered tokens, not a decode, and is not counted
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
-from steerjax.predictor.classifier import _STEP, PredictorError, SteerabilityPredictor
+from steerjax.errors import PredictorError
+from steerjax.predictor.classifier import (
+    SteerabilityPredictor,
+    concept_folds,
+    feature_columns_of,
+    feature_step,
+    fit,
+    group_folds,
+)
 from steerjax.predictor.judge import LABELS
 
 STRATEGIES = ("argmax", "bisect")
@@ -58,15 +65,10 @@ def rank_strengths(strengths: Sequence[float], proba: pd.DataFrame, strategy: st
     return _search(s[order], lambda idx: table.iloc[list(idx)], strategy)
 
 
-def search(strengths: Sequence[float], predict, strategy: str = "argmax"):
+def _search(strengths, predict, strategy):
     """The search itself: ``predict(indices)`` gives class probabilities for candidates
     ``strengths[indices]`` (sorted ascending), evaluated lazily (bisect asks for one at a time).
-    Returns ``(chosen strength, evaluated strengths in the order evaluated)``."""
-    ranking, evaluated = _search(strengths, predict, strategy)
-    return ranking[0], evaluated
-
-
-def _search(strengths, predict, strategy):
+    Returns ``(ranking, evaluated)`` as :func:`rank_strengths`."""
     if strategy not in STRATEGIES:
         raise PredictorError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     s = [float(x) for x in strengths]
@@ -100,15 +102,6 @@ def _check_rollouts(max_rollouts) -> int:
     if int(max_rollouts) != max_rollouts or max_rollouts < 1:
         raise PredictorError(f"max_rollouts must be a positive integer, got {max_rollouts!r}")
     return int(max_rollouts)
-
-
-@dataclasses.dataclass
-class SearchOutcome:
-    prompt_id: object
-    concept: str
-    strength: float
-    evaluated: list
-    decoded_tokens: int
 
 
 def simulate(features: pd.DataFrame, predictor: SteerabilityPredictor, *, strategy: str = "argmax",
@@ -157,15 +150,14 @@ def cross_validated(table: pd.DataFrame, *, n_folds: int, k: int, max_new_tokens
     """Guided vs grid search for unseen concepts on unseen prompts.
 
     Concepts are split by :func:`~steerjax.predictor.classifier.concept_folds`. Prompts: with
-    ``prompt_folds`` they are split into that many seeded folds too and every (concept fold,
+    ``prompt_folds`` they are split into that many seeded folds too
+    (:func:`~steerjax.predictor.classifier.group_folds`) and every (concept fold,
     prompt fold) cell is searched by a predictor fitted on the other concepts' rows of the other
     prompts, so every (prompt, concept) pair is searched once; without it, one seeded split holds
     out ``prompt_holdout`` of the prompts. The predictors use the features of the first ``k``
     steps. One :func:`simulate` table for all cells, strategies and ``max_rollouts`` values,
     with ``fold``, ``prompt_fold``, ``strategy`` and ``max_rollouts`` columns.
     """
-    from steerjax.predictor.classifier import concept_folds, feature_columns_of, fit
-
     budgets = [_check_rollouts(r) for r in max_rollouts]
     pids = np.asarray(sorted(set(table["prompt_id"])))
     if prompt_folds is None:
@@ -178,7 +170,7 @@ def cross_validated(table: pd.DataFrame, *, n_folds: int, k: int, max_new_tokens
     else:
         if not 2 <= prompt_folds <= len(pids):
             raise PredictorError(f"prompt_folds must be in 2..{len(pids)} (the prompts), got {prompt_folds}")
-        groups = np.array_split(np.random.default_rng(seed).permutation(pids), prompt_folds)
+        groups = group_folds(pids, prompt_folds, seed, "prompts")
     cols = feature_columns_of(table, max_step=k)
     out = []
     for f, concepts in enumerate(concept_folds(table["concept"], n_folds, seed)):
@@ -298,7 +290,7 @@ def _calibration(table) -> pd.DataFrame:
 
 
 def _steps_of(predictor: SteerabilityPredictor) -> tuple[int, ...]:
-    steps = sorted({int(m.group(1)) for c in predictor.feature_columns if (m := _STEP.search(c))})
+    steps = sorted({s for c in predictor.feature_columns if (s := feature_step(c)) is not None})
     if not steps:
         raise PredictorError("the predictor's features name no decoding steps (columns ..._k{step})")
     return tuple(steps)
