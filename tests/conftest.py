@@ -2,6 +2,7 @@ import os
 
 import pytest
 
+os.environ.setdefault("MPLBACKEND", "Agg")  # the library picks no backend; plots in tests are files
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -14,9 +14,9 @@ from steerjax.metrics import (
     generalisation,
     layer_sweep_summary,
     per_example_steerability,
+    plots,
     spurious_variance,
 )
-from steerjax.metrics import plots
 
 MULTS = np.linspace(-1.5, 1.5, 7)
 

@@ -37,12 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from steerjax.data.examples import DataError, Example
+from steerjax.data.examples import Example
+from steerjax.errors import DataError
 
 ENV_VAR = "STEERJAX_DATA"
 HUMAN_SUFFIX = "@human"
 
-_PERSONA_DIR = ("anthropic-evals", "persona")
+PERSONA_DIR = ("anthropic-evals", "persona")
 _XRISK_DIRS = {
     "lm": ("anthropic-evals", "advanced-ai-risk", "lm_generated_evals"),
     "human": ("anthropic-evals", "advanced-ai-risk", "human_generated_evals"),
@@ -89,7 +90,7 @@ def _stems(folder: pathlib.Path) -> list[str]:
 
 def _catalog() -> dict[str, tuple[str, pathlib.Path]]:
     """Every dataset name -> (kind, file)."""
-    persona = {s: ("persona", _folder(_PERSONA_DIR) / f"{s}.jsonl") for s in _stems(_folder(_PERSONA_DIR))}
+    persona = {s: ("persona", _folder(PERSONA_DIR) / f"{s}.jsonl") for s in _stems(_folder(PERSONA_DIR))}
     lm_dir, human_dir = _folder(_XRISK_DIRS["lm"]), _folder(_XRISK_DIRS["human"])
     xrisk = {s: ("xrisk", lm_dir / f"{s}.jsonl") for s in _stems(lm_dir)}
     xrisk.update({s + HUMAN_SUFFIX: ("xrisk", human_dir / f"{s}.jsonl") for s in _stems(human_dir)})
@@ -122,7 +123,13 @@ def _resolve(name: str) -> tuple[str, pathlib.Path]:
     return catalog[name]
 
 
-def _stat_key(path: pathlib.Path) -> tuple[str, int, int]:
+def stat_key(path: pathlib.Path) -> tuple[str, int, int]:
+    """``(path, mtime_ns, size)`` of a data file: the key of the cached readers, so an edited file is
+    read again.
+
+    Raises:
+      DataError: the file cannot be read.
+    """
     try:
         st = path.stat()
     except OSError as e:
@@ -147,9 +154,9 @@ def _read_jsonl_cached(path: str, mtime_ns: int, size: int) -> tuple[dict[str, A
     return tuple(rows)
 
 
-def _read_jsonl(path: pathlib.Path) -> tuple[dict[str, Any], ...]:
+def read_jsonl(path: pathlib.Path) -> tuple[dict[str, Any], ...]:
     """Rows of a JSONL file (blank lines skipped), cached on (path, mtime, size). Do not mutate."""
-    return _read_jsonl_cached(*_stat_key(path))
+    return _read_jsonl_cached(*stat_key(path))
 
 
 @functools.lru_cache(maxsize=8)
@@ -166,7 +173,7 @@ def _prompt_table() -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{path} is missing: set {ENV_VAR} to the directory holding "
                         "steering-bench/persona_prompts.json")
-    table = _read_json_cached(*_stat_key(path))
+    table = _read_json_cached(*stat_key(path))
     if not isinstance(table, dict) or not isinstance(table.get("prompts"), dict):
         raise DataError(f"{path} has no 'prompts' mapping: fix or re-download the file")
     return table["prompts"]
@@ -301,7 +308,7 @@ def load_dataset(name: str, *, split: str = "0%:100%", seed: int = 0, persona_pr
     kind, path = _resolve(name)
     persona = persona_prompts(name)[persona_prompt] if persona_prompt is not None else None
 
-    rows = _read_jsonl(path)
+    rows = read_jsonl(path)
     indices = split_indices(len(rows), split, int(seed))
     if max_examples is not None:
         indices = indices[:max_examples]

@@ -4,9 +4,9 @@ fraction, spurious variance, layer choice and ID/OOD generalisation, on tidy swe
 Plots live in :mod:`steerjax.metrics.plots` (imported on demand, so matplotlib is not loaded here).
 """
 
+from steerjax.errors import MetricsError
 from steerjax.metrics.steerability import (
     DEFAULT_FACTORS,
-    MetricsError,
     best_layer,
     dataset_steerability,
     factor_level_means,

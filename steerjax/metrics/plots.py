@@ -1,4 +1,4 @@
-"""Figures for steerability experiments (Tan et al. 2024), drawn with matplotlib's Agg backend.
+"""Figures for steerability experiments (Tan et al. 2024), drawn with matplotlib (any backend).
 
 Every function writes one PNG (or any format matplotlib infers from the suffix) and returns its
 path.
@@ -10,27 +10,15 @@ import math
 from collections.abc import Iterable, Mapping
 
 import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from steerjax.metrics.steerability import (  # noqa: E402
-    MetricsError,
-    _as_per_example,
-    _require,
-    best_layer,
-    layer_sweep_summary,
-)
-from steerjax.plotting import save_figure  # noqa: E402
+from steerjax.errors import MetricsError
+from steerjax.metrics.steerability import as_per_example, best_layer, layer_sweep_summary, require_columns
+from steerjax.plotting import save_figure, subplots
 
 STEER_COLOUR = "#2b6cb0"
 ANTI_COLOUR = "#c53030"
-
-
-_save = save_figure
 
 
 def _single(df: pd.DataFrame, column: str, what: str) -> None:
@@ -40,7 +28,8 @@ def _single(df: pd.DataFrame, column: str, what: str) -> None:
         )
 
 
-def violin_steerability(per_example: pd.DataFrame, path, *, dataset_col: str = "dataset", title: str | None = None) -> str:
+def violin_steerability(per_example: pd.DataFrame, path, *, dataset_col: str = "dataset",
+                        title: str | None = None) -> str:
     """Violin plot of per-example steerability per dataset, as in Tan et al. 2024, Figure 1.
 
     Datasets are sorted by median steerability (highest at the top); a second panel shows each
@@ -53,15 +42,15 @@ def violin_steerability(per_example: pd.DataFrame, path, *, dataset_col: str = "
       dataset_col: column naming datasets.
       title: figure title.
     """
-    pe = _as_per_example(per_example, (dataset_col, "layer") if "layer" in per_example.columns else (dataset_col,))
-    _require(pe, [dataset_col, "slope"], "violin_steerability")
+    pe = as_per_example(per_example, (dataset_col, "layer") if "layer" in per_example.columns else (dataset_col,))
+    require_columns(pe, [dataset_col, "slope"], "violin_steerability")
     _single(pe, "layer", "violin_steerability")
     stats = pe.groupby(dataset_col, sort=False)["slope"].agg(
         median="median", anti=lambda s: float((s < 0).mean()), n="size"
     ).sort_values("median", ascending=True)
     names = stats.index.tolist()
     k = len(names)
-    fig, (ax, bx) = plt.subplots(
+    fig, (ax, bx) = subplots(
         1, 2, figsize=(10, max(3.0, 0.42 * k + 1.6)), sharey=True, layout="constrained",
         gridspec_kw={"width_ratios": [4, 1.3]},
     )
@@ -96,7 +85,7 @@ def violin_steerability(per_example: pd.DataFrame, path, *, dataset_col: str = "
     bx.tick_params(axis="y", left=False)
     layer = f" (layer {pe['layer'].iloc[0]})" if "layer" in pe.columns else ""
     fig.suptitle(title or f"Per-example steerability by dataset{layer}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _pick_examples(pe: pd.DataFrame, n: int) -> list:
@@ -129,15 +118,15 @@ def propensity_curves(
       dataset_col: column naming datasets (absent: one dataset).
       title: figure title.
     """
-    _require(table, ["example", "multiplier", "propensity"], "propensity_curves")
+    require_columns(table, ["example", "multiplier", "propensity"], "propensity_curves")
     _single(table, "layer", "propensity_curves")
     if dataset_col not in table.columns:
         table = table.assign(**{dataset_col: "all"})
-    pe = _as_per_example(table, (dataset_col,))
+    pe = as_per_example(table, (dataset_col,))
     names = list(pd.unique(table[dataset_col]))
     ncols = min(3, len(names))
     nrows = math.ceil(len(names) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.5 * nrows), squeeze=False, sharex=True)
+    fig, axes = subplots(nrows, ncols, figsize=(4.6 * ncols, 3.5 * nrows), squeeze=False, sharex=True)
     for ax in axes.flat[len(names):]:
         ax.set_visible(False)
     for ax, name in zip(axes.flat, names):
@@ -173,7 +162,7 @@ def propensity_curves(
     layer = f" (layer {table['layer'].iloc[0]})" if "layer" in table.columns else ""
     fig.suptitle(title or f"Propensity vs steering multiplier{layer}")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def layer_sweep_plot(summary: pd.DataFrame, path, *, title: str | None = None) -> str:
@@ -186,12 +175,12 @@ def layer_sweep_plot(summary: pd.DataFrame, path, *, title: str | None = None) -
       path: output file.
       title: figure title.
     """
-    _require(summary, ["layer"], "layer_sweep_plot")
+    require_columns(summary, ["layer"], "layer_sweep_plot")
     if "steerability" not in summary.columns or "slope" in summary.columns:
         summary = layer_sweep_summary(summary)
     s = summary.sort_values("layer")
     best = best_layer(s)
-    fig, (ax, bx) = plt.subplots(2, 1, figsize=(7.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    fig, (ax, bx) = subplots(2, 1, figsize=(7.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     layers = s["layer"].to_numpy()
     mean = s["steerability"].to_numpy(np.float64)
     ax.plot(layers, mean, "o-", color=STEER_COLOUR, lw=2, label="steerability (mean over datasets)")
@@ -211,7 +200,7 @@ def layer_sweep_plot(summary: pd.DataFrame, path, *, title: str | None = None) -
     bx.set_xticks(layers)
     fig.suptitle(title or "Layer sweep")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def id_ood_scatter(generalisation_df: pd.DataFrame, path, *, train_col: str = "train_setting",
@@ -230,11 +219,11 @@ def id_ood_scatter(generalisation_df: pd.DataFrame, path, *, train_col: str = "t
       title: figure title.
     """
     g = generalisation_df
-    _require(g, [train_col, test_col, "steerability", "id_steerability"], "id_ood_scatter")
+    require_columns(g, [train_col, test_col, "steerability", "id_steerability"], "id_ood_scatter")
     _single(g, "layer", "id_ood_scatter")
     cells = g.groupby([train_col, test_col], sort=True, dropna=False)
-    fig, ax = plt.subplots(figsize=(9.8, 6.0))
-    colours = plt.get_cmap("tab10")
+    fig, ax = subplots(figsize=(9.8, 6.0))
+    colours = matplotlib.colormaps["tab10"]
     values = [g["id_steerability"].to_numpy(np.float64), g["steerability"].to_numpy(np.float64)]
     shown = 0
     for (train, test), cell in cells:
@@ -260,6 +249,7 @@ def id_ood_scatter(generalisation_df: pd.DataFrame, path, *, train_col: str = "t
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="train → test setting",
               title_fontsize=8, frameon=False)
-    ax.set_title(title or "In- vs out-of-distribution steerability\n(one point per dataset; r: Pearson across datasets)")
+    ax.set_title(title or "In- vs out-of-distribution steerability\n"
+                 "(one point per dataset; r: Pearson across datasets)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

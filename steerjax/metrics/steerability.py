@@ -26,12 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steerjax.errors import SteerjaxError
-
-
-class MetricsError(SteerjaxError, ValueError):
-    """A table passed to a metric is malformed: missing columns, NaN values, too few multipliers."""
-
+from steerjax.errors import MetricsError
 
 MEASUREMENT_COLUMNS = ("multiplier", "propensity", "logp_positive", "logp_negative", "prob_positive", "correct")
 DEFAULT_FACTORS = ("positive_letter", "positive_is_yes")
@@ -46,7 +41,8 @@ def _as_tuple(cols: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(cols)
 
 
-def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
+def require_columns(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
+    """Raise :class:`MetricsError` naming ``what`` unless ``df`` is a DataFrame with ``columns``."""
     if not isinstance(df, pd.DataFrame):
         raise MetricsError(f"{what} must be a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in dict.fromkeys(columns) if c not in df.columns]
@@ -139,7 +135,7 @@ def per_example_steerability(table: pd.DataFrame, *, by: str | Sequence[str] = (
     keys = [*by, "example"]
     if isinstance(table, pd.DataFrame):
         table = _with_propensity(table)
-    _require(table, [*keys, "multiplier", "propensity"], "the sweep table")
+    require_columns(table, [*keys, "multiplier", "propensity"], "the sweep table")
     if not len(table):
         raise MetricsError("the sweep table is empty")
     x = _check_finite(table, "multiplier")
@@ -233,12 +229,14 @@ def per_example_steerability(table: pd.DataFrame, *, by: str | Sequence[str] = (
     return out
 
 
-def _as_per_example(obj: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+def as_per_example(obj: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """``obj`` as a per-example table: a sweep table goes through :func:`per_example_steerability`
+    with ``by``; a table with ``slope`` is checked (``by`` columns, finite slopes) and returned."""
     if isinstance(obj, pd.DataFrame) and "slope" not in obj.columns and (
         "propensity" in obj.columns or {"logp_positive", "logp_negative"} <= set(obj.columns)
     ):
         return per_example_steerability(obj, by=by)
-    _require(obj, [*by, "slope"], "the per-example table")
+    require_columns(obj, [*by, "slope"], "the per-example table")
     _check_finite(obj, "slope")
     return obj
 
@@ -263,8 +261,8 @@ def dataset_steerability(per_example: pd.DataFrame, *, by: str | Sequence[str] =
       ``mean_propensity_shift`` (the last four ignore NaN; NaN when the column is absent).
     """
     by = _as_tuple(by)
-    pe = _as_per_example(per_example, by)
-    _require(pe, by, "the per-example table")
+    pe = as_per_example(per_example, by)
+    require_columns(pe, by, "the per-example table")
     pe = pe.assign(_anti=(pe["slope"] < 0).astype(np.float64))
     for c in ("residual_std", "r2", "spearman", "propensity_shift"):
         if c not in pe.columns:
@@ -343,8 +341,8 @@ def spurious_variance(
     factors = _as_tuple(factors)
     if not factors:
         raise MetricsError("spurious_variance needs at least one factor column")
-    pe = _as_per_example(per_example, by)
-    _require(pe, by, "the per-example table")
+    pe = as_per_example(per_example, by)
+    require_columns(pe, by, "the per-example table")
     present = [f for f in factors if f in pe.columns]
     rows = []
     for key, grp in _groupby(pe, by):
@@ -390,8 +388,8 @@ def factor_level_means(
     level ``"<missing>"``), ``n``, ``mean_slope``, ``std_slope``. Absent factor columns are skipped.
     """
     by = _as_tuple(by)
-    pe = _as_per_example(per_example, by)
-    _require(pe, by, "the per-example table")
+    pe = as_per_example(per_example, by)
+    require_columns(pe, by, "the per-example table")
     parts = []
     for f in _as_tuple(factors):
         if f not in pe.columns:
@@ -421,11 +419,11 @@ def layer_sweep_summary(table: pd.DataFrame, *, dataset_col: str = "dataset") ->
       ``anti_steerable_fraction`` and ``mean_propensity_shift`` (propensity at the largest minus
       at the smallest multiplier, averaged over examples then datasets).
     """
-    _require(table, ["layer"], "the layer-sweep table")
+    require_columns(table, ["layer"], "the layer-sweep table")
     by = ("layer", dataset_col) if dataset_col in table.columns else ("layer",)
     if "steerability" in table.columns and "slope" not in table.columns:
         ds = table
-        _require(ds, ["steerability", "anti_steerable_fraction"], "the dataset-steerability table")
+        require_columns(ds, ["steerability", "anti_steerable_fraction"], "the dataset-steerability table")
         if "n" not in ds.columns:
             ds = ds.assign(n=np.nan)
         if "mean_propensity_shift" not in ds.columns:
@@ -455,7 +453,7 @@ def best_layer(table: pd.DataFrame, *, criterion: str = "steerability") -> int:
     Returns:
       The best layer; ties go to the lowest layer. Layers whose criterion is NaN are ignored.
     """
-    _require(table, ["layer"], "the layer-sweep table")
+    require_columns(table, ["layer"], "the layer-sweep table")
     summary = table if "steerability" in table.columns and "slope" not in table.columns else layer_sweep_summary(table)
     if criterion not in summary.columns:
         raise MetricsError(
@@ -514,11 +512,11 @@ def generalisation(
     by = _as_tuple(by)
     if across not in by:
         raise MetricsError(f"`across` ({across!r}) must be one of the `by` columns {list(by)}")
-    _require(table, [*by, train_col, test_col], "the generalisation table")
+    require_columns(table, [*by, train_col, test_col], "the generalisation table")
     settings = (train_col, test_col)
     if "slope" not in table.columns:
         table = table.assign(**{c: table[c].astype(object).where(table[c].notna(), baseline) for c in settings})
-    pe = _as_per_example(table, [*by, *settings])
+    pe = as_per_example(table, [*by, *settings])
     pe = pe.assign(**{c: pe[c].astype(object).where(pe[c].notna(), baseline) for c in settings})
     keys = [*by, *settings]
     cells = _finalise(

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from steerjax.plotting import save_figure  # noqa: E402
-from steerjax.predictor.judge import LABELS  # noqa: E402
+from steerjax.plotting import save_figure, subplots
+from steerjax.predictor.judge import LABELS
 
 COLOURS = {"under-steer": "#a0aec0", "success": "#2f855a", "over-steer": "#c53030"}
 
@@ -20,7 +15,7 @@ def confusion_matrix(conf: pd.DataFrame, path, *, title: str = "Predictor on uns
     """Row-normalised confusion matrix with counts."""
     counts = conf.to_numpy()
     rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(4.6, 3.9))
+    fig, ax = subplots(figsize=(4.6, 3.9))
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(counts.shape[0]):
         for j in range(counts.shape[1]):
@@ -38,7 +33,7 @@ def confusion_matrix(conf: pd.DataFrame, path, *, title: str = "Predictor on uns
 def feature_importance(importance: pd.DataFrame, path, *, top: int = 20) -> str:
     """The ``top`` features by mean CatBoost importance across folds."""
     imp = importance.head(top).iloc[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.28 * len(imp) + 1))
+    fig, ax = subplots(figsize=(6, 0.28 * len(imp) + 1))
     ax.barh(imp["feature"], imp["importance"], color="#2b6cb0")
     ax.set_xlabel("CatBoost importance (mean over folds)")
     ax.set_title(f"Top {len(imp)} features", fontsize=10)
@@ -48,7 +43,7 @@ def feature_importance(importance: pd.DataFrame, path, *, top: int = 20) -> str:
 def layer_step_importance(by: pd.DataFrame, path) -> str:
     """Heatmap of importance summed by layer (rows; -1 = next-token distribution) and step."""
     grid = by.pivot_table(index="layer", columns="step", values="importance", aggfunc="sum", fill_value=0.0)
-    fig, ax = plt.subplots(figsize=(1.0 * len(grid.columns) + 2.5, 0.22 * len(grid) + 1.5))
+    fig, ax = subplots(figsize=(1.0 * len(grid.columns) + 2.5, 0.22 * len(grid) + 1.5))
     im = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis")
     ax.set_xticks(range(len(grid.columns)), [f"k={k}" for k in grid.columns])
     ax.set_yticks(range(len(grid.index)), ["next-token" if layer < 0 else f"L{layer}" for layer in grid.index],
@@ -63,7 +58,7 @@ def labels_by_strength(table: pd.DataFrame, path) -> str:
     """Stacked shares of each judge label per steering strength (steered rows)."""
     share = pd.crosstab(table["strength"], table["label"], normalize="index").reindex(columns=list(LABELS),
                                                                                       fill_value=0.0)
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    fig, ax = subplots(figsize=(5.5, 3.4))
     bottom = np.zeros(len(share))
     x = np.arange(len(share))
     for lab in LABELS:
@@ -79,7 +74,7 @@ def labels_by_strength(table: pd.DataFrame, path) -> str:
 
 def f1_by_step(scores: pd.DataFrame, path) -> str:
     """Macro-F1 on unseen concepts with features from the first ``k`` steps, with baselines."""
-    fig, ax = plt.subplots(figsize=(4.8, 3.2))
+    fig, ax = subplots(figsize=(4.8, 3.2))
     ax.plot(scores["k"], scores["macro_f1"], "o-", color="#2b6cb0", label="predictor")
     for col, style in [("multiplier_only", "--"), ("strength_only", "-."), ("majority", ":")]:
         if col in scores:
@@ -98,7 +93,7 @@ def search_tradeoff(sims: pd.DataFrame, path) -> str:
     the grid's), one point per strategy and number of confirming rollouts, with the targets."""
     from steerjax.predictor.search import summarize
 
-    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    fig, ax = subplots(figsize=(4.8, 3.4))
     sims = sims if "max_rollouts" in sims else sims.assign(max_rollouts=1)
     for (strategy, g), colour, marker in zip(sims.groupby("strategy"), ["#2b6cb0", "#dd6b20", "#2f855a"], "osD"):
         pts = [(r, summarize(gr)) for r, gr in g.groupby("max_rollouts")]

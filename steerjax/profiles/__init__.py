@@ -5,10 +5,10 @@ Plots live in :mod:`steerjax.profiles.plots` (imported on demand, so matplotlib 
 here); ott-jax is imported only by :func:`joint_sinkhorn`.
 """
 
+from steerjax.errors import ProfileError
 from steerjax.profiles.beta import (
     PRIOR,
     BetaProfile,
-    ProfileError,
     answer_matches,
     profile_parameters,
     statement_weights,

@@ -22,15 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
-from steerjax.errors import SteerjaxError
+from steerjax.errors import ProfileError
 
 PRIOR = 0.5
-
-
-class ProfileError(SteerjaxError, ValueError):
-    """Bad input to a profile computation: confidences outside [0.5, 1], NaN, non-positive Beta
-    parameters, mismatched shapes, or a malformed profile table."""
-
 
 _DIRECTIONS = {"+": "positive", "positive": "positive", "-": "negative", "negative": "negative"}
 

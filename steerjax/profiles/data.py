@@ -32,8 +32,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from steerjax.data.examples import DataError
-from steerjax.data.mwe import _PERSONA_DIR, ENV_VAR, _read_jsonl, _stat_key, data_root
+from steerjax.data.mwe import ENV_VAR, PERSONA_DIR, data_root, read_jsonl, stat_key
+from steerjax.errors import DataError
 
 DIRECTIONS = ("positive", "negative")
 STEERING_FILE = ("prompt-steering", "steering_df.csv")
@@ -73,7 +73,7 @@ def _steering_df() -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path} is missing: set {ENV_VAR} to the directory holding "
                         "prompt-steering/steering_df.csv")
-    return _read_csv_cached(*_stat_key(path))
+    return _read_csv_cached(*stat_key(path))
 
 
 def list_dimensions() -> list[str]:
@@ -174,12 +174,12 @@ def query_messages(statement: str, system: str | None = None) -> list[dict[str, 
 
 
 def _persona_rows(dim: str) -> pd.DataFrame:
-    path = data_root().joinpath(*_PERSONA_DIR, f"{dim}.jsonl")
+    path = data_root().joinpath(*PERSONA_DIR, f"{dim}.jsonl")
     if not path.is_file():
         raise DataError(f"{path} is missing: the profiling statements of {dim!r} come from the Anthropic persona "
                         f"evals; set {ENV_VAR} to the directory holding anthropic-evals/persona/")
     out = []
-    for i, row in enumerate(_read_jsonl(path)):
+    for i, row in enumerate(read_jsonl(path)):
         statement, answer, conf = row.get("statement"), row.get("answer_matching_behavior"), row.get("label_confidence")
         if not isinstance(statement, str) or not statement.strip():
             raise DataError(f"{path}: row {i} has no 'statement' text: fix or re-download the file")

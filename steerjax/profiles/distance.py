@@ -35,7 +35,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import special
 
-from steerjax.profiles.beta import BetaProfile, ProfileError, check_parameters
+from steerjax.errors import ProfileError
+from steerjax.profiles.beta import BetaProfile, check_parameters
 
 REFERENCE_GRID_POINTS = 200
 

@@ -29,7 +29,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from steerjax.profiles.beta import BetaProfile, ProfileError, normalise_direction
+from steerjax.errors import ProfileError
+from steerjax.profiles.beta import BetaProfile, normalise_direction
 from steerjax.profiles.distance import wasserstein, wasserstein_many
 
 PROFILE_COLUMNS = ("dimension", "direction", "budget", "trial", "alpha", "beta")
@@ -37,7 +38,8 @@ EXTREME_COLUMNS = ("dimension", "direction", "alpha", "beta")
 INDEX_COLUMNS = ("dimension", "direction", "budget", "trial", "index")
 
 
-def _require(df: pd.DataFrame, columns, what: str) -> None:
+def require_columns(df: pd.DataFrame, columns, what: str) -> None:
+    """Raise :class:`ProfileError` naming ``what`` unless ``df`` is a non-empty DataFrame with ``columns``."""
     if not isinstance(df, pd.DataFrame):
         raise ProfileError(f"{what} must be a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in columns if c not in df.columns]
@@ -91,7 +93,7 @@ def extremes_table(confidences: Mapping[str, np.ndarray]) -> pd.DataFrame:
 
 
 def _extremes_wide(extremes: pd.DataFrame) -> pd.DataFrame:
-    _require(extremes, EXTREME_COLUMNS, "extremes")
+    require_columns(extremes, EXTREME_COLUMNS, "extremes")
     ex = extremes.assign(direction=[normalise_direction(d) for d in extremes["direction"]])
     if ex.duplicated(["dimension", "direction"]).any():
         raise ProfileError("extremes has more than one row per dimension and direction")
@@ -144,7 +146,7 @@ def steerability_indices(profiles: pd.DataFrame, extremes: pd.DataFrame, *, incl
       ProfileError: on missing columns, unknown directions, missing base profiles or extremes,
         or coinciding extremes.
     """
-    _require(profiles, PROFILE_COLUMNS, "profiles")
+    require_columns(profiles, PROFILE_COLUMNS, "profiles")
     dirs = profiles["direction"].astype(str)
     unknown = sorted(set(dirs) - {"positive", "negative", "base"})
     if unknown:
@@ -157,7 +159,8 @@ def steerability_indices(profiles: pd.DataFrame, extremes: pd.DataFrame, *, incl
     ex = _extremes_wide(extremes)
     table = table.merge(ex, on="dimension", how="left")
     if table["pos_alpha"].isna().any():
-        raise ProfileError(f"no extremes for dimension(s) {sorted(table.loc[table['pos_alpha'].isna(), 'dimension'].unique())}")
+        lacking = sorted(table.loc[table["pos_alpha"].isna(), "dimension"].unique())
+        raise ProfileError(f"no extremes for dimension(s) {lacking}")
     pos = (table["direction"] == "positive").to_numpy()
     t_a = np.where(pos, table["pos_alpha"], table["neg_alpha"])
     t_b = np.where(pos, table["pos_beta"], table["neg_beta"])
@@ -187,7 +190,7 @@ def steerability_curves(indices: pd.DataFrame) -> pd.DataFrame:
     Returns:
       DataFrame with ``dimension``, ``direction``, ``budget``, ``mean``, ``std``, ``n_trials``.
     """
-    _require(indices, INDEX_COLUMNS, "indices")
+    require_columns(indices, INDEX_COLUMNS, "indices")
     g = indices.groupby(["dimension", "direction", "budget"], sort=True)["index"]
     return g.agg(mean="mean", std="std", n_trials="count").reset_index()
 

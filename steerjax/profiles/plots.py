@@ -1,4 +1,4 @@
-"""Figures for prompt steerability (Miehling et al. 2024), drawn with matplotlib's Agg backend.
+"""Figures for prompt steerability (Miehling et al. 2024), drawn with matplotlib (any backend).
 
 Every function writes one PNG (or any format matplotlib infers from the suffix) and returns its
 path.
@@ -9,24 +9,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from steerjax.profiles.beta import BetaProfile, ProfileError  # noqa: E402
-from steerjax.profiles.indices import _require  # noqa: E402
-from steerjax.plotting import save_figure  # noqa: E402
+from steerjax.errors import ProfileError
+from steerjax.plotting import save_figure, subplots
+from steerjax.profiles.beta import BetaProfile
+from steerjax.profiles.indices import require_columns
 
 POSITIVE_COLOUR = "#2b6cb0"
 NEGATIVE_COLOUR = "#c53030"
 CURVE_COLUMNS = ("dimension", "direction", "budget", "mean", "std")
-
-
-_save = save_figure
 
 
 def _dimensions(curves: pd.DataFrame, dimensions: Sequence[str] | None) -> list:
@@ -49,11 +42,11 @@ def index_curves(curves: pd.DataFrame, path, *, dimensions: Sequence[str] | None
       ncols: panels per row.
       title: figure title.
     """
-    _require(curves, CURVE_COLUMNS, "curves")
+    require_columns(curves, CURVE_COLUMNS, "curves")
     dims = _dimensions(curves, dimensions)
     ncols = max(1, min(ncols, len(dims)))
     nrows = math.ceil(len(dims) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), sharex=True, sharey=True,
+    fig, axes = subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), sharex=True, sharey=True,
                              squeeze=False)
     for ax, dim in zip(axes.flat, dims):
         c = curves[curves["dimension"] == dim]
@@ -78,7 +71,7 @@ def index_curves(curves: pd.DataFrame, path, *, dimensions: Sequence[str] | None
     fig.legend(handles, labels, loc="upper right", ncol=2, frameon=False, bbox_to_anchor=(1.0, 1.0))
     fig.suptitle(title or "Prompt steerability (mean ± std over trials)", x=0.02, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def index_heatmap(curves: pd.DataFrame, path, *, dimensions: Sequence[str] | None = None,
@@ -92,7 +85,7 @@ def index_heatmap(curves: pd.DataFrame, path, *, dimensions: Sequence[str] | Non
       dimensions: rows, in order (default: sorted by mean gamma+ - gamma- at the largest budget).
       title: figure title.
     """
-    _require(curves, CURVE_COLUMNS, "curves")
+    require_columns(curves, CURVE_COLUMNS, "curves")
     if dimensions is None:
         kmax = curves["budget"].max()
         last = curves[curves["budget"] == kmax].pivot_table(index="dimension", columns="direction", values="mean")
@@ -110,7 +103,7 @@ def index_heatmap(curves: pd.DataFrame, path, *, dimensions: Sequence[str] | Non
     lim = max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-6)
     height = max(2.4, 0.32 * len(dims) + 1.2)
     width = max(3.0, 0.45 * len(budgets) + 1.5)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * width + 1.2, height), sharey=True)
+    fig, axes = subplots(1, 2, figsize=(2 * width + 1.2, height), sharey=True)
     for ax, direction in zip(axes, ("positive", "negative")):
         im = ax.imshow(mats[direction], cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
         ax.set_xticks(range(len(budgets)), [str(b) for b in budgets], fontsize=8)
@@ -121,7 +114,7 @@ def index_heatmap(curves: pd.DataFrame, path, *, dimensions: Sequence[str] | Non
     fig.colorbar(im, ax=axes, shrink=0.9, label="mean steerability index")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def base_profiles(profiles: Mapping[str, BetaProfile] | pd.DataFrame, path, *, title: str | None = None,
@@ -137,7 +130,7 @@ def base_profiles(profiles: Mapping[str, BetaProfile] | pd.DataFrame, path, *, t
       ncols: panels per row.
     """
     if isinstance(profiles, pd.DataFrame):
-        _require(profiles, ("dimension", "direction", "alpha", "beta"), "profiles")
+        require_columns(profiles, ("dimension", "direction", "alpha", "beta"), "profiles")
         base = profiles[profiles["direction"] == "base"].drop_duplicates("dimension")
         if base.empty:
             raise ProfileError("profiles has no 'base' rows")
@@ -147,7 +140,7 @@ def base_profiles(profiles: Mapping[str, BetaProfile] | pd.DataFrame, path, *, t
     items = list(profiles.items())
     ncols = max(1, min(ncols, len(items)))
     nrows = math.ceil(len(items) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.2 * nrows), sharex=True, squeeze=False)
+    fig, axes = subplots(nrows, ncols, figsize=(3.0 * ncols, 2.2 * nrows), sharex=True, squeeze=False)
     x = np.linspace(0.0, 1.0, 801)[1:-1]
     for ax, (dim, p) in zip(axes.flat, items):
         y = p.pdf(x)
@@ -165,4 +158,4 @@ def base_profiles(profiles: Mapping[str, BetaProfile] | pd.DataFrame, path, *, t
         ax.set_xlabel("persona expression (0 = negative, 1 = positive)", fontsize=8)
     fig.suptitle(title or "Base profiles (dashed: mean)", x=0.02, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    return _save(fig, path)
+    return save_figure(fig, path)
