@@ -86,7 +86,7 @@ def main(argv=None):
                                               dtype=torch.float32).eval()
     examples, source = load_examples(args.examples, args.seed)
     encoded = [encode(model.tokenizer, e) for e in examples]
-    from steerjax.steering.vectors import train_vector
+    from steerjax.vectors import train_vector
 
     vec = train_vector(model, examples, layers=[args.layer]).vectors[args.layer]
     sv = SteeringVector(layer_activations={args.layer: torch.tensor(vec)}, layer_type="decoder_block")

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from steerjax.cli import human_count, main
+from steerjax.cli import main
+from steerjax.cli.generate import human_count
 from steerjax.errors import CheckpointError, SteerjaxError, SteeringError
-from steerjax.steering.io import FORMAT, load_vectors, save_vectors
+from steerjax.vectors.io import FORMAT, load_vectors, save_vectors
 from tests.conftest import smollm2_path, tinystories_path
 
 PROMPT = "Once upon a time"
@@ -128,7 +129,7 @@ def test_vector_width_mismatch_exits_2(capsys, model_dir, tmp_path):
     (("--compare",), "--compare needs --vector"),
     (("--system", "Be brief."), "--system needs a chat template"),
     (("--chat",), "no chat template"),
-    (("--max-new-tokens", "0"), "max_new_tokens"),
+    (("--max-new-tokens", "0"), "argument --max-new-tokens: must be an integer >= 1"),
 ])
 def test_generate_usage_errors(capsys, model_dir, argv, message):
     code, _, err = run(capsys, "generate", model_dir, "--prompt", PROMPT, *argv)
@@ -154,6 +155,9 @@ def test_other_errors_propagate(monkeypatch, model_dir):
         raise RuntimeError("not a steerjax error")
 
     monkeypatch.setattr(steerjax, "load_model", boom)
+    with pytest.raises(RuntimeError, match="not a steerjax error"):
+        main(["generate", model_dir, "--prompt", PROMPT])
+    monkeypatch.setattr(steerjax.model, "load_config", boom)  # info reads the config only
     with pytest.raises(RuntimeError, match="not a steerjax error"):
         main(["info", model_dir])
 

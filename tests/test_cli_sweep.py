@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steerjax.cli import main, parse_layers
+from steerjax.cli import main
+from steerjax.cli.checks import parse_layers
 from steerjax.errors import SteerjaxError
 
 needs_data = pytest.mark.skipif(not os.environ.get("STEERJAX_DATA"),
@@ -65,7 +66,7 @@ def test_train_then_sweep_then_resume(chat_model, tmp_path, capsys):
 
 @needs_data
 def test_bad_input_exits_2_with_a_message(chat_model, tmp_path, capsys):
-    from steerjax.steering.io import save_vectors
+    from steerjax.vectors import save_vectors
 
     assert main(["vector", "train", chat_model, "--dataset", "corrigible-neutral-HHHH", "--layers", "0",
                  "--out", str(tmp_path / "v.safetensors")]) == 2

@@ -143,7 +143,7 @@ def write_data(root) -> str:
 @pytest.fixture(scope="module")
 def setting(chat_model_dir, tmp_path_factory):
     """(model dir, vector file, environment for the subprocesses)."""
-    from steerjax.steering.io import save_vectors
+    from steerjax.vectors import save_vectors
 
     tmp = tmp_path_factory.mktemp("fault")
     data = write_data(tmp / "data")

@@ -148,7 +148,7 @@ def test_vector_files_are_written_atomically(tmp_path, monkeypatch):
     import numpy as np
     import safetensors.numpy
 
-    from steerjax.steering import io
+    from steerjax.vectors import io
 
     path = str(tmp_path / "v.safetensors")
     io.save_vectors(path, {0: np.ones(4, np.float32)})

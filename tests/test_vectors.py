@@ -20,13 +20,15 @@ from steering_vectors.record_activations import record_activations
 import steerjax
 from steerjax.data import DataError, Encoded, Example, encode
 from steerjax.errors import CheckpointError, LayerIndexError, SteeringError, TokenizerError
-from steerjax.steering.io import export_control_vector_gguf, load_vectors, save_vectors
-from steerjax.steering.vectors import (
+from steerjax.vectors import (
     SteeringVector,
     contrastive_activations,
+    export_control_vector_gguf,
+    load_vectors,
     logprob_margins,
     pca_direction,
     probe_direction,
+    save_vectors,
     train_vector,
 )
 from tests.conftest import smollm2_path, tinystories_path

@@ -22,7 +22,8 @@ import time
 import numpy as np
 
 import steerjax
-from steerjax.steering.io import save_vectors
+from steerjax.data.batch import encode
+from steerjax.vectors import mean_difference, read_activations, save_vectors
 
 HAPPY = ["I feel happy", "I am so joyful today", "What a wonderful, delightful day",
          "I love my life, everything is great", "This makes me glad and cheerful"]
@@ -47,11 +48,8 @@ def main(argv=None):
     tok = model.tokenizer
     print(f"loaded {model.source} ({model.config.family}, {model.config.num_layers} layers) in {time.time() - t0:.1f}s")
 
-    def last_state(text):
-        ids = np.array([tok(text)["input_ids"]])
-        return np.asarray(model.hidden_states(ids, layers=[args.layer]))[0, 0, -1]
-
-    vector = np.mean([last_state(a) - last_state(b) for a, b in zip(HAPPY, SAD)], axis=0)
+    acts = read_activations(model, encode(model, HAPPY + SAD), [args.layer], reduce=-1)[:, 0]  # last tokens
+    vector = mean_difference(acts[:len(HAPPY)], acts[len(HAPPY):])
     save_vectors(os.path.join(args.out, "vector.safetensors"), {args.layer: vector},
                  metadata={"model": model.source, "method": "mean_diff", "site": "block_output",
                            "token_index": -1, "pairs": len(HAPPY)})

@@ -1,37 +1,42 @@
 """Concepts of the steerability testbed: steering vectors, their layer, and the residual norm.
 
-A :class:`Concept` is one steering direction at one block. Strengths are expressed relative to the
-residual stream: strength ``s`` gives the multiplier ``s * residual_norm / |v|``, so the added
-vector ``multiplier * v`` has norm ``s * residual_norm`` whatever the vector's own norm
-(``residual_norm`` is the mean norm of the residual stream at that block over neutral prompts, see
-:func:`residual_norm`). ``s = 1`` thus adds a vector as long as a typical residual.
+A :class:`Concept` is one steering direction at one block: a one-layer
+:class:`~steerjax.vectors.SteeringVector` whose metadata holds its ``source`` and
+``residual_norm``. Strengths are expressed relative to the residual stream: strength ``s`` gives
+the multiplier ``s * residual_norm / |v|``, so the added vector ``multiplier * v`` has norm
+``s * residual_norm`` whatever the vector's own norm (``residual_norm`` is the mean norm of the
+residual stream at that block over neutral prompts, see :func:`residual_norm`). ``s = 1`` thus
+adds a vector as long as a typical residual.
 
-Two sources of vectors:
+Three sources of vectors (:func:`make_concepts` picks one by name), all read with
+:func:`steerjax.vectors.read_activations`:
 
+* :func:`statement_concepts`: Anthropic persona statements, each dimension's against all
+  dimensions' (data from ``$STEERJAX_DATA``);
 * :func:`persona_concepts`: CAA (Rimsky et al. 2024) on Anthropic persona dimensions, the mean
   difference of the answer-letter activations of matching vs non-matching A/B answers
-  (:func:`steerjax.steering.vectors.train_vector`, data from ``$STEERJAX_DATA``); 135 dimensions.
+  (:func:`steerjax.vectors.train_vector`, data from ``$STEERJAX_DATA``); 135 dimensions.
 * :func:`text_concepts`: concept texts vs neutral texts, the difference of mean token activations
   (needs no data; works with token ids for models without a tokenizer).
+
+Concepts are saved as a vector set (:func:`save_concepts`, one safetensors file).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from steerjax.errors import SteerjaxError, SteeringError
 from steerjax.data import batch
-from steerjax.models.transformer import forward, positions_from_mask
-from steerjax.steering.core import normalize_layer
+from steerjax.data.batch import ACTIVATIONS
+from steerjax.errors import SteeringError, SteerjaxError
+from steerjax.steering import normalize_layer
+from steerjax.vectors import SteeringVector, mean_difference, read_activations
 
 UNSTEERED = "none"
+SOURCES = ("statements", "ab")
 
 NEUTRAL_PROMPTS: tuple[str, ...] = (
     "Tell me about your weekend plans.",
@@ -97,9 +102,11 @@ NEUTRAL_PROMPTS: tuple[str, ...] = (
 )
 
 
-@dataclasses.dataclass
-class Concept:
-    """One steering direction.
+class Concept(SteeringVector):
+    """One steering direction: ``Concept(name, source, vector, layer, residual_norm)``.
+
+    A one-layer :class:`~steerjax.vectors.SteeringVector` (``vectors == {layer: vector}``) whose
+    metadata holds ``source`` and ``residual_norm``; the attributes below are views of them.
 
     Attributes:
       name: unique; ``"none"`` is reserved for unsteered rows.
@@ -110,25 +117,48 @@ class Concept:
         fractions of it (:meth:`multiplier`).
     """
 
-    name: str
-    source: str
-    vector: np.ndarray
-    layer: int
-    residual_norm: float
-
-    def __post_init__(self):
-        if not isinstance(self.name, str) or not self.name or self.name == UNSTEERED:
-            raise SteeringError(f"concept name must be a non-empty string other than {UNSTEERED!r}, got {self.name!r}")
-        self.vector = np.asarray(self.vector, np.float32)
-        if self.vector.ndim != 1:
-            raise SteeringError(f"concept {self.name!r}: vector must be 1-D [D], got shape {self.vector.shape}")
-        norm = float(np.linalg.norm(self.vector))
+    def __init__(self, name: str, source: str, vector, layer: int, residual_norm: float,
+                 metadata: Mapping[str, Any] | None = None):
+        if not isinstance(name, str) or not name or name == UNSTEERED:
+            raise SteeringError(f"concept name must be a non-empty string other than {UNSTEERED!r}, got {name!r}")
+        vector = np.asarray(vector, np.float32)
+        if vector.ndim != 1:
+            raise SteeringError(f"concept {name!r}: vector must be 1-D [D], got shape {vector.shape}")
+        norm = float(np.linalg.norm(vector))
         if not np.isfinite(norm) or norm == 0:
-            raise SteeringError(f"concept {self.name!r}: vector must be finite and non-zero")
-        if not (np.isfinite(self.residual_norm) and self.residual_norm > 0):
-            raise SteeringError(f"concept {self.name!r}: residual_norm must be > 0, got {self.residual_norm}")
-        self.layer = int(self.layer)
-        self.residual_norm = float(self.residual_norm)
+            raise SteeringError(f"concept {name!r}: vector must be finite and non-zero")
+        if not (np.isfinite(residual_norm) and residual_norm > 0):
+            raise SteeringError(f"concept {name!r}: residual_norm must be > 0, got {residual_norm}")
+        meta = {**(metadata or {}), "source": str(source), "residual_norm": float(residual_norm)}
+        super().__init__({int(layer): vector}, meta, name)
+
+    @classmethod
+    def from_vector(cls, vec: SteeringVector) -> Concept:
+        """The concept a one-layer named vector with ``residual_norm`` (and ``source``) in its
+        metadata stands for (what :func:`load_concepts` reads back)."""
+        if len(vec.vectors) != 1 or "residual_norm" not in vec.metadata:
+            raise SteeringError(f"vector {vec.name!r} is not a concept: a concept has one layer and a residual_norm "
+                                f"in its metadata (this one has layers {vec.layers})")
+        meta = dict(vec.metadata)
+        source, rnorm = meta.pop("source", "vector"), meta.pop("residual_norm")
+        [(layer, vector)] = vec.vectors.items()
+        return cls(vec.name, source, vector, layer, rnorm, meta)
+
+    @property
+    def layer(self) -> int:
+        return next(iter(self.vectors))
+
+    @property
+    def vector(self) -> np.ndarray:
+        return self.vectors[self.layer]
+
+    @property
+    def source(self) -> str:
+        return self.metadata["source"]
+
+    @property
+    def residual_norm(self) -> float:
+        return self.metadata["residual_norm"]
 
     @property
     def norm(self) -> float:
@@ -174,60 +204,54 @@ def encode(model, prompts, *, chat: bool | None = None) -> list[list[int]]:
 
 def pad_left(ids: Sequence[Sequence[int]], rows: int | None = None, bucket: int = batch.GENERATION.multiple):
     """Left-pad to a multiple of ``bucket`` tokens and (optionally) ``rows`` rows (extra rows repeat
-    the first prompt). Returns ``tokens [rows, T] int32``, ``valid [rows, T] bool``."""
-    rows = len(ids) if rows is None else rows
-    longest = max(len(x) for x in ids)
-    t = -(-longest // bucket) * bucket
-    tokens = np.zeros((rows, t), np.int32)
-    valid = np.zeros((rows, t), bool)
-    for i in range(rows):
-        x = ids[i] if i < len(ids) else ids[0]
-        tokens[i, t - len(x):] = x
-        valid[i, t - len(x):] = True
-    return tokens, valid
+    the last prompt). Returns ``tokens [rows, T] int32``, ``valid [rows, T] bool``."""
+    padded = batch.TokenBatch.pad(ids, side="left", buckets=batch.Buckets(bucket), rows=rows)
+    return padded.ids, padded.valid
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _layer_stats(params, cfg, tokens, valid, layer):
-    """Per row: mean residual at ``layer`` and mean residual norm, over real tokens but the first."""
-    out = forward(params, cfg, tokens, positions=positions_from_mask(valid), valid=valid, collect_layers=True)
-    h = out.layers[layer].astype(jnp.float32)  # [B, T, D]
-    pos = positions_from_mask(valid)
-    n_real = jnp.sum(valid, axis=-1)
-    use = valid & ((pos > 0) | (n_real[:, None] == 1))  # skip the attention-sink first token
-    w = use.astype(jnp.float32)
-    count = jnp.maximum(jnp.sum(w, axis=-1), 1.0)
-    mean = jnp.einsum("bt,btd->bd", w, h) / count[:, None]
-    norm = jnp.sum(w * jnp.linalg.norm(h, axis=-1), axis=-1) / count
-    return mean, norm
-
-
-def _stats(model, ids, layer: int, batch_size: int):
-    means, norms = [], []
-    for i in range(0, len(ids), batch_size):
-        part = ids[i:i + batch_size]
-        tokens, valid = pad_left(part, batch_size)
-        m, n = _layer_stats(model.params, model.config, jnp.asarray(tokens), jnp.asarray(valid), jnp.int32(layer))
-        means.append(np.asarray(m)[:len(part)])
-        norms.append(np.asarray(n)[:len(part)])
-    return np.concatenate(means).astype(np.float64), np.concatenate(norms).astype(np.float64)
+def _stats(model, ids, layer: int, batch_size: int, mesh) -> tuple[np.ndarray, np.ndarray]:
+    """Per text: the mean residual after block ``layer`` and its mean norm, over the text's tokens
+    but the first (an attention-sink outlier), as float64 ``[N, D]`` and ``[N]``."""
+    mean, norm = read_activations(model, ids, [layer], reduce=("mean", "norm"), skip_first=True, side="left",
+                                  buckets=ACTIVATIONS, batch_size=batch_size, mesh=mesh)
+    return mean[:, 0].astype(np.float64), norm[:, 0].astype(np.float64)
 
 
 def residual_norm(model, prompts=NEUTRAL_PROMPTS, layer: int = 0, *, chat: bool | None = None,
-                  batch_size: int = 16) -> float:
+                  batch_size: int = 16, mesh=None) -> float:
     """Mean norm of the (unsteered) residual stream after block ``layer``: averaged over each
     prompt's tokens (all but the first, whose norm is often an outlier) and then over prompts.
-    Prompts are encoded as in :func:`encode`."""
+    Prompts are encoded as in :func:`encode`; ``mesh`` as in :func:`steerjax.vectors.read_activations`."""
     li = normalize_layer(layer, model.config.num_layers)
-    _, norms = _stats(model, encode(model, prompts, chat=chat), li, batch_size)
+    _, norms = _stats(model, encode(model, prompts, chat=chat), li, batch_size, mesh)
     return float(norms.mean())
 
 
 # ----------------------------------------------------------------------------- concept sources
 
 
+def make_concepts(model, names: Sequence[str] | None, *, layer: int, source: str = "statements", n: int = 32,
+                  seed: int = 0, mesh=None, progress: bool = True) -> list[Concept]:
+    """The testbed's concepts: :func:`statement_concepts` (``source="statements"``, ``n``
+    statements per dimension) or :func:`persona_concepts` (``source="ab"``, ``n`` A/B pairs per
+    dimension) for the persona dimensions ``names`` (``None``: all of them).
+
+    Raises:
+      SteerjaxError: an unknown ``source``; DataError: ``STEERJAX_DATA`` unset or an unknown
+        dimension.
+    """
+    if source == "ab":
+        return persona_concepts(model, names, layer=layer, n_pairs=n, seed=seed, mesh=mesh, progress=progress)
+    if source != "statements":
+        raise SteerjaxError(f"concept source {source!r}: use one of {SOURCES}")
+    from steerjax.data import list_datasets
+
+    return statement_concepts(model, names or list_datasets("persona"), layer=layer, n_statements=n, seed=seed,
+                              mesh=mesh, progress=progress)
+
+
 def text_concepts(model, texts: Mapping[str, Sequence[Any]], neutral_texts: Sequence[Any], layer: int, *,
-                  norm_prompts=None, chat: bool | None = False, batch_size: int = 16) -> list[Concept]:
+                  norm_prompts=None, chat: bool | None = False, batch_size: int = 16, mesh=None) -> list[Concept]:
     """Concepts from concept texts vs neutral texts: ``mean_t h(concept) - mean_t h(neutral)``
     where ``h`` is a text's mean residual after block ``layer`` (first token excluded).
 
@@ -236,27 +260,27 @@ def text_concepts(model, texts: Mapping[str, Sequence[Any]], neutral_texts: Sequ
       neutral_texts: the contrast texts (or token-id lists).
       norm_prompts: prompts for :func:`residual_norm`; default ``neutral_texts``.
       chat: encode texts as chat user messages (default: plain text).
+      mesh: as in :func:`steerjax.vectors.read_activations`.
     """
     if not texts:
         raise SteerjaxError("texts is empty: give at least one {concept: [texts]} entry")
     li = normalize_layer(layer, model.config.num_layers)
-    neutral_ids = encode(model, list(neutral_texts), chat=chat)
-    neutral_mean, neutral_norm = _stats(model, neutral_ids, li, batch_size)
+    neutral_mean, neutral_norm = _stats(model, encode(model, list(neutral_texts), chat=chat), li, batch_size, mesh)
     if norm_prompts is None:
         rnorm = float(neutral_norm.mean())
     else:
-        rnorm = residual_norm(model, norm_prompts, li, batch_size=batch_size)
+        rnorm = residual_norm(model, norm_prompts, li, batch_size=batch_size, mesh=mesh)
     out = []
     for name, items in texts.items():
-        mean, _ = _stats(model, encode(model, list(items), chat=chat), li, batch_size)
-        vec = (mean.mean(axis=0) - neutral_mean.mean(axis=0)).astype(np.float32)
-        out.append(Concept(str(name), "text", vec, li, rnorm))
+        mean, _ = _stats(model, encode(model, list(items), chat=chat), li, batch_size, mesh)
+        out.append(Concept(str(name), "text", mean_difference(mean, neutral_mean), li, rnorm))
     select(out, [c.name for c in out])  # rejects repeats
     return out
 
 
 def statement_concepts(model, names: Sequence[str], *, layer: int, n_statements: int = 32, seed: int = 0,
-                       norm_prompts=NEUTRAL_PROMPTS, batch_size: int = 16, progress: bool = True) -> list[Concept]:
+                       norm_prompts=NEUTRAL_PROMPTS, batch_size: int = 16, mesh=None,
+                       progress: bool = True) -> list[Concept]:
     """Contrastive concepts from Anthropic persona statements (``$STEERJAX_DATA``).
 
     For each dimension, ``n_statements`` of its positive statements (what the persona would say,
@@ -266,6 +290,7 @@ def statement_concepts(model, names: Sequence[str], *, layer: int, n_statements:
     (first-person, declarative style) cancels and what is particular to the dimension remains.
     Unlike :func:`persona_concepts` (A/B answer letters), these directions are about what the
     text says, so steering with them shows in the rollouts. Needs at least two dimensions.
+    ``mesh`` as in :func:`steerjax.vectors.read_activations`.
     """
     from tqdm.auto import tqdm
 
@@ -284,21 +309,21 @@ def statement_concepts(model, names: Sequence[str], *, layer: int, n_statements:
     if n_statements < 1:
         raise SteerjaxError(f"n_statements must be >= 1, got {n_statements}")
     li = normalize_layer(layer, model.config.num_layers)
-    means = []
+    statement_means = []  # per dimension: [statements, D]
     for n in tqdm(names, desc="concept vectors", unit="concept", disable=None if progress else True):
         rows = persona_statements(n)
         pos = rows.loc[rows["direction"] == "positive", "statement"]
         texts = pos.sample(n=min(n_statements, len(pos)), random_state=seed).tolist()
-        m, _ = _stats(model, encode(model, texts, chat=False), li, batch_size)
-        means.append(m.mean(axis=0))
-    means = np.stack(means)
-    rnorm = residual_norm(model, norm_prompts, li, batch_size=batch_size)
-    return [Concept(n, f"persona-statements:{n}", (m - means.mean(axis=0)).astype(np.float32), li, rnorm)
-            for n, m in zip(names, means)]
+        statement_means.append(_stats(model, encode(model, texts, chat=False), li, batch_size, mesh)[0])
+    means = np.stack([m.mean(axis=0) for m in statement_means])  # m_c per dimension
+    rnorm = residual_norm(model, norm_prompts, li, batch_size=batch_size, mesh=mesh)
+    return [Concept(n, f"persona-statements:{n}", mean_difference(m, means), li, rnorm)
+            for n, m in zip(names, statement_means)]
 
 
 def persona_concepts(model, names: Sequence[str] | None = None, *, layer: int, n_pairs: int = 32, seed: int = 0,
-                     norm_prompts=NEUTRAL_PROMPTS, batch_size: int = 16, progress: bool = True) -> list[Concept]:
+                     norm_prompts=NEUTRAL_PROMPTS, batch_size: int = 16, mesh=None,
+                     progress: bool = True) -> list[Concept]:
     """CAA concepts from Anthropic persona dimensions (``$STEERJAX_DATA/anthropic-evals/persona``).
 
     For each dimension, ``n_pairs`` A/B questions (``steerjax.data.load_dataset``, shuffled with
@@ -309,6 +334,7 @@ def persona_concepts(model, names: Sequence[str] | None = None, *, layer: int, n
       names: persona dimensions (``steerjax.data.list_datasets("persona")``, 135 of them);
         ``None``: all of them.
       norm_prompts: prompts for :func:`residual_norm` (default: :data:`NEUTRAL_PROMPTS`).
+      mesh: as in :func:`steerjax.vectors.read_activations`.
 
     Raises:
       DataError: ``STEERJAX_DATA`` unset, an unknown dimension (with suggestions).
@@ -316,7 +342,7 @@ def persona_concepts(model, names: Sequence[str] | None = None, *, layer: int, n
     from tqdm.auto import tqdm
 
     from steerjax.data import list_datasets, load_dataset
-    from steerjax.steering.vectors import train_vector
+    from steerjax.vectors import train_vector
 
     if isinstance(n_pairs, bool) or not isinstance(n_pairs, (int, np.integer)) or n_pairs < 1:
         raise SteerjaxError(f"n_pairs must be a positive int, got {n_pairs!r}")
@@ -335,28 +361,22 @@ def persona_concepts(model, names: Sequence[str] | None = None, *, layer: int, n
             raise SteerjaxError(f"{n!r} is not a persona dimension")
     if len(set(names)) != len(names):
         raise SteerjaxError(f"persona dimensions repeat in {names}")
-    rnorm = residual_norm(model, norm_prompts, li, batch_size=batch_size)
+    rnorm = residual_norm(model, norm_prompts, li, batch_size=batch_size, mesh=mesh)
     out = []
     for n in tqdm(names, desc="concept vectors", unit="concept", disable=None if progress else True):
         examples = load_dataset(n, seed=seed, max_examples=int(n_pairs))
-        vec = train_vector(model, examples, layers=[li], method="caa", batch_size=batch_size, progress=False)
+        vec = train_vector(model, examples, layers=[li], method="caa", batch_size=batch_size, mesh=mesh,
+                           progress=False)
         out.append(Concept(n, f"persona:{n}", vec.vectors[li], li, rnorm))
     return out
 
 
 def save_concepts(path, concepts: Sequence[Concept]) -> None:
-    """Write concepts to an ``.npz`` (names, sources, vectors ``[C, D]``, layers, residual norms)."""
-    import os
-
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    np.savez(tmp, name=np.asarray([c.name for c in concepts]), source=np.asarray([c.source for c in concepts]),
-             vector=np.stack([c.vector for c in concepts]), layer=np.asarray([c.layer for c in concepts]),
-             residual_norm=np.asarray([c.residual_norm for c in concepts]))
-    os.replace(tmp, path)
+    """Write concepts to one safetensors vector set (:meth:`SteeringVector.save_many`: each
+    concept's vector under its name, with its source and residual norm in its metadata)."""
+    SteeringVector.save_many(path, concepts)
 
 
 def load_concepts(path) -> list[Concept]:
-    """Concepts written by :func:`save_concepts`."""
-    with np.load(path) as z:
-        return [Concept(str(n), str(s), v, int(li), float(r))
-                for n, s, v, li, r in zip(z["name"], z["source"], z["vector"], z["layer"], z["residual_norm"])]
+    """Concepts written by :func:`save_concepts`, in order."""
+    return [Concept.from_vector(v) for v in SteeringVector.load_many(path)]

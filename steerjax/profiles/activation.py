@@ -18,37 +18,26 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from steerjax.data.batch import encode
 from steerjax.data.examples import Example
 from steerjax.profiles.beta import BetaProfile, answer_matches, profile_parameters
 from steerjax.profiles.data import profiling_statements, query_messages, steering_prompt, steering_statements
 from steerjax.profiles.distance import joint_sinkhorn
 from steerjax.profiles.indices import extremes_table, steerability_indices
 from steerjax.profiles.scoring import answer_logprobs
+from steerjax.vectors import mean_difference, read_activations
 
 
 def statement_vector(model, dim: str, layer: int, *, batch_size: int = 16) -> np.ndarray:
     """Mean last-token residual stream (block ``layer``) of the dimension's positive steering
     statements minus that of its negative ones, each given as a one-statement steering prompt."""
-    from steerjax.data.examples import render_prompt
-
-    means = []
+    acts = []
     for direction in ("positive", "negative"):
         chats = [({"role": "system", "content": steering_prompt([s])}, {"role": "user", "content": "Hello."})
                  for s in steering_statements(dim, direction)]
-        ids = [render_prompt(model.tokenizer, c) for c in chats]
-        total = np.zeros(model.config.hidden_size, np.float64)
-        for start in range(0, len(ids), batch_size):
-            part = ids[start:start + batch_size]
-            t = max(map(len, part))
-            tok = np.zeros((len(part), t), np.int32)
-            mask = np.zeros((len(part), t), bool)
-            for i, x in enumerate(part):
-                tok[i, :len(x)] = x
-                mask[i, :len(x)] = True
-            hs = np.asarray(model.hidden_states(tok, mask, layers=[layer]))[0]
-            total += hs[np.arange(len(part)), mask.sum(1) - 1].sum(0)
-        means.append(total / len(ids))
-    return (means[0] - means[1]).astype(np.float32)
+        acts.append(read_activations(model, encode(model, chats), [layer], reduce=-1, batch_size=batch_size,
+                                     buckets=None)[:, 0])
+    return mean_difference(*acts)
 
 
 def activation_profiles(model, dims: Sequence[str], *, layer: int, multipliers: Sequence[float] = (0.5, 1, 2, 4),

@@ -14,6 +14,10 @@ The steerjax format is a safetensors file with
   ``direction.{l}`` tensor names;
 * ``.npy`` files holding one ``[D]`` vector. They store no layer, so pass ``layer=``.
 
+A *vector set* (:func:`save_vector_set` / :func:`load_vector_set`) is one safetensors file with
+several named vectors: tensors ``{name}/layer.{l}``, and string metadata ``"format"``, ``"names"``
+(a JSON list, in order) and ``"metadata"`` (a JSON object: name -> that vector's metadata).
+
 llama.cpp control vectors (``--control-vector``, written by :func:`export_control_vector_gguf`)
 are GGUF files with ``general.architecture = "controlvector"``, ``controlvector.model_hint``
 (the model family, e.g. ``"llama"``), ``controlvector.layer_count`` (int32, the number of
@@ -30,6 +34,7 @@ Example::
     save_vectors("happy.safetensors", {6: vec}, metadata={"concept": "happy", "n_pairs": 64})
     vectors, meta = load_vectors("happy.safetensors")   # {6: array([...])}, {"concept": ...}
     export_control_vector_gguf("happy.gguf", vectors, model_hint="llama")  # for llama.cpp
+    save_vector_set("concepts.safetensors", {"happy": ({6: vec}, {"n_pairs": 64}), "sad": ...})
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ FORMAT = "steerjax.vectors/1"
 GGUF_ARCH = "controlvector"
 RESERVED_KEYS = ("format", "json_keys")
 _NAME_RE = re.compile(r"^(layer|direction)\.(\d+)$")
+_SET_NAME_RE = re.compile(r"^(.+)/layer\.(\d+)$")
 _NPY_MAGIC = b"\x93NUMPY"
 _GGUF_MAGIC = b"GGUF"
 
@@ -67,19 +73,74 @@ def save_vectors(path: str | os.PathLike, vectors: Mapping[int, Any], *,
         widths, non-finite values, or bad metadata.
       CheckpointError: the file cannot be written.
     """
-    from safetensors.numpy import save_file
-
     tensors = {f"layer.{layer}": arr for layer, arr in _checked_vectors(vectors).items()}
-    # a temporary file renamed into place: a run killed while saving never leaves a torn vector
-    # file for the next run to trip over
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
+    _write_safetensors(path, tensors, _encode_metadata(metadata))
+
+
+def save_vector_set(path: str | os.PathLike,
+                    vectors: Mapping[str, tuple[Mapping[int, Any], Mapping[str, Any]]]) -> None:
+    """Write several named vectors to one safetensors file (see the module docstring).
+
+    Args:
+      path: output file (conventionally ``*.safetensors``); overwritten if it exists.
+      vectors: name -> ``({layer: [D] vector}, metadata)``, in the order to keep. Names are
+        non-empty strings without ``"/"``; every vector has the same width.
+
+    Raises:
+      SteeringError: no vectors, a bad name, or anything :func:`save_vectors` rejects.
+      CheckpointError: the file cannot be written.
+    """
+    if not isinstance(vectors, Mapping) or not vectors:
+        raise SteeringError("vectors is empty: give at least one {name: ({layer: vector}, metadata)} entry")
+    tensors, metadata, width = {}, {}, None
+    for name, (layers, meta) in vectors.items():
+        if not isinstance(name, str) or not name or "/" in name:
+            raise SteeringError(f"vector names must be non-empty strings without '/', got {name!r}")
+        for layer, arr in _checked_vectors(layers).items():
+            width = arr.shape[0] if width is None else width
+            if arr.shape[0] != width:
+                raise SteeringError(f"vector {name!r} has width {arr.shape[0]}, the others {width}")
+            tensors[f"{name}/layer.{layer}"] = arr
+        metadata[name] = dict(meta or {})
     try:
-        save_file(tensors, tmp, metadata=_encode_metadata(metadata))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        encoded = {"format": FORMAT, "names": json.dumps(list(vectors)),
+                   "metadata": json.dumps(metadata, allow_nan=False)}
+    except (TypeError, ValueError) as e:
+        raise SteeringError(f"vector metadata is not JSON-serializable ({e}); convert it to strings, numbers, "
+                            "bools, lists or dicts") from e
+    _write_safetensors(path, tensors, encoded)
+
+
+def load_vector_set(path: str | os.PathLike) -> dict[str, tuple[dict[int, np.ndarray], dict[str, Any]]]:
+    """Read a file written by :func:`save_vector_set`: name -> ``({layer: float32 [D]}, metadata)``
+    in the saved order.
+
+    Raises:
+      CheckpointError: missing or unreadable file, not a vector set, bad vectors.
+    """
+    path = os.fspath(path)
+    if file_format(path) != "safetensors":
+        raise CheckpointError(f"{path} is not a vector set: expected a safetensors file written by save_vector_set")
+    raw, tensors = _read_safetensors(path)
+    try:
+        names = json.loads(raw["names"])
+        metadata = json.loads(raw["metadata"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not a vector set (no valid 'names' / 'metadata' entries: {e}); "
+                              "write it with save_vector_set") from e
+    layers: dict[str, dict[int, np.ndarray]] = {n: {} for n in names}
+    for tname, arr in tensors.items():
+        m = _SET_NAME_RE.match(tname)
+        if m is None or m.group(1) not in layers:
+            raise CheckpointError(f"{path} has tensor {tname!r}, which names no vector of the set {names}")
+        layers[m.group(1)][int(m.group(2))] = _check_vector(arr, f"{path}: tensor {tname!r}")
+    widths = {v.shape[0] for by_layer in layers.values() for v in by_layer.values()}
+    if len(widths) > 1:
+        raise CheckpointError(f"{path} has vectors of different widths {sorted(widths)}")
+    empty = [n for n, by_layer in layers.items() if not by_layer]
+    if empty:
+        raise CheckpointError(f"{path}: vectors {empty} have no tensors")
+    return {n: (dict(sorted(layers[n].items())), dict(metadata.get(n) or {})) for n in names}
 
 
 def export_control_vector_gguf(path: str | os.PathLike, vectors: Mapping[int, Any], *, model_hint: str) -> None:
@@ -183,6 +244,34 @@ def file_format(path: str | os.PathLike) -> str:
 # ----------------------------------------------------------------------------- internals
 
 
+def _write_safetensors(path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    from safetensors.numpy import save_file
+
+    # a temporary file renamed into place: a run killed while saving never leaves a torn vector
+    # file for the next run to trip over
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _read_safetensors(path: str) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="np") as f:
+            return dict(f.metadata() or {}), {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as e:  # safetensors raises its own SafetensorError / OSError on bad files
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({type(e).__name__}: {e}). Steering vectors "
+            "must be safetensors (tensors 'layer.{l}' or 'direction.{l}') or .npy"
+        ) from e
+
+
 def _checked_vectors(vectors: Mapping[int, Any]) -> dict[int, np.ndarray]:
     if not isinstance(vectors, Mapping) or not vectors:
         raise SteeringError("vectors is empty: give at least one {layer: vector} entry")
@@ -251,18 +340,11 @@ def _decode_metadata(raw: Mapping[str, str] | None, path: str) -> dict[str, Any]
 
 
 def _load_safetensors(path: str) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="np") as f:
-            raw_meta = f.metadata()
-            names = list(f.keys())
-            tensors = {name: f.get_tensor(name) for name in names}
-    except Exception as e:  # safetensors raises its own SafetensorError / OSError on bad files
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file ({type(e).__name__}: {e}). Steering vectors "
-            "must be safetensors (tensors 'layer.{l}' or 'direction.{l}') or .npy"
-        ) from e
+    raw_meta, tensors = _read_safetensors(path)
+    names = list(tensors)
+    if "names" in raw_meta and all(_SET_NAME_RE.match(n) for n in names):
+        raise CheckpointError(f"{path} is a set of named vectors ({raw_meta['names']}); read it with "
+                              "steerjax.vectors.load_vector_set (concepts: load_concepts)")
     unknown = [n for n in names if not _NAME_RE.match(n)]
     if unknown:
         raise CheckpointError(
@@ -282,9 +364,14 @@ def _load_safetensors(path: str) -> tuple[dict[int, np.ndarray], dict[str, Any]]
 
 
 def _load_gguf(path: str) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
-    from steerjax.models import gguf as gguf_io
+    import gguf
 
-    reader = gguf_io.open_reader(path)
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:  # the reader raises ValueError/struct.error/... on bad files
+        raise CheckpointError(
+            f"{path} is not a readable GGUF file ({type(e).__name__}: {e}); it may be truncated or corrupt"
+        ) from e
     arch = _gguf_value(reader, "general.architecture")
     if arch != GGUF_ARCH:
         raise CheckpointError(
