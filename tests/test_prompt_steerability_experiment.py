@@ -20,7 +20,8 @@ def test_prompt_steerability_experiment_smoke(tmp_path):
     out = tmp_path / "run"
     main(["--preset", "smoke", "--out", str(out)])
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["preset"] == "smoke" and cfg["seconds"] > 0
+    info = json.loads((out / "run.json").read_text())  # what the run found; config.json is what was asked
+    assert cfg["preset"] == "smoke" and info["seconds"] > 0 and info["layer"] == 15
     indices = pd.read_parquet(out / "indices.parquet")
     assert set(indices.dimension) == set(cfg["dims"]) and indices["index"].between(-1, 1).all()
     comparison = pd.read_csv(out / "prompt_vs_activation.csv")

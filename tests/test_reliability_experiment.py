@@ -20,7 +20,8 @@ def test_reliability_experiment_smoke(tmp_path):
     out = tmp_path / "run"
     main(["--preset", "smoke", "--out", str(out)])
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["preset"] == "smoke" and 0 <= cfg["layer"] < 30 and cfg["seconds"] > 0
+    info = json.loads((out / "run.json").read_text())  # what the run found; config.json is what was asked
+    assert cfg["preset"] == "smoke" and 0 <= info["layer"] < 30 and info["seconds"] > 0
     layer_sweep = pd.read_parquet(out / "layer_sweep.parquet")
     assert set(layer_sweep.layer) == {0, 10, 20}
     per_example = pd.read_parquet(out / "per_example.parquet")
@@ -33,5 +34,11 @@ def test_reliability_experiment_smoke(tmp_path):
     for png in ("layer_sweep", "steerability_violin", "propensity_curves", "id_ood_scatter"):
         assert os.path.getsize(out / f"{png}.png") > 5000
     # resumable: a second run reuses vectors and sweep chunks and gives the same tables
+    config_bytes = (out / "config.json").read_bytes()
     main(["--preset", "smoke", "--out", str(out)])
     pd.testing.assert_frame_equal(pd.read_parquet(out / "per_example.parquet"), per_example)
+    assert (out / "config.json").read_bytes() == config_bytes  # written once
+    from steerjax.errors import RunConfigError
+
+    with pytest.raises(RunConfigError, match="differs in: seed"):  # another command: refused before any work
+        main(["--preset", "smoke", "--seed", "1", "--out", str(out)])

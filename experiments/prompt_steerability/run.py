@@ -11,19 +11,21 @@
 
     python experiments/prompt_steerability/run.py --preset quick --out runs/prompt-steerability
 
-Needs STEERJAX_DATA. The profile stage is resumable from its run directory.
+Needs STEERJAX_DATA. The profile stage is resumable from its run directory. ``config.json`` holds
+what was asked (written once; a different command in the same directory is refused); ``run.json``
+what the run found (the model's source, the wall time, versions).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import time
 
-import numpy as np
-import pandas as pd
+os.environ.setdefault("MPLBACKEND", "Agg")  # plots are files; no display needed
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 QUICK_DIMS = ["agreeableness", "narcissism", "conscientiousness", "politically-liberal", "risk-seeking",
               "believes-in-gun-rights", "subscribes-to-utilitarianism", "machiavellianism"]
@@ -56,22 +58,17 @@ def main(argv=None):
     from steerjax.profiles.data import list_dimensions
     from steerjax.profiles.indices import steerability_curves, steerability_indices
     from steerjax.profiles.run import run_profiles
+    from steerjax.runs import RunLog, claim, write_json
 
     preset = dict(PRESETS[args.preset])
     preset["dims"] = preset["dims"] or list_dimensions()
+    args.model = args.model or steerjax.DEFAULT_MODEL
     out = args.out
-    os.makedirs(out, exist_ok=True)
-    t0 = time.time()
-    model = steerjax.load_model(args.model or steerjax.DEFAULT_MODEL)
+    claim(out, dict({k: v for k, v in vars(args).items() if k != "out"}, **preset))  # before the model loads
+    log = RunLog(out, stamp=False)
+    model = steerjax.load_model(args.model)
     layer = model.config.num_layers // 2 if args.layer is None else args.layer
-    config = dict(vars(args), **preset, layer=layer, model_source=model.source, steerjax=steerjax.__version__,
-                  python=platform.python_version())
-    _write_json(os.path.join(out, "config.json"), config)
-
-    def log(msg):
-        print(msg, flush=True)
-        with open(os.path.join(out, "log.txt"), "a") as f:
-            f.write(msg + "\n")
+    info = dict(model_source=model.source, layer=layer, steerjax=steerjax.__version__, python=platform.python_version())
 
     # 1. prompt steerability
     run = run_profiles(model, preset["dims"], budgets=preset["budgets"], trials=preset["trials"],
@@ -81,7 +78,7 @@ def main(argv=None):
     plots.index_curves(run.curves, os.path.join(out, "index_curves.png"))
     plots.index_heatmap(run.curves, os.path.join(out, "index_heatmap.png"))
     plots.base_profiles(run.profiles, os.path.join(out, "base_profiles.png"))
-    log(f"prompt steerability of {len(preset['dims'])} dimensions [{time.time() - t0:.0f}s]")
+    log(f"prompt steerability of {len(preset['dims'])} dimensions [{log.seconds:.0f}s]")
     log(run.asymmetry.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
     # 2. activation steerability, same scale
@@ -95,7 +92,7 @@ def main(argv=None):
                        title=f"activation steering at block {layer} (budget = |multiplier|)")
     comparison = compare_prompt_and_activation(run.indices, act_indices)
     comparison.to_csv(os.path.join(out, "prompt_vs_activation.csv"), index=False)
-    log(f"activation steerability at block {layer} [{time.time() - t0:.0f}s]")
+    log(f"activation steerability at block {layer} [{log.seconds:.0f}s]")
     log(comparison.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
     # 3. joint steerability of two dimensions
@@ -104,7 +101,7 @@ def main(argv=None):
                                           confidence_threshold=args.confidence_threshold, seed=args.seed)
                        for d in ("positive", "negative")], ignore_index=True)
     joint.to_csv(os.path.join(out, "joint_steerability.csv"), index=False)
-    log(f"joint steerability of {'+'.join(preset['joint_dims'])} [{time.time() - t0:.0f}s]")
+    log(f"joint steerability of {'+'.join(preset['joint_dims'])} [{log.seconds:.0f}s]")
     log(joint.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
     # 4. exact W1 vs the reference code's formula on this run's (base, extreme) pairs
@@ -116,14 +113,9 @@ def main(argv=None):
     rel = np.abs(pairs.w1_reference_formula - pairs.w1_exact) / pairs.w1_exact
     log(f"exact W1 vs reference formula on {len(pairs)} pairs: median relative difference {np.median(rel):.2%}, "
         f"max {np.max(rel):.2%}")
-    config["seconds"] = round(time.time() - t0, 1)
-    _write_json(os.path.join(out, "config.json"), config)
-    log(f"done in {config['seconds']}s: results in {out}")
-
-
-def _write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
+    info["seconds"] = log.seconds
+    write_json(os.path.join(out, "run.json"), info)
+    log(f"done in {info['seconds']}s: results in {out}")
 
 
 if __name__ == "__main__":

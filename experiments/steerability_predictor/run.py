@@ -15,20 +15,24 @@
 
     python experiments/steerability_predictor/run.py --preset quick --out runs/steerability-predictor
 
-Needs STEERJAX_DATA (persona datasets). Rollouts and concepts are resumable from the run directory.
+Needs STEERJAX_DATA (persona datasets). Rollouts and concepts are resumable from the run directory
+(concepts are reused only when they were built for this model, layer, names and seed).
+``config.json`` holds what was asked (written once; a different command in the same directory is
+refused); ``summary.json`` what the run found.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import time
 
-import numpy as np
-import pandas as pd
+os.environ.setdefault("MPLBACKEND", "Agg")  # plots are files; no display needed
 
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+CONCEPTS_FILE = "concepts.safetensors"
 PRESETS = {
     # CI: a minute or two on 2 CPU cores; checks the pipeline end to end, not the targets
     "smoke": dict(concepts=4, prompts=4, strengths=[0.1, 0.3, 0.6], max_new_tokens=8, steps=[1, 2],
@@ -64,33 +68,27 @@ def main(argv=None):
     from steerjax.predictor.concepts import NEUTRAL_PROMPTS, load_concepts, save_concepts, statement_concepts
     from steerjax.predictor.pipeline import label_and_featurize, save_evaluation
     from steerjax.predictor.testbed import rollouts
+    from steerjax.runs import RunLog, claim, keyed_artifact, write_json
 
     preset = dict(PRESETS[args.preset])
+    args.model = args.model or steerjax.DEFAULT_MODEL
     out = args.out
-    os.makedirs(out, exist_ok=True)
-    t0 = time.time()
-    model = steerjax.load_model(args.model or steerjax.DEFAULT_MODEL)
-    layer = model.config.num_layers // 2 if args.layer is None else args.layer
     names = list_datasets("persona")
     names = names if preset["concepts"] is None else _spread(names, preset["concepts"])
     prompts = list(NEUTRAL_PROMPTS if preset["prompts"] is None else NEUTRAL_PROMPTS[:preset["prompts"]])
-    config = dict(vars(args), **preset, layer=layer, concept_names=names, n_prompts=len(prompts),
-                  model_source=model.source, steerjax=steerjax.__version__, python=platform.python_version())
-    _write_json(os.path.join(out, "config.json"), config)
-
-    def log(msg):
-        line = f"[{time.time() - t0:7.1f}s] {msg}"
-        print(line, flush=True)
-        with open(os.path.join(out, "log.txt"), "a") as f:
-            f.write(line + "\n")
+    claim(out, dict({k: v for k, v in vars(args).items() if k != "out"}, **preset, concept_names=names,
+                    n_prompts=len(prompts)))  # before the model loads: another run's directory is refused
+    log = RunLog(out)
+    model = steerjax.load_model(args.model)
+    layer = model.config.num_layers // 2 if args.layer is None else args.layer
 
     # 1. concepts and rollouts
-    cpath = os.path.join(out, "concepts.npz")
-    if os.path.exists(cpath):
-        concepts = load_concepts(cpath)
-    else:
-        concepts = statement_concepts(model, names, layer=layer, n_statements=preset["n_statements"], seed=args.seed)
-        save_concepts(cpath, concepts)
+    key = dict(model=model.source, dtype=model.dtype, layer=layer, names=names, n_statements=preset["n_statements"],
+               seed=args.seed, source="statements")
+    concepts = keyed_artifact(
+        os.path.join(out, CONCEPTS_FILE), key,
+        lambda: statement_concepts(model, names, layer=layer, n_statements=preset["n_statements"], seed=args.seed),
+        save=lambda c, path: save_concepts(path, c), load=load_concepts)
     log(f"{len(concepts)} concepts at block {layer}; residual norm {concepts[0].residual_norm:.1f}")
     roll = rollouts(model, prompts, concepts, preset["strengths"], layer=layer,
                     max_new_tokens=preset["max_new_tokens"], seed=args.seed, batch_size=preset["batch_size"],
@@ -104,7 +102,9 @@ def main(argv=None):
     labelled.to_parquet(os.path.join(out, "labels.parquet"), index=False)
     table.to_parquet(os.path.join(out, "features.parquet"), index=False)
     steered = labelled[labelled["concept"] != judge.UNSTEERED]
-    summary = {"thresholds": thr.to_dict(), "label_shares": steered["label"].value_counts(normalize=True).to_dict()}
+    summary = {"model_source": model.source, "layer": layer, "steerjax": steerjax.__version__,
+               "python": platform.python_version(), "thresholds": thr.to_dict(),
+               "label_shares": steered["label"].value_counts(normalize=True).to_dict()}
     log(f"labels: {summary['label_shares']}; {thr.how}")
     log(f"features: {table.shape[1] - 5} columns for {len(table)} rows")
     plots.labels_by_strength(steered, os.path.join(out, "labels_by_strength.png"))
@@ -150,8 +150,8 @@ def main(argv=None):
         **{f"search_{s}: success>=0.9*grid and tokens<=0.25*grid":
            v["success_ratio"] >= 0.9 and v["tokens_vs_grid"] <= 0.25 for s, v in summary["search"].items()},
     }
-    summary["wall_seconds"] = round(time.time() - t0, 1)
-    _write_json(os.path.join(out, "summary.json"), summary)
+    summary["wall_seconds"] = log.seconds
+    write_json(os.path.join(out, "summary.json"), summary)
     log(f"done in {summary['wall_seconds']} s; targets {summary['targets']}")
     return summary
 
@@ -183,11 +183,6 @@ def _spread(names, n):
     """``n`` names spread evenly over the sorted list (not just the alphabet's start)."""
     idx = np.linspace(0, len(names) - 1, n).round().astype(int)
     return [names[i] for i in dict.fromkeys(idx)]
-
-
-def _write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
 
 
 if __name__ == "__main__":

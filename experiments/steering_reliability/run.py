@@ -11,18 +11,20 @@
     python experiments/steering_reliability/run.py --preset full --model HuggingFaceTB/SmolLM2-135M-Instruct --out ...
 
 Needs STEERJAX_DATA. A run directory is resumable: trained vectors and finished sweep chunks are
-reused when the same command is run again.
+reused when the same command is run again. ``config.json`` holds what was asked (written once; a
+different command in the same directory is refused); ``run.json`` what the run found (the model's
+source, the chosen layer, the wall time, versions).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import time
 
-import pandas as pd
+os.environ.setdefault("MPLBACKEND", "Agg")  # plots are files; no display needed
+
+import pandas as pd  # noqa: E402
 
 DATASETS = [
     "corrigible-neutral-HHH", "power-seeking-inclination", "survival-instinct", "wealth-seeking-inclination",
@@ -59,27 +61,29 @@ def main(argv=None):
     import steerjax
     from steerjax.data import load_dataset
     from steerjax.metrics import (
+        best_layer,
         dataset_steerability,
         generalisation,
         layer_sweep_summary,
-        best_layer,
         per_example_steerability,
+        plots,
         spurious_variance,
     )
-    from steerjax.metrics import plots
+    from steerjax.runs import RunLog, claim, keyed_artifact, write_json
 
     preset = PRESETS[args.preset]
     if args.datasets is None:
         args.datasets = DATASETS[:3] if args.preset == "smoke" else DATASETS
+    args.model = args.model or steerjax.DEFAULT_MODEL
     out = args.out
-    os.makedirs(out, exist_ok=True)
-    t0 = time.time()
-    model = steerjax.load_model(args.model or steerjax.DEFAULT_MODEL, dtype=args.dtype)
-    config = dict(vars(args), **preset, model_source=model.source, train_split=TRAIN_SPLIT, test_split=TEST_SPLIT,
-                  steerjax=steerjax.__version__, jax=__import__("jax").__version__, python=platform.python_version())
-    _write_json(os.path.join(out, "config.json"), config)
+    config = dict({k: v for k, v in vars(args).items() if k != "out"}, **preset, train_split=TRAIN_SPLIT,
+                  test_split=TEST_SPLIT)
+    claim(out, config)  # before the model loads: another run's directory is refused at once
+    log = RunLog(out, stamp=False)
+    model = steerjax.load_model(args.model, dtype=args.dtype)
+    info = dict(model_source=model.source, steerjax=steerjax.__version__, jax=__import__("jax").__version__,
+                python=platform.python_version())
     mults = preset["multipliers"]
-    log = _Log(os.path.join(out, "log.txt"))
     log(f"model {model.source}: {model.config.num_layers} blocks; preset {args.preset}")
 
     def split(name, which, n, setting="baseline"):
@@ -88,18 +92,19 @@ def main(argv=None):
                             persona_prompt=persona, max_examples=n)
 
     def vector(name, layers, setting, n):
-        from steerjax.steering.vectors import SteeringVector, train_vector
+        """A CAA vector, trained once: reused only when it was built for this exact key."""
+        key = dict(model=model.source, dtype=args.dtype, dataset=name, split=TRAIN_SPLIT, persona_prompt=setting,
+                   n_train=n, seed=args.seed, layers=list(layers), method="caa")
 
-        path = os.path.join(out, "vectors", f"{name}.{setting}.safetensors")
-        if os.path.exists(path):
-            vec = SteeringVector.load(path)
-            if all(layer in vec.vectors for layer in layers):
-                return vec
-        vec = train_vector(model, split(name, "train", n, setting), layers=layers, method="caa")
-        vec.metadata.update(dataset=name, split=TRAIN_SPLIT, persona_prompt=setting, seed=args.seed)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        vec.save(path)
-        return vec
+        def build():
+            vec = steerjax.train_vector(model, split(name, "train", n, setting), layers=layers, method="caa")
+            vec.metadata.update(dataset=name, split=TRAIN_SPLIT, persona_prompt=setting, seed=args.seed)
+            return vec
+
+        tag = "-".join(map(str, layers)) if len(layers) <= 3 else f"{layers[0]}-{layers[-1]}-by{layers[1] - layers[0]}"
+        os.makedirs(os.path.join(out, "vectors"), exist_ok=True)
+        return keyed_artifact(os.path.join(out, "vectors", f"{name}.{setting}.L{tag}.safetensors"), key, build,
+                              save=lambda vec, path: vec.save(path), load=steerjax.SteeringVector.load)
 
     def run_sweep(tag, examples, vec, layers, **extra):
         table = steerjax.sweep(model, examples, vec, layers=layers, multipliers=mults, progress=False,
@@ -120,11 +125,11 @@ def main(argv=None):
         layer = best_layer(summary)
         plots.layer_sweep_plot(summary, os.path.join(out, "layer_sweep.png"))
         log(f"layer sweep on {ls_name} ({len(layers)} blocks): best layer {layer} "
-            f"(steerability {summary.set_index('layer').loc[layer, 'steerability']:.3f}) [{time.time() - t0:.0f}s]")
+            f"(steerability {summary.set_index('layer').loc[layer, 'steerability']:.3f}) [{log.seconds:.0f}s]")
     else:
         layer = args.layer
-    config["layer"] = int(layer)
-    _write_json(os.path.join(out, "config.json"), config)
+    info["layer"] = int(layer)
+    write_json(os.path.join(out, "run.json"), info)
 
     # 2. steerability of every dataset at the best layer
     from tqdm.auto import tqdm
@@ -143,7 +148,7 @@ def main(argv=None):
     spurious.to_csv(os.path.join(out, "spurious_variance.csv"), index=False)
     plots.violin_steerability(per_ex, os.path.join(out, "steerability_violin.png"))
     plots.propensity_curves(table, os.path.join(out, "propensity_curves.png"))
-    log(f"steerability of {len(args.datasets)} datasets at layer {layer} [{time.time() - t0:.0f}s]")
+    log(f"steerability of {len(args.datasets)} datasets at layer {layer} [{log.seconds:.0f}s]")
     log(summary[["dataset", "n", "steerability", "steerability_std", "anti_steerable_fraction"]]
         .sort_values("steerability", ascending=False).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
@@ -162,25 +167,10 @@ def main(argv=None):
     gen.to_csv(os.path.join(out, "generalisation.csv"), index=False)
     plots.id_ood_scatter(gen, os.path.join(out, "id_ood_scatter.png"))
     log(f"ID/OOD on {len(preset['ood_datasets'])} datasets x {len(SETTINGS)}x{len(SETTINGS)} settings "
-        f"[{time.time() - t0:.0f}s]")
-    config["seconds"] = round(time.time() - t0, 1)
-    _write_json(os.path.join(out, "config.json"), config)
-    log(f"done in {config['seconds']}s: results in {out}")
-
-
-class _Log:
-    def __init__(self, path):
-        self.path = path
-
-    def __call__(self, msg):
-        print(msg, flush=True)
-        with open(self.path, "a") as f:
-            f.write(msg + "\n")
-
-
-def _write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
+        f"[{log.seconds:.0f}s]")
+    info["seconds"] = log.seconds
+    write_json(os.path.join(out, "run.json"), info)
+    log(f"done in {info['seconds']}s: results in {out}")
 
 
 if __name__ == "__main__":
