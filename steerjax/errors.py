@@ -85,3 +85,7 @@ class PredictorError(SteerjaxError, ValueError):
     """Bad input to the predictor or the guided search: missing features or labels, too few concepts
     for the folds, a bad strategy or budget."""
 
+
+class OutputPathError(SteerjaxError, ValueError):
+    """An output path cannot be used: its folder is missing or not writable, a file stands where a
+    directory is expected (or the reverse), or it already holds an output that would be replaced."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from safetensors.numpy import save_file
 
 from steerjax.cli import main
 from steerjax.cli.generate import human_count
-from steerjax.errors import CheckpointError, SteerjaxError, SteeringError
+from steerjax.errors import CheckpointError, SteeringError, SteerjaxError
 from steerjax.vectors.io import FORMAT, load_vectors, save_vectors
 from tests.conftest import smollm2_path, tinystories_path
 
@@ -165,6 +166,196 @@ def test_other_errors_propagate(monkeypatch, model_dir):
 def test_python_dash_m_help():
     res = subprocess.run([sys.executable, "-m", "steerjax", "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "generate" in res.stdout
+
+
+# ----------------------------------------------------------------------------- how every command behaves
+
+
+def command_paths(parser, prefix=()):
+    """Every command and sub-command of the parser, as argv prefixes."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name)
+                yield from command_paths(sub, (*prefix, name))
+
+
+def test_every_help_works(capsys):
+    from steerjax.cli import build_parser
+
+    paths = list(command_paths(build_parser()))
+    assert {("vector", "train"), ("sweep",), ("predictor", "search"), ("info",)} <= set(paths)
+    for path in [(), *paths]:
+        code, out, err = run(capsys, *path, "--help")
+        assert code == 0 and out.startswith(f"usage: {' '.join(('steerjax', *path))}"), (path, err)
+        assert "Traceback" not in err
+
+
+@pytest.fixture()
+def no_model_load(monkeypatch):
+    """Loading weights fails the test: what is checked here must be checked before."""
+    import steerjax
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(steerjax, "load_model", forbidden)
+    monkeypatch.setattr(steerjax.model, "load_model", forbidden)
+
+
+# one bad argument for every command: the README's "Errors print `error: ...` and exit with status 2"
+BAD_ARGUMENTS = {
+    "info": (["info", "{tmp}/no-such-model"], "no such model"),
+    "generate": (["generate", "{model}", "--prompt", "Hi", "--max-new-tokens", "0"], "--max-new-tokens"),
+    "datasets": (["datasets", "--kind", "everything"], "--kind"),
+    "vector train": (["vector", "train", "{model}", "--dataset", "x", "--layers", "0",
+                      "--out", "{tmp}/no/such/dir/v.safetensors"], "does not exist"),
+    "sweep": (["sweep", "{model}", "--dataset", "x", "--vector", "{tmp}/v.safetensors", "--layers", "a-b",
+               "--out", "{tmp}/run"], "--layers 'a-b'"),
+    "profile": (["profile", "{model}", "--dims", "x", "--budgets", "0", "--out", "{tmp}/run"], "--budgets"),
+    "testbed": (["testbed", "{model}", "--concepts", "x", "--layer", "1", "--prompts", "0", "--out", "{tmp}/run"],
+                "--prompts"),
+    "predictor train": (["predictor", "train", "{tmp}/no-testbed", "--out", "{tmp}/p"], "not a finished testbed"),
+    "predictor search": (["predictor", "search", "{tmp}/no-predictor", "--prompt", "Hi", "--concept", "x"],
+                         "holds no predictor"),
+}
+
+
+def test_bad_arguments_cover_every_command():
+    from steerjax.cli import build_parser
+
+    leaves = {" ".join(p) for p in command_paths(build_parser())} - {"vector", "predictor"}
+    assert leaves == set(BAD_ARGUMENTS)
+
+
+@pytest.mark.parametrize("command", sorted(BAD_ARGUMENTS))
+def test_every_command_reports_errors_with_status_2(command, capsys, model_dir, tmp_path, no_model_load):
+    argv, message = BAD_ARGUMENTS[command]
+    code, out, err = run(capsys, *[a.format(tmp=tmp_path, model=model_dir) for a in argv])
+    assert code == 2, err
+    assert err.strip().splitlines()[-1].startswith("error: ") and message in err
+    assert "Traceback" not in err and not out
+
+
+def test_python_dash_m_error_exits_2(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "steerjax", "info", str(tmp_path / "nothing")], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
+
+
+def test_info_reads_no_weights(capsys, model_dir, no_model_load):
+    code, out, _ = run(capsys, "info", model_dir, "--json")
+    assert code == 0 and json.loads(out)["num_parameters"] == 656_000
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--vector", "{tmp}/missing.safetensors"), "does not exist"),
+    (("--vector", "{garbage}"), "not a readable safetensors"),
+    (("--vector", "{vector}", "--layer", "5"), "--layer 5 is out of range: the model has 2 blocks"),
+    (("--vector", "{vector}", "--multiplier", "inf"), "argument --multiplier: must be a finite number, got 'inf'"),
+    (("--vector", "{vector}", "--multiplier", "nan"), "argument --multiplier: must be a finite number"),
+    (("--temperature", "-1"), "argument --temperature"),
+    (("--top-p", "0"), "argument --top-p"),
+])
+def test_generate_checks_before_loading(capsys, model_dir, vector_file, tmp_path, no_model_load, argv, message):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a vector file")
+    argv = [a.format(tmp=tmp_path, garbage=garbage, vector=vector_file) for a in argv]
+    code, _, err = run(capsys, "generate", model_dir, "--prompt", PROMPT, *argv)
+    assert code == 2 and message in err, err
+    if "multiplier" in message:
+        assert vector_file not in err  # the flag is at fault, not the file
+
+
+def test_generate_reports_an_empty_steered_answer(capsys, model_dir, vector_file):
+    code, out, err = run(capsys, "generate", model_dir, "--prompt", PROMPT, "--max-new-tokens", "8",
+                         "--vector", vector_file, "--multiplier", "1e20", "--compare")
+    assert code == 2
+    assert "steered answer to prompt 1 is empty" in err and "try a smaller --multiplier" in err
+    assert "--- unsteered" in out  # what was generated is still shown
+
+
+def test_vector_train_checks_its_output_first(capsys, model_dir, tmp_path, no_model_load):
+    common = ("vector", "train", model_dir, "--dataset", "not-read", "--layers", "0", "--out")
+    code, _, err = run(capsys, *common, str(tmp_path / "no" / "dir" / "v.safetensors"))
+    assert code == 2 and "the folder" in err and "does not exist" in err
+    existing = tmp_path / "v.safetensors"
+    existing.write_bytes(b"an earlier result")
+    code, _, err = run(capsys, *common, str(existing))
+    assert code == 2 and "already exists: pass --force" in err
+    assert existing.read_bytes() == b"an earlier result"
+    code, _, err = run(capsys, *common, str(tmp_path))
+    assert code == 2 and "is a directory" in err
+    code, _, err = run(capsys, "vector", "train", model_dir, "--dataset", "x", "--layers", "0-", "--out",
+                       str(tmp_path / "w.safetensors"))
+    assert code == 2 and "--layers '0-'" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_output_is_refused_first(capsys, model_dir, tmp_path, no_model_load):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        code, _, err = run(capsys, "vector", "train", model_dir, "--dataset", "x", "--layers", "0", "--out",
+                           str(ro / "v.safetensors"))
+    finally:
+        ro.chmod(0o755)
+    assert code == 2 and "cannot write in" in err
+
+
+# ----------------------------------------------------------------------------- output paths (steerjax.paths)
+
+
+def fake_run_dir(path, config):
+    os.makedirs(os.path.join(path, "chunks"))
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    open(os.path.join(path, "manifest.jsonl"), "w").close()
+    return str(path)
+
+
+def test_check_output_dir(tmp_path):
+    from steerjax.errors import OutputPathError
+    from steerjax.paths import check_output_dir
+
+    assert check_output_dir(str(tmp_path / "new" / "dir")) == str(tmp_path / "new" / "dir")
+    assert check_output_dir(str(tmp_path))  # empty
+    (tmp_path / "old.csv").write_text("x")
+    with pytest.raises(OutputPathError, match="not empty: pass --force"):
+        check_output_dir(str(tmp_path))
+    assert check_output_dir(str(tmp_path), force=True)
+    run_dir = fake_run_dir(tmp_path / "sweep", {"kind": "sweep"})
+    with pytest.raises(OutputPathError, match=r"holds a resumable steerjax run \(sweep\)"):
+        check_output_dir(run_dir, force=True)  # a run is never written into: it could not resume
+    with pytest.raises(OutputPathError, match="is a file"):
+        check_output_dir(str(tmp_path / "old.csv"))
+
+
+def test_check_run_dir(tmp_path):
+    from steerjax.errors import OutputPathError, RunConfigError
+    from steerjax.paths import check_run_dir
+
+    run_dir = fake_run_dir(tmp_path / "run", {"kind": "sweep", "model": "m", "layers": [1], "extra": 1})
+    assert check_run_dir(run_dir, {"kind": "sweep", "model": "m", "layers": [1]}) == run_dir
+    with pytest.raises(RunConfigError, match=r"different config \(differs in: layers; layers: \[1\] in the "
+                                             r"directory, \[2\] now\)"):
+        check_run_dir(run_dir, {"kind": "sweep", "model": "m", "layers": [2]})
+    with pytest.raises(RunConfigError, match="holds a sweep run, not a profiles run"):
+        check_run_dir(run_dir, {"kind": "profiles"})
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(OutputPathError, match=r"not empty \(notes.txt\) and holds no steerjax run"):
+        check_run_dir(str(other), {"kind": "sweep"})
+    (other / "notes.txt").unlink()
+    (other / "cache.bin").write_text("a file the run writes first")
+    assert check_run_dir(str(other), {"kind": "sweep"}, allowed=["cache.bin"])
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(RunConfigError, match="unreadable config.json"):
+        check_run_dir(str(tmp_path), {"kind": "sweep"})
 
 
 @pytest.mark.slow

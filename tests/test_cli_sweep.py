@@ -104,5 +104,6 @@ def test_profile_command_writes_tables_and_plots_and_resumes(chat_model, tmp_pat
 def test_profile_bad_input(chat_model, tmp_path, capsys):
     assert main(["profile", chat_model, "--dims", "agreeablenes", "--out", str(tmp_path / "a")]) == 2
     assert "agreeableness" in capsys.readouterr().err
-    assert main(["profile", chat_model, "--dims", "agreeableness", "--budgets", "150", "--out", str(tmp_path / "b")]) == 2
+    assert main(["profile", chat_model, "--dims", "agreeableness", "--budgets", "150",
+                 "--out", str(tmp_path / "b")]) == 2
     assert "150" in capsys.readouterr().err

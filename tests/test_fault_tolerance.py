@@ -91,7 +91,8 @@ def kill_and_resume(cmd: list[str], run_dir: str, *, kills: list[tuple], env: di
             time.sleep(poll)
         out = proc.communicate()[0].decode(errors="replace")
         if killed and proc.returncode == -signal.SIGKILL:
-            report.kills.append({"attempt": attempt, "at": (kind, value, *delay), "seconds": round(time.monotonic() - start, 2),
+            report.kills.append({"attempt": attempt, "at": (kind, value, *delay),
+                                 "seconds": round(time.monotonic() - start, 2),
                                  "lines_before": before, "lines_after": manifest_lines(run_dir)})
             continue
         assert proc.returncode == 0, f"attempt {attempt} failed ({proc.returncode}):\n{out[-3000:]}"

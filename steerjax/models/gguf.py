@@ -7,6 +7,7 @@ layout; that permutation is undone here, as transformers does.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import Any
@@ -40,6 +41,21 @@ _LAYER_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 
 
 def open_reader(path: str):
+    """A ``gguf.GGUFReader`` of ``path`` (read-only, memory-mapped).
+
+    Parsing the metadata takes seconds for a large vocabulary, so the last readers are kept, keyed
+    by the file's path, size and mtime: reading a model's config first
+    (:func:`steerjax.model.load_config`) and its weights next parses the file once.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise CheckpointError(f"cannot read GGUF file {path}: {e}") from e
+    return _cached_reader(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_reader(path: str, size: int, mtime_ns: int):
     import gguf
 
     try:

@@ -1,20 +1,100 @@
-"""The steps shared by ``steerjax predictor train`` and the predictor experiment: label a testbed's
-rollouts, extract the early features of the same (prompt, concept, strength) rows, join them;
-write an evaluation's tables and figures."""
+"""The predictor's steps, shared by the command line and the predictor experiment.
+
+- a testbed run directory: :func:`run_testbed` makes (or resumes) one, :func:`load_testbed` reads a
+  finished one. Layout::
+
+      RUN_DIR/config.json             the rollouts' run config (steerjax.runs)
+      RUN_DIR/manifest.jsonl, chunks/ finished chunks of rollouts
+      RUN_DIR/concepts.safetensors    the concepts (+ .key.json: what they were built for)
+      RUN_DIR/rollouts.parquet        every rollout, written when all are done
+
+- :func:`label_and_featurize`: label a testbed's rollouts, extract the early features of the same
+  (prompt, concept, strength) rows, join them; :func:`save_evaluation`: an evaluation's tables and
+  figures; :func:`train_predictor`: both, the evaluation, and the saved predictor.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 
-from steerjax.errors import JudgeError
+from steerjax.errors import JudgeError, SteerjaxError
 from steerjax.predictor import classifier, plots
-from steerjax.predictor.concepts import UNSTEERED
+from steerjax.predictor.concepts import UNSTEERED, Concept, load_concepts, make_concepts, save_concepts
 from steerjax.predictor.features import early_features
 from steerjax.predictor.judge import HiddenStateJudge
+from steerjax.predictor.testbed import rollouts as make_rollouts
+from steerjax.runs import keyed_artifact
 
 KEYS = ["prompt_id", "concept", "strength"]
+CONFIG, CONCEPTS, ROLLOUTS = "config.json", "concepts.safetensors", "rollouts.parquet"
+TESTBED_FILES = (CONCEPTS, CONCEPTS + ".key.json")  # written before the rollouts' config.json
+
+
+@dataclasses.dataclass
+class Testbed:
+    """A testbed run: its directory, the rollouts' run config, the concepts and the rollouts."""
+
+    path: str
+    config: dict[str, Any]
+    concepts: list[Concept]
+    rollouts: pd.DataFrame
+
+
+def load_testbed(path: str) -> Testbed:
+    """A finished testbed run directory (from :func:`run_testbed` or ``steerjax testbed``).
+
+    Raises:
+      SteerjaxError: a file of the layout is missing (the run is not finished).
+    """
+    files = {n: os.path.join(path, n) for n in (CONFIG, CONCEPTS, ROLLOUTS)}
+    missing = [n for n, p in files.items() if not os.path.exists(p)]
+    if missing:
+        raise SteerjaxError(f"{path} is not a finished testbed run (missing {', '.join(missing)}): "
+                            "run `steerjax testbed ... --out DIR` first, or finish it by running it again")
+    with open(files[CONFIG]) as f:
+        cfg = json.load(f)
+    return Testbed(path, cfg, load_concepts(files[CONCEPTS]), pd.read_parquet(files[ROLLOUTS]))
+
+
+def run_testbed(model, names: Sequence[str] | None, prompts: Sequence[Any], strengths, *, layer: int,
+                max_new_tokens: int, out: str, source: str = "statements", pairs: int = 32,
+                positions: str = "all", batch_size: int = 32, temperature: float = 0.0, seed: int = 0,
+                progress: bool = True) -> Testbed:
+    """Make, or resume, the testbed run in ``out``: concepts for the persona dimensions ``names``
+    (``None``: all) at block ``layer``, then every prompt steered by every concept at every strength
+    (:func:`steerjax.predictor.rollouts`).
+
+    The concepts are built once and reloaded while their key (model, dtype, names, layer, pairs,
+    seed, source) matches (:func:`steerjax.runs.keyed_artifact`); finished chunks of rollouts are
+    kept (:class:`steerjax.runs.RunDirectory`); a directory holding another run is refused.
+
+    Args:
+      source: ``"statements"`` or ``"ab"`` (:func:`steerjax.predictor.concepts.make_concepts`).
+      pairs: statements (or A/B examples) per concept vector.
+      Others: as :func:`steerjax.predictor.rollouts`.
+    """
+    from steerjax.steering.core import normalize_layer
+
+    layer = normalize_layer(layer, model.config.num_layers)
+    os.makedirs(out, exist_ok=True)
+    key = {"model": str(model.source), "dtype": model.dtype, "concepts": list(names) if names else "all",
+           "layer": layer, "pairs": pairs, "seed": seed, "source": source}
+    concepts = keyed_artifact(
+        os.path.join(out, CONCEPTS), key,
+        lambda: make_concepts(model, names, layer=layer, source=source, n=pairs, seed=seed, progress=progress),
+        save=lambda c, path: save_concepts(path, c), load=load_concepts)
+    table = make_rollouts(model, list(prompts), concepts, strengths, layer=layer, max_new_tokens=max_new_tokens,
+                          seed=seed, batch_size=batch_size, positions=positions, temperature=temperature,
+                          progress=progress, run_dir=out)
+    table.to_parquet(os.path.join(out, ROLLOUTS), index=False)
+    with open(os.path.join(out, CONFIG)) as f:
+        return Testbed(out, json.load(f), concepts, table)
 
 
 def label_and_featurize(model, concepts, rollouts: pd.DataFrame, *, layer: int, steps, batch_size: int = 32,
@@ -45,3 +125,44 @@ def save_evaluation(ev: classifier.Evaluation, out: str) -> None:
     plots.confusion_matrix(ev.confusion, os.path.join(out, "confusion.png"))
     plots.feature_importance(ev.importance, os.path.join(out, "importance.png"))
     plots.layer_step_importance(by, os.path.join(out, "importance_layer_step.png"))
+
+
+@dataclasses.dataclass
+class PredictorTraining:
+    """What :func:`train_predictor` made: the predictor, the labelled rollouts, the judge's
+    thresholds and the unseen-concept evaluation (None when skipped)."""
+
+    predictor: classifier.SteerabilityPredictor
+    labels: pd.DataFrame
+    thresholds: Any
+    evaluation: classifier.Evaluation | None
+
+
+def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] = (1, 2, 4, 8), search_k: int = 2,
+                    folds: int = 5, iterations: int = 300, batch_size: int = 32, seed: int = 0,
+                    progress: bool = True) -> PredictorTraining:
+    """Label a testbed's rollouts (hidden-state judge), extract their early features, evaluate on
+    unseen concepts (concept-grouped CV with ``folds >= 2``; 0 skips it), fit the predictor on the
+    features of the first ``search_k`` steps and save it, with its tables and figures, in ``out``.
+    """
+    cfg = testbed.config
+    os.makedirs(out, exist_ok=True)
+    labelled, thr, data = label_and_featurize(model, testbed.concepts, testbed.rollouts, layer=cfg["layer"],
+                                              steps=steps, batch_size=batch_size,
+                                              positions=cfg.get("positions", "all"), progress=progress)
+    labelled.to_parquet(os.path.join(out, "labels.parquet"), index=False)
+    data.to_parquet(os.path.join(out, "features.parquet"), index=False)
+    steered = labelled[labelled["concept"] != UNSTEERED]
+    plots.labels_by_strength(steered, os.path.join(out, "labels_by_strength.png"))
+    fit_kw = dict(iterations=iterations, seed=seed)
+    ev = None
+    if folds >= 2:
+        ev = classifier.evaluate(data, n_folds=folds, progress=progress, **fit_kw)
+        save_evaluation(ev, out)
+    pred = classifier.fit(data, feature_columns=classifier.feature_columns_of(data, max_step=search_k), **fit_kw)
+    pred.meta.update(testbed=os.path.abspath(testbed.path), model=cfg["model"], dtype=cfg.get("dtype", "float32"),
+                     layer=cfg["layer"], positions=cfg.get("positions", "all"), steps=list(steps), search_k=search_k,
+                     strengths=sorted(set(steered["strength"])), max_new_tokens=cfg.get("max_new_tokens"),
+                     thresholds=thr.to_dict())
+    pred.save(out)
+    return PredictorTraining(pred, labelled, thr, ev)

@@ -1,0 +1,188 @@
+"""``steerjax datasets``, ``steerjax vector train`` and ``steerjax sweep``."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from steerjax import paths
+from steerjax.cli import checks
+from steerjax.errors import DataError, SteeringError
+
+SWEEP_TABLES = ("results.parquet", "per_example.parquet", "summary.csv", "cli.json")
+
+
+def add_commands(sub) -> None:
+    ds = sub.add_parser("datasets", help="list the bundled MWE datasets ($STEERJAX_DATA)",
+                        description="List the MWE datasets found under $STEERJAX_DATA, one name a line.")
+    ds.add_argument("--kind", choices=("persona", "xrisk"), default=None, help="one family (default: all)")
+    ds.set_defaults(run=run_datasets)
+
+    vec = sub.add_parser("vector", help="train steering vectors",
+                         description="Train steering vectors.").add_subparsers(dest="action", required=True,
+                                                                               metavar="ACTION")
+    train = vec.add_parser("train", help="train a steering vector on a dataset split",
+                           description="Train a steering vector (CAA, PCA, probe or learned) on a dataset split.")
+    checks.add_model(train)
+    add_data_arguments(train, "0%:40%")
+    train.add_argument("--layers", required=True, metavar="L", help="blocks: '13', '10,13,16', '8-16' or 'all'")
+    train.add_argument("--method", choices=("caa", "pca", "probe", "learned"), default="caa",
+                       help="default: %(default)s")
+    train.add_argument("--token-index", type=int, default=-2,
+                       help="token read, from the end of prompt+completion (default: %(default)s, the answer letter)")
+    train.add_argument("--out", required=True, metavar="FILE",
+                       help="output .safetensors (or .gguf: a llama.cpp control vector); its folder must exist")
+    checks.add_force(train, "the --out file")
+    train.set_defaults(run=run_vector_train)
+
+    sw = sub.add_parser("sweep", help="multiplier sweep: propensity and steerability",
+                        description="Score a dataset split under every (layer, multiplier), then write the tables "
+                                    "and plots (propensity curves, per-example steerability); resumable.")
+    checks.add_model(sw)
+    add_data_arguments(sw, "40%:100%")
+    sw.add_argument("--vector", required=True, metavar="FILE", help="a steerjax vector file (steerjax vector train)")
+    sw.add_argument("--layers", default=None, metavar="L", help="blocks to sweep (default: every layer in the file)")
+    sw.add_argument("--multipliers", type=checks.finite_float, nargs="+", metavar="M",
+                    default=[-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5], help="default: -1.5 -1 -0.5 0 0.5 1 1.5")
+    sw.add_argument("--positions", choices=("completion", "all"), default="completion",
+                    help="steer from the answer on, or the prompt too (default: %(default)s)")
+    sw.add_argument("--operator", choices=("add", "ablate_then_add", "clamp"), default="add",
+                    help="default: %(default)s")
+    sw.add_argument("--memory-budget-mb", type=checks.positive_float, default=2048, metavar="MB",
+                    help="activation memory per chunk (default: %(default)s)")
+    sw.add_argument("--out", required=True, metavar="RUN_DIR",
+                    help="run directory (resumed if it holds the same sweep)")
+    sw.set_defaults(run=run_sweep)
+
+
+def add_data_arguments(parser, split: str) -> None:
+    parser.add_argument("--dataset", required=True, metavar="NAME", help="an MWE dataset (steerjax datasets)")
+    parser.add_argument("--split", default=split, metavar="A%:B%", help="percent range (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="split shuffle seed (default: %(default)s)")
+    parser.add_argument("--max-examples", type=checks.positive_int, default=None, metavar="N",
+                        help="keep at most N examples of the split")
+    parser.add_argument("--persona-prompt", choices=("positive", "negative"), default=None,
+                        help="add the dataset's persona prompt (default: none)")
+    parser.add_argument("--prompt-location", choices=("system", "user"), default="system",
+                        help="default: %(default)s")
+    checks.add_dtype(parser)
+
+
+def load_split(args) -> list:
+    """The examples of ``--dataset``/``--split`` (read before any model loads)."""
+    from steerjax.data import load_dataset
+    from steerjax.data.mwe import parse_split
+
+    try:
+        parse_split(args.split)
+    except DataError as e:
+        raise DataError(f"--split: {e}") from e
+    return load_dataset(args.dataset, split=args.split, seed=args.seed, persona_prompt=args.persona_prompt,
+                        prompt_location=args.prompt_location, max_examples=args.max_examples)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def run_datasets(args) -> int:
+    from steerjax.data import list_datasets
+
+    for name in list_datasets(args.kind):
+        print(name)
+    return 0
+
+
+# ----------------------------------------------------------------------------- vector train
+
+
+def run_vector_train(args) -> int:
+    import steerjax
+    from steerjax.vectors import export_control_vector_gguf, train_vector
+
+    checks.layer_spec(args.layers)
+    paths.check_output_file(args.out, force=args.force)
+    gguf = args.out.endswith(".gguf")
+    examples = load_split(args)
+    header = checks.read_config(args.model)
+    layers = checks.parse_layers(args.layers, header.config.num_layers)
+    if gguf and 0 in layers:
+        raise SteeringError(f"--out {args.out}: llama.cpp control vectors cannot steer block 0 "
+                            f"(--layers {args.layers} includes it); drop it, or write a .safetensors file")
+
+    model = steerjax.load_model(args.model, dtype=args.dtype)
+    vec = train_vector(model, examples, layers=layers, method=args.method, token_index=args.token_index)
+    vec.metadata.update({"dataset": args.dataset, "split": args.split, "seed": args.seed,
+                         "persona_prompt": args.persona_prompt, "prompt_location": args.prompt_location})
+    if gguf:
+        export_control_vector_gguf(args.out, vec.vectors, model_hint=model.config.model_type)
+    else:
+        vec.save(args.out)
+    norms = ", ".join(f"{layer}: {n:.2f}" for layer, n in sorted(vec.norms().items()))
+    print(f"{args.method} vector from {len(examples)} examples of {args.dataset} [{args.split}] -> {args.out}")
+    print(f"norms by layer: {norms}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+def run_sweep(args) -> int:
+    import steerjax
+    from steerjax.metrics import dataset_steerability, per_example_steerability
+    from steerjax.runs import write_json
+
+    if args.layers is not None:
+        checks.layer_spec(args.layers)
+    examples = load_split(args)
+    header = checks.read_config(args.model)
+    cfg = header.config
+    vec = checks.read_vectors(args.vector, num_layers=cfg.num_layers, allow_npy=False)
+    vectors = vec.vectors
+    layers = sorted(vectors) if args.layers is None else checks.parse_layers(args.layers, cfg.num_layers)
+    missing = [layer for layer in layers if layer not in vectors]
+    if missing:
+        raise SteeringError(f"{args.vector} has no vector for layer(s) {missing} of --layers {args.layers}; "
+                            f"it has {sorted(vectors)}")
+    checks.check_width(args.vector, vec, cfg.hidden_size)
+    paths.check_run_dir(args.out, {
+        "kind": "sweep", "model": header.source, "dtype": args.dtype, "layers": layers,
+        "multipliers": np.asarray(args.multipliers, np.float32).tolist(), "positions": args.positions,
+        "operator": args.operator, "memory_budget_mb": args.memory_budget_mb, "n_examples": len(examples),
+    })
+
+    model = steerjax.load_model(args.model, dtype=args.dtype)
+    table = steerjax.sweep(model, examples, vectors, layers=layers, multipliers=args.multipliers,
+                           positions=args.positions, operator=args.operator,
+                           memory_budget_mb=args.memory_budget_mb, run_dir=args.out)
+    per_example = per_example_steerability(table, by=("dataset", "layer"))
+    summary = dataset_steerability(per_example, by=("dataset", "layer"))
+    out = {name: os.path.join(args.out, name) for name in SWEEP_TABLES}
+    table.to_parquet(out["results.parquet"], index=False)
+    per_example.to_parquet(out["per_example.parquet"], index=False)
+    summary.to_csv(out["summary.csv"], index=False)
+    write_json(out["cli.json"], {**{k: v for k, v in vars(args).items() if k != "run"},
+                                 "vector_metadata": vec.metadata})
+    written = list(out.values()) + sweep_plots(table, per_example, summary, args.out)
+    cols = ["dataset", "layer", "n", "steerability", "steerability_std", "anti_steerable_fraction"]
+    print(summary[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def sweep_plots(table, per_example, summary, out: str) -> list[str]:
+    """Per layer, the propensity curves and the per-example steerability (violins); with several
+    layers, steerability against layer. Returns the files written."""
+    from steerjax.metrics import plots
+
+    written = []
+    layers = sorted(set(table["layer"]))
+    for layer in layers:
+        written.append(plots.propensity_curves(table[table["layer"] == layer],
+                                               os.path.join(out, f"propensity_layer{layer}.png")))
+        written.append(plots.violin_steerability(per_example[per_example["layer"] == layer],
+                                                 os.path.join(out, f"steerability_layer{layer}.png")))
+    if len(layers) > 1:
+        written.append(plots.layer_sweep_plot(summary, os.path.join(out, "layer_sweep.png")))
+    return [str(p) for p in written]

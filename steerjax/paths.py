@@ -1,0 +1,191 @@
+"""Output paths, checked before any work starts.
+
+A command that would fail to write its result after minutes of compute, or would replace an earlier
+result, stops at once instead, with a message naming the flag as the user typed it:
+
+- :func:`check_output_file`: a file that will be written (its folder must exist and be writable; an
+  existing file is replaced only with ``force``);
+- :func:`check_output_dir`: a directory of results (tables, figures): missing or empty, or replaced
+  file by file with ``force``; a resumable run directory is never written into;
+- :func:`check_run_dir`: a resumable run directory (:mod:`steerjax.runs`): missing, empty, or
+  holding a run of the same kind whose ``config.json`` agrees with what is known before the model
+  loads (the run itself checks the whole config once it starts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from steerjax.errors import OutputPathError, RunConfigError
+
+CONFIG = "config.json"
+RUN_FILES = ("chunks", "manifest.jsonl")  # what a run directory holds besides its config
+
+
+def check_output_file(path: str | os.PathLike, *, force: bool = False, flag: str = "--out",
+                      force_flag: str = "--force") -> str:
+    """``path`` if a file can be written there now; raise :class:`OutputPathError` otherwise.
+
+    The file's folder must exist (it is not created: a typo in a folder name should not be
+    silently accepted) and be writable. An existing file is refused unless ``force``.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise OutputPathError(f"{flag} {path} is a directory: give a file name inside it, e.g. "
+                              f"{os.path.join(path, 'out' + (os.path.splitext(path)[1] or ''))}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OutputPathError(f"{flag} {path}: the folder {os.path.dirname(path) or folder} does not exist; "
+                              "create it first or choose another path")
+    _check_writable(folder, flag, path)
+    if os.path.lexists(path) and not force:
+        raise OutputPathError(f"{flag} {path} already exists: pass {force_flag} to replace it, or choose another path")
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, *, force: bool = False, flag: str = "--out",
+                     force_flag: str = "--force") -> str:
+    """``path`` if a directory of results can be written there now; raise otherwise.
+
+    A missing directory is fine when its nearest existing parent is writable (it will be
+    created). An existing one must be empty unless ``force`` (its files are then replaced one by
+    one). A resumable run directory (``config.json`` beside ``manifest.jsonl`` or ``chunks/``) is
+    refused even with ``force``: replacing its ``config.json`` would stop it from resuming.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        _check_creatable(path, flag)
+        return path
+    if not os.path.isdir(path):
+        raise OutputPathError(f"{flag} {path} is a file, not a directory: choose a new directory")
+    kind = run_kind(path)
+    if kind is not None:
+        raise OutputPathError(f"{flag} {path} holds a resumable steerjax run ({kind}); writing here would "
+                              f"break it. Choose another {flag} directory")
+    if os.listdir(path) and not force:
+        raise OutputPathError(f"{flag} {path} already exists and is not empty: pass {force_flag} to replace "
+                              f"its files, or choose a new {flag} directory")
+    _check_writable(path, flag, path)
+    return path
+
+
+def check_run_dir(path: str | os.PathLike, config: Mapping[str, Any] | None = None, *,
+                  allowed: Iterable[str] = (), flag: str = "--out") -> str:
+    """``path`` if the run described by ``config`` may start or resume there; raise otherwise.
+
+    Args:
+      path: the run directory.
+      config: the entries of the run's ``config.json`` known before the model loads (e.g.
+        ``kind``, ``model``, ``dtype`` and the options); an existing directory must hold a run
+        whose config has these values. Entries not given are checked when the run starts.
+      allowed: files a run of this kind writes before its ``config.json`` (e.g. a cached
+        artifact), accepted in a directory without one.
+      flag: the command-line flag named in messages.
+
+    Raises:
+      OutputPathError: a file stands at ``path``, a non-empty directory holds no run, or the
+        location is not writable.
+      RunConfigError: the directory holds a run of another kind or with another config.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        _check_creatable(path, flag)
+        return path
+    if not os.path.isdir(path):
+        raise OutputPathError(f"{flag} {path} is a file, not a run directory: choose a new directory")
+    cfg_path = os.path.join(path, CONFIG)
+    if os.path.exists(cfg_path):
+        _check_config(path, cfg_path, dict(config or {}), flag)
+    else:
+        own = set(RUN_FILES) | set(allowed)
+        foreign = sorted(e for e in os.listdir(path) if e not in own and not e.startswith(CONFIG + ".tmp"))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise OutputPathError(f"{flag} {path} is not empty ({shown}) and holds no steerjax run (no {CONFIG}): "
+                                  f"choose a new or empty {flag} directory")
+    _check_writable(path, flag, path)
+    return path
+
+
+def run_kind(path: str | os.PathLike) -> str | None:
+    """The ``kind`` of the resumable run held in directory ``path`` (``"run"`` when its config
+    names none), or None when it holds none."""
+    path = os.fspath(path)
+    if not os.path.exists(os.path.join(path, CONFIG)):
+        return None
+    if not any(os.path.exists(os.path.join(path, name)) for name in RUN_FILES):
+        return None
+    try:
+        with open(os.path.join(path, CONFIG)) as f:
+            cfg = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return "run"
+    return str(cfg.get("kind", "run")) if isinstance(cfg, dict) else "run"
+
+
+def config_difference(old: Any, new: Mapping[str, Any], keys: Iterable[str] | None = None) -> list[str]:
+    """The keys (of ``keys``, default all) whose values differ between two configs, sorted."""
+    old_map = old if isinstance(old, dict) else {}
+    keys = set(new) | set(old_map) if keys is None else set(keys)
+    return sorted(k for k in keys if not isinstance(old, dict) or old_map.get(k) != new.get(k))
+
+
+def describe_difference(path: str, old: Any, new: Mapping[str, Any], diff: list[str], flag: str = "--out") -> str:
+    """The message for a run directory whose config differs from the one asked for."""
+    old_map = old if isinstance(old, dict) else {}
+    detail = "; ".join(f"{k}: {_short(old_map.get(k))} in the directory, {_short(new.get(k))} now" for k in diff[:4])
+    more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
+    return (f"{path} holds a run with a different config (differs in: {', '.join(diff)}; {detail}{more}). "
+            f"Use a new {flag} directory, or delete this one to start over.")
+
+
+# ----------------------------------------------------------------------------- internals
+
+
+def _check_config(path: str, cfg_path: str, config: dict[str, Any], flag: str) -> None:
+    try:
+        with open(cfg_path) as f:
+            old = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunConfigError(f"{path} has an unreadable {CONFIG} ({e}): it is not a steerjax run directory or it "
+                             f"is damaged. Use a new {flag} directory, or delete this one to start over.") from e
+    config = json.loads(json.dumps(config, default=str))
+    kind = config.get("kind")
+    old_kind = old.get("kind") if isinstance(old, dict) else None
+    if kind is not None and old_kind != kind:
+        held = f"a {old_kind} run" if old_kind else f"something else (its {CONFIG} names no kind)"
+        raise RunConfigError(f"{path} holds {held}, not a {kind} run: use a new {flag} directory")
+    diff = config_difference(old, config, config)
+    if diff:
+        raise RunConfigError(describe_difference(path, old, config, diff, flag))
+
+
+def _check_creatable(path: str, flag: str) -> None:
+    """The nearest existing parent of ``path`` is a writable directory."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise OutputPathError(f"{flag} {path}: {parent} is a file, so the directory cannot be created")
+    _check_writable(parent, flag, path)
+
+
+def _check_writable(folder: str, flag: str, path: str) -> None:
+    """Create and delete a file in ``folder``: the one test that permissions, read-only mounts and
+    full quotas all answer truthfully."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".steerjax-write-test-")
+    except OSError as e:
+        raise OutputPathError(f"{flag} {path}: cannot write in {folder} ({e.strerror or e}); "
+                              "choose a writable location") from e
+    os.close(fd)
+    os.remove(probe)
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= width else text[: width - 3] + "..."
