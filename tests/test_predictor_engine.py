@@ -55,6 +55,43 @@ def test_concepts_and_multipliers(model, concepts):
         Concept("none", "x", c.vector, LAYER, 1.0)
 
 
+def test_concepts_are_steering_vectors_saved_as_a_vector_set(concepts, tmp_path):
+    from steerjax.predictor import load_concepts, save_concepts
+    from steerjax.vectors import SteeringVector
+
+    c = concepts[0]
+    assert isinstance(c, SteeringVector) and c.name == "alpha" and c.layers == [LAYER]
+    assert c.metadata == {"source": "text", "residual_norm": c.residual_norm}
+    np.testing.assert_array_equal(c.vectors[LAYER], c.vector)
+    path = tmp_path / "concepts.safetensors"
+    save_concepts(path, concepts)
+    back = load_concepts(path)
+    assert [b.name for b in back] == ["alpha", "beta", "gamma"]
+    for a, b in zip(concepts, back):
+        assert isinstance(b, Concept) and (b.source, b.layer, b.residual_norm) == (a.source, a.layer, a.residual_norm)
+        np.testing.assert_array_equal(b.vector, a.vector)
+        assert b.multiplier(1.5) == a.multiplier(1.5)
+    with pytest.raises(SteeringError, match="not a concept"):
+        Concept.from_vector(SteeringVector({0: np.ones(64), 1: np.ones(64)}, {"residual_norm": 1.0}, name="two"))
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("STEERJAX_DATA"), reason="STEERJAX_DATA is not set")
+def test_make_concepts_picks_the_source(chat_model_dir):
+    from steerjax.predictor.concepts import make_concepts, persona_concepts, statement_concepts
+
+    chat_model = steerjax.load_model(chat_model_dir)
+    names = ["agreeableness", "anti-immigration"]
+    for source, build, kw in (("statements", statement_concepts, {"n_statements": 3}),
+                              ("ab", persona_concepts, {"n_pairs": 3})):
+        made = make_concepts(chat_model, names, layer=0, source=source, n=3, seed=1, progress=False)
+        ref = build(chat_model, names, layer=0, seed=1, progress=False, **kw)
+        assert [c.name for c in made] == names and [c.source for c in made] == [c.source for c in ref]
+        for a, b in zip(made, ref):
+            np.testing.assert_array_equal(a.vector, b.vector)
+    with pytest.raises(SteerjaxError, match="concept source"):
+        make_concepts(chat_model, names, layer=0, source="texts")
+
+
 def test_rollouts_table_shape_and_columns(model, concepts):
     strengths = [0.0, 0.5, 2.0]
     t = rollouts(model, PROMPTS, concepts, strengths, layer=LAYER, max_new_tokens=5, batch_size=8, progress=False)

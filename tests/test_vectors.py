@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -19,15 +23,22 @@ from steering_vectors.record_activations import record_activations
 
 import steerjax
 from steerjax.data import DataError, Encoded, Example, encode
+from steerjax.data.batch import TokenBatch
 from steerjax.errors import CheckpointError, LayerIndexError, SteeringError, TokenizerError
+from steerjax.sharding import make_mesh, use_mesh
 from steerjax.vectors import (
     SteeringVector,
     contrastive_activations,
     export_control_vector_gguf,
+    load_vector,
+    load_vector_set,
     load_vectors,
     logprob_margins,
+    mean_difference,
     pca_direction,
     probe_direction,
+    read_activations,
+    save_vector_set,
     save_vectors,
     train_vector,
 )
@@ -35,7 +46,8 @@ from tests.conftest import smollm2_path, tinystories_path
 
 TIGHT_SKLEARN = {"tol": 1e-12, "max_iter": 10000}
 # steering-vectors fits the probe on float32 data (scikit-learn then solves in float32), which
-# limits it to ~1e-4; our float64 Newton fit is checked at 1e-6 against scikit-learn in float64.
+# limits it to ~1e-4; our float64 fit (scikit-learn, tol 1e-12) is checked at 1e-6 against
+# scikit-learn in float64 with the tight settings above.
 PEER_PROBE_TOL = 5e-4
 
 
@@ -404,3 +416,189 @@ def test_gguf_export_and_import_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not a llama.cpp control vector"):
         load_vectors(path)
     save_vectors(tmp_path / "ok.safetensors", {0: np.ones(4)})  # block 0 is fine in steerjax files
+
+
+
+# ----------------------------------------------------------------------------- read_activations
+
+
+def _reference_reads(model, seqs, layers):
+    """Per sequence, unpadded and alone: ``[L, T, D]`` hidden states."""
+    return [np.asarray(model.hidden_states(np.array([s]), layers=layers), np.float64)[:, 0] for s in seqs]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_read_activations_equal_one_sequence_at_a_time(llama, side):
+    model, _ = llama
+    rng = np.random.default_rng(5)
+    seqs = [rng.integers(3, 200, size=int(k)).tolist() for k in (1, 3, 7, 12, 20)]
+    layers = [0, -1]
+    ref = _reference_reads(model, seqs, [0, 2])
+    for batch_size in (2, 16):  # other batch compositions and widths: the same numbers
+        kw = dict(side=side, batch_size=batch_size)
+        last = read_activations(model, seqs, layers, reduce=-1, **kw)
+        first = read_activations(model, seqs, layers, reduce=0, **kw)
+        mean, norm = read_activations(model, seqs, layers, reduce=("mean", "norm"), **kw)
+        mean_skip, norm_skip = read_activations(model, seqs, layers, reduce=("mean", "norm"), skip_first=True, **kw)
+        assert last.shape == (5, 2, 64) and last.dtype == np.float32 and norm.shape == (5, 2)
+        for i, h in enumerate(ref):  # h: [L, T, D]
+            rest = h[:, 1:] if h.shape[1] > 1 else h  # skip_first keeps a one-token sequence's token
+            np.testing.assert_allclose(last[i], h[:, -1], atol=1e-5)
+            np.testing.assert_allclose(first[i], h[:, 0], atol=1e-5)
+            np.testing.assert_allclose(mean[i], h.mean(axis=1), atol=1e-5)
+            np.testing.assert_allclose(norm[i], np.linalg.norm(h, axis=-1).mean(axis=1), rtol=1e-5)
+            np.testing.assert_allclose(mean_skip[i], rest.mean(axis=1), atol=1e-5)
+            np.testing.assert_allclose(norm_skip[i], np.linalg.norm(rest, axis=-1).mean(axis=1), rtol=1e-5)
+    # a padded TokenBatch reads the same as the id lists
+    batch = TokenBatch.pad(seqs, side=side, width=32)
+    np.testing.assert_allclose(read_activations(model, batch, layers, reduce=-1, batch_size=3), last, atol=1e-5)
+
+
+def test_read_activations_errors(llama):
+    model, _ = llama
+    seqs = [[5, 6, 7], [8, 9]]
+    with pytest.raises(DataError, match="token_index -3 is outside sequence 1 of 2 tokens"):
+        read_activations(model, seqs, [0], reduce=-3)
+    with pytest.raises(SteeringError, match="reduce="):
+        read_activations(model, seqs, [0], reduce="max")
+    with pytest.raises(SteeringError, match="two token indices"):
+        read_activations(model, seqs, [0], reduce=(-1, 0))
+    with pytest.raises(SteeringError, match="batch_size"):
+        read_activations(model, seqs, [0], batch_size=0)
+    with pytest.raises(LayerIndexError):
+        read_activations(model, seqs, [3])
+
+
+def test_mean_difference_of_unpaired_sets():
+    pos, neg = np.ones((3, 4)), np.zeros((5, 4))
+    np.testing.assert_array_equal(mean_difference(pos, neg), np.ones(4, np.float32))
+    with pytest.raises(SteeringError, match="one width"):
+        mean_difference(np.ones((3, 4)), np.ones((3, 5)))
+
+
+# ----------------------------------------------------------------------------- meshes
+
+
+def test_train_vector_on_a_one_device_mesh_equals_no_mesh(llama):
+    model, _ = llama
+    examples = letter_examples(5, seed=4)
+    mesh = make_mesh(data=1, model=1, devices=jax.devices()[:1])
+    for kw in ({}, {"method": "learned", "steps": 3, "lr": 0.05}):
+        plain = train_vector(model, examples, layers=[1, 2], batch_size=2, progress=False, **kw)
+        meshed = train_vector(model, examples, layers=[1, 2], batch_size=2, progress=False, mesh=mesh, **kw)
+        with use_mesh(mesh):
+            default = train_vector(model, examples, layers=[1, 2], batch_size=2, progress=False, **kw)
+        for layer in (1, 2):
+            np.testing.assert_allclose(meshed.vectors[layer], plain.vectors[layer], atol=1e-6)
+            np.testing.assert_allclose(default.vectors[layer], plain.vectors[layer], atol=1e-6)
+
+
+MESH_SCRIPT = """
+import json, sys
+import numpy as np
+import steerjax
+from steerjax.data import Encoded
+from steerjax.sharding import make_mesh
+from steerjax.vectors import logprob_margins, read_activations, train_vector
+
+model = steerjax.load_model(sys.argv[1])
+rng = np.random.default_rng(0)
+ex = [Encoded([int(t) for t in rng.integers(3, 200, size=int(rng.integers(4, 14)))], [10, 20, 11], [10, 21, 11])
+      for _ in range(7)]
+
+
+def run(mesh):
+    kw = dict(batch_size=3, progress=False, mesh=mesh)
+    return {"caa": train_vector(model, ex, layers=[0, 2], **kw).vectors[2],
+            "learned": train_vector(model, ex, layers=[1], method="learned", steps=3, lr=0.05, **kw).vectors[1],
+            "mean": read_activations(model, [e.prompt for e in ex], [1], reduce="mean", skip_first=True, side="left",
+                                     batch_size=3, mesh=mesh),
+            "margins": logprob_margins(model, ex, None, batch_size=3, mesh=mesh)}
+
+
+ref = run(None)
+out = {}
+for shape in ((4, 1), (2, 2)):
+    got = run(make_mesh(*shape))
+    out[str(shape)] = {k: float(np.max(np.abs(np.asarray(got[k]) - np.asarray(ref[k])))) for k in ref}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_train_vector_on_multi_device_meshes_equals_one_device(tiny):
+    """4 CPU devices (XLA_FLAGS must be set before jax is imported: a subprocess): 7 examples in
+    batches of 3 are padded to the data axis; CAA, learned steps, mean reads and margins agree."""
+    path, _ = tiny("llama")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", MESH_SCRIPT, path], env=env, cwd=root, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    diffs = json.loads(done.stdout.strip().splitlines()[-1])
+    for shape, by_kind in diffs.items():
+        for kind, diff in by_kind.items():
+            assert diff < 1e-5, (shape, kind, diff)
+
+
+# ----------------------------------------------------------------------------- load_vector and vector sets
+
+
+def test_load_vector_rules(tmp_path):
+    rng = np.random.default_rng(0)
+    npy = tmp_path / "v.npy"
+    np.save(npy, rng.standard_normal(8).astype(np.float32))
+    with pytest.raises(SteeringError, match="--layer"):
+        load_vector(npy)
+    with pytest.raises(SteeringError, match="without layers"):
+        load_vector(npy, layer=1, allow_npy=False)
+    with pytest.raises(SteeringError, match="num_layers"):
+        load_vector(npy, layer=-1)
+    assert load_vector(npy, layer=-1, num_layers=3).layers == [2]
+    assert load_vector(npy, layer=1).layers == [1]
+
+    two = tmp_path / "two.safetensors"
+    save_vectors(two, {1: np.ones(8), 7: np.ones(8)}, metadata={"method": "caa"})
+    both = load_vector(two)
+    assert both.layers == [1, 7] and both.metadata == {"method": "caa"} and both.name is None
+    assert load_vector(two, layer=1, num_layers=3).layers == [1]
+    with pytest.raises(SteeringError, match="has no vector for layer 0; it has layers \\[1, 7\\]. Pick .* --layer"):
+        load_vector(two, layer=0, num_layers=3)
+    with pytest.raises(LayerIndexError, match="out of range"):
+        load_vector(two, layer=7, num_layers=3)
+
+    one = tmp_path / "one.safetensors"
+    SteeringVector({4: np.arange(8)}, {"method": "pca"}, name="counting").save(one)
+    moved = load_vector(one, layer=-1, num_layers=3)  # a single vector moves to the chosen block
+    assert moved.layers == [2] and moved.name == "counting" and moved.metadata == {"method": "pca"}
+    np.testing.assert_array_equal(moved.vectors[2], np.arange(8, dtype=np.float32))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_vector(tmp_path / "missing.safetensors")
+
+
+def test_vector_set_round_trip_and_errors(tmp_path):
+    vecs = [SteeringVector({3: np.ones(4)}, {"residual_norm": 2.5}, name="a-b.c"),
+            SteeringVector({1: np.arange(4), 2: -np.ones(4)}, {"method": "caa", "layers": [1, 2]}, name="second")]
+    path = tmp_path / "set.safetensors"
+    SteeringVector.save_many(path, vecs)
+    back = SteeringVector.load_many(path)
+    assert [v.name for v in back] == ["a-b.c", "second"]
+    for v, w in zip(vecs, back):
+        assert v.metadata == w.metadata and v.layers == w.layers
+        for layer in v.layers:
+            np.testing.assert_array_equal(v.vectors[layer], w.vectors[layer])
+    assert list(load_vector_set(path)) == ["a-b.c", "second"]
+    with pytest.raises(CheckpointError, match="set of named vectors"):
+        load_vectors(path)
+    plain = tmp_path / "plain.safetensors"
+    save_vectors(plain, {0: np.ones(4)})
+    with pytest.raises(CheckpointError, match="not a vector set"):
+        load_vector_set(plain)
+    with pytest.raises(SteeringError, match="distinct names"):
+        SteeringVector.save_many(path, [vecs[0], vecs[0]])
+    with pytest.raises(SteeringError, match="distinct names"):
+        SteeringVector.save_many(path, [SteeringVector({0: np.ones(4)})])
+    with pytest.raises(SteeringError, match="without '/'"):
+        save_vector_set(path, {"a/b": ({0: np.ones(4)}, {})})
+    with pytest.raises(SteeringError, match="width"):
+        save_vector_set(path, {"a": ({0: np.ones(4)}, {}), "b": ({0: np.ones(5)}, {})})
