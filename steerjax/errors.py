@@ -62,6 +62,7 @@ class RunConfigError(SteerjaxError, ValueError):
 class ArtifactKeyError(SteerjaxError, ValueError):
     """A stored artifact (a vector, concepts, a cache) was built for another configuration."""
 
+
 class DataError(SteerjaxError, ValueError):
     """Bad input to a dataset loader or example encoder: a missing or malformed data file, an unknown
     dataset or dimension, a bad split, or contrastive examples that cannot be encoded."""
