@@ -9,12 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import steerjax
 from steerjax.cli import main
 from steerjax.cli.checks import parse_layers
 from steerjax.errors import SteerjaxError
 
 needs_data = pytest.mark.skipif(not os.environ.get("STEERJAX_DATA"),
                                 reason="STEERJAX_DATA is not set: point it at the data directory (e.g. ../shared/data)")
+
+
+def forbidden(*args, **kwargs):
+    raise AssertionError("the model was loaded before the arguments were checked")
+
+
 @pytest.fixture(scope="module")
 def chat_model(chat_model_dir):
     return chat_model_dir
@@ -38,17 +45,25 @@ def test_datasets_lists_names(capsys):
 
 
 @needs_data
-def test_train_then_sweep_then_resume(chat_model, tmp_path, capsys):
+def test_train_then_sweep_then_resume(chat_model, tmp_path, capsys, monkeypatch):
     vec = str(tmp_path / "v.safetensors")
-    assert main(["vector", "train", chat_model, "--dataset", "corrigible-neutral-HHH", "--max-examples", "8",
-                 "--layers", "0-1", "--out", vec]) == 0
+    train = ["vector", "train", chat_model, "--dataset", "corrigible-neutral-HHH", "--max-examples", "8",
+             "--layers", "0-1", "--out", vec]
+    assert main(train) == 0
     assert "caa vector from 8 examples" in capsys.readouterr().out
+    assert main(train) == 2 and "already exists: pass --force" in capsys.readouterr().err
+    assert main(train + ["--force"]) == 0
     run = str(tmp_path / "run")
     argv = ["sweep", chat_model, "--dataset", "corrigible-neutral-HHH", "--vector", vec, "--max-examples", "6",
             "--multipliers", "-2", "0", "2", "--out", run]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "steerability" in out and "corrigible-neutral-HHH" in out
+    written = [line.removeprefix("wrote ") for line in out.splitlines() if line.startswith("wrote ")]
+    plots = [f"{p}_layer{layer}.png" for p in ("propensity", "steerability") for layer in (0, 1)] + ["layer_sweep.png"]
+    assert sorted(os.path.basename(p) for p in written) == sorted(
+        plots + ["results.parquet", "per_example.parquet", "summary.csv", "cli.json"])
+    assert all(os.path.getsize(p) > 0 for p in written)
     table = pd.read_parquet(os.path.join(run, "results.parquet"))
     assert len(table) == 6 * 2 * 3 and set(table.layer) == {0, 1}
     assert set(pd.read_csv(os.path.join(run, "summary.csv")).layer) == {0, 1}
@@ -58,10 +73,18 @@ def test_train_then_sweep_then_resume(chat_model, tmp_path, capsys):
     assert cfg["dataset"] == "corrigible-neutral-HHH" and cfg["vector_metadata"]["method"] == "caa"
     # a second run resumes from the run directory: same table, nothing recomputed
     assert main(argv) == 0
+    assert "chunks already done, reused" in capsys.readouterr().err
     pd.testing.assert_frame_equal(pd.read_parquet(os.path.join(run, "results.parquet")), table)
-    # another config in the same directory is refused
+    # another config in the same directory is refused, another kind of run too, before the model loads
+    monkeypatch.setattr(steerjax, "load_model", forbidden)
     assert main(argv[:-2] + ["--positions", "all", "--out", run]) == 2
-    assert "different config" in capsys.readouterr().err
+    assert "different config (differs in: positions" in capsys.readouterr().err
+    assert main(["profile", chat_model, "--dims", "agreeableness", "--out", run]) == 2
+    assert "holds a sweep run, not a profiles run" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not a run")
+    assert main(argv[:-2] + ["--out", str(tmp_path / "mine")]) == 2
+    assert "holds no steerjax run" in capsys.readouterr().err
 
 
 @needs_data

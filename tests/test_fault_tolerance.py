@@ -236,3 +236,46 @@ def test_another_config_in_the_same_directory_is_refused(setting, tmp_path, caps
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "holds a run with a different config (differs in: num_questions" in err
     assert "new --out directory" in err
+
+
+# ----------------------------------------------------------------------------- Ctrl-C and closed pipes
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_with_one_line_and_the_rerun_resumes(setting, tmp_path):
+    model, vec, env = setting
+    run_dir = str(tmp_path / "run")
+    cmd = sweep_cmd(model, vec, run_dir)
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    start = time.monotonic()
+    # chunk 12 is the last of the first prompt-length bucket: the signal lands while the next
+    # bucket compiles (the main thread in C++ for seconds) or just before
+    while manifest_lines(run_dir) < 12:
+        assert proc.poll() is None and time.monotonic() - start < 120, proc.communicate()[1][-3000:]
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    waited = time.monotonic() - sent
+    err = err.decode(errors="replace")
+    assert proc.returncode == 130, err[-3000:]
+    assert waited < 5, waited
+    assert err.strip().splitlines()[-1] == "interrupted: rerun the same command to resume"
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    done = manifest_lines(run_dir)
+    assert 12 <= done < 24
+    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"{done} of 24 chunks already done" in res.stderr
+
+
+def test_a_closed_pipe_ends_the_command_quietly(setting):
+    _, _, env = setting
+    cmd = [sys.executable, "-m", "steerjax", "datasets"]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode(errors="replace")
+    assert proc.wait(timeout=120) == 141 and err == ""
+    res = subprocess.run(f"{' '.join(cmd)} | head -1", shell=True, env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.stdout == f"{DIMS[0]}\n" and res.stderr == ""

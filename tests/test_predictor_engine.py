@@ -386,7 +386,7 @@ def test_cli_predictor_train_and_search(chat_model_dir, tmp_path, capsys):
     assert 1 <= len(res["evaluated"]) <= 2 and res["decoded_tokens"] > 0
     # ranked confirmation: up to 3 full rollouts in the predictor's order, stopping at the first success
     assert main(["predictor", "search", pred, "--prompt", "Tell me a story.", "--concept", "narcissism",
-                 "--max-rollouts", "3", "--judge", "--out", out]) == 0
+                 "--max-rollouts", "3", "--judge", "--out", out, "--force"]) == 0
     res = json.load(open(out))
     tried = res["tried"]
     assert 1 <= len(tried) <= 3 and len({t["strength"] for t in tried}) == len(tried)

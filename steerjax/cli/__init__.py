@@ -145,22 +145,28 @@ def _interrupts(*, hard: bool) -> Iterator:
                 if not finished.wait(GRACE_SECONDS):
                     os._exit(EXIT_INTERRUPTED)
 
+    def unraisable(info) -> None:  # KeyboardInterrupt inside a gc callback or __del__: the watcher ends the run
+        if not (isinstance(info.exc_type, type) and issubclass(info.exc_type, KeyboardInterrupt)):
+            old_hook(info)
+
     finished = threading.Event()
     watcher = threading.Thread(target=watch, name="steerjax-interrupts", daemon=True)
     watcher.start()
+    old_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield announce
     finally:
         finished.set()
+        sys.unraisablehook = old_hook
         signal.set_wakeup_fd(old_fd)
         signal.signal(signal.SIGINT, old_handler)
         os.write(write_fd, b"\0")
         watcher.join(GRACE_SECONDS)
         os.close(write_fd)
         os.close(read_fd)
-        if said.is_set():
-            # the interpreter's shutdown (JAX's runtime, thread joins) can take seconds
-            sys.stderr.flush()
+        if said.is_set():  # the interpreter's shutdown (JAX's runtime, thread joins) can take seconds
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.flush()
             os._exit(EXIT_INTERRUPTED)
 
 

@@ -89,6 +89,8 @@ def run_testbed(args) -> int:
     if args.prompts > len(NEUTRAL_PROMPTS):
         raise SteerjaxError(f"--prompts must be in 1..{len(NEUTRAL_PROMPTS)} (the built-in neutral prompts), "
                             f"got {args.prompts}")
+    header = checks.read_config(args.model)
+    layer = checks.layer_index("--layer", args.layer, header.config.num_layers)
     names = None if args.concepts == ["all"] else args.concepts
     known = list_datasets("persona")
     unknown = [n for n in names or () if n not in known]
@@ -97,10 +99,8 @@ def run_testbed(args) -> int:
 
         close = difflib.get_close_matches(unknown[0], known, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise DataError(f"--concepts: {unknown[0]!r} is not a persona dimension{hint} "
+        raise DataError(f"--concepts: unknown persona dimension {unknown[0]!r}{hint} "
                         "(steerjax datasets --kind persona lists them)")
-    header = checks.read_config(args.model)
-    layer = checks.layer_index("--layer", args.layer, header.config.num_layers)
     paths.check_run_dir(args.out, {
         "kind": "testbed", "model": header.source, "dtype": args.dtype, "layer": layer,
         "max_new_tokens": args.max_new_tokens, "seed": args.seed, "batch_size": args.batch_size,
@@ -157,7 +157,8 @@ def run_predictor_search(args) -> int:
     from steerjax.predictor.search import guided_search
 
     if args.max_rollouts > 1 and not args.judge:
-        raise SteerjaxError(f"--max-rollouts {args.max_rollouts} confirms rollouts with the judge: add --judge")
+        raise SteerjaxError(f"--max-rollouts {args.max_rollouts} confirms rollouts with the judge: pass a judge "
+                            "with --judge")
     if args.out is not None:
         paths.check_output_file(args.out, force=args.force)
     pred = SteerabilityPredictor.load(args.predictor)
@@ -165,8 +166,8 @@ def run_predictor_search(args) -> int:
     testbed = pipeline.load_testbed(meta["testbed"])
     by_name = {c.name: c for c in testbed.concepts}
     if args.concept not in by_name:
-        raise SteerjaxError(f"--concept {args.concept!r} is not a concept of the predictor's testbed; "
-                            f"it has {sorted(by_name)}")
+        raise SteerjaxError(f"--concept: unknown concept {args.concept!r}; the predictor's testbed has "
+                            f"{sorted(by_name)}")
 
     model = steerjax.load_model(meta["model"], dtype=meta.get("dtype", "float32"))
     strengths = args.strengths or meta["strengths"]
