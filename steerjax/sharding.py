@@ -9,10 +9,12 @@ logical axes of every parameter of every family by its HF name, so a model is sh
 (tensor parallelism: each ``model`` shard holds ``1/model`` of the heads and MLP units).
 
 The entry points (:func:`steerjax.sweep`, :func:`steerjax.generate`,
-:func:`steerjax.profiles.scoring.answer_logprobs`) take ``mesh=``: they place the parameters
-with :func:`shard_params`, pad their batches to a multiple of the ``data`` size and place them
-with :func:`put`; XLA's SPMD partitioner propagates the shardings through the unchanged jitted
-programs, so one program runs on 1 CPU, 8 GPUs or a multi-host TPU slice.
+:func:`steerjax.profiles.scoring.answer_logprobs`, :func:`steerjax.predictor.rollouts`,
+:func:`steerjax.predictor.early_features`, :class:`steerjax.predictor.judge.HiddenStateJudge`, ...)
+take ``mesh=``: they place the parameters with :func:`shard_params` and their batches with
+:func:`put_batch` (padded to a multiple of the ``data`` size, split over it, in one call); XLA's
+SPMD partitioner propagates the shardings through the unchanged jitted programs, so one program
+runs on 1 CPU, 8 GPUs or a multi-host TPU slice.
 
 Divisibility (the ``model`` axis of size ``m``):
 
@@ -33,11 +35,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from steerjax.data.batch import round_up
 from steerjax.errors import ShardingError
 from steerjax.models.config import leaves
+from steerjax.steering.core import Steering
 
 DATA, MODEL = "data", "model"
 AXES = (DATA, MODEL)
@@ -142,11 +145,10 @@ def make_mesh(data: int | None = None, model: int = 1, devices: Sequence[Any] | 
         raise ShardingError(f"a {data}x{model} mesh needs {data * model} devices but {n} are available; "
                             f"choose data * model == {n} (on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
                             "before jax is imported gives N devices)")
-    try:
-        grid = mesh_utils.create_device_mesh((data, model), devices, allow_split_physical_axes=True)
-    except Exception:  # noqa: BLE001 - CPU and unusual topologies: plain row-major order
-        grid = np.asarray(devices, dtype=object).reshape(data, model)
-    return Mesh(grid, AXES)
+    try:  # jax's topology-aware device order; Auto axes: shardings are propagated, not typed
+        return jax.make_mesh((data, model), AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
+    except Exception:  # noqa: BLE001 - unusual topologies (multi-slice, split axes): plain row-major order
+        return Mesh(np.asarray(devices, dtype=object).reshape(data, model), AXES)
 
 
 _DEFAULT_MESHES: list = []
@@ -183,7 +185,7 @@ def from_env() -> Mesh | None:
     """
     import os
 
-    if os.environ.get("STEERJAX_DISTRIBUTED") == "1" and not _initialized():
+    if os.environ.get("STEERJAX_DISTRIBUTED") == "1" and not jax.distributed.is_initialized():
         jax.distributed.initialize()
     spec = os.environ.get("STEERJAX_MESH")
     if spec:
@@ -193,15 +195,6 @@ def from_env() -> Mesh | None:
             raise ShardingError(f"STEERJAX_MESH must be 'DATA,MODEL' (two ints), got {spec!r}") from None
         return make_mesh(data=data, model=model)
     return make_mesh() if jax.device_count() > 1 else None
-
-
-def _initialized() -> bool:
-    try:
-        from jax._src import distributed
-
-        return distributed.global_state.client is not None
-    except Exception:  # noqa: BLE001 - private API moved: initialize() then raises a clear error itself
-        return False
 
 
 def axis_sizes(mesh: Mesh | Mapping[str, int] | None) -> dict[str, int]:
@@ -332,8 +325,8 @@ def put(x, mesh: Mesh | None, *, batch: bool = True):
     replicated. Without a mesh, ``jnp.asarray(x)`` (single-device behaviour).
 
     Raises:
-      ShardingError: the leading axis is not a multiple of the ``data`` size (pad with
-        :func:`pad_rows`).
+      ShardingError: the leading axis is not a multiple of the ``data`` size (pad it: use
+        :func:`put_batch`).
     """
     if mesh is None:
         return jnp.asarray(x)
@@ -346,30 +339,37 @@ def put(x, mesh: Mesh | None, *, batch: bool = True):
     return _place(x, NamedSharding(mesh, PartitionSpec()))
 
 
-def round_up(n: int, k: int) -> int:
-    return -(-n // k) * k
+def put_batch(batch, mesh: Mesh | None, *, rows: int | None = None):
+    """A batch padded and placed in one call: its examples split over the mesh's ``data`` axis.
 
+    ``batch`` is a :class:`~steerjax.data.batch.TokenBatch`, an array ``[B, ...]``, or a pytree
+    of them (tuple, dict; ``None`` leaves stay ``None``) whose leaves share the example axis
+    ``B``. Every leaf is padded to ``rows`` (default ``B``) rounded up to a multiple of the
+    ``data`` size by repeating its last row: padding examples whose results the caller drops
+    (keep the first ``B``). A :class:`~steerjax.steering.Steering` in the tree is padded to the
+    same rows (:meth:`Steering.pad <steerjax.steering.Steering.pad>`) and replicated, since its
+    fields may be shared by every example. Without a mesh: the same padding, on the default
+    device. Returns the placed tree.
+    """
+    is_steering = lambda x: isinstance(x, Steering)  # noqa: E731
+    sizes = {np.shape(x)[0] for x in jax.tree.leaves(batch, is_leaf=is_steering) if not is_steering(x)}
+    if len(sizes) != 1:
+        raise ShardingError(f"the arrays of a batch must share their leading (example) axis, got {sorted(sizes)}")
+    b = sizes.pop()
+    n = b if rows is None else int(rows)
+    if n < b:
+        raise ShardingError(f"a batch of {b} examples does not fit {n} rows")
+    size = round_up(n, data_size(mesh))
 
-def pad_rows(x, size: int):
-    """``x`` with its last row repeated along axis 0 up to ``size`` rows (padding examples)."""
-    n = np.shape(x)[0]
-    if n == size:
-        return x
-    xp = jnp if isinstance(x, jax.Array) else np
-    return xp.concatenate([x, xp.repeat(x[-1:], size - n, axis=0)], axis=0)
+    def place(x):
+        if is_steering(x):
+            return jax.tree.map(lambda a: put(a, mesh, batch=False), x.pad(b, size))
+        if size > b:
+            xp = jnp if isinstance(x, jax.Array) else np
+            x = xp.concatenate([x, xp.repeat(x[-1:], size - b, axis=0)], axis=0)
+        return put(x, mesh)
 
-
-def pad_steering(steering, batch: int, size: int):
-    """A :class:`~steerjax.steering.Steering` broadcast to ``batch`` examples, with its
-    per-example fields padded to ``size`` (the last example repeated)."""
-    s = steering.broadcast(batch)
-    vec = s.vectors if s.vectors.shape[1] != batch else jnp.concatenate(
-        [s.vectors, jnp.repeat(s.vectors[:, -1:], size - batch, axis=1)], axis=1)
-    lm = s.layer_mask
-    if lm is not None and lm.shape[1] == batch:
-        lm = jnp.concatenate([lm, jnp.repeat(lm[:, -1:], size - batch, axis=1)], axis=1)
-    return s.replace(vectors=vec, layer_mask=lm, multipliers=pad_rows(s.multipliers, size),
-                     start=pad_rows(s.start, size), end=pad_rows(s.end, size))
+    return jax.tree.map(place, batch, is_leaf=is_steering)
 
 
 def to_host(x) -> np.ndarray:
@@ -389,17 +389,3 @@ def _place(x, sharding: NamedSharding):
     # multi-host: every process holds the same host value; each fills its own devices' shards
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
-
-
-def shard_batch(mesh: Mesh, cfg, params, *arrays_and_steering):
-    """Parameters sharded on ``mesh``; batch arrays ``[B, ...]`` padded to a multiple of the
-    ``data`` size and split over it; a trailing :class:`Steering` (or None) padded to match and
-    replicated. Returns ``(params, *arrays, steering)``."""
-    *arrays, steering = arrays_and_steering
-    check_mesh(mesh, cfg)
-    b = np.shape(arrays[0])[0]
-    size = round_up(b, data_size(mesh))
-    arrays = [put(pad_rows(np.asarray(a), size), mesh) for a in arrays]
-    if steering is not None:
-        steering = jax.tree.map(lambda x: put(x, mesh, batch=False), pad_steering(steering, b, size))
-    return (shard_params(params, cfg, mesh), *arrays, steering)

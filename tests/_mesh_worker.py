@@ -1,9 +1,9 @@
 """Run in a subprocess by tests/test_sharding.py: XLA_FLAGS (the CPU device count) must be set
 before jax is imported, so multi-device runs cannot share the test process.
 
-``python tests/_mesh_worker.py meshes MODEL_DIR OUT.npz``: sweep, generate and answer_logprobs on
-one device and on 8x1, 4x2, 2x4 and 1x8 meshes; writes every result (``OUT.npz``) and the
-shard shapes and bad-input errors (``OUT.npz.json``).
+``python tests/_mesh_worker.py meshes MODEL_DIR OUT.npz``: sweep, generate, answer_logprobs,
+early_features and the hidden-state judge on one device and on 8x1, 4x2, 2x4 and 1x8 meshes;
+writes every result (``OUT.npz``) and the shard shapes and bad-input errors (``OUT.npz.json``).
 
 ``python tests/_mesh_worker.py sweep MODEL_DIR OUT.parquet [PROCESS_ID NUM_PROCESSES PORT]``: one
 sweep on a mesh over every device (of every process after ``jax.distributed.initialize``);
@@ -63,7 +63,7 @@ def meshes(model_dir, out_path):
         cols = ["logp_positive", "logp_negative"]
         return {"sweep": out["sweep"][cols].to_numpy(), "sweep_all": out["sweep_all"][cols].to_numpy(),
                 "sweep_keys": out["sweep"][["example", "layer", "multiplier"]].to_numpy(),
-                "profile": out["profile"], "tokens": out["tokens"], "lengths": out["lengths"]}
+                **{k: out[k] for k in OTHERS}}
 
     results = {f"single/{k}": v for k, v in arrays(everything(None)).items()}
     report = {"devices": jax.device_count(), "shards": {}, "errors": {}}
@@ -92,11 +92,20 @@ def meshes(model_dir, out_path):
         json.dump(report, f)
 
 
+#: the arrays of :func:`others`
+OTHERS = ("tokens", "lengths", "profile", "features", "feature_tokens", "judge_nll", "judge_hidden")
+
+
 def others(model, mesh):
-    """Generation (5 prompts, per-example steering) and profile scoring."""
+    """Generation (5 prompts, per-example steering), profile scoring, early features (2 chunks of
+    4 rows: padded to the data axis) and the hidden-state judge's reading of 5 rollouts of 2
+    prompts (batches of 3 rows: padded, and each prompt's prefill copied once per data shard)."""
     import numpy as np
+    import pandas as pd
 
     import steerjax
+    from steerjax.predictor import Concept, early_features, feature_columns
+    from steerjax.predictor.judge import HiddenStateJudge
     from steerjax.profiles.scoring import answer_logprobs
 
     cfg = model.config
@@ -105,7 +114,19 @@ def others(model, mesh):
                                      multipliers=[0.0, 1.0, 2.0, -1.0, 3.0], positions="generated")
     g = steerjax.generate(model, prompts, steering=steer, max_new_tokens=6, mesh=mesh)
     profile = answer_logprobs(model, SYSTEMS, QUESTIONS, batch_size=8, progress=False, mesh=mesh)
-    return {"tokens": g.tokens, "lengths": g.lengths, "profile": profile}
+    rng = np.random.default_rng(2)
+    concepts = [Concept(n, "test", rng.normal(size=cfg.hidden_size), 1, 10.0) for n in ("a", "b")]
+    table, feature_tokens = early_features(model, ["Once upon a time", "The cat"], concepts, [0.0, 2.0], layer=1,
+                                           steps=(1, 2), batch_size=4, mesh=mesh)
+    rollouts = pd.DataFrame({"prompt_id": [0, 0, 0, 1, 1], "concept": ["none", "a", "b", "none", "a"],
+                             "strength": [0.0, 1.0, 1.0, 0.0, 2.0], "text": "",
+                             "tokens": [rng.integers(3, cfg.vocab_size, n).tolist() for n in (5, 3, 7, 1, 6)]})
+    prompt_tokens = {0: rng.integers(3, cfg.vocab_size, 9).tolist(), 1: rng.integers(3, cfg.vocab_size, 40).tolist()}
+    judge = HiddenStateJudge(model, concepts, prompt_tokens=prompt_tokens, batch_size=3, progress=False, mesh=mesh)
+    nll, hidden = judge.read(rollouts)
+    return {"tokens": g.tokens, "lengths": g.lengths, "profile": profile,
+            "features": table[feature_columns(cfg, (1, 2))].to_numpy(np.float64), "feature_tokens": feature_tokens,
+            "judge_nll": nll, "judge_hidden": hidden}
 
 
 def sweep(model_dir, out_path, process_id=None, num_processes=None, port=None):

@@ -1,5 +1,6 @@
-"""Meshes: sharded sweeps, generation and profile scoring equal one device; two processes equal one;
-parameter sharding rules; clear errors for meshes that do not fit.
+"""Meshes: sharded sweeps, generation, profile scoring, early features and the judge equal one
+device; two processes equal one; parameter sharding rules; batches padded and placed in one call;
+clear errors for meshes that do not fit.
 
 Multi-device runs need ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before jax is
 imported, so they run ``tests/_mesh_worker.py`` in subprocesses.
@@ -61,19 +62,21 @@ def wait(procs, timeout=TIMEOUT):
 @needs_tinystories
 def test_meshes_equal_one_device(chat_model_dir, tmp_path):
     """8x1, 4x2, 2x4 and 1x8 meshes: sweep (both position modes), generate (per-example steering,
-    5 prompts padded to 8) and answer_logprobs equal the single-device results."""
+    5 prompts padded to 8), answer_logprobs, early_features and the hidden-state judge equal the
+    single-device results."""
     out = str(tmp_path / "meshes.npz")
     wait([run_worker(["meshes", chat_model_dir, out], devices=8)])
     res = np.load(out)
     report = json.load(open(out + ".json"))
     assert report["devices"] == 8
     for mesh in ("8x1", "4x2", "2x4", "1x8"):
-        for key in ("sweep", "sweep_all", "profile"):
+        for key in ("sweep", "sweep_all", "profile", "features", "judge_nll", "judge_hidden"):
             np.testing.assert_allclose(res[f"{mesh}/{key}"], res[f"single/{key}"], rtol=RTOL, atol=ATOL,
                                        err_msg=f"{key} on a {mesh} mesh")
-        for key in ("sweep_keys", "tokens", "lengths"):
+        for key in ("sweep_keys", "tokens", "lengths", "feature_tokens"):
             np.testing.assert_array_equal(res[f"{mesh}/{key}"], res[f"single/{key}"], err_msg=f"{key} on {mesh}")
-    assert res["single/tokens"].shape == (5, 6)
+    assert res["single/tokens"].shape == (5, 6) and res["single/feature_tokens"].shape == (8, 2)
+    assert res["single/judge_hidden"].shape == (5, 128)
     # 8 heads x 16 dims split over the model axis; the 4 KV heads fall back to replication on 1x8
     assert report["shards"]["2x4"] == {"self_attn.q_proj.kernel": [2, 128, 32], "self_attn.k_proj.kernel": [2, 128, 16]}
     assert report["shards"]["8x1"]["self_attn.q_proj.kernel"] == [2, 128, 128]
@@ -88,8 +91,9 @@ def test_meshes_equal_one_device(chat_model_dir, tmp_path):
 @pytest.mark.slow
 @needs_tinystories
 def test_two_processes_give_the_table_of_one(chat_model_dir, tmp_path):
-    """jax.distributed on CPU (gloo): 2 processes x 4 devices run a sweep, generation and profile
-    scoring on a 4x2 global mesh; process 0 writes what every process gets."""
+    """jax.distributed on CPU (gloo): 2 processes x 4 devices run a sweep, generation, profile
+    scoring, early features and the judge on a 4x2 global mesh; process 0 writes what every
+    process gets."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = str(s.getsockname()[1])
@@ -107,11 +111,12 @@ def test_two_processes_give_the_table_of_one(chat_model_dir, tmp_path):
                                   ref[["example", "layer", "multiplier", "correct", "thing"]])
     for col in ("logp_positive", "logp_negative", "propensity"):
         np.testing.assert_allclose(got[col], ref[col], rtol=RTOL, atol=ATOL, err_msg=col)
-    # generation and profile scoring on the same global mesh
+    # generation, profile scoring, early features and the judge on the same global mesh
     extra, ref = np.load(out + ".npz"), others(model, None)
-    np.testing.assert_allclose(extra["profile"], ref["profile"], rtol=RTOL, atol=ATOL)
-    np.testing.assert_array_equal(extra["tokens"], ref["tokens"])
-    np.testing.assert_array_equal(extra["lengths"], ref["lengths"])
+    for key in ("profile", "features", "judge_nll", "judge_hidden"):
+        np.testing.assert_allclose(extra[key], ref[key], rtol=RTOL, atol=ATOL, err_msg=key)
+    for key in ("tokens", "lengths", "feature_tokens"):
+        np.testing.assert_array_equal(extra[key], ref[key], err_msg=key)
 
 
 # ----------------------------------------------------------------------------- one device
@@ -200,16 +205,30 @@ def test_unknown_parameters_and_bad_shapes_are_errors():
         sharding.param_specs({"layers": {"self_attn.q_proj.kernel": (3, 4)}}, cfg, {"data": 1, "model": 1})
 
 
-def test_padding_helpers():
+def test_put_batch_pads_and_places_in_one_call():
+    from steerjax.data.batch import TokenBatch, round_up
+
     x = np.arange(6).reshape(3, 2)
-    np.testing.assert_array_equal(sharding.pad_rows(x, 4), [[0, 1], [2, 3], [4, 5], [4, 5]])
+    tokens = TokenBatch.pad([[1, 2], [3], [4, 5, 6]])
     cfg = hf_config("llama")
     steer = steerjax.Steering.create(cfg, {1: np.ones((3, cfg.hidden_size))}, multipliers=[1.0, 2.0, 3.0])
-    padded = sharding.pad_steering(steer, 3, 8)
-    assert padded.vectors.shape == (cfg.num_layers, 8, cfg.hidden_size)
-    np.testing.assert_array_equal(padded.multipliers, [1, 2, 3, 3, 3, 3, 3, 3])
-    assert padded.start.shape == padded.end.shape == (8,)
-    assert sharding.round_up(5, 4) == 8 and sharding.data_size(None) == 1
+    px, pt, padded, none = sharding.put_batch((x, tokens, steer, None), None, rows=4)
+    np.testing.assert_array_equal(px, [[0, 1], [2, 3], [4, 5], [4, 5]])  # the last row repeated
+    assert isinstance(pt, TokenBatch) and isinstance(pt.ids, jax.Array) and none is None
+    for name in ("ids", "valid", "positions"):
+        want = getattr(tokens, name)
+        np.testing.assert_array_equal(getattr(pt, name), np.concatenate([want, want[-1:]]))
+    assert padded.vectors.shape == (cfg.num_layers, 4, cfg.hidden_size)
+    np.testing.assert_array_equal(padded.multipliers, [1, 2, 3, 3])
+    assert padded.start.shape == padded.end.shape == (4,)
+    mesh = sharding.make_mesh()
+    placed = sharding.put_batch(tokens, mesh)  # the data axis (1) divides 3 rows: nothing added
+    assert placed.shape == (3, 3) and placed.ids.sharding.spec == PartitionSpec("data", None)
+    with pytest.raises(ShardingError, match="leading"):
+        sharding.put_batch((x, np.zeros((2, 1))), None)
+    with pytest.raises(ShardingError, match="does not fit 2 rows"):
+        sharding.put_batch(x, None, rows=2)
+    assert round_up(5, 4) == 8 and sharding.data_size(None) == 1
 
 
 def test_use_mesh_and_from_env(monkeypatch):

@@ -18,9 +18,7 @@ from flax import struct
 from steerjax.models import registry
 from steerjax.models.config import ModelConfig
 from steerjax.models.layers import AttentionContext, LayerContext, Rotary, rotary_tables
-from steerjax.steering.core import Steering, apply, token_mask
-
-INT_MAX = jnp.iinfo(jnp.int32).max
+from steerjax.steering.core import NO_END, Steering, apply, token_mask
 
 
 @struct.dataclass
@@ -122,7 +120,7 @@ def forward(
 
     if steering is not None:
         if generation_start is None:
-            generation_start = jnp.full((b,), INT_MAX, jnp.int32)
+            generation_start = jnp.full((b,), NO_END, jnp.int32)
         mask = token_mask(steering, positions, valid, generation_start)
         vectors = steering.vectors
     else:
