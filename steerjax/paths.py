@@ -83,7 +83,8 @@ def check_run_dir(path: str | os.PathLike, config: Mapping[str, Any] | None = No
         ``kind``, ``model``, ``dtype`` and the options); an existing directory must hold a run
         whose config has these values. Entries not given are checked when the run starts.
       allowed: files a run of this kind writes before its ``config.json`` (e.g. a cached
-        artifact), accepted in a directory without one.
+        artifact), accepted in a directory without one, as are the temporary files (``*.tmp*``)
+        of a write that was killed.
       flag: the command-line flag named in messages.
 
     Raises:
@@ -102,7 +103,7 @@ def check_run_dir(path: str | os.PathLike, config: Mapping[str, Any] | None = No
         _check_config(path, cfg_path, dict(config or {}), flag)
     else:
         own = set(RUN_FILES) | set(allowed)
-        foreign = sorted(e for e in os.listdir(path) if e not in own and not e.startswith(CONFIG + ".tmp"))
+        foreign = sorted(e for e in os.listdir(path) if e not in own and ".tmp" not in e)
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise OutputPathError(f"{flag} {path} is not empty ({shown}) and holds no steerjax run (no {CONFIG}): "

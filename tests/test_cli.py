@@ -352,6 +352,7 @@ def test_check_run_dir(tmp_path):
         check_run_dir(str(other), {"kind": "sweep"})
     (other / "notes.txt").unlink()
     (other / "cache.bin").write_text("a file the run writes first")
+    (other / "cache.tmp123.bin").write_text("what a killed write of it left")
     assert check_run_dir(str(other), {"kind": "sweep"}, allowed=["cache.bin"])
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(RunConfigError, match="unreadable config.json"):
