@@ -10,12 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from steerjax import sharding as shd
-from steerjax.errors import ContextLengthError, SteerjaxError, TokenizerError
-from steerjax.models.transformer import KVCache, forward, positions_from_mask, unembed
+from steerjax.data.batch import GENERATION, TokenBatch, encode
+from steerjax.errors import ContextLengthError, SteerjaxError
+from steerjax.models.transformer import KVCache, forward, unembed
 from steerjax.steering.core import Steering
-
-PROMPT_BUCKET = 16
-
 
 @dataclasses.dataclass
 class GenerationOutput:
@@ -27,35 +25,6 @@ class GenerationOutput:
     lengths: np.ndarray
     texts: list[str] | None
     prompt_tokens: list[list[int]]
-
-
-def encode_prompts(model, prompts) -> list[list[int]]:
-    """Token ids for each prompt: text, a chat (list of ``{"role", "content"}``), or token ids."""
-    if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
-        prompts = [prompts]
-    if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise SteerjaxError("prompts must be a non-empty list of strings, chats or token-id lists")
-    tok = model.tokenizer
-    out = []
-    for p in prompts:
-        if isinstance(p, str) or (isinstance(p, (list, tuple)) and p and isinstance(p[0], dict)):
-            if tok is None:
-                raise TokenizerError(f"{model.source} has no tokenizer: pass token ids instead of text")
-            if isinstance(p, str):
-                ids = tok(p)["input_ids"]
-            else:
-                if not getattr(tok, "chat_template", None):
-                    raise TokenizerError(
-                        f"the tokenizer of {model.source} has no chat template: pass plain text prompts"
-                    )
-                text = tok.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False)
-                ids = tok(text, add_special_tokens=False)["input_ids"]
-        else:
-            ids = [int(i) for i in np.asarray(p).reshape(-1)]
-        if not ids:
-            raise SteerjaxError("a prompt encodes to zero tokens")
-        out.append(list(ids))
-    return out
 
 
 def generate(
@@ -71,7 +40,8 @@ def generate(
 ) -> GenerationOutput:
     """Generate ``max_new_tokens`` for a batch of prompts in one compiled program.
 
-    Prompts are left-padded to a multiple of 16 tokens, so similar lengths share a compile.
+    Prompts are left-padded to a multiple of 16 tokens (:data:`steerjax.data.batch.GENERATION`),
+    so similar lengths share a compile.
     ``steering`` may hold one vector/multiplier per example; ``positions="generated"`` steers
     only generated tokens. ``temperature=0`` is greedy decoding; otherwise nucleus sampling with
     ``top_p`` from ``jax.random.key(seed)``. ``mesh`` (:func:`steerjax.sharding.make_mesh`):
@@ -86,7 +56,7 @@ def generate(
         raise SteerjaxError(f"temperature must be >= 0, got {temperature}")
     if not 0 < top_p <= 1:
         raise SteerjaxError(f"top_p must be in (0, 1], got {top_p}")
-    ids = encode_prompts(model, prompts)
+    ids = encode(model, prompts)
     longest = max(len(x) for x in ids)
     if longest + max_new_tokens > cfg.max_position_embeddings:
         raise ContextLengthError(
@@ -98,20 +68,12 @@ def generate(
     b = len(ids)
     if steering is not None:
         steering.check(cfg, b)
-        steering = steering.broadcast(b)
-    t = -(-longest // PROMPT_BUCKET) * PROMPT_BUCKET
-    tokens = np.zeros((b, t), np.int32)
-    valid = np.zeros((b, t), bool)
-    for i, x in enumerate(ids):
-        tokens[i, t - len(x):] = x
-        valid[i, t - len(x):] = True
+    batch = TokenBatch.pad(ids, side="left", buckets=GENERATION)
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_ids or (0,))[0]
-    params = model.params
-    if mesh is not None:
-        params, tokens, valid, steering = shd.shard_batch(mesh, cfg, params, tokens, valid, steering)
+    params = model.params if mesh is None else shd.shard_params(model.params, cfg, mesh)
+    batch, steering = shd.put_batch((batch, steering), mesh)
     out = _generate(
-        params, cfg, jnp.asarray(tokens), jnp.asarray(valid), steering,
-        jax.random.key(seed), jnp.float32(temperature), jnp.float32(top_p),
+        params, cfg, batch, steering, jax.random.key(seed), jnp.float32(temperature), jnp.float32(top_p),
         max_new_tokens=int(max_new_tokens), pad_id=int(pad),
     )
     new, lengths = (shd.to_host(x)[:b] for x in out)  # [:b]: drop mesh padding
@@ -144,12 +106,12 @@ def sample(logits, key, temperature, top_p):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "pad_id"))
-def _generate(params, cfg, tokens, valid, steering, key, temperature, top_p, *, max_new_tokens, pad_id):
-    b, t = tokens.shape
+def _generate(params, cfg, batch, steering, key, temperature, top_p, *, max_new_tokens, pad_id):
+    b, t = batch.ids.shape
     dtype = params["embed"].dtype
-    lengths = jnp.sum(valid, axis=-1).astype(jnp.int32)
+    lengths = batch.lengths
     cache = KVCache.empty(cfg, b, t + max_new_tokens, dtype)
-    out = forward(params, cfg, tokens, positions=positions_from_mask(valid), valid=valid,
+    out = forward(params, cfg, batch.ids, positions=batch.positions, valid=batch.valid,
                   steering=steering, generation_start=lengths, cache=cache)
     keys = jax.random.split(key, max_new_tokens)
     first = sample(unembed(params, cfg, out.hidden[:, -1]), keys[0], temperature, top_p)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from steerjax.data.batch import TokenBatch
 from steerjax.errors import (
     CheckpointError,
     ContextLengthError,
@@ -48,7 +49,12 @@ class LanguageModel:
         return weights.count(self.params)
 
     def logits(self, input_ids, attention_mask=None, *, steering: Steering | None = None) -> jax.Array:
-        """Next-token logits ``[B, T, V]`` (float32) for a (padded) batch of token ids."""
+        """Next-token logits ``[B, T, V]`` (float32) for a (padded) batch of token ids.
+
+        ``input_ids``: ``[B, T]`` ids with an optional ``attention_mask`` (default all real
+        tokens), or a :class:`~steerjax.data.batch.TokenBatch` (e.g.
+        ``TokenBatch.pad(encode(model, texts))``), which carries its own mask.
+        """
         ids, valid, steering = self._inputs(input_ids, attention_mask, steering)
         return _logits(self.params, self.config, ids, valid, steering)
 
@@ -58,7 +64,8 @@ class LanguageModel:
         """Residual stream after each selected block, ``[n_layers_selected, B, T, D]``.
 
         This is the steering site (steering-vectors' ``decoder_block``), after any steering.
-        ``layers``: block indices (negative from the end); default all blocks.
+        ``input_ids`` as in :meth:`logits`; ``layers``: block indices (negative from the end);
+        default all blocks.
         """
         ids, valid, steering = self._inputs(input_ids, attention_mask, steering)
         out = _hidden(self.params, self.config, ids, valid, steering)
@@ -72,6 +79,10 @@ class LanguageModel:
         return out[np.asarray(idx)]
 
     def _inputs(self, input_ids, attention_mask, steering):
+        if isinstance(input_ids, TokenBatch):
+            if attention_mask is not None:
+                raise SteerjaxError("a TokenBatch carries its own mask: drop attention_mask")
+            input_ids, attention_mask = input_ids.ids, input_ids.valid
         ids = jnp.asarray(input_ids)
         if ids.ndim == 1:
             raise SteerjaxError(f"input_ids must be [batch, tokens]; got shape {ids.shape} (add a batch axis)")
@@ -263,7 +274,8 @@ def load_model(source: str = DEFAULT_MODEL, *, dtype: str = "float32", mesh=None
 
 
 def _hf_tokenizer(path: str):
-    if not any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+    if not any(os.path.exists(os.path.join(path, f)) for f in names):
         return None
     from transformers import AutoTokenizer
 

@@ -10,9 +10,10 @@ Where the speed comes from (see the README):
    ``positions="all"`` each (layer, multiplier) prompt is computed once and shared by both
    completions.
 3. Logits only where they are read: the last prompt position and the completion tokens.
-4. Prompt lengths are bucketed (multiples of 32); a chunk holds examples of one bucket, as many
-   as the memory budget allows (more for short prompts), and a bucket's last chunk is padded to
-   a power of two: little padding, and a dataset compiles a handful of times.
+4. Prompt lengths are bucketed (multiples of 32: :data:`steerjax.data.batch.SWEEP_PROMPT`); a
+   chunk holds examples of one bucket, as many as the memory budget allows (more for short
+   prompts), and a bucket's last chunk is padded to a power of two: little padding, and a
+   dataset compiles a handful of times.
 5. Chunk sizes follow from a memory budget (:mod:`steerjax.memory`, per device).
 6. With ``mesh=`` (:mod:`steerjax.sharding`) a chunk's examples are split over the ``data`` axis
    and the parameters over ``model``; the table is the same.
@@ -34,12 +35,13 @@ import pandas as pd
 
 from steerjax import memory
 from steerjax import sharding as shd
+from steerjax.data.batch import SWEEP_PROMPT, TokenBatch, pow2, round_up
 from steerjax.data.examples import Encoded, Example, encode_all
 from steerjax.errors import ContextLengthError, SteeringError
 from steerjax.models.transformer import KVCache, forward, positions_from_mask, unembed
+from steerjax.runs import RunDirectory, map_chunks
 from steerjax.steering.core import Steering, normalize_layer
 
-PROMPT_BUCKET = 32
 POSITIONS = ("completion", "all")
 
 
@@ -119,14 +121,12 @@ def sweep(
         model = dataclasses.replace(model, params=shd.shard_params(model.params, cfg, mesh))
     dtype = model.params["embed"].dtype
     reserved = memory.block_bytes(cfg, dtype) // shd.axis_sizes(mesh)["model"]
-    chunks = _chunks(encoded, lambda tp: shd.round_up(batch_size, d) if batch_size else memory.examples_per_chunk(
+    chunks = _chunks(encoded, lambda tp: round_up(batch_size, d) if batch_size else memory.examples_per_chunk(
         memory.sweep_bytes_per_example(cfg, tp, tc, rows, positions, dtype), memory_budget_mb, data=d,
         reserved=reserved), multiple=d)
 
     store = None
     if run_dir is not None:
-        from steerjax.runs import RunDirectory
-
         store = RunDirectory(run_dir, {
             "kind": "sweep", "model": model.source, "dtype": model.dtype, "layers": layer_ids,
             "multipliers": mults.tolist(), "positions": positions, "operator": operator,
@@ -134,20 +134,13 @@ def sweep(
             "examples_sha256": _digest(encoded), "vector_sha256": _digest(table[layer_ids].tobytes()),
         })
 
-    from tqdm.auto import tqdm
-
-    parts = []
-    for ci, (idx, size) in enumerate(tqdm(chunks, desc="sweep", unit="chunk", disable=not progress or None)):
-        if store is not None and store.done(ci):
-            parts.append(store.load(ci))
-            continue
+    def work(_, chunk):
+        idx, size = chunk
         scores = _score_chunk(model, cfg, [encoded[i] for i in idx], size, tc, table, layer_ids, mults,
                               positions, operator, mesh)
-        part = _rows(idx, scores, examples, layer_ids, mults)
-        if store is not None:
-            store.save(ci, part)
-        parts.append(part)
-    out = pd.concat(parts, ignore_index=True)
+        return _rows(idx, scores, examples, layer_ids, mults)
+
+    out = map_chunks(chunks, work, store=store, desc="sweep", progress=progress)
     return out.sort_values(["example", "layer", "multiplier"], kind="stable").reset_index(drop=True)
 
 
@@ -182,24 +175,20 @@ def _check_width(cfg, vec, layer) -> np.ndarray:
     return arr
 
 
-def _bucket(n: int) -> int:
-    return -(-n // PROMPT_BUCKET) * PROMPT_BUCKET
-
-
 def _chunks(encoded, max_batch, multiple=1) -> list[tuple[list[int], int]]:
     """``(example indices, padded batch size)`` per chunk: one prompt bucket per chunk, at most
     ``max_batch(bucket)`` examples, the bucket's last chunk padded to a power of two (then to a
     multiple of ``multiple``, the mesh's data axis)."""
     buckets: dict[int, list[int]] = {}
     for i, e in enumerate(encoded):
-        buckets.setdefault(_bucket(len(e.prompt)), []).append(i)
+        buckets.setdefault(SWEEP_PROMPT(len(e.prompt)), []).append(i)
     out = []
     for tp in sorted(buckets):
         idx, cap = buckets[tp], max_batch(tp)
         for start in range(0, len(idx), cap):
             part = idx[start:start + cap]
-            size = cap if len(part) == cap else min(cap, 1 << (len(part) - 1).bit_length())
-            out.append((part, shd.round_up(size, multiple)))
+            size = cap if len(part) == cap else min(cap, pow2(len(part)))
+            out.append((part, round_up(size, multiple)))
     return out
 
 
@@ -211,23 +200,15 @@ def _digest(obj) -> str:
 def _score_chunk(model, cfg, encoded, batch_size, tc, table, layers, mults, positions, operator, mesh=None):
     """[n, n_layers, n_mults, 2] summed completion log-probs for one chunk (padded to batch_size)."""
     n = len(encoded)
-    pad = encoded + [encoded[-1]] * (batch_size - n)  # fixed chunk shape: one compile per bucket
-    tp = _bucket(max(len(e.prompt) for e in pad))
-    prompt = np.zeros((batch_size, tp), np.int32)
-    pvalid = np.zeros((batch_size, tp), bool)
-    comp = np.zeros((batch_size, 2, tc), np.int32)
-    cvalid = np.zeros((batch_size, 2, tc), bool)
-    for i, e in enumerate(pad):
-        prompt[i, tp - len(e.prompt):] = e.prompt
-        pvalid[i, tp - len(e.prompt):] = True
-        for s, c in enumerate((e.positive, e.negative)):
-            comp[i, s, :len(c)] = c
-            cvalid[i, s, :len(c)] = True
+    prompt = TokenBatch.pad([e.prompt for e in encoded], side="left", buckets=SWEEP_PROMPT)
+    comp = TokenBatch.pad([c for e in encoded for c in (e.positive, e.negative)], side="right", width=tc)
+    comp_ids, comp_valid = (x.reshape(n, 2, tc) for x in (comp.ids, comp.valid))
+    # fixed chunk shape (one compile per bucket): padded with the last example; over the data axis
+    prompt, comp_ids, comp_valid = shd.put_batch((prompt, comp_ids, comp_valid), mesh, rows=batch_size)
     onehot = np.zeros((len(layers), cfg.num_layers), bool)
     onehot[np.arange(len(layers)), layers] = True
-    ex = functools.partial(shd.put, mesh=mesh)  # examples over the mesh's data axis
     shared = functools.partial(shd.put, mesh=mesh, batch=False)
-    out = _score(model.params, cfg, ex(prompt), ex(pvalid), ex(comp), ex(cvalid), shared(table), shared(onehot),
+    out = _score(model.params, cfg, prompt.ids, prompt.valid, comp_ids, comp_valid, shared(table), shared(onehot),
                  shared(mults), positions=positions, operator=operator)
     return shd.to_host(out)[:n]
 
@@ -249,8 +230,7 @@ def _score(params, cfg, prompt, pvalid, comp, cvalid, table, onehot, mults, *, p
         # row = (example, combo, inner): layer mask and multiplier per row
         mask = jnp.tile(jnp.repeat(combo_mask, reps_inner, axis=1), (1, reps_outer))
         mult = jnp.tile(jnp.repeat(combo_mult, reps_inner), reps_outer)
-        return Steering(vectors, mult, jnp.zeros_like(mult, jnp.int32),
-                        jnp.full(mult.shape, jnp.iinfo(jnp.int32).max, jnp.int32), operator, mask)
+        return Steering.build(vectors, mult, operator=operator, layer_mask=mask)
 
     if positions == "completion":  # one unsteered prompt per example, shared by all its rows
         pre = forward(params, cfg, prompt, positions=ppos, valid=pvalid,

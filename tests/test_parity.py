@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import steerjax
+from steerjax.data.batch import TokenBatch
 from steerjax.models import KVCache, forward, positions_from_mask, unembed
 from tests.tiny_models import SPECS
 
@@ -15,17 +16,12 @@ FAMILIES = list(SPECS)
 LENGTHS = (7, 12, 3)
 
 
-def padded_batch(vocab, side, seed=0):
+def padded_batch(vocab, side, seed=0, *, batch=False):
+    """Random rows of ``LENGTHS`` tokens: ``(ids, mask)`` int64 (as torch takes them), or the
+    :class:`TokenBatch` itself with ``batch=True``."""
     rng = np.random.default_rng(seed)
-    t = max(LENGTHS)
-    ids = np.zeros((len(LENGTHS), t), np.int64)
-    mask = np.zeros((len(LENGTHS), t), np.int64)
-    for i, n in enumerate(LENGTHS):
-        seq = rng.integers(3, vocab, size=n)
-        sl = slice(t - n, t) if side == "left" else slice(0, n)
-        ids[i, sl] = seq
-        mask[i, sl] = 1
-    return ids, mask
+    tokens = TokenBatch.pad([rng.integers(3, vocab, size=n) for n in LENGTHS], side=side)
+    return tokens if batch else (tokens.ids.astype(np.int64), tokens.valid.astype(np.int64))
 
 
 def torch_forward(tm, ids, mask, **kw):
@@ -50,6 +46,7 @@ def test_logits_match_transformers(tiny, name, side):
     model = steerjax.load_model(path)
     ids, mask = padded_batch(model.config.vocab_size, side)
     ours = np.asarray(model.logits(ids, mask))
+    np.testing.assert_array_equal(model.logits(padded_batch(model.config.vocab_size, side, batch=True)), ours)
     ref = torch_forward(tm, ids, mask).logits.numpy()
     valid = mask.astype(bool)
     assert ours.shape == ref.shape
@@ -131,12 +128,9 @@ def test_packed_prefix_continuations_equal_full_forward(tiny, name):
     prefix_ids = rng.integers(3, cfg.vocab_size, plen)
     conts = [rng.integers(3, cfg.vocab_size, n) for n in lens]
     tp, width = 8, 12  # prefix left-padded by one; two rows of width 12: [3, 5, 2 | 4]
-    pre = np.zeros((1, tp), np.int32)
-    pre[0, tp - plen:] = prefix_ids
-    pvalid = np.zeros((1, tp), bool)
-    pvalid[0, tp - plen:] = True
-    cache = forward(params, cfg, jnp.asarray(pre), positions=positions_from_mask(jnp.asarray(pvalid)),
-                    valid=jnp.asarray(pvalid), cache=KVCache.empty(cfg, 1, tp)).cache
+    pre = TokenBatch.pad([prefix_ids], side="left", width=tp)
+    cache = forward(params, cfg, jnp.asarray(pre.ids), positions=jnp.asarray(pre.positions),
+                    valid=jnp.asarray(pre.valid), cache=KVCache.empty(cfg, 1, tp)).cache
     tok = np.zeros((2, width), np.int32)
     valid = np.zeros((2, width), bool)
     pos = np.zeros((2, width), np.int32)

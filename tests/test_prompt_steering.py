@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from steerjax.data.batch import TokenBatch
 from steerjax.data.examples import DataError
 from steerjax.errors import ContextLengthError
 from steerjax.profiles import data as pdata
@@ -153,10 +154,8 @@ def _uncached(model, prompts, questions, answers=scoring.ANSWERS):
             for a, answer in enumerate(answers):
                 full = tok(text + answer, add_special_tokens=False)["input_ids"]
                 assert full[:len(chat)] == chat and len(full) <= PAD
-                ids = np.zeros((1, PAD), np.int32)
-                ids[0, :len(full)] = full
-                mask = np.arange(PAD)[None] < len(full)  # right padding: one compile, same logits
-                logp = np.asarray(jax.nn.log_softmax(model.logits(ids, mask), axis=-1))[0]
+                batch = TokenBatch.pad([full], side="right", width=PAD)  # right padding: one compile, same logits
+                logp = np.asarray(jax.nn.log_softmax(model.logits(batch), axis=-1))[0]
                 out[p, q, a] = sum(logp[i - 1, full[i]] for i in range(len(chat), len(full)))
     return out
 

@@ -63,6 +63,7 @@ GENERATION = Buckets(16)  # prompts of a generate call (and of rollouts read at 
 SWEEP_PROMPT = Buckets(32)  # the prompt cache of a multiplier sweep (one per bucket of prompts)
 ACTIVATIONS = Buckets(16)  # full texts read for activations (vectors, concepts)
 JUDGE_PROMPT = Buckets(32, minimum=32)  # the judge's prefill of a prompt
+JUDGE_ROLLOUT = Buckets(8)  # the judge's rollout rows (a prompt's last token, then the rollout)
 SCORING_PREFIX = Buckets(32, minimum=32)  # a profile-scoring steering prompt
 SCORING_ROW = Buckets(16, minimum=16)  # a packed row of profile-scoring continuations
 

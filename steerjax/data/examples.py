@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from steerjax.data.batch import render
 from steerjax.errors import DataError, TokenizerError
 
 
@@ -43,7 +44,7 @@ class Example:
         if isinstance(self.prompt, tuple) and not all(isinstance(m, Mapping) and "role" in m and "content" in m
                                                       for m in self.prompt):
             raise DataError("a chat prompt must be a list of {'role': ..., 'content': ...} messages")
-        if not isinstance(self.positive, str) or not isinstance(self.negative, str) or not self.positive or not self.negative:
+        if not all(isinstance(c, str) and c for c in (self.positive, self.negative)):
             raise DataError("positive and negative completions must be non-empty strings")
         if self.positive == self.negative:
             raise DataError(f"positive and negative completions are identical ({self.positive!r})")
@@ -72,23 +73,6 @@ class Encoded(NamedTuple):
     negative: list[int]
 
 
-def _prompt_text(tokenizer, prompt) -> tuple[str, bool]:
-    """The prompt as text, and whether the tokenizer should add its special tokens."""
-    if tokenizer is None:
-        raise TokenizerError("this model has no tokenizer: text examples need one")
-    if isinstance(prompt, str):
-        return prompt, True
-    if not getattr(tokenizer, "chat_template", None):
-        raise TokenizerError("chat prompts need a tokenizer with a chat template; use text prompts instead")
-    return tokenizer.apply_chat_template([dict(m) for m in prompt], add_generation_prompt=True, tokenize=False), False
-
-
-def render_prompt(tokenizer, prompt) -> list[int]:
-    """Prompt token ids: chat template with generation prompt for chats, plain encoding for text."""
-    text, special = _prompt_text(tokenizer, prompt)
-    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
-
-
 _warned_boundary = False
 
 
@@ -102,7 +86,7 @@ def encode(tokenizer, example: Example) -> Encoded:
     word-start marker to it.
     """
     global _warned_boundary
-    text, special = _prompt_text(tokenizer, example.prompt)
+    text, special = render(tokenizer, example.prompt)
     prompt = list(tokenizer(text, add_special_tokens=special)["input_ids"])
     completions = []
     for c in (example.positive, example.negative):

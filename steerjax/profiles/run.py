@@ -23,6 +23,7 @@ from steerjax.profiles.beta import answer_matches, profile_parameters
 from steerjax.profiles.data import profiling_statements, steering_prompt, steering_statements
 from steerjax.profiles.indices import asymmetry, extremes_table, steerability_curves, steerability_indices
 from steerjax.profiles.scoring import answer_logprobs
+from steerjax.runs import RunDirectory, map_chunks
 
 DIRECTIONS = ("positive", "negative")
 
@@ -60,14 +61,15 @@ def prompt_plan(dim: str, budgets: Sequence[int], trials: int, seed: int) -> pd.
 
 
 def profile_dimension(model, dim: str, *, budgets, trials, num_questions, confidence_threshold, seed,
-                      batch_size: int = 64, progress: bool = False) -> pd.DataFrame:
-    """Answers of one dimension: one row per (prompt, question) with yes/no log-probs and matches."""
+                      batch_size: int = 64, progress: bool = False, mesh=None) -> pd.DataFrame:
+    """Answers of one dimension: one row per (prompt, question) with yes/no log-probs and matches
+    (``mesh``: as in :func:`~steerjax.profiles.scoring.answer_logprobs`)."""
     questions = profiling_statements(dim, num_questions=num_questions, confidence_threshold=confidence_threshold,
                                      seed=seed)
     plan = prompt_plan(dim, budgets, trials, seed)
     systems = [s if isinstance(s, str) else None for s in plan["system"]]  # pandas stores None as NaN
     lp = answer_logprobs(model, systems, list(questions["statement"]), batch_size=batch_size,
-                         progress=progress)
+                         progress=progress, mesh=mesh)
     says_yes = lp[..., 0] > lp[..., 1]
     positive = (questions["direction"] == "positive").to_numpy()
     p, q = lp.shape[:2]
@@ -98,10 +100,9 @@ def profiles_from_answers(answers: pd.DataFrame) -> pd.DataFrame:
 
 def run_profiles(model, dims: Sequence[str], *, budgets: Sequence[int] = (1, 2, 5, 10, 20), trials: int = 2,
                  num_questions: int | None = 20, confidence_threshold: float = 0.85, seed: int = 0,
-                 batch_size: int = 64, run_dir: str | None = None, progress: bool = True) -> ProfileRun:
-    """The whole protocol for several dimensions; resumable with ``run_dir``."""
-    from tqdm.auto import tqdm
-
+                 batch_size: int = 64, run_dir: str | None = None, progress: bool = True, mesh=None) -> ProfileRun:
+    """The whole protocol for several dimensions; resumable with ``run_dir`` (one chunk per
+    dimension); ``mesh`` as in :func:`~steerjax.profiles.scoring.answer_logprobs`."""
     from steerjax.errors import SteerjaxError
 
     dims = list(dims)
@@ -117,24 +118,18 @@ def run_profiles(model, dims: Sequence[str], *, budgets: Sequence[int] = (1, 2, 
             steering_statements(dim, direction, budgets[-1], seed=seed)
     store = None
     if run_dir is not None:
-        from steerjax.runs import RunDirectory
-
         store = RunDirectory(run_dir, {
             "kind": "profiles", "model": model.source, "dtype": model.dtype, "dims": dims, "budgets": budgets,
             "trials": trials, "num_questions": num_questions, "confidence_threshold": confidence_threshold,
             "seed": seed,
         })
-    parts = []
-    for i, dim in enumerate(tqdm(dims, desc="dimensions", unit="dim", disable=not progress or None)):
-        if store is not None and store.done(i):
-            parts.append(store.load(i))
-            continue
-        part = profile_dimension(model, dim, budgets=budgets, trials=trials, num_questions=num_questions,
-                                 confidence_threshold=confidence_threshold, seed=seed, batch_size=batch_size)
-        if store is not None:
-            store.save(i, part)
-        parts.append(part)
-    answers = pd.concat(parts, ignore_index=True)
+
+    def work(_, dim):
+        return profile_dimension(model, dim, budgets=budgets, trials=trials, num_questions=num_questions,
+                                 confidence_threshold=confidence_threshold, seed=seed, batch_size=batch_size,
+                                 mesh=mesh)
+
+    answers = map_chunks(dims, work, store=store, desc="dimensions", progress=progress)
     profiles = profiles_from_answers(answers)
     conf = {dim: g.drop_duplicates("statement")["label_confidence"].to_numpy()
             for dim, g in answers[answers.direction == "base"].groupby("dimension", sort=False)}

@@ -28,14 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from steerjax import sharding as shd
+from steerjax.data.batch import SCORING_PREFIX, SCORING_ROW, TokenBatch, pow2, render, round_rows, round_up
 from steerjax.data.examples import DataError
 from steerjax.errors import ContextLengthError, TokenizerError
 from steerjax.models.transformer import forward, prefill, unembed
 from steerjax.profiles.data import DIRECTIONS, query_messages
 
 ANSWERS = ("yes", "no")
-PREFIX_BUCKET = 32
-ROW_BUCKET = 16
 PACK_WIDTH = 64  # packed row width: several questions per row, little padding
 
 
@@ -107,13 +106,13 @@ def answer_logprobs(
     params = model.params
     if mesh is not None:  # whole steering prompts (and so their rows) per data shard
         params = shd.shard_params(params, cfg, mesh)
-        group = shd.round_up(group, shd.data_size(mesh))
-    put = functools.partial(shd.put, mesh=mesh)
+        group = round_up(group, shd.data_size(mesh))
+    shared = functools.partial(shd.put, mesh=mesh, batch=False)
 
     out = np.zeros((n_prompts, n_q, 2), np.float32)
     by_bucket: dict[int, list[int]] = {}  # prompts of one prefix bucket share a prefill: no extra padding
     for p in order:
-        by_bucket.setdefault(_round_up(splits[p], PREFIX_BUCKET), []).append(p)
+        by_bucket.setdefault(SCORING_PREFIX(splits[p]), []).append(p)
     groups = [(tp, ps[i:i + group]) for tp, ps in by_bucket.items() for i in range(0, len(ps), group)]
     from tqdm.auto import tqdm
 
@@ -121,29 +120,26 @@ def answer_logprobs(
     try:
         for tp, pidx in groups:
             n_real = len(pidx)
-            size = min(group, _pow2(len(pidx)))  # a short group is padded with repeats to a power of two
+            size = min(group, pow2(len(pidx)))  # a short group is padded with repeats to a power of two
             if mesh is not None:
-                size = shd.round_up(size, shd.data_size(mesh))
+                size = round_up(size, shd.data_size(mesh))
             pidx = pidx + [pidx[-1]] * (size - len(pidx))
-            pre_ids = np.zeros((size, tp), np.int32)
-            pre_valid = np.zeros((size, tp), bool)
-            for e, p in enumerate(pidx):
-                pre_ids[e, tp - splits[p]:] = ids[p][0][:splits[p]]
-                pre_valid[e, tp - splits[p]:] = True
-            cache = prefill(params, cfg, put(pre_ids), put(pre_valid), dtype=dtype)
+            pre = TokenBatch.pad([ids[p][0][:splits[p]] for p in pidx], side="left", width=tp)
+            pre = shd.put_batch(pre, mesh)
+            cache = prefill(params, cfg, pre.ids, pre.valid, dtype=dtype)
             # one packing for the whole group: an item's slot fits its longest version in the group
             lengths = [max(len(ids[p][q]) - splits[p] for p in pidx) + (0 if single else len(ans[a]) - 1)
                        for q in range(n_q) for a in range(per_q)]
             by_len = sorted(range(n_items), key=lambda i: -lengths[i])
             layout, width = _pack(by_len, lengths)
             n_calls = -(-n_items // chunk)
-            per_call = _round_rows(-(-len(layout) // n_calls))
+            per_call = round_rows(-(-len(layout) // n_calls))
             for c0 in range(0, len(layout), per_call):
                 rows = layout[c0:c0 + per_call]
-                rows = rows + [[] for _ in range(_round_rows(len(rows)) - len(rows))]
-                batch = _packed_batch(ids, splits, pidx, rows, width, ans, single, per_q)
-                *arrays, slots = batch  # rows split over data with their prompts; reads replicated
-                arrays = [put(x) for x in arrays[:4]] + [put(x, batch=False) for x in arrays[4:]]
+                rows = rows + [[] for _ in range(round_rows(len(rows)) - len(rows))]
+                *arrays, slots = _packed_batch(ids, splits, pidx, rows, width, ans, single, per_q)
+                # rows split over data with their prompts (whole groups: no padding); reads replicated
+                arrays = [*shd.put_batch(tuple(arrays[:4]), mesh), *map(shared, arrays[4:])]
                 lp = shd.to_host(_score_packed(params, cfg, cache, *arrays))
                 keep = slots >= 0
                 np.add.at(out.reshape(-1), slots[keep], lp[keep])
@@ -180,15 +176,10 @@ def answers_match(logprobs, directions) -> np.ndarray:
     return said_yes == (dirs == "positive")
 
 
-def _round_up(n: int, k: int) -> int:
-    return max(k, -(-n // k) * k)
-
-
 def _render(tokenizer, system, question) -> str:
     try:
-        return tokenizer.apply_chat_template(query_messages(question, system=system), add_generation_prompt=True,
-                                             tokenize=False)
-    except DataError:
+        return render(tokenizer, query_messages(question, system=system), chat=True)[0]
+    except (DataError, TokenizerError):
         raise
     except Exception as e:
         where = "with a system message" if system is not None else "without a system message"
@@ -244,10 +235,10 @@ def _common_prefix(seqs) -> int:
 def _pack(items, size):
     """First-fit-decreasing packing of ``items`` (sorted longest first) into rows.
 
-    The row width is at least ``PACK_WIDTH`` and a multiple of ``ROW_BUCKET``. Returns
-    ``(rows, width)``, ``rows`` a list of ``[(item, offset)]``, fullest first.
+    The row width is at least ``PACK_WIDTH``, rounded by :data:`steerjax.data.batch.SCORING_ROW`.
+    Returns ``(rows, width)``, ``rows`` a list of ``[(item, offset)]``, fullest first.
     """
-    width = _round_up(max(PACK_WIDTH, max(size[i] for i in items)), ROW_BUCKET)
+    width = SCORING_ROW(max(PACK_WIDTH, max(size[i] for i in items)))
     rows, free = [], []
     for i in items:
         r = next((r for r, f in enumerate(free) if f >= size[i]), None)
@@ -258,13 +249,6 @@ def _pack(items, size):
         rows[r].append((i, width - free[r]))
         free[r] -= size[i]
     return rows, width
-
-
-def _round_rows(n: int) -> int:
-    """``n`` rounded up to three significant bits (1..8, 10, 12, 14, 16, 20, ...): at most 25%
-    padding rows, and a handful of shapes to compile."""
-    step = 1 << max(0, int(n).bit_length() - 3)
-    return -(-n // step) * step
 
 
 def _packed_batch(ids, splits, pidx, rows, width, ans, single, per_q):
@@ -304,7 +288,7 @@ def _packed_batch(ids, splits, pidx, rows, width, ans, single, per_q):
                 else:
                     for t, target in enumerate(ans[a]):
                         reads.append((i, off + len(rest) - 1 + t, target, 0, base + a if real else -1, -1))
-    n = _pow2(len(reads))
+    n = pow2(len(reads))
     arr = np.zeros((n, 6), np.int64)
     arr[:, 4:] = -1
     arr[:len(reads)] = reads
@@ -312,10 +296,6 @@ def _packed_batch(ids, splits, pidx, rows, width, ans, single, per_q):
     target = arr[:, 2:4].astype(np.int32)
     slots = arr[:, 4:6]
     return tok, valid, pos, seg, read_row, read_col, target, slots
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
