@@ -51,16 +51,18 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from steerjax import sharding as shd
+from steerjax.data.batch import GENERATION, TokenBatch
 from steerjax.errors import SteerjaxError
 from steerjax.models import registry
-from steerjax.models.transformer import KVCache, forward, positions_from_mask, unembed
-from steerjax.predictor.concepts import Concept, pad_left
+from steerjax.models.transformer import KVCache, forward, unembed
+from steerjax.predictor.concepts import Concept
 from steerjax.predictor.testbed import (
-    _check_options,
-    _prompts,
     bucket_rows,
     check_concepts,
+    check_options,
     job_steering,
+    prompts_and_labels,
     strength_grid,
 )
 from steerjax.steering.core import normalize_layer
@@ -104,6 +106,7 @@ def early_features(
     positions: str = "all",
     chat: bool | None = None,
     progress: bool = False,
+    mesh=None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Diff features of the first ``max(steps)`` greedy decoding steps (see the module docstring).
 
@@ -115,6 +118,9 @@ def early_features(
         a short call is padded to a power of two). One program per (rows, distinct prompts per
         batch, both powers of two; prompt length in steps of 16): new prompts, concepts and
         strengths reuse it.
+      mesh: a ``("data", "model")`` mesh (:func:`steerjax.sharding.make_mesh`): a batch's rows
+        (and its distinct prompts) split over ``data``, parameters over ``model``; the table is
+        the same. Default: one device (or the :func:`steerjax.sharding.use_mesh` mesh).
 
     Returns:
       ``(table, tokens)``: one row per prompt x concept x strength with ``prompt_id, concept,
@@ -124,10 +130,10 @@ def early_features(
     cfg = model.config
     li = normalize_layer(layer, cfg.num_layers)
     steps = _check_steps(steps)
-    ids, _ = _prompts(model, prompts, chat)
+    ids, _ = prompts_and_labels(model, prompts, chat)
     concepts = check_concepts(cfg, concepts, li)
     grid = strength_grid(concepts, strengths)
-    _check_options(max(steps), batch_size, positions, 0)
+    check_options(max(steps), batch_size, positions, 0)
     k_max = max(steps)
     longest = max(len(x) for x in ids)
     if longest + k_max > cfg.max_position_embeddings:
@@ -138,6 +144,8 @@ def early_features(
     # the zero-strength rows concept_read is measured against, where the grid lacks them
     jobs += [(p, c, 0.0) for p in range(len(ids)) for c in concepts if 0.0 not in grid[c.name]]
     lens = lens_layers(cfg)
+    mesh = shd.default_mesh(mesh)
+    params = model.params if mesh is None else shd.shard_params(model.params, cfg, mesh)
 
     from tqdm.auto import tqdm
 
@@ -149,13 +157,16 @@ def early_features(
         uniq = list(dict.fromkeys(p for p, _, _ in chunk))  # the chunk's prompts, each once
         row_prompt = np.zeros((size,), np.int32)
         row_prompt[:len(chunk)] = [uniq.index(p) for p, _, _ in chunk]
-        tokens, valid = pad_left([ids[p] for p in uniq], bucket_rows(len(uniq), size))
+        prompt = TokenBatch.pad([ids[p] for p in uniq], side="left", buckets=GENERATION,
+                                rows=bucket_rows(len(uniq), size))
         units = np.zeros((size, cfg.hidden_size), np.float32)
         for r, (_, c, _) in enumerate(chunk):
             units[r] = c.vector / c.norm
-        out = _early(model.params, cfg, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(row_prompt), steering,
-                     jnp.asarray(units), steps=k_max, lens=lens, layer=li, steer_prompt=positions == "all")
-        out = jax.device_get(out)
+        prompt = shd.put_batch(prompt, mesh)
+        row_prompt, steering, units = shd.put_batch((row_prompt, steering, units), mesh)
+        out = _early(params, cfg, prompt, row_prompt, steering, units, steps=k_max, lens=lens, layer=li,
+                     steer_prompt=positions == "all")
+        out = jax.tree.map(shd.to_host, out)
         n = len(chunk)
         raw.append({k: np.asarray(v)[..., :n] for k, v in out["feats"].items()})
         toks.append(np.asarray(out["tokens"])[:n])
@@ -176,17 +187,6 @@ def _check_steps(steps) -> tuple[int, ...]:
             isinstance(k, bool) or float(k) != k for k in steps):
         raise SteerjaxError(f"steps must be distinct positive ints, got {steps!r}")
     return out
-
-
-def _pair(steering):
-    """Rows ``[steered; reference]``: the same vectors, multipliers 0 on the reference half."""
-    s = steering
-    return s.replace(
-        vectors=jnp.concatenate([s.vectors, s.vectors], axis=1),
-        multipliers=jnp.concatenate([s.multipliers, jnp.zeros_like(s.multipliers)]),
-        start=jnp.broadcast_to(s.start, (2 * s.vectors.shape[1],)),
-        end=jnp.broadcast_to(s.end, (2 * s.vectors.shape[1],)),
-    )
 
 
 def _step_features(params, cfg, layers, logits, unit, lens, layer_index):
@@ -223,45 +223,34 @@ def _gather_cache(cache: KVCache, rows) -> KVCache:
     return KVCache(cache.k[:, rows], cache.v[:, rows], cache.valid[rows], cache.index)
 
 
-def _pad_rows(steering, n: int):
-    """``steering`` for its rows followed by ``n`` unsteered rows."""
-    b = steering.vectors.shape[1]
-    return steering.replace(
-        vectors=jnp.concatenate([steering.vectors, jnp.zeros_like(steering.vectors[:, :1]).repeat(n, 1)], axis=1),
-        multipliers=jnp.concatenate([jnp.broadcast_to(steering.multipliers, (b,)), jnp.zeros((n,), jnp.float32)]),
-        start=jnp.broadcast_to(steering.start[:1], (b + n,)),
-        end=jnp.broadcast_to(steering.end[:1], (b + n,)),
-    )
-
-
 def _concat_cache(a: KVCache, b: KVCache) -> KVCache:
     return KVCache(jnp.concatenate([a.k, b.k], axis=1), jnp.concatenate([a.v, b.v], axis=1),
                    jnp.concatenate([a.valid, b.valid]), a.index)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "steps", "lens", "layer", "steer_prompt"))
-def _early(params, cfg, tokens, valid, row_prompt, steering, unit, *, steps, lens, layer, steer_prompt):
+def _early(params, cfg, prompt, row_prompt, steering, unit, *, steps, lens, layer, steer_prompt):
     """Greedy steered decoding of ``steps`` tokens with a teacher-forced reference half.
 
-    ``tokens, valid [E, T]``: the chunk's distinct prompts; ``row_prompt [B]``: each row's prompt.
+    ``prompt [E, T]`` (a :class:`TokenBatch`): the chunk's distinct prompts; ``row_prompt [B]``:
+    each row's prompt.
     The unsteered prompt pass runs once per distinct prompt and its KV cache is gathered into the
     reference rows (and into the steered rows too when only generated tokens are steered, since
     their prompt pass is then the same: ``E`` prompt rows in all). With ``steer_prompt`` the steered
     rows and the distinct prompts share one pass of ``B + E`` rows instead of ``2B``.
     """
-    e, t = tokens.shape
+    e, t = prompt.ids.shape
     b = row_prompt.shape[0]
     dtype = params["embed"].dtype
-    lengths = jnp.sum(valid, axis=-1).astype(jnp.int32)[row_prompt]
+    lengths = prompt.lengths[row_prompt]
     if steer_prompt:
         # steered rows and the distinct prompts in one batch: zero steering then gives bit-equal rows
-        pt, pv = jnp.concatenate([tokens[row_prompt], tokens]), jnp.concatenate([valid[row_prompt], valid])
-        pre = _pad_rows(steering, e)
+        p = jax.tree.map(lambda x: jnp.concatenate([x[row_prompt], x]), prompt)
+        pre = steering.pad(b, b + e, fill="unsteered")
     else:  # the prompt is not steered: the steered rows' prompt pass is the plain one
-        pt, pv, pre = tokens, valid, None
-    out = forward(params, cfg, pt, positions=positions_from_mask(pv), valid=pv, steering=pre,
-                  generation_start=jnp.sum(pv, axis=-1).astype(jnp.int32),
-                  cache=KVCache.empty(cfg, pt.shape[0], t + steps, dtype), collect_layers=True)
+        p, pre = prompt, None
+    out = forward(params, cfg, p.ids, positions=p.positions, valid=p.valid, steering=pre, generation_start=p.lengths,
+                  cache=KVCache.empty(cfg, p.ids.shape[0], t + steps, dtype), collect_layers=True)
     last_layers, last_hidden = out.layers[:, :, -1], out.hidden[:, -1]
     plain = jnp.arange(e) + (b if steer_prompt else 0)  # rows of the unsteered prompt pass
     ref = plain[row_prompt]
@@ -275,7 +264,7 @@ def _early(params, cfg, tokens, valid, row_prompt, steering, unit, *, steps, len
     logits = unembed(params, cfg, jnp.concatenate([st_hidden, ref_hidden]))
     f0 = _step_features(params, cfg, jnp.concatenate([st_layers, ref_layers], axis=1), logits, unit, lens, layer)
     tok = jnp.argmax(logits[:b], axis=-1).astype(jnp.int32)
-    both = _pair(steering)
+    both = steering.concat(steering.zero_strength())
     lengths2 = jnp.concatenate([lengths, lengths])
     rows = 2 * b
 

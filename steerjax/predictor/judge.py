@@ -43,13 +43,13 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from steerjax import sharding as shd
+from steerjax.data.batch import JUDGE_PROMPT, JUDGE_ROLLOUT, TokenBatch, encode
 from steerjax.errors import JudgeError
-from steerjax.predictor.concepts import UNSTEERED
-from steerjax.sharding import round_up
 from steerjax.models.transformer import forward, prefill, unembed
+from steerjax.predictor.concepts import UNSTEERED
 
 LABELS = ("under-steer", "success", "over-steer")
-BUCKET = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +198,10 @@ class HiddenStateJudge(Judge):
       concepts: the :class:`~steerjax.predictor.concepts.Concept` list (vectors and layer).
       prompt_tokens: ``{prompt_id: token ids}`` of the rendered prompts (default: the rollout
         table's ``prompt`` texts, encoded as the testbed encodes them).
-      batch_size: rollouts per forward pass.
+      batch_size: rollouts per forward pass (rounded up to a multiple of the mesh's ``data`` size).
+      mesh: a ``("data", "model")`` mesh (:func:`steerjax.sharding.make_mesh`): a prompt's rollouts
+        split over ``data`` (each shard continuing its own copy of the prompt's prefill), parameters
+        over ``model``. Default: one device (or the :func:`steerjax.sharding.use_mesh` mesh).
     """
 
     name = "hidden-state judge"
@@ -206,7 +209,7 @@ class HiddenStateJudge(Judge):
     fluency_margin = {"nll": 1.0, "repetition": 0.25}
 
     def __init__(self, model, concepts, *, prompt_tokens: Mapping | None = None, batch_size: int = 32,
-                 progress: bool = True):
+                 progress: bool = True, mesh=None):
         if not concepts:
             raise JudgeError("the judge needs the concepts (their vectors) of the rollouts")
         layers = {int(c.layer) for c in concepts}
@@ -215,7 +218,7 @@ class HiddenStateJudge(Judge):
         self.model, self.layer = model, layers.pop()
         self.directions = {c.name: np.asarray(c.vector, np.float32) for c in concepts}
         self.prompt_tokens = prompt_tokens
-        self.batch_size, self.progress = int(batch_size), progress
+        self.batch_size, self.progress, self.mesh = int(batch_size), progress, mesh
 
     def read(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """``(nll [N], mean hidden state at the layer [N, D])`` of each rollout, unsteered.
@@ -227,7 +230,7 @@ class HiddenStateJudge(Judge):
         prompts = _prompt_ids(self.model, table, self.prompt_tokens)
         rolls = [list(t) for t in table["tokens"]]
         cfg = self.model.config
-        n_new = round_up(max(max((len(r) for r in rolls), default=1), 1) + 1, 8)  # + the prompt's last token
+        n_new = JUDGE_ROLLOUT(max((len(r) for r in rolls), default=1) + 1)  # + the prompt's last token
         longest = max(len(p) for p in prompts)
         if longest - 1 + n_new > cfg.max_position_embeddings:
             raise JudgeError(f"prompt + rollout of {longest - 1 + n_new} tokens exceeds the context "
@@ -241,27 +244,22 @@ class HiddenStateJudge(Judge):
             groups.setdefault(tuple(p), []).append(i)
         bs = self.batch_size
         dtype = self.model.params["embed"].dtype
+        mesh = shd.default_mesh(self.mesh)
+        params = self.model.params if mesh is None else shd.shard_params(self.model.params, cfg, mesh)
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(table), desc="judge", unit="rollout", disable=not self.progress or None)
         for p, rows in groups.items():
             head = p[:-1]
-            tp = max(round_up(len(head), BUCKET), BUCKET)
-            ids = np.zeros((1, tp), np.int32)
-            valid = np.zeros((1, tp), bool)
-            if head:
-                ids[0, tp - len(head):], valid[0, tp - len(head):] = head, True
-            cache = prefill(self.model.params, cfg, jnp.asarray(ids), jnp.asarray(valid), dtype=dtype)
+            # one copy of the prefill per data shard: batch row r continues copy r // (rows / copies)
+            pre = shd.put_batch(TokenBatch.pad([head], side="left", buckets=JUDGE_PROMPT), mesh)
+            cache = prefill(params, cfg, pre.ids, pre.valid, dtype=dtype)
             for s in range(0, len(rows), bs):
                 idx = rows[s:s + bs]
-                tok = np.zeros((bs, n_new), np.int32)
-                ok = np.zeros((bs, n_new), bool)
-                for j, i in enumerate(idx):
-                    seq = [p[-1], *rolls[i]]
-                    tok[j, :len(seq)], ok[j, :len(seq)] = seq, True
-                a, h = _read(self.model.params, cfg, cache, jnp.asarray(tok), jnp.asarray(ok),
-                             start=len(head), layer=self.layer)
-                nll[idx], hid[idx] = np.asarray(a)[:len(idx)], np.asarray(h)[:len(idx)]
+                batch = TokenBatch.pad([[p[-1], *rolls[i]] for i in idx], side="right", width=n_new)
+                batch = shd.put_batch(batch, mesh, rows=bs)
+                a, h = _read(params, cfg, cache, batch.ids, batch.valid, start=len(head), layer=self.layer)
+                nll[idx], hid[idx] = shd.to_host(a)[:len(idx)], shd.to_host(h)[:len(idx)]
                 bar.update(len(idx))
         bar.close()
         return nll, hid
@@ -299,10 +297,8 @@ def _prompt_ids(model, table, given):
         return [list(given[p]) for p in table["prompt_id"]]
     if "prompt" not in table:
         raise JudgeError("the rollout table has no 'prompt' column: pass prompt_tokens")
-    from steerjax.predictor.concepts import encode
-
     texts = dict(zip(table["prompt_id"], table["prompt"]))
-    ids = dict(zip(texts, encode(model, list(texts.values()))))  # rendered as the testbed renders them
+    ids = dict(zip(texts, encode(model, list(texts.values()), chat=None)))  # as the testbed renders them
     return [ids[p] for p in table["prompt_id"]]
 
 

@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from steerjax.data.batch import encode
 from steerjax.errors import SteerjaxError, SteeringError
-from steerjax.predictor.concepts import UNSTEERED, Concept, encode
+from steerjax.predictor.concepts import UNSTEERED, Concept
+from steerjax.runs import RunDirectory, map_chunks
 from steerjax.steering.core import Steering, normalize_layer
 
 POSITIONS = ("all", "generated")
@@ -46,13 +48,14 @@ def rollouts(
     chat: bool | None = None,
     progress: bool = True,
     run_dir: str | None = None,
+    mesh=None,
 ) -> pd.DataFrame:
     """Generate every prompt under every (concept, strength), plus once unsteered.
 
     Args:
       model: a ``LanguageModel``.
       prompts: texts (user messages, chat-formatted when the tokenizer has a template, see
-        :func:`steerjax.predictor.concepts.encode`), chats, or token-id lists.
+        :func:`steerjax.data.batch.encode` with ``chat=None``), chats, or token-id lists.
       concepts: :class:`Concept` objects, all at block ``layer``, with distinct names.
       strengths: fractions of the residual norm (see :mod:`steerjax.predictor.concepts`), one
         grid for all concepts or ``{concept name: grid}``.
@@ -64,6 +67,8 @@ def rollouts(
       positions: ``"all"`` or ``"generated"`` (see the module docstring).
       run_dir: resumable run directory (:class:`steerjax.runs.RunDirectory`): finished chunks
         are kept, a run with another config is refused.
+      mesh: a ``("data", "model")`` mesh for :func:`steerjax.generate` (rows over ``data``,
+        parameters over ``model``); the table is the same. Default: one device.
 
     Returns:
       One row per prompt x (``"none"``, strength 0) then per concept x strength, in that order:
@@ -79,17 +84,15 @@ def rollouts(
 
     cfg = model.config
     li = normalize_layer(layer, cfg.num_layers)
-    ids, labels = _prompts(model, prompts, chat)
+    ids, labels = prompts_and_labels(model, prompts, chat)
     concepts = check_concepts(cfg, concepts, li)
     grid = strength_grid(concepts, strengths)
-    _check_options(max_new_tokens, batch_size, positions, seed)
+    check_options(max_new_tokens, batch_size, positions, seed)
     jobs = [j for p in range(len(ids)) for j in [(p, None, 0.0)] + [(p, c, s) for c in concepts for s in grid[c.name]]]
     chunks = [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
 
     store = None
     if run_dir is not None:
-        from steerjax.runs import RunDirectory
-
         store = RunDirectory(run_dir, {
             "kind": "testbed", "model": str(model.source), "dtype": model.dtype, "layer": li,
             "prompts_sha256": digest(ids), "concepts": concept_digests(concepts),
@@ -98,19 +101,12 @@ def rollouts(
             "positions": positions, "temperature": float(temperature), "top_p": float(top_p),
         })
 
-    from tqdm.auto import tqdm
-
-    parts = []
-    bar = tqdm(chunks, desc="rollouts", unit="chunk", disable=None if progress else True)
-    for ci, chunk in enumerate(bar):
-        if store is not None and store.done(ci):
-            parts.append(store.load(ci))
-            continue
+    def work(ci, chunk):
         size = bucket_rows(len(chunk), batch_size)
         steering, mults = job_steering(cfg, chunk, li, size, positions)
         rows = [ids[p] for p, _, _ in chunk] + [ids[chunk[0][0]]] * (size - len(chunk))
         out = generate(model, rows, steering=steering, max_new_tokens=int(max_new_tokens),
-                       temperature=temperature, top_p=top_p, seed=int(seed) + ci)
+                       temperature=temperature, top_p=top_p, seed=int(seed) + ci, mesh=mesh)
         records = []
         for r, (p, c, s) in enumerate(chunk):
             n = int(out.lengths[r])
@@ -120,11 +116,9 @@ def rollouts(
                 "text": None if out.texts is None else out.texts[r],
                 "tokens": [int(t) for t in out.tokens[r, :n]], "n_tokens": n,
             })
-        part = pd.DataFrame.from_records(records, columns=list(COLUMNS))
-        if store is not None:
-            store.save(ci, part)
-        parts.append(part)
-    table = pd.concat(parts, ignore_index=True)
+        return pd.DataFrame.from_records(records, columns=list(COLUMNS))
+
+    table = map_chunks(chunks, work, store=store, desc="rollouts", progress=progress)
     table["tokens"] = table["tokens"].map(lambda t: [int(x) for x in t])
     return table
 
@@ -132,7 +126,9 @@ def rollouts(
 # ----------------------------------------------------------------------------- shared with features
 
 
-def _prompts(model, prompts, chat) -> tuple[list[list[int]], list[str]]:
+def prompts_and_labels(model, prompts, chat) -> tuple[list[list[int]], list[str]]:
+    """Token ids of the prompts (:func:`steerjax.data.batch.encode`) and their labels in a table
+    (the text, or a chat or token list as JSON)."""
     if prompts is None or isinstance(prompts, str) or len(prompts) == 0:
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -190,7 +186,8 @@ def strength_grid(concepts: Sequence[Concept], strengths) -> dict[str, list[floa
     return out
 
 
-def _check_options(max_new_tokens, batch_size, positions, seed) -> None:
+def check_options(max_new_tokens, batch_size, positions, seed) -> None:
+    """Raise :class:`SteerjaxError` on a bad decoding length, batch size, ``positions`` or seed."""
     for name, v in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise SteerjaxError(f"{name} must be a positive int, got {v!r}")
