@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from steerjax.data import batch
-from steerjax.data.batch import ACTIVATIONS
 from steerjax.errors import SteeringError, SteerjaxError
 from steerjax.steering import normalize_layer
 from steerjax.vectors import SteeringVector, mean_difference, read_activations
@@ -192,28 +191,14 @@ def select(concepts: Sequence[Concept], names: Sequence[str] | None) -> list[Con
     return out
 
 
-# ----------------------------------------------------------------------------- encoding
-
-
-def encode(model, prompts, *, chat: bool | None = None) -> list[list[int]]:
-    """Token ids of prompts: a text is a user message formatted with the chat template when the
-    tokenizer has one (``chat=None``) or ``chat=True``; plain text with ``chat=False``; chats and
-    token-id lists pass through."""
-    return batch.encode(model, prompts, chat=chat)
-
-
-def pad_left(ids: Sequence[Sequence[int]], rows: int | None = None, bucket: int = batch.GENERATION.multiple):
-    """Left-pad to a multiple of ``bucket`` tokens and (optionally) ``rows`` rows (extra rows repeat
-    the last prompt). Returns ``tokens [rows, T] int32``, ``valid [rows, T] bool``."""
-    padded = batch.TokenBatch.pad(ids, side="left", buckets=batch.Buckets(bucket), rows=rows)
-    return padded.ids, padded.valid
+# ----------------------------------------------------------------------------- reading
 
 
 def _stats(model, ids, layer: int, batch_size: int, mesh) -> tuple[np.ndarray, np.ndarray]:
     """Per text: the mean residual after block ``layer`` and its mean norm, over the text's tokens
     but the first (an attention-sink outlier), as float64 ``[N, D]`` and ``[N]``."""
     mean, norm = read_activations(model, ids, [layer], reduce=("mean", "norm"), skip_first=True, side="left",
-                                  buckets=ACTIVATIONS, batch_size=batch_size, mesh=mesh)
+                                  buckets=batch.ACTIVATIONS, batch_size=batch_size, mesh=mesh)
     return mean[:, 0].astype(np.float64), norm[:, 0].astype(np.float64)
 
 
@@ -221,9 +206,10 @@ def residual_norm(model, prompts=NEUTRAL_PROMPTS, layer: int = 0, *, chat: bool 
                   batch_size: int = 16, mesh=None) -> float:
     """Mean norm of the (unsteered) residual stream after block ``layer``: averaged over each
     prompt's tokens (all but the first, whose norm is often an outlier) and then over prompts.
-    Prompts are encoded as in :func:`encode`; ``mesh`` as in :func:`steerjax.vectors.read_activations`."""
+    Prompts are encoded by :func:`steerjax.data.batch.encode` (texts become user messages when the
+    tokenizer has a chat template, ``chat=None``); ``mesh`` as in :func:`steerjax.vectors.read_activations`."""
     li = normalize_layer(layer, model.config.num_layers)
-    _, norms = _stats(model, encode(model, prompts, chat=chat), li, batch_size, mesh)
+    _, norms = _stats(model, batch.encode(model, prompts, chat=chat), li, batch_size, mesh)
     return float(norms.mean())
 
 
@@ -265,14 +251,15 @@ def text_concepts(model, texts: Mapping[str, Sequence[Any]], neutral_texts: Sequ
     if not texts:
         raise SteerjaxError("texts is empty: give at least one {concept: [texts]} entry")
     li = normalize_layer(layer, model.config.num_layers)
-    neutral_mean, neutral_norm = _stats(model, encode(model, list(neutral_texts), chat=chat), li, batch_size, mesh)
+    neutral_ids = batch.encode(model, list(neutral_texts), chat=chat)
+    neutral_mean, neutral_norm = _stats(model, neutral_ids, li, batch_size, mesh)
     if norm_prompts is None:
         rnorm = float(neutral_norm.mean())
     else:
         rnorm = residual_norm(model, norm_prompts, li, batch_size=batch_size, mesh=mesh)
     out = []
     for name, items in texts.items():
-        mean, _ = _stats(model, encode(model, list(items), chat=chat), li, batch_size, mesh)
+        mean, _ = _stats(model, batch.encode(model, list(items), chat=chat), li, batch_size, mesh)
         out.append(Concept(str(name), "text", mean_difference(mean, neutral_mean), li, rnorm))
     select(out, [c.name for c in out])  # rejects repeats
     return out
@@ -314,7 +301,7 @@ def statement_concepts(model, names: Sequence[str], *, layer: int, n_statements:
         rows = persona_statements(n)
         pos = rows.loc[rows["direction"] == "positive", "statement"]
         texts = pos.sample(n=min(n_statements, len(pos)), random_state=seed).tolist()
-        statement_means.append(_stats(model, encode(model, texts, chat=False), li, batch_size, mesh)[0])
+        statement_means.append(_stats(model, batch.encode(model, texts, chat=False), li, batch_size, mesh)[0])
     means = np.stack([m.mean(axis=0) for m in statement_means])  # m_c per dimension
     rnorm = residual_norm(model, norm_prompts, li, batch_size=batch_size, mesh=mesh)
     return [Concept(n, f"persona-statements:{n}", mean_difference(m, means), li, rnorm)

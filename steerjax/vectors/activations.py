@@ -117,7 +117,6 @@ def read_activations(
         shd.check_mesh(mesh, cfg)
         params = shd.shard_params(params, cfg, mesh)
     rows = round_up(min(batch_size, n), shd.data_size(mesh))
-    ex = functools.partial(shd.put, mesh=mesh)
     layer_idx = shd.put(np.asarray(idx, np.int32), mesh, batch=False)
     kinds = tuple("index" if not isinstance(m, str) else m for m in modes)
     parts = []
@@ -130,8 +129,9 @@ def read_activations(
         # the token to read, as a column of the padded row (left padding shifts it)
         first = np.argmax(np.asarray(batch.valid), axis=-1)
         cols = first + np.concatenate([reads[chunk], np.repeat(reads[chunk[-1:]], rows - len(chunk))])
-        out = _read(params, cfg, ex(batch.ids), ex(batch.valid), ex(batch.positions), layer_idx,
-                    ex(cols.astype(np.int32)), kinds=kinds, skip_first=bool(skip_first))
+        placed, cols = shd.put_batch((batch, cols.astype(np.int32)), mesh)
+        out = _read(params, cfg, placed.ids, placed.valid, placed.positions, layer_idx, cols, kinds=kinds,
+                    skip_first=bool(skip_first))
         parts.append([shd.to_host(o)[:len(chunk)] for o in out])
     results = tuple(np.concatenate([p[k] for p in parts]) for k in range(len(kinds)))
     return results if isinstance(reduce, tuple) else results[0]

@@ -100,7 +100,7 @@ def learn_vectors(
     mesh, params = _placed(model, mesh)
     rows = round_up(b, shd.data_size(mesh))
     layer_idx = shd.put(np.asarray(idx, np.int32), mesh, batch=False)
-    weight = shd.put((np.arange(rows) < b).astype(np.float32), mesh)
+    weight = (np.arange(rows) < b).astype(np.float32)
 
     def objective(v) -> float:
         return float(np.mean(_margins_batched(params, cfg, data, layer_idx, v, b, mesh)))
@@ -117,8 +117,8 @@ def learn_vectors(
             order = np.concatenate([order, rng.permutation(n)])
         picked, order = order[:b], order[b:]
         picked = np.concatenate([picked, np.repeat(picked[-1:], rows - b)])  # weight-0 mesh padding
-        loss, grad = _loss_and_grad(params, cfg, v, layer_idx, jnp.float32(norm_penalty), weight,
-                                    *(shd.put(a[picked], mesh) for a in data))
+        loss, grad = _loss_and_grad(params, cfg, v, layer_idx, jnp.float32(norm_penalty),
+                                    *shd.put_batch((weight, *(a[picked] for a in data)), mesh))
         updates, state = opt.update(grad, state, v)
         v = optax.apply_updates(v, updates)
         bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
@@ -209,7 +209,7 @@ def _margins_batched(params, cfg, data, layer_idx, v, b: int, mesh) -> np.ndarra
     out = []
     for s in range(0, n, rows):
         picked = np.arange(s, s + rows) % n  # a fixed batch shape; the wrapped rows are dropped
-        m = _margins(params, cfg, v, layer_idx, *(shd.put(a[picked], mesh) for a in data))
+        m = _margins(params, cfg, v, layer_idx, *shd.put_batch(tuple(a[picked] for a in data), mesh))
         out.append(shd.to_host(m)[: min(rows, n - s)])
     return np.concatenate(out).astype(np.float64)
 
