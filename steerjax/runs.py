@@ -33,6 +33,7 @@ import glob
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -335,3 +336,22 @@ def keyed_artifact(path: str, key: Any, build: Callable[[], T], *, save: Callabl
     os.replace(tmp, path)
     _atomic_write(key_path, json.dumps(key, indent=2, sort_keys=True) + "\n")
     return value
+
+
+class RunLog:
+    """Print a line and append it to ``PATH/log.txt``, stamped with the seconds since the start."""
+
+    def __init__(self, path: str, *, stamp: bool = True):
+        self.path = os.path.join(path, "log.txt")
+        self.start = time.time()
+        self.stamp = stamp
+
+    @property
+    def seconds(self) -> float:
+        return round(time.time() - self.start, 1)
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{self.seconds:7.1f}s] {msg}" if self.stamp else msg
+        print(line, flush=True)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
