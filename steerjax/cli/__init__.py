@@ -121,11 +121,12 @@ def _interrupts(*, hard: bool) -> Iterator:
     def announce() -> None:
         with lock:
             if not said.is_set():
-                said.set()
                 lead = "\n" if _isatty(sys.stderr) else ""  # leave a progress bar's line
                 os.write(2, f"{lead}{INTERRUPTED}\n".encode())
+                said.set()  # only once written: whoever sees it set may end the process
 
-    if not hard or threading.current_thread() is not threading.main_thread():
+    if (not hard or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN):  # e.g. a background job of a script
         yield announce
         return
     read_fd, write_fd = os.pipe()
@@ -139,13 +140,11 @@ def _interrupts(*, hard: bool) -> Iterator:
             if not data or 0 in data:  # the command finished
                 return
             if signal.SIGINT in data:
-                if said.is_set():  # a second Ctrl-C: no more waiting
-                    os._exit(EXIT_INTERRUPTED)
                 announce()
                 if not finished.wait(GRACE_SECONDS):
                     os._exit(EXIT_INTERRUPTED)
 
-    def unraisable(info) -> None:  # KeyboardInterrupt inside a gc callback or __del__: the watcher ends the run
+    def unraisable(info) -> None:  # a KeyboardInterrupt in a gc callback or __del__: the watcher ends the run
         if not (isinstance(info.exc_type, type) and issubclass(info.exc_type, KeyboardInterrupt)):
             old_hook(info)
 
