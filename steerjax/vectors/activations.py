@@ -121,18 +121,18 @@ def read_activations(
     kinds = tuple("index" if not isinstance(m, str) else m for m in modes)
     parts = []
     for start in tqdm(range(0, n, rows), desc=desc, unit="batch", disable=None if progress else True):
-        chunk = np.arange(start, min(start + rows, n))
+        m = min(rows, n - start)
+        picked = start + np.minimum(np.arange(rows), m - 1)  # a fixed batch shape: the last row repeats
         if full is None:
-            batch = TokenBatch.pad([seqs[i] for i in chunk], side=side, buckets=buckets, rows=rows)
+            batch = TokenBatch.pad([seqs[i] for i in picked], side=side, buckets=buckets)
         else:
-            batch = full.take(np.concatenate([chunk, np.repeat(chunk[-1:], rows - len(chunk))]))
+            batch = full.take(picked)
         # the token to read, as a column of the padded row (left padding shifts it)
-        first = np.argmax(np.asarray(batch.valid), axis=-1)
-        cols = first + np.concatenate([reads[chunk], np.repeat(reads[chunk[-1:]], rows - len(chunk))])
+        cols = np.argmax(np.asarray(batch.valid), axis=-1) + reads[picked]
         placed, cols = shd.put_batch((batch, cols.astype(np.int32)), mesh)
         out = _read(params, cfg, placed.ids, placed.valid, placed.positions, layer_idx, cols, kinds=kinds,
                     skip_first=bool(skip_first))
-        parts.append([shd.to_host(o)[:len(chunk)] for o in out])
+        parts.append([shd.to_host(o)[:m] for o in out])
     results = tuple(np.concatenate([p[k] for p in parts]) for k in range(len(kinds)))
     return results if isinstance(reduce, tuple) else results[0]
 
