@@ -32,6 +32,8 @@ WORKER = os.path.join(os.path.dirname(__file__), "_mesh_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 420
 RTOL = ATOL = 1e-5
+#: residual streams (entries up to ~30) differ by float32 rounding when rows are split differently
+ATOL_HIDDEN = 1e-4
 needs_tinystories = pytest.mark.skipif(tinystories_path() is None, reason="tinystories-656k not found")
 
 
@@ -71,7 +73,8 @@ def test_meshes_equal_one_device(chat_model_dir, tmp_path):
     assert report["devices"] == 8
     for mesh in ("8x1", "4x2", "2x4", "1x8"):
         for key in ("sweep", "sweep_all", "profile", "features", "judge_nll", "judge_hidden"):
-            np.testing.assert_allclose(res[f"{mesh}/{key}"], res[f"single/{key}"], rtol=RTOL, atol=ATOL,
+            atol = ATOL_HIDDEN if key == "judge_hidden" else ATOL
+            np.testing.assert_allclose(res[f"{mesh}/{key}"], res[f"single/{key}"], rtol=RTOL, atol=atol,
                                        err_msg=f"{key} on a {mesh} mesh")
         for key in ("sweep_keys", "tokens", "lengths", "feature_tokens"):
             np.testing.assert_array_equal(res[f"{mesh}/{key}"], res[f"single/{key}"], err_msg=f"{key} on {mesh}")
@@ -114,7 +117,8 @@ def test_two_processes_give_the_table_of_one(chat_model_dir, tmp_path):
     # generation, profile scoring, early features and the judge on the same global mesh
     extra, ref = np.load(out + ".npz"), others(model, None)
     for key in ("profile", "features", "judge_nll", "judge_hidden"):
-        np.testing.assert_allclose(extra[key], ref[key], rtol=RTOL, atol=ATOL, err_msg=key)
+        atol = ATOL_HIDDEN if key == "judge_hidden" else ATOL
+        np.testing.assert_allclose(extra[key], ref[key], rtol=RTOL, atol=atol, err_msg=key)
     for key in ("tokens", "lengths", "feature_tokens"):
         np.testing.assert_array_equal(extra[key], ref[key], err_msg=key)
 
