@@ -147,13 +147,18 @@ def describe_difference(path: str, old: Any, new: Mapping[str, Any], diff: list[
 # ----------------------------------------------------------------------------- internals
 
 
-def _check_config(path: str, cfg_path: str, config: dict[str, Any], flag: str) -> None:
+def read_run_config(path: str, flag: str = "--out") -> Any:
+    """The ``config.json`` of run directory ``path``; :class:`RunConfigError` if unreadable."""
     try:
-        with open(cfg_path) as f:
-            old = json.load(f)
+        with open(os.path.join(path, CONFIG)) as f:
+            return json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise RunConfigError(f"{path} has an unreadable {CONFIG} ({e}): it is not a steerjax run directory or it "
                              f"is damaged. Use a new {flag} directory, or delete this one to start over.") from e
+
+
+def _check_config(path: str, cfg_path: str, config: dict[str, Any], flag: str) -> None:
+    old = read_run_config(path, flag)
     config = json.loads(json.dumps(config, default=str))
     kind = config.get("kind")
     old_kind = old.get("kind") if isinstance(old, dict) else None

@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from steerjax.errors import ArtifactKeyError, RunConfigError
+from steerjax.paths import config_difference, describe_difference, read_run_config
 
 T = TypeVar("T")
 
@@ -176,24 +177,10 @@ def claim(path: str, config: dict[str, Any]) -> dict[str, Any]:
     if not os.path.exists(cfg_path):
         _atomic_write(cfg_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
         return config
-    try:
-        with open(cfg_path) as f:
-            old = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise RunConfigError(
-            f"{path} has an unreadable {CONFIG} ({e}): it is not a steerjax run directory or it "
-            "is damaged. Use a new --out directory, or delete this one to start over."
-        ) from e
-    if old != config:
-        keys = set(old) | set(config) if isinstance(old, dict) else set(config)
-        diff = sorted(k for k in keys if not isinstance(old, dict) or old.get(k) != config.get(k))
-        detail = "; ".join(f"{k}: {_short(old.get(k) if isinstance(old, dict) else None)} in the directory, "
-                           f"{_short(config.get(k))} now" for k in diff[:4])
-        more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
-        raise RunConfigError(
-            f"{path} holds a run with a different config (differs in: {', '.join(diff)}; {detail}{more}). "
-            "Use a new --out directory, or delete this one to start over."
-        )
+    old = read_run_config(path)
+    diff = config_difference(old, config)
+    if diff:
+        raise RunConfigError(describe_difference(path, old, config, diff))
     return config
 
 
@@ -227,11 +214,6 @@ def _parquet_rows(path: str) -> int | None:
         return pq.read_metadata(path).num_rows
     except Exception:  # noqa: BLE001 - a damaged file is simply not finished
         return None
-
-
-def _short(value: Any, width: int = 60) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _fsync_file(path: str) -> None:
@@ -321,8 +303,7 @@ def keyed_artifact(path: str, key: Any, build: Callable[[], T], *, save: Callabl
         if old == key:
             return load(path)
         if on_mismatch == "error":
-            diff = sorted(k for k in set(old or {}) | set(key) if (old or {}).get(k) != key.get(k)) \
-                if isinstance(old, dict) and isinstance(key, dict) else ["key"]
+            diff = config_difference(old, key) if isinstance(key, dict) else ["key"]
             raise ArtifactKeyError(f"{path} was built for another configuration (differs in: {', '.join(diff)}); "
                                    "delete it or use another directory")
     elif os.path.exists(path) and on_mismatch == "error":

@@ -120,6 +120,7 @@ def main(argv=None):
 
 if __name__ == "__main__":
     from steerjax import sharding
+    from steerjax.cli import guarded
 
     with sharding.use_mesh(sharding.from_env()):  # a launched multi-device or multi-host job (tpu_scripts/)
-        main()
+        guarded(main)

@@ -7,7 +7,9 @@ multiplier sweep (one batched, jit-compiled forward pass), and generates steered
     python experiments/quickstart/run.py --out runs/quickstart
 
 Writes ``config.json``, ``propensity.csv`` (one row per multiplier), ``generations.jsonl``,
-``vector.safetensors`` and, when matplotlib is installed, ``propensity.png`` into ``--out``.
+``vector.safetensors`` and, when matplotlib is installed, ``propensity.png`` into ``--out``
+(checked before the model loads: a non-empty directory is replaced only with ``--force``, and a
+resumable run directory never).
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ import os
 import platform
 import time
 
-import numpy as np
+os.environ.setdefault("MPLBACKEND", "Agg")  # the plot is a file; no display needed
 
-import steerjax
-from steerjax.data.batch import encode
-from steerjax.vectors import mean_difference, read_activations, save_vectors
+import numpy as np  # noqa: E402
+
+import steerjax  # noqa: E402
+from steerjax.data.batch import encode  # noqa: E402
+from steerjax.paths import check_output_dir  # noqa: E402
+from steerjax.vectors import mean_difference, read_activations, save_vectors  # noqa: E402
 
 HAPPY = ["I feel happy", "I am so joyful today", "What a wonderful, delightful day",
          "I love my life, everything is great", "This makes me glad and cheerful"]
@@ -40,7 +45,9 @@ def main(argv=None):
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/quickstart")
+    ap.add_argument("--force", action="store_true", help="replace the files of a non-empty --out directory")
     args = ap.parse_args(argv)
+    check_output_dir(args.out, force=args.force)
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
 
@@ -89,9 +96,6 @@ def main(argv=None):
 
 def _plot(rows, args):
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return
@@ -105,4 +109,6 @@ def _plot(rows, args):
 
 
 if __name__ == "__main__":
-    main()
+    from steerjax.cli import guarded
+
+    guarded(main)

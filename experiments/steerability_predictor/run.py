@@ -187,6 +187,7 @@ def _spread(names, n):
 
 if __name__ == "__main__":
     from steerjax import sharding
+    from steerjax.cli import guarded
 
     with sharding.use_mesh(sharding.from_env()):  # a launched multi-device or multi-host job (tpu_scripts/)
-        main()
+        guarded(main)

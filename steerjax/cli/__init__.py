@@ -35,7 +35,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import NoReturn
 
 from steerjax.errors import SteerjaxError
 
@@ -57,13 +58,28 @@ def main(argv: Sequence[str] | None = None) -> int:
       The exit status: 0 on success, 2 after an error (printed as ``error: ...``), 130 after
       Ctrl-C, 141 when the reader of stdout went away.
     """
-    with _interrupts(hard=argv is None) as interrupted:
+
+    def command() -> int:
         try:
-            try:
-                args = build_parser().parse_args(argv)
-            except SystemExit as e:  # --help, --version or a usage error, already printed
-                return e.code if isinstance(e.code, int) else EXIT_ERROR
-            code = args.run(args)
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help, --version or a usage error, already printed
+            return e.code if isinstance(e.code, int) else EXIT_ERROR
+        return args.run(args)
+
+    return _behave(command, hard=argv is None)
+
+
+def guarded(script: Callable[[], object]) -> NoReturn:
+    """Run an experiment script's ``main()`` as the command line runs a command (errors as
+    ``error: ...`` and status 2, Ctrl-C as one line and status 130, a closed pipe quietly), then
+    exit the process."""
+    sys.exit(_behave(lambda: (script(), 0)[1], hard=True))
+
+
+def _behave(command: Callable[[], int], *, hard: bool) -> int:
+    with _interrupts(hard=hard) as interrupted:
+        try:
+            code = command()
             sys.stdout.flush()  # a closed pipe shows here, not at exit where it cannot be caught
             return code
         except SteerjaxError as e:
