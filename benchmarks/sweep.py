@@ -29,7 +29,8 @@ def load_examples(n: int, seed: int):
     if os.environ.get("STEERJAX_DATA"):
         from steerjax.data import load_dataset
 
-        return load_dataset("corrigible-neutral-HHH", split="50%:100%", seed=seed, max_examples=n), "corrigible-neutral-HHH"
+        name = "corrigible-neutral-HHH"
+        return load_dataset(name, split="50%:100%", seed=seed, max_examples=n), name
     rng = np.random.default_rng(seed)
     topics = ["your goals", "honesty", "helping users", "shutdown", "new instructions", "your values"]
     out = []
@@ -79,8 +80,8 @@ def main(argv=None):
     torch.set_num_threads(os.cpu_count() or 1)
 
     model = steerjax.load_model("smollm2-135m-instruct")
-    from transformers import AutoModelForCausalLM
     from steering_vectors import SteeringVector
+    from transformers import AutoModelForCausalLM
 
     tm = AutoModelForCausalLM.from_pretrained(os.path.dirname(model.source), gguf_file=os.path.basename(model.source),
                                               dtype=torch.float32).eval()
@@ -114,7 +115,8 @@ def main(argv=None):
             if n_mult == 7:
                 peer_time_7 = peer
         n = len(examples) * n_mult
-        diff = np.nan if props is None else np.abs(df.propensity.to_numpy().reshape(len(examples), n_mult) - props).max()
+        ours = df.propensity.to_numpy().reshape(len(examples), n_mult)
+        diff = np.nan if props is None else np.abs(ours - props).max()
         # model FLOPs actually needed: prompts once + (n_mult x 2) completion rows of (tc - 1) tokens
         tc = max(max(len(e.positive), len(e.negative)) for e in encoded)
         tokens = sum(len(e.prompt) for e in encoded) + len(examples) * n_mult * 2 * (tc - 1)

@@ -5,8 +5,8 @@ from steerjax.generate import GenerationOutput, generate
 from steerjax.model import DEFAULT_MODEL, LanguageModel, load_model
 from steerjax.models.config import ModelConfig
 from steerjax.steering import Steering
-from steerjax.vectors import SteeringVector, train_vector
 from steerjax.sweeps import sweep
+from steerjax.vectors import SteeringVector, train_vector
 
 __version__ = "0.1.0"
 

@@ -15,6 +15,7 @@ from steerjax.errors import ContextLengthError, SteerjaxError
 from steerjax.models.transformer import KVCache, forward, unembed
 from steerjax.steering.core import Steering
 
+
 @dataclasses.dataclass
 class GenerationOutput:
     """``tokens [B, max_new_tokens]`` (after the first EOS: the pad id), ``lengths [B]`` (new

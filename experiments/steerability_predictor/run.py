@@ -1,7 +1,8 @@
 """Predicting steerability early (Fan et al., "When is Your LLM Steerable?") on one model.
 
 1. Testbed: contrastive concepts from Anthropic persona statements (each dimension's statements
-   against all dimensions' statements), neutral open-ended prompts, a grid of strengths (fractions of the residual norm at the steered block); greedy
+   against all dimensions' statements), neutral open-ended prompts, a grid of strengths (fractions of
+   the residual norm at the steered block); greedy
    steered rollouts with the KV cache, per-example vectors and multipliers in one batch.
 2. Labels: the hidden-state judge (concept shift, NLL, repetition; thresholds calibrated on the
    unsteered rollouts), and Cohen's kappa against the independent MiniLM embedding judge on a sample.

@@ -87,9 +87,9 @@ def feature_columns(cfg, steps: Sequence[int] = FEATURE_STEPS) -> list[str]:
     steps = _check_steps(steps)
     cols = []
     for k in steps:
-        cols += [f"{f}_L{l}_k{k}" for l in range(cfg.num_layers) for f in LAYER_FEATURES]
+        cols += [f"{f}_L{b}_k{k}" for b in range(cfg.num_layers) for f in LAYER_FEATURES]
         cols += [f"{f}_k{k}" for f in NEXT_FEATURES]
-        cols += [f"lens_kl_L{l}_k{k}" for l in lens_layers(cfg)]
+        cols += [f"lens_kl_L{b}_k{k}" for b in lens_layers(cfg)]
         cols += [f"{f}_k{k}" for f in READ_FEATURES]
     return cols
 
@@ -307,13 +307,13 @@ def _table(cfg, jobs, raw, mults, steps, lens) -> pd.DataFrame:
     }
     for k in steps:
         j = k - 1
-        for l in range(cfg.num_layers):
+        for b in range(cfg.num_layers):
             for fi, f in enumerate(LAYER_FEATURES):
-                cols[f"{f}_L{l}_k{k}"] = layer[j, fi, l]
+                cols[f"{f}_L{b}_k{k}"] = layer[j, fi, b]
         for fi, f in enumerate(NEXT_FEATURES):
             cols[f"{f}_k{k}"] = nxt[j, fi]
-        for li, l in enumerate(lens):
-            cols[f"lens_kl_L{l}_k{k}"] = lensk[j, li]
+        for li, b in enumerate(lens):
+            cols[f"lens_kl_L{b}_k{k}"] = lensk[j, li]
         cols[f"read_nll_k{k}"] = read_nll[j]
         cols[f"concept_read_k{k}"] = concept_read[j]
     return pd.DataFrame(cols)

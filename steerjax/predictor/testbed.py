@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from steerjax.data.batch import encode
-from steerjax.errors import SteerjaxError, SteeringError
+from steerjax.errors import SteeringError, SteerjaxError
 from steerjax.predictor.concepts import UNSTEERED, Concept
 from steerjax.runs import RunDirectory, map_chunks
 from steerjax.steering.core import Steering, normalize_layer

@@ -83,7 +83,7 @@ def answer_logprobs(
         raise DataError(f"answers must be two different non-empty strings, got {answers!r}")
     cfg = model.config
     ids = _tokenize_chats(model.tokenizer, prompts, qs)
-    ans = _answer_tokens(model.tokenizer, prompts[0], qs[0], answers)
+    ans = answer_tokens(model.tokenizer, prompts[0], qs[0], answers)
     longest = max(len(a) for a in ans)
     for p, rows in enumerate(ids):
         q = int(np.argmax([len(r) for r in rows]))
@@ -201,7 +201,7 @@ def _tokenize_chats(tokenizer, prompts, questions) -> list[list[list[int]]]:
     return out
 
 
-def _answer_tokens(tokenizer, system, question, answers) -> list[list[int]]:
+def answer_tokens(tokenizer, system, question, answers) -> list[list[int]]:
     text = _render(tokenizer, system, question)
     chat = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     out = []
