@@ -6,7 +6,8 @@ Each side is warmed up, then timed ``--repeats`` times, the calls of all configu
 interleaved so that load from other processes hits them alike; the table reports median tokens/s
 and the steerjax/torch ratio, and the largest logit difference between the two. steerjax's compile
 time is the first call minus the steady-state median. ``--steered`` also times a forward pass with
-a steering vector added at one block (steerjax: :class:`steerjax.Steering`; torch: a forward hook on that decoder layer).
+a steering vector added at one block (steerjax: :class:`steerjax.Steering`; torch: a forward hook on
+that decoder layer).
 
 Usage::
 
