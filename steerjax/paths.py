@@ -57,11 +57,8 @@ def check_output_dir(path: str | os.PathLike, *, force: bool = False, flag: str 
     refused even with ``force``: replacing its ``config.json`` would stop it from resuming.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        _check_creatable(path, flag)
+    if not _existing_dir(path, flag, "a directory"):
         return path
-    if not os.path.isdir(path):
-        raise OutputPathError(f"{flag} {path} is a file, not a directory: choose a new directory")
     kind = run_kind(path)
     if kind is not None:
         raise OutputPathError(f"{flag} {path} holds a resumable steerjax run ({kind}); writing here would "
@@ -93,11 +90,8 @@ def check_run_dir(path: str | os.PathLike, config: Mapping[str, Any] | None = No
       RunConfigError: the directory holds a run of another kind or with another config.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        _check_creatable(path, flag)
+    if not _existing_dir(path, flag, "a run directory"):
         return path
-    if not os.path.isdir(path):
-        raise OutputPathError(f"{flag} {path} is a file, not a run directory: choose a new directory")
     cfg_path = os.path.join(path, CONFIG)
     if os.path.exists(cfg_path):
         _check_config(path, cfg_path, dict(config or {}), flag)
@@ -168,6 +162,17 @@ def _check_config(path: str, cfg_path: str, config: dict[str, Any], flag: str) -
     diff = config_difference(old, config, config)
     if diff:
         raise RunConfigError(describe_difference(path, old, config, diff, flag))
+
+
+def _existing_dir(path: str, flag: str, what: str) -> bool:
+    """False for a missing ``path`` that can be created, True for an existing directory; raise
+    for a file or an uncreatable path."""
+    if not os.path.exists(path):
+        _check_creatable(path, flag)
+        return False
+    if not os.path.isdir(path):
+        raise OutputPathError(f"{flag} {path} is a file, not {what}: choose a new directory")
+    return True
 
 
 def _check_creatable(path: str, flag: str) -> None:

@@ -23,55 +23,29 @@ _LAYER_PART = re.compile(r"\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?")
 # ----------------------------------------------------------------------------- argparse types
 
 
-def _number(text: str, kind: type, what: str):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
-    return value
+def _number_type(kind: type, what: str, ok=lambda value: True, doc: str = ""):
+    """An argparse type: ``kind(text)``, finite, with ``ok(value)``; else "must be WHAT"."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if (kind is float and not math.isfinite(value)) or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    parse.__doc__ = doc or f"{what[0].upper()}{what[1:]}."
+    return parse
 
 
-def finite_float(text: str) -> float:
-    """A finite number (``inf`` and ``nan`` are refused)."""
-    return _number(text, float, "a finite number")
-
-
-def nonnegative_float(text: str) -> float:
-    value = _number(text, float, "a finite number >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text, float, "a finite number > 0")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
-def probability(text: str) -> float:
-    """A number in ``(0, 1]`` (nucleus mass, a threshold)."""
-    value = _number(text, float, "a number in (0, 1]")
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = _number(text, int, "an integer >= 1")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    value = _number(text, int, "an integer >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
+finite_float = _number_type(float, "a finite number", doc="A finite number (``inf`` and ``nan`` are refused).")
+nonnegative_float = _number_type(float, "a finite number >= 0", lambda v: v >= 0)
+positive_float = _number_type(float, "a finite number > 0", lambda v: v > 0)
+probability = _number_type(float, "a number in (0, 1]", lambda v: 0 < v <= 1,
+                           doc="A number in ``(0, 1]`` (nucleus mass, a threshold).")
+positive_int = _number_type(int, "an integer >= 1", lambda v: v >= 1)
+nonnegative_int = _number_type(int, "an integer >= 0", lambda v: v >= 0)
 
 
 # ----------------------------------------------------------------------------- shared arguments
