@@ -7,9 +7,11 @@ from steerjax.predictor.concepts import (
     UNSTEERED,
     Concept,
     load_concepts,
+    make_concepts,
     persona_concepts,
     residual_norm,
     save_concepts,
+    statement_concepts,
     text_concepts,
 )
 from steerjax.predictor.features import FEATURE_STEPS, early_features, feature_columns, lens_layers
@@ -21,5 +23,6 @@ __all__ = [
     "LABELS", "EmbeddingJudge", "HiddenStateJudge", "SteerabilityPredictor", "choose_strength", "cohen_kappa",
     "evaluate", "fit", "guided_search", "rank_strengths",
     "FEATURE_STEPS", "NEUTRAL_PROMPTS", "UNSTEERED", "Concept", "early_features", "feature_columns",
-    "lens_layers", "load_concepts", "persona_concepts", "residual_norm", "rollouts", "save_concepts", "text_concepts",
+    "lens_layers", "load_concepts", "make_concepts", "persona_concepts", "residual_norm", "rollouts", "save_concepts",
+    "statement_concepts", "text_concepts",
 ]
