@@ -122,3 +122,62 @@ def eos_ids(value: Any) -> tuple[int, ...]:
     if isinstance(value, (list, tuple)):
         return tuple(int(v) for v in value)
     return (int(value),)
+
+
+# ----------------------------------------------------------------------------- parameter shape tables
+
+
+def linear_shapes(name: str, n_in: int, n_out: int, bias: bool = False) -> dict[str, tuple[int, ...]]:
+    """``{name.kernel: (n_in, n_out)}`` and, with ``bias``, ``{name.bias: (n_out,)}``."""
+    out = {f"{name}.kernel": (n_in, n_out)}
+    if bias:
+        out[f"{name}.bias"] = (n_out,)
+    return out
+
+
+def norm_shapes(name: str, d: int, bias: bool = False) -> dict[str, tuple[int, ...]]:
+    """``{name.scale: (d,)}`` and, with ``bias`` (LayerNorm), ``{name.bias: (d,)}``."""
+    out = {f"{name}.scale": (d,)}
+    if bias:
+        out[f"{name}.bias"] = (d,)
+    return out
+
+
+def model_shapes(cfg: ModelConfig, layer: dict[str, tuple[int, ...]], *, norm_bias: bool = False,
+                 extra: dict | None = None) -> dict:
+    """The whole parameter tree's shapes: ``embed``, one block's ``layer`` shapes stacked on a
+    leading axis of ``num_layers``, ``final_norm``, ``lm_head`` when untied, and ``extra``."""
+    d = cfg.hidden_size
+    shapes = {
+        "embed": (cfg.vocab_size, d),
+        **(extra or {}),
+        "layers": {k: (cfg.num_layers, *s) for k, s in layer.items()},
+        "final_norm": {k.split(".", 1)[1]: s for k, s in norm_shapes("final", d, norm_bias).items()},
+    }
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head"] = (d, cfg.vocab_size)
+    return shapes
+
+
+def hf_sizes(hf: dict[str, Any], *, eps: str, eps_default: float, max_positions: int = 2048) -> dict[str, Any]:
+    """The size fields that Llama-like and GPT-NeoX configs name alike (``eps``: the norm epsilon's
+    field name), as :class:`ModelConfig` keyword arguments."""
+    return dict(
+        num_layers=hf["num_hidden_layers"],
+        hidden_size=hf["hidden_size"],
+        num_heads=hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        vocab_size=hf["vocab_size"],
+        max_position_embeddings=hf.get("max_position_embeddings", max_positions),
+        norm_eps=hf.get(eps, eps_default),
+    )
+
+
+def hf_tokens(hf: dict[str, Any], *, tie: bool, bos: int | None = None, eos: Any = None) -> dict[str, Any]:
+    """Embedding tying and special token ids (with each family's defaults) as keyword arguments."""
+    return dict(
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", tie)),
+        bos_token_id=hf.get("bos_token_id", bos),
+        eos_token_ids=eos_ids(hf.get("eos_token_id", eos)),
+        pad_token_id=hf.get("pad_token_id"),
+    )

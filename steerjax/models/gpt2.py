@@ -12,7 +12,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from steerjax.errors import UnsupportedArchitectureError
-from steerjax.models.config import ModelConfig, eos_ids
+from steerjax.models.config import ModelConfig, eos_ids, linear_shapes, model_shapes, norm_shapes
 from steerjax.models.layers import activation, attend, layer_norm, linear
 
 
@@ -55,34 +55,16 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
 
 
 def param_shapes(cfg: ModelConfig) -> dict:
-    d, n, i = cfg.hidden_size, cfg.num_layers, cfg.intermediate_size
+    d, i = cfg.hidden_size, cfg.intermediate_size
     layer = {
-        "ln_1.scale": (d,),
-        "ln_1.bias": (d,),
-        "attn.q_proj.kernel": (d, d),
-        "attn.q_proj.bias": (d,),
-        "attn.k_proj.kernel": (d, d),
-        "attn.k_proj.bias": (d,),
-        "attn.v_proj.kernel": (d, d),
-        "attn.v_proj.bias": (d,),
-        "attn.c_proj.kernel": (d, d),
-        "attn.c_proj.bias": (d,),
-        "ln_2.scale": (d,),
-        "ln_2.bias": (d,),
-        "mlp.c_fc.kernel": (d, i),
-        "mlp.c_fc.bias": (i,),
-        "mlp.c_proj.kernel": (i, d),
-        "mlp.c_proj.bias": (d,),
+        **norm_shapes("ln_1", d, bias=True),
+        **{k: v for p in ("q_proj", "k_proj", "v_proj", "c_proj")
+           for k, v in linear_shapes(f"attn.{p}", d, d, bias=True).items()},
+        **norm_shapes("ln_2", d, bias=True),
+        **linear_shapes("mlp.c_fc", d, i, bias=True),
+        **linear_shapes("mlp.c_proj", i, d, bias=True),
     }
-    shapes = {
-        "embed": (cfg.vocab_size, d),
-        "pos_embed": (cfg.max_position_embeddings, d),
-        "layers": {k: (n, *s) for k, s in layer.items()},
-        "final_norm": {"scale": (d,), "bias": (d,)},
-    }
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head"] = (d, cfg.vocab_size)
-    return shapes
+    return model_shapes(cfg, layer, norm_bias=True, extra={"pos_embed": (cfg.max_position_embeddings, d)})
 
 
 # ----------------------------------------------------------------------------- weight conversion

@@ -13,7 +13,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from steerjax.errors import UnsupportedArchitectureError
-from steerjax.models.config import ModelConfig, eos_ids, freeze
+from steerjax.models.config import ModelConfig, freeze, hf_sizes, hf_tokens, linear_shapes, model_shapes, norm_shapes
 from steerjax.models.layers import activation, apply_rotary, attend, layer_norm, linear
 
 _ROPE_TYPES = ("default", "linear", "llama3")
@@ -35,15 +35,9 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     return ModelConfig(
         family="gpt_neox",
         model_type=hf.get("model_type", "gpt_neox"),
-        num_layers=hf["num_hidden_layers"],
-        hidden_size=d,
-        num_heads=h,
+        **hf_sizes(hf, eps="layer_norm_eps", eps_default=1e-5),
         num_kv_heads=h,
         head_dim=head_dim,
-        intermediate_size=hf["intermediate_size"],
-        vocab_size=hf["vocab_size"],
-        max_position_embeddings=hf.get("max_position_embeddings", 2048),
-        norm_eps=hf.get("layer_norm_eps", 1e-5),
         rope_theta=float(hf.get("rotary_emb_base", hf.get("rope_theta", 10000.0))),
         rope_scaling=freeze(rope_scaling),
         rotary_dim=int(head_dim * hf.get("rotary_pct", 0.25)),
@@ -52,41 +46,22 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         activation=act,
         mlp_bias=True,
         parallel_residual=bool(hf.get("use_parallel_residual", True)),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        bos_token_id=hf.get("bos_token_id", 0),
-        eos_token_ids=eos_ids(hf.get("eos_token_id", 2)),
-        pad_token_id=hf.get("pad_token_id"),
+        **hf_tokens(hf, tie=False, bos=0, eos=2),
     )
 
 
 def param_shapes(cfg: ModelConfig) -> dict:
-    d, n, i = cfg.hidden_size, cfg.num_layers, cfg.intermediate_size
+    d, i = cfg.hidden_size, cfg.intermediate_size
     layer = {
-        "input_layernorm.scale": (d,),
-        "input_layernorm.bias": (d,),
-        "attention.q_proj.kernel": (d, d),
-        "attention.k_proj.kernel": (d, d),
-        "attention.v_proj.kernel": (d, d),
-        "attention.dense.kernel": (d, d),
-        "post_attention_layernorm.scale": (d,),
-        "post_attention_layernorm.bias": (d,),
-        "mlp.dense_h_to_4h.kernel": (d, i),
-        "mlp.dense_h_to_4h.bias": (i,),
-        "mlp.dense_4h_to_h.kernel": (i, d),
-        "mlp.dense_4h_to_h.bias": (d,),
+        **norm_shapes("input_layernorm", d, bias=True),
+        **{k: v for p in ("q_proj", "k_proj", "v_proj")
+           for k, v in linear_shapes(f"attention.{p}", d, d, cfg.attention_bias).items()},
+        **linear_shapes("attention.dense", d, d, cfg.attention_out_bias),
+        **norm_shapes("post_attention_layernorm", d, bias=True),
+        **linear_shapes("mlp.dense_h_to_4h", d, i, bias=True),
+        **linear_shapes("mlp.dense_4h_to_h", i, d, bias=True),
     }
-    if cfg.attention_bias:
-        layer |= {"attention.q_proj.bias": (d,), "attention.k_proj.bias": (d,), "attention.v_proj.bias": (d,)}
-    if cfg.attention_out_bias:
-        layer["attention.dense.bias"] = (d,)
-    shapes = {
-        "embed": (cfg.vocab_size, d),
-        "layers": {k: (n, *s) for k, s in layer.items()},
-        "final_norm": {"scale": (d,), "bias": (d,)},
-    }
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head"] = (d, cfg.vocab_size)
-    return shapes
+    return model_shapes(cfg, layer, norm_bias=True)
 
 
 # ----------------------------------------------------------------------------- weight conversion

@@ -24,8 +24,8 @@ def rms_norm(x, scale, eps: float, offset: float = 0.0):
     xf = x.astype(jnp.float32)
     y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
     if offset:
-        return (y * (offset + scale.astype(jnp.float32))).astype(x.dtype)
-    return scale * y.astype(x.dtype)
+        return (y * jnp.broadcast_to(offset + scale.astype(jnp.float32), y.shape)).astype(x.dtype)
+    return jnp.broadcast_to(scale, y.shape) * y.astype(x.dtype)
 
 
 def layer_norm(x, scale, bias, eps: float):
@@ -33,7 +33,8 @@ def layer_norm(x, scale, bias, eps: float):
     mean = jnp.mean(xf, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
     y = (xf - mean) * jax.lax.rsqrt(var + eps)
-    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
+    scale, bias = (jnp.broadcast_to(w.astype(jnp.float32), y.shape) for w in (scale, bias))
+    return (y * scale + bias).astype(x.dtype)
 
 
 def activation(name: str):
@@ -51,7 +52,7 @@ def activation(name: str):
 def linear(x, w, b=None):
     """``x @ w (+ b)`` with ``w`` stored ``[in, out]``."""
     y = jnp.einsum("...i,io->...o", x, w)
-    return y if b is None else y + b
+    return y if b is None else y + jnp.broadcast_to(b, y.shape)
 
 
 # ----------------------------------------------------------------------------- rotary embeddings
@@ -91,7 +92,7 @@ class Rotary(NamedTuple):
 
 def rotary_tables(cfg: ModelConfig, positions, theta: float, scaled: bool = True) -> Rotary:
     inv = inv_frequencies(cfg, theta, scaled)
-    freqs = positions.astype(jnp.float32)[..., None] * inv  # [B, T, dim/2]
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.expand_dims(inv, tuple(range(positions.ndim)))  # [B,T,dim/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return Rotary(jnp.cos(emb), jnp.sin(emb))
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from steerjax.models.config import ModelConfig, eos_ids, freeze
+from steerjax.models.config import ModelConfig, freeze, hf_sizes, hf_tokens, linear_shapes, model_shapes, norm_shapes
 from steerjax.models.layers import activation, apply_rotary, attend, linear, rms_norm
 
 _QKV_BIAS_DEFAULT = {"qwen2": True}
@@ -43,15 +43,9 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     return ModelConfig(
         family="llama",
         model_type=mt,
-        num_layers=n,
-        hidden_size=d,
-        num_heads=h,
+        **hf_sizes(hf, eps="rms_norm_eps", eps_default=1e-6),
         num_kv_heads=kvh,
         head_dim=head_dim,
-        intermediate_size=hf["intermediate_size"],
-        vocab_size=hf["vocab_size"],
-        max_position_embeddings=hf.get("max_position_embeddings", 2048),
-        norm_eps=hf.get("rms_norm_eps", 1e-6),
         rope_theta=hf.get("rope_theta", 10000.0),
         rope_scaling=freeze(hf.get("rope_scaling")),
         rotary_dim=None if prf == 1.0 else int(head_dim * prf),
@@ -61,43 +55,27 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         layer_windows=windows,
         activation=hf.get("hidden_act", "silu"),
         mlp_bias=bool(hf.get("mlp_bias", False)),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        bos_token_id=hf.get("bos_token_id"),
-        eos_token_ids=eos_ids(hf.get("eos_token_id")),
-        pad_token_id=hf.get("pad_token_id"),
+        **hf_tokens(hf, tie=False),
     )
 
 
 def param_shapes(cfg: ModelConfig) -> dict:
-    d, n, i = cfg.hidden_size, cfg.num_layers, cfg.intermediate_size
+    d, i = cfg.hidden_size, cfg.intermediate_size
     q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
     layer = {
-        "input_layernorm.scale": (d,),
-        "self_attn.q_proj.kernel": (d, q),
-        "self_attn.k_proj.kernel": (d, kv),
-        "self_attn.v_proj.kernel": (d, kv),
-        "self_attn.o_proj.kernel": (q, d),
-        "post_attention_layernorm.scale": (d,),
-        "mlp.gate_proj.kernel": (d, i),
-        "mlp.up_proj.kernel": (d, i),
-        "mlp.down_proj.kernel": (i, d),
+        **norm_shapes("input_layernorm", d),
+        **linear_shapes("self_attn.q_proj", d, q, cfg.attention_bias),
+        **linear_shapes("self_attn.k_proj", d, kv, cfg.attention_bias),
+        **linear_shapes("self_attn.v_proj", d, kv, cfg.attention_bias),
+        **linear_shapes("self_attn.o_proj", q, d, cfg.attention_out_bias),
+        **norm_shapes("post_attention_layernorm", d),
+        **linear_shapes("mlp.gate_proj", d, i, cfg.mlp_bias),
+        **linear_shapes("mlp.up_proj", d, i, cfg.mlp_bias),
+        **linear_shapes("mlp.down_proj", i, d, cfg.mlp_bias),
     }
-    if cfg.attention_bias:
-        layer |= {"self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,)}
-    if cfg.attention_out_bias:
-        layer["self_attn.o_proj.bias"] = (d,)
     if cfg.qk_norm:
-        layer |= {"self_attn.q_norm.scale": (cfg.head_dim,), "self_attn.k_norm.scale": (cfg.head_dim,)}
-    if cfg.mlp_bias:
-        layer |= {"mlp.gate_proj.bias": (i,), "mlp.up_proj.bias": (i,), "mlp.down_proj.bias": (d,)}
-    shapes = {
-        "embed": (cfg.vocab_size, d),
-        "layers": {k: (n, *s) for k, s in layer.items()},
-        "final_norm": {"scale": (d,)},
-    }
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head"] = (d, cfg.vocab_size)
-    return shapes
+        layer |= {**norm_shapes("self_attn.q_norm", cfg.head_dim), **norm_shapes("self_attn.k_norm", cfg.head_dim)}
+    return model_shapes(cfg, layer)
 
 
 # ----------------------------------------------------------------------------- weight conversion

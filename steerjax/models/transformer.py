@@ -115,6 +115,7 @@ def forward(
             q_index = jnp.broadcast_to(k_index, (b, t))
         else:  # slot indices restart per segment: causality and windows hold within a segment
             first = jnp.concatenate([jnp.ones((b, 1), bool), segments[:, 1:] != segments[:, :-1]], axis=1)
+            j = jnp.broadcast_to(j, (b, t))
             q_index = k_index = s + j - jax.lax.cummax(jnp.where(first, j, 0), axis=1)
         attn = AttentionContext(q_index, k_index, valid, None, prefix.valid, rows, segments)
 
