@@ -255,7 +255,7 @@ def _score(params, cfg, prompt, pvalid, comp, cvalid, table, onehot, mults, *, p
     toks = row_tokens.reshape(-1, tc)
     val = row_valid.reshape(-1, tc)
     inputs, targets, tvalid = toks[:, :-1], toks[:, 1:], val[:, 1:]
-    pos = row_start.reshape(-1)[:, None] + jnp.arange(tc - 1, dtype=jnp.int32)
+    pos = row_start.reshape(-1)[:, None] + jnp.arange(tc - 1, dtype=jnp.int32)[None, :]
     out = forward(params, cfg, inputs, positions=pos, valid=val[:, :-1], steering=row_steer, prefix=prefix)
     logp = jax.nn.log_softmax(unembed(params, cfg, out.hidden), axis=-1)
     tok_lp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]

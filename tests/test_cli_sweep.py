@@ -14,17 +14,9 @@ from steerjax.cli import main
 from steerjax.cli.checks import parse_layers
 from steerjax.errors import SteerjaxError
 
-needs_data = pytest.mark.skipif(not os.environ.get("STEERJAX_DATA"),
-                                reason="STEERJAX_DATA is not set: point it at the data directory (e.g. ../shared/data)")
-
 
 def forbidden(*args, **kwargs):
     raise AssertionError("the model was loaded before the arguments were checked")
-
-
-@pytest.fixture(scope="module")
-def chat_model(chat_model_dir):
-    return chat_model_dir
 
 
 def test_parse_layers():
@@ -37,24 +29,25 @@ def test_parse_layers():
         parse_layers("a-b", 30)
 
 
-@needs_data
+@pytest.mark.requires_data
 def test_datasets_lists_names(capsys):
     assert main(["datasets", "--kind", "xrisk"]) == 0
     names = capsys.readouterr().out.split()
     assert "corrigible-neutral-HHH" in names and "anti-immigration" not in names
 
 
-@needs_data
-def test_train_then_sweep_then_resume(chat_model, tmp_path, capsys, monkeypatch):
+@pytest.mark.slow
+@pytest.mark.requires_data
+def test_train_then_sweep_then_resume(chat_model_dir, tmp_path, capsys, monkeypatch):
     vec = str(tmp_path / "v.safetensors")
-    train = ["vector", "train", chat_model, "--dataset", "corrigible-neutral-HHH", "--max-examples", "8",
+    train = ["vector", "train", chat_model_dir, "--dataset", "corrigible-neutral-HHH", "--max-examples", "8",
              "--layers", "0-1", "--out", vec]
     assert main(train) == 0
     assert "caa vector from 8 examples" in capsys.readouterr().out
     assert main(train) == 2 and "already exists: pass --force" in capsys.readouterr().err
     assert main(train + ["--force"]) == 0
     run = str(tmp_path / "run")
-    argv = ["sweep", chat_model, "--dataset", "corrigible-neutral-HHH", "--vector", vec, "--max-examples", "6",
+    argv = ["sweep", chat_model_dir, "--dataset", "corrigible-neutral-HHH", "--vector", vec, "--max-examples", "6",
             "--multipliers", "-2", "0", "2", "--out", run]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -79,7 +72,7 @@ def test_train_then_sweep_then_resume(chat_model, tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(steerjax, "load_model", forbidden)
     assert main(argv[:-2] + ["--positions", "all", "--out", run]) == 2
     assert "different config (differs in: positions" in capsys.readouterr().err
-    assert main(["profile", chat_model, "--dims", "agreeableness", "--out", run]) == 2
+    assert main(["profile", chat_model_dir, "--dims", "agreeableness", "--out", run]) == 2
     assert "holds a sweep run, not a profiles run" in capsys.readouterr().err
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("not a run")
@@ -87,27 +80,28 @@ def test_train_then_sweep_then_resume(chat_model, tmp_path, capsys, monkeypatch)
     assert "holds no steerjax run" in capsys.readouterr().err
 
 
-@needs_data
-def test_bad_input_exits_2_with_a_message(chat_model, tmp_path, capsys):
+@pytest.mark.requires_data
+def test_bad_input_exits_2_with_a_message(chat_model_dir, tmp_path, capsys):
     from steerjax.vectors import save_vectors
 
-    assert main(["vector", "train", chat_model, "--dataset", "corrigible-neutral-HHHH", "--layers", "0",
+    assert main(["vector", "train", chat_model_dir, "--dataset", "corrigible-neutral-HHHH", "--layers", "0",
                  "--out", str(tmp_path / "v.safetensors")]) == 2
     assert "corrigible-neutral-HHH" in capsys.readouterr().err  # suggests the close match
-    assert main(["vector", "train", chat_model, "--dataset", "corrigible-neutral-HHH", "--split", "50%:50%",
+    assert main(["vector", "train", chat_model_dir, "--dataset", "corrigible-neutral-HHH", "--split", "50%:50%",
                  "--layers", "0", "--out", str(tmp_path / "v.safetensors")]) == 2
     assert "no examples" in capsys.readouterr().err
     wide = str(tmp_path / "wide.safetensors")
     save_vectors(wide, {0: np.ones(576, np.float32)})
-    assert main(["sweep", chat_model, "--dataset", "corrigible-neutral-HHH", "--vector", wide, "--max-examples", "2",
-                 "--out", str(tmp_path / "r")]) == 2
+    assert main(["sweep", chat_model_dir, "--dataset", "corrigible-neutral-HHH", "--vector", wide,
+                 "--max-examples", "2", "--out", str(tmp_path / "r")]) == 2
     assert "hidden size is 128" in capsys.readouterr().err
 
 
-@needs_data
-def test_profile_command_writes_tables_and_plots_and_resumes(chat_model, tmp_path, capsys):
+@pytest.mark.slow
+@pytest.mark.requires_data
+def test_profile_command_writes_tables_and_plots_and_resumes(chat_model_dir, tmp_path, capsys):
     run = str(tmp_path / "profiles")
-    argv = ["profile", chat_model, "--dims", "agreeableness", "narcissism", "--budgets", "1", "2", "--trials", "2",
+    argv = ["profile", chat_model_dir, "--dims", "agreeableness", "narcissism", "--budgets", "1", "2", "--trials", "2",
             "--num-questions", "3", "--out", run]
     assert main(argv) == 0
     assert "results in" in capsys.readouterr().out
@@ -123,10 +117,10 @@ def test_profile_command_writes_tables_and_plots_and_resumes(chat_model, tmp_pat
     assert "different config" in capsys.readouterr().err
 
 
-@needs_data
-def test_profile_bad_input(chat_model, tmp_path, capsys):
-    assert main(["profile", chat_model, "--dims", "agreeablenes", "--out", str(tmp_path / "a")]) == 2
+@pytest.mark.requires_data
+def test_profile_bad_input(chat_model_dir, tmp_path, capsys):
+    assert main(["profile", chat_model_dir, "--dims", "agreeablenes", "--out", str(tmp_path / "a")]) == 2
     assert "agreeableness" in capsys.readouterr().err
-    assert main(["profile", chat_model, "--dims", "agreeableness", "--budgets", "150",
+    assert main(["profile", chat_model_dir, "--dims", "agreeableness", "--budgets", "150",
                  "--out", str(tmp_path / "b")]) == 2
     assert "150" in capsys.readouterr().err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from fractions import Fraction
 
@@ -11,7 +10,7 @@ import pytest
 
 from steerjax.data import DataError, Encoded, encode, list_datasets, load_dataset, parse_split, persona_prompts
 from steerjax.data.mwe import split_indices, strip_meta
-from tests.conftest import tinystories_path
+from tests.helpers import TINYSTORIES_MISSING, tinystories_path
 
 # ---------------------------------------------------------------------------------------------
 # fixture data
@@ -307,12 +306,13 @@ def test_encode_loaded_examples(data):
         assert enc.prompt[-1] == tok.vocab["<assistant>"]
 
 
-@pytest.mark.skipif(tinystories_path() is None,
-                    reason="tinystories-656k not found: set STEERJAX_TINYSTORIES to its directory")
 def test_encode_with_a_real_tokenizer(data):
     import transformers
 
-    tok = transformers.AutoTokenizer.from_pretrained(tinystories_path())
+    path = tinystories_path()
+    if path is None:
+        pytest.skip(TINYSTORIES_MISSING)
+    tok = transformers.AutoTokenizer.from_pretrained(path)  # a fresh one: the test sets its chat template
     tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
                          "{% if add_generation_prompt %}assistant:{% endif %}")
     e = load_dataset("likes-tea", persona_prompt="positive")[0]
@@ -324,13 +324,7 @@ def test_encode_with_a_real_tokenizer(data):
 # ---------------------------------------------------------------------------------------------
 # real data (STEERJAX_DATA)
 
-needs_data = pytest.mark.skipif(
-    not os.environ.get("STEERJAX_DATA"),
-    reason="STEERJAX_DATA is not set: point it at the data directory (e.g. ../shared/data) to test the real datasets",
-)
-
-
-@needs_data
+@pytest.mark.requires_data
 def test_real_list_datasets():
     names = list_datasets()
     assert len(names) >= 150 and len(set(names)) == len(names)
@@ -339,7 +333,7 @@ def test_real_list_datasets():
     assert len(list_datasets("persona")) >= 130 and len(list_datasets("xrisk")) >= 30
 
 
-@needs_data
+@pytest.mark.requires_data
 def test_real_corrigible_neutral():
     ex = load_dataset("corrigible-neutral-HHH")
     assert len(ex) == 1000
@@ -350,14 +344,14 @@ def test_real_corrigible_neutral():
         assert "META" not in e.prompt[-1]["content"]
 
 
-@needs_data
+@pytest.mark.requires_data
 def test_real_meta_stripped_everywhere():
     for name in list_datasets("xrisk"):
         for e in load_dataset(name):
             assert "<META" not in e.prompt[-1]["content"] and "META_END" not in e.prompt[-1]["content"], (name, e)
 
 
-@needs_data
+@pytest.mark.requires_data
 def test_real_persona_dataset_is_balanced():
     ex = load_dataset("anti-immigration")
     assert len(ex) == 1000
@@ -372,7 +366,7 @@ def test_real_persona_dataset_is_balanced():
     assert not {e.meta["index"] for e in train} & {e.meta["index"] for e in test}
 
 
-@needs_data
+@pytest.mark.requires_data
 def test_real_every_dataset_with_a_persona_prompt_loads_with_it():
     from steerjax.data import data_root
 

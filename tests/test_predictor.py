@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import steerjax
 from steerjax.predictor import classifier, judge, search
 from steerjax.predictor.judge import LABELS, Thresholds
 
@@ -55,9 +54,8 @@ def _table(n_prompts=3, concepts=("a", "b"), strengths=(1.0, 4.0), length=6, voc
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tiny):
-    path, _ = tiny("llama")
-    return steerjax.load_model(path)
+def tiny_llama(tiny_model):
+    return tiny_model("llama")
 
 
 def test_hidden_state_judge_reads_nll_and_hidden_states_exactly(tiny_llama):

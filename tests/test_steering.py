@@ -15,9 +15,8 @@ SEQ = [5, 17, 33, 9, 100, 42, 7, 88, 19, 61]
 
 
 @pytest.fixture(scope="module")
-def llama(tiny):
-    path, tm = tiny("llama")
-    return steerjax.load_model(path), tm
+def llama(tiny, tiny_model):
+    return tiny_model("llama"), tiny("llama")[1]
 
 
 def vector(d, seed=0, scale=2.0):

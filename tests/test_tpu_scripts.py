@@ -112,7 +112,8 @@ def test_launch_dry_run():
     assert "export STEERJAX_DISTRIBUTED=1 HF_HOME=/data/hf NOTE='it'\\''s here'" in remote
     assert "python experiments/quickstart/run.py --out 'runs/a b'" in remote
     assert "[worker $STEERJAX_WORKER]" in remote and "tee -a $HOME/steerjax-logs/r1.log" in remote
-    plain = flag(commands(run("launch.sh", *ARGS, "--no-distributed", "--dry-run", "--", "a && b").stdout)[0], "command")
+    plain_run = run("launch.sh", *ARGS, "--no-distributed", "--dry-run", "--", "a && b")
+    plain = flag(commands(plain_run.stdout)[0], "command")
     assert "STEERJAX_DISTRIBUTED" not in plain and "{ a && b ; }" in plain
     detached = flag(commands(run("launch.sh", *ARGS, "--detach", "--dry-run", "--", "echo hi").stdout)[0], "command")
     assert "nohup bash -c" in detached
@@ -270,7 +271,8 @@ def test_setup_ships_this_checkout_and_the_data(fake, tmp_path):
     listing = subprocess.run(["tar", "-tzf", str(home / "steerjax-src.tar.gz")], capture_output=True, text=True,
                              check=True).stdout.split()
     listing = [name[2:] if name.startswith("./") else name for name in listing]
-    assert {"pyproject.toml", "steerjax/runs.py", "tpu_scripts/setup.sh", "experiments/quickstart/run.py"} <= set(listing)
+    expected = {"pyproject.toml", "steerjax/runs.py", "tpu_scripts/setup.sh", "experiments/quickstart/run.py"}
+    assert expected <= set(listing)
     assert not [name for name in listing if name.startswith((".git/", "runs/", "tpu-logs/"))]
     data_listing = subprocess.run(["tar", "-tzf", str(home / "steerjax-data.tar.gz")], capture_output=True,
                                   text=True, check=True).stdout.split()

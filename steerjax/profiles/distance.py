@@ -229,7 +229,7 @@ def _sinkhorn_fn(debiased: bool, threshold: float, max_iterations: int):
 
     solver_kw = {"threshold": threshold, "max_iterations": max_iterations}
 
-    def run(x, y, epsilon):
+    def solve(x, y, epsilon):
         if debiased:
             div, out = sinkhorn_divergence.sinkhorn_divergence(
                 pointcloud.PointCloud, x, y, cost_fn=costs.Euclidean(), epsilon=epsilon,
@@ -239,6 +239,11 @@ def _sinkhorn_fn(debiased: bool, threshold: float, max_iterations: int):
         geom = pointcloud.PointCloud(x, y, cost_fn=costs.Euclidean(), epsilon=epsilon)
         out = sinkhorn.Sinkhorn(**solver_kw)(linear_problem.LinearProblem(geom))
         return out.primal_cost, out.converged
+
+    def run(x, y, epsilon):
+        # ott-jax relies on implicit rank promotion: allow it here, whatever the caller's setting.
+        with jax.numpy_rank_promotion("allow"):
+            return solve(x, y, epsilon)
 
     return jax.jit(run)
 

@@ -187,5 +187,5 @@ def _read(params, cfg, ids, valid, positions, layer_idx, cols, *, kinds, skip_fi
         elif kind == "mean":
             results.append(jnp.einsum("bt,lbtd->bld", w, h) / count[:, None, None])
         else:
-            results.append((jnp.sum(w * jnp.linalg.norm(h, axis=-1), axis=-1) / count).T)  # [B, L]
+            results.append((jnp.sum(w[None] * jnp.linalg.norm(h, axis=-1), axis=-1) / count[None]).T)  # [B, L]
     return tuple(results)

