@@ -102,17 +102,6 @@ class RunDirectory:
         """The table of a finished chunk."""
         return pd.read_parquet(self._chunk_path(int(chunk)))
 
-    def map(self, chunks: Sequence[Any], work: Callable[[int, Any], pd.DataFrame], *, desc: str = "chunks",
-            progress: bool = True) -> pd.DataFrame:
-        """:func:`map_chunks` over this directory."""
-        return map_chunks(chunks, work, store=self, desc=desc, progress=progress)
-
-    def artifact(self, name: str, key: Any, build: Callable[[], T], *, save: Callable[[T, str], None],
-                 load: Callable[[str], T], on_mismatch: str = "rebuild") -> T:
-        """:func:`keyed_artifact` at ``name`` inside this directory."""
-        return keyed_artifact(os.path.join(self.path, name), key, build, save=save, load=load,
-                              on_mismatch=on_mismatch)
-
     # ------------------------------------------------------------------ recovery
 
     def _chunk_path(self, chunk: int) -> str:
