@@ -112,12 +112,11 @@ def encode(model_or_tokenizer, prompts: Any, *, chat: bool | None = False) -> li
         prompts = [prompts]
     if not isinstance(prompts, (list, tuple)) or not prompts:
         raise SteerjaxError("prompts must be a non-empty list of strings, chats or token-id lists")
-    tok = None
+    tok = _tokenizer(model_or_tokenizer)[0]
     out = []
     for p in prompts:
         if isinstance(p, str) or _is_chat(p):
-            text, special = render(model_or_tokenizer, p, chat=chat)
-            tok = tok or _tokenizer(model_or_tokenizer)[0]
+            text, special = render(model_or_tokenizer, p, chat=chat)  # raises when there is no tokenizer
             ids = list(tok(text, add_special_tokens=special)["input_ids"])
         else:
             ids = [int(i) for i in np.asarray(p).reshape(-1)]
