@@ -46,7 +46,8 @@ def sweep_bytes_per_example(cfg, prompt_len: int, completion_len: int, rows: int
       prompt_len: the chunk's prompt bucket ``TP`` (tokens, padded).
       completion_len: the longest completion ``TC`` (tokens).
       rows: scored rows per example: ``layers x multipliers x 2`` completions.
-      positions: ``"completion"`` (one unsteered prompt per example, KV-shared by its rows) or
+      positions: ``"completion"`` (one unsteered prompt per example, KV-shared by its rows),
+        ``"last_prompt"`` (the same, each row re-reading the last prompt token: ``TC`` steps) or
         ``"all"`` (one steered prompt per (layer, multiplier)).
       dtype: the activation and KV-cache dtype (the parameters' dtype); logits are float32.
 
@@ -61,8 +62,8 @@ def sweep_bytes_per_example(cfg, prompt_len: int, completion_len: int, rows: int
     * row activations: ``rows * (TC - 1) * (6 D + 3 I)``.
     """
     f = jnp.dtype(dtype).itemsize
-    prompts = 1 if positions == "completion" else max(1, rows // 2)
-    steps = max(completion_len - 1, 1)
+    prompts = max(1, rows // 2) if positions == "all" else 1
+    steps = completion_len if positions == "last_prompt" else max(completion_len - 1, 1)
     width = cfg.hidden_size * 6 + cfg.intermediate_size * 3
     return int(
         prompts * prompt_len * width * f

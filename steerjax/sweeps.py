@@ -7,6 +7,8 @@ Where the speed comes from (see the README):
    computed once per example and every (layer, multiplier, completion) row is scored against it
    in one batch (:func:`steerjax.models.forward` with ``prefix=``). The first completion token's
    log-prob comes from the prompt's last position and is shared by all rows. With
+   ``positions="last_prompt"`` (the paper's code) the prompt minus its last token is shared and
+   each row re-reads that token under steering. With
    ``positions="all"`` each (layer, multiplier) prompt is computed once and shared by both
    completions.
 3. Logits only where they are read: the last prompt position and the completion tokens.
@@ -42,7 +44,8 @@ from steerjax.models.transformer import KVCache, forward, positions_from_mask, u
 from steerjax.runs import RunDirectory, map_chunks
 from steerjax.steering.core import Steering, normalize_layer
 
-POSITIONS = ("completion", "all")
+POSITIONS = ("completion", "last_prompt", "all")
+PROPENSITIES = ("logprob", "logit")
 
 
 def sweep(
@@ -53,6 +56,7 @@ def sweep(
     layers: Sequence[int],
     multipliers: Sequence[float],
     positions: str = "completion",
+    propensity: str = "logprob",
     operator: str = "add",
     batch_size: int | None = None,
     memory_budget_mb: float = 2048,
@@ -71,7 +75,14 @@ def sweep(
       layers: blocks to steer, one at a time (a layer sweep when several).
       multipliers: steering strengths.
       positions: ``"completion"`` steers from the first completion token on (the prompt is
-        untouched, as in Tan et al.); ``"all"`` steers the prompt too.
+        untouched: steering-bench, ``skip_first_n_generation_tokens=1``); ``"last_prompt"``
+        from the prompt's last token on (the paper's code, repepo, ``skip_first_n_generation_tokens=0``:
+        the first completion token is already predicted under steering); ``"all"`` steers the
+        whole prompt too.
+      propensity: what the ``propensity`` column holds: ``"logprob"``, the difference of the
+        completions' summed log-probs (steering-bench's ``logprob_diff``), or ``"logit"``, the
+        difference of their summed raw logits (repepo's ``logit_diff``, the paper's propensity).
+        Both pairs of sums are always in the table.
       operator: ``"add"``, ``"ablate_then_add"`` or ``"clamp"``.
       batch_size: most examples per chunk; default from ``memory_budget_mb`` for each prompt
         length bucket (:func:`steerjax.memory.sweep_bytes_per_example`).
@@ -86,14 +97,17 @@ def sweep(
 
     Returns:
       One row per example x layer x multiplier: ``example`` (position in ``examples``),
-      ``layer``, ``multiplier``, ``logp_positive``, ``logp_negative`` (summed over completion
-      tokens), ``propensity`` (their difference), ``prob_positive`` (normalised over the two
-      completions), ``correct`` (the positive completion is more likely), and the examples'
-      ``meta`` fields.
+      ``layer``, ``multiplier``, ``logp_positive``, ``logp_negative`` (log-probs summed over
+      completion tokens), ``logit_positive``, ``logit_negative`` (raw logits of the completion
+      tokens, summed), ``propensity`` (the difference chosen by ``propensity``),
+      ``prob_positive`` (normalised over the two completions' log-probs), ``correct`` (the
+      positive completion is more likely), and the examples' ``meta`` fields.
     """
     cfg = model.config
     if positions not in POSITIONS:
         raise SteeringError(f"positions must be one of {POSITIONS}, got {positions!r}")
+    if propensity not in PROPENSITIES:
+        raise SteeringError(f"propensity must be one of {PROPENSITIES}, got {propensity!r}")
     examples, encoded = encode_all(model, examples)
     layer_ids = [normalize_layer(layer, cfg.num_layers) for layer in layers]
     if not layer_ids:
@@ -129,7 +143,7 @@ def sweep(
     if run_dir is not None:
         store = RunDirectory(run_dir, {
             "kind": "sweep", "model": model.source, "dtype": model.dtype, "layers": layer_ids,
-            "multipliers": mults.tolist(), "positions": positions, "operator": operator,
+            "multipliers": mults.tolist(), "positions": positions, "propensity": propensity, "operator": operator,
             "batch_size": batch_size, "memory_budget_mb": memory_budget_mb, "n_examples": len(examples),
             "examples_sha256": _digest(encoded), "vector_sha256": _digest(table[layer_ids].tobytes()),
         })
@@ -138,7 +152,7 @@ def sweep(
         idx, size = chunk
         scores = _score_chunk(model, cfg, [encoded[i] for i in idx], size, tc, table, layer_ids, mults,
                               positions, operator, mesh)
-        return _rows(idx, scores, examples, layer_ids, mults)
+        return _rows(idx, scores, examples, layer_ids, mults, propensity)
 
     out = map_chunks(chunks, work, store=store, desc="sweep", progress=progress)
     return out.sort_values(["example", "layer", "multiplier"], kind="stable").reset_index(drop=True)
@@ -198,7 +212,8 @@ def _digest(obj) -> str:
 
 
 def _score_chunk(model, cfg, encoded, batch_size, tc, table, layers, mults, positions, operator, mesh=None):
-    """[n, n_layers, n_mults, 2] summed completion log-probs for one chunk (padded to batch_size)."""
+    """``[n, n_layers, n_mults, 2, 2]`` summed completion log-probs and raw logits for one chunk
+    (padded to batch_size)."""
     n = len(encoded)
     prompt = TokenBatch.pad([e.prompt for e in encoded], side="left", buckets=SWEEP_PROMPT)
     comp = TokenBatch.pad([c for e in encoded for c in (e.positive, e.negative)], side="right", width=tc)
@@ -215,7 +230,8 @@ def _score_chunk(model, cfg, encoded, batch_size, tc, table, layers, mults, posi
 
 @functools.partial(jax.jit, static_argnames=("cfg", "positions", "operator"))
 def _score(params, cfg, prompt, pvalid, comp, cvalid, table, onehot, mults, *, positions, operator):
-    """Summed completion log-probs [E, n_layers, n_mults, 2] (completion 0 positive, 1 negative)."""
+    """Completion scores ``[E, n_layers, n_mults, 2, 2]``: ``[..., c, 0]`` the summed log-probs and
+    ``[..., c, 1]`` the summed raw logits of completion ``c`` (0 positive, 1 negative)."""
     e, tp = prompt.shape
     nl, nm = onehot.shape[0], mults.shape[0]
     tc = comp.shape[-1]
@@ -225,6 +241,7 @@ def _score(params, cfg, prompt, pvalid, comp, cvalid, table, onehot, mults, *, p
     vectors = table[:, None, :]  # [L, 1, D]
     ppos = positions_from_mask(pvalid)
     lengths = jnp.sum(pvalid, axis=-1).astype(jnp.int32)
+    dtype = params["embed"].dtype
 
     def steering(reps_outer, reps_inner):
         # row = (example, combo, inner): layer mask and multiplier per row
@@ -232,52 +249,75 @@ def _score(params, cfg, prompt, pvalid, comp, cvalid, table, onehot, mults, *, p
         mult = jnp.tile(jnp.repeat(combo_mult, reps_inner), reps_outer)
         return Steering.build(vectors, mult, operator=operator, layer_mask=mask)
 
+    def token_scores(hidden, targets):
+        """(log-prob, raw logit) of ``targets`` under the logits of ``hidden``."""
+        logits = unembed(params, cfg, hidden)
+        raw = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        return raw - jax.nn.logsumexp(logits, axis=-1), raw
+
+    row_tokens = jnp.broadcast_to(comp[:, None], (e, combos, 2, tc)).reshape(-1, tc)
+    row_valid = jnp.broadcast_to(cvalid[:, None], (e, combos, 2, tc)).reshape(-1, tc)
+    row_start = jnp.broadcast_to(lengths[:, None, None], (e, combos, 2)).reshape(-1)
+
+    if positions == "last_prompt":
+        # the prompt up to its last token is unsteered and shared; each (combo, completion) row
+        # re-reads the last prompt token under steering, then the completion's first tc - 1 tokens
+        pre = forward(params, cfg, prompt[:, :-1], positions=ppos[:, :-1], valid=pvalid[:, :-1],
+                      cache=KVCache.empty(cfg, e, tp - 1, dtype))
+        last = jnp.broadcast_to(prompt[:, None, None, -1:], (e, combos, 2, 1)).reshape(-1, 1)
+        inputs = jnp.concatenate([last, row_tokens[:, :-1]], axis=1)
+        in_valid = jnp.concatenate([jnp.ones_like(last, bool), row_valid[:, :-1]], axis=1)
+        pos = row_start[:, None] - 1 + jnp.arange(tc, dtype=jnp.int32)[None, :]
+        out = forward(params, cfg, inputs, positions=pos, valid=in_valid, steering=steering(e, 2), prefix=pre.cache)
+        lp, raw = token_scores(out.hidden, row_tokens)
+        keep = row_valid
+        sums = jnp.stack([jnp.sum(jnp.where(keep, x, 0.0), axis=-1) for x in (lp, raw)], axis=-1)
+        return sums.reshape(e, nl, nm, 2, 2)
+
     if positions == "completion":  # one unsteered prompt per example, shared by all its rows
-        pre = forward(params, cfg, prompt, positions=ppos, valid=pvalid,
-                      cache=KVCache.empty(cfg, e, tp, params["embed"].dtype))
-        first = jax.nn.log_softmax(unembed(params, cfg, pre.hidden[:, -1]), axis=-1)[:, None]  # [E, 1, V]
+        pre = forward(params, cfg, prompt, positions=ppos, valid=pvalid, cache=KVCache.empty(cfg, e, tp, dtype))
+        first_hidden = pre.hidden[:, -1][:, None]  # [E, 1, D]
     else:  # one steered prompt per (example, layer, multiplier), shared by both completions
         rep = lambda x: jnp.repeat(x, combos, axis=0)  # noqa: E731 - prefix index e * combos + c
         pre = forward(params, cfg, rep(prompt), positions=rep(ppos), valid=rep(pvalid), steering=steering(e, 1),
-                      cache=KVCache.empty(cfg, e * combos, tp, params["embed"].dtype))
-        first = jax.nn.log_softmax(unembed(params, cfg, pre.hidden[:, -1]), axis=-1).reshape(e, combos, -1)
+                      cache=KVCache.empty(cfg, e * combos, tp, dtype))
+        first_hidden = pre.hidden[:, -1].reshape(e, combos, -1)
     # the first completion token is predicted at the prompt's last position
-    lp_first = jnp.take_along_axis(first, jnp.broadcast_to(comp[:, None, :, 0], (e, first.shape[1], 2)), axis=-1)
-    lp_first = jnp.broadcast_to(lp_first, (e, combos, 2))
+    first_logits = unembed(params, cfg, first_hidden)  # [E, 1 or combos, V]
+    first_raw = jnp.take_along_axis(first_logits, jnp.broadcast_to(comp[:, None, :, 0], (e, first_logits.shape[1], 2)),
+                                    axis=-1)
+    first_lp = first_raw - jax.nn.logsumexp(first_logits, axis=-1)[..., None]
+    first = jnp.stack([first_lp, first_raw], axis=-1)  # [E, 1 or combos, 2, 2]
+    first = jnp.broadcast_to(first, (e, combos, 2, 2))
     if tc == 1:
-        return lp_first.reshape(e, nl, nm, 2)
+        return first.reshape(e, nl, nm, 2, 2)
     # rows (example, combo, completion) feed completion tokens 0..tc-2 to predict tokens 1..tc-1
-    row_tokens = jnp.broadcast_to(comp[:, None], (e, combos, 2, tc))
-    row_valid = jnp.broadcast_to(cvalid[:, None], (e, combos, 2, tc))
-    row_start = jnp.broadcast_to(lengths[:, None, None], (e, combos, 2))
-    row_steer = steering(e, 2)
-    prefix = pre.cache
-    toks = row_tokens.reshape(-1, tc)
-    val = row_valid.reshape(-1, tc)
-    inputs, targets, tvalid = toks[:, :-1], toks[:, 1:], val[:, 1:]
-    pos = row_start.reshape(-1)[:, None] + jnp.arange(tc - 1, dtype=jnp.int32)[None, :]
-    out = forward(params, cfg, inputs, positions=pos, valid=val[:, :-1], steering=row_steer, prefix=prefix)
-    logp = jax.nn.log_softmax(unembed(params, cfg, out.hidden), axis=-1)
-    tok_lp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    rest = jnp.sum(jnp.where(tvalid, tok_lp, 0.0), axis=-1).reshape(e, combos, 2)
-    return (lp_first + rest).reshape(e, nl, nm, 2)
+    inputs, targets, tvalid = row_tokens[:, :-1], row_tokens[:, 1:], row_valid[:, 1:]
+    pos = row_start[:, None] + jnp.arange(tc - 1, dtype=jnp.int32)[None, :]
+    out = forward(params, cfg, inputs, positions=pos, valid=row_valid[:, :-1], steering=steering(e, 2),
+                  prefix=pre.cache)
+    lp, raw = token_scores(out.hidden, targets)
+    rest = jnp.stack([jnp.sum(jnp.where(tvalid, x, 0.0), axis=-1) for x in (lp, raw)], axis=-1)
+    return (first + rest.reshape(e, combos, 2, 2)).reshape(e, nl, nm, 2, 2)
 
 
-def _rows(idx, scores, examples, layers, mults) -> pd.DataFrame:
-    n, nl, nm, _ = scores.shape
+def _rows(idx, scores, examples, layers, mults, propensity="logprob") -> pd.DataFrame:
+    n, nl, nm = scores.shape[:3]
     ex = np.repeat(np.asarray(idx), nl * nm)
-    lp_pos = scores[..., 0].reshape(-1)
-    lp_neg = scores[..., 1].reshape(-1)
-    prop = lp_pos - lp_neg
+    lp_pos, lp_neg = (scores[..., c, 0].reshape(-1).astype(np.float64) for c in (0, 1))
+    lg_pos, lg_neg = (scores[..., c, 1].reshape(-1).astype(np.float64) for c in (0, 1))
+    margin = lp_pos - lp_neg
     data = {
         "example": ex,
         "layer": np.tile(np.repeat(np.asarray(layers), nm), n),
         "multiplier": np.tile(mults, n * nl).astype(np.float64),
-        "logp_positive": lp_pos.astype(np.float64),
-        "logp_negative": lp_neg.astype(np.float64),
-        "propensity": prop.astype(np.float64),
-        "prob_positive": 1.0 / (1.0 + np.exp(-prop.astype(np.float64))),
-        "correct": prop > 0,
+        "logp_positive": lp_pos,
+        "logp_negative": lp_neg,
+        "logit_positive": lg_pos,
+        "logit_negative": lg_neg,
+        "propensity": margin if propensity == "logprob" else lg_pos - lg_neg,
+        "prob_positive": 1.0 / (1.0 + np.exp(-margin)),
+        "correct": margin > 0,
     }
     df = pd.DataFrame(data)
     meta = pd.DataFrame([dict(getattr(examples[i], "meta", {})) for i in idx])

@@ -12,7 +12,7 @@ from steering_vectors import SteeringVector, ablation_then_addition_operator
 
 import steerjax
 from steerjax import sweeps as sweep_mod
-from steerjax.data import DataError, Example, encode
+from steerjax.data import DataError, Encoded, Example, encode
 from steerjax.errors import SteeringError, TokenizerError
 from steerjax.runs import RunConfigError
 from steerjax.sweeps import sweep
@@ -29,20 +29,28 @@ def story_examples(n=9):
     return out
 
 
-def peer_propensities(tm, tok, examples, layer, vec, mults, *, steer_prompt=False, operator=None):
-    """The reference loop: steering-vectors + transformers, batch size 1, one pass per completion."""
+def peer_propensities(tm, tok, examples, layer, vec, mults, *, positions="completion", operator=None, logits=False):
+    """The reference loop: steering-vectors + transformers, batch size 1, one pass per completion.
+
+    ``positions``: ``"completion"`` steers from the first completion token (min_token_index =
+    prompt length), ``"last_prompt"`` from the last prompt token (repepo's
+    skip_first_n_generation_tokens=0), ``"all"`` from the first token. With ``logits`` the
+    summed raw logits are returned beside the log-probs (``[..., 2, 2]``).
+    """
     sv = SteeringVector(layer_activations={layer: torch.tensor(vec)}, layer_type="decoder_block")
     kw = {} if operator is None else {"operator": operator}
-    out = np.zeros((len(examples), len(mults), 2))
+    out = np.zeros((len(examples), len(mults), 2, 2))
     for i, ex in enumerate(examples):
-        e = encode(tok, ex)
+        e = ex if isinstance(ex, Encoded) else encode(tok, ex)
+        start = {"completion": len(e.prompt), "last_prompt": len(e.prompt) - 1, "all": 0}[positions]
         for j, m in enumerate(mults):
             for s, c in enumerate((e.positive, e.negative)):
-                start = 0 if steer_prompt else len(e.prompt)
                 with sv.apply(tm, multiplier=float(m), min_token_index=start, **kw), torch.no_grad():
-                    logp = torch.log_softmax(tm(torch.tensor([e.prompt + c])).logits[0].float(), -1)
-                out[i, j, s] = sum(logp[len(e.prompt) - 1 + k, c[k]].item() for k in range(len(c)))
-    return out
+                    raw = tm(torch.tensor([e.prompt + c])).logits[0].double()
+                logp = torch.log_softmax(raw, -1)
+                at = [(len(e.prompt) - 1 + k, c[k]) for k in range(len(c))]
+                out[i, j, s] = sum(logp[p, t].item() for p, t in at), sum(raw[p, t].item() for p, t in at)
+    return out if logits else out[..., 0]
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +64,18 @@ def as_array(df, n, n_mult):
 
 
 @pytest.mark.slow  # the tiny random Llama sweep parity below stays in the fast tier
-@pytest.mark.parametrize("positions", ["completion", "all"])
+@pytest.mark.parametrize("positions", ["completion", "last_prompt", "all"])
 def test_sweep_matches_steering_vectors_loop(stories, positions):
     model, tm = stories
     examples = story_examples()
     vec = np.random.default_rng(0).normal(size=model.config.hidden_size).astype(np.float32) * 2
     df = sweep(model, examples, {1: vec}, layers=[1], multipliers=MULTS, positions=positions, progress=False)
     assert len(df) == len(examples) * len(MULTS)
-    ref = peer_propensities(tm, model.tokenizer, examples, 1, vec, MULTS, steer_prompt=positions == "all")
+    ref = peer_propensities(tm, model.tokenizer, examples, 1, vec, MULTS, positions=positions, logits=True)
     ours = as_array(df, len(examples), len(MULTS))
-    np.testing.assert_allclose(ours, ref, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(ours, ref[..., 0], atol=1e-3, rtol=0)
+    raw = df.sort_values(["example", "multiplier"])[["logit_positive", "logit_negative"]].to_numpy()
+    np.testing.assert_allclose(raw.reshape(ref[..., 1].shape), ref[..., 1], atol=2e-3, rtol=0)
     np.testing.assert_allclose(df.propensity, df.logp_positive - df.logp_negative)
     np.testing.assert_allclose(df.prob_positive, 1 / (1 + np.exp(-df.propensity)))
     assert (df.correct == (df.propensity > 0)).all()
@@ -171,7 +181,7 @@ def test_smollm2_sweep_matches_steering_vectors_loop(smollm2, smollm2_torch):
                                                            " (A) Yes.\n (B) No."},), "(A)", "(B)") for i in range(8)]
     vec = np.random.default_rng(5).normal(size=576).astype(np.float32) * 4
     df = sweep(model, examples, {13: vec}, layers=[13], multipliers=MULTS, progress=False)
-    ref = peer_propensities(tm, model.tokenizer, examples, 13, vec, MULTS)
+    ref = peer_propensities(tm, model.tokenizer, examples, 13, vec, MULTS)  # steering-bench: from the completion
     ours = as_array(df, len(examples), len(MULTS))
     np.testing.assert_allclose(ours[..., 0] - ours[..., 1], ref[..., 0] - ref[..., 1], atol=1e-3, rtol=0)
     assert df.propensity.max() - df.propensity.min() > 0.5
@@ -188,14 +198,31 @@ def test_tiny_random_llama_sweep_matches_steering_vectors_loop(tiny, tiny_model)
                 for _ in range(8)]
     vec = rng.normal(size=64).astype(np.float32)
     df = sweep(model, examples, {1: vec}, layers=[1], multipliers=MULTS, progress=False)
-    sv = SteeringVector(layer_activations={1: torch.tensor(vec)}, layer_type="decoder_block")
-    for i, e in enumerate(examples):
-        for m in MULTS:
-            lps = []
-            for c in (e.positive, e.negative):
-                with sv.apply(tm, multiplier=m, min_token_index=len(e.prompt)), torch.no_grad():
-                    logp = torch.log_softmax(tm(torch.tensor([e.prompt + c])).logits[0], -1)
-                lps.append(sum(logp[len(e.prompt) - 1 + k, c[k]].item() for k in range(len(c))))
-            row = df[(df.example == i) & (df.multiplier == np.float32(m))].iloc[0]
-            assert abs(row.propensity - (lps[0] - lps[1])) < 1e-3
+    ref = peer_propensities(tm, None, examples, 1, vec, MULTS)
+    ours = as_array(df, len(examples), len(MULTS))
+    np.testing.assert_allclose(ours[..., 0] - ours[..., 1], ref[..., 0] - ref[..., 1], atol=1e-3, rtol=0)
     assert df.propensity.max() - df.propensity.min() > 0.5
+
+
+def test_last_prompt_positions_and_logit_propensity_match_the_reference_loop(tiny, tiny_model):
+    """repepo's protocol: steering from the last prompt token on, propensity = summed raw logits."""
+    _, tm = tiny("llama")
+    model = tiny_model("llama")
+    rng = np.random.default_rng(7)
+    examples = [Encoded(rng.integers(3, 256, size=int(rng.integers(2, 40))).tolist(), [40, 41, 42], [50])
+                for _ in range(5)]
+    vec = rng.normal(size=64).astype(np.float32) * 3
+    mults = [-1.5, 0.0, 1.5]
+    df = sweep(model, examples, {1: vec}, layers=[1], multipliers=mults, positions="last_prompt",
+               propensity="logit", progress=False)
+    ref = peer_propensities(tm, None, examples, 1, vec, mults, positions="last_prompt", logits=True)
+    df = df.sort_values(["example", "multiplier"])
+    np.testing.assert_allclose(df.propensity.to_numpy().reshape(5, 3), ref[..., 0, 1] - ref[..., 1, 1], atol=2e-3)
+    np.testing.assert_allclose(as_array(df, 5, 3), ref[..., 0], atol=1e-3, rtol=0)
+    np.testing.assert_allclose(df.prob_positive, 1 / (1 + np.exp(-(df.logp_positive - df.logp_negative))))
+    # the last prompt token is steered: it moves the first completion token, unlike "completion"
+    comp = sweep(model, examples, {1: vec}, layers=[1], multipliers=mults, propensity="logit", progress=False)
+    comp = comp.sort_values(["example", "multiplier"])
+    assert np.abs(comp.logp_positive.to_numpy() - df.logp_positive.to_numpy()).max() > 1e-2
+    np.testing.assert_allclose(comp[comp.multiplier == 0].logp_positive, df[df.multiplier == 0].logp_positive,
+                               atol=1e-4)
