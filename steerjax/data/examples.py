@@ -28,13 +28,16 @@ class Example:
       positive: the completion that matches the behaviour, e.g. ``"(A)"``.
       negative: the completion that does not, e.g. ``"(B)"``.
       meta: free-form facts about the example, copied into result tables (``dataset``,
-        ``index``, ``positive_letter``, ``positive_is_yes``, ``persona_prompt``, ...).
+        ``index``, ``positive_letter``, ``positive_is_yes``, ``format``, ``setting``, ...).
+      strip_prompt: ``.strip()`` the rendered prompt text before a completion is appended (the
+        ``"repepo"`` format: ``"...<|im_start|>assistant (A)"``).
     """
 
     prompt: tuple[Mapping[str, str], ...] | str
     positive: str
     negative: str
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    strip_prompt: bool = False
 
     def __post_init__(self):
         if isinstance(self.prompt, list):
@@ -48,6 +51,8 @@ class Example:
             raise DataError("positive and negative completions must be non-empty strings")
         if self.positive == self.negative:
             raise DataError(f"positive and negative completions are identical ({self.positive!r})")
+        if not isinstance(self.strip_prompt, bool):
+            raise DataError(f"strip_prompt must be a bool, got {self.strip_prompt!r}")
 
 
 def as_examples(items: Iterable[Example | Sequence[Any]]) -> list[Example]:
@@ -76,32 +81,55 @@ class Encoded(NamedTuple):
 _warned_boundary = False
 
 
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """The length of the longest common prefix of two id lists."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def render_example(tokenizer, example: Example) -> tuple[str, bool]:
+    """The text a completion of ``example`` is appended to, and whether the tokenizer adds its
+    special tokens: the prompt rendered by :func:`steerjax.data.batch.render` (a chat with the
+    chat template and its generation prompt), stripped when ``example.strip_prompt``.
+
+    ``render_example(tok, e)[0] + e.positive`` is the full text that :func:`encode` tokenizes.
+    """
+    text, special = render(tokenizer, example.prompt)
+    return (text.strip() if example.strip_prompt else text), special
+
+
 def encode(tokenizer, example: Example) -> Encoded:
     """Tokenize an example as the full strings prompt + completion are tokenized.
 
-    The completion's tokens are what follows the prompt's tokens in the tokenization of the full
-    text (what steering-vectors and steering-bench read). When the tokenizer merges across the
-    boundary, so the prompt's tokens are not a prefix of the full text's, the completion is
-    tokenized on its own instead (with a warning): SentencePiece tokenizers may then add a
-    word-start marker to it.
+    The prompt is rendered (:func:`render_example`) and each completion text appended to it. The completion's tokens
+    are what follows the prompt's tokens in the tokenization of the full text (what
+    steering-vectors, repepo and steering-bench read).
+
+    When the tokenizer merges across the boundary (ChatML's ``"assistant\n"`` followed by
+    ``"  (A)"`` gives one ``"\n "`` token), the prompt ends where the prompt's tokens and both
+    full texts' tokens stop agreeing, and its last tokens are counted with the completions (a
+    warning says so, once). That is the references' rule too: their hooks take the generation
+    start as the first token where the prompt's and the full text's tokens differ.
     """
     global _warned_boundary
-    text, special = render(tokenizer, example.prompt)
+    text, special = render_example(tokenizer, example)
     prompt = list(tokenizer(text, add_special_tokens=special)["input_ids"])
-    completions = []
-    for c in (example.positive, example.negative):
-        full = list(tokenizer(text + c, add_special_tokens=special)["input_ids"])
-        if full[: len(prompt)] == prompt and len(full) > len(prompt):
-            completions.append(full[len(prompt):])
-            continue
+    fulls = [list(tokenizer(text + c, add_special_tokens=special)["input_ids"])
+             for c in (example.positive, example.negative)]
+    keep = min(common_prefix(prompt, full) for full in fulls)
+    if keep < len(prompt):
         if not _warned_boundary:
             import warnings
 
-            warnings.warn(f"the tokenizer merges prompt and completion {c!r} across their boundary; the "
-                          "completion is tokenized on its own", stacklevel=2)
+            warnings.warn(f"the tokenizer merges the prompt's end with the completions {example.positive!r} / "
+                          f"{example.negative!r}: the prompt's last {len(prompt) - keep} token(s) are scored "
+                          "with the completions (as the full text is tokenized)", stacklevel=2)
             _warned_boundary = True
-        completions.append(list(tokenizer(c, add_special_tokens=False)["input_ids"]))
-    pos, neg = completions
+        prompt = prompt[:keep]
+    pos, neg = (full[keep:] for full in fulls)
     if not pos or not neg:
         raise DataError(f"a completion encodes to zero tokens: {example.positive!r} / {example.negative!r}")
     if pos == neg:

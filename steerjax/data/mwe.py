@@ -21,7 +21,13 @@ Persona statements become A/B questions as in steering-bench (Tan et al. 2024)::
 
 with the matching answer placed at (A) for rows 0, 1, at (B) for rows 2, 3, and so on (the files
 alternate " Yes"/" No" every row, so swapping every two rows balances both letters and answers).
-X-risk questions keep their own choices; ``<META_START>...<META_END>`` blocks are removed.
+X-risk questions keep their own choices; ``<META_START>...<META_END>`` blocks are removed; their
+answers keep the data's leading space (``" (A)"``) until a format strips it or not.
+
+How an example is rendered (system message, persona placement, the text joining prompt and
+answer) is a :class:`steerjax.data.formats.PromptFormat`; which rows form a split follows
+steerjax's shuffle or, with ``split_compat="repepo"``, the paper's code exactly. The paper's
+dataset lists and splits are in :mod:`steerjax.data.paper`.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import functools
 import json
 import os
 import pathlib
+import random
 import re
 from fractions import Fraction
 from typing import Any
@@ -38,6 +45,8 @@ from typing import Any
 import numpy as np
 
 from steerjax.data.examples import Example
+from steerjax.data.formats import PromptFormat, get_format, parse_setting
+from steerjax.data.paper import TAN_UNAVAILABLE, unavailable_message
 from steerjax.errors import DataError
 
 ENV_VAR = "STEERJAX_DATA"
@@ -57,6 +66,10 @@ _META = re.compile(r"<META_START>.*?(?:<META_END>|\Z)", re.DOTALL)
 _LETTER = re.compile(r"\(([A-Z])\)")
 _PERCENT = r"(\d+(?:\.\d+)?)%"
 _SPLIT = re.compile(rf"{_PERCENT}:{_PERCENT}")
+# repepo's DatasetSplit.from_str: "start:end", each a row index or an integer percent; an empty
+# start is 0; an end starting with "+" counts from the start.
+_REPEPO_SPLIT = re.compile(r"(\d+%?)?:(\+?)(\d+%?)")
+SPLIT_COMPAT = ("repepo",)
 
 
 def data_root() -> pathlib.Path:
@@ -194,7 +207,7 @@ def persona_prompts(name: str) -> dict[str, str]:
         close = difflib.get_close_matches(base, list(table), n=3, cutoff=0.6)
         hint = f" (close: {', '.join(map(repr, close))})" if close else ""
         raise DataError(f"dataset {name!r} has no persona prompt in persona_prompts.json{hint}: "
-                        "use persona_prompt=None for this dataset")
+                        "use setting='baseline' for this dataset")
     if not (isinstance(entry, dict)
             and all(isinstance(entry.get(k), str) and entry[k] for k in ("positive", "negative"))):
         raise DataError(f"persona prompt of {base!r} in persona_prompts.json needs non-empty 'positive' and "
@@ -209,7 +222,9 @@ def parse_split(split: str) -> tuple[Fraction, Fraction]:
     """
     m = _SPLIT.fullmatch(split) if isinstance(split, str) else None
     if m is None:
-        raise DataError(f"bad split {split!r}: write it as 'a%:b%', e.g. '0%:40%' or '99.5%:100%'")
+        hint = (" (repepo's row-index splits such as '0:50%' need split_compat='repepo')"
+                if isinstance(split, str) and _REPEPO_SPLIT.fullmatch(split) else "")
+        raise DataError(f"bad split {split!r}: write it as 'a%:b%', e.g. '0%:40%' or '99.5%:100%'{hint}")
     lo, hi = Fraction(m.group(1)) / 100, Fraction(m.group(2)) / 100
     if hi > 1:
         raise DataError(f"bad split {split!r}: percents must lie in [0%, 100%]")
@@ -218,12 +233,68 @@ def parse_split(split: str) -> tuple[Fraction, Fraction]:
     return lo, hi
 
 
-def split_indices(n: int, split: str = "0%:100%", seed: int = 0) -> np.ndarray:
-    """Row indices of a split: ``default_rng(seed).permutation(n)[floor(n a):floor(n b)]``.
+def _check_compat(split_compat: str | None) -> None:
+    if split_compat is not None and split_compat not in SPLIT_COMPAT:
+        raise DataError(f"split_compat must be None or one of {', '.join(map(repr, SPLIT_COMPAT))}, "
+                        f"got {split_compat!r}")
 
+
+def check_split(split: str, split_compat: str | None = None) -> None:
+    """Check a split string's syntax (bounds that depend on the number of rows are checked by
+    :func:`split_indices`).
+
+    Raises:
+      DataError: a bad split string or ``split_compat``.
+    """
+    _check_compat(split_compat)
+    if split_compat is None:
+        parse_split(split)
+    elif not (isinstance(split, str) and _REPEPO_SPLIT.fullmatch(split)):
+        raise DataError(f"bad split {split!r} for split_compat='repepo': write it as 'start:end', each a row index "
+                        "or an integer percent, e.g. '0:50%', '50%:100%' or '0%:+3'")
+
+
+def repepo_slice(split: str, n: int) -> slice:
+    """The rows of a split as repepo's ``DatasetSplit.from_str(split).as_slice(n)`` reads it.
+
+    An element ending in ``%`` is ``int(x) * n // 100``; any other is a row index; an end
+    starting with ``+`` counts from the start; an empty start is 0. So ``"50:100%"`` is rows
+    ``[50, n)``, not the second half.
+
+    Raises:
+      DataError: a bad split string, or an index outside ``[0, n]``.
+    """
+    check_split(split, "repepo")
+    first, plus, second = _REPEPO_SPLIT.fullmatch(split).groups()
+
+    def index(element: str) -> int:
+        return int(element[:-1]) * n // 100 if element.endswith("%") else int(element)
+
+    lo = index(first or "0")
+    hi = index(second) + (lo if plus else 0)
+    for k in (lo, hi):
+        if k > n:
+            raise DataError(f"bad split {split!r}: index {k} is past the {n} rows of the dataset")
+    return slice(lo, hi)
+
+
+def split_indices(n: int, split: str = "0%:100%", seed: int = 0, split_compat: str | None = None) -> np.ndarray:
+    """Row indices of a split.
+
+    By default ``default_rng(seed).permutation(n)[floor(n a):floor(n b)]`` for ``"a%:b%"``.
     Boundaries are computed exactly, so complementary splits (``"0%:40%"``, ``"40%:100%"``) with
     the same seed are disjoint and cover every row.
+
+    With ``split_compat="repepo"``, repepo's ``make_dataset`` exactly: the rows shuffled with
+    ``random.Random(seed).shuffle``, then sliced by :func:`repepo_slice` (row indices allowed, so
+    repepo's ``"0:50%"`` and ``"50:100%"`` overlap: its test set is rows ``[50, n)``).
     """
+    _check_compat(split_compat)
+    if split_compat == "repepo":
+        rows = repepo_slice(split, n)
+        order = list(range(n))
+        random.Random(int(seed)).shuffle(order)  # as repepo shuffles its list of examples
+        return np.asarray(order[rows], dtype=np.int64)
     lo, hi = parse_split(split)
     perm = np.random.default_rng(seed).permutation(n)
     return perm[int(n * lo): int(n * hi)]  # int() floors non-negative fractions
@@ -262,54 +333,66 @@ def _persona_item(row: dict[str, Any], index: int, path: pathlib.Path) -> tuple[
 
 def _xrisk_item(row: dict[str, Any], index: int, path: pathlib.Path) -> tuple[str, str, str, dict[str, Any]]:
     text = strip_meta(_field(row, "question", path, index)).strip()
-    pos = _field(row, "answer_matching_behavior", path, index).strip()
-    neg = _field(row, "answer_not_matching_behavior", path, index).strip()
-    m = _LETTER.fullmatch(pos)
-    if m is None or _LETTER.fullmatch(neg) is None or pos == neg:
+    # the raw answers, " (A)": a format strips them or keeps the space (steering-bench)
+    pos = _field(row, "answer_matching_behavior", path, index)
+    neg = _field(row, "answer_not_matching_behavior", path, index)
+    m = _LETTER.fullmatch(pos.strip())
+    if m is None or _LETTER.fullmatch(neg.strip()) is None or pos.strip() == neg.strip():
         raise DataError(f"{path}: row {index} answers must be two different letters like ' (A)' / ' (B)', "
                         f"got {pos!r} / {neg!r}")
     meta = {"positive_letter": m.group(1), "positive_is_yes": None, "kind": "xrisk"}
     return text, pos, neg, meta
 
 
-def load_dataset(name: str, *, split: str = "0%:100%", seed: int = 0, persona_prompt: str | None = None,
-                 prompt_location: str = "system", max_examples: int | None = None) -> list[Example]:
+def load_dataset(name: str, *, split: str = "0%:100%", seed: int = 0, setting: str = "baseline",
+                 format: str | PromptFormat = "steerjax", split_compat: str | None = None,
+                 max_examples: int | None = None) -> list[Example]:
     """Load an MWE dataset as contrastive A/B examples.
 
     Args:
       name: a name from :func:`list_datasets`.
-      split: percent range ``"a%:b%"`` of the rows shuffled with ``default_rng(seed)``.
+      split: percent range ``"a%:b%"`` of the rows shuffled with ``default_rng(seed)``; with
+        ``split_compat="repepo"``, a repepo split string (see :func:`split_indices`).
       seed: shuffle seed; the same seed gives the same order, so complementary ranges are disjoint.
-      persona_prompt: ``None``, ``"positive"`` or ``"negative"``: add the dataset's persona prompt
-        from persona_prompts.json.
-      prompt_location: ``"system"`` (a system message) or ``"user"`` (prepended to the user
-        message as ``f"{persona}\\n\\n{text}"``).
+      setting: one of :data:`steerjax.data.formats.SETTINGS`: ``"baseline"`` (no persona prompt),
+        ``"SYS_positive"`` / ``"SYS_negative"`` (the dataset's persona prompt from
+        persona_prompts.json replaces the system message), ``"PT_positive"`` / ``"PT_negative"``
+        (the format's system message stays; the persona prompt prefixes the user text).
+      format: a :class:`steerjax.data.PromptFormat` or a name in
+        :data:`steerjax.data.formats.FORMATS` (``"steerjax"``, ``"repepo"``,
+        ``"steering-bench"``): the system message, the persona's separator and how the answer
+        is joined to the rendered prompt.
+      split_compat: ``None``, or ``"repepo"`` to shuffle and slice exactly as the paper's code
+        did (:data:`steerjax.data.paper.REPEPO_COMPAT_SPLITS`).
       max_examples: keep at most this many examples of the split.
 
     Returns:
-      Examples in shuffled order. Prompts are chats; completions are letters like ``"(A)"``.
-      ``meta`` holds ``dataset``, ``index`` (row in the file), ``positive_letter``,
-      ``positive_is_yes`` (``None`` for x-risk), ``persona_prompt``, ``prompt_location``,
-      ``kind`` (``"persona"``/``"xrisk"``) and, for persona datasets, ``label_confidence``.
+      Examples in shuffled order. Prompts are chats; completions are the format's answer text
+      (``"(A)"`` for ``"steerjax"``, ``" (A)"`` for ``"repepo"``, ``" (A)"`` or x-risk's
+      ``"  (A)"`` for ``"steering-bench"``), and ``strip_prompt`` is the format's. ``meta`` holds
+      ``dataset``, ``index`` (row in the file), ``positive_letter``, ``positive_is_yes``
+      (``None`` for x-risk), ``format`` (its name), ``setting``, ``kind``
+      (``"persona"``/``"xrisk"``) and, for persona datasets, ``label_confidence``.
 
     Raises:
-      DataError: unknown dataset, bad arguments, missing persona prompt, empty split, bad rows.
+      DataError: unknown dataset (or one of the paper's datasets steerjax does not have), format
+        or setting, bad arguments, missing persona prompt, empty split, bad rows.
     """
-    if persona_prompt not in (None, "positive", "negative"):
-        raise DataError(f"persona_prompt must be None, 'positive' or 'negative', got {persona_prompt!r}")
-    if prompt_location not in ("system", "user"):
-        raise DataError(f"prompt_location must be 'system' or 'user', got {prompt_location!r}")
+    fmt = get_format(format)
+    place, _ = parse_setting(setting)
     if max_examples is not None and (isinstance(max_examples, bool) or not isinstance(max_examples, int)
                                      or max_examples < 1):
         raise DataError(f"max_examples must be a positive integer or None, got {max_examples!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise DataError(f"seed must be an integer, got {seed!r}")
-    parse_split(split)
+    check_split(split, split_compat)
+    if name in TAN_UNAVAILABLE and name not in _catalog():
+        raise DataError(unavailable_message(name))
     kind, path = _resolve(name)
-    persona = persona_prompts(name)[persona_prompt] if persona_prompt is not None else None
+    persona = persona_prompts(name) if place is not None else None
 
     rows = read_jsonl(path)
-    indices = split_indices(len(rows), split, int(seed))
+    indices = split_indices(len(rows), split, int(seed), split_compat)
     if max_examples is not None:
         indices = indices[:max_examples]
     if len(indices) == 0:
@@ -319,13 +402,7 @@ def load_dataset(name: str, *, split: str = "0%:100%", seed: int = 0, persona_pr
     examples = []
     for i in indices.tolist():
         text, pos, neg, extra = build(rows[i], i, path)
-        messages: list[dict[str, str]] = []
-        if persona is not None and prompt_location == "system":
-            messages.append({"role": "system", "content": persona})
-        elif persona is not None:
-            text = f"{persona}\n\n{text}"
-        messages.append({"role": "user", "content": text})
-        meta = {"dataset": name, "index": i, "persona_prompt": persona_prompt,
-                "prompt_location": prompt_location, **extra}
-        examples.append(Example(tuple(messages), pos, neg, meta))
+        meta = {"dataset": name, "index": i, "format": fmt.name, "setting": setting, **extra}
+        examples.append(Example(fmt.messages(text, setting=setting, persona=persona), fmt.completion(pos),
+                                fmt.completion(neg), meta, strip_prompt=fmt.strip_prompt))
     return examples
