@@ -33,7 +33,8 @@ DEFAULT_FACTORS = ("positive_letter", "positive_is_yes")
 _MINIMISED = frozenset({"anti_steerable_fraction", "mean_residual_std"})
 
 
-def _as_tuple(cols: str | Iterable[str] | None) -> tuple[str, ...]:
+def as_tuple(cols: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Column names as a tuple: None -> (), one name -> (name,)."""
     if cols is None:
         return ()
     if isinstance(cols, str):
@@ -71,7 +72,9 @@ def _finalise(out: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _check_finite(df: pd.DataFrame, column: str) -> np.ndarray:
+def check_finite(df: pd.DataFrame, column: str) -> np.ndarray:
+    """``df[column]`` as float64; :class:`MetricsError` naming the rows if any value is NaN, infinite
+    or non-numeric."""
     values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values)
     if bad.any():
@@ -83,7 +86,9 @@ def _check_finite(df: pd.DataFrame, column: str) -> np.ndarray:
     return values
 
 
-def _with_propensity(table: pd.DataFrame) -> pd.DataFrame:
+def with_propensity(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with ``propensity = logp_positive - logp_negative`` added when it has only the two
+    log-probabilities."""
     if "propensity" not in table.columns and {"logp_positive", "logp_negative"} <= set(table.columns):
         return table.assign(propensity=table["logp_positive"] - table["logp_negative"])
     return table
@@ -131,15 +136,15 @@ def per_example_steerability(table: pd.DataFrame, *, by: str | Sequence[str] = (
       MetricsError (a ValueError): missing columns, NaN/infinite propensities or multipliers,
         repeated multipliers within a curve, or fewer than two distinct multipliers for an example.
     """
-    by = _as_tuple(by)
+    by = as_tuple(by)
     keys = [*by, "example"]
     if isinstance(table, pd.DataFrame):
-        table = _with_propensity(table)
+        table = with_propensity(table)
     require_columns(table, [*keys, "multiplier", "propensity"], "the sweep table")
     if not len(table):
         raise MetricsError("the sweep table is empty")
-    x = _check_finite(table, "multiplier")
-    y = _check_finite(table, "propensity")
+    x = check_finite(table, "multiplier")
+    y = check_finite(table, "propensity")
 
     gid, G = _group_ids(table, keys)
     n = np.bincount(gid, minlength=G)
@@ -237,7 +242,7 @@ def as_per_example(obj: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     ):
         return per_example_steerability(obj, by=by)
     require_columns(obj, [*by, "slope"], "the per-example table")
-    _check_finite(obj, "slope")
+    check_finite(obj, "slope")
     return obj
 
 
@@ -260,7 +265,7 @@ def dataset_steerability(per_example: pd.DataFrame, *, by: str | Sequence[str] =
       ``anti_steerable_fraction``, ``mean_residual_std``, ``mean_r2``, ``mean_spearman`` and
       ``mean_propensity_shift`` (the last four ignore NaN; NaN when the column is absent).
     """
-    by = _as_tuple(by)
+    by = as_tuple(by)
     pe = as_per_example(per_example, by)
     require_columns(pe, by, "the per-example table")
     pe = pe.assign(_anti=(pe["slope"] < 0).astype(np.float64))
@@ -337,8 +342,8 @@ def spurious_variance(
       groups where the factor is dropped or the level is absent). :func:`factor_level_means` gives
       the level means as a long table.
     """
-    by = _as_tuple(by)
-    factors = _as_tuple(factors)
+    by = as_tuple(by)
+    factors = as_tuple(factors)
     if not factors:
         raise MetricsError("spurious_variance needs at least one factor column")
     pe = as_per_example(per_example, by)
@@ -387,11 +392,11 @@ def factor_level_means(
     Returns a long table: ``by`` columns, ``factor``, ``level`` (as text; missing values are the
     level ``"<missing>"``), ``n``, ``mean_slope``, ``std_slope``. Absent factor columns are skipped.
     """
-    by = _as_tuple(by)
+    by = as_tuple(by)
     pe = as_per_example(per_example, by)
     require_columns(pe, by, "the per-example table")
     parts = []
-    for f in _as_tuple(factors):
+    for f in as_tuple(factors):
         if f not in pe.columns:
             continue
         sub = pe[[*by, "slope"]].assign(factor=f, level=_levels(pe[f]).to_numpy())
@@ -509,7 +514,7 @@ def generalisation(
       (Pearson r across ``across`` values within the train x test cell, NaN with fewer than 3
       values or no variance; 1 on the reference cell).
     """
-    by = _as_tuple(by)
+    by = as_tuple(by)
     if across not in by:
         raise MetricsError(f"`across` ({across!r}) must be one of the `by` columns {list(by)}")
     require_columns(table, [*by, train_col, test_col], "the generalisation table")
