@@ -1,4 +1,4 @@
-"""Generalisation and reliability analyses of Tan et al. 2024 (Sec. 4-5 and appendix figures).
+"""Generalisation and reliability analyses of Tan et al. 2024 beyond per-dataset steerability.
 
 The tables come from :func:`steerjax.sweeps.sweep` (one row per example x layer x multiplier) with
 ``train_setting`` (the prompt setting the steering vector was trained in) and ``test_setting`` (the
@@ -7,7 +7,8 @@ run on such a table. A ``model`` column, when present, keeps the models apart.
 
 Settings vocabulary (the paper's, repepo ``persona_generalization``): the persona prompt is either
 absent (``"baseline"``), the system prompt (``SYS_``) or a prefix of the user turn (``PT_``), and says
-the persona holds (``positive``) or not (``negative``). Vectors are trained in each of the five settings,
+the persona holds (``positive``) or not (``negative``): :data:`PERSONA_SETTINGS`, the same tuple as
+:data:`steerjax.data.formats.SETTINGS`. Vectors are trained in each of the five settings,
 plus ``"mean"``, the mean of the five (a train setting only). The paper's distribution shifts
 (:data:`SHIFTS`) are named ``VECTOR -> TEST`` with ``USER`` for ``PT``.
 
@@ -39,6 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from steerjax.data.formats import SETTINGS as PERSONA_SETTINGS
 from steerjax.errors import MetricsError
 from steerjax.metrics.steerability import (
     as_per_example,
@@ -50,7 +52,6 @@ from steerjax.metrics.steerability import (
     with_propensity,
 )
 
-PERSONA_SETTINGS = ("baseline", "SYS_positive", "PT_positive", "SYS_negative", "PT_negative")
 MEAN_SETTING = "mean"
 TRAIN_SETTINGS = (*PERSONA_SETTINGS, MEAN_SETTING)
 ID_SHIFT = "BASE -> BASE"
