@@ -13,7 +13,8 @@ reduced over each sequence's real tokens:
 
 ``skip_first=True`` leaves each sequence's first token out of ``"mean"`` and ``"norm"`` (its
 residual is an attention-sink outlier) unless it is the only one. Tokens are located among each
-sequence's own real tokens, so padding never moves them.
+sequence's own real tokens, so padding never moves them. Only the blocks up to the deepest one
+read are run (:func:`first_blocks`): a block's output does not depend on the blocks after it.
 
 Example::
 
@@ -23,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -131,7 +133,7 @@ def read_activations(
         cols = np.argmax(np.asarray(batch.valid), axis=-1) + reads[picked]
         placed, cols = shd.put_batch((batch, cols.astype(np.int32)), mesh)
         out = _read(params, cfg, placed.ids, placed.valid, placed.positions, layer_idx, cols, kinds=kinds,
-                    skip_first=bool(skip_first))
+                    skip_first=bool(skip_first), blocks=max(idx) + 1)
         parts.append([shd.to_host(o)[:m] for o in out])
     results = tuple(np.concatenate([p[k] for p in parts]) for k in range(len(kinds)))
     return results if isinstance(reduce, tuple) else results[0]
@@ -170,8 +172,30 @@ def layer_indices(layers: Sequence[int] | int, num_layers: int) -> list[int]:
     return idx
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "kinds", "skip_first"))
-def _read(params, cfg, ids, valid, positions, layer_idx, cols, *, kinds, skip_first):
+def first_blocks(params, cfg, count: int):
+    """The model cut after its first ``count`` blocks: ``(params, cfg)`` for
+    :func:`steerjax.models.transformer.forward`, whose residual stream after block ``l < count``
+    equals the whole model's (a block's output does not depend on the blocks after it).
+
+    Slices the stacked layer parameters (free inside ``jit``); ``cfg`` keeps every other field, so
+    the final norm and the head are the model's own (unused by a reader of block outputs).
+
+    Raises:
+      SteeringError: ``count`` is not in ``[1, cfg.num_layers]``.
+    """
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count <= cfg.num_layers:
+        raise SteeringError(f"count must be a number of blocks in [1, {cfg.num_layers}], got {count!r}")
+    count = int(count)
+    if count == cfg.num_layers:
+        return params, cfg
+    cut = dataclasses.replace(cfg, num_layers=count, layer_windows=cfg.layer_windows[:count],
+                              layer_local=cfg.layer_local[:count])
+    return {**params, "layers": jax.tree.map(lambda x: x[:count], params["layers"])}, cut
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "kinds", "skip_first", "blocks"))
+def _read(params, cfg, ids, valid, positions, layer_idx, cols, *, kinds, skip_first, blocks):
+    params, cfg = first_blocks(params, cfg, blocks)
     out = forward(params, cfg, ids, positions=positions, valid=valid, collect_layers=True)
     h = out.layers[layer_idx].astype(jnp.float32)  # [L, B, T, D]
     use = valid
