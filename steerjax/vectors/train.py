@@ -1,10 +1,11 @@
 """Steering vectors from contrastive examples: :func:`train_vector` and the activations it reads.
 
-Every method starts from the same activations: for each example the model reads the full token
-sequence ``prompt + positive`` and ``prompt + negative`` and keeps the residual stream after the
-requested blocks (the steering site, ``block_output``) at one token, ``token_index`` (default
-``-2``: the answer letter of a ``"(A)"`` completion). :func:`contrastive_activations` returns
-them (through :func:`steerjax.vectors.read_activations`); :func:`train_vector` turns them into a
+Every method starts from the same activations: for each example, the residual stream of the full
+token sequences ``prompt + positive`` and ``prompt + negative`` after the requested blocks (the
+steering site, ``block_output``) at one token, ``token_index`` (default ``-2``: the answer
+letter of a ``"(A)"`` completion). :func:`contrastive_activations` returns them, computing each
+example's prompt once (its KV cache, continued by both completions: the numbers of reading
+each full sequence on its own); :func:`train_vector` turns them into a
 :class:`~steerjax.vectors.SteeringVector`:
 
 * ``"caa"``: contrastive activation addition, the mean of ``positive - negative``
@@ -23,15 +24,21 @@ Example::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from steerjax.data.batch import ACTIVATIONS
+from steerjax import memory
+from steerjax import sharding as shd
+from steerjax.data.batch import ACTIVATIONS, TokenBatch, pow2
 from steerjax.data.examples import Encoded, Example, encode_all
 from steerjax.errors import SteeringError
-from steerjax.vectors.activations import layer_indices, read_activations, token_position
+from steerjax.models.transformer import forward, prefill
+from steerjax.vectors.activations import first_blocks, layer_indices, token_position
 from steerjax.vectors.estimators import mean_difference, pca_direction, probe_direction
 from steerjax.vectors.learned import check_options, learn_vectors
 from steerjax.vectors.vector import SteeringVector
@@ -44,6 +51,9 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "probe": {"l2_penalty": 1.0, "max_iter": 100},
     "learned": {"steps": 100, "lr": 1e-2, "norm_penalty": 1e-3, "positions": "completion"},
 }
+#: MiB (per device) one pass's prefix activations, attention scores and KV cache may take: long
+#: prompts are read fewer examples at a time (at least one)
+MEMORY_BUDGET_MB = 2048
 
 
 def train_vector(
@@ -70,7 +80,8 @@ def train_vector(
       method: ``"caa"`` (mean of differences), ``"pca"``, ``"probe"`` or ``"learned"``.
       token_index: the token whose activation is read; negative counts from the end of each
         full sequence (``-2``: the answer letter of ``"(A)"``), non-negative from its start.
-      batch_size: examples per forward pass (each gives a positive and a negative sequence).
+      batch_size: examples per forward pass (each example's prompt once, then its positive and
+        negative completions); fewer for prompts too long for :data:`MEMORY_BUDGET_MB`.
       seed: shuffles the mini-batches of ``"learned"``; the other methods are deterministic.
       dataset: recorded in the metadata; default: the examples' ``meta["dataset"]`` values.
       mesh: a ``("data", "model")`` mesh (:func:`steerjax.sharding.make_mesh`; default
@@ -158,15 +169,19 @@ def contrastive_activations(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Residual-stream activations of the positive and negative full sequences at one token.
 
-    Positive and negative sequences share batches (right-padded, with an attention mask); the
-    token is located from each sequence's own end (or start), so padding never moves it.
+    The token is located from each full sequence's own end (or start). Each example's prompt is
+    computed once and both completions continue its KV cache; a token inside the shared prompt
+    (``-2`` with a one-token completion) is read there, the same for both. The numbers are those
+    of reading each full sequence on its own (:func:`steerjax.vectors.read_activations`), up to
+    float rounding (~1e-6). Examples of similar prompt lengths share a pass (sorted, padded to a
+    bucket), so the last batch alone may be short.
 
     Args:
       model: a ``LanguageModel``.
       examples: as in :func:`train_vector`.
       layers: block indices (negative counts from the end), all read in one pass per batch.
       token_index: as in :func:`train_vector`.
-      batch_size: examples per forward pass.
+      batch_size: examples per forward pass (fewer for prompts too long for :data:`MEMORY_BUDGET_MB`).
       mesh: as in :func:`train_vector`.
       progress: show a progress bar (only on a terminal).
 
@@ -180,21 +195,101 @@ def contrastive_activations(
 
 def _contrastive(model, encoded: list[Encoded], idx: list[int], token_index: int, batch_size: int,
                  progress: bool, mesh) -> tuple[np.ndarray, np.ndarray]:
-    """``(positive, negative)`` activations: each pass reads ``batch_size`` examples' positive
-    then negative sequences."""
+    """``(positive, negative)`` activations, each example's shared prefix computed once.
+
+    An example's two full sequences agree up to the end of its prompt, and causal attention makes
+    their activations there equal. Each example is split at ``min(prompt length, both read
+    positions)``: the prefix before the split runs once (its KV cache), and the two
+    continuations (the rest of each full sequence, holding its read token) run against it
+    (:func:`steerjax.models.transformer.forward` with ``prefix=``). With ``token_index=-2`` and a
+    completion of one token the read token is the prompt's last, so the split moves one token
+    back and both continuations start with it. Only the blocks up to the deepest read one run.
+
+    Examples are sorted by prefix length and batched ``batch_size`` at a time (fewer where a long
+    prompt would exceed :data:`MEMORY_BUDGET_MB`); a batch's prefixes are left-padded to an
+    :data:`~steerjax.data.batch.ACTIVATIONS` bucket, its continuations right-padded to a power
+    of two.
+    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise SteeringError(f"batch_size must be a positive int, got {batch_size!r}")
-    seqs = [e.prompt + e.positive for e in encoded] + [e.prompt + e.negative for e in encoded]
-    n, b = len(encoded), min(batch_size, len(encoded))
-    for i, s in enumerate(seqs):
-        token_position(len(s), token_index, f"example {i % n}'s full sequence")
-    order = np.concatenate([np.r_[np.arange(s, min(s + b, n)), n + np.arange(s, min(s + b, n))]
-                            for s in range(0, n, b)])
-    acts = read_activations(model, [seqs[i] for i in order], idx, reduce=token_index, batch_size=2 * b,
-                            buckets=ACTIVATIONS, mesh=mesh, progress=progress, desc="extracting activations")
-    out = np.empty_like(acts)
-    out[order] = acts
-    return out[:n], out[n:]
+    n = len(encoded)
+    reads = np.asarray([[token_position(len(e.prompt) + len(c), token_index, f"example {i}'s full sequence")
+                         for c in (e.positive, e.negative)] for i, e in enumerate(encoded)], np.int64)  # [N, 2]
+    split = np.minimum(reads.min(axis=1), [len(e.prompt) for e in encoded])
+    conts = [((e.prompt + e.positive)[s:], (e.prompt + e.negative)[s:]) for e, s in zip(encoded, split.tolist())]
+    cols = (reads - split[:, None]).astype(np.int32)  # the read token's column in its continuation
+
+    cfg = model.config
+    mesh = shd.default_mesh(mesh)
+    params = model.params
+    if mesh is not None:
+        shd.check_mesh(mesh, cfg)
+        params = shd.shard_params(params, cfg, mesh)
+    blocks = max(idx) + 1
+    dtype = params["embed"].dtype
+    reserved = memory.block_bytes(cfg, dtype) // shd.axis_sizes(mesh)["model"]
+    d = shd.data_size(mesh)
+
+    def cap(chunk) -> tuple[int, int, int]:
+        tp = ACTIVATIONS(int(split[chunk].max()))
+        tc = pow2(max(len(c) for i in chunk for c in conts[i]))
+        per_example = _bytes_per_example(cfg, blocks, tp, tc, dtype)
+        return tp, tc, memory.examples_per_chunk(per_example, MEMORY_BUDGET_MB, data=d, reserved=reserved,
+                                                 cap=max(batch_size, 1))
+
+    order = np.argsort(split, kind="stable")
+    batches = []
+    start = 0
+    while start < n:
+        k = min(batch_size, n - start)
+        tp, tc, most = cap(order[start:start + k])
+        if most < k:  # long prompts: fewer examples per pass (the width can only shrink)
+            k = most
+            tp, tc, _ = cap(order[start:start + k])
+        batches.append((order[start:start + k], tp, tc))
+        start += k
+
+    from tqdm.auto import tqdm
+
+    layer_idx = shd.put(np.asarray(idx, np.int32), mesh, batch=False)
+    out = np.empty((n, 2, len(idx), cfg.hidden_size), np.float32)
+    for chunk, tp, tc in tqdm(batches, desc="extracting activations", unit="batch", disable=None if progress else True):
+        prompt = TokenBatch.pad([encoded[i].prompt[:split[i]] for i in chunk], side="left", width=tp)
+        cont = TokenBatch.pad([c for i in chunk for c in conts[i]], side="right", width=tc)
+        cont_ids, cont_valid = (x.reshape(len(chunk), 2, tc) for x in (cont.ids, cont.valid))
+        cont_pos = np.broadcast_to(split[chunk][:, None, None] + np.arange(tc)[None, None, :],
+                                   (len(chunk), 2, tc)).astype(np.int32)  # continuing the prefix
+        placed = shd.put_batch((prompt.ids, prompt.valid, cont_ids, cont_valid, cont_pos, cols[chunk]), mesh)
+        acts = _pair_reads(params, cfg, *placed, layer_idx, blocks=blocks)
+        out[chunk] = shd.to_host(acts)[:len(chunk)]
+    return out[:, 0], out[:, 1]
 
 
-__all__ = ["METHODS", "SITE", "contrastive_activations", "train_vector"]
+def _bytes_per_example(cfg, blocks: int, tp: int, tc: int, dtype) -> int:
+    """Peak bytes one example adds to a pass of :func:`_pair_reads` (upper estimate, parameters
+    excluded): its prefix (activations, float32 attention scores and softmax, the KV cache of
+    ``blocks`` blocks) and its two continuations (activations, attention scores against the
+    prefix, every block's output)."""
+    f = np.dtype(dtype).itemsize
+    width = cfg.hidden_size * 6 + cfg.intermediate_size * 3
+    return int(tp * width * f + 3 * cfg.num_heads * tp * tp * 4
+               + blocks * 2 * cfg.num_kv_heads * tp * cfg.head_dim * f
+               + 2 * tc * (width * f + 3 * cfg.num_heads * (tp + tc) * 4 + blocks * cfg.hidden_size * f))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "blocks"))
+def _pair_reads(params, cfg, prompt_ids, prompt_valid, cont_ids, cont_valid, cont_pos, cols, layer_idx, *, blocks):
+    """float32 ``[E, 2, len(layer_idx), D]``: the residual stream after blocks ``layer_idx`` at
+    column ``cols [E, 2]`` of each example's two continuations ``[E, 2, TC]`` of its left-padded
+    prefix ``[E, TP]``."""
+    params, cfg = first_blocks(params, cfg, blocks)
+    e, _, tc = cont_ids.shape
+    cache = prefill(params, cfg, prompt_ids, prompt_valid, dtype=params["embed"].dtype)
+    flat = lambda x: x.reshape(2 * e, *x.shape[2:])  # noqa: E731 - row 2e + c continues prefix e
+    out = forward(params, cfg, flat(cont_ids), positions=flat(cont_pos), valid=flat(cont_valid), prefix=cache,
+                  collect_layers=True)
+    h = out.layers[layer_idx][:, jnp.arange(2 * e), flat(cols)]  # [L, 2E, D]
+    return h.astype(jnp.float32).swapaxes(0, 1).reshape(e, 2, h.shape[0], h.shape[-1])
+
+
+__all__ = ["MEMORY_BUDGET_MB", "METHODS", "SITE", "contrastive_activations", "train_vector"]
