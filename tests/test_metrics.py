@@ -298,3 +298,19 @@ def test_plots_write_pngs(tmp_path):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="layer"):
         plots.violin_steerability(pe, tmp_path / "mixed.png")
+
+
+def test_single_curve_plots_refuse_mixed_settings(tmp_path):
+    t = sweep({("d", 0): [1.0, 2.0, -0.5]})
+    mixed = pd.concat([t.assign(test_setting="PT_positive"), t.assign(test_setting="PT_negative")])
+    with pytest.raises(MetricsError, match="test_setting.*filter"):
+        plots.propensity_curves(mixed, tmp_path / "curves.png")
+    pe = per_example_steerability(mixed, by=("dataset", "layer", "test_setting"))
+    with pytest.raises(MetricsError, match="test_setting"):
+        plots.violin_steerability(pe, tmp_path / "violin.png")
+    two_models = pd.concat([t.assign(model="a"), t.assign(model="b")])
+    with pytest.raises(MetricsError, match="model"):
+        plots.propensity_curves(two_models, tmp_path / "curves.png")
+    path = plots.propensity_curves(mixed[mixed.test_setting == "PT_positive"], tmp_path / "one.png", n_examples=3)
+    with open(path, "rb") as f:
+        assert len(f.read()) > 5000

@@ -19,6 +19,9 @@ from steerjax.metrics.analyses import SHIFTS, correlation, generalisation_matrix
 from steerjax.metrics.steerability import as_per_example, best_layer, layer_sweep_summary, require_columns
 from steerjax.plotting import save_figure, subplots
 
+# columns that, when they take several values, mean several curves per example: plots of one set of
+# curves refuse such tables instead of pooling them
+CURVE_KEYS = ("model", "train_setting", "test_setting")
 STEER_COLOUR = "#2b6cb0"
 ANTI_COLOUR = "#c53030"
 
@@ -39,14 +42,15 @@ def violin_steerability(per_example: pd.DataFrame, path, *, dataset_col: str = "
 
     Args:
       per_example: :func:`~steerjax.metrics.per_example_steerability` output (or a sweep table)
-        for a single layer.
+        for a single layer, model and (train, test) setting.
       path: output file.
       dataset_col: column naming datasets.
       title: figure title.
     """
     pe = as_per_example(per_example, (dataset_col, "layer") if "layer" in per_example.columns else (dataset_col,))
     require_columns(pe, [dataset_col, "slope"], "violin_steerability")
-    _single(pe, "layer", "violin_steerability")
+    for column in ("layer", *CURVE_KEYS):
+        _single(pe, column, "violin_steerability")
     stats = pe.groupby(dataset_col, sort=False)["slope"].agg(
         median="median", anti=lambda s: float((s < 0).mean()), n="size"
     ).sort_values("median", ascending=True)
@@ -111,7 +115,7 @@ def propensity_curves(
     few thin per-example curves: the propensity curves of Tan et al. 2024 (Sec. 3).
 
     Args:
-      table: sweep table for a single layer (and setting).
+      table: sweep table for a single layer, model and (train, test) setting.
       path: output file.
       examples: example ids to draw as thin lines, for every dataset, or a mapping from dataset to
         ids. Default: ``n_examples`` examples spread over the range of per-example slopes, from the
@@ -121,7 +125,8 @@ def propensity_curves(
       title: figure title.
     """
     require_columns(table, ["example", "multiplier", "propensity"], "propensity_curves")
-    _single(table, "layer", "propensity_curves")
+    for column in ("layer", *CURVE_KEYS):
+        _single(table, column, "propensity_curves")
     if dataset_col not in table.columns:
         table = table.assign(**{dataset_col: "all"})
     pe = as_per_example(table, (dataset_col,))
