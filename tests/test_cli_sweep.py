@@ -64,6 +64,9 @@ def test_train_then_sweep_then_resume(chat_model_dir, tmp_path, capsys, monkeypa
     assert np.isfinite(per_example.slope).all()
     cfg = json.load(open(os.path.join(run, "cli.json")))
     assert cfg["dataset"] == "corrigible-neutral-HHH" and cfg["vector_metadata"]["method"] == "caa"
+    assert (cfg["format"], cfg["setting"], cfg["positions"], cfg["propensity"]) == (
+        "steerjax", "baseline", "completion", "logprob")
+    assert (cfg["vector_metadata"]["prompt_format"], cfg["vector_metadata"]["setting"]) == ("steerjax", "baseline")
     # a second run resumes from the run directory: same table, nothing recomputed
     assert main(argv) == 0
     assert "chunks already done, reused" in capsys.readouterr().err
@@ -95,6 +98,96 @@ def test_bad_input_exits_2_with_a_message(chat_model_dir, tmp_path, capsys):
     assert main(["sweep", chat_model_dir, "--dataset", "corrigible-neutral-HHH", "--vector", wide,
                  "--max-examples", "2", "--out", str(tmp_path / "r")]) == 2
     assert "hidden size is 128" in capsys.readouterr().err
+
+
+@pytest.mark.requires_data
+@pytest.mark.parametrize("argv, message", [
+    (["--format", "qwen"], "argument --format: invalid choice: 'qwen'"),
+    (["--setting", "positive"], "argument --setting: invalid choice: 'positive'"),
+    (["--split-compat", "numpy"], "argument --split-compat: invalid choice: 'numpy'"),
+    (["--split", "0:50%"], "--split: bad split '0:50%'"),
+    (["--split", "12.5%:50%", "--split-compat", "repepo"], "--split: bad split '12.5%:50%' for split_compat='repepo'"),
+    (["--split", "50:50", "--split-compat", "repepo"], "has no examples"),
+    (["--split", "0:1001", "--split-compat", "repepo"], "index 1001 is past the 1000 rows"),
+    (["--dataset", "truthfulqa", "--format", "repepo"], "'truthfulqa' is one of Tan et al.'s 40 but is not available"),
+    (["--dataset", "anti-immigration-x", "--setting", "SYS_positive"], "unknown dataset 'anti-immigration-x'"),
+])
+@pytest.mark.parametrize("command", ["vector train", "sweep"])
+def test_data_flags_are_checked_before_the_model_loads(chat_model_dir, tmp_path, capsys, monkeypatch, command,
+                                                       argv, message):
+    from steerjax.vectors import save_vectors
+
+    monkeypatch.setattr(steerjax, "load_model", forbidden)
+    if command == "sweep":
+        vec = str(tmp_path / "v.safetensors")
+        save_vectors(vec, {0: np.ones(128, np.float32)})
+        head = ["sweep", chat_model_dir, "--vector", vec, "--out", str(tmp_path / "run")]
+    else:
+        head = ["vector", "train", chat_model_dir, "--layers", "0", "--out", str(tmp_path / "v.safetensors")]
+    dataset = [] if "--dataset" in argv else ["--dataset", "corrigible-neutral-HHH"]
+    assert main(head + dataset + argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+@pytest.mark.requires_data
+@pytest.mark.parametrize("fmt, positions, propensity", [("steerjax", "completion", "logprob"),
+                                                        ("steering-bench", "completion", "logprob"),
+                                                        ("repepo", "last_prompt", "logit")])
+def test_the_format_decides_the_sweeps_positions_and_propensity(chat_model_dir, tmp_path, capsys, monkeypatch,
+                                                                fmt, positions, propensity):
+    from steerjax.errors import SteeringError
+    from steerjax.vectors import save_vectors
+
+    seen = {}
+
+    def fake_sweep(model, examples, vectors, **kwargs):
+        seen.update(kwargs, examples=examples)
+        raise SteeringError("stopped by the test")
+
+    monkeypatch.setattr(steerjax, "sweep", fake_sweep)
+    vec = str(tmp_path / "v.safetensors")
+    save_vectors(vec, {0: np.ones(128, np.float32)})
+    argv = ["sweep", chat_model_dir, "--dataset", "corrigible-neutral-HHH", "--vector", vec, "--format", fmt,
+            "--setting", "SYS_negative", "--split", "50:100%", "--split-compat", "repepo", "--max-examples", "3",
+            "--out", str(tmp_path / "run")]
+    assert main(argv) == 2 and "stopped by the test" in capsys.readouterr().err
+    assert (seen["positions"], seen["propensity"]) == (positions, propensity)
+    assert [e.meta["format"] for e in seen["examples"]] == [fmt] * 3
+    assert {e.meta["setting"] for e in seen["examples"]} == {"SYS_negative"}
+    from steerjax.data import load_dataset
+
+    expected = load_dataset("corrigible-neutral-HHH", split="50:100%", split_compat="repepo", format=fmt,
+                            setting="SYS_negative", max_examples=3)
+    assert seen["examples"] == expected
+    # --positions overrides the format's
+    seen.clear()
+    assert main(argv[:-2] + ["--positions", "all", "--out", str(tmp_path / "run2")]) == 2
+    assert (seen["positions"], seen["propensity"]) == ("all", propensity)
+
+
+@pytest.mark.requires_data
+def test_vector_train_reads_the_formats_examples_and_token(chat_model_dir, tmp_path, capsys, monkeypatch):
+    import steerjax.vectors
+    from steerjax.data import load_dataset
+    from steerjax.errors import SteeringError
+
+    seen = {}
+
+    def fake_train(model, examples, **kwargs):
+        seen.update(kwargs, examples=examples)
+        raise SteeringError("stopped by the test")
+
+    monkeypatch.setattr(steerjax.vectors, "train_vector", fake_train)
+    argv = ["vector", "train", chat_model_dir, "--dataset", "anti-immigration", "--layers", "1", "--format",
+            "steering-bench", "--setting", "PT_positive", "--split", "0:50%", "--split-compat", "repepo",
+            "--max-examples", "4", "--out", str(tmp_path / "v.safetensors")]
+    assert main(argv) == 2 and "stopped by the test" in capsys.readouterr().err
+    assert seen["token_index"] == -2 and seen["layers"] == [1]
+    assert seen["examples"] == load_dataset("anti-immigration", split="0:50%", split_compat="repepo",
+                                            format="steering-bench", setting="PT_positive", max_examples=4)
+    assert main(argv[:-2] + ["--token-index", "-1", "--out", str(tmp_path / "v.safetensors")]) == 2
+    assert seen["token_index"] == -1
 
 
 @pytest.mark.slow

@@ -8,6 +8,8 @@ import numpy as np
 
 from steerjax import paths
 from steerjax.cli import checks
+from steerjax.data.formats import FORMATS, SETTINGS
+from steerjax.data.mwe import SPLIT_COMPAT
 from steerjax.errors import DataError, SteeringError
 
 SWEEP_TABLES = ("results.parquet", "per_example.parquet", "summary.csv", "cli.json")
@@ -29,8 +31,9 @@ def add_commands(sub) -> None:
     train.add_argument("--layers", required=True, metavar="L", help="blocks: '13', '10,13,16', '8-16' or 'all'")
     train.add_argument("--method", choices=("caa", "pca", "probe", "learned"), default="caa",
                        help="default: %(default)s")
-    train.add_argument("--token-index", type=int, default=-2,
-                       help="token read, from the end of prompt+completion (default: %(default)s, the answer letter)")
+    train.add_argument("--token-index", type=int, default=None,
+                       help="token read, from the end of prompt+completion (default: the format's, -2: the answer "
+                            "letter)")
     train.add_argument("--out", required=True, metavar="FILE",
                        help="output .safetensors (or .gguf: a llama.cpp control vector); its folder must exist")
     checks.add_force(train, "the --out file")
@@ -45,8 +48,9 @@ def add_commands(sub) -> None:
     sw.add_argument("--layers", default=None, metavar="L", help="blocks to sweep (default: every layer in the file)")
     sw.add_argument("--multipliers", type=checks.finite_float, nargs="+", metavar="M",
                     default=[-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5], help="default: -1.5 -1 -0.5 0 0.5 1 1.5")
-    sw.add_argument("--positions", choices=("completion", "all"), default="completion",
-                    help="steer from the answer on, or the prompt too (default: %(default)s)")
+    sw.add_argument("--positions", choices=("completion", "last_prompt", "all"), default=None,
+                    help="steer from the answer on, from the prompt's last token on, or the whole prompt too "
+                         "(default: the format's: last_prompt for repepo, completion for the others)")
     sw.add_argument("--operator", choices=("add", "ablate_then_add", "clamp"), default="add",
                     help="default: %(default)s")
     sw.add_argument("--memory-budget-mb", type=checks.positive_float, default=2048, metavar="MB",
@@ -58,28 +62,34 @@ def add_commands(sub) -> None:
 
 def add_data_arguments(parser, split: str) -> None:
     parser.add_argument("--dataset", required=True, metavar="NAME", help="an MWE dataset (steerjax datasets)")
-    parser.add_argument("--split", default=split, metavar="A%:B%", help="percent range (default: %(default)s)")
+    parser.add_argument("--split", default=split, metavar="A%:B%",
+                        help="percent range of the shuffled rows (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="split shuffle seed (default: %(default)s)")
     parser.add_argument("--max-examples", type=checks.positive_int, default=None, metavar="N",
                         help="keep at most N examples of the split")
-    parser.add_argument("--persona-prompt", choices=("positive", "negative"), default=None,
-                        help="add the dataset's persona prompt (default: none)")
-    parser.add_argument("--prompt-location", choices=("system", "user"), default="system",
-                        help="default: %(default)s")
+    parser.add_argument("--setting", choices=SETTINGS, default="baseline",
+                        help="the dataset's persona prompt: SYS_* replaces the system message, PT_* goes before "
+                             "the question (default: %(default)s, none)")
+    parser.add_argument("--format", choices=tuple(FORMATS), default="steerjax",
+                        help="prompt format: system message, persona separator, answer joining, steered tokens "
+                             "and propensity as steerjax, the paper's code (repepo) or steering-bench do "
+                             "(default: %(default)s)")
+    parser.add_argument("--split-compat", choices=SPLIT_COMPAT, default=None,
+                        help="shuffle and read --split as the paper's code did (repepo: 'start:end', a bare "
+                             "number is a row index, e.g. '0:50%%'; default: steerjax's shuffle, 'a%%:b%%')")
     checks.add_dtype(parser)
 
 
 def load_split(args) -> list:
     """The examples of ``--dataset``/``--split`` (read before any model loads)."""
-    from steerjax.data import load_dataset
-    from steerjax.data.mwe import parse_split
+    from steerjax.data import check_split, load_dataset
 
     try:
-        parse_split(args.split)
+        check_split(args.split, args.split_compat)
     except DataError as e:
         raise DataError(f"--split: {e}") from e
-    return load_dataset(args.dataset, split=args.split, seed=args.seed, persona_prompt=args.persona_prompt,
-                        prompt_location=args.prompt_location, max_examples=args.max_examples)
+    return load_dataset(args.dataset, split=args.split, seed=args.seed, setting=args.setting, format=args.format,
+                        split_compat=args.split_compat, max_examples=args.max_examples)
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -111,9 +121,10 @@ def run_vector_train(args) -> int:
                             f"(--layers {args.layers} includes it); drop it, or write a .safetensors file")
 
     model = steerjax.load_model(args.model, dtype=args.dtype)
-    vec = train_vector(model, examples, layers=layers, method=args.method, token_index=args.token_index)
+    token_index = FORMATS[args.format].token_index if args.token_index is None else args.token_index
+    vec = train_vector(model, examples, layers=layers, method=args.method, token_index=token_index)
     vec.metadata.update({"dataset": args.dataset, "split": args.split, "seed": args.seed,
-                         "persona_prompt": args.persona_prompt, "prompt_location": args.prompt_location})
+                         "split_compat": args.split_compat, "prompt_format": args.format, "setting": args.setting})
     if gguf:
         export_control_vector_gguf(args.out, vec.vectors, model_hint=model.config.model_type)
     else:
@@ -134,6 +145,8 @@ def run_sweep(args) -> int:
 
     if args.layers is not None:
         checks.layer_spec(args.layers)
+    fmt = FORMATS[args.format]
+    positions = fmt.steer_from if args.positions is None else args.positions
     examples = load_split(args)
     header = checks.read_config(args.model)
     cfg = header.config
@@ -147,13 +160,14 @@ def run_sweep(args) -> int:
     checks.check_width(args.vector, vec, cfg.hidden_size)
     paths.check_run_dir(args.out, {
         "kind": "sweep", "model": header.source, "dtype": args.dtype, "layers": layers,
-        "multipliers": np.asarray(args.multipliers, np.float32).tolist(), "positions": args.positions,
-        "operator": args.operator, "memory_budget_mb": args.memory_budget_mb, "n_examples": len(examples),
+        "multipliers": np.asarray(args.multipliers, np.float32).tolist(), "positions": positions,
+        "propensity": fmt.propensity, "operator": args.operator, "memory_budget_mb": args.memory_budget_mb,
+        "n_examples": len(examples),
     })
 
     model = steerjax.load_model(args.model, dtype=args.dtype)
     table = steerjax.sweep(model, examples, vectors, layers=layers, multipliers=args.multipliers,
-                           positions=args.positions, operator=args.operator,
+                           positions=positions, propensity=fmt.propensity, operator=args.operator,
                            memory_budget_mb=args.memory_budget_mb, run_dir=args.out)
     per_example = per_example_steerability(table, by=("dataset", "layer"))
     summary = dataset_steerability(per_example, by=("dataset", "layer"))
@@ -161,8 +175,8 @@ def run_sweep(args) -> int:
     table.to_parquet(out["results.parquet"], index=False)
     per_example.to_parquet(out["per_example.parquet"], index=False)
     summary.to_csv(out["summary.csv"], index=False)
-    write_json(out["cli.json"], {**{k: v for k, v in vars(args).items() if k != "run"},
-                                 "vector_metadata": vec.metadata})
+    write_json(out["cli.json"], {**{k: v for k, v in vars(args).items() if k != "run"}, "positions": positions,
+                                 "propensity": fmt.propensity, "vector_metadata": vec.metadata})
     written = list(out.values()) + sweep_plots(table, per_example, summary, args.out)
     cols = ["dataset", "layer", "n", "steerability", "steerability_std", "anti_steerable_fraction"]
     print(summary[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
