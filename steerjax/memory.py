@@ -38,7 +38,7 @@ def block_bytes(cfg, dtype=jnp.float32) -> int:
 
 
 def sweep_bytes_per_example(cfg, prompt_len: int, completion_len: int, rows: int, positions: str = "completion",
-                            dtype=jnp.float32) -> int:
+                            dtype=jnp.float32, *, vectors: int = 1) -> int:
     """Peak bytes one example adds to a sweep chunk (upper estimate, parameters excluded).
 
     Args:
@@ -50,6 +50,8 @@ def sweep_bytes_per_example(cfg, prompt_len: int, completion_len: int, rows: int
         ``"last_prompt"`` (the same, each row re-reading the last prompt token: ``TC`` steps) or
         ``"all"`` (one steered prompt per (layer, multiplier)).
       dtype: the activation and KV-cache dtype (the parameters' dtype); logits are float32.
+      vectors: named vectors swept together; with more than one, every row carries its own
+        ``[L, D]`` vector table (float32).
 
     The terms, each for the prompts (``P`` per example: 1 or ``rows / 2``) and for the scored
     rows (``TC - 1`` tokens each, against ``TP + TC`` keys):
@@ -72,6 +74,7 @@ def sweep_bytes_per_example(cfg, prompt_len: int, completion_len: int, rows: int
         + rows * steps * cfg.vocab_size * _F32 * 3
         + rows * steps * cfg.num_heads * (prompt_len + completion_len) * _F32 * 3
         + rows * steps * width * f
+        + (rows * cfg.num_layers * cfg.hidden_size * _F32 if vectors > 1 else 0)
     )
 
 

@@ -71,7 +71,9 @@ def sweep(
       examples: :class:`Example` objects, ``(prompt, positive, negative)`` tuples, or
         :class:`Encoded` token ids (models without a tokenizer).
       vector: a ``SteeringVector`` (``.vectors``), a ``{layer: [D]}`` mapping, or one ``[D]``
-        array used at every layer in ``layers``.
+        array used at every layer in ``layers``; or several of these by name,
+        ``{"baseline": vec, "mean": vec2, ...}`` (string keys): every example is then scored
+        under every vector, sharing its prompt, and the table gets a ``vector`` column.
       layers: blocks to steer, one at a time (a layer sweep when several).
       multipliers: steering strengths.
       positions: ``"completion"`` steers from the first completion token on (the prompt is
@@ -96,7 +98,7 @@ def sweep(
         to one), parameters over ``model``. Default: one device.
 
     Returns:
-      One row per example x layer x multiplier: ``example`` (position in ``examples``),
+      One row per example x (vector x) layer x multiplier: ``example`` (position in ``examples``),
       ``layer``, ``multiplier``, ``logp_positive``, ``logp_negative`` (log-probs summed over
       completion tokens), ``logit_positive``, ``logit_negative`` (raw logits of the completion
       tokens, summed), ``propensity`` (the difference chosen by ``propensity``),
@@ -117,8 +119,8 @@ def sweep(
     mults = np.asarray(multipliers, np.float32).reshape(-1)
     if mults.size == 0 or not np.all(np.isfinite(mults)):
         raise SteeringError(f"multipliers must be a non-empty list of finite numbers, got {multipliers!r}")
-    table = vector_table(cfg, vector, layer_ids)
-    Steering.create(cfg, {layer_ids[0]: table[layer_ids[0]]}, operator=operator)  # validates operator
+    names, table = vector_tables(cfg, vector, layer_ids)  # [V, L, D]
+    Steering.create(cfg, {layer_ids[0]: table[0, layer_ids[0]]}, operator=operator)  # validates operator
 
     tc = max(max(len(e.positive), len(e.negative)) for e in encoded)
     for i, e in enumerate(encoded):
@@ -127,7 +129,7 @@ def sweep(
                 f"example {i}: {len(e.prompt)} prompt + {tc} completion tokens exceed the model's "
                 f"context of {cfg.max_position_embeddings}"
             )
-    rows = len(layer_ids) * len(mults) * 2
+    rows = len(table) * len(layer_ids) * len(mults) * 2
     mesh = shd.default_mesh(mesh)
     d = shd.data_size(mesh)
     if mesh is not None:
@@ -136,7 +138,8 @@ def sweep(
     dtype = model.params["embed"].dtype
     reserved = memory.block_bytes(cfg, dtype) // shd.axis_sizes(mesh)["model"]
     chunks = _chunks(encoded, lambda tp: round_up(batch_size, d) if batch_size else memory.examples_per_chunk(
-        memory.sweep_bytes_per_example(cfg, tp, tc, rows, positions, dtype), memory_budget_mb, data=d,
+        memory.sweep_bytes_per_example(cfg, tp, tc, rows, positions, dtype, vectors=len(table)), memory_budget_mb,
+        data=d,
         reserved=reserved), multiple=d)
 
     store = None
@@ -145,17 +148,24 @@ def sweep(
             "kind": "sweep", "model": model.source, "dtype": model.dtype, "layers": layer_ids,
             "multipliers": mults.tolist(), "positions": positions, "propensity": propensity, "operator": operator,
             "batch_size": batch_size, "memory_budget_mb": memory_budget_mb, "n_examples": len(examples),
-            "examples_sha256": _digest(encoded), "vector_sha256": _digest(table[layer_ids].tobytes()),
+            "examples_sha256": _digest(encoded), "vector_sha256": _digest(table[:, layer_ids].tobytes()),
+            "vector_names": names,
         })
 
     def work(_, chunk):
         idx, size = chunk
         scores = _score_chunk(model, cfg, [encoded[i] for i in idx], size, tc, table, layer_ids, mults,
                               positions, operator, mesh)
-        return _rows(idx, scores, examples, layer_ids, mults, propensity)
+        return _rows(idx, scores, examples, layer_ids, mults, propensity, names)
 
     out = map_chunks(chunks, work, store=store, desc="sweep", progress=progress)
-    return out.sort_values(["example", "layer", "multiplier"], kind="stable").reset_index(drop=True)
+    order = ["example"] + (["vector"] if names is not None else []) + ["layer", "multiplier"]
+    if names is not None:  # the given order of the vectors, not the alphabet's
+        out["vector"] = pd.Categorical(out["vector"], categories=names)
+    out = out.sort_values(order, kind="stable").reset_index(drop=True)
+    if names is not None:
+        out["vector"] = out["vector"].astype(str)
+    return out
 
 
 def vector_table(cfg, vector: Any, layers: Sequence[int]) -> np.ndarray:
@@ -174,6 +184,24 @@ def vector_table(cfg, vector: Any, layers: Sequence[int]) -> np.ndarray:
         for layer in layers:
             out[layer] = vec
     return out
+
+
+def vector_tables(cfg, vector: Any, layers: Sequence[int]) -> tuple[list[str] | None, np.ndarray]:
+    """``(names, [V, L, D])``: one :func:`vector_table` per named vector (``names`` is ``None``
+    and ``V`` 1 for a single vector)."""
+    if isinstance(vector, Mapping) and vector and all(isinstance(k, str) for k in vector):
+        names = list(vector)
+        tables = []
+        for name in names:
+            try:
+                tables.append(vector_table(cfg, vector[name], layers))
+            except SteeringError as e:
+                raise SteeringError(f"vector {name!r}: {e}") from None
+        return names, np.stack(tables)
+    if isinstance(vector, Mapping) and any(isinstance(k, str) for k in vector):
+        raise SteeringError("a vector mapping's keys must be all layers (ints) or all names (strings), "
+                            f"got {list(vector)}")
+    return None, vector_table(cfg, vector, layers)[None]
 
 
 def _check_width(cfg, vec, layer) -> np.ndarray:
@@ -212,7 +240,7 @@ def _digest(obj) -> str:
 
 
 def _score_chunk(model, cfg, encoded, batch_size, tc, table, layers, mults, positions, operator, mesh=None):
-    """``[n, n_layers, n_mults, 2, 2]`` summed completion log-probs and raw logits for one chunk
+    """``[n, V, n_layers, n_mults, 2, 2]`` summed completion log-probs and raw logits for one chunk
     (padded to batch_size)."""
     n = len(encoded)
     prompt = TokenBatch.pad([e.prompt for e in encoded], side="left", buckets=SWEEP_PROMPT)
@@ -230,15 +258,16 @@ def _score_chunk(model, cfg, encoded, batch_size, tc, table, layers, mults, posi
 
 @functools.partial(jax.jit, static_argnames=("cfg", "positions", "operator"))
 def _score(params, cfg, prompt, pvalid, comp, cvalid, table, onehot, mults, *, positions, operator):
-    """Completion scores ``[E, n_layers, n_mults, 2, 2]``: ``[..., c, 0]`` the summed log-probs and
-    ``[..., c, 1]`` the summed raw logits of completion ``c`` (0 positive, 1 negative)."""
+    """Completion scores ``[E, V, n_layers, n_mults, 2, 2]``: ``[..., c, 0]`` the summed log-probs
+    and ``[..., c, 1]`` the summed raw logits of completion ``c`` (0 positive, 1 negative) under
+    vector ``v`` of ``table [V, L, D]``."""
     e, tp = prompt.shape
-    nl, nm = onehot.shape[0], mults.shape[0]
+    nv, nl, nm = table.shape[0], onehot.shape[0], mults.shape[0]
     tc = comp.shape[-1]
-    combos = nl * nm  # (layer, multiplier) pairs, layer-major
-    combo_mask = jnp.repeat(onehot, nm, axis=0).T  # [L, combos]
-    combo_mult = jnp.tile(mults, nl)  # [combos]
-    vectors = table[:, None, :]  # [L, 1, D]
+    combos = nv * nl * nm  # (vector, layer, multiplier) triples, vector-major then layer-major
+    combo_mask = jnp.tile(jnp.repeat(onehot, nm, axis=0).T, (1, nv))  # [L, combos]
+    combo_mult = jnp.tile(mults, nv * nl)  # [combos]
+    combo_vec = jnp.repeat(jnp.arange(nv), nl * nm)  # [combos]
     ppos = positions_from_mask(pvalid)
     lengths = jnp.sum(pvalid, axis=-1).astype(jnp.int32)
     dtype = params["embed"].dtype
@@ -247,6 +276,10 @@ def _score(params, cfg, prompt, pvalid, comp, cvalid, table, onehot, mults, *, p
         # row = (example, combo, inner): layer mask and multiplier per row
         mask = jnp.tile(jnp.repeat(combo_mask, reps_inner, axis=1), (1, reps_outer))
         mult = jnp.tile(jnp.repeat(combo_mult, reps_inner), reps_outer)
+        if nv == 1:
+            vectors = table[0][:, None, :]  # [L, 1, D], shared by every row
+        else:  # [L, rows, D]: each row its vector
+            vectors = jnp.swapaxes(table[jnp.tile(jnp.repeat(combo_vec, reps_inner), reps_outer)], 0, 1)
         return Steering.build(vectors, mult, operator=operator, layer_mask=mask)
 
     def token_scores(hidden, targets):
@@ -272,7 +305,7 @@ def _score(params, cfg, prompt, pvalid, comp, cvalid, table, onehot, mults, *, p
         lp, raw = token_scores(out.hidden, row_tokens)
         keep = row_valid
         sums = jnp.stack([jnp.sum(jnp.where(keep, x, 0.0), axis=-1) for x in (lp, raw)], axis=-1)
-        return sums.reshape(e, nl, nm, 2, 2)
+        return sums.reshape(e, nv, nl, nm, 2, 2)
 
     if positions == "completion":  # one unsteered prompt per example, shared by all its rows
         pre = forward(params, cfg, prompt, positions=ppos, valid=pvalid, cache=KVCache.empty(cfg, e, tp, dtype))
@@ -290,7 +323,7 @@ def _score(params, cfg, prompt, pvalid, comp, cvalid, table, onehot, mults, *, p
     first = jnp.stack([first_lp, first_raw], axis=-1)  # [E, 1 or combos, 2, 2]
     first = jnp.broadcast_to(first, (e, combos, 2, 2))
     if tc == 1:
-        return first.reshape(e, nl, nm, 2, 2)
+        return first.reshape(e, nv, nl, nm, 2, 2)
     # rows (example, combo, completion) feed completion tokens 0..tc-2 to predict tokens 1..tc-1
     inputs, targets, tvalid = row_tokens[:, :-1], row_tokens[:, 1:], row_valid[:, 1:]
     pos = row_start[:, None] + jnp.arange(tc - 1, dtype=jnp.int32)[None, :]
@@ -298,19 +331,19 @@ def _score(params, cfg, prompt, pvalid, comp, cvalid, table, onehot, mults, *, p
                   prefix=pre.cache)
     lp, raw = token_scores(out.hidden, targets)
     rest = jnp.stack([jnp.sum(jnp.where(tvalid, x, 0.0), axis=-1) for x in (lp, raw)], axis=-1)
-    return (first + rest.reshape(e, combos, 2, 2)).reshape(e, nl, nm, 2, 2)
+    return (first + rest.reshape(e, combos, 2, 2)).reshape(e, nv, nl, nm, 2, 2)
 
 
-def _rows(idx, scores, examples, layers, mults, propensity="logprob") -> pd.DataFrame:
-    n, nl, nm = scores.shape[:3]
-    ex = np.repeat(np.asarray(idx), nl * nm)
+def _rows(idx, scores, examples, layers, mults, propensity="logprob", names=None) -> pd.DataFrame:
+    n, nv, nl, nm = scores.shape[:4]
+    ex = np.repeat(np.asarray(idx), nv * nl * nm)
     lp_pos, lp_neg = (scores[..., c, 0].reshape(-1).astype(np.float64) for c in (0, 1))
     lg_pos, lg_neg = (scores[..., c, 1].reshape(-1).astype(np.float64) for c in (0, 1))
     margin = lp_pos - lp_neg
     data = {
         "example": ex,
-        "layer": np.tile(np.repeat(np.asarray(layers), nm), n),
-        "multiplier": np.tile(mults, n * nl).astype(np.float64),
+        "layer": np.tile(np.repeat(np.asarray(layers), nm), n * nv),
+        "multiplier": np.tile(mults, n * nv * nl).astype(np.float64),
         "logp_positive": lp_pos,
         "logp_negative": lp_neg,
         "logit_positive": lg_pos,
@@ -319,10 +352,13 @@ def _rows(idx, scores, examples, layers, mults, propensity="logprob") -> pd.Data
         "prob_positive": 1.0 / (1.0 + np.exp(-margin)),
         "correct": margin > 0,
     }
+    if names is not None:
+        data = {"example": ex, "vector": np.tile(np.repeat(np.asarray(names, object), nl * nm), n),
+                **{k: v for k, v in data.items() if k != "example"}}
     df = pd.DataFrame(data)
     meta = pd.DataFrame([dict(getattr(examples[i], "meta", {})) for i in idx])
     if not meta.empty:
-        meta = meta.loc[np.repeat(np.arange(len(idx)), nl * nm)].reset_index(drop=True)
+        meta = meta.loc[np.repeat(np.arange(len(idx)), nv * nl * nm)].reset_index(drop=True)
         for col in meta.columns:
             if col not in df:
                 df[col] = meta[col].to_numpy()

@@ -226,3 +226,29 @@ def test_last_prompt_positions_and_logit_propensity_match_the_reference_loop(tin
     assert np.abs(comp.logp_positive.to_numpy() - df.logp_positive.to_numpy()).max() > 1e-2
     np.testing.assert_allclose(comp[comp.multiplier == 0].logp_positive, df[df.multiplier == 0].logp_positive,
                                atol=1e-4)
+
+
+@pytest.mark.parametrize("positions", ["completion", "last_prompt", "all"])
+def test_named_vectors_equal_one_sweep_per_vector(tiny_model, positions):
+    """Several named vectors share each example's prompt; each equals its own sweep."""
+    model = tiny_model("llama")
+    rng = np.random.default_rng(8)
+    examples = [Encoded(rng.integers(3, 256, size=int(rng.integers(3, 30))).tolist(), [40, 41], [50])
+                for _ in range(5)]
+    vecs = {name: {0: rng.normal(size=64).astype(np.float32), 1: rng.normal(size=64).astype(np.float32)}
+            for name in ("zeta", "alpha", "mid")}
+    both = sweep(model, examples, vecs, layers=[1, 0], multipliers=[-1.0, 0.0, 2.0], positions=positions,
+                 propensity="logit", progress=False, batch_size=2)
+    assert list(both.columns[:4]) == ["example", "vector", "layer", "multiplier"]
+    assert list(both.vector.drop_duplicates()) == ["zeta", "alpha", "mid"]  # the given order
+    for name, vec in vecs.items():
+        one = sweep(model, examples, vec, layers=[1, 0], multipliers=[-1.0, 0.0, 2.0], positions=positions,
+                    propensity="logit", progress=False)
+        part = both[both.vector == name].drop(columns="vector").reset_index(drop=True)
+        pd.testing.assert_frame_equal(part, one, atol=1e-4, rtol=0)
+    with pytest.raises(SteeringError, match="vector 'alpha'.*no direction for layer"):
+        sweep(model, examples, {"zeta": vecs["zeta"], "alpha": {0: vecs["alpha"][0]}}, layers=[1],
+              multipliers=[1.0], progress=False)
+    with pytest.raises(SteeringError, match="all layers .* or all names"):
+        sweep(model, examples, {0: vecs["zeta"][0], "alpha": vecs["alpha"][0]}, layers=[0], multipliers=[1.0],
+              progress=False)
