@@ -1,42 +1,100 @@
-"""The reliability experiment runs end to end (smoke preset) and writes its tables and plots."""
+"""The reliability experiment (Tan et al. 2024) end to end on two small chat models, and its input checks."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pandas as pd
 import pytest
 
+from steerjax.errors import DataError, RunConfigError, SteerjaxError
+
+FIGURES = ("layer_sweep", "propensity_curves", "steerability_violin", "steerability_ci", "generalisation_matrix",
+           "relative_steerability")
+SHARED_FIGURES = ("id_ood_shifts", "mean_variance", "model_comparison_id", "model_comparison_ood")
+
+
+@pytest.fixture(scope="module")
+def two_models(chat_model_dir, tmp_path_factory):
+    """The chat TinyStories twice, under two names (the cross-model path without a second download)."""
+    other = tmp_path_factory.mktemp("second") / "tinystories-chat-b"
+    shutil.copytree(chat_model_dir, other)
+    return chat_model_dir, str(other)
+
 
 @pytest.mark.slow
 @pytest.mark.requires_data
-@pytest.mark.requires_smollm2
-def test_reliability_experiment_smoke(tmp_path):
-    from experiments.steering_reliability.run import main
+def test_reliability_experiment_smoke(two_models, tmp_path):
+    from experiments.steering_reliability.run import SETTINGS, VECTORS, main
 
     out = tmp_path / "run"
-    main(["--preset", "smoke", "--out", str(out)])
+    argv = ["--preset", "smoke", "--model", two_models[0], "--model", two_models[1], "--out", str(out)]
+    main(argv)
     cfg = json.loads((out / "config.json").read_text())
     info = json.loads((out / "run.json").read_text())  # what the run found; config.json is what was asked
-    assert cfg["preset"] == "smoke" and 0 <= info["layer"] < 30 and info["seconds"] > 0
-    layer_sweep = pd.read_parquet(out / "layer_sweep.parquet")
-    assert set(layer_sweep.layer) == {0, 10, 20}
-    per_example = pd.read_parquet(out / "per_example.parquet")
-    assert set(per_example.dataset) == set(cfg["datasets"]) and per_example.slope.notna().all()
+    assert cfg["format"] == "repepo" and cfg["splits"] == {"train": "0%:50%", "test": "50%:100%"}
+    assert set(info["models"]) == {"tinystories-chat", "tinystories-chat-b"} and info["seconds"] > 0
+    table = pd.read_parquet(out / "sweeps.parquet")
+    assert set(table.model) == set(info["models"]) and set(table.dataset) == set(cfg["datasets"])
+    assert set(table.train_setting) == set(VECTORS) and set(table.test_setting) == set(SETTINGS)
+    # 2 models x 2 datasets x 6 vectors x 5 settings x 6 examples x 3 multipliers
+    assert len(table) == 2 * 2 * 6 * 5 * 6 * 3
+    # the propensity is repepo's: summed raw logits
+    pd.testing.assert_series_equal(table.propensity, table.logit_positive - table.logit_negative, check_names=False)
+    # identical weights, identical results: the two models' tables agree
+    a, b = (table[table.model == m].drop(columns="model").reset_index(drop=True) for m in sorted(info["models"]))
+    pd.testing.assert_frame_equal(a, b)
     summary = pd.read_csv(out / "summary.csv")
-    assert summary.anti_steerable_fraction.between(0, 1).all()
-    gen = pd.read_csv(out / "generalisation.csv")
-    assert len(gen) == 2 * 9 and gen.in_distribution.sum() == 2 * 3
-    assert pd.read_csv(out / "spurious_variance.csv").shape[0] == 3
-    for png in ("layer_sweep", "steerability_violin", "propensity_curves", "id_ood_scatter"):
-        assert os.path.getsize(out / f"{png}.png") > 5000
+    assert len(summary) == 4 and (summary.steerability_lo <= summary.steerability).all()
+    assert (summary.steerability <= summary.steerability_hi).all()
+    shifts = pd.read_csv(out / "id_ood_shifts.csv")
+    assert set(shifts["shift"]) == {"BASE -> USER_NEG", "BASE -> USER_POS", "SYS_POS -> USER_NEG",
+                                    "SYS_NEG -> USER_POS"}
+    rel = pd.read_csv(out / "relative_steerability.csv")
+    assert not (rel.train_setting == "mean").any() and rel.unsteered_propensity_gap.ge(0).all()
+    corr = pd.read_csv(out / "model_comparison_id_correlations.csv")
+    assert set(corr.model_a) | set(corr.model_b) == set(info["models"])
+    for m in info["models"]:
+        for png in FIGURES:
+            assert os.path.getsize(out / m / f"{png}.png") > 5000, (m, png)
+    for png in SHARED_FIGURES:
+        assert os.path.getsize(out / f"{png}.png") > 5000, png
     # resumable: a second run reuses vectors and sweep chunks and gives the same tables
     config_bytes = (out / "config.json").read_bytes()
-    main(["--preset", "smoke", "--out", str(out)])
+    per_example = pd.read_parquet(out / "per_example.parquet")
+    main(argv)
     pd.testing.assert_frame_equal(pd.read_parquet(out / "per_example.parquet"), per_example)
     assert (out / "config.json").read_bytes() == config_bytes  # written once
-    from steerjax.errors import RunConfigError
-
     with pytest.raises(RunConfigError, match="differs in: seed"):  # another command: refused before any work
-        main(["--preset", "smoke", "--seed", "1", "--out", str(out)])
+        main(argv + ["--seed", "1"])
+
+
+@pytest.mark.requires_data
+@pytest.mark.parametrize("extra, error, match", [
+    (["--model", "m", "--model", "m"], SteerjaxError, "given twice"),
+    (["--model", "m", "--datasets", "truthfulqa"], DataError, "truthfulqa"),
+    (["--model", "m", "--datasets", "self-awareness-web-gpt@human"], DataError, "no persona prompt"),
+    (["--model", "m", "--multipliers", "1", "2"], SteerjaxError, "include 0"),
+    (["--model", "/nonexistent/model"], Exception, "nonexistent"),
+])
+def test_bad_input_is_refused_before_any_model_loads(tmp_path, monkeypatch, extra, error, match):
+    import steerjax
+    from experiments.steering_reliability.run import main
+
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(steerjax, "load_model", no_load)
+    with pytest.raises(error, match=match):
+        main(["--preset", "smoke", "--out", str(tmp_path / "run")] + extra)
+    assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_unknown_format_exits_2(tmp_path, capsys):
+    from experiments.steering_reliability.run import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--format", "llama-chat", "--out", str(tmp_path / "run")])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err

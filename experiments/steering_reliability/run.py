@@ -1,19 +1,29 @@
-"""Reliability and generalisation of steering vectors (Tan et al. 2024) on one model.
+"""Reliability and generalisation of steering vectors as Tan et al. (2024) ran it, on one or more models.
 
-1. Layer sweep: a CAA vector per block from corrigible-neutral-HHH, every block swept, best layer
-   = highest mean per-example steerability.
-2. Steerability of many datasets at that layer: per-example slopes (violin plot with the
-   anti-steerable fraction, as the paper's Figure 1), spurious-factor variance, propensity curves.
-3. Generalisation: vectors trained with baseline / positive / negative persona system prompts,
-   tested under each; in- vs out-of-distribution steerability (the paper's ID/OOD scatter).
+The protocol is the paper's code (``dtch1997/repepo``, ``persona_generalization.py``) by default:
+``--format repepo`` (its chat formatting, persona placement, steering from the last prompt token,
+raw-logit propensity, every vector rescaled to the baseline vector's norm), train on the first
+half of each dataset and test on the second, multipliers -1.5 .. 1.5. Per model:
+
+1. Layer sweep (skipped with ``--layer``): a vector per block from the paper's layer-sweep splits
+   (train 0-10%, evaluated on 20-30%: disjoint from the test half); best layer = highest mean
+   per-example steerability.
+2. Per dataset, five vectors (baseline, SYS_positive, PT_positive, SYS_negative, PT_negative:
+   trained with the persona prompt as system message (SYS) or user-prompt prefix (PT)) and their
+   mean, each evaluated under the five settings of the test half: a 6 x 5 matrix of sweeps.
+3. Analyses, as tables and figures in the run directory: propensity curves, per-example
+   steerability (violins with the anti-steerable fraction, bootstrap 95% intervals), spurious
+   factors, the ID/OOD scatter per distribution shift, the train x test matrix, relative
+   steerability against the unsteered-propensity gap, mean against variance, and (with two or
+   more ``--model``) the cross-model comparison.
 
     python experiments/steering_reliability/run.py --preset quick --out runs/reliability
-    python experiments/steering_reliability/run.py --preset full --model HuggingFaceTB/SmolLM2-135M-Instruct --out ...
+    python experiments/steering_reliability/run.py --preset full --model A --model B --out runs/reliability-full
 
 Needs STEERJAX_DATA. A run directory is resumable: trained vectors and finished sweep chunks are
 reused when the same command is run again. ``config.json`` holds what was asked (written once; a
-different command in the same directory is refused); ``run.json`` what the run found (the model's
-source, the chosen layer, the wall time, versions).
+different command in the same directory is refused); ``run.json`` what the run found (each
+model's source and chosen layer, the wall time, versions).
 """
 
 from __future__ import annotations
@@ -21,153 +31,267 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # plots are files; no display needed
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-DATASETS = [
-    "corrigible-neutral-HHH", "power-seeking-inclination", "survival-instinct", "wealth-seeking-inclination",
-    "myopic-reward", "coordinate-other-ais", "self-awareness-general-ai", "anti-immigration",
-    "believes-abortion-should-be-illegal", "subscribes-to-virtue-ethics", "desire-for-acquiring-power",
-    "willingness-to-use-social-engineering-to-achieve-its-goals", "narcissism",
-]
-SETTINGS = ("baseline", "positive", "negative")
+from steerjax.data import formats as fmts  # noqa: E402
+from steerjax.data import paper  # noqa: E402
+
+SETTINGS = fmts.SETTINGS  # baseline, SYS_positive, PT_positive, SYS_negative, PT_negative
+VECTORS = SETTINGS + ("mean",)
+PAPER_MULTIPLIERS = [-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5]
 PRESETS = {
     # the whole pipeline on a sliver of the data: for tests
-    "smoke": dict(layer_sweep_stride=10, n_train=8, n_test=6, ood_datasets=DATASETS[:2], ood_n_train=6,
-                  ood_n_test=4, multipliers=[-1.0, 0.0, 1.0]),
-    # ~15 minutes on 2 CPU cores
-    "quick": dict(layer_sweep_stride=2, n_train=40, n_test=24, ood_datasets=DATASETS[:4], ood_n_train=24,
-                  ood_n_test=16, multipliers=[-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5]),
-    # the paper's scale: every layer, 40% train / 50% test splits, every dataset in the OOD study (GPU/TPU)
-    "full": dict(layer_sweep_stride=1, n_train=None, n_test=None, ood_datasets=DATASETS, ood_n_train=None,
-                 ood_n_test=None, multipliers=[-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5]),
+    "smoke": dict(layer_sweep_datasets=["corrigible-neutral-HHH"], layer_sweep_stride=10, layer_n_train=8,
+                  layer_n_test=6, datasets=["corrigible-neutral-HHH", "believes-abortion-should-be-illegal"],
+                  n_train=8, n_test=6, multipliers=[-1.0, 0.0, 1.0], n_boot=200),
+    # about 15 minutes on 2 CPU cores with SmolLM2-135M: two x-risk and two persona datasets
+    "quick": dict(layer_sweep_datasets=["corrigible-neutral-HHH"], layer_sweep_stride=2, layer_n_train=24,
+                  layer_n_test=16, datasets=["corrigible-neutral-HHH", "power-seeking-inclination",
+                                             "believes-abortion-should-be-illegal", "subscribes-to-Hinduism"],
+                  n_train=40, n_test=16, multipliers=PAPER_MULTIPLIERS, n_boot=1000),
+    # the paper's scale: the 37 of its 40 datasets we hold, whole splits, every block (GPU/TPU)
+    "full": dict(layer_sweep_datasets=list(paper.TAN_LAYER_SWEEP), layer_sweep_stride=1, layer_n_train=None,
+                 layer_n_test=None, datasets=list(paper.TAN_MWE), n_train=None, n_test=None,
+                 multipliers=PAPER_MULTIPLIERS, n_boot=1000),
 }
-TRAIN_SPLIT, TEST_SPLIT = "0%:40%", "50%:100%"
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def model_slug(source: str) -> str:
+    """A directory name for a model: the last part of its id or path, with safe characters."""
+    name = os.path.basename(os.path.normpath(str(source))) or str(source)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Protocol elements and their sources: README, 'Steering reliability' table.")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    ap.add_argument("--model", default=None, help="default: steerjax.DEFAULT_MODEL (SmolLM2-135M-Instruct, offline)")
-    ap.add_argument("--datasets", nargs="+", default=None, help="default: 13 datasets (3 for --preset smoke)")
-    ap.add_argument("--layer", type=int, default=None, help="skip the layer sweep and use this block")
+    ap.add_argument("--model", action="append", default=None,
+                    help="a model id or path; repeat for the cross-model comparison "
+                         "(default: steerjax.DEFAULT_MODEL, SmolLM2-135M-Instruct, offline)")
+    ap.add_argument("--datasets", nargs="+", default=None, help="default: the preset's (full: the paper's 37 MWE sets)")
+    ap.add_argument("--format", choices=sorted(fmts.FORMATS), default="repepo",
+                    help="prompt format and protocol (default: repepo, the paper's code)")
+    ap.add_argument("--split-compat", choices=["repepo"], default=None,
+                    help="draw exactly the reference's examples: repepo's shuffle and split strings "
+                         "(its test split '50:100%%' overlaps the training half: see the README)")
+    ap.add_argument("--layer", type=int, default=None, help="skip the layer sweep and use this block (every model)")
+    ap.add_argument("--multipliers", type=float, nargs="+", default=None, help="default: the preset's")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--out", default="runs/reliability")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def check_inputs(args, preset):
+    """Every input that can be checked without a model: datasets, persona prompts, splits, models.
+
+    Raises DataError / SteerjaxError (exit status 2 through the CLI guard) before any model loads.
+    """
+    from steerjax.data import load_dataset, persona_prompts
+    from steerjax.errors import DataError, SteerjaxError
+
+    slugs = [model_slug(m) for m in args.model]
+    dupes = sorted({m for m in args.model if args.model.count(m) > 1})
+    if dupes:
+        raise SteerjaxError(f"--model {dupes[0]!r} is given twice: give each model once")
+    if len(set(slugs)) != len(slugs):
+        raise SteerjaxError(f"two --model values share the directory name in {slugs}: rename or copy one")
+    if preset["multipliers"] and 0.0 not in preset["multipliers"]:
+        raise SteerjaxError("--multipliers must include 0: the unsteered propensity is part of the analyses")
+    if len(set(preset["multipliers"])) < 2:
+        raise SteerjaxError("--multipliers needs at least two different values to fit a slope")
+    for name in args.datasets:
+        if name in paper.TAN_UNAVAILABLE:
+            raise DataError(paper.unavailable_message(name))
+        persona_prompts(name)  # every dataset is run under the five persona settings
+    splits = paper.REPEPO_COMPAT_SPLITS if args.split_compat else paper.PAPER_SPLITS
+    for name in args.datasets:
+        for part in ("train", "test"):
+            load_dataset(name, split=splits[part], seed=args.seed, format=args.format, split_compat=args.split_compat,
+                         max_examples=1)
+    if args.layer is None:
+        for name in preset["layer_sweep_datasets"]:
+            for part in ("train", "test"):
+                load_dataset(name, split=paper.LAYER_SWEEP_SPLITS[part], seed=args.seed, format=args.format,
+                             split_compat=args.split_compat, max_examples=1)
+    from steerjax.model import load_config
+
+    for m in args.model:  # a typo fails here, not after the first model's hour of work
+        load_config(m)
+    return splits
+
+
+def main(argv=None):
+    args = parse_args(argv)
     import steerjax
     from steerjax.data import load_dataset
     from steerjax.metrics import (
         best_layer,
-        dataset_steerability,
+        bootstrap_ci,
+        compare_models,
         generalisation,
+        id_ood_shifts,
         layer_sweep_summary,
+        mean_variance,
         per_example_steerability,
         plots,
+        relative_steerability,
+        relative_steerability_correlation,
+        shift_correlations,
         spurious_variance,
     )
     from steerjax.runs import RunLog, claim, keyed_artifact, write_json
 
-    preset = PRESETS[args.preset]
-    if args.datasets is None:
-        args.datasets = DATASETS[:3] if args.preset == "smoke" else DATASETS
-    args.model = args.model or steerjax.DEFAULT_MODEL
+    preset = dict(PRESETS[args.preset])
+    if args.multipliers is not None:
+        preset["multipliers"] = sorted(set(args.multipliers))
+    args.model = args.model or [steerjax.DEFAULT_MODEL]
+    args.datasets = args.datasets or list(preset["datasets"])
+    fmt = fmts.get_format(args.format)
+    splits = check_inputs(args, preset)
     out = args.out
-    config = dict({k: v for k, v in vars(args).items() if k != "out"}, **preset, train_split=TRAIN_SPLIT,
-                  test_split=TEST_SPLIT)
-    claim(out, config)  # before the model loads: another run's directory is refused at once
+    config = dict({k: v for k, v in vars(args).items() if k != "out"}, **preset, splits=splits,
+                  layer_sweep_splits=paper.LAYER_SWEEP_SPLITS)
+    claim(out, config)  # before any model loads: another run's directory is refused at once
     log = RunLog(out, stamp=False)
-    model = steerjax.load_model(args.model, dtype=args.dtype)
-    info = dict(model_source=model.source, steerjax=steerjax.__version__, jax=__import__("jax").__version__,
-                python=platform.python_version())
+    info = dict(steerjax=steerjax.__version__, jax=__import__("jax").__version__, python=platform.python_version(),
+                models={})
     mults = preset["multipliers"]
-    log(f"model {model.source}: {model.config.num_layers} blocks; preset {args.preset}")
+    from tqdm.auto import tqdm
 
-    def split(name, which, n, setting="baseline"):
-        persona = None if setting == "baseline" else setting
-        return load_dataset(name, split=TRAIN_SPLIT if which == "train" else TEST_SPLIT, seed=args.seed,
-                            persona_prompt=persona, max_examples=n)
+    def load(name, split, n, setting="baseline"):
+        return load_dataset(name, split=split, seed=args.seed, setting=setting, format=fmt,
+                            split_compat=args.split_compat, max_examples=n)
 
-    def vector(name, layers, setting, n):
+    def vector(model, mdir, name, split, n, setting, layers):
         """A CAA vector, trained once: reused only when it was built for this exact key."""
-        key = dict(model=model.source, dtype=args.dtype, dataset=name, split=TRAIN_SPLIT, persona_prompt=setting,
-                   n_train=n, seed=args.seed, layers=list(layers), method="caa")
+        key = dict(model=model.source, dtype=args.dtype, dataset=name, split=split, split_compat=args.split_compat,
+                   format=fmt.name, setting=setting, n_train=n, seed=args.seed, layers=list(layers), method="caa",
+                   token_index=fmt.token_index)
 
         def build():
-            vec = steerjax.train_vector(model, split(name, "train", n, setting), layers=layers, method="caa")
-            vec.metadata.update(dataset=name, split=TRAIN_SPLIT, persona_prompt=setting, seed=args.seed)
+            vec = steerjax.train_vector(model, load(name, split, n, setting), layers=layers, method="caa",
+                                        token_index=fmt.token_index, progress=False)
+            vec.metadata.update(dataset=name, split=split, setting=setting, prompt_format=fmt.name, seed=args.seed)
             return vec
 
         tag = "-".join(map(str, layers)) if len(layers) <= 3 else f"{layers[0]}-{layers[-1]}-by{layers[1] - layers[0]}"
-        os.makedirs(os.path.join(out, "vectors"), exist_ok=True)
-        return keyed_artifact(os.path.join(out, "vectors", f"{name}.{setting}.L{tag}.safetensors"), key, build,
+        os.makedirs(os.path.join(mdir, "vectors"), exist_ok=True)
+        return keyed_artifact(os.path.join(mdir, "vectors", f"{name}.{setting}.L{tag}.safetensors"), key, build,
                               save=lambda vec, path: vec.save(path), load=steerjax.SteeringVector.load)
 
-    def run_sweep(tag, examples, vec, layers, **extra):
-        table = steerjax.sweep(model, examples, vec, layers=layers, multipliers=mults, progress=False,
-                               run_dir=os.path.join(out, "sweeps", tag))
-        for k, v in extra.items():
-            table[k] = v
-        return table
-
-    # 1. layer sweep
-    if args.layer is None:
-        ls_name = "corrigible-neutral-HHH"
-        layers = list(range(0, model.config.num_layers, preset["layer_sweep_stride"]))
-        vec = vector(ls_name, layers, "baseline", preset["n_train"])
-        table = run_sweep("layer_sweep", split(ls_name, "test", preset["n_test"]), vec, layers)
-        table.to_parquet(os.path.join(out, "layer_sweep.parquet"), index=False)
-        summary = layer_sweep_summary(table)
-        summary.to_csv(os.path.join(out, "layer_sweep_summary.csv"), index=False)
-        layer = best_layer(summary)
-        plots.layer_sweep_plot(summary, os.path.join(out, "layer_sweep.png"))
-        log(f"layer sweep on {ls_name} ({len(layers)} blocks): best layer {layer} "
-            f"(steerability {summary.set_index('layer').loc[layer, 'steerability']:.3f}) [{log.seconds:.0f}s]")
-    else:
-        layer = args.layer
-    info["layer"] = int(layer)
-    write_json(os.path.join(out, "run.json"), info)
-
-    # 2. steerability of every dataset at the best layer
-    from tqdm.auto import tqdm
+    def run_sweep(model, mdir, tag, examples, vecs, layers):
+        return steerjax.sweep(model, examples, vecs, layers=layers, multipliers=mults, positions=fmt.steer_from,
+                              propensity=fmt.propensity, progress=False, run_dir=os.path.join(mdir, "sweeps", tag))
 
     tables = []
-    for name in tqdm(args.datasets, desc="datasets", unit="dataset", disable=None):
-        vec = vector(name, [layer], "baseline", preset["n_train"])
-        tables.append(run_sweep(f"{name}.baseline", split(name, "test", preset["n_test"]), vec, [layer]))
-    table = pd.concat(tables, ignore_index=True)
-    table.to_parquet(os.path.join(out, "steerability.parquet"), index=False)
-    per_ex = per_example_steerability(table)
-    per_ex.to_parquet(os.path.join(out, "per_example.parquet"), index=False)
-    summary = dataset_steerability(per_ex)
-    summary.to_csv(os.path.join(out, "summary.csv"), index=False)
-    spurious = spurious_variance(per_ex)
-    spurious.to_csv(os.path.join(out, "spurious_variance.csv"), index=False)
-    plots.violin_steerability(per_ex, os.path.join(out, "steerability_violin.png"))
-    plots.propensity_curves(table, os.path.join(out, "propensity_curves.png"))
-    log(f"steerability of {len(args.datasets)} datasets at layer {layer} [{log.seconds:.0f}s]")
-    log(summary[["dataset", "n", "steerability", "steerability_std", "anti_steerable_fraction"]]
-        .sort_values("steerability", ascending=False).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    for source in args.model:
+        slug = model_slug(source)
+        mdir = os.path.join(out, slug)
+        os.makedirs(mdir, exist_ok=True)
+        model = steerjax.load_model(source, dtype=args.dtype)
+        log(f"model {model.source}: {model.config.num_layers} blocks; preset {args.preset}, format {fmt.name}")
 
-    # 3. in- vs out-of-distribution: train x test persona-prompt settings
-    cells = []
-    for name in tqdm(preset["ood_datasets"], desc="ID/OOD", unit="dataset", disable=None):
-        for train in SETTINGS:
-            vec = vector(name, [layer], train, preset["ood_n_train"])
+        # 1. layer sweep on the paper's layer-sweep splits (disjoint from the test half)
+        if args.layer is None:
+            layers = list(range(0, model.config.num_layers, preset["layer_sweep_stride"]))
+            parts = []
+            for name in preset["layer_sweep_datasets"]:
+                vec = vector(model, mdir, name, paper.LAYER_SWEEP_SPLITS["train"], preset["layer_n_train"],
+                             "baseline", layers)
+                test = load(name, paper.LAYER_SWEEP_SPLITS["test"], preset["layer_n_test"])
+                parts.append(run_sweep(model, mdir, f"layer_sweep.{name}", test, vec, layers))
+            sweep_table = pd.concat(parts, ignore_index=True)
+            sweep_table.to_parquet(os.path.join(mdir, "layer_sweep.parquet"), index=False)
+            summary = layer_sweep_summary(sweep_table)
+            summary.to_csv(os.path.join(mdir, "layer_sweep_summary.csv"), index=False)
+            layer = best_layer(summary)
+            plots.layer_sweep_plot(summary, os.path.join(mdir, "layer_sweep.png"), title=f"Layer sweep: {slug}")
+            log(f"layer sweep ({len(layers)} blocks, {len(parts)} dataset(s)): best layer {layer} "
+                f"(steerability {summary.set_index('layer').loc[layer, 'steerability']:.3f}) [{log.seconds:.0f}s]")
+        else:
+            layer = args.layer
+        info["models"][slug] = dict(source=str(model.source), layer=int(layer), num_layers=model.config.num_layers)
+        write_json(os.path.join(out, "run.json"), info)
+
+        # 2. five vectors (+ their mean) per dataset, each evaluated under the five settings
+        cells = []
+        for name in tqdm(args.datasets, desc=f"datasets ({slug})", unit="dataset", disable=None):
+            raw = {s: vector(model, mdir, name, splits["train"], preset["n_train"], s, [layer]).vectors[layer]
+                   for s in SETTINGS}
+            vecs = dict(raw, mean=np.mean(np.stack([raw[s] for s in SETTINGS]), axis=0))  # mean before rescaling
+            if fmt.rescale_to_baseline:  # repepo: every vector to the baseline vector's norm
+                base = float(np.linalg.norm(raw["baseline"]))
+                vecs = {k: v * (base / float(np.linalg.norm(v))) for k, v in vecs.items()}
+            vecs = {k: {layer: v} for k, v in vecs.items()}
             for test in SETTINGS:
-                examples = split(name, "test", preset["ood_n_test"], test)
-                cells.append(run_sweep(f"{name}.{train}-{test}", examples, vec, [layer],
-                                       train_setting=train, test_setting=test))
-    gen_table = pd.concat(cells, ignore_index=True)
-    gen_table.to_parquet(os.path.join(out, "generalisation_sweeps.parquet"), index=False)
-    gen = generalisation(gen_table, by=("dataset",))
+                examples = load(name, splits["test"], preset["n_test"], test)
+                t = run_sweep(model, mdir, f"{name}.{test}", examples, vecs, [layer])
+                cells.append(t.rename(columns={"vector": "train_setting"}).assign(test_setting=test))
+        table = pd.concat(cells, ignore_index=True).assign(model=slug)
+        table.to_parquet(os.path.join(mdir, "sweeps.parquet"), index=False)
+        tables.append(table)
+        log(f"{len(args.datasets)} datasets x {len(VECTORS)} vectors x {len(SETTINGS)} settings at layer {layer} "
+            f"[{log.seconds:.0f}s]")
+        del model
+
+    # 3. analyses over every model
+    table = pd.concat(tables, ignore_index=True)
+    table.to_parquet(os.path.join(out, "sweeps.parquet"), index=False)
+    keys = ("model", "dataset", "layer", "train_setting", "test_setting")
+    per_ex = per_example_steerability(table, by=keys)
+    per_ex.to_parquet(os.path.join(out, "per_example.parquet"), index=False)
+    base = per_ex[(per_ex.train_setting == "baseline") & (per_ex.test_setting == "baseline")]
+    summary = bootstrap_ci(base, by=("model", "dataset", "layer"), n_boot=preset["n_boot"], seed=args.seed)
+    summary.to_csv(os.path.join(out, "summary.csv"), index=False)
+    spurious_variance(base, by=("model", "dataset", "layer")).to_csv(os.path.join(out, "spurious_variance.csv"),
+                                                                      index=False)
+    gen = generalisation(table, by=("model", "dataset", "layer"))
     gen.to_csv(os.path.join(out, "generalisation.csv"), index=False)
-    plots.id_ood_scatter(gen, os.path.join(out, "id_ood_scatter.png"))
-    log(f"ID/OOD on {len(preset['ood_datasets'])} datasets x {len(SETTINGS)}x{len(SETTINGS)} settings "
-        f"[{log.seconds:.0f}s]")
+    shifts = id_ood_shifts(per_ex, by=("dataset",))
+    shifts.to_csv(os.path.join(out, "id_ood_shifts.csv"), index=False)
+    shift_correlations(shifts).to_csv(os.path.join(out, "shift_correlations.csv"), index=False)
+    rel = relative_steerability(table)
+    rel.to_csv(os.path.join(out, "relative_steerability.csv"), index=False)
+    relative_steerability_correlation(rel).to_csv(os.path.join(out, "relative_steerability_correlation.csv"),
+                                                  index=False)
+    mv = mean_variance(per_ex)
+    mv.to_csv(os.path.join(out, "mean_variance.csv"), index=False)
+
+    slugs = list(dict.fromkeys(table.model))
+    for slug in slugs:
+        mdir = os.path.join(out, slug)
+        m_table, m_per_ex = table[table.model == slug], base[base.model == slug]
+        cell = (m_table.train_setting == "baseline") & (m_table.test_setting == "baseline")
+        plots.propensity_curves(m_table[cell].drop(columns=["model", "train_setting", "test_setting"]),
+                                os.path.join(mdir, "propensity_curves.png"))
+        plots.violin_steerability(m_per_ex.drop(columns=["model", "train_setting", "test_setting"]),
+                                  os.path.join(mdir, "steerability_violin.png"))
+        plots.steerability_ci_plot(summary[summary.model == slug], os.path.join(mdir, "steerability_ci.png"),
+                                   title=f"Steerability with 95% bootstrap intervals: {slug}")
+        plots.generalisation_heatmap(gen[gen.model == slug].drop(columns="model"),
+                                     os.path.join(mdir, "generalisation_matrix.png"), value="steerability",
+                                     title=f"Steerability, vector setting x test setting: {slug}")
+        plots.relative_steerability_plot(rel[rel.model == slug], os.path.join(mdir, "relative_steerability.png"))
+    plots.shift_scatter(shifts, os.path.join(out, "id_ood_shifts.png"))
+    plots.mean_variance_plot(mv, os.path.join(out, "mean_variance.png"))
+    if len(slugs) >= 2:
+        for label, shift in (("id", "BASE -> BASE"), ("ood", "SYS_POS -> USER_NEG")):
+            comparison = compare_models(per_ex, shift=shift)
+            comparison.table.to_csv(os.path.join(out, f"model_comparison_{label}.csv"), index=False)
+            comparison.correlations.to_csv(os.path.join(out, f"model_comparison_{label}_correlations.csv"),
+                                           index=False)
+            plots.model_comparison_plot(comparison, os.path.join(out, f"model_comparison_{label}.png"),
+                                        title=f"Steerability across models: {shift}")
+    log(summary[["model", "dataset", "n", "steerability", "steerability_lo", "steerability_hi",
+                 "anti_steerable_fraction"]].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     info["seconds"] = log.seconds
     write_json(os.path.join(out, "run.json"), info)
     log(f"done in {info['seconds']}s: results in {out}")
