@@ -42,6 +42,7 @@ from steerjax.vectors import (
     save_vectors,
     train_vector,
 )
+from steerjax.vectors.activations import first_blocks
 from tests.helpers import tiered
 
 TIGHT_SKLEARN = {"tol": 1e-12, "max_iter": 10000}
@@ -191,6 +192,134 @@ def test_caa_matches_steering_vectors_on_smollm2(smollm2, smollm2_torch):
         assert rel_err(ours.vectors[layer], ref_caa[layer].numpy()) < 1e-4, layer
         assert rel_err(pos[:, j], torch.cat(ref_pos[layer]).numpy()) < 1e-4, layer
         assert rel_err(pca_direction(pos[:, j], neg[:, j]), ref_pca[layer].numpy()) < 1e-4, layer
+
+
+# ----------------------------------------------------------------------------- the prompt computed once
+
+
+def mixed_examples(seed: int = 7) -> list[Encoded]:
+    """Prompts of 1 to 47 tokens (four ACTIVATIONS buckets) with completions of one and several
+    tokens, of equal and unequal lengths."""
+    rng = np.random.default_rng(seed)
+    completions = [([20], [21]), ([10, 20, 11], [10, 21, 11]), ([30], [31, 32, 33, 34]), ([40, 41], [42])]
+    return [Encoded(rng.integers(3, 200, size=n).tolist(), *completions[i % len(completions)])
+            for i, n in enumerate((2, 1, 5, 15, 16, 17, 31, 33, 40, 47))]
+
+
+def full_sequence_reads(model, examples, layers, token_index):
+    """The reference: every full sequence ``prompt + completion`` read on its own rows."""
+    return tuple(read_activations(model, [e.prompt + (e.positive if k == 0 else e.negative) for e in examples],
+                                  layers, reduce=token_index, batch_size=4) for k in (0, 1))
+
+
+def record_batches(monkeypatch):
+    """The ``[E, TP]`` prompt shape of every pass of contrastive_activations (its first placed array)."""
+    shapes = []
+    put_batch = steerjax.sharding.put_batch
+
+    def spy(batch, mesh, **kw):
+        shapes.append(np.shape(jax.tree.leaves(batch)[0]))
+        return put_batch(batch, mesh, **kw)
+
+    monkeypatch.setattr(steerjax.sharding, "put_batch", spy)
+    return shapes
+
+
+@pytest.mark.slow  # ~4 compiled pass shapes and the reference's: ~15 s on 2 cores
+@pytest.mark.parametrize("token_index", [-2, -1, -3, 2])
+def test_contrastive_activations_equal_full_sequence_reads(llama, monkeypatch, token_index):
+    """One prompt pass per example, both completions continuing its cache, reads what the two
+    full sequences read on their own: completions of 1 to 4 tokens, reads inside the completion
+    and inside the shared prompt (``-2``/``-3`` with a short completion, index 2 in a long prompt),
+    prompts across buckets in sorted batches of 3."""
+    model, _ = llama
+    examples = mixed_examples()
+    layers = [0, 2]
+    shapes = record_batches(monkeypatch)
+    pos, neg = contrastive_activations(model, examples, layers, token_index, batch_size=3, progress=False)
+    shapes = shapes[:]  # the passes above, not the reference's
+    ref_pos, ref_neg = full_sequence_reads(model, examples, layers, token_index)
+    assert pos.shape == neg.shape == (10, 2, 64) and pos.dtype == neg.dtype == np.float32
+    np.testing.assert_allclose(pos, ref_pos, atol=1e-5, rtol=0)  # absolute, float32 activations of norm ~5
+    np.testing.assert_allclose(neg, ref_neg, atol=1e-5, rtol=0)
+    # a token inside the prompt is one token of both sequences: read once, equal
+    at = [(len(e.prompt) + len(c) + token_index if token_index < 0 else token_index)
+          for e in examples for c in (e.positive, e.negative)]
+    inside = [at[2 * i] == at[2 * i + 1] < len(e.prompt) for i, e in enumerate(examples)]
+    assert any(inside) == (token_index != -1) and not all(inside)
+    for i in np.flatnonzero(inside):
+        np.testing.assert_array_equal(pos[i], neg[i])
+    # 10 examples in passes of 3, 3, 3, 1, sorted by prompt length
+    assert [s[0] for s in shapes] == [3, 3, 3, 1]
+    assert [s[1] for s in shapes] == sorted(s[1] for s in shapes)
+    assert len({s[1] for s in shapes}) == (1 if token_index >= 0 else 3)  # index 2: prefixes of at most 2 tokens
+
+
+@pytest.mark.slow
+def test_contrastive_activations_in_one_example_passes_under_a_small_memory_budget(llama, monkeypatch):
+    model, _ = llama
+    examples = mixed_examples(seed=8)[:6]  # prefixes of 1 to 16 tokens
+    ref_pos, ref_neg = contrastive_activations(model, examples, [1], batch_size=4, progress=False)
+    # a block's weights (0.14 MiB) and two or three short prefixes (~0.1 MiB each), one longer one
+    monkeypatch.setattr(steerjax.vectors.train, "MEMORY_BUDGET_MB", 0.5)
+    shapes = record_batches(monkeypatch)
+    pos, neg = contrastive_activations(model, examples, [1], batch_size=4, progress=False)
+    rows = [s[0] for s in shapes]
+    assert rows[0] > 1 and max(rows[1:]) == 1 and sum(rows) == 6, rows
+    np.testing.assert_allclose(pos, ref_pos, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(neg, ref_neg, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_train_vector_methods_read_the_full_sequence_activations(llama):
+    """caa / pca / probe (and learned's CAA start) are computed from the same numbers as before."""
+    model, _ = llama
+    examples = mixed_examples(seed=9)
+    ref_pos, ref_neg = full_sequence_reads(model, examples, [1, 2], -2)
+    for method in ("caa", "pca", "probe"):
+        vec = train_vector(model, examples, layers=[1, 2], method=method, batch_size=3, progress=False)
+        for j, layer in enumerate((1, 2)):
+            p, n = ref_pos[:, j], ref_neg[:, j]
+            expected = {"caa": mean_difference, "pca": pca_direction, "probe": probe_direction}[method](p, n)
+            assert rel_err(vec.vectors[layer], expected) < 1e-4, (method, layer)
+            assert vec.metadata["caa_norms"][j] == pytest.approx(np.linalg.norm(mean_difference(p, n)), rel=1e-5)
+
+
+def test_first_blocks_cuts_the_model(llama):
+    model, _ = llama
+    cfg = model.config
+    params, cut = first_blocks(model.params, cfg, 2)
+    assert cut.num_layers == 2 and len(cut.layer_windows) == 2 and cut.hidden_size == cfg.hidden_size
+    assert all(np.shape(x)[0] == 2 for x in jax.tree.leaves(params["layers"]))
+    assert first_blocks(model.params, cfg, 3) == (model.params, cfg)
+    for bad in (0, 4, True, 1.5):
+        with pytest.raises(SteeringError, match="number of blocks"):
+            first_blocks(model.params, cfg, bad)
+
+
+@pytest.mark.slow
+@pytest.mark.requires_smollm2
+def test_contrastive_activations_equal_full_sequence_reads_on_smollm2(smollm2):
+    """Chat prompts with "(A)"/"(B)" (three tokens each): the answer letter (-2, in the
+    completions) and the prompt's last token (-4, shared)."""
+    model = smollm2
+    examples = [Example(({"role": "user", "content": f"{q}\n\nChoices:\n(A) Yes\n(B) No"},),
+                        *(("(A)", "(B)") if i % 2 == 0 else ("(B)", "(A)"))) for i, q in enumerate(SMOL_QUESTIONS)]
+    encoded = [encode(model.tokenizer, e) for e in examples]
+    assert {len(e.positive) for e in encoded} == {3}
+    layers = [8, 12, 16]
+    for token_index in (-2, -4):
+        pos, neg = contrastive_activations(model, examples, layers, token_index, batch_size=4, progress=False)
+        ref_pos, ref_neg = full_sequence_reads(model, encoded, layers, token_index)
+        for j in range(len(layers)):
+            for ours, ref in ((pos, ref_pos), (neg, ref_neg)):
+                assert rel_err(ours[:, j], ref[:, j]) < 1e-5, (token_index, layers[j])
+                assert rel_err(ours[:, j].mean(0), ref[:, j].mean(0)) < 1e-5
+            caa, ref_caa = (pos - neg)[:, j].mean(0), (ref_pos - ref_neg)[:, j].mean(0)
+            if token_index == -2:
+                assert rel_err(caa, ref_caa) < 1e-4, layers[j]  # relative to the vector's norm
+            else:
+                np.testing.assert_array_equal(pos, neg)
 
 
 # ----------------------------------------------------------------------------- PCA and probe
