@@ -14,8 +14,9 @@ prompt and the answer are joined, which tokens are steered and which propensity 
 
 The text is built from the model's own chat template (:func:`steerjax.data.batch.render`), so a
 format applies to any chat model. On a ChatML model (Qwen, SmolLM2) the ``"repepo"`` format gives
-exactly the string of repepo's ``QwenChatFormatter``; on Llama-2-chat, that of its
-``LlamaChatFormatter``.
+exactly the string of repepo's hand-written ``QwenChatFormatter`` (tested); for other families
+the model's template decides the layout, as in steering-bench, and may differ in detail from
+repepo's hand-written formatters (not checked).
 
 Settings (:data:`SETTINGS`, repepo's order) place a dataset's persona prompt: ``"SYS_positive"``
 replaces the system message with the positive persona prompt, ``"PT_positive"`` keeps the format's
