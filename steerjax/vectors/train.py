@@ -235,7 +235,7 @@ def _contrastive(model, encoded: list[Encoded], idx: list[int], token_index: int
         tc = pow2(max(len(c) for i in chunk for c in conts[i]))
         per_example = _bytes_per_example(cfg, blocks, tp, tc, dtype)
         return tp, tc, memory.examples_per_chunk(per_example, MEMORY_BUDGET_MB, data=d, reserved=reserved,
-                                                 cap=max(batch_size, 1))
+                                                 cap=batch_size)
 
     order = np.argsort(split, kind="stable")
     batches = []
@@ -270,7 +270,7 @@ def _bytes_per_example(cfg, blocks: int, tp: int, tc: int, dtype) -> int:
     excluded): its prefix (activations, float32 attention scores and softmax, the KV cache of
     ``blocks`` blocks) and its two continuations (activations, attention scores against the
     prefix, every block's output)."""
-    f = np.dtype(dtype).itemsize
+    f = jnp.dtype(dtype).itemsize
     width = cfg.hidden_size * 6 + cfg.intermediate_size * 3
     return int(tp * width * f + 3 * cfg.num_heads * tp * tp * 4
                + blocks * 2 * cfg.num_kv_heads * tp * cfg.head_dim * f
