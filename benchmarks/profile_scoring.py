@@ -31,7 +31,7 @@ import tempfile
 import time
 
 import numpy as np
-from _machine import cpu_name  # benchmarks/ is sys.path[0] when a script runs
+from _machine import best_torch_threads, cpu_name  # benchmarks/ is sys.path[0] when a script runs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -136,14 +136,7 @@ def peer_main(args, cores):
         ids = torch.tensor([tok(tok.apply_chat_template(query_messages(setup[0][2][0], system=setup[0][1][-1][1]),
                                                         add_generation_prompt=True, tokenize=False),
                                 add_special_tokens=False)["input_ids"]])
-        for n in range(1, cores + 1):
-            torch.set_num_threads(n)
-            with torch.inference_mode():
-                tm(ids)
-                t = time.perf_counter()
-                tm(ids)
-                best[n] = time.perf_counter() - t
-        torch.set_num_threads(min(best, key=best.get))
+        best = best_torch_threads(tm, ids, cores)
     ans = [list(map(int, a)) for a in args.answer_tokens]
     t = time.perf_counter()
     pt = [peer_scores(tm, tok, [s for _, s in ps], qs, ans) for _, ps, qs in setup]

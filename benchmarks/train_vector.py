@@ -30,7 +30,7 @@ import tempfile
 import time
 
 import numpy as np
-from _machine import cpu_name  # benchmarks/ is sys.path[0] when a script runs
+from _machine import best_torch_threads, cpu_name  # benchmarks/ is sys.path[0] when a script runs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -99,14 +99,7 @@ def peer_main(args, cores):
         torch.set_num_threads(args.threads)
     else:
         ids = tok(pairs[0][0], return_tensors="pt")["input_ids"]
-        for n in range(1, cores + 1):
-            torch.set_num_threads(n)
-            with torch.inference_mode():
-                tm(ids)
-                t = time.perf_counter()
-                tm(ids)
-                best[n] = time.perf_counter() - t
-        torch.set_num_threads(min(best, key=best.get))
+        best = best_torch_threads(tm, ids, cores)
     t = time.perf_counter()
     vec = train_steering_vector(tm, tok, pairs, layers=args.layers, read_token_index=-2,
                                 batch_size=args.peer_batch_size, show_progress=False)
