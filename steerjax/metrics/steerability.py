@@ -130,7 +130,7 @@ def per_example_steerability(table: pd.DataFrame, *, by: str | Sequence[str] = (
       ``propensity_shift`` (propensity at the largest minus at the smallest multiplier),
       ``n_multipliers``, ``multiplier_min``, ``multiplier_max``, and every other column of
       ``table`` that is constant within the example's curve (meta columns such as
-      ``positive_letter``, ``positive_is_yes``, ``persona_prompt``).
+      ``positive_letter``, ``positive_is_yes``, ``setting``, ``format``).
 
     Raises:
       MetricsError (a ValueError): missing columns, NaN/infinite propensities or multipliers,
