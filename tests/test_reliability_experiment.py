@@ -98,3 +98,11 @@ def test_unknown_format_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--format", "llama-chat", "--out", str(tmp_path / "run")])
     assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_model_directories_are_named_after_the_model():
+    from experiments.steering_reliability.run import model_slug
+
+    assert model_slug("HuggingFaceTB/SmolLM2-135M-Instruct") == "SmolLM2-135M-Instruct"
+    assert model_slug("/x/y/SmolLM2-135M-Instruct.Q4_1.gguf") == "SmolLM2-135M-Instruct.Q4_1"
+    assert model_slug("/models/tiny chat/") == "tiny_chat"

@@ -62,8 +62,10 @@ PRESETS = {
 
 
 def model_slug(source: str) -> str:
-    """A directory name for a model: the last part of its id or path, with safe characters."""
+    """A directory name for a model: the last part of its id or path (without a weights file's
+    extension), with safe characters."""
     name = os.path.basename(os.path.normpath(str(source))) or str(source)
+    name = re.sub(r"\.(gguf|safetensors)$", "", name)
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
