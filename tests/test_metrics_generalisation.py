@@ -15,6 +15,8 @@ The table: every dataset x train setting (the five persona settings and "mean") 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -392,6 +394,12 @@ def test_plots_write_pngs(tmp_path, table):
     ]
     for p in paths:
         assert_png(p)
+    # no cell passes the self-steerability cut (a small model): the left-out points are still drawn
+    rel = relative_steerability(table, min_self_steerability=1e9)
+    assert not rel.kept.any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_png(plots.relative_steerability_plot(rel, tmp_path / "none_kept.png"))
 
 
 def test_more_plots_write_pngs(tmp_path, table):

@@ -374,8 +374,12 @@ def relative_steerability_plot(rel: pd.DataFrame, path, *, train_col: str = "tra
     _single(rel, "layer", "relative_steerability_plot")
     _single(rel, model_col, "relative_steerability_plot")
     kept = rel[rel["kept"].astype(bool)]
+    left_out = rel[~rel["kept"].astype(bool)]
     fig, ax = subplots(figsize=(8.5, 4.6))
     colours = matplotlib.colormaps["tab10"]
+    if len(left_out):  # drawn faintly, so a model with no self-steerable cell still shows its data
+        ax.scatter(left_out["unsteered_propensity_gap"], left_out["relative_steerability"], s=14, marker="x",
+                   color="lightgrey", lw=0.8, label="left out (low self-steerability)")
     for j, (setting, part) in enumerate(kept.groupby(train_col, sort=True)):
         ax.scatter(part["unsteered_propensity_gap"], part["relative_steerability"], s=26, color=colours(j % 10),
                    alpha=0.8, edgecolor="white", lw=0.4, label=str(setting))
@@ -386,8 +390,9 @@ def relative_steerability_plot(rel: pd.DataFrame, path, *, train_col: str = "tra
     ax.set_xlabel("Unsteered propensity gap")
     ax.set_ylabel("Relative steerability")
     ax.grid(alpha=0.3)
-    ax.legend(title="vector trained on", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-              frameon=False)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(title="vector trained on", fontsize=8, title_fontsize=8, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), frameon=False)
     head = title or "Relative steerability vs unsteered propensity gap"
     ax.set_title(f"{head}\nSpearman ρ = {rho:.2f} (n = {n}; {int((~rel['kept'].astype(bool)).sum())} rows "
                  "with low self-steerability left out)", fontsize=10)
