@@ -1,10 +1,12 @@
 """Yes/no answers of a model to profiling questions under steering prompts, by log-probabilities.
 
-For every (steering prompt, question) pair the chat ``query_messages(question, system=prompt)``
-is rendered with the model's chat template and its generation prompt, and the answers
-``"yes"`` and ``"no"`` (no leading space: they follow the generation prompt directly) are scored
-as continuations: ``log p(answer | chat)``, summed over the answer's tokens when it has several.
-The answer tokens are what follows the chat's tokens in the tokenization of ``chat + answer``.
+For every (steering prompt, question) pair the chat ``query_messages(question, steering,
+prompt_format=...)`` is rendered, either with the model's chat template and its generation prompt
+(``template_category=None``) or with one of the reference's hand-written wrappers
+(:func:`steerjax.profiles.templates.render_chat`), and the answers ``"yes"`` and ``"no"`` are
+scored as continuations of that text: ``log p(answer | chat)``, summed over the answer's tokens
+when it has several. The answer tokens are what follows the chat's tokens in the tokenization of
+``chat + answer`` (see :func:`answer_tokens` for how this matches the reference).
 
 KV reuse. The chats of one steering prompt share a long token prefix: the template up to and
 through the system message, and the start of the user message. For each steering prompt the
@@ -33,6 +35,7 @@ from steerjax.data.examples import DataError
 from steerjax.errors import ContextLengthError, TokenizerError
 from steerjax.models.transformer import forward, prefill, unembed
 from steerjax.profiles.data import DIRECTIONS, query_messages
+from steerjax.profiles.templates import check_category, render_chat
 
 ANSWERS = ("yes", "no")
 PACK_WIDTH = 64  # packed row width: several questions per row, little padding
@@ -43,6 +46,8 @@ def answer_logprobs(
     system_prompts: Sequence[str | None],
     questions: Sequence[str],
     *,
+    prompt_format: str = "reference",
+    template_category: str | None = None,
     answers: tuple[str, str] = ANSWERS,
     batch_size: int = 64,
     progress: bool = True,
@@ -51,10 +56,19 @@ def answer_logprobs(
     """Log-probabilities of answering yes and no to every question under every system prompt.
 
     Args:
-      model: a :class:`steerjax.LanguageModel` whose tokenizer has a chat template.
-      system_prompts: steering prompts (system messages); ``None`` for a chat without one.
+      model: a :class:`steerjax.LanguageModel` with a tokenizer (with a chat template when
+        ``template_category`` is ``None``).
+      system_prompts: steering prompts (:func:`steerjax.profiles.data.steering_prompt`); ``None``
+        for the base profile (with ``"reference"`` prompts: the system message with an empty
+        steering part; with ``"steerjax-v1"``: no system message).
       questions: profiling statements, asked with :func:`steerjax.profiles.data.query_messages`.
-      answers: the two continuations scored after the generation prompt, ``(yes, no)``.
+      prompt_format: one of :data:`steerjax.profiles.data.PROMPT_FORMATS` (default the
+        reference's prompts).
+      template_category: ``None`` for the tokenizer's chat template (with its generation prompt;
+        the text tokenized without adding special tokens, the template writes them), or one of
+        :data:`steerjax.profiles.templates.TEMPLATE_CATEGORIES` for the reference's own wrapper
+        (the text tokenized with the tokenizer's special tokens added, as vLLM does).
+      answers: the two continuations appended directly to the rendered chat, ``(yes, no)``.
       batch_size: most continuations per scoring forward pass: a continuation is one question
         when both answers are single tokens, else one (question, answer) pair. Continuations are
         packed several to a row (their own segments, see :func:`forward`), so rows carry little
@@ -67,9 +81,11 @@ def answer_logprobs(
       ``float32 [n_prompts, n_questions, 2]``: ``log p(answers[0])``, ``log p(answers[1])``.
 
     Raises:
-      TokenizerError: no tokenizer or chat template, or the template rejects the chat.
+      TokenizerError: no tokenizer, no chat template (with ``template_category=None``), or the
+        template rejects the chat.
       ContextLengthError: a chat plus its answer is longer than the model's context.
-      DataError: empty inputs, bad ``batch_size``, or answers that tokenize identically.
+      DataError: empty inputs, bad ``batch_size``, an unknown ``prompt_format`` or
+        ``template_category``, or answers that tokenize identically.
     """
     prompts, qs = list(system_prompts), list(questions)
     mesh = shd.default_mesh(mesh)
@@ -81,9 +97,12 @@ def answer_logprobs(
         raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
     if len(answers) != 2 or not all(isinstance(a, str) and a for a in answers) or answers[0] == answers[1]:
         raise DataError(f"answers must be two different non-empty strings, got {answers!r}")
+    if template_category is not None:
+        check_category(template_category)
+    fmt = dict(prompt_format=prompt_format, template_category=template_category)
     cfg = model.config
-    ids = _tokenize_chats(model.tokenizer, prompts, qs)
-    ans = answer_tokens(model.tokenizer, prompts[0], qs[0], answers)
+    ids = _tokenize_chats(model.tokenizer, prompts, qs, **fmt)
+    ans = answer_tokens(model.tokenizer, prompts[0], qs[0], answers, **fmt)
     longest = max(len(a) for a in ans)
     for p, rows in enumerate(ids):
         q = int(np.argmax([len(r) for r in rows]))
@@ -176,41 +195,82 @@ def answers_match(logprobs, directions) -> np.ndarray:
     return said_yes == (dirs == "positive")
 
 
-def _render(tokenizer, system, question) -> str:
+def _render(tokenizer, steering, question, prompt_format, template_category) -> tuple[str, bool]:
+    """The chat's text and whether to tokenize it with the tokenizer's special tokens."""
+    messages = query_messages(question, steering, prompt_format=prompt_format)
+    if template_category is not None:
+        return render_chat(messages, template_category), True
     try:
-        return render(tokenizer, query_messages(question, system=system), chat=True)[0]
+        return render(tokenizer, messages, chat=True)
     except (DataError, TokenizerError):
         raise
     except Exception as e:
-        where = "with a system message" if system is not None else "without a system message"
+        where = "with a system message" if messages[0]["role"] == "system" else "without a system message"
         raise TokenizerError(f"the chat template failed on a chat {where} ({type(e).__name__}: {e}); "
-                             "this model's template may not accept system messages") from e
+                             "this model's template may not accept system messages: pass template_category= "
+                             "to use one of the reference's wrappers instead") from e
 
 
-def _tokenize_chats(tokenizer, prompts, questions) -> list[list[list[int]]]:
-    """Token ids ``[prompt][question]`` of every rendered chat."""
+def _check_tokenizer(tokenizer, template_category) -> None:
     if tokenizer is None:
         raise TokenizerError("this model has no tokenizer: profiling questions are text")
-    if not getattr(tokenizer, "chat_template", None):
-        raise TokenizerError("profiling needs a tokenizer with a chat template (the steering prompt is a system "
-                             "message); this model's tokenizer has none")
+    if template_category is None and not getattr(tokenizer, "chat_template", None):
+        raise TokenizerError("profiling with template_category=None needs a tokenizer with a chat template (the "
+                             "steering prompt is a system message); this model's tokenizer has none: pass "
+                             "template_category= to use one of the reference's wrappers")
+
+
+def _tokenize_chats(tokenizer, prompts, questions, *, prompt_format, template_category) -> list[list[list[int]]]:
+    """Token ids ``[prompt][question]`` of every rendered chat."""
+    _check_tokenizer(tokenizer, template_category)
     out = []
-    for system in prompts:
-        texts = [_render(tokenizer, system, q) for q in questions]
-        out.append([list(r) for r in tokenizer(texts, add_special_tokens=False)["input_ids"]])
+    for steering in prompts:
+        rendered = [_render(tokenizer, steering, q, prompt_format, template_category) for q in questions]
+        special = rendered[0][1]
+        ids = tokenizer([text for text, _ in rendered], add_special_tokens=special)["input_ids"]
+        out.append([list(r) for r in ids])
     return out
 
 
-def answer_tokens(tokenizer, system, question, answers) -> list[list[int]]:
-    text = _render(tokenizer, system, question)
-    chat = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def answer_tokens(tokenizer, steering, question, answers, *, prompt_format: str = "reference",
+                  template_category: str | None = None) -> list[list[int]]:
+    """The token ids of each answer as a continuation of one rendered chat.
+
+    The answer is appended directly to the rendered chat (no space), as the reference does
+    (``prompt + "yes"``), and its tokens are what the tokenization of ``chat + answer`` has after
+    the tokens of ``chat``. Where both answers come out as single tokens after the chat's own
+    tokens (SmolLM2's ``"yes"``/``"no"``, after its chat template and after every reference
+    wrapper), the score is ``log p(answer token | chat tokens)``: what the reference reads as the
+    last prompt token's log-probability from vLLM (``echo=True, max_tokens=0``). The reference
+    keeps an answer only when both strings end in exactly the tokens ``"yes"`` and ``"no"``; it
+    records ``"ERROR"`` (the question then counts for nothing) where an answer splits into
+    several tokens or merges with the end of the chat. steerjax instead sums the log-probs of a
+    multi-token answer, and where the tokenizer merges the chat's end with the answer it warns
+    and scores the answer's own tokenization.
+
+    Args:
+      tokenizer: the model's tokenizer.
+      steering: a steering prompt, or ``None`` (the base profile).
+      question: a profiling statement.
+      answers: the two answers, e.g. ``("yes", "no")``.
+      prompt_format, template_category: as in :func:`answer_logprobs`.
+
+    Returns:
+      One list of token ids per answer.
+
+    Raises:
+      DataError: an answer encodes to no tokens, or both encode to the same tokens.
+    """
+    _check_tokenizer(tokenizer, template_category)
+    text, special = _render(tokenizer, steering, question, prompt_format, template_category)
+    chat = list(tokenizer(text, add_special_tokens=special)["input_ids"])
     out = []
     for a in answers:
-        full = list(tokenizer(text + a, add_special_tokens=False)["input_ids"])
+        full = list(tokenizer(text + a, add_special_tokens=special)["input_ids"])
         if full[: len(chat)] == chat and len(full) > len(chat):
             out.append(full[len(chat):])
         else:
-            warnings.warn(f"the tokenizer merges the generation prompt and the answer {a!r}; the answer is "
+            warnings.warn(f"the tokenizer merges the end of the chat and the answer {a!r}; the answer is "
                           "tokenized on its own", stacklevel=3)
             out.append(list(tokenizer(a, add_special_tokens=False)["input_ids"]))
     if not all(out):
