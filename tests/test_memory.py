@@ -74,26 +74,27 @@ def test_sharded_param_bytes_per_device_on_a_2x4_mesh(name):
     assert specs["layers"]["input_layernorm.scale"] == jax.sharding.PartitionSpec(None, None)
 
 
-# (config, prompt bucket, completion tokens, layers, multipliers, positions)
-CHUNKS = [("llama3-8b", 256, 4, 1, 7, "completion"), ("llama3-8b", 128, 3, 2, 5, "all"),
-          ("gemma2-9b", 256, 4, 1, 7, "completion")]
+# (config, prompt bucket, completion tokens, layers, multipliers, positions, named vectors)
+CHUNKS = [("llama3-8b", 256, 4, 1, 7, "completion", 1), ("llama3-8b", 128, 3, 2, 5, "all", 1),
+          ("gemma2-9b", 256, 4, 1, 7, "completion", 1), ("llama3-8b", 256, 4, 1, 7, "last_prompt", 6)]
 
 
-@pytest.mark.parametrize("name,tp,tc,nl,nm,positions", CHUNKS)
-def test_sweep_chunk_fits_the_budget_by_xla_memory_analysis(name, tp, tc, nl, nm, positions):
+@pytest.mark.parametrize("name,tp,tc,nl,nm,positions,nv", CHUNKS)
+def test_sweep_chunk_fits_the_budget_by_xla_memory_analysis(name, tp, tc, nl, nm, positions, nv):
     """The sweep's chunk size for a real model, compiled (not run): XLA's temporary buffers plus
     the chunk's inputs and outputs stay within the budget. float32: XLA on CPU upcasts bfloat16
     weights to float32 inside the program, which would count the parameters twice."""
     budget_mb = 4096
     cfg = config_from_hf(REAL[name][0])
-    per_example = memory.sweep_bytes_per_example(cfg, tp, tc, nl * nm * 2, positions, jnp.float32)
+    per_example = memory.sweep_bytes_per_example(cfg, tp, tc, nv * nl * nm * 2, positions, jnp.float32, vectors=nv)
     reserved = memory.block_bytes(cfg, jnp.float32)
     e = memory.examples_per_chunk(per_example, budget_mb, reserved=reserved)
     assert reserved + e * per_example <= budget_mb * 2**20
     assert e > 1  # the budget is not trivially tight
     S = jax.ShapeDtypeStruct
     batch = (S((e, tp), jnp.int32), S((e, tp), bool), S((e, 2, tc), jnp.int32), S((e, 2, tc), bool))
-    shared = (S((cfg.num_layers, cfg.hidden_size), jnp.float32), S((nl, cfg.num_layers), bool), S((nm,), jnp.float32))
+    shared = (S((nv, cfg.num_layers, cfg.hidden_size), jnp.float32), S((nl, cfg.num_layers), bool),
+              S((nm,), jnp.float32))
     compiled = sweeps._score.lower(abstract_params(cfg, jnp.float32), cfg, *batch, *shared,
                                    positions=positions, operator="add").compile()
     stats = compiled.memory_analysis()
