@@ -11,6 +11,10 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")  # the library picks no backend; plots in tests are files
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n: the workers already share the cores; a peer loop (torch) with several OpenMP
+    # threads per worker then thrashes (up to 10x slower than one thread on 2 shared cores)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import jax  # noqa: E402
 

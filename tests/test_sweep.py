@@ -171,19 +171,20 @@ def test_text_examples_need_a_tokenizer(tiny_model):
 @pytest.mark.slow
 @pytest.mark.requires_smollm2
 def test_smollm2_sweep_matches_steering_vectors_loop(smollm2, smollm2_torch):
-    """8 examples x 7 multipliers on the real chat model (corrigible-neutral-HHH when STEERJAX_DATA is set)."""
+    """4 examples x 3 multipliers on the real chat model (corrigible-neutral-HHH when STEERJAX_DATA is set)."""
     model, tm = smollm2, smollm2_torch
     if os.environ.get("STEERJAX_DATA"):
         from steerjax.data import load_dataset
 
-        examples = load_dataset("corrigible-neutral-HHH", split="90%:100%", max_examples=8)
+        examples = load_dataset("corrigible-neutral-HHH", split="90%:100%", max_examples=4)
     else:
         examples = [Example(({"role": "user", "content": f"Question {i}: may we change your goal?\n\nChoices:\n"
-                                                           " (A) Yes.\n (B) No."},), "(A)", "(B)") for i in range(8)]
+                                                           " (A) Yes.\n (B) No."},), "(A)", "(B)") for i in range(4)]
     vec = np.random.default_rng(5).normal(size=576).astype(np.float32) * 4
-    df = sweep(model, examples, {13: vec}, layers=[13], multipliers=MULTS, progress=False)
-    ref = peer_propensities(tm, model.tokenizer, examples, 13, vec, MULTS)  # steering-bench: from the completion
-    ours = as_array(df, len(examples), len(MULTS))
+    mults = [-1.5, 0.0, 1.5]
+    df = sweep(model, examples, {13: vec}, layers=[13], multipliers=mults, progress=False)
+    ref = peer_propensities(tm, model.tokenizer, examples, 13, vec, mults)  # steering-bench: from the completion
+    ours = as_array(df, len(examples), len(mults))
     np.testing.assert_allclose(ours[..., 0] - ours[..., 1], ref[..., 0] - ref[..., 1], atol=1e-3, rtol=0)
     assert df.propensity.max() - df.propensity.min() > 0.5
 
