@@ -314,3 +314,24 @@ def test_single_curve_plots_refuse_mixed_settings(tmp_path):
     path = plots.propensity_curves(mixed[mixed.test_setting == "PT_positive"], tmp_path / "one.png", n_examples=3)
     with open(path, "rb") as f:
         assert len(f.read()) > 5000
+
+
+def test_spurious_variance_plot_writes_a_png(tmp_path):
+    import os
+
+    from steerjax.metrics import plots, spurious_variance
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for d, effect in (("letters", 1.0), ("noise", 0.0)):
+        for i in range(24):
+            letter = "AB"[i % 2]
+            rows.append({"dataset": d, "layer": 3, "example": i, "positive_letter": letter,
+                         "positive_is_yes": bool(i // 2 % 2),
+                         "slope": effect * (1.0 if letter == "A" else -1.0) + 0.1 * rng.normal()})
+    spurious = spurious_variance(pd.DataFrame(rows))
+    assert spurious.set_index("dataset").loc["letters", "r2_positive_letter"] > 0.9
+    path = plots.spurious_variance_plot(spurious, tmp_path / "spurious.png")
+    assert os.path.getsize(path) > 5000
+    with pytest.raises(MetricsError, match="several rows per dataset"):
+        plots.spurious_variance_plot(pd.concat([spurious, spurious]), tmp_path / "x.png")

@@ -11,8 +11,8 @@ import pytest
 
 from steerjax.errors import DataError, RunConfigError, SteerjaxError
 
-FIGURES = ("layer_sweep", "propensity_curves", "steerability_violin", "steerability_ci", "generalisation_matrix",
-           "relative_steerability")
+FIGURES = ("layer_sweep", "propensity_curves", "steerability_violin", "steerability_ci", "spurious_variance",
+           "generalisation_matrix", "relative_steerability")
 SHARED_FIGURES = ("id_ood_shifts", "mean_variance", "model_comparison_id", "model_comparison_ood")
 
 

@@ -253,8 +253,8 @@ def main(argv=None):
     base = per_ex[(per_ex.train_setting == "baseline") & (per_ex.test_setting == "baseline")]
     summary = bootstrap_ci(base, by=("model", "dataset", "layer"), n_boot=preset["n_boot"], seed=args.seed)
     summary.to_csv(os.path.join(out, "summary.csv"), index=False)
-    spurious_variance(base, by=("model", "dataset", "layer")).to_csv(os.path.join(out, "spurious_variance.csv"),
-                                                                      index=False)
+    spurious = spurious_variance(base, by=("model", "dataset", "layer"))
+    spurious.to_csv(os.path.join(out, "spurious_variance.csv"), index=False)
     gen = generalisation(table, by=("model", "dataset", "layer"))
     gen.to_csv(os.path.join(out, "generalisation.csv"), index=False)
     shifts = id_ood_shifts(per_ex, by=("dataset",))
@@ -276,6 +276,8 @@ def main(argv=None):
                                 os.path.join(mdir, "propensity_curves.png"))
         plots.violin_steerability(m_per_ex.drop(columns=["model", "train_setting", "test_setting"]),
                                   os.path.join(mdir, "steerability_violin.png"))
+        plots.spurious_variance_plot(spurious[spurious.model == slug], os.path.join(mdir, "spurious_variance.png"),
+                                     title=f"Spurious factors: variance of steerability they explain ({slug})")
         plots.steerability_ci_plot(summary[summary.model == slug], os.path.join(mdir, "steerability_ci.png"),
                                    title=f"Steerability with 95% bootstrap intervals: {slug}")
         plots.generalisation_heatmap(gen[gen.model == slug].drop(columns="model"),

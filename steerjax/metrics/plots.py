@@ -558,6 +558,44 @@ def steerability_ci_plot(ci: pd.DataFrame, path, *, dataset_col: str = "dataset"
     return save_figure(fig, path)
 
 
+def spurious_variance_plot(spurious: pd.DataFrame, path, *, dataset_col: str = "dataset",
+                           title: str | None = None) -> str:
+    """Share of per-example steerability variance explained by each spurious factor, per dataset
+    (grouped bars: one per ``r2_<factor>`` column and the joint fit ``r2_joint``).
+
+    Args:
+      spurious: :func:`~steerjax.metrics.spurious_variance` output for one layer (and model).
+      path: output file.
+      dataset_col: column naming datasets.
+      title: figure title.
+    """
+    require_columns(spurious, [dataset_col, "r2_joint"], "spurious_variance_plot")
+    _single(spurious, "layer", "spurious_variance_plot")
+    _single(spurious, "model", "spurious_variance_plot")
+    if spurious[dataset_col].duplicated().any():
+        raise MetricsError("spurious_variance_plot got several rows per dataset: filter to one setting first")
+    cols = [c for c in spurious.columns if c.startswith("r2_") and c != "r2_joint"] + ["r2_joint"]
+    s = spurious.sort_values("r2_joint", ascending=True).reset_index(drop=True)
+    k, m = len(s), len(cols)
+    fig, ax = subplots(figsize=(8.5, max(3.0, 0.55 * k * max(1, m / 2) + 1.4)))
+    colours = matplotlib.colormaps["tab10"]
+    height = 0.8 / m
+    y = np.arange(k)
+    for j, col in enumerate(cols):
+        vals = s[col].to_numpy(np.float64)  # NaN: the factor is constant in that dataset
+        ax.barh(y - 0.4 + height * (j + 0.5), np.nan_to_num(vals), height=height,
+                color="#4a5568" if col == "r2_joint" else colours(j % 10),
+                label=col[3:].replace("_", " ") + (" (all factors)" if col == "r2_joint" else ""))
+    ax.set_yticks(y, [str(d) for d in s[dataset_col]])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of per-example steerability variance explained (R²)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(m, 3), frameon=False)
+    fig.suptitle(title or "Spurious factors: variance of steerability they explain")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def generalisation_heatmap(gen: pd.DataFrame, path, *, value: str = "relative_steerability",
                            train_col: str = "train_setting", test_col: str = "test_setting",
                            title: str | None = None) -> str:
