@@ -5,8 +5,8 @@ prompt_format=...)`` is rendered, either with the model's chat template and its 
 (``template_category=None``) or with one of the reference's hand-written wrappers
 (:func:`steerjax.profiles.templates.render_chat`), and the answers ``"yes"`` and ``"no"`` are
 scored as continuations of that text: ``log p(answer | chat)``, summed over the answer's tokens
-when it has several. The answer tokens are what follows the chat's tokens in the tokenization of
-``chat + answer`` (see :func:`answer_tokens` for how this matches the reference).
+when it has several. As in the reference, ``chat + answer`` is tokenized whole: the answer's
+tokens are its last tokens that reach past the chat's text (see :func:`answer_tokens`).
 
 KV reuse. The chats of one steering prompt share a long token prefix: the template up to and
 through the system message, and the start of the user message. For each steering prompt the
@@ -85,7 +85,8 @@ def answer_logprobs(
         template rejects the chat.
       ContextLengthError: a chat plus its answer is longer than the model's context.
       DataError: empty inputs, bad ``batch_size``, an unknown ``prompt_format`` or
-        ``template_category``, or answers that tokenize identically.
+        ``template_category``, answers that tokenize identically, or answers whose tokens or
+        context differ between chats (see :func:`answer_tokens`).
     """
     prompts, qs = list(system_prompts), list(questions)
     mesh = shd.default_mesh(mesh)
@@ -101,8 +102,7 @@ def answer_logprobs(
         check_category(template_category)
     fmt = dict(prompt_format=prompt_format, template_category=template_category)
     cfg = model.config
-    ids = _tokenize_chats(model.tokenizer, prompts, qs, **fmt)
-    ans = answer_tokens(model.tokenizer, prompts[0], qs[0], answers, **fmt)
+    ids, ans = _tokenize_chats(model.tokenizer, prompts, qs, answers, **fmt)
     longest = max(len(a) for a in ans)
     for p, rows in enumerate(ids):
         q = int(np.argmax([len(r) for r in rows]))
@@ -220,33 +220,92 @@ def _check_tokenizer(tokenizer, template_category) -> None:
                              "template_category= to use one of the reference's wrappers")
 
 
-def _tokenize_chats(tokenizer, prompts, questions, *, prompt_format, template_category) -> list[list[list[int]]]:
-    """Token ids ``[prompt][question]`` of every rendered chat."""
+def _split_answers(tokenizer, texts, answers, special):
+    """``(contexts, answer tokens)``: each text's tokens before the answers, and the answers' tokens.
+
+    ``text + answer`` is tokenized whole, as the reference does; its answer tokens are the last
+    ones that reach past the end of ``text`` (by the fast tokenizer's character offsets), the
+    context is every token before them. A slow tokenizer (no offsets) counts as context the
+    longest common token prefix of ``text`` and ``text + answer``. Warns when the answer's tokens
+    do not decode to the answer (a token merged with the chat's end).
+    """
+    contexts, per_answer, merged = None, [], []
+    for a in answers:
+        joined = [t + a for t in texts]
+        try:
+            enc = tokenizer(joined, add_special_tokens=special, return_offsets_mapping=True)
+            full = [list(r) for r in enc["input_ids"]]
+            cuts = []
+            for t, ids, offs in zip(texts, full, enc["offset_mapping"]):
+                k = len(ids)
+                while k > 0 and offs[k - 1][1] > len(t):
+                    k -= 1
+                cuts.append(k)
+        except (NotImplementedError, ValueError, TypeError):  # a slow tokenizer: no offsets
+            full = [list(r) for r in tokenizer(joined, add_special_tokens=special)["input_ids"]]
+            chats = tokenizer(list(texts), add_special_tokens=special)["input_ids"]
+            cuts = [_common_prefix([list(c), f]) for c, f in zip(chats, full)]
+        ctx = [f[:k] for f, k in zip(full, cuts)]
+        tails = {tuple(f[k:]) for f, k in zip(full, cuts)}
+        if len(tails) != 1 or not next(iter(tails)):
+            raise DataError(f"the answer {a!r} does not come out as the same tokens after every chat "
+                            f"({len(tails)} variants): use other answers or another template_category")
+        if contexts is not None and ctx != contexts:
+            raise DataError(f"the tokenizer writes the end of the chats differently before the answers {answers!r}: "
+                            "their scores would not share a context; use another template_category or other answers")
+        contexts = ctx
+        per_answer.append(list(next(iter(tails))))
+        merged.append(tokenizer.decode(per_answer[-1]) != a)
+    if per_answer[0] == per_answer[1]:
+        raise DataError(f"answers {answers!r} encode to the same tokens {per_answer[0]}")
+    if any(merged):
+        read = [tokenizer.convert_ids_to_tokens(t) for t in per_answer]
+        warnings.warn(f"the tokenizer merges the end of the chat with the answers: their tokens are {read}, scored "
+                      "after the chat's other tokens as in the reference's tokenization of prompt + answer (the "
+                      "reference keeps an answer only when its last token reads exactly 'yes' / 'no', so it would "
+                      "record 'ERROR' here)", stacklevel=4)
+    return contexts, per_answer
+
+
+def _tokenize_chats(tokenizer, prompts, questions, answers, *, prompt_format, template_category):
+    """Context token ids ``[prompt][question]`` of every rendered chat, and the answers' token ids."""
     _check_tokenizer(tokenizer, template_category)
-    out = []
+    out, ans = [], None
     for steering in prompts:
         rendered = [_render(tokenizer, steering, q, prompt_format, template_category) for q in questions]
-        special = rendered[0][1]
-        ids = tokenizer([text for text, _ in rendered], add_special_tokens=special)["input_ids"]
-        out.append([list(r) for r in ids])
-    return out
+        ctx, tokens = _split_answers(tokenizer, [text for text, _ in rendered], answers, rendered[0][1])
+        if ans is not None and tokens != ans:
+            raise DataError(f"the answers {answers!r} come out as different tokens after different steering prompts: "
+                            "use other answers or another template_category")
+        out.append(ctx)
+        ans = tokens
+    return out, ans
 
 
 def answer_tokens(tokenizer, steering, question, answers, *, prompt_format: str = "reference",
                   template_category: str | None = None) -> list[list[int]]:
-    """The token ids of each answer as a continuation of one rendered chat.
+    """The token ids of each answer after one rendered chat, as the reference scores them.
 
-    The answer is appended directly to the rendered chat (no space), as the reference does
-    (``prompt + "yes"``), and its tokens are what the tokenization of ``chat + answer`` has after
-    the tokens of ``chat``. Where both answers come out as single tokens after the chat's own
-    tokens (SmolLM2's ``"yes"``/``"no"``, after its chat template and after every reference
-    wrapper), the score is ``log p(answer token | chat tokens)``: what the reference reads as the
-    last prompt token's log-probability from vLLM (``echo=True, max_tokens=0``). The reference
-    keeps an answer only when both strings end in exactly the tokens ``"yes"`` and ``"no"``; it
-    records ``"ERROR"`` (the question then counts for nothing) where an answer splits into
-    several tokens or merges with the end of the chat. steerjax instead sums the log-probs of a
-    multi-token answer, and where the tokenizer merges the chat's end with the answer it warns
-    and scores the answer's own tokenization.
+    The reference appends the answer to the prompt text (``prompt + "yes"``, no space), has vLLM
+    tokenize the whole string, and reads the log-probability of its last token given every token
+    before it (``echo=True, max_tokens=0``, ``token_logprobs[-1]``); it keeps the answer only
+    when that last token reads exactly ``"yes"`` / ``"no"``, and records ``"ERROR"`` (the question
+    then counts for nothing) otherwise. Here ``chat + answer`` is tokenized whole too; the answer's
+    tokens are its last tokens that reach past the chat's text, scored given every token before
+    them (the chat's tokens as that tokenization writes them). So:
+
+    - an answer of one token (SmolLM2's ``"yes"`` / ``"no"`` after its chat template and after
+      the llama-3, gpt, gemma, granite and phi3 wrappers) gets ``log p(answer | the tokens
+      before it)``, what the reference reads, even where the chat's end tokenizes differently
+      with the answer after it (SmolLM2 writes the llama-3 wrapper's final ``"\\n\\n"`` as one
+      token alone but as two before ``"yes"``);
+    - where a token merges the end of the chat with the answer (the llama-2 wrapper ends in
+      ``"{{ "`` and the mistral one in ``" [/INST] "``, and byte-level BPE tokenizers such as
+      SmolLM2's and GPT-2's write ``" yes"`` as one token), that token is the answer, scored as
+      the reference would, with a warning: it does not read ``"yes"``, so the reference would
+      have recorded ``"ERROR"``;
+    - an answer of several tokens (the reference: ``"ERROR"``) gets the sum of its tokens'
+      log-probabilities.
 
     Args:
       tokenizer: the model's tokenizer.
@@ -259,25 +318,12 @@ def answer_tokens(tokenizer, steering, question, answers, *, prompt_format: str 
       One list of token ids per answer.
 
     Raises:
-      DataError: an answer encodes to no tokens, or both encode to the same tokens.
+      DataError: an answer encodes to no tokens, both encode to the same tokens, or the chat's
+        end tokenizes differently before the two answers.
     """
     _check_tokenizer(tokenizer, template_category)
     text, special = _render(tokenizer, steering, question, prompt_format, template_category)
-    chat = list(tokenizer(text, add_special_tokens=special)["input_ids"])
-    out = []
-    for a in answers:
-        full = list(tokenizer(text + a, add_special_tokens=special)["input_ids"])
-        if full[: len(chat)] == chat and len(full) > len(chat):
-            out.append(full[len(chat):])
-        else:
-            warnings.warn(f"the tokenizer merges the end of the chat and the answer {a!r}; the answer is "
-                          "tokenized on its own", stacklevel=3)
-            out.append(list(tokenizer(a, add_special_tokens=False)["input_ids"]))
-    if not all(out):
-        raise DataError(f"an answer encodes to zero tokens: {answers!r}")
-    if out[0] == out[1]:
-        raise DataError(f"answers {answers!r} encode to the same tokens {out[0]}")
-    return out
+    return _split_answers(tokenizer, [text], answers, special)[1]
 
 
 def _common_prefix(seqs) -> int:
