@@ -220,45 +220,49 @@ def _check_tokenizer(tokenizer, template_category) -> None:
                              "template_category= to use one of the reference's wrappers")
 
 
+def _split(tokenizer, texts, answer, special):
+    """Each ``text + answer`` tokenized whole, split into the tokens before the answer and the answer's."""
+    joined = [t + answer for t in texts]
+    try:
+        enc = tokenizer(joined, add_special_tokens=special, return_offsets_mapping=True)
+        full = [list(r) for r in enc["input_ids"]]
+        cuts = []
+        for t, ids, offs in zip(texts, full, enc["offset_mapping"]):
+            k = len(ids)
+            while k > 0 and offs[k - 1][1] > len(t):  # tokens reaching past the chat's text
+                k -= 1
+            cuts.append(k)
+    except (NotImplementedError, ValueError, TypeError):  # a slow tokenizer: no offsets
+        full = [list(r) for r in tokenizer(joined, add_special_tokens=special)["input_ids"]]
+        chats = tokenizer(list(texts), add_special_tokens=special)["input_ids"]
+        cuts = [_common_prefix([list(c), f]) for c, f in zip(chats, full)]
+    return [f[:k] for f, k in zip(full, cuts)], [f[k:] for f, k in zip(full, cuts)]
+
+
 def _split_answers(tokenizer, texts, answers, special):
     """``(contexts, answer tokens)``: each text's tokens before the answers, and the answers' tokens.
 
     ``text + answer`` is tokenized whole, as the reference does; its answer tokens are the last
     ones that reach past the end of ``text`` (by the fast tokenizer's character offsets), the
     context is every token before them. A slow tokenizer (no offsets) counts as context the
-    longest common token prefix of ``text`` and ``text + answer``. Warns when the answer's tokens
-    do not decode to the answer (a token merged with the chat's end).
+    longest common token prefix of ``text`` and ``text + answer``. The first answer is split in
+    every text; the second, in the first text only (the texts end in the same template text, and
+    the first answer's tokens are checked to be the same after every one), and must share its
+    context there. Warns when an answer's tokens do not decode to the answer (a token merged with
+    the chat's end).
     """
-    contexts, per_answer, merged = None, [], []
-    for a in answers:
-        joined = [t + a for t in texts]
-        try:
-            enc = tokenizer(joined, add_special_tokens=special, return_offsets_mapping=True)
-            full = [list(r) for r in enc["input_ids"]]
-            cuts = []
-            for t, ids, offs in zip(texts, full, enc["offset_mapping"]):
-                k = len(ids)
-                while k > 0 and offs[k - 1][1] > len(t):
-                    k -= 1
-                cuts.append(k)
-        except (NotImplementedError, ValueError, TypeError):  # a slow tokenizer: no offsets
-            full = [list(r) for r in tokenizer(joined, add_special_tokens=special)["input_ids"]]
-            chats = tokenizer(list(texts), add_special_tokens=special)["input_ids"]
-            cuts = [_common_prefix([list(c), f]) for c, f in zip(chats, full)]
-        ctx = [f[:k] for f, k in zip(full, cuts)]
-        tails = {tuple(f[k:]) for f, k in zip(full, cuts)}
-        if len(tails) != 1 or not next(iter(tails)):
-            raise DataError(f"the answer {a!r} does not come out as the same tokens after every chat "
-                            f"({len(tails)} variants): use other answers or another template_category")
-        if contexts is not None and ctx != contexts:
-            raise DataError(f"the tokenizer writes the end of the chats differently before the answers {answers!r}: "
-                            "their scores would not share a context; use another template_category or other answers")
-        contexts = ctx
-        per_answer.append(list(next(iter(tails))))
-        merged.append(tokenizer.decode(per_answer[-1]) != a)
-    if per_answer[0] == per_answer[1]:
-        raise DataError(f"answers {answers!r} encode to the same tokens {per_answer[0]}")
-    if any(merged):
+    contexts, tails = _split(tokenizer, texts, answers[0], special)
+    if any(t != tails[0] for t in tails) or not tails[0]:
+        raise DataError(f"the answer {answers[0]!r} does not come out as the same tokens after every chat: use other "
+                        "answers or another template_category")
+    first, other = _split(tokenizer, texts[:1], answers[1], special)
+    if first[0] != contexts[0]:
+        raise DataError(f"the tokenizer writes the end of the chats differently before the answers {answers!r}: "
+                        "their scores would not share a context; use another template_category or other answers")
+    per_answer = [tails[0], other[0]]
+    if per_answer[0] == per_answer[1] or not per_answer[1]:
+        raise DataError(f"answers {answers!r} encode to the same tokens {per_answer[0]}, or to none")
+    if any(tokenizer.decode(t) != a for t, a in zip(per_answer, answers)):
         read = [tokenizer.convert_ids_to_tokens(t) for t in per_answer]
         warnings.warn(f"the tokenizer merges the end of the chat with the answers: their tokens are {read}, scored "
                       "after the chat's other tokens as in the reference's tokenization of prompt + answer (the "
