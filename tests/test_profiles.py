@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -245,9 +247,14 @@ def test_indices_table_curves_asymmetry():
     ref = steerability_indices(profiles, extremes, reference_compat=True)
     assert not np.allclose(ref["index"], idx["index"])
 
-    curves = steerability_curves(idx)
-    assert set(curves.columns) == {"dimension", "direction", "budget", "mean", "std", "n_trials"}
-    assert (curves["n_trials"] == 4).all()
+    curves = steerability_curves(idx)  # no benchmark_trial column: one benchmark trial of 4 steering trials
+    assert list(curves.columns) == ["dimension", "direction", "budget", "mean", "std", "std_steering",
+                                    "n_benchmark_trials", "n_steering_trials"]
+    assert (curves["n_benchmark_trials"] == 1).all() and (curves["n_steering_trials"] == 4).all()
+    assert curves["std"].isna().all()
+    one = idx[(idx.dimension == "narcissism") & (idx.direction == "positive") & (idx.budget == 4)]["index"]
+    row = curves[(curves.dimension == "narcissism") & (curves.direction == "positive") & (curves.budget == 4)]
+    assert row["mean"].iloc[0] == pytest.approx(one.mean()) and row["std_steering"].iloc[0] == pytest.approx(one.std())
     agree = curves[(curves.dimension == "agreeableness") & (curves.direction == "negative")]
     assert agree["mean"].iloc[-1] > 0.5
 
@@ -265,7 +272,7 @@ def test_indices_single_base_row_and_errors():
     no_base = profiles[~((profiles.direction == "base") & (profiles.dimension == "narcissism"))]
     with pytest.raises(ProfileError, match="no base profile"):
         steerability_indices(no_base, extremes)
-    with pytest.raises(ProfileError, match="no extremes"):
+    with pytest.raises(ProfileError, match="no extremes for .*narcissism"):
         steerability_indices(profiles, extremes[extremes.dimension != "narcissism"])
     with pytest.raises(ProfileError, match="missing column"):
         steerability_indices(profiles.drop(columns="trial"), extremes)
@@ -280,10 +287,257 @@ def test_plots(tmp_path):
 
     profiles, extremes = synthetic_profiles()
     curves = steerability_curves(steerability_indices(profiles, extremes))
+    bt_profiles, bt_extremes = benchmark_profiles()
+    long = pd.concat([pd.DataFrame({"format": f, "dimension": list(DIMS), "quantity": "base_mean", "direction": "base",
+                                    "budget": 0, "value": [0.5, 0.6, 0.7], "spread": 0.1})
+                      for f in ("reference", "steerjax-v1")]
+                     + [steerability_curves(steerability_indices(bt_profiles, bt_extremes)).assign(
+                         format=f, quantity="index", value=lambda d, s=shift: d["mean"] + s, spread=lambda d: d["std"])
+                        for f, shift in (("reference", 0.0), ("steerjax-v1", 0.1))], ignore_index=True)
     for path in (plots.index_curves(curves, tmp_path / "curves.png"),
+                 plots.index_curves(curves, tmp_path / "curves_up.png", mirror_negative=False),
                  plots.index_heatmap(curves, tmp_path / "heatmap.png"),
-                 plots.base_profiles(profiles, tmp_path / "base.png")):
+                 plots.base_profiles(profiles, tmp_path / "base.png"),
+                 plots.base_profiles(bt_profiles, tmp_path / "base_mixture.png"),
+                 plots.format_comparison(long, tmp_path / "formats.png")):
         with open(path, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ProfileError, match="not in the table"):
         plots.index_curves(curves, tmp_path / "x.png", dimensions=["nope"])
+    with pytest.raises(ProfileError, match="must hold the formats"):
+        plots.format_comparison(long[long.format == "reference"], tmp_path / "x.png")
+
+
+def benchmark_profiles(benchmark_trials=3, steering_trials=4, budgets=(1, 5, 20), seed=0):
+    """Synthetic profiles with the reference's trial structure: per benchmark trial its own base
+    profile and extremes (its own 40 questions), steering trials within."""
+    rng = np.random.default_rng(seed)
+    rows, conf = [], {}
+    for dim, base in DIMS.items():
+        for b in range(benchmark_trials):
+            conf[(dim, b)] = rng.uniform(0.6, 1.0, 40)
+            a0, b0 = profile_parameters(rng.random(40) < base, conf[(dim, b)])
+            rows.append((dim, b, "base", 0, 0, float(a0), float(b0)))
+            for k in budgets:
+                for t in range(steering_trials):
+                    up, down = base + (1 - base) * k / (k + 4), base * 4 / (k + 4)
+                    for direction, pm in (("positive", up), ("negative", down)):
+                        a, bb = profile_parameters(rng.random(40) < pm, conf[(dim, b)])
+                        rows.append((dim, b, direction, k, t, float(a), float(bb)))
+    profiles = pd.DataFrame(rows, columns=["dimension", "benchmark_trial", "direction", "budget", "trial", "alpha",
+                                           "beta"])
+    return profiles, extremes_table(conf)
+
+
+def test_benchmark_trials_use_their_own_base_and_extremes():
+    profiles, extremes = benchmark_profiles()
+    assert list(extremes.columns) == ["dimension", "benchmark_trial", "direction", "alpha", "beta"]
+    idx = steerability_indices(profiles, extremes)
+    assert list(idx.columns[:6]) == ["dimension", "benchmark_trial", "direction", "budget", "trial", "index"]
+    assert len(idx) == 3 * 3 * 2 * 4 * 4  # dims x benchmark trials x directions x (3 budgets + 0) x steering trials
+    src = profiles.set_index(["dimension", "benchmark_trial", "direction", "budget", "trial"])
+    ex = extremes.set_index(["dimension", "benchmark_trial", "direction"])
+    prof = lambda r: BetaProfile(r["alpha"], r["beta"])  # noqa: E731
+    row = idx[(idx.dimension == "agreeableness") & (idx.benchmark_trial == 2) & (idx.direction == "positive")
+              & (idx.budget == 5) & (idx.trial == 3)].iloc[0]
+    expect = steerability_index(prof(src.loc[("agreeableness", 2, "base", 0, 0)]),
+                                prof(src.loc[("agreeableness", 2, "positive", 5, 3)]),
+                                prof(ex.loc[("agreeableness", 2, "positive")]),
+                                prof(ex.loc[("agreeableness", 2, "negative")]), "+")
+    assert row["index"] == pytest.approx(expect, abs=1e-12)
+    with pytest.raises(ProfileError, match="no base profile"):
+        steerability_indices(profiles[~((profiles.direction == "base") & (profiles.benchmark_trial == 1))], extremes)
+    with pytest.raises(ProfileError, match="no extremes"):
+        steerability_indices(profiles, extremes[extremes.benchmark_trial != 2])
+    with pytest.raises(ProfileError, match=r"all be dimensions or all \(dimension"):
+        extremes_table({"a": [0.9], ("b", 0): [0.9]})
+
+
+def test_curves_spread_as_the_reference():
+    """mean and stdev of the per-benchmark-trial means (statistics.stdev, as the reference's
+    _combine_stats_indices); the spread over steering trials pooled beside it."""
+    import statistics
+
+    profiles, extremes = benchmark_profiles()
+    idx = steerability_indices(profiles, extremes)
+    curves = steerability_curves(idx)
+    assert (curves["n_benchmark_trials"] == 3).all() and (curves["n_steering_trials"] == 4).all()
+    for dim, direction, k in [("narcissism", "negative", 20), ("risk-seeking", "positive", 1)]:
+        sel = idx[(idx.dimension == dim) & (idx.direction == direction) & (idx.budget == k)]
+        per_trial = [statistics.mean(g["index"]) for _, g in sel.groupby("benchmark_trial")]
+        within = [statistics.stdev(g["index"]) for _, g in sel.groupby("benchmark_trial")]
+        row = curves[(curves.dimension == dim) & (curves.direction == direction) & (curves.budget == k)].iloc[0]
+        assert row["mean"] == pytest.approx(statistics.mean(per_trial), abs=1e-12)
+        assert row["std"] == pytest.approx(statistics.stdev(per_trial, xbar=statistics.mean(per_trial)), abs=1e-12)
+        assert row["std_steering"] == pytest.approx(np.sqrt(np.mean(np.square(within))), abs=1e-12)
+    zero = curves[curves.budget == 0]
+    assert (zero["mean"] == 0).all() and (zero["std"] == 0).all()
+
+
+def test_base_summary_as_the_papers_tables():
+    from steerjax.profiles.indices import base_summary
+
+    profiles, _ = benchmark_profiles()
+    summary = base_summary(profiles.assign(yes_rate=0.5))
+    base = profiles[(profiles.direction == "base") & (profiles.dimension == "narcissism")]
+    ps = [BetaProfile(a, b) for a, b in zip(base.alpha, base.beta)]
+    row = summary.set_index("dimension").loc["narcissism"]
+    assert row["mean"] == pytest.approx(np.mean([p.mean for p in ps]))
+    assert row["std"] == pytest.approx(np.sqrt(np.mean([p.var for p in ps])))
+    assert row["n_profiles"] == 3 and row["yes_rate"] == 0.5
+    assert list(summary.dimension) == list(DIMS)
+    with pytest.raises(ProfileError, match="no 'base' rows"):
+        base_summary(profiles[profiles.direction != "base"])
+
+
+# ---------------------------------------------------------------- the protocol, with a fake scorer
+
+
+class FakeModel:
+    source, dtype = "fake-model", "float32"
+
+
+@pytest.fixture()
+def fake_scoring(monkeypatch):
+    """Replace the model's answers by a deterministic function of (steering prompt, question);
+    record every call."""
+    import zlib
+
+    from steerjax.profiles import run as run_mod
+
+    calls = []
+
+    def fake(model, systems, questions, *, prompt_format, template_category, batch_size, progress, mesh):
+        calls.append(dict(systems=list(systems), questions=list(questions), prompt_format=prompt_format,
+                          template_category=template_category))
+        u = np.array([[zlib.crc32(f"{s}|{q}".encode()) / 2 ** 32 for q in questions] for s in systems])
+        u = np.clip(u, 1e-6, 1 - 1e-6)
+        return np.stack([np.log(u), np.log1p(-u)], axis=-1).astype(np.float32)
+
+    monkeypatch.setattr(run_mod, "answer_logprobs", fake)
+    return calls
+
+
+def statements_of(prompt, prompt_format="reference"):
+    """The set of statements in a steering prompt (the format's header and separator found from
+    two-statement prompts)."""
+    from steerjax.profiles.data import steering_prompt
+
+    two = steering_prompt(["@A@", "@B@"], prompt_format=prompt_format)
+    header, sep = two[:two.index("@A@")], two[two.index("@A@") + 3:two.index("@B@")]
+    assert prompt.startswith(header) and two.endswith("@B@")
+    return set(prompt[len(header):].split(sep))
+
+
+@pytest.mark.requires_data
+def test_trial_structure(fake_scoring, tmp_path):
+    from steerjax.profiles.data import profiling_source
+    from steerjax.profiles.run import run_profiles
+
+    dims, budgets = ["agreeableness", "narcissism"], [1, 3, 10]
+    kw = dict(budgets=budgets, benchmark_trials=3, steering_trials=2, num_questions=4, seed=7, progress=False,
+              template_category="llama-3")
+    run = run_profiles(FakeModel(), dims, run_dir=str(tmp_path / "run"), **kw)
+    calls = list(fake_scoring)
+    # one scoring call per (dimension, benchmark trial): base + directions x budgets x steering trials
+    assert len(calls) == 2 * 3
+    assert all(len(c["systems"]) == 1 + 2 * 3 * 2 and len(c["questions"]) == 8 for c in calls)
+    assert all(c["systems"][0] is None and c["prompt_format"] == "reference" and c["template_category"] == "llama-3"
+               for c in calls)
+    # each benchmark trial draws its own profiling questions (and so base profile and extremes)
+    agree = [set(c["questions"]) for c in calls[:3]]
+    assert agree[0] != agree[1] and agree[1] != agree[2]
+    assert set(run.extremes.benchmark_trial) == {0, 1, 2} and len(run.extremes) == 2 * 3 * 2
+    assert len(run.profiles[run.profiles.direction == "base"]) == 2 * 3
+    # steering statements: independent draws per (budget, trial), so a smaller budget's are not
+    # always inside a larger one's; every draw has k distinct statements
+    plan = calls[0]["systems"][1:]
+    drawn = [statements_of(p) for p in plan]
+    assert [len(d) for d in drawn] == [k for _ in range(2) for k in budgets for _ in range(2)]
+    assert any(not drawn[i] <= drawn[i + 2] for i in (0, 1, 6, 7))  # budget 1 within budget 3, same trial
+    assert drawn[4] != drawn[5]  # two steering trials of budget 10
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["benchmark_trials"] == 3 and cfg["steering_trials"] == 2 and cfg["prompt_format"] == "reference"
+    assert cfg["template_category"] == "llama-3" and cfg["nested"] is False and cfg["budgets"] == budgets
+    assert cfg["profiling_source"] == profiling_source()
+    # curves: 3 benchmark trials x 2 steering trials each
+    assert (run.curves.n_benchmark_trials == 3).all() and (run.curves.n_steering_trials == 2).all()
+    assert len(run.base) == 2 and (run.base.n_profiles == 3).all()
+    # seeded: the same call draws the same; resumed from the run directory without scoring
+    again = run_profiles(FakeModel(), dims, **dict(kw, progress=False))
+    assert [c["systems"] for c in fake_scoring[6:]] == [c["systems"] for c in calls]
+    pd.testing.assert_frame_equal(again.indices, run.indices)
+    n = len(fake_scoring)
+    resumed = run_profiles(FakeModel(), dims, run_dir=str(tmp_path / "run"), **kw)
+    assert len(fake_scoring) == n
+    pd.testing.assert_frame_equal(resumed.curves, run.curves)
+    # another seed draws other questions and statements
+    run_profiles(FakeModel(), dims[:1], **dict(kw, seed=8, benchmark_trials=1))
+    assert fake_scoring[-1]["systems"] != calls[0]["systems"] and fake_scoring[-1]["questions"] != calls[0]["questions"]
+
+
+@pytest.mark.requires_data
+def test_nested_draws_and_formats(fake_scoring):
+    from steerjax.profiles.run import run_profiles
+
+    kw = dict(budgets=[2, 5, 20], benchmark_trials=2, steering_trials=2, num_questions=3, progress=False)
+    run_profiles(FakeModel(), ["risk-seeking"], nested=True, prompt_format="steerjax-v1", **kw)
+    for call in fake_scoring:
+        assert call["prompt_format"] == "steerjax-v1" and call["template_category"] is None
+        drawn = [statements_of(p, "steerjax-v1") for p in call["systems"][1:]]
+        for d in range(2):  # direction
+            for t in range(2):  # steering trial
+                small, mid, large = (drawn[d * 6 + j * 2 + t] for j in range(3))
+                assert small < mid < large
+    assert fake_scoring[0]["systems"] != fake_scoring[1]["systems"]  # benchmark trials draw anew
+    # the same draws under both formats (the experiment's template comparison relies on it)
+    run_profiles(FakeModel(), ["risk-seeking"], nested=True, prompt_format="reference", **kw)
+    assert [[statements_of(p) for p in c["systems"][1:]] for c in fake_scoring[2:]] == \
+        [[statements_of(p, "steerjax-v1") for p in c["systems"][1:]] for c in fake_scoring[:2]]
+
+
+@pytest.mark.requires_data
+@pytest.mark.parametrize("kw, message", [
+    (dict(benchmark_trials=0), "benchmark_trials must be an integer >= 1"),
+    (dict(steering_trials=0), "steering_trials must be an integer >= 1"),
+    (dict(steering_trials=1.5), "steering_trials must be an integer >= 1"),
+    (dict(budgets=[]), "budgets is empty"),
+    (dict(budgets=[0, 1]), "each budget must be an integer >= 1"),
+    (dict(budgets=[101]), "only 100"),
+    (dict(prompt_format="chatml"), "prompt_format must be one of"),
+    (dict(template_category="llama3"), "template_category must be None"),
+    (dict(dims=["paper", "agreeableness"]), "stand alone"),
+    (dict(dims=["agreeableness", "agreeableness"]), "more than once"),
+    (dict(dims=["agreeablenes"]), "did you mean 'agreeableness'"),
+    (dict(dims=[]), "no dimensions"),
+])
+def test_bad_options_fail_before_scoring(fake_scoring, kw, message):
+    from steerjax.errors import SteerjaxError
+    from steerjax.profiles.run import run_profiles
+
+    kw = dict(dict(dims=["agreeableness"], num_questions=2, progress=False), **kw)
+    with pytest.raises(SteerjaxError, match=message):
+        run_profiles(FakeModel(), kw.pop("dims"), **kw)
+    assert not fake_scoring
+
+
+@pytest.mark.requires_data
+def test_dimension_sets():
+    from steerjax.profiles.data import PAPER_DIMENSIONS, list_dimensions
+    from steerjax.profiles.run import resolve_dimensions
+
+    paper = resolve_dimensions("paper")
+    assert paper == list(PAPER_DIMENSIONS) and len(paper) == 32 and paper[:3] == ["agreeableness",
+                                                                                  "conscientiousness", "openness"]
+    assert resolve_dimensions(["all"]) == list_dimensions() and len(list_dimensions()) == 70
+    assert set(paper) <= set(list_dimensions())
+    assert resolve_dimensions(["narcissism", "agreeableness"]) == ["narcissism", "agreeableness"]
+
+
+def test_draw_seed():
+    from steerjax.profiles.run import draw_seed
+
+    assert draw_seed(0, "steering", "a", 1) == draw_seed(0, "steering", "a", 1)
+    seeds = {draw_seed(s, "steering", d, b) for s in (0, 1) for d in ("a", "b") for b in range(5)}
+    assert len(seeds) == 20 and all(0 <= s < 2 ** 32 for s in seeds)
+    assert draw_seed(-1, "x") == draw_seed(2 ** 64 - 1, "x")

@@ -31,9 +31,10 @@ def _dimensions(curves: pd.DataFrame, dimensions: Sequence[str] | None) -> list:
 
 
 def index_curves(curves: pd.DataFrame, path, *, dimensions: Sequence[str] | None = None, ncols: int = 4,
-                 title: str | None = None) -> str:
+                 title: str | None = None, mirror_negative: bool = True) -> str:
     """Steerability curves per dimension, as in Miehling et al. 2024, Fig. 3: the mean index
-    gamma+ (blue) and gamma- (red) against the steering budget, with a +-1 std band over trials.
+    gamma+ (blue) and gamma- (red) against the steering budget, with a +-1 std band (the
+    curves' ``std``: over benchmark trials, as the reference code draws it).
 
     Args:
       curves: :func:`~steerjax.profiles.indices.steerability_curves` output.
@@ -41,26 +42,32 @@ def index_curves(curves: pd.DataFrame, path, *, dimensions: Sequence[str] | None
       dimensions: the dimensions to draw, in order (default: all, in table order).
       ncols: panels per row.
       title: figure title.
+      mirror_negative: draw ``-gamma-`` (downward), as the paper and the reference code do;
+        ``False`` draws ``gamma-`` upward like ``gamma+``.
     """
     require_columns(curves, CURVE_COLUMNS, "curves")
     dims = _dimensions(curves, dimensions)
     ncols = max(1, min(ncols, len(dims)))
     nrows = math.ceil(len(dims) / ncols)
     fig, axes = subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), sharex=True, sharey=True,
-                             squeeze=False)
+                         squeeze=False)
+    neg_label = r"$-\gamma^-$" if mirror_negative else r"$\gamma^-$"
     for ax, dim in zip(axes.flat, dims):
         c = curves[curves["dimension"] == dim]
-        for direction, colour, label in (("positive", POSITIVE_COLOUR, r"$\gamma^+$"),
-                                         ("negative", NEGATIVE_COLOUR, r"$\gamma^-$")):
+        for direction, colour, label, sign in (("positive", POSITIVE_COLOUR, r"$\gamma^+$", 1.0),
+                                               ("negative", NEGATIVE_COLOUR, neg_label,
+                                                -1.0 if mirror_negative else 1.0)):
             d = c[c["direction"] == direction].sort_values("budget")
             if d.empty:
                 continue
-            k, m, s = d["budget"].to_numpy(float), d["mean"].to_numpy(float), d["std"].fillna(0).to_numpy(float)
+            k, m, s = d["budget"].to_numpy(float), sign * d["mean"].to_numpy(float), d["std"].fillna(0).to_numpy(float)
             ax.plot(k, m, "-o", color=colour, ms=3, lw=1.5, label=label)
             ax.fill_between(k, m - s, m + s, color=colour, alpha=0.18, lw=0)
         ax.axhline(0, color="0.6", lw=0.8, zorder=0)
         ax.set_title(str(dim), fontsize=9)
         ax.grid(alpha=0.3)
+        if mirror_negative:
+            ax.set_ylim(-1.05, 1.05)
     for ax in axes.flat[len(dims):]:
         ax.set_visible(False)
     for ax in axes[-1]:
@@ -69,7 +76,7 @@ def index_curves(curves: pd.DataFrame, path, *, dimensions: Sequence[str] | None
         ax.set_ylabel("steerability index")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper right", ncol=2, frameon=False, bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle(title or "Prompt steerability (mean ± std over trials)", x=0.02, ha="left")
+    fig.suptitle(title or "Prompt steerability (mean ± std over benchmark trials)", x=0.02, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     return save_figure(fig, path)
 
@@ -119,43 +126,110 @@ def index_heatmap(curves: pd.DataFrame, path, *, dimensions: Sequence[str] | Non
 
 def base_profiles(profiles: Mapping[str, BetaProfile] | pd.DataFrame, path, *, title: str | None = None,
                   ncols: int = 4) -> str:
-    """Densities of the base profiles Beta(alpha, beta) of several dimensions, one panel each, with
-    the profile mean marked (paper, Fig. 2).
+    """Densities of the base profiles of several dimensions, one panel each, with the profile mean
+    marked (paper, Figs. 2-3). A profile table's several base rows per dimension (one per
+    benchmark trial) are drawn as their equal-weight mixture, the paper's "average of beta
+    distributions across experiment trials".
 
     Args:
       profiles: dimension -> :class:`BetaProfile`, or a profile table (its ``direction == "base"``
-        rows, first trial per dimension).
+        rows).
       path: output file.
       title: figure title.
       ncols: panels per row.
     """
     if isinstance(profiles, pd.DataFrame):
         require_columns(profiles, ("dimension", "direction", "alpha", "beta"), "profiles")
-        base = profiles[profiles["direction"] == "base"].drop_duplicates("dimension")
+        base = profiles[profiles["direction"] == "base"]
         if base.empty:
             raise ProfileError("profiles has no 'base' rows")
-        profiles = {r.dimension: BetaProfile(r.alpha, r.beta) for r in base.itertuples()}
-    if not profiles:
+        groups = {dim: [BetaProfile(r.alpha, r.beta) for r in g.itertuples()]
+                  for dim, g in base.groupby("dimension", sort=False)}
+    else:
+        groups = {dim: [p] for dim, p in profiles.items()}
+    if not groups:
         raise ProfileError("no profiles to plot")
-    items = list(profiles.items())
+    items = list(groups.items())
     ncols = max(1, min(ncols, len(items)))
     nrows = math.ceil(len(items) / ncols)
     fig, axes = subplots(nrows, ncols, figsize=(3.0 * ncols, 2.2 * nrows), sharex=True, squeeze=False)
     x = np.linspace(0.0, 1.0, 801)[1:-1]
-    for ax, (dim, p) in zip(axes.flat, items):
-        y = p.pdf(x)
+    for ax, (dim, ps) in zip(axes.flat, items):
+        y = np.mean([p.pdf(x) for p in ps], axis=0)
+        mean = float(np.mean([p.mean for p in ps]))
         cap = np.quantile(y, 0.98) * 1.15
         ax.fill_between(x, np.minimum(y, cap), color=POSITIVE_COLOUR, alpha=0.25, lw=0)
         ax.plot(x, np.minimum(y, cap), color=POSITIVE_COLOUR, lw=1.4)
-        ax.axvline(p.mean, color="0.25", ls="--", lw=1)
+        ax.axvline(mean, color="0.25", ls="--", lw=1)
         ax.set_ylim(0, cap * 1.05)
         ax.set_xlim(0, 1)
         ax.set_yticks([])
-        ax.set_title(f"{dim}\nBeta({p.alpha:.1f}, {p.beta:.1f})", fontsize=8)
+        label = (f"Beta({ps[0].alpha:.1f}, {ps[0].beta:.1f})" if len(ps) == 1
+                 else f"mixture of {len(ps)}, mean {mean:.2f}")
+        ax.set_title(f"{dim}\n{label}", fontsize=8)
     for ax in axes.flat[len(items):]:
         ax.set_visible(False)
     for ax in axes[-1]:
         ax.set_xlabel("persona expression (0 = negative, 1 = positive)", fontsize=8)
     fig.suptitle(title or "Base profiles (dashed: mean)", x=0.02, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return save_figure(fig, path)
+
+
+def format_comparison(table: pd.DataFrame, path, *, formats: Sequence[str] = ("reference", "steerjax-v1"),
+                      title: str | None = None) -> str:
+    """How a change of prompt format moves results: base-profile means (left) and mean
+    steerability indices at every budget (right) under ``formats[0]`` (x) against
+    ``formats[1]`` (y), one point per dimension (and direction and budget), with the diagonal.
+
+    Args:
+      table: long table with ``format``, ``dimension``, ``quantity`` (``"base_mean"`` or
+        ``"index"``), ``direction`` (``"positive"``/``"negative"``; ignored for the base),
+        ``budget``, ``value`` and ``spread`` (a std, drawn as error bars; may be NaN).
+      path: output file.
+      formats: the two formats compared (x, y).
+      title: figure title.
+    """
+    require_columns(table, ("format", "dimension", "quantity", "direction", "budget", "value", "spread"), "table")
+    if len(formats) != 2 or not set(formats) <= set(table["format"]):
+        raise ProfileError(f"table must hold the formats {list(formats)}; it has {sorted(set(table['format']))}")
+    keys = ["dimension", "quantity", "direction", "budget"]
+    x = table[table["format"] == formats[0]].set_index(keys)
+    y = table[table["format"] == formats[1]].set_index(keys)
+    both = x.join(y, how="inner", lsuffix="_x", rsuffix="_y").reset_index()
+    fig, axes = subplots(1, 2, figsize=(10.5, 4.8))
+    base = both[both["quantity"] == "base_mean"]
+    ax = axes[0]
+    ax.errorbar(base["value_x"], base["value_y"], xerr=base["spread_x"].fillna(0), yerr=base["spread_y"].fillna(0),
+                fmt="o", color="0.3", ms=4, lw=0.8, capsize=2)
+    for r in base.itertuples():
+        ax.annotate(str(r.dimension), (r.value_x, r.value_y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(f"base profile mean, {formats[0]}")
+    ax.set_ylabel(f"base profile mean, {formats[1]}")
+    ax.set_title("base profiles (± the Beta std)", fontsize=10)
+    ax = axes[1]
+    idx = both[both["quantity"] == "index"]
+    budgets = sorted(idx["budget"].unique())
+    sizes = {b: 12 + 60 * i / max(1, len(budgets) - 1) for i, b in enumerate(budgets)}
+    for direction, colour, label in (("positive", POSITIVE_COLOUR, r"$\gamma^+$"),
+                                     ("negative", NEGATIVE_COLOUR, r"$\gamma^-$")):
+        d = idx[idx["direction"] == direction]
+        ax.scatter(d["value_x"], d["value_y"], s=[sizes[b] for b in d["budget"]], color=colour, alpha=0.6,
+                   label=label, edgecolors="none")
+    lim = max(1e-3, float(np.nanmax(np.abs(idx[["value_x", "value_y"]].to_numpy())))) * 1.1 if len(idx) else 1.0
+    ax.plot([-lim, lim], [-lim, lim], color="0.6", lw=0.8, ls="--")
+    ax.axhline(0, color="0.8", lw=0.6)
+    ax.axvline(0, color="0.8", lw=0.6)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_xlabel(f"mean steerability index, {formats[0]}")
+    ax.set_ylabel(f"mean steerability index, {formats[1]}")
+    ax.set_title(f"indices (marker size: budget {budgets[0] if budgets else ''}-{budgets[-1] if budgets else ''})",
+                 fontsize=10)
+    ax.legend(frameon=False, fontsize=8)
+    fig.suptitle(title or f"Prompt format: {formats[0]} vs {formats[1]}", x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return save_figure(fig, path)
