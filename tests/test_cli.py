@@ -317,6 +317,71 @@ def fake_run_dir(path, config):
     return str(path)
 
 
+# ----------------------------------------------------------------------------- profile
+
+
+@pytest.mark.requires_data
+@pytest.mark.parametrize("argv, message", [
+    (("--benchmark-trials", "0"), "argument --benchmark-trials: must be an integer >= 1, got '0'"),
+    (("--steering-trials", "-2"), "argument --steering-trials: must be an integer >= 1"),
+    (("--questions", "0"), "argument --questions/--num-questions: must be an integer >= 1"),
+    (("--questions", "5000"), "has only"),
+    (("--prompt-format", "chatml"), "argument --prompt-format: invalid choice: 'chatml'"),
+    (("--template-category", "llama3"), "--template-category 'llama3' is not one of the reference's wrappers"),
+    (("--budgets", "101"), "use a budget of at most 100"),
+    (("--dims", "paper", "all"), "'paper' and 'all' stand alone"),
+    (("--dims", "agreeablenes"), "did you mean 'agreeableness'"),
+    ((), "has no chat template: pass --template-category"),  # this TinyStories has none
+])
+def test_profile_checks_before_loading(capsys, model_dir, tmp_path, no_model_load, argv, message):
+    code, out, err = run(capsys, "profile", model_dir, "--dims", "agreeableness", "--budgets", "1", "2",
+                         "--out", str(tmp_path / "run"), *argv)
+    assert code == 2 and message in err and "Traceback" not in err and not out
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.requires_data
+def test_profile_template_category_needs_no_chat_template(capsys, model_dir, tmp_path, no_model_load):
+    """With a hand-written wrapper the tokenizer's chat template is not needed: the checks pass and
+    the model is loaded (here: refused by the fixture)."""
+    with pytest.raises(AssertionError, match="loaded before"):
+        main(["profile", model_dir, "--dims", "paper", "--template-category", "llama-3", "--out",
+              str(tmp_path / "run")])
+
+
+@pytest.mark.slow
+@pytest.mark.requires_data
+def test_profile_command_trials_config_and_resume(chat_model_dir, tmp_path, capsys):
+    import pandas as pd
+
+    from steerjax.profiles.data import profiling_source
+
+    out = tmp_path / "profiles"
+    argv = ["profile", chat_model_dir, "--dims", "agreeableness", "--budgets", "1", "2", "--benchmark-trials", "2",
+            "--steering-trials", "2", "--questions", "2", "--out", str(out)]
+    assert main(argv) == 0
+    assert "results in" in capsys.readouterr().out
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["benchmark_trials"], cfg["steering_trials"], cfg["num_questions"]) == (2, 2, 2)
+    assert cfg["prompt_format"] == "reference" and cfg["template_category"] is None and cfg["nested"] is False
+    assert cfg["profiling_source"] == profiling_source() and cfg["budgets"] == [1, 2]
+    indices = pd.read_parquet(out / "indices.parquet")
+    assert set(indices.benchmark_trial) == {0, 1} and set(indices.trial) == {0, 1}
+    assert set(indices.budget) == {0, 1, 2} and indices["index"].between(-1, 1).all()
+    curves = pd.read_csv(out / "curves.csv")
+    assert (curves.n_benchmark_trials == 2).all() and (curves.n_steering_trials == 2).all()
+    profiles = pd.read_parquet(out / "profiles.parquet")
+    assert (profiles.n_questions == 4).all() and profiles.yes_rate.between(0, 1).all()
+    assert len(pd.read_csv(out / "base_summary.csv")) == 1
+    for png in ("index_curves", "index_heatmap", "base_profiles"):
+        assert os.path.getsize(out / f"{png}.png") > 5000
+    assert main(argv) == 0  # resumed: the stored answers are reused
+    assert "2 of 2 chunks already done" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "indices.parquet"), indices)
+    assert main(argv + ["--prompt-format", "steerjax-v1"]) == 2  # another config in the same directory
+    assert "differs in: prompt_format" in capsys.readouterr().err
+
+
 def test_check_output_dir(tmp_path):
     from steerjax.errors import OutputPathError
     from steerjax.paths import check_output_dir
