@@ -194,8 +194,8 @@ def test_vector_train_reads_the_formats_examples_and_token(chat_model_dir, tmp_p
 @pytest.mark.requires_data
 def test_profile_command_writes_tables_and_plots_and_resumes(chat_model_dir, tmp_path, capsys):
     run = str(tmp_path / "profiles")
-    argv = ["profile", chat_model_dir, "--dims", "agreeableness", "narcissism", "--budgets", "1", "2", "--trials", "2",
-            "--num-questions", "3", "--out", run]
+    argv = ["profile", chat_model_dir, "--dims", "agreeableness", "narcissism", "--budgets", "1", "2",
+            "--benchmark-trials", "1", "--steering-trials", "2", "--num-questions", "3", "--out", run]
     assert main(argv) == 0
     assert "results in" in capsys.readouterr().out
     indices = pd.read_parquet(os.path.join(run, "indices.parquet"))

@@ -167,10 +167,11 @@ def sweep_cmd(model, vec, out):
             "--vector", vec, "--multipliers", "-1", "0", "1", "--memory-budget-mb", "0.001", "--out", out]
 
 
-def profile_cmd(model, out, trials="1"):
+def profile_cmd(model, out):
     # one chunk per dimension
     return [sys.executable, "-m", "steerjax", "profile", model, "--dims", *DIMS, "--budgets", "1", "2",
-            "--trials", trials, "--num-questions", "2", "--batch-size", "16", "--out", out]
+            "--benchmark-trials", "1", "--steering-trials", "1", "--num-questions", "2", "--batch-size", "16",
+            "--out", out]
 
 
 def rollouts_cmd(model, out):
@@ -226,11 +227,13 @@ def test_another_config_in_the_same_directory_is_refused(setting, tmp_path, caps
     monkeypatch.setenv("STEERJAX_DATA", env["STEERJAX_DATA"])
     run_dir = str(tmp_path / "run")
     model = steerjax.load_model(model_dir)
-    kw = dict(budgets=[1], trials=1, num_questions=2, run_dir=run_dir, progress=False)
+    kw = dict(budgets=[1], benchmark_trials=1, steering_trials=1, num_questions=2, run_dir=run_dir, progress=False)
     run_profiles(model, ["curiosity"], **kw)
-    with pytest.raises(RunConfigError, match=r"differs in: trials; trials: 1 in the directory, 2 now"):
-        run_profiles(model, ["curiosity"], **dict(kw, trials=2))
-    argv = ["profile", model_dir, "--dims", "curiosity", "--budgets", "1", "--trials", "1", "--num-questions", "3",
+    with pytest.raises(RunConfigError, match=r"differs in: steering_trials; steering_trials: 1 in the directory, "
+                                             r"2 now"):
+        run_profiles(model, ["curiosity"], **dict(kw, steering_trials=2))
+    argv = ["profile", model_dir, "--dims", "curiosity", "--budgets", "1", "--benchmark-trials", "1",
+            "--steering-trials", "1", "--num-questions", "3",
             "--out", run_dir]
     assert main(argv) == 2
     err = capsys.readouterr().err
