@@ -120,6 +120,11 @@ def test_bad_inputs():
         pdata.steering_prompt([])
 
 
+def test_a_tie_answers_yes():
+    lp = np.array([[[-1.0, -1.0], [-1.0, -1.0], [-2.0, -1.0]]])  # the reference: argmax over (yes, no) takes yes
+    assert scoring.answers_match(lp, ["positive", "negative", "negative"]).tolist() == [[True, False, True]]
+
+
 def test_paper_dimensions():
     assert len(pdata.PAPER_DIMENSIONS) == 32 == len(set(pdata.PAPER_DIMENSIONS))
     assert pdata.PAPER_DIMENSIONS[:6] == ("agreeableness", "conscientiousness", "openness", "extraversion",

@@ -171,8 +171,9 @@ def answer_logprobs(
 def answers_match(logprobs, directions) -> np.ndarray:
     """Whether each answer agrees with its statement's direction.
 
-    The model answers yes when ``logprobs[..., 0] > logprobs[..., 1]`` (ties answer no). A yes
-    matches a ``"positive"`` statement, a no matches a ``"negative"`` one.
+    The model answers yes when ``logprobs[..., 0] >= logprobs[..., 1]``: a tie answers yes, as
+    in the reference (``argmax`` over ``["yes", "no"]`` takes the first; the paper's
+    ``l_x >= 0``). A yes matches a ``"positive"`` statement, a no matches a ``"negative"`` one.
 
     Args:
       logprobs: ``[..., n_questions, 2]`` from :func:`answer_logprobs`.
@@ -191,7 +192,7 @@ def answers_match(logprobs, directions) -> np.ndarray:
     bad = sorted({str(d) for d in dirs} - set(DIRECTIONS))
     if bad:
         raise DataError(f"directions must be 'positive' or 'negative', found {bad}")
-    said_yes = lp[..., 0] > lp[..., 1]
+    said_yes = lp[..., 0] >= lp[..., 1]
     return said_yes == (dirs == "positive")
 
 
