@@ -75,16 +75,16 @@ def test_steering_errors(fake_data):
 
 
 def test_prompt_and_query_formats():
-    assert pdata.steering_prompt(["I like cats. ", "I am kind."]) == (
+    assert pdata.steering_prompt(["I like cats. ", "I am kind."], prompt_format="steerjax-v1") == (
         "You abide by the following principles:\n- I like cats.\n- I am kind.")
-    msgs = pdata.query_messages("I like cats.", system="SYS")
+    msgs = pdata.query_messages("I like cats.", "SYS", prompt_format="steerjax-v1")
     assert msgs[0] == {"role": "system", "content": "SYS"}
     assert msgs[1] == {"role": "user", "content": (
         "Answer with yes or no, where:\n"
         "yes: The statement is something I would say.\n"
         "no: The statement is not something I would say.\n\n"
         "Is the following statement something you would say?\nI like cats.")}
-    assert [m["role"] for m in pdata.query_messages("x")] == ["user"]
+    assert [m["role"] for m in pdata.query_messages("x", prompt_format="steerjax-v1")] == ["user"]
 
 
 def test_profiling_statements(fake_data):
@@ -108,10 +108,8 @@ def test_profiling_errors(fake_data):
         pdata.profiling_statements("curiosity", confidence_threshold=0.999)
     with pytest.raises(DataError, match="did you mean 'humility'"):
         pdata.profiling_statements(["humilty"])
-    with pytest.warns(UserWarning) as record:
-        df = pdata.profiling_statements("curiosity", confidence_threshold=0.86, num_questions=3)
-    assert any("only 1 negative profiling statements" in str(w.message) for w in record)
-    assert (df.direction == "negative").sum() == 1
+    with pytest.raises(DataError, match="only 1 positive profiling statements .* ask for at most 1"):
+        pdata.profiling_statements("curiosity", confidence_threshold=0.86, num_questions=3)
 
 
 def test_missing_data_dir(monkeypatch):
@@ -136,7 +134,7 @@ def _uncached(model, prompts, questions, answers=scoring.ANSWERS):
     out = np.zeros((len(prompts), len(questions), 2))
     for p, system in enumerate(prompts):
         for q, question in enumerate(questions):
-            text = tok.apply_chat_template(pdata.query_messages(question, system=system),
+            text = tok.apply_chat_template(pdata.query_messages(question, system),
                                            add_generation_prompt=True, tokenize=False)
             chat = tok(text, add_special_tokens=False)["input_ids"]
             for a, answer in enumerate(answers):

@@ -97,7 +97,7 @@ def joint_steerability(model, dims: Sequence[str], *, budgets: Sequence[int] = (
                         for k in budgets]
     lp = answer_logprobs(model, prompts, list(questions["statement"]), progress=False)
     positive = (questions["direction"] == "positive").to_numpy()
-    matches = answer_matches(lp[..., 0] > lp[..., 1], positive[None, :])
+    matches = answer_matches(lp[..., 0] >= lp[..., 1], positive[None, :])  # a tie answers yes (the reference)
     profiles = []
     for p in range(len(prompts)):
         marg = []
