@@ -43,3 +43,18 @@ def tiered(values, fast):
     import pytest
 
     return [v if v in fast else pytest.param(v, marks=pytest.mark.slow) for v in values]
+
+
+def write_steering_df(root, dims, statement="I am {dim} {direction} {i}", per_direction=3):
+    """``root/prompt-steering/steering_df.csv`` with ``per_direction`` statements per dimension and
+    direction (the columns of the reference's file); returns the frame written."""
+    import pandas as pd
+
+    rows = [{"id": f"{d}-{direction}-{i}", "statement": statement.format(dim=d, direction=direction, i=i),
+             "direction": direction, "label_confidence": 0.9, "label_confidence_integer": 5,
+             "persona_dim": d, "stratify_by": f"{d}_{direction}"}
+            for d in dims for direction in ("positive", "negative") for i in range(per_direction)]
+    (root / "prompt-steering").mkdir(parents=True)
+    frame = pd.DataFrame(rows)
+    frame.to_csv(root / "prompt-steering" / "steering_df.csv", index=False)
+    return frame

@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.helpers import write_steering_df
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIMS = ("curiosity", "humility", "patience", "honesty")
 
@@ -116,15 +118,7 @@ def assert_same_table(a: pd.DataFrame, b: pd.DataFrame, keys: list[str]) -> None
 
 def write_data(root) -> str:
     """A data directory with four persona dimensions: A/B questions (sweeps) and statements (profiles)."""
-    rows = []
-    for d in DIMS:
-        for direction in ("positive", "negative"):
-            for i in range(3):
-                rows.append({"id": f"{d}-{direction}-{i}", "statement": f"I am {d} {direction} {i}",
-                             "direction": direction, "label_confidence": 0.9, "label_confidence_integer": 5,
-                             "persona_dim": d, "stratify_by": f"{d}_{direction}"})
-    (root / "prompt-steering").mkdir(parents=True)
-    pd.DataFrame(rows).to_csv(root / "prompt-steering" / "steering_df.csv", index=False)
+    write_steering_df(root, DIMS)
     persona = root / "anthropic-evals" / "persona"
     persona.mkdir(parents=True)
     for sub in ("lm_generated_evals", "human_generated_evals"):

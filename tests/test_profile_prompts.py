@@ -18,7 +18,7 @@ from steerjax.errors import DataError
 from steerjax.profiles import data as pdata
 from steerjax.profiles import scoring
 from steerjax.profiles.templates import TEMPLATE_CATEGORIES, render_chat
-from tests.helpers import CHAT_TEMPLATE, tiered
+from tests.helpers import CHAT_TEMPLATE, tiered, write_steering_df
 
 # ----------------------------------------------------------------------------- the reference's strings, by hand
 
@@ -271,15 +271,7 @@ def test_smollm2_reference_prompts(smollm2):
 
 def _write_data(root, *, profiling=None):
     """Steering statements of two dimensions, persona statements, and optionally a profiling_df.csv."""
-    rows = []
-    for d in ("curiosity", "humility"):
-        for direction in ("positive", "negative"):
-            for i in range(3):
-                rows.append({"id": f"{d}-{direction}-{i}", "statement": f"{d} {direction} steering {i}",
-                             "direction": direction, "label_confidence": 0.9, "label_confidence_integer": 5,
-                             "persona_dim": d, "stratify_by": f"{d}_{direction}"})
-    (root / "prompt-steering").mkdir(parents=True)
-    pd.DataFrame(rows).to_csv(root / "prompt-steering" / "steering_df.csv", index=False)
+    write_steering_df(root, ("curiosity", "humility"), "{dim} {direction} steering {i}")
     persona = root / "anthropic-evals" / "persona"
     persona.mkdir(parents=True)
     for d in ("curiosity", "humility"):
