@@ -159,7 +159,8 @@ def load_tokenizer(path: str, reader=None):
     ``$STEERJAX_CACHE`` (default ``~/.cache/steerjax``), keyed by the file's path, size and mtime.
     transformers' GGUF conversion ignores ``tokenizer.ggml.add_bos_token`` (SmolLM2 sets it to
     False, as its HF tokenizer does not add BOS) and can name the wrong EOS token (SmolLM2: id 1
-    instead of 2); the file's own special-token ids and settings are applied.
+    instead of 2); the file's own special-token ids and settings are applied (read from ``reader``,
+    or from the file when it is not given).
     """
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -176,8 +177,8 @@ def load_tokenizer(path: str, reader=None):
         tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path))
     finally:
         hf_logging.set_verbosity(verbosity)
-    if reader is not None:
-        _apply_special_tokens(tok, reader)
+    # always the file's own settings: a tokenizer built without them (BOS added) must never be cached
+    _apply_special_tokens(tok, reader if reader is not None else open_reader(path))
     if cache:
         try:
             tmp = f"{cache}.tmp{os.getpid()}"
@@ -208,5 +209,5 @@ def _tokenizer_cache_dir(path: str) -> str | None:
     except OSError:
         return None
     root = os.environ.get("STEERJAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "steerjax")
-    key = hashlib.sha256(f"v2|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"v3|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     return os.path.join(root, "gguf-tokenizers", key)
