@@ -303,8 +303,7 @@ def _score(params, cfg, prompt, pvalid, comp, cvalid, table, onehot, mults, *, p
         pos = row_start[:, None] - 1 + jnp.arange(tc, dtype=jnp.int32)[None, :]
         out = forward(params, cfg, inputs, positions=pos, valid=in_valid, steering=steering(e, 2), prefix=pre.cache)
         lp, raw = token_scores(out.hidden, row_tokens)
-        keep = row_valid
-        sums = jnp.stack([jnp.sum(jnp.where(keep, x, 0.0), axis=-1) for x in (lp, raw)], axis=-1)
+        sums = jnp.stack([jnp.sum(jnp.where(row_valid, x, 0.0), axis=-1) for x in (lp, raw)], axis=-1)
         return sums.reshape(e, nv, nl, nm, 2, 2)
 
     if positions == "completion":  # one unsteered prompt per example, shared by all its rows

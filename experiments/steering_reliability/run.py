@@ -134,6 +134,7 @@ def main(argv=None):
     args = parse_args(argv)
     import steerjax
     from steerjax.data import load_dataset
+    from steerjax.errors import SteerjaxError
     from steerjax.metrics import (
         best_layer,
         bootstrap_ci,
@@ -230,8 +231,13 @@ def main(argv=None):
                    for s in SETTINGS}
             vecs = dict(raw, mean=np.mean(np.stack([raw[s] for s in SETTINGS]), axis=0))  # mean before rescaling
             if fmt.rescale_to_baseline:  # repepo: every vector to the baseline vector's norm
-                base = float(np.linalg.norm(raw["baseline"]))
-                vecs = {k: v * (base / float(np.linalg.norm(v))) for k, v in vecs.items()}
+                norms = {k: float(np.linalg.norm(v)) for k, v in vecs.items()}
+                zero = sorted(k for k, n in norms.items() if not n > 0)
+                if zero:  # rescaling would divide by zero: NaN vectors and a table of NaN, silently
+                    raise SteerjaxError(f"{name}: the {', '.join(zero)} vector(s) are zero at block {layer} "
+                                        "(positive and negative activations coincide); use another --layer or "
+                                        "more training examples")
+                vecs = {k: v * (norms["baseline"] / norms[k]) for k, v in vecs.items()}
             vecs = {k: {layer: v} for k, v in vecs.items()}
             for test in SETTINGS:
                 examples = load(name, splits["test"], preset["n_test"], test)
