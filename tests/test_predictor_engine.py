@@ -92,8 +92,9 @@ def test_make_concepts_picks_the_source(chat_model):
 def test_rollouts_table_shape_and_columns(model, concepts):
     strengths = [0.0, 0.5, 2.0]
     t = rollouts(model, PROMPTS, concepts, strengths, layer=LAYER, max_new_tokens=5, batch_size=8, progress=False)
-    assert list(t.columns) == ["prompt_id", "prompt", "concept", "layer", "strength", "multiplier", "seed", "text",
-                               "tokens", "n_tokens"]
+    assert list(t.columns) == ["prompt_id", "prompt", "concept", "layer", "strength", "multiplier", "scale", "seed",
+                               "text", "tokens", "n_tokens"]
+    assert (t.scale == "norm").all()
     assert len(t) == len(PROMPTS) * (1 + len(concepts) * len(strengths))
     assert (t.groupby("prompt_id").size() == 1 + len(concepts) * len(strengths)).all()
     none = t[t.concept == "none"]

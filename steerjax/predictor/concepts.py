@@ -2,13 +2,20 @@
 
 A :class:`Concept` is one steering direction at one block: a one-layer
 :class:`~steerjax.vectors.SteeringVector` whose metadata holds its ``source`` and
-``residual_norm``. Strengths are expressed relative to the residual stream: strength ``s`` gives
-the multiplier ``s * residual_norm / |v|``, so the added vector ``multiplier * v`` has norm
-``s * residual_norm`` whatever the vector's own norm (``residual_norm`` is the mean norm of the
-residual stream at that block over neutral prompts, see :func:`residual_norm`). ``s = 1`` thus
-adds a vector as long as a typical residual.
+``residual_norm``. A strength becomes the multiplier of the vector in one of two scales
+(:data:`SCALES`, :meth:`Concept.multiplier`):
 
-Three sources of vectors (:func:`make_concepts` picks one by name), all read with
+* ``"norm"`` (the default): strengths are relative to the residual stream: strength ``s`` gives
+  the multiplier ``s * residual_norm / |v|``, so the added vector ``multiplier * v`` has norm
+  ``s * residual_norm`` whatever the vector's own norm (``residual_norm`` is the mean norm of the
+  residual stream at that block over neutral prompts, see :func:`residual_norm`). ``s = 1`` thus
+  adds a vector as long as a typical residual.
+* ``"raw"``: the strength is the multiplier itself, ``alpha x v`` with the vector as estimated
+  (Fan et al. and their SteerBoost code: ``h + alpha * v`` on a grid of alphas 0.2, 0.4, ... 9.0).
+  The added norm then depends on the vector's norm, so a grid carries over between concepts only
+  when their vectors are alike (DiffMean vectors of one model, say).
+
+Four sources of vectors (:func:`make_concepts` picks one of the first two by name), all read with
 :func:`steerjax.vectors.read_activations`:
 
 * :func:`statement_concepts`: Anthropic persona statements, each dimension's against all
@@ -18,24 +25,31 @@ Three sources of vectors (:func:`make_concepts` picks one by name), all read wit
   (:func:`steerjax.vectors.train_vector`, data from ``$STEERJAX_DATA``); 135 dimensions.
 * :func:`text_concepts`: concept texts vs neutral texts, the difference of mean token activations
   (needs no data; works with token ids for models without a tokenizer).
+* :func:`concepts_from_examples`: example banks of positive and negative texts per concept (a
+  JSONL file, :func:`read_examples`), by DiffMean or a logistic-regression probe, as Fan et al.
+  build their 150 concepts (SteerBoost's banks load with
+  :func:`steerjax.predictor.sources.steerboost_examples`).
 
 Concepts are saved as a vector set (:func:`save_concepts`, one safetensors file).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from steerjax.data import batch
-from steerjax.errors import SteeringError, SteerjaxError
+from steerjax.errors import DataError, SteeringError, SteerjaxError
 from steerjax.steering import normalize_layer
 from steerjax.vectors import SteeringVector, mean_difference, read_activations
 
 UNSTEERED = "none"
 SOURCES = ("statements", "ab")
+SCALES = ("norm", "raw")
+EXAMPLE_METHODS = ("diffmean", "probe")
 
 NEUTRAL_PROMPTS: tuple[str, ...] = (
     "Tell me about your weekend plans.",
@@ -163,9 +177,25 @@ class Concept(SteeringVector):
     def norm(self) -> float:
         return float(np.linalg.norm(self.vector))
 
-    def multiplier(self, strength) -> np.ndarray | float:
-        """``strength * residual_norm / |v|``: the added vector has norm ``|strength| * residual_norm``."""
-        return np.asarray(strength, np.float64) * self.residual_norm / self.norm
+    def multiplier(self, strength, scale: str = "norm") -> np.ndarray | float:
+        """The factor of :attr:`vector` for ``strength`` in ``scale`` (see the module docstring):
+        ``strength * residual_norm / |v|`` for ``"norm"`` (the added vector has norm
+        ``|strength| * residual_norm``), ``strength`` itself for ``"raw"`` (alpha x the vector).
+
+        Raises:
+          SteerjaxError: an unknown ``scale``.
+        """
+        check_scale(scale)
+        s = np.asarray(strength, np.float64)
+        return s * 1.0 if scale == "raw" else s * self.residual_norm / self.norm
+
+
+def check_scale(scale) -> str:
+    """``scale`` if it is one of :data:`SCALES`; else a :class:`SteerjaxError` saying which exist."""
+    if scale not in SCALES:
+        raise SteerjaxError(f"scale={scale!r}: use 'norm' (strengths are fractions of the residual norm) or "
+                            "'raw' (strengths multiply the vector as estimated, alpha x v)")
+    return scale
 
 
 def select(concepts: Sequence[Concept], names: Sequence[str] | None) -> list[Concept]:
@@ -356,6 +386,191 @@ def persona_concepts(model, names: Sequence[str] | None = None, *, layer: int, n
                            progress=False)
         out.append(Concept(n, f"persona:{n}", vec.vectors[li], li, rnorm))
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Examples:
+    """One concept's example bank: texts (or token-id lists) that show the concept
+    (``positive``) and texts that do not (``negative``), and its abstraction ``level`` if known."""
+
+    positive: tuple
+    negative: tuple
+    level: str | None = None
+
+
+def read_examples(path_or_mapping) -> dict[str, Examples]:
+    """Example banks by concept name, from a JSONL file or a mapping.
+
+    The file has one JSON object per line (blank lines are skipped), in the order the concepts are
+    to be made::
+
+        {"concept": "emojis", "positive": ["Sure! 🎉 ...", ...], "negative": ["Sure. ...", ...], "level": "low"}
+
+    ``concept`` (a unique name, not ``"none"``), ``positive`` and ``negative`` (non-empty lists of
+    texts, or of token-id lists for a model without a tokenizer) are required; ``level`` (the
+    concept's abstraction level, used to stratify the seen/unseen split of
+    :func:`steerjax.predictor.evaluation.paper_evaluation`) is optional; other keys are ignored.
+    A mapping gives the same per name: ``{name: {"positive": [...], "negative": [...], "level": ...}}``,
+    ``{name: (positive, negative)}`` or ``{name: Examples(...)}``.
+
+    Raises:
+      DataError: the file is missing or a line is not a JSON object.
+      SteerjaxError: a missing field, an empty side (a concept needs at least one positive and
+        one negative example), a repeated or reserved name.
+    """
+    import json
+    import os
+
+    if isinstance(path_or_mapping, Mapping):
+        entries = []
+        for name, ex in path_or_mapping.items():
+            if isinstance(ex, Examples):
+                ex = {"positive": ex.positive, "negative": ex.negative, "level": ex.level}
+            elif isinstance(ex, (tuple, list)) and len(ex) == 2:
+                ex = {"positive": ex[0], "negative": ex[1]}
+            elif not isinstance(ex, Mapping):
+                raise SteerjaxError(f"example bank for {name!r} must be {{'positive': [...], 'negative': [...]}} or "
+                                    f"(positive, negative), got {type(ex).__name__}")
+            entries.append((f"concept {name!r}", {**ex, "concept": name}))
+        where = "the example banks"
+    else:
+        path = os.fspath(path_or_mapping)
+        if not os.path.isfile(path):
+            raise DataError(f"example bank file {path} does not exist: give a JSONL file with one "
+                            '{"concept": ..., "positive": [...], "negative": [...]} object per line')
+        entries = []
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{i} is not valid JSON ({e}): one JSON object per line") from e
+                if not isinstance(obj, dict):
+                    raise DataError(f"{path}:{i} is a {type(obj).__name__}, not a JSON object")
+                entries.append((f"{path}:{i}", obj))
+        where = path
+    if not entries:
+        raise SteerjaxError(f"{where} holds no concepts: give at least one example bank")
+    out: dict[str, Examples] = {}
+    for at, obj in entries:
+        missing = [k for k in ("concept", "positive", "negative") if k not in obj]
+        if missing:
+            raise SteerjaxError(f"{at}: missing {', '.join(map(repr, missing))} (each concept needs 'concept', "
+                                "'positive' and 'negative')")
+        name = obj["concept"]
+        if not isinstance(name, str) or not name or name == UNSTEERED:
+            raise SteerjaxError(f"{at}: concept name must be a non-empty string other than {UNSTEERED!r}, got {name!r}")
+        if name in out:
+            raise SteerjaxError(f"{at}: concept {name!r} is given twice")
+        sides = {}
+        for side in ("positive", "negative"):
+            items = obj[side]
+            if isinstance(items, str) or not isinstance(items, (list, tuple)):
+                raise SteerjaxError(f"{at}: {side!r} of concept {name!r} must be a list of texts, got "
+                                    f"{type(items).__name__}")
+            if len(items) == 0:
+                raise SteerjaxError(f"{at}: concept {name!r} has no {side} examples: an example bank needs at least "
+                                    "one positive and one negative text")
+            sides[side] = tuple(items)
+        level = obj.get("level")
+        out[name] = Examples(sides["positive"], sides["negative"], None if level is None else str(level))
+    return out
+
+
+def concepts_from_examples(model, path_or_mapping, *, layer: int, method: str = "diffmean",
+                           n_examples: int | None = None, norm_prompts=NEUTRAL_PROMPTS, chat: bool | None = False,
+                           probe_c: float = 1.0, batch_size: int = 16, mesh=None,
+                           progress: bool = True) -> list[Concept]:
+    """Concepts from example banks of positive and negative texts (Fan et al.'s construction).
+
+    Each text is read once, as SteerBoost reads it: the residual after block ``layer``, averaged
+    over the text's tokens but the first (plain text by default, ``chat=False``). Then per concept:
+
+    * ``method="diffmean"``: mean over positive texts minus mean over negative texts, unnormalised
+      (SteerBoost's ``DiffMean`` with its default ``normalize=False``);
+    * ``method="probe"``: the weight vector of scikit-learn's ``LogisticRegression`` (L2,
+      ``C=probe_c``, with an intercept) separating positive from negative texts, scaled to unit
+      norm. SteerBoost's ``LinearProbe`` differs: a bias-free linear layer trained by AdamW
+      (lr 0.005, weight decay 0.001, an L2 term on the weights) for 10 full-batch epochs from a
+      random initialisation, whose raw weights are the vector; that direction is not converged
+      and its norm is set by the optimiser, so it is not reproduced here. With ``scale="raw"``
+      rollouts, a probe concept's alpha is therefore the norm of the added vector.
+
+    Args:
+      model: a ``LanguageModel``.
+      path_or_mapping: a JSONL file or a mapping (:func:`read_examples`).
+      layer: the block (negative counts from the end).
+      n_examples: use the first ``n`` examples of each side (SteerBoost uses the first 50);
+        default all.
+      norm_prompts: prompts for each concept's ``residual_norm`` (:func:`residual_norm`, the
+        ``"norm"`` scale); ``None``: the mean token norm of the example texts themselves.
+      chat: encode examples as chat user messages (default plain text, as SteerBoost).
+      probe_c: inverse L2 strength of the probe.
+      mesh: as in :func:`steerjax.vectors.read_activations`.
+
+    Returns:
+      One :class:`Concept` per bank, in order, with source ``"examples:{method}"`` and metadata
+      ``method``, ``n_positive``, ``n_negative`` and ``level`` (when the bank has one).
+
+    Raises:
+      SteerjaxError: an unknown ``method``, a bad ``n_examples`` or a bad bank (:func:`read_examples`).
+    """
+    if method not in EXAMPLE_METHODS:
+        raise SteerjaxError(f"method={method!r}: use one of {EXAMPLE_METHODS}")
+    if n_examples is not None and (isinstance(n_examples, bool) or not isinstance(n_examples, (int, np.integer))
+                                   or n_examples < 1):
+        raise SteerjaxError(f"n_examples must be a positive int or None, got {n_examples!r}")
+    if not probe_c > 0:
+        raise SteerjaxError(f"probe_c must be > 0, got {probe_c!r}")
+    banks = read_examples(path_or_mapping)
+    li = normalize_layer(layer, model.config.num_layers)
+    texts, spans = [], {}
+    for name, ex in banks.items():
+        pos = list(ex.positive[:n_examples])
+        neg = list(ex.negative[:n_examples])
+        spans[name] = (len(texts), len(texts) + len(pos), len(texts) + len(pos) + len(neg))
+        texts += pos + neg
+    mean, norm = read_activations(model, batch.encode(model, texts, chat=chat), [li], reduce=("mean", "norm"),
+                                  skip_first=True, side="left", buckets=batch.ACTIVATIONS, batch_size=batch_size,
+                                  mesh=mesh, progress=progress, desc="example activations")
+    mean, norm = mean[:, 0].astype(np.float64), norm[:, 0].astype(np.float64)
+    if norm_prompts is None:
+        rnorm = float(norm.mean())
+    else:
+        rnorm = residual_norm(model, norm_prompts, li, batch_size=batch_size, mesh=mesh)
+    out = []
+    for name, (start, mid, end) in spans.items():
+        pos, neg = mean[start:mid], mean[mid:end]
+        vec = mean_difference(pos, neg) if method == "diffmean" else probe_weights(pos, neg, c=probe_c)
+        meta = {"method": method, "n_positive": mid - start, "n_negative": end - mid}
+        if banks[name].level is not None:
+            meta["level"] = banks[name].level
+        out.append(Concept(name, f"examples:{method}", vec, li, rnorm, meta))
+    return out
+
+
+def probe_weights(pos_acts, neg_acts, *, c: float = 1.0) -> np.ndarray:
+    """Unit weight vector of scikit-learn's L2 ``LogisticRegression(C=c)`` (with an intercept,
+    L-BFGS, float64) fitted to ``pos_acts`` (label 1) against ``neg_acts`` (label 0), two
+    ``[n, D]`` and ``[m, D]`` arrays that need not pair up (unlike
+    :func:`steerjax.vectors.probe_direction`, which centres each contrastive pair)."""
+    from sklearn.linear_model import LogisticRegression
+
+    pos = np.asarray(pos_acts, np.float64)
+    neg = np.asarray(neg_acts, np.float64)
+    if pos.ndim != 2 or neg.ndim != 2 or pos.shape[1] != neg.shape[1] or not len(pos) or not len(neg):
+        raise SteeringError(f"probe activations must be [n, D] and [m, D] with n, m >= 1, got {pos.shape} and "
+                            f"{neg.shape}")
+    x = np.concatenate([pos, neg])
+    y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
+    w = LogisticRegression(C=float(c), max_iter=1000).fit(x, y).coef_[0]
+    n = np.linalg.norm(w)
+    if not np.isfinite(n) or n == 0:
+        raise SteeringError("the probe found no direction (all weights zero): the positive and negative "
+                            "examples read the same at this block")
+    return (w / n).astype(np.float32)
 
 
 def save_concepts(path, concepts: Sequence[Concept]) -> None:

@@ -8,8 +8,17 @@ unsteered rows to a power of two (:func:`bucket_rows`), and prompts are left-pad
 
 Steered token positions (``positions``): ``"all"`` (default) steers the prompt and every generated
 token, as most activation-steering work does (CAA, steering-vectors' default); ``"generated"``
-steers only generated tokens (Fan et al. steer during generation; the first new token is then
-predicted from the unsteered prompt).
+steers only generated tokens (the first new token is then predicted from the unsteered prompt).
+SteerBoost (Fan et al.'s code) steers every position, prompt included: its hook adds ``alpha * v``
+to the block's output on the prompt pass and on every decoding step.
+
+Strength scale (``scale``, :data:`steerjax.predictor.concepts.SCALES`): ``"norm"`` (default)
+reads strengths as fractions of the residual norm, ``"raw"`` as alphas multiplying the vector as
+estimated (SteerBoost's ``h + alpha * v``). In both, a row's ``strength`` is the grid value as
+given and its ``multiplier`` the factor actually applied to the concept's vector (the added
+vector is ``multiplier * vector``), so ``multiplier == strength`` under ``"raw"``; the row's
+``scale`` column says which. Sampling (``temperature > 0``, ``top_p``) draws with ``seed + c``
+for chunk ``c``; SteerBoost samples at temperature 0.7 (:data:`steerjax.predictor.sources.STEERBOOST`).
 """
 
 from __future__ import annotations
@@ -24,12 +33,13 @@ import pandas as pd
 
 from steerjax.data.batch import encode
 from steerjax.errors import SteeringError, SteerjaxError
-from steerjax.predictor.concepts import UNSTEERED, Concept
+from steerjax.predictor.concepts import UNSTEERED, Concept, check_scale
 from steerjax.runs import RunDirectory, map_chunks
 from steerjax.steering.core import Steering, normalize_layer
 
 POSITIONS = ("all", "generated")
-COLUMNS = ("prompt_id", "prompt", "concept", "layer", "strength", "multiplier", "seed", "text", "tokens", "n_tokens")
+COLUMNS = ("prompt_id", "prompt", "concept", "layer", "strength", "multiplier", "scale", "seed", "text", "tokens",
+           "n_tokens")
 
 
 def rollouts(
@@ -45,6 +55,7 @@ def rollouts(
     positions: str = "all",
     temperature: float = 0.0,
     top_p: float = 1.0,
+    scale: str = "norm",
     chat: bool | None = None,
     progress: bool = True,
     run_dir: str | None = None,
@@ -57,14 +68,19 @@ def rollouts(
       prompts: texts (user messages, chat-formatted when the tokenizer has a template, see
         :func:`steerjax.data.batch.encode` with ``chat=None``), chats, or token-id lists.
       concepts: :class:`Concept` objects, all at block ``layer``, with distinct names.
-      strengths: fractions of the residual norm (see :mod:`steerjax.predictor.concepts`), one
-        grid for all concepts or ``{concept name: grid}``.
+      strengths: one grid for all concepts or ``{concept name: grid}``, in ``scale``. A grid may
+        hold a single strength (a run can be extended strength by strength); what needs two or
+        more is downstream: the strength-only baseline and the paper's evaluation
+        (:func:`steerjax.predictor.evaluation.paper_evaluation` refuses a single strength).
       layer: the steered block (negative counts from the end).
       max_new_tokens: tokens generated per row (rows stop at EOS; ``n_tokens`` counts up to it).
       seed: sampling seed; chunk ``c`` uses ``seed + c`` (recorded per row). With the default
         greedy decoding (``temperature=0``) rows do not depend on it nor on their batch.
       batch_size: rows per ``generate`` call (a short chunk is padded to a power of two).
       positions: ``"all"`` or ``"generated"`` (see the module docstring).
+      temperature, top_p: sampling (``temperature=0``: greedy, the default).
+      scale: ``"norm"`` (strengths are fractions of the residual norm) or ``"raw"`` (alphas
+        multiplying the vector as estimated); see the module docstring.
       run_dir: resumable run directory (:class:`steerjax.runs.RunDirectory`): finished chunks
         are kept, a run with another config is refused.
       mesh: a ``("data", "model")`` mesh for :func:`steerjax.generate` (rows over ``data``,
@@ -72,8 +88,8 @@ def rollouts(
 
     Returns:
       One row per prompt x (``"none"``, strength 0) then per concept x strength, in that order:
-      ``prompt_id, prompt, concept, layer, strength, multiplier, seed, text, tokens, n_tokens``
-      (``text`` is None without a tokenizer; ``tokens`` the new token ids up to EOS).
+      ``prompt_id, prompt, concept, layer, strength, multiplier, scale, seed, text, tokens,
+      n_tokens`` (``text`` is None without a tokenizer; ``tokens`` the new token ids up to EOS).
 
     Raises:
       SteerjaxError: empty prompts or concepts, non-finite strengths, bad options;
@@ -87,7 +103,7 @@ def rollouts(
     ids, labels = prompts_and_labels(model, prompts, chat)
     concepts = check_concepts(cfg, concepts, li)
     grid = strength_grid(concepts, strengths)
-    check_options(max_new_tokens, batch_size, positions, seed)
+    check_options(max_new_tokens, batch_size, positions, seed, scale=scale, temperature=temperature, top_p=top_p)
     jobs = [j for p in range(len(ids)) for j in [(p, None, 0.0)] + [(p, c, s) for c in concepts for s in grid[c.name]]]
     chunks = [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
 
@@ -98,12 +114,12 @@ def rollouts(
             "prompts_sha256": digest(ids), "concepts": concept_digests(concepts),
             "strengths": {k: [float(s) for s in v] for k, v in grid.items()},
             "max_new_tokens": int(max_new_tokens), "seed": int(seed), "batch_size": int(batch_size),
-            "positions": positions, "temperature": float(temperature), "top_p": float(top_p),
+            "positions": positions, "temperature": float(temperature), "top_p": float(top_p), "scale": scale,
         })
 
     def work(ci, chunk):
         size = bucket_rows(len(chunk), batch_size)
-        steering, mults = job_steering(cfg, chunk, li, size, positions)
+        steering, mults = job_steering(cfg, chunk, li, size, positions, scale=scale)
         rows = [ids[p] for p, _, _ in chunk] + [ids[chunk[0][0]]] * (size - len(chunk))
         out = generate(model, rows, steering=steering, max_new_tokens=int(max_new_tokens),
                        temperature=temperature, top_p=top_p, seed=int(seed) + ci, mesh=mesh)
@@ -112,7 +128,8 @@ def rollouts(
             n = int(out.lengths[r])
             records.append({
                 "prompt_id": p, "prompt": labels[p], "concept": UNSTEERED if c is None else c.name,
-                "layer": li, "strength": float(s), "multiplier": float(mults[r]), "seed": int(seed) + ci,
+                "layer": li, "strength": float(s), "multiplier": float(mults[r]), "scale": scale,
+                "seed": int(seed) + ci,
                 "text": None if out.texts is None else out.texts[r],
                 "tokens": [int(t) for t in out.tokens[r, :n]], "n_tokens": n,
             })
@@ -186,8 +203,10 @@ def strength_grid(concepts: Sequence[Concept], strengths) -> dict[str, list[floa
     return out
 
 
-def check_options(max_new_tokens, batch_size, positions, seed) -> None:
-    """Raise :class:`SteerjaxError` on a bad decoding length, batch size, ``positions`` or seed."""
+def check_options(max_new_tokens, batch_size, positions, seed, *, scale: str = "norm", temperature: float = 0.0,
+                  top_p: float = 1.0) -> None:
+    """Raise :class:`SteerjaxError` on a bad decoding length, batch size, ``positions``, seed,
+    ``scale``, ``temperature`` (``>= 0``) or ``top_p`` (in ``(0, 1]``)."""
     for name, v in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise SteerjaxError(f"{name} must be a positive int, got {v!r}")
@@ -195,17 +214,25 @@ def check_options(max_new_tokens, batch_size, positions, seed) -> None:
         raise SteerjaxError(f"positions={positions!r}: use one of {POSITIONS}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise SteerjaxError(f"seed must be an int, got {seed!r}")
+    check_scale(scale)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.number)) \
+            or not np.isfinite(temperature) or temperature < 0:
+        raise SteerjaxError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float, np.number)) or not 0 < top_p <= 1:
+        raise SteerjaxError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
-def job_steering(cfg, chunk, layer: int, rows: int, positions: str) -> tuple[Steering, np.ndarray]:
+def job_steering(cfg, chunk, layer: int, rows: int, positions: str, *,
+                 scale: str = "norm") -> tuple[Steering, np.ndarray]:
     """A per-example :class:`Steering` for ``(prompt, concept or None, strength)`` jobs, padded
-    to ``rows`` with unsteered rows; also the multipliers ``[rows]``."""
+    to ``rows`` with unsteered rows; also the multipliers ``[rows]`` (strengths in ``scale``,
+    :meth:`Concept.multiplier`)."""
     vecs = np.zeros((rows, cfg.hidden_size), np.float32)
     mults = np.zeros((rows,), np.float32)
     for r, (_, c, s) in enumerate(chunk):
         if c is not None:
             vecs[r] = c.vector
-            mults[r] = c.multiplier(s)
+            mults[r] = c.multiplier(s, scale)
     return Steering.create(cfg, {layer: vecs}, mults, positions=positions), mults
 
 
