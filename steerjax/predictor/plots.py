@@ -113,3 +113,64 @@ def search_tradeoff(sims: pd.DataFrame, path) -> str:
     ax.set_title("Guided strength search (unseen concepts and prompts)", fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     return save_figure(fig, path)
+
+
+BASELINE_STYLE = {"IGS": ("*", "#2f855a"), "CGS": ("s", "#c53030"), "TCGS": ("D", "#dd6b20"),
+                  "IGS-A": ("^", "#2b6cb0"), "IGS-D": ("v", "#319795")}
+
+
+def pareto_front(x, y) -> np.ndarray:
+    """Indices of the points no other point beats (fewer or equal ``x`` and more or equal ``y``,
+    one of them strictly), sorted by ``x``."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = [i for i in range(len(x)) if np.isfinite(x[i]) and np.isfinite(y[i]) and not any(
+        x[j] <= x[i] and y[j] >= y[i] and (x[j] < x[i] or y[j] > y[i]) for j in range(len(x)) if j != i)]
+    return np.asarray(sorted(keep, key=lambda i: (x[i], -y[i])), int)
+
+
+def strategy_tradeoff(summary: pd.DataFrame, path, *, title: str = "Strength search vs IGS") -> str:
+    """Success against decoded tokens, both relative to IGS, one panel per group.
+
+    Args:
+      summary: a :func:`steerjax.predictor.search.compare_strategies` table.
+      path: the image to write.
+
+    Returns:
+      The path written. Baselines are single markers; ``guided-*`` a line over its budgets ``R``;
+      ``threshold-*`` the non-dominated front over its (``R``, threshold) settings, as the
+      reference's ``pareto_front`` figure draws it. Dotted lines: the issue's targets (90% of
+      IGS's success at 25% of its tokens).
+    """
+    groups = list(dict.fromkeys(summary["group"]))
+    fig, axes = subplots(1, len(groups), figsize=(4.8 * len(groups), 3.8), squeeze=False)
+    others = ["#6b46c1", "#b83280", "#975a16", "#4a5568"]
+    for ax, grp in zip(axes[0], groups):
+        g = summary[(summary["group"] == grp) & (summary["items"] > 0)]
+        for name, (marker, colour) in BASELINE_STYLE.items():
+            row = g[g["strategy"] == name]
+            if len(row):
+                ax.plot(row["tokens_vs_igs"], row["success_vs_igs"], marker, color=colour, markersize=8,
+                        label=name, linestyle="none", zorder=5)
+        rest = [s for s in dict.fromkeys(g["strategy"]) if s not in BASELINE_STYLE]
+        for name, colour in zip(rest, others * (1 + len(rest) // len(others))):
+            s = g[g["strategy"] == name]
+            if name.startswith("threshold"):
+                front = s.iloc[pareto_front(s["tokens_vs_igs"], s["success_vs_igs"])]
+                ax.plot(front["tokens_vs_igs"], front["success_vs_igs"], ".-", color=colour, lw=1.2,
+                        label=f"{name} (front over R, t)")
+            else:
+                s = s.sort_values("max_rollouts")
+                ax.plot(s["tokens_vs_igs"], s["success_vs_igs"], "o-", color=colour, label=name)
+                for _, r in s.iterrows():
+                    ax.annotate(f"R={r['max_rollouts']:g}", (r["tokens_vs_igs"], r["success_vs_igs"]), fontsize=7,
+                                xytext=(4, -9), textcoords="offset points")
+        ax.axvline(0.25, ls=":", color="grey")
+        ax.axhline(0.9, ls=":", color="grey")
+        ax.set_xlim(0, max(1.05, float(np.nanmax(g["tokens_vs_igs"])) * 1.05 if len(g) else 1.05))
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("decoded tokens / IGS's")
+        ax.set_ylabel("success rate / IGS's")
+        n = int(g.loc[g["strategy"] == "IGS", "items"].sum())
+        ax.set_title(f"{title}: {grp} ({n} items)", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+    return save_figure(fig, path)

@@ -104,7 +104,7 @@ def _check_rollouts(max_rollouts) -> int:
     return int(max_rollouts)
 
 
-def simulate(features: pd.DataFrame, predictor: SteerabilityPredictor, *, strategy: str = "argmax",
+def simulate(features: pd.DataFrame, predictor: SteerabilityPredictor | None, *, strategy: str = "argmax",
              k: int, max_new_tokens: int, max_rollouts: int = 1, label_col: str = "label",
              proba: pd.DataFrame | None = None) -> pd.DataFrame:
     """Guided vs grid search over a labelled testbed, one row per (prompt, concept).
@@ -117,7 +117,7 @@ def simulate(features: pd.DataFrame, predictor: SteerabilityPredictor, *, strate
     ``guided_success``, ``grid_success`` (some candidate succeeds), token counts
     ``guided_tokens``, ``grid_tokens`` (every candidate decoded) and ``sequential_tokens`` (grid
     from the smallest strength, stopping at the first success). ``proba``: the predictor's
-    probabilities for ``features`` when already computed.
+    probabilities for ``features`` when already computed (``predictor`` is then not used).
     """
     max_rollouts = _check_rollouts(max_rollouts)
     need = {"prompt_id", "concept", "strength", label_col}
@@ -143,22 +143,8 @@ def simulate(features: pd.DataFrame, predictor: SteerabilityPredictor, *, strate
     return pd.DataFrame(rows)
 
 
-def cross_validated(table: pd.DataFrame, *, n_folds: int, k: int, max_new_tokens: int,
-                    strategies: Sequence[str] = STRATEGIES, max_rollouts: Sequence[int] = (1,),
-                    prompt_folds: int | None = None, prompt_holdout: float = 0.2, seed: int = 0,
-                    label_col: str = "label", **fit_kw) -> pd.DataFrame:
-    """Guided vs grid search for unseen concepts on unseen prompts.
-
-    Concepts are split by :func:`~steerjax.predictor.classifier.concept_folds`. Prompts: with
-    ``prompt_folds`` they are split into that many seeded folds too
-    (:func:`~steerjax.predictor.classifier.group_folds`) and every (concept fold,
-    prompt fold) cell is searched by a predictor fitted on the other concepts' rows of the other
-    prompts, so every (prompt, concept) pair is searched once; without it, one seeded split holds
-    out ``prompt_holdout`` of the prompts. The predictors use the features of the first ``k``
-    steps. One :func:`simulate` table for all cells, strategies and ``max_rollouts`` values,
-    with ``fold``, ``prompt_fold``, ``strategy`` and ``max_rollouts`` columns.
-    """
-    budgets = [_check_rollouts(r) for r in max_rollouts]
+def _cells(table: pd.DataFrame, n_folds: int, prompt_folds: int | None, prompt_holdout: float, seed: int):
+    """``(fold, prompt_fold, train mask, test mask)`` per cell of :func:`cross_validated`'s split."""
     pids = np.asarray(sorted(set(table["prompt_id"])))
     if prompt_folds is None:
         if not 0 < prompt_holdout < 1:
@@ -171,20 +157,62 @@ def cross_validated(table: pd.DataFrame, *, n_folds: int, k: int, max_new_tokens
         if not 2 <= prompt_folds <= len(pids):
             raise PredictorError(f"prompt_folds must be in 2..{len(pids)} (the prompts), got {prompt_folds}")
         groups = group_folds(pids, prompt_folds, seed, "prompts")
-    cols = feature_columns_of(table, max_step=k)
-    out = []
     for f, concepts in enumerate(concept_folds(table["concept"], n_folds, seed)):
         unseen = table["concept"].isin(concepts)
         for g, test_p in enumerate(groups):
             held = table["prompt_id"].isin(set(test_p.tolist()))
-            m = fit(table[~unseen & ~held], feature_columns=cols, label_col=label_col, seed=seed, **fit_kw)
-            test = table[unseen & held]
-            proba = m.predict_proba(test)
-            for strategy in strategies:
-                for r in budgets:
-                    sim = simulate(test, m, strategy=strategy, k=k, max_new_tokens=max_new_tokens,
-                                   max_rollouts=r, label_col=label_col, proba=proba)
-                    out.append(sim.assign(fold=f, prompt_fold=g, strategy=strategy, max_rollouts=r))
+            yield f, g, ~unseen & ~held, unseen & held
+
+
+def held_out_proba(table: pd.DataFrame, *, n_folds: int, k: int, prompt_folds: int | None = None,
+                   prompt_holdout: float = 0.2, seed: int = 0, label_col: str = "label", **fit_kw) -> pd.DataFrame:
+    """Class probabilities for unseen concepts on unseen prompts, one row per held-out row of ``table``.
+
+    The split is :func:`cross_validated`'s: concept folds by
+    :func:`~steerjax.predictor.classifier.concept_folds` times prompt folds (``prompt_folds``) or
+    one seeded hold-out of ``prompt_holdout`` of the prompts; each cell's rows are scored by a
+    predictor fitted on the other concepts' rows of the other prompts, with the features of the
+    first ``k`` steps. This is the probability table :func:`simulate_strategies` takes.
+
+    Returns:
+      A frame indexed like the held-out rows of ``table``: columns ``under-steer``, ``success``,
+      ``over-steer`` (0 for a class the cell's training rows lacked), ``fold`` and ``prompt_fold``.
+    """
+    cols = feature_columns_of(table, max_step=k)
+    out = []
+    for f, g, train, test in _cells(table, n_folds, prompt_folds, prompt_holdout, seed):
+        m = fit(table[train], feature_columns=cols, label_col=label_col, seed=seed, **fit_kw)
+        proba = m.predict_proba(table[test]).reindex(columns=list(LABELS), fill_value=0.0)
+        out.append(proba.assign(fold=f, prompt_fold=g))
+    return pd.concat(out)
+
+
+def cross_validated(table: pd.DataFrame, *, n_folds: int, k: int, max_new_tokens: int,
+                    strategies: Sequence[str] = STRATEGIES, max_rollouts: Sequence[int] = (1,),
+                    prompt_folds: int | None = None, prompt_holdout: float = 0.2, seed: int = 0,
+                    label_col: str = "label", **fit_kw) -> pd.DataFrame:
+    """Guided vs grid search for unseen concepts on unseen prompts.
+
+    Concepts are split by :func:`~steerjax.predictor.classifier.concept_folds`. Prompts: with
+    ``prompt_folds`` they are split into that many seeded folds too
+    (:func:`~steerjax.predictor.classifier.group_folds`) and every (concept fold,
+    prompt fold) cell is searched by a predictor fitted on the other concepts' rows of the other
+    prompts, so every (prompt, concept) pair is searched once; without it, one seeded split holds
+    out ``prompt_holdout`` of the prompts. The predictors use the features of the first ``k``
+    steps (:func:`held_out_proba`). One :func:`simulate` table for all cells, strategies and
+    ``max_rollouts`` values, with ``fold``, ``prompt_fold``, ``strategy`` and ``max_rollouts`` columns.
+    """
+    budgets = [_check_rollouts(r) for r in max_rollouts]
+    proba = held_out_proba(table, n_folds=n_folds, k=k, prompt_folds=prompt_folds, prompt_holdout=prompt_holdout,
+                           seed=seed, label_col=label_col, **fit_kw)
+    out = []
+    for (f, g), cell in proba.groupby(["fold", "prompt_fold"], sort=True):
+        test = table.loc[cell.index]
+        for strategy in strategies:
+            for r in budgets:
+                sim = simulate(test, None, strategy=strategy, k=k, max_new_tokens=max_new_tokens,
+                               max_rollouts=r, label_col=label_col, proba=cell[list(LABELS)])
+                out.append(sim.assign(fold=f, prompt_fold=g, strategy=strategy, max_rollouts=r))
     return pd.concat(out, ignore_index=True)
 
 
@@ -202,6 +230,393 @@ def summarize(sim: pd.DataFrame) -> dict:
         "mean_evaluated": float(sim["n_evaluated"].mean()),
         "mean_rollouts": float(sim["n_rollouts"].mean()),
     }
+
+
+# ----------------------------------------------------------------------------- the paper's baselines
+#
+# Fan et al.'s AlphaSearch (SteerBoost ``alphasearch.py``), replayed on one labelled table so
+# that every strategy is scored on the same (prompt, concept) items and the same rollouts.
+
+BASELINES = ("IGS", "CGS", "TCGS", "IGS-A", "IGS-D")
+THRESHOLD_ORDERS = ("ranked", "ascending")
+THRESHOLDS = tuple(round(0.02 * i, 2) for i in range(46))  # 0.00 .. 0.90, the reference's sweep
+MISSING_LABELS = ("error", "drop")
+
+
+def simulate_strategies(table: pd.DataFrame, proba: pd.DataFrame | None = None, *, k: int,
+                        test=None, train=None, groups=None, max_rollouts: Sequence[int] = (1,),
+                        guided: Sequence[str] = ("argmax",), thresholds: Sequence[float] = THRESHOLDS,
+                        threshold_orders: Sequence[str] = THRESHOLD_ORDERS, rollout_tokens: float | None = None,
+                        label_col: str = "label", missing_labels: str = "error") -> pd.DataFrame:
+    """Every strength-selection strategy replayed on a labelled table, one row per item and setting.
+
+    An item is one (prompt, concept) under evaluation; its grid is its rows' strengths (the
+    unsteered ``concept == "none"`` rows are not candidates and are ignored). A strategy's
+    *rollouts* are the full rollouts it decodes, each costing that row's ``n_tokens`` (or
+    ``rollout_tokens`` each); the predictor's *early tokens* are ``k`` per candidate it scores.
+    Success is the judge's ``success`` label at a decoded strength. Strategies (SteerBoost
+    ``alphasearch.py``; ties between strengths go to the smaller one, as its ascending alpha list
+    and stable sorts do):
+
+    * ``IGS``: item-level grid search, the upper bound: every strength of the item decoded; a
+      success if any is one (``compute_upper_bound``; cost ``K`` rollouts per prompt).
+    * ``CGS``: concept-level grid search, an oracle: per concept (and group), the one strength with
+      the most successes over the concept's evaluated prompts, applied to each of them; it needs the
+      whole grid of every evaluated prompt to choose, so its cost is the item's grid, as IGS's
+      (``setting2_concept_gs_test``; cost ``K``).
+    * ``TCGS``: per concept, the strength with the most successes over its ``train`` rows (other
+      prompts), one rollout per evaluated prompt (``setting1_concept_gs_train``, cost 1). The
+      training grid is not in ``tokens`` (the reference amortises it); its tokens, shared among
+      the concept's evaluated prompts, are in ``setup_tokens``. A concept with no ``train`` rows
+      (an unseen concept) has no TCGS: its items are not ``covered`` (the reference runs TCGS on
+      seen concepts only).
+    * ``IGS-A`` / ``IGS-D``: the grid in ascending / descending strength, stopping at the first
+      success (``setting5_ascending_ranked`` / ``setting5_descending_ranked`` with
+      ``evaluate_topk`` at budget ``K``: every strength if none succeeds).
+    * ``guided-argmax`` / ``guided-bisect``: :func:`rank_strengths` with that strategy (argmax
+      scores every candidate: the paper's ranked search by P(success), ``setting4_ours_ranked``),
+      then up to ``R`` rollouts down the ranking, stopping at the first success (``evaluate_topk``),
+      for each ``R`` in ``max_rollouts``.
+    * ``threshold-ranked``: every candidate scored; of the top ``R`` by P(success), only those with
+      P(success) >= ``t`` are decoded, best first, stopping at the first success; none passing
+      means no rollout and a failure (``evaluate_threshold_sweep``; "accept the best").
+    * ``threshold-ascending``: strengths scored one at a time upward; one with P(success) >= ``t``
+      is decoded; stop at the first success, after ``R`` rollouts, or at the grid's end ("accept
+      the first"; not in the reference, whose sweep is ``threshold-ranked``). Early tokens are ``k``
+      per strength scored, so it can cost less than ``threshold-ranked``.
+
+    Monotone in ``t``: for ``threshold-ranked``, success, rollouts and tokens never rise with ``t``
+    (the passing candidates are a prefix of the ranking); for ``threshold-ascending`` with ``R`` at
+    least the grid's size, success never rises (tokens may: a skipped early success makes it decode
+    further up).
+
+    A one-strength grid: every strategy decodes that strength (guided ones after scoring it), so
+    the comparison is trivial; a table where every item has one strength is refused.
+
+    Args:
+      table: one row per (``prompt_id``, ``concept``, ``strength``) with ``label_col`` (one of
+        ``LABELS``) and ``n_tokens`` (decoded tokens of that rollout) unless ``rollout_tokens``.
+      proba: class probabilities (columns ``LABELS``; a missing class is 0) for at least the
+        evaluated rows, indexed like ``table``: e.g. :func:`held_out_proba`, or a held-out
+        prediction table. Needed for the guided and threshold strategies only.
+      k: early tokens per candidate the predictor scores (its features' decoding steps).
+      test: the rows under evaluation (held-out prompts, unseen concepts): a boolean mask aligned
+        with ``table`` (Series or array); default: the rows ``proba`` covers, else every row.
+      train: rows TCGS may learn from; default: every row not in ``test``.
+      groups: a name per row, reported per group (e.g. ``"seen"`` / ``"unseen"``): a column name
+        of ``table`` or a Series / array aligned with it; default: one group ``"all"``.
+      max_rollouts: budgets ``R`` for the guided and threshold strategies.
+      guided: :data:`STRATEGIES` to run as guided search (empty: none).
+      thresholds: P(success) thresholds ``t`` (empty: no sweep).
+      threshold_orders: which threshold strategies (:data:`THRESHOLD_ORDERS`).
+      rollout_tokens: the cost of every full rollout, instead of each row's ``n_tokens`` (the
+        reference uses the mean steered response length).
+      missing_labels: ``"error"`` (default) refuses rows without a label; ``"drop"`` drops them,
+        so those strengths are not candidates (a CGS / TCGS choice missing from an item's grid
+        leaves that item uncovered). The reference counts a missing judgment as a failure.
+
+    Returns:
+      One row per (item, strategy, setting): ``group``, ``prompt_id``, ``concept``, ``strategy``,
+      ``max_rollouts`` and ``threshold`` (NaN where they do not apply), ``covered``, ``success``,
+      ``strength`` (the succeeding or last decoded one; NaN for none), ``rollouts``,
+      ``early_tokens``, ``rollout_tokens``, ``tokens`` (their sum) and ``setup_tokens``.
+      :func:`compare_strategies` summarises it.
+
+    Raises:
+      PredictorError: missing columns, labels (with ``missing_labels="error"``) or probabilities;
+        unknown labels, strategies or orders; duplicated rows; a bad budget, threshold or ``k``;
+        masks not aligned with ``table``; no rows to evaluate; every grid a single strength.
+    """
+    budgets = [_check_rollouts(r) for r in max_rollouts]
+    guided = list(guided)
+    for g in guided:
+        if g not in STRATEGIES:
+            raise PredictorError(f"unknown strategy {g!r}; choose one of {STRATEGIES}")
+    orders = list(threshold_orders) if len(thresholds) else []
+    for o in orders:
+        if o not in THRESHOLD_ORDERS:
+            raise PredictorError(f"unknown threshold order {o!r}; choose one of {THRESHOLD_ORDERS}")
+    ts = np.asarray(sorted({float(t) for t in thresholds}), float)
+    if ts.size and not (np.isfinite(ts).all() and (ts >= 0).all() and (ts <= 1).all()):
+        raise PredictorError(f"thresholds are probabilities in [0, 1], got {list(thresholds)}")
+    if int(k) != k or k < 0:
+        raise PredictorError(f"k (early tokens per scored candidate) must be a non-negative integer, got {k!r}")
+    rows, test, train, group = _strategy_rows(table, proba, test, train, groups, label_col, missing_labels,
+                                              rollout_tokens)
+    needs_proba = bool(guided or orders)
+    if needs_proba:
+        proba = _aligned_proba(proba, rows.index[test])
+    evaluated = rows[test].assign(_group=group[test])
+    cgs = _best_strengths(evaluated, ["_group", "concept"])
+    tcgs = _best_strengths(rows[train], ["concept"])
+    train_tokens = rows[train].groupby("concept")["_tokens"].sum()
+    n_items = evaluated.groupby("concept")["prompt_id"].nunique()
+    blocks = []
+    for (grp, pid, concept), item in evaluated.groupby(["_group", "prompt_id", "concept"], sort=True):
+        item = item.sort_values("strength")
+        s = item["strength"].to_numpy(float)
+        ok = item["_success"].to_numpy(bool)
+        tok = item["_tokens"].to_numpy(float)
+        mine = [{**_decode(s, ok, tok, np.arange(len(s)), stop=False), "strategy": "IGS"},
+                {**_decode(s, ok, tok, np.arange(len(s))), "strategy": "IGS-A"},
+                {**_decode(s, ok, tok, np.arange(len(s))[::-1]), "strategy": "IGS-D"},
+                {**_single(s, ok, tok, cgs.get((grp, concept)), grid_cost=True), "strategy": "CGS"}]
+        tc = _single(s, ok, tok, tcgs.get(concept), grid_cost=False)
+        if tc["covered"]:
+            tc["setup_tokens"] = float(train_tokens.get(concept, 0.0)) / n_items[concept]
+        mine.append({**tc, "strategy": "TCGS"})
+        if needs_proba:
+            p = proba.loc[item.index]
+            for strategy in guided:
+                ranking, scored = rank_strengths(s, p, strategy)
+                order = np.searchsorted(s, ranking)
+                mine += [{**_decode(s, ok, tok, order[:r], early=k * len(scored)), "strategy": f"guided-{strategy}",
+                          "max_rollouts": r} for r in budgets]
+            p_ok = p["success"].to_numpy(float)
+            for o in orders:
+                sweep = _ranked_sweep if o == "ranked" else _ascending_sweep
+                mine += [{**sweep(s, ok, tok, p_ok, r, ts, k), "strategy": f"threshold-{o}", "max_rollouts": r}
+                         for r in budgets]
+        blocks += [{"group": grp, "prompt_id": pid, "concept": concept, **m} for m in mine]
+    return _frame(blocks)
+
+
+def _strategy_rows(table, proba, test, train, groups, label_col, missing_labels, rollout_tokens):
+    """The steered rows checked, with ``_success`` and ``_tokens`` columns, and the test, train
+    and group Series (aligned with the rows)."""
+    from steerjax.predictor.concepts import UNSTEERED
+
+    if missing_labels not in MISSING_LABELS:
+        raise PredictorError(f"missing_labels must be one of {MISSING_LABELS}, got {missing_labels!r}")
+    need = {"prompt_id", "concept", "strength", label_col} | ({"n_tokens"} if rollout_tokens is None else set())
+    if need - set(table.columns):
+        lack = sorted(need - set(table.columns))
+        hint = " (or pass rollout_tokens=, the decoded tokens of one full rollout)" if "n_tokens" in lack else ""
+        raise PredictorError(f"the rollout table lacks {lack}{hint}")
+    if not table.index.is_unique:
+        raise PredictorError("the rollout table's index has duplicates: reset_index() it (masks and "
+                             "probabilities are matched by index)")
+    test = _mask(test, table, "test", default=None if proba is None else table.index.isin(proba.index))
+    train = _mask(train, table, "train", default=~test)
+    if isinstance(groups, str):
+        if groups not in table:
+            raise PredictorError(f"groups={groups!r} is not a column of the rollout table")
+        group = table[groups].astype(str)
+    elif groups is None:
+        group = pd.Series("all", index=table.index)
+    else:
+        group = _aligned(groups, table, "groups").astype(str)
+    steered = (table["concept"] != UNSTEERED).to_numpy()
+    rows = table[steered]
+    test, train, group = test[steered], train[steered], group[steered]
+    missing = rows[label_col].isna()
+    if missing.any():
+        if missing_labels == "error":
+            eg = rows.loc[missing, ["prompt_id", "concept", "strength"]].head(3).to_dict("records")
+            raise PredictorError(f"{int(missing.sum())} rollouts have no label, e.g. {eg}: label them, or pass "
+                                 "missing_labels='drop' to leave those strengths out of their items' grids")
+        rows, test, train, group = rows[~missing], test[~missing], train[~missing], group[~missing]
+    bad = sorted(set(rows[label_col].astype(str)) - set(LABELS))
+    if bad:
+        raise PredictorError(f"unknown labels {bad}; expected {LABELS}")
+    dup = rows.duplicated(["prompt_id", "concept", "strength"])
+    if dup.any():
+        eg = rows.loc[dup, ["prompt_id", "concept", "strength"]].head(3).to_dict("records")
+        raise PredictorError(f"{int(dup.sum())} duplicated (prompt_id, concept, strength) rows, e.g. {eg}: "
+                             "one rollout per strength")
+    if not np.isfinite(rows["strength"].to_numpy(float)).all():
+        raise PredictorError("strengths must be finite numbers")
+    if rollout_tokens is None:
+        tokens = rows["n_tokens"].to_numpy(float)
+    else:
+        if not (np.isfinite(rollout_tokens) and rollout_tokens > 0):
+            raise PredictorError(f"rollout_tokens must be a positive number, got {rollout_tokens!r}")
+        tokens = np.full(len(rows), float(rollout_tokens))
+    if not (np.isfinite(tokens).all() and (tokens >= 0).all()):
+        raise PredictorError("n_tokens must be non-negative token counts")
+    rows = rows.assign(_success=rows[label_col].astype(str).to_numpy() == "success", _tokens=tokens)
+    if not test.any():
+        raise PredictorError("no rows to evaluate: test= selects none (or proba covers no steered row)")
+    sizes = rows[test].groupby(["prompt_id", "concept"]).size()
+    if (sizes == 1).all():
+        raise PredictorError("every item's grid is a single strength: each strategy would decode that one strength "
+                             "and there is nothing to search; pass two or more strengths per (prompt, concept)")
+    gcount = pd.DataFrame({"g": group[test], "p": rows.loc[test, "prompt_id"], "c": rows.loc[test, "concept"]})
+    if (gcount.groupby(["p", "c"])["g"].nunique() > 1).any():
+        raise PredictorError("groups must name one group per (prompt_id, concept): its rows are one search")
+    return rows, test, train, group
+
+
+def _aligned(values, table, name):
+    if isinstance(values, pd.Series):
+        if not values.index.equals(table.index):
+            if not table.index.isin(values.index).all():
+                raise PredictorError(f"{name} does not cover the rollout table's index: align it with the table")
+            values = values.loc[table.index]
+        return values
+    values = np.asarray(values)
+    if values.shape != (len(table),):
+        raise PredictorError(f"{name} has shape {values.shape}, the rollout table {len(table)} rows: one value a row")
+    return pd.Series(values, index=table.index)
+
+
+def _mask(mask, table, name, default):
+    if mask is None:
+        return pd.Series(True, index=table.index) if default is None else pd.Series(np.asarray(default, bool),
+                                                                                    index=table.index)
+    mask = _aligned(mask, table, name)
+    if mask.dtype != bool:
+        raise PredictorError(f"{name} must be a boolean mask over the table's rows, got dtype {mask.dtype}")
+    return mask
+
+
+def _aligned_proba(proba, index):
+    if proba is None:
+        raise PredictorError("the guided and threshold strategies need proba= (class probabilities of the evaluated "
+                             "rows, e.g. held_out_proba(...)); pass guided=() and thresholds=() for the baselines only")
+    lack = index.difference(proba.index)
+    if len(lack):
+        raise PredictorError(f"proba lacks {len(lack)} evaluated rows (e.g. index {list(lack[:3])}): give every "
+                             "evaluated row its held-out probabilities, or restrict test=")
+    if "success" not in proba:
+        raise PredictorError("proba has no 'success' column: columns are the classes "
+                             f"{LABELS}, as SteerabilityPredictor.predict_proba gives them")
+    p = proba.loc[index].reindex(columns=list(LABELS), fill_value=0.0).astype(float)
+    if not np.isfinite(p.to_numpy()).all():
+        raise PredictorError("proba has non-finite values on evaluated rows")
+    return p
+
+
+def _best_strengths(rows: pd.DataFrame, by: list[str]) -> dict:
+    """Per ``by`` key, the strength with the most successes (the smaller on ties)."""
+    if rows.empty:
+        return {}
+    counts = rows.groupby(by + ["strength"])["_success"].sum().reset_index()
+    counts = counts.sort_values(by + ["_success", "strength"], ascending=[True] * len(by) + [False, True])
+    best = counts.drop_duplicates(by)
+    keys = best[by[0]] if len(by) == 1 else list(zip(*(best[c] for c in by)))
+    return dict(zip(keys, best["strength"].astype(float)))
+
+
+def _decode(s, ok, tok, order, *, stop=True, early=0):
+    """Decode ``order`` (indices into the grid) in turn, stopping at the first success if ``stop``.
+    ``strength``: the first success decoded, else the last strength decoded."""
+    order = np.asarray(order, int)
+    hit = np.flatnonzero(ok[order])
+    n = int(hit[0]) + 1 if stop and hit.size else len(order)
+    strength = s[order[hit[0]]] if hit.size else (s[order[n - 1]] if n else np.nan)
+    return {"covered": True, "success": bool(hit.size), "strength": float(strength), "rollouts": n,
+            "early_tokens": float(early), "rollout_tokens": float(tok[order[:n]].sum())}
+
+
+def _single(s, ok, tok, chosen, *, grid_cost):
+    """One chosen strength per item (CGS, TCGS); uncovered when there is no choice or the item lacks it."""
+    i = np.flatnonzero(s == chosen) if chosen is not None else np.array([], int)
+    if not i.size:
+        return {"covered": False, "success": False, "strength": np.nan, "rollouts": 0, "early_tokens": 0.0,
+                "rollout_tokens": 0.0}
+    i = int(i[0])
+    return {"covered": True, "success": bool(ok[i]), "strength": float(s[i]),
+            "rollouts": len(s) if grid_cost else 1, "early_tokens": 0.0,
+            "rollout_tokens": float(tok.sum() if grid_cost else tok[i])}
+
+
+def _ranked_sweep(s, ok, tok, p, r, ts, k):
+    """``threshold-ranked`` for every threshold: the top ``r`` by P(success), those >= t, best first."""
+    order = sorted(range(len(s)), key=lambda i: (-p[i], i))[:r]  # rank_strengths's order
+    order = np.asarray(order, int)
+    pass_n = (p[order][:, None] >= ts[None, :]).sum(0)  # a prefix: p falls along the ranking
+    hit = np.flatnonzero(ok[order])
+    first = int(hit[0]) if hit.size else len(order)
+    success = first < pass_n
+    n = np.where(success, first + 1, pass_n)
+    spent = np.concatenate([[0.0], np.cumsum(tok[order])])[n]
+    last = np.where(n > 0, s[order][np.maximum(n - 1, 0)], np.nan)
+    return {"threshold": ts, "covered": np.ones(ts.size, bool), "success": success, "strength": last,
+            "rollouts": n, "early_tokens": np.full(ts.size, float(k * len(s))), "rollout_tokens": spent}
+
+
+def _ascending_sweep(s, ok, tok, p, r, ts, k):
+    """``threshold-ascending`` for every threshold: score upward, decode those >= t, at most ``r``."""
+    passing = p[:, None] >= ts[None, :]  # (strength, threshold)
+    used = np.cumsum(passing, 0)
+    stop = passing & (ok[:, None] | (used >= r))  # a success, or the last rollout the budget allows
+    any_stop = stop.any(0)
+    at = np.where(any_stop, stop.argmax(0), len(s) - 1)  # the last strength scored
+    cols = np.arange(ts.size)
+    n = used[at, cols]
+    success = any_stop & ok[at] & passing[at, cols]
+    spent = np.cumsum(passing * tok[:, None], 0)[at, cols]
+    dec_idx = np.where(passing, np.arange(len(s))[:, None], -1)
+    last_i = np.maximum.accumulate(dec_idx, 0)[at, cols]
+    last = np.where(last_i >= 0, s[np.maximum(last_i, 0)], np.nan)
+    return {"threshold": ts, "covered": np.ones(ts.size, bool), "success": success, "strength": last,
+            "rollouts": n, "early_tokens": k * (at + 1.0), "rollout_tokens": spent}
+
+
+def _frame(blocks) -> pd.DataFrame:
+    cols = ["group", "prompt_id", "concept", "strategy", "max_rollouts", "threshold", "covered", "success",
+            "strength", "rollouts", "early_tokens", "rollout_tokens", "setup_tokens"]
+    defaults = {"max_rollouts": np.nan, "threshold": np.nan, "setup_tokens": 0.0}
+    lens = [max((np.size(v) for v in b.values() if isinstance(v, np.ndarray)), default=1) for b in blocks]
+    data = {}
+    for c in cols:
+        parts = []
+        for b, n in zip(blocks, lens):
+            v = b.get(c, defaults.get(c))
+            scalar = not isinstance(v, np.ndarray)
+            parts.append(np.full(n, v, dtype=object if isinstance(v, str) else None) if scalar else v)
+        data[c] = np.concatenate(parts) if parts else np.array([])
+    out = pd.DataFrame(data)
+    out = out.astype({"max_rollouts": float, "threshold": float, "covered": bool, "success": bool, "strength": float,
+                      "rollouts": int, "early_tokens": float, "rollout_tokens": float, "setup_tokens": float})
+    out["tokens"] = out["early_tokens"] + out["rollout_tokens"]
+    return out
+
+
+def compare_strategies(items: pd.DataFrame) -> pd.DataFrame:
+    """The tidy comparison: one row per (group, strategy, max_rollouts, threshold).
+
+    Args:
+      items: a :func:`simulate_strategies` table.
+
+    Returns:
+      Columns ``group``, ``strategy``, ``max_rollouts``, ``threshold``, ``items`` (covered),
+      ``uncovered``, ``success_rate``, ``tokens_per_item``, ``early_tokens_per_item``,
+      ``rollouts_per_item``, ``setup_tokens`` (total), and relative to IGS on the same items:
+      ``success_vs_igs`` (successes / IGS's successes; NaN when IGS has none) and
+      ``tokens_vs_igs`` (decoded tokens / IGS's; NaN when IGS decodes none).
+    """
+    need = {"group", "prompt_id", "concept", "strategy", "covered", "success", "tokens"}
+    if need - set(items.columns):
+        raise PredictorError(f"not a simulate_strategies table: lacks {sorted(need - set(items.columns))}")
+    key = ["group", "prompt_id", "concept"]
+    igs = items[items["strategy"] == "IGS"].set_index(key)[["success", "tokens"]]
+    if igs.empty:
+        raise PredictorError("the items have no IGS rows: relative figures are against IGS")
+    out = []
+    for (grp, strategy, r, t), g in items.groupby(["group", "strategy", "max_rollouts", "threshold"], sort=False,
+                                                  dropna=False):
+        cov = g[g["covered"]]
+        ref = igs.reindex(pd.MultiIndex.from_frame(cov[key]))
+        n = len(cov)
+        ref_ok, ref_tok = float(ref["success"].sum()), float(ref["tokens"].sum())
+        out.append({
+            "group": grp, "strategy": strategy, "max_rollouts": r, "threshold": t, "items": n,
+            "uncovered": int(len(g) - n),
+            "success_rate": float(cov["success"].mean()) if n else np.nan,
+            "tokens_per_item": float(cov["tokens"].mean()) if n else np.nan,
+            "early_tokens_per_item": float(cov["early_tokens"].mean()) if n else np.nan,
+            "rollouts_per_item": float(cov["rollouts"].mean()) if n else np.nan,
+            "setup_tokens": float(cov["setup_tokens"].sum()),
+            "success_vs_igs": float(cov["success"].sum()) / ref_ok if ref_ok else np.nan,
+            "tokens_vs_igs": float(cov["tokens"].sum()) / ref_tok if ref_tok else np.nan,
+        })
+    order = {name: i for i, name in enumerate(BASELINES)}
+    out = pd.DataFrame(out)
+    out["_o"] = out["strategy"].map(lambda x: order.get(x, len(order)))
+    out = out.sort_values(["group", "_o", "strategy", "max_rollouts", "threshold"], na_position="first")
+    return out.drop(columns="_o").reset_index(drop=True)
 
 
 def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept, strengths: Sequence[float], *,

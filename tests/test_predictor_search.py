@@ -1,0 +1,325 @@
+"""The paper's strength-search baselines (SteerBoost's ``alphasearch.py``: IGS, CGS, TCGS, IGS-A,
+IGS-D), the guided search and the P(success) threshold sweep, on hand-made rollout tables whose
+successes and decoded tokens are counted by hand in the comments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from steerjax.predictor import classifier, plots, search
+from steerjax.predictor.judge import LABELS
+
+U, S, OV = LABELS  # under-steer, success, over-steer
+GRID = (1.0, 2.0, 4.0, 8.0)
+
+
+def _table(items: dict, tokens=None) -> pd.DataFrame:
+    """``{(prompt_id, concept): labels over GRID}`` -> one row per strength; ``tokens(pid, strength)``
+    gives ``n_tokens`` (default ``10 * pid + {1: 5, 2: 6, 4: 7, 8: 8}[strength]``)."""
+    tokens = tokens or (lambda pid, s: 10 * pid + {1.0: 5, 2.0: 6, 4.0: 7, 8.0: 8}[s])
+    return pd.DataFrame([{"prompt_id": pid, "concept": c, "strength": s, "label": lab, "n_tokens": tokens(pid, s)}
+                         for (pid, c), labs in items.items() for s, lab in zip(GRID, labs)])
+
+
+def _pick(items, **where):
+    m = np.ones(len(items), bool)
+    for col, v in where.items():
+        m &= (items[col] == v).to_numpy() if not (isinstance(v, float) and np.isnan(v)) else items[col].isna()
+    assert m.sum() == 1, where
+    return items[m].iloc[0]
+
+
+def _hand_table():
+    # concept a: prompts 0, 1 train TCGS; prompts 2, 3 are evaluated. Concept b (no train rows): unseen.
+    t = _table({(0, "a"): [U, S, S, OV], (1, "a"): [U, U, S, OV],
+                (2, "a"): [U, S, OV, OV], (3, "a"): [U, U, U, S],
+                (2, "b"): [OV, OV, OV, OV], (3, "b"): [S, OV, OV, OV]})
+    t.loc[t["concept"] == "b", "n_tokens"] = 4
+    test = t["prompt_id"] >= 2
+    groups = np.where(t["concept"] == "a", "seen", "unseen")
+    return t, test, groups
+
+
+def test_baselines_by_hand():
+    t, test, groups = _hand_table()
+    items = search.simulate_strategies(t, k=3, test=test, groups=groups, guided=(), thresholds=())
+    assert set(items["strategy"]) == set(search.BASELINES) and len(items) == 4 * 5
+
+    def row(pid, concept, strategy):
+        return _pick(items, prompt_id=pid, concept=concept, strategy=strategy)
+
+    # IGS: the whole grid; a success if any. p2/a tokens 25+26+27+28, p3/a 35+..+38
+    assert tuple(row(2, "a", "IGS")[["success", "rollouts", "tokens"]]) == (True, 4, 106)
+    assert tuple(row(3, "a", "IGS")[["success", "rollouts", "tokens"]]) == (True, 4, 146)
+    assert tuple(row(2, "b", "IGS")[["success", "tokens"]]) == (False, 16)
+    # IGS-A stops at the first success going up: p2/a at 2 (25+26); p3/a only at 8 (all four)
+    assert tuple(row(2, "a", "IGS-A")[["success", "rollouts", "tokens", "strength"]]) == (True, 2, 51, 2.0)
+    assert tuple(row(3, "a", "IGS-A")[["success", "rollouts", "tokens", "strength"]]) == (True, 4, 146, 8.0)
+    assert tuple(row(3, "b", "IGS-A")[["success", "rollouts", "tokens"]]) == (True, 1, 4)
+    assert tuple(row(2, "b", "IGS-A")[["success", "rollouts", "tokens", "strength"]]) == (False, 4, 16, 8.0)
+    # IGS-D going down: p2/a 8 O, 4 O, 2 S (28+27+26); p3/a 8 S at once; p3/b only at the end
+    assert tuple(row(2, "a", "IGS-D")[["success", "rollouts", "tokens"]]) == (True, 3, 81)
+    assert tuple(row(3, "a", "IGS-D")[["success", "rollouts", "tokens"]]) == (True, 1, 38)
+    assert tuple(row(3, "b", "IGS-D")[["success", "rollouts", "tokens", "strength"]]) == (True, 4, 16, 1.0)
+    # CGS (oracle on the evaluated prompts): a's successes by strength 1:0 2:1 4:0 8:1 -> tie -> 2;
+    # b's 1:1 -> 1. Its cost is the whole grid of each evaluated prompt (IGS's)
+    assert tuple(row(2, "a", "CGS")[["success", "strength", "rollouts", "tokens"]]) == (True, 2.0, 4, 106)
+    assert tuple(row(3, "a", "CGS")[["success", "strength", "tokens"]]) == (False, 2.0, 146)
+    assert tuple(row(3, "b", "CGS")[["success", "strength"]]) == (True, 1.0)
+    # TCGS: a's training prompts succeed 1:0 2:1 4:2 8:0 -> 4; one rollout per prompt. The
+    # training grid (5+6+7+8 + 15+16+17+18 = 92 tokens) is shared by a's two evaluated prompts
+    for pid, tok in ((2, 27), (3, 37)):
+        r = row(pid, "a", "TCGS")
+        assert tuple(r[["covered", "success", "strength", "rollouts", "tokens", "setup_tokens"]]) == (
+            True, False, 4.0, 1, tok, 46.0)
+    assert not row(2, "b", "TCGS")["covered"] and not row(3, "b", "TCGS")["covered"]  # unseen: no TCGS
+
+    summary = search.compare_strategies(items).set_index(["group", "strategy"])
+    seen = summary.loc["seen"]
+    assert list(summary.loc["seen"].index) == list(search.BASELINES)
+    assert seen.loc["IGS", "success_rate"] == 1.0 and seen.loc["IGS", "tokens_per_item"] == 126
+    assert seen.loc["CGS", "success_vs_igs"] == 0.5 and seen.loc["CGS", "tokens_vs_igs"] == 1.0
+    assert seen.loc["IGS-A", "tokens_vs_igs"] == pytest.approx((51 + 146) / 252)
+    assert seen.loc["IGS-D", "tokens_vs_igs"] == pytest.approx((81 + 38) / 252)
+    assert seen.loc["IGS-D", "rollouts_per_item"] == 2.0
+    assert seen.loc["TCGS", "success_rate"] == 0.0 and seen.loc["TCGS", "setup_tokens"] == 92
+    assert seen.loc["TCGS", "tokens_vs_igs"] == pytest.approx((27 + 37) / 252)
+    unseen = summary.loc["unseen"]
+    assert unseen.loc["IGS", "success_rate"] == 0.5 and unseen.loc["CGS", "success_vs_igs"] == 1.0
+    assert unseen.loc["TCGS", "items"] == 0 and unseen.loc["TCGS", "uncovered"] == 2
+    assert np.isnan(unseen.loc["TCGS", "success_vs_igs"]) and np.isnan(unseen.loc["TCGS", "success_rate"])
+    # without a held-out split every row is evaluated: nothing is left to train TCGS on
+    every = search.simulate_strategies(t, k=3, guided=(), thresholds=())
+    assert not every.loc[every["strategy"] == "TCGS", "covered"].any()
+
+
+def _one_item():
+    # strengths 1 2 4 8: U U S O, 10 20 30 40 tokens, P(success) .1 .6 .5 .2
+    t = pd.DataFrame({"prompt_id": 0, "concept": "c", "strength": GRID, "label": [U, U, S, OV],
+                      "n_tokens": [10, 20, 30, 40]})
+    p = np.array([0.1, 0.6, 0.5, 0.2])
+    proba = pd.DataFrame({U: 1 - p, S: p, OV: 0.0}, index=t.index)
+    return t, proba
+
+
+def test_guided_and_threshold_sweeps_by_hand():
+    t, proba = _one_item()
+    items = search.simulate_strategies(t, proba, k=3, max_rollouts=(1, 2, 4), thresholds=(0.0, 0.45, 0.55, 0.7))
+
+    def row(strategy, r, thr=np.nan):
+        return tuple(_pick(items, strategy=strategy, max_rollouts=float(r), threshold=thr)[
+            ["success", "rollouts", "early_tokens", "tokens"]])
+
+    # ranking 2 (.6), 4 (.5), 8 (.2), 1 (.1); every candidate scored: 4 x 3 early tokens
+    assert row("guided-argmax", 1) == (False, 1, 12, 12 + 20)
+    assert row("guided-argmax", 2) == (True, 2, 12, 12 + 20 + 30)
+    assert row("guided-argmax", 4) == (True, 2, 12, 12 + 20 + 30)  # stops at the first success
+    # threshold-ranked (the reference's sweep): the top R, those with P >= t, best first
+    assert row("threshold-ranked", 2, 0.0) == (True, 2, 12, 62)
+    assert row("threshold-ranked", 2, 0.55) == (False, 1, 12, 32)  # only 2 passes
+    assert row("threshold-ranked", 2, 0.7) == (False, 0, 12, 12)  # none passes: no rollout, a failure
+    assert row("threshold-ranked", 1, 0.45) == (False, 1, 12, 32)  # the budget cuts 4 off
+    # threshold-ascending: score upward (3 tokens each), decode those with P >= t
+    assert row("threshold-ascending", 4, 0.0) == (True, 3, 9, 9 + 10 + 20 + 30)
+    assert row("threshold-ascending", 4, 0.45) == (True, 2, 9, 9 + 20 + 30)  # 1 skipped
+    assert row("threshold-ascending", 4, 0.55) == (False, 1, 12, 12 + 20)  # 2 decoded, 4 and 8 skipped
+    assert row("threshold-ascending", 4, 0.7) == (False, 0, 12, 12)
+    assert row("threshold-ascending", 1, 0.0) == (False, 1, 3, 3 + 10)  # the budget ends at 1
+    assert row("threshold-ascending", 2, 0.0) == (False, 2, 6, 6 + 10 + 20)
+    strength = _pick(items, strategy="threshold-ascending", max_rollouts=4.0, threshold=0.55)["strength"]
+    assert strength == 2.0  # the last decoded when none succeeds
+    assert np.isnan(_pick(items, strategy="threshold-ranked", max_rollouts=2.0, threshold=0.7)["strength"])
+
+
+def test_guided_matches_simulate_and_sweeps_are_monotone():
+    rng = np.random.default_rng(0)
+    strengths = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+    rows = [{"prompt_id": p, "concept": f"c{c}", "strength": s, "label": rng.choice(LABELS, p=(0.4, 0.25, 0.35)),
+             "n_tokens": 32} for c in range(4) for p in range(6) for s in strengths]
+    t = pd.DataFrame(rows)
+    raw = rng.dirichlet(np.ones(3), len(t))
+    proba = pd.DataFrame(raw, columns=list(LABELS), index=t.index)
+    ts = tuple(np.round(np.linspace(0, 1, 21), 2))
+    items = search.simulate_strategies(t, proba, k=2, max_rollouts=(1, 3, 6), guided=search.STRATEGIES,
+                                       thresholds=ts)
+    # guided search as simulate() counts it (every rollout max_new_tokens long)
+    for strategy in search.STRATEGIES:
+        for r in (1, 3):
+            sim = search.simulate(t, None, strategy=strategy, k=2, max_new_tokens=32, max_rollouts=r, proba=proba)
+            mine = items[(items["strategy"] == f"guided-{strategy}") & (items["max_rollouts"] == r)]
+            mine = mine.sort_values(["prompt_id", "concept"]).reset_index(drop=True)
+            sim = sim.sort_values(["prompt_id", "concept"]).reset_index(drop=True)
+            np.testing.assert_array_equal(mine["success"], sim["guided_success"])
+            np.testing.assert_array_equal(mine["tokens"], sim["guided_tokens"])
+            np.testing.assert_array_equal(mine["rollouts"], sim["n_rollouts"])
+    igs = items[items["strategy"] == "IGS"].sort_values(["prompt_id", "concept"])
+    sim = search.simulate(t, None, k=2, max_new_tokens=32, proba=proba).sort_values(["prompt_id", "concept"])
+    np.testing.assert_array_equal(igs["success"], sim["grid_success"])
+    np.testing.assert_array_equal(igs["tokens"], sim["grid_tokens"])
+    ia = items[items["strategy"] == "IGS-A"].sort_values(["prompt_id", "concept"])
+    np.testing.assert_array_equal(ia["tokens"], sim["sequential_tokens"])
+    key = ["prompt_id", "concept", "max_rollouts"]
+    ranked = items[items["strategy"] == "threshold-ranked"].sort_values(key + ["threshold"])
+    for _, g in ranked.groupby(key):  # per item and budget, nothing rises with t
+        for col in ("success", "rollouts", "tokens"):
+            assert (np.diff(g[col].astype(float)) <= 0).all(), col
+    # at t = 0 every candidate passes: threshold-ranked is guided-argmax
+    at0 = ranked[ranked["threshold"] == 0].set_index(key)
+    arg = items[items["strategy"] == "guided-argmax"].set_index(key)
+    pd.testing.assert_frame_equal(at0[["success", "rollouts", "tokens"]], arg.loc[at0.index][
+        ["success", "rollouts", "tokens"]])
+    asc = items[(items["strategy"] == "threshold-ascending") & (items["max_rollouts"] == 6)]
+    for _, g in asc.sort_values("threshold").groupby(["prompt_id", "concept"]):
+        assert (np.diff(g["success"].astype(int)) <= 0).all()
+    assert (items.loc[items["strategy"] == "threshold-ascending", "early_tokens"] <= 2 * len(strengths)).all()
+    # the summary's rates fall with t too
+    summary = search.compare_strategies(items)
+    sweep = summary[(summary["strategy"] == "threshold-ranked") & (summary["max_rollouts"] == 3)]
+    assert (np.diff(sweep.sort_values("threshold")["success_rate"]) <= 0).all()
+    assert len(summary) == 5 + 2 * 3 + 2 * 3 * len(ts)
+
+
+def test_relative_to_igs_counts_the_same_items():
+    # three items; IGS succeeds on the first two (100 and 50 tokens) and not the third (30)
+    items = pd.DataFrame({
+        "group": "g", "prompt_id": [0, 1, 2] * 2, "concept": "c", "strategy": ["IGS"] * 3 + ["X"] * 3,
+        "max_rollouts": np.nan, "threshold": np.nan, "covered": [True] * 4 + [True, False],
+        "success": [True, True, False, True, False, True], "rollouts": [3, 3, 3, 1, 1, 0],
+        "early_tokens": [0.0] * 3 + [5.0, 5.0, 0.0], "tokens": [100.0, 50.0, 30.0, 25.0, 15.0, 0.0],
+        "setup_tokens": 0.0})
+    s = search.compare_strategies(items).set_index("strategy")
+    # X covers items 0 and 1: 1 success of IGS's 2 there, 40 tokens of IGS's 150
+    assert s.loc["X", "items"] == 2 and s.loc["X", "uncovered"] == 1
+    assert s.loc["X", "success_rate"] == 0.5 and s.loc["X", "success_vs_igs"] == 0.5
+    assert s.loc["X", "tokens_vs_igs"] == pytest.approx(40 / 150) and s.loc["X", "tokens_per_item"] == 20
+    assert s.loc["X", "early_tokens_per_item"] == 5
+    assert s.loc["IGS", "success_rate"] == pytest.approx(2 / 3) and s.loc["IGS", "success_vs_igs"] == 1.0
+    # IGS with no success: relative success is undefined, not 0 or infinity
+    none = items.assign(success=False)
+    assert np.isnan(search.compare_strategies(none).set_index("strategy").loc["X", "success_vs_igs"])
+    with pytest.raises(classifier.PredictorError, match="no IGS rows"):
+        search.compare_strategies(items[items["strategy"] == "X"])
+    with pytest.raises(classifier.PredictorError, match="not a simulate_strategies table"):
+        search.compare_strategies(items.drop(columns=["covered"]))
+
+
+def test_single_strength_grids_and_missing_labels():
+    t, test, groups = _hand_table()
+    one = t[t["strength"] == 2.0]
+    with pytest.raises(classifier.PredictorError, match="single strength"):
+        search.simulate_strategies(one, k=1, guided=(), thresholds=())
+    # one item with a single strength among others: every strategy decodes that strength (trivial)
+    t2, proba = _one_item()
+    extra = pd.DataFrame({"prompt_id": 1, "concept": "c", "strength": [2.0], "label": [S], "n_tokens": [7]})
+    both = pd.concat([t2, extra], ignore_index=True)
+    pb = pd.concat([proba, pd.DataFrame({U: [0.9], S: [0.1], OV: [0.0]})], ignore_index=True)
+    items = search.simulate_strategies(both, pb, k=3, max_rollouts=(2,), thresholds=(0.0, 0.5))
+    single = items[(items["prompt_id"] == 1) & items["covered"]]
+    assert set(single["strategy"]) - {"TCGS"} == set(items["strategy"]) - {"TCGS"}
+    tried = single[single["rollouts"] > 0]
+    assert (tried["strength"] == 2.0).all() and tried["success"].all()
+    assert (tried["rollout_tokens"] == 7).all()
+    # (t = 0.5 with P(success) 0.1: the threshold strategies decode nothing and fail)
+    assert not single[(single["threshold"] == 0.5)]["success"].any()
+
+    missing = t.astype({"label": object})
+    missing.loc[(missing["prompt_id"] == 2) & (missing["concept"] == "a") & (missing["strength"] == 2.0),
+                "label"] = None
+    with pytest.raises(classifier.PredictorError, match="1 rollouts have no label.*missing_labels='drop'"):
+        search.simulate_strategies(missing, k=3, test=test, guided=(), thresholds=())
+    dropped = search.simulate_strategies(missing, k=3, test=test, groups=groups, guided=(), thresholds=(),
+                                         missing_labels="drop")
+    r = _pick(dropped, prompt_id=2, concept="a", strategy="IGS-A")
+    # p2/a's grid is now 1 4 8 (U O O): no success, 25+27+28 tokens
+    assert tuple(r[["success", "rollouts", "tokens"]]) == (False, 3, 80)
+    # CGS for a now picks 8 (the only success, p3): p2's grid still has it
+    assert _pick(dropped, prompt_id=2, concept="a", strategy="CGS")["strength"] == 8.0
+    with pytest.raises(classifier.PredictorError, match="missing_labels must be"):
+        search.simulate_strategies(missing, k=3, missing_labels="guess")
+
+
+def test_dropped_choice_leaves_the_item_uncovered():
+    t, test, groups = _hand_table()
+    # TCGS picks 4 for a; without p3's rollout at 4 that item has no TCGS result
+    gone = t.drop(t.index[(t["prompt_id"] == 3) & (t["concept"] == "a") & (t["strength"] == 4.0)])
+    items = search.simulate_strategies(gone, k=1, test=test[gone.index], guided=(), thresholds=())
+    assert not _pick(items, prompt_id=3, concept="a", strategy="TCGS")["covered"]
+    assert _pick(items, prompt_id=2, concept="a", strategy="TCGS")["covered"]
+
+
+def test_bad_input():
+    t, test, groups = _hand_table()
+    t1, proba = _one_item()
+    err = classifier.PredictorError
+    with pytest.raises(err, match="need proba="):
+        search.simulate_strategies(t1, k=1)
+    with pytest.raises(err, match="proba lacks 1 evaluated rows"):
+        search.simulate_strategies(t1, proba.iloc[:3], k=1, test=np.ones(4, bool))
+    with pytest.raises(err, match="'success' column"):
+        search.simulate_strategies(t1, proba.drop(columns=[S]), k=1)
+    with pytest.raises(err, match="lacks \\['n_tokens'\\].*rollout_tokens="):
+        search.simulate_strategies(t1.drop(columns=["n_tokens"]), proba, k=1)
+    fixed = search.simulate_strategies(t1.drop(columns=["n_tokens"]), proba, k=1, rollout_tokens=100,
+                                       thresholds=())
+    assert _pick(fixed, strategy="IGS")["tokens"] == 400
+    with pytest.raises(err, match="rollout_tokens must be"):
+        search.simulate_strategies(t1, proba, k=1, rollout_tokens=0)
+    with pytest.raises(err, match="duplicated"):
+        search.simulate_strategies(pd.concat([t1, t1.iloc[:1]], ignore_index=True), k=1, guided=(), thresholds=())
+    with pytest.raises(err, match="unknown labels"):
+        search.simulate_strategies(t1.assign(label="great"), proba, k=1)
+    with pytest.raises(err, match="unknown threshold order"):
+        search.simulate_strategies(t1, proba, k=1, threshold_orders=("random",))
+    with pytest.raises(err, match="unknown strategy"):
+        search.simulate_strategies(t1, proba, k=1, guided=("random",))
+    with pytest.raises(err, match="thresholds are probabilities"):
+        search.simulate_strategies(t1, proba, k=1, thresholds=(1.5,))
+    with pytest.raises(err, match="max_rollouts"):
+        search.simulate_strategies(t1, proba, k=1, max_rollouts=(0,))
+    with pytest.raises(err, match="k \\(early tokens"):
+        search.simulate_strategies(t1, proba, k=-1)
+    with pytest.raises(err, match="shape"):
+        search.simulate_strategies(t, k=1, test=test.to_numpy()[:3], guided=(), thresholds=())
+    with pytest.raises(err, match="boolean mask"):
+        search.simulate_strategies(t, k=1, test=t["prompt_id"], guided=(), thresholds=())
+    with pytest.raises(err, match="no rows to evaluate"):
+        search.simulate_strategies(t, k=1, test=np.zeros(len(t), bool), guided=(), thresholds=())
+    with pytest.raises(err, match="one group per"):
+        search.simulate_strategies(t, k=1, groups=np.arange(len(t)), guided=(), thresholds=())
+    with pytest.raises(err, match="not a column"):
+        search.simulate_strategies(t, k=1, groups="split", guided=(), thresholds=())
+    # the unsteered rows are not candidates
+    none = pd.DataFrame({"prompt_id": [0], "concept": ["none"], "strength": [0.0], "label": [U], "n_tokens": [9]})
+    with_none = pd.concat([t, none], ignore_index=True)
+    items = search.simulate_strategies(with_none, k=1, guided=(), thresholds=())
+    assert "none" not in set(items["concept"])
+
+
+def test_held_out_proba_scores_every_pair_once_and_feeds_the_comparison():
+    from tests.test_predictor import synthetic_features
+
+    table = synthetic_features(n_concepts=4, n_prompts=4).assign(n_tokens=24)
+    proba = search.held_out_proba(table, n_folds=2, k=1, prompt_folds=2, iterations=20, depth=3)
+    assert proba.index.sort_values().equals(table.index)  # every row held out exactly once
+    assert set(proba["fold"]) == {0, 1} and set(proba["prompt_fold"]) == {0, 1}
+    np.testing.assert_allclose(proba[list(LABELS)].sum(axis=1), 1.0, atol=1e-6)
+    summary = search.compare_strategies(search.simulate_strategies(table, proba, k=1, max_rollouts=(1, 2),
+                                                                   thresholds=(0.0, 0.5)))
+    got = summary.set_index(["strategy", "max_rollouts", "threshold"])
+    assert got.loc[("IGS", np.nan, np.nan), "tokens_per_item"] == 5 * 24
+    guided = got.loc[("guided-argmax", 1.0, np.nan)]
+    assert guided["tokens_per_item"] == 5 * 1 + 24 and guided["tokens_vs_igs"] == pytest.approx(29 / 120)
+    assert 0 <= guided["success_vs_igs"] <= 1
+
+
+def test_pareto_front_and_tradeoff_plot(tmp_path):
+    front = plots.pareto_front([1, 2, 2, 3, 0.5, np.nan], [0.5, 0.9, 0.8, 0.9, 0.2, 1.0])
+    assert list(front) == [4, 0, 1]  # (2, .8) and (3, .9) are beaten; NaN is left out
+    t, test, groups = _hand_table()
+    proba = pd.DataFrame({U: 0.3, S: np.linspace(0, 1, len(t)), OV: 0.0}, index=t.index)
+    items = search.simulate_strategies(t, proba, k=1, test=test, groups=groups, max_rollouts=(1, 2),
+                                       thresholds=(0.0, 0.5))
+    path = plots.strategy_tradeoff(search.compare_strategies(items), tmp_path / "tradeoff.png")
+    assert (tmp_path / "tradeoff.png").stat().st_size > 1000 and path.endswith("tradeoff.png")
