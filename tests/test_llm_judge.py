@@ -395,3 +395,53 @@ def test_bad_input(tmp_path, monkeypatch):
         j(no_text)
     with pytest.raises(JudgeError, match="empty"):
         j(table().iloc[:0])
+
+
+def test_model_responder_checks_requests():
+    """The model server's request checks (no model call: a stand-in with a tokenizer)."""
+    from types import SimpleNamespace
+
+    from steerjax.serve import ModelResponder, RequestError
+
+    r = ModelResponder(SimpleNamespace(tokenizer=object(), source="stub"), max_tokens=32)
+    msgs, opts = r.parse({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
+                                                                    {"type": "text", "text": "b"}]}]})
+    assert msgs == [{"role": "user", "content": "ab"}]
+    assert opts == {"max_new_tokens": 32, "temperature": 1.0, "top_p": 1.0, "seed": 0}
+    assert r.parse({"messages": msgs, "temperature": 0, "max_completion_tokens": 5, "seed": 7})[1] == \
+        {"max_new_tokens": 5, "temperature": 0.0, "top_p": 1.0, "seed": 7}
+    assert r.parse({"messages": msgs})[1]["seed"] == 1  # unseeded requests take the next seed
+    for bad, why in [({}, "non-empty list"), ({"messages": [{"content": "x"}]}, "a 'role'"),
+                     ({"messages": msgs, "n": 2}, "n=1"), ({"messages": msgs, "stream": True}, "stream"),
+                     ({"messages": msgs, "temperature": 3}, "temperature"), ({"messages": msgs, "max_tokens": 10**6},
+                                                                            "max_tokens"),
+                     ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "only text parts")]:
+        with pytest.raises(RequestError, match=why):
+            r.parse(bad)
+    reply = r({"messages": []})
+    assert reply.status == 400 and "non-empty list" in reply.body["error"]["message"]
+    with pytest.raises(Exception, match="has no tokenizer"):
+        ModelResponder(SimpleNamespace(tokenizer=None, source="stub"))
+
+
+def test_server_routes_and_key():
+    import urllib.error
+    import urllib.request
+
+    with ChatServer(by_word, api_key="k", model_name="judge") as server:
+        def get(path, key="k", data=None):
+            req = urllib.request.Request(server.url + path, data=data, headers={"Authorization": f"Bearer {key}"})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as f:
+                    return f.status, json.loads(f.read())
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+
+        assert get("/models") == (200, {"object": "list", "data": [
+            {"id": "judge", "object": "model", "created": 0, "owned_by": "steerjax"}]})
+        assert get("/models", key="bad")[0] == 401
+        status, body = get("/nowhere")
+        assert status == 404 and body["error"]["code"] == "not_found"
+        status, body = get("/chat/completions", data=b"{not json")
+        assert status == 400 and "JSON object" in body["error"]["message"]
+        assert server.requests == 1  # only the chat route counts

@@ -36,7 +36,8 @@ Configuration, from arguments or the environment:
 Failures: 429, 408, 409 and 5xx replies, timeouts and connection errors are retried with
 exponential backoff (``backoff * 2**attempt`` seconds, at most ``max_backoff``; the server's
 ``Retry-After`` instead when it sends one, also at most ``max_backoff``), at most ``max_retries``
-retries per request. An endpoint still unreachable
+retries per request (with the defaults an endpoint that refuses connections is reported after
+about 31 s; pass ``max_retries`` / ``backoff`` to fail sooner). An endpoint still unreachable
 after them, or a reply that cannot be fixed by waiting (401 wrong key, 403, 404 wrong URL or
 model, 400 refused request), stops the run with one :class:`~steerjax.errors.JudgeError` naming the
 URL: no labels are returned, and the answers received before the failure stay in the cache (a
