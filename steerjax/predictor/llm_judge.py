@@ -364,9 +364,9 @@ class LLMJudge:
         for label, v, low in (("max_retries", max_retries, 0), ("concurrency", concurrency, 1)):
             if not isinstance(v, int) or v < low:
                 raise JudgeError(f"{label} must be an int >= {low}, got {v!r}")
-        for label, v in (("backoff", backoff), ("max_backoff", max_backoff), ("timeout", timeout)):
-            if not (np.isfinite(v) and v >= 0):
-                raise JudgeError(f"{label} must be >= 0 seconds, got {v}")
+        for label, v, low in (("backoff", backoff, 0), ("max_backoff", max_backoff, 0), ("timeout", timeout, 1e-3)):
+            if not (np.isfinite(v) and v >= low):
+                raise JudgeError(f"{label} must be >= {low:g} seconds, got {v}")
         self.temperature, self.max_tokens, self.json_mode = temperature, max_tokens, bool(json_mode)
         self.max_retries, self.backoff, self.max_backoff = max_retries, float(backoff), float(max_backoff)
         self.timeout, self.concurrency, self.progress = float(timeout), concurrency, progress
@@ -412,6 +412,7 @@ class LLMJudge:
             request (wrong key, URL, model or parameters).
           _Malformed: the reply is not a chat completion.
         """
+        client = self.client()  # first: a clear error when openai is missing
         import openai
 
         stop = stop or threading.Event()
@@ -422,7 +423,6 @@ class LLMJudge:
             params["max_tokens"] = self.max_tokens
         if self.json_mode:
             params["response_format"] = {"type": "json_object"}
-        client = self.client()
         for attempt in range(self.max_retries + 1):
             if stop.is_set():
                 raise _Cancelled()
