@@ -158,7 +158,7 @@ def synthetic_features(n_concepts=10, n_prompts=12, strengths=(0.5, 1, 2, 4, 8),
                 label = "under-steer" if effect < 1 else "success" if effect < 4 else "over-steer"
                 rows.append({"prompt_id": p, "concept": f"c{c}", "strength": float(s),
                              "kl_next_k1": effect + rng.normal(0, 0.2), "cos_L3_k1": 1 - effect / 10,
-                             "noise_L2_k2": rng.normal(), "label": label})
+                             "diff_norm_L2_k2": rng.normal(), "label": label})  # noise
     return pd.DataFrame(rows)
 
 

@@ -180,7 +180,7 @@ STEPS = (1, 2, 4)
 
 def test_feature_columns_and_zero_strength(model, concepts):
     table, tokens = early_features(model, PROMPTS, concepts, [0.0, 1.0], layer=LAYER, steps=STEPS, batch_size=5)
-    cols = feature_columns(model.config, STEPS)
+    cols = feature_columns(model.config, STEPS, layer=LAYER)
     assert list(table.columns) == ["prompt_id", "concept", "strength", "multiplier", *cols]
     assert len(table) == len(PROMPTS) * len(concepts) * 2 and tokens.shape == (len(table), 4)
     assert "cos_L2_k4" in cols and "kl_next_k2" in cols and f"lens_kl_L{lens_layers(model.config)[0]}_k1" in cols

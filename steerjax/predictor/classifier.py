@@ -2,10 +2,17 @@
 
 :func:`evaluate` runs cross-validation with folds grouped by concept (every concept is tested
 by a model that never saw it) and reports macro-F1, per-class F1 and the confusion matrix, next
-to two baselines: the majority class and a model that sees only the steering strength
-(``multiplier-only``). :func:`importance_by_layer_and_step` says which layers and decoding steps
-carry the signal. :class:`SteerabilityPredictor` is the fitted model, saved as CatBoost's own
-``.cbm`` file plus a JSON of its feature columns and classes.
+to baselines: the majority class and models that see only the steering strength
+(``strength-only``) or the multiplier (``multiplier-only``). :func:`importance_by_layer_and_step`
+says which layers and decoding steps carry the signal. :class:`SteerabilityPredictor` is the
+fitted model, saved as CatBoost's own ``.cbm`` file plus a JSON of its feature columns and classes.
+
+Features are chosen by named set (:data:`steerjax.predictor.features.FEATURE_SETS`): the default
+everywhere, :data:`~steerjax.predictor.features.DEFAULT_FEATURE_SET` (``steerboost+steerjax``), is
+judge-independent; the ``judge-aware`` set (``read_nll``, ``concept_read``, which replay the
+hidden-state judge) is used only when named. :func:`ablation` scores each set alone and combined
+on the same concept folds. ``strength`` (the knob, known when choosing) is in every set; the
+``multiplier`` column is an id (SteerBoost's alpha enters the ``steerboost`` set as ``sb_Alpha``).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from steerjax.errors import PredictorError
+from steerjax.predictor.features import DEFAULT_FEATURE_SET, FEATURE_SETS, feature_set_columns, replays_judge
 from steerjax.predictor.judge import LABELS
 
 ID_COLUMNS = ("prompt_id", "prompt", "concept", "layer", "strength", "multiplier", "seed", "label")
@@ -34,16 +42,25 @@ def feature_step(column: str) -> int | None:
     return None if m is None else int(m.group(1))
 
 
-def feature_columns_of(table: pd.DataFrame, max_step: int | None = None) -> list[str]:
-    """The numeric feature columns of a features table: ``strength`` (known when choosing) and
-    everything else but ids and labels; optionally
-    only those from decoding steps ``<= max_step`` (columns named ``..._k{step}``)."""
-    cols = [c for c in table.columns if (c == "strength" or c not in ID_COLUMNS)
-            and pd.api.types.is_numeric_dtype(table[c])]
+def feature_columns_of(table: pd.DataFrame, max_step: int | None = None,
+                       feature_set: str = DEFAULT_FEATURE_SET) -> list[str]:
+    """The numeric feature columns of a features table in the named ``feature_set`` (a key of
+    ``FEATURE_SETS`` or a ``+`` combination; default judge-independent), with ``strength`` (known
+    when choosing); optionally only those from decoding steps ``<= max_step`` (columns named
+    ``..._k{step}``; SteerBoost's ``sb_InterventionMag`` and ``sb_Alpha`` have no step).
+
+    Raises:
+      PredictorError: an unknown set name; no column of the set in the table.
+    """
+    cols = [c for c in feature_set_columns(list(table.columns), feature_set)
+            if c not in ID_COLUMNS or c == "strength"]
+    cols = [c for c in cols if pd.api.types.is_numeric_dtype(table[c])]
     if max_step is not None:
         cols = [c for c in cols if (step := feature_step(c)) is None or step <= max_step]
-    if not cols:
-        raise PredictorError("the table has no numeric feature columns")
+    if not [c for c in cols if c != "strength"]:
+        raise PredictorError(f"the table has no numeric feature columns of the set {feature_set!r}"
+                             + (f" from steps <= {max_step}" if max_step is not None else "")
+                             + ": extract them with steerjax.predictor.early_features, or name the columns")
     return cols
 
 
@@ -92,11 +109,12 @@ class SteerabilityPredictor:
 
 def fit(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = None, label_col: str = "label",
         iterations: int = 300, depth: int = 6, learning_rate: float = 0.08, seed: int = 0,
-        threads: int | None = None) -> SteerabilityPredictor:
-    """Fit CatBoost multiclass on ``table[feature_columns] -> table[label_col]``."""
+        threads: int | None = None, feature_set: str = DEFAULT_FEATURE_SET) -> SteerabilityPredictor:
+    """Fit CatBoost multiclass on ``table[feature_columns] -> table[label_col]``; without
+    ``feature_columns``, on the columns of ``feature_set`` (:func:`feature_columns_of`)."""
     from catboost import CatBoostClassifier
 
-    cols = list(feature_columns) if feature_columns is not None else feature_columns_of(table)
+    cols = list(feature_columns) if feature_columns is not None else feature_columns_of(table, feature_set=feature_set)
     _check(table, cols, label_col)
     y = table[label_col].astype(str).to_numpy()
     if len(set(y)) < 2:
@@ -109,7 +127,8 @@ def fit(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = None, la
     model.fit(table[cols].to_numpy(np.float32), y)
     return SteerabilityPredictor(model, cols, [str(c) for c in model.classes_],
                                  {"iterations": iterations, "depth": depth, "learning_rate": learning_rate,
-                                  "seed": seed, "n_train": len(table)})
+                                  "seed": seed, "n_train": len(table),
+                                  "feature_set": feature_set if feature_columns is None else "columns"})
 
 
 def _check(table, cols, label_col):
@@ -181,6 +200,7 @@ class Evaluation:
     confusion: pd.DataFrame
     importance: pd.DataFrame  # feature, importance (mean over folds)
     folds: list
+    feature_set: str = DEFAULT_FEATURE_SET  # "columns" when the columns were named
 
     def summary(self) -> dict:
         s = self.scores.set_index("model")
@@ -189,6 +209,7 @@ class Evaluation:
 
 def evaluate(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = None, n_folds: int = 5,
              seed: int = 0, label_col: str = "label", progress: bool = True, baselines: bool = True,
+             feature_set: str = DEFAULT_FEATURE_SET, folds: Sequence[Sequence[str]] | None = None,
              **fit_kw) -> Evaluation:
     """Concept-grouped cross-validation of the predictor and its baselines.
 
@@ -196,12 +217,16 @@ def evaluate(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = Non
     training folds' most common label), ``multiplier-only`` (CatBoost on ``multiplier`` alone; on
     ``strength`` when the table has no multiplier column) and ``strength-only`` (on ``strength``);
     ``baselines=False`` skips the two fitted baselines (their rows are then absent from ``scores``).
+    Without ``feature_columns`` the predictor uses the columns of ``feature_set``
+    (:func:`feature_columns_of`). ``folds`` (lists of concept names, each concept in exactly one)
+    replaces the ``n_folds`` / ``seed`` split (:func:`concept_folds`).
     """
-    cols = list(feature_columns) if feature_columns is not None else feature_columns_of(table)
+    cols = (list(feature_columns) if feature_columns is not None
+            else feature_columns_of(table, feature_set=feature_set))
     _check(table, cols, label_col)
     if "strength" not in table:
         raise PredictorError("no 'strength' column for the multiplier-only baseline")
-    folds = concept_folds(table["concept"], n_folds, seed)
+    folds = concept_folds(table["concept"], n_folds, seed) if folds is None else _check_folds(table, folds)
     pred = table[[c for c in ID_COLUMNS if c in table]].copy()
     pred["predicted"] = pred["majority"] = pred["multiplier_only"] = pred["strength_only"] = ""
     knob = "multiplier" if "multiplier" in table else "strength"
@@ -237,7 +262,80 @@ def evaluate(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = Non
                      **{f"f1_{c}": f[c] for c in LABELS}})
     importance = pd.DataFrame({"feature": cols, "importance": imp}).sort_values("importance", ascending=False)
     return Evaluation(pred, pd.DataFrame(rows), confusion(y, pred["predicted"]), importance.reset_index(drop=True),
-                      [list(f) for f in folds])
+                      [list(f) for f in folds], feature_set if feature_columns is None else "columns")
+
+
+def _check_folds(table, folds) -> list[np.ndarray]:
+    names = [str(c) for f in folds for c in f]
+    have = set(table["concept"].astype(str))
+    if len(folds) < 2 or any(len(f) == 0 for f in folds):
+        raise PredictorError(f"folds must be 2 or more non-empty lists of concepts, got {len(folds)}")
+    if len(names) != len(set(names)) or set(names) != have:
+        raise PredictorError("folds must hold each of the table's concepts exactly once; "
+                             f"missing {sorted(have - set(names))[:5]}, unknown {sorted(set(names) - have)[:5]}")
+    return [np.asarray(sorted(str(c) for c in f)) for f in folds]
+
+
+ABLATION_SETS = ("steerboost", "steerjax", "judge-aware", "steerboost+steerjax", "steerboost+steerjax+judge-aware")
+
+
+def ablation(table: pd.DataFrame, sets: Sequence[str] = ABLATION_SETS, *, n_folds: int = 5, seed: int = 0,
+             folds: Sequence[Sequence[str]] | None = None, max_step: int | None = None, label_col: str = "label",
+             baselines: bool = True, progress: bool = False, **fit_kw) -> pd.DataFrame:
+    """Each feature set alone and combined, scored on the SAME concept folds.
+
+    Args:
+      table: a features table with ``concept``, ``strength`` and ``label_col``.
+      sets: feature-set names (keys of ``FEATURE_SETS`` or ``+`` combinations).
+      n_folds, seed: the concept-grouped split (:func:`concept_folds`), made once for every set;
+        or ``folds``, lists of concept names, used as given.
+      max_step: only columns from decoding steps ``<= max_step`` (:func:`feature_columns_of`).
+      baselines: add ``strength-only`` (CatBoost on ``strength``) and ``majority`` rows on the same folds.
+      fit_kw: CatBoost settings for every fit (:func:`fit`).
+
+    Returns:
+      A tidy table, one row per (set, fold): ``set, replays_judge, n_features, fold, test_concepts,
+      n_rows, macro_f1, accuracy, f1_<class>``; ``fold`` is ``"0"``, ``"1"``, ... for each test fold
+      and ``"all"`` for the pooled out-of-fold predictions; ``replays_judge`` marks sets whose
+      columns replay the hidden-state judge (``judge-aware``): never a headline.
+
+    Raises:
+      PredictorError: an unknown set name (listing the names), a set with no columns in the table,
+        bad folds, the checks of :func:`evaluate`.
+    """
+    if isinstance(sets, str) or not sets:
+        raise PredictorError(f"sets must be a non-empty list of feature-set names from {sorted(FEATURE_SETS)}, "
+                             f"got {sets!r}")
+    chosen = {name: feature_columns_of(table, max_step=max_step, feature_set=name) for name in sets}
+    folds = concept_folds(table["concept"], n_folds, seed) if folds is None else _check_folds(table, folds)
+    y = table[label_col].astype(str).to_numpy() if label_col in table else None
+    runs = [(name, replays_judge(name), cols) for name, cols in chosen.items()]
+    if baselines:
+        runs += [("strength-only", False, ["strength"])]
+    rows = []
+    majority = None
+    for name, judge, cols in runs:
+        ev = evaluate(table, feature_columns=cols, folds=folds, label_col=label_col, progress=progress,
+                      baselines=False, seed=seed, **fit_kw)
+        majority = ev.predictions["majority"] if majority is None else majority
+        rows += _fold_scores(table, y, ev.predictions["predicted"], folds, name, judge, len(cols))
+    if baselines:
+        rows += _fold_scores(table, y, majority, folds, "majority", False, 0)
+    return pd.DataFrame(rows)
+
+
+def _fold_scores(table, y, predicted, folds, name, judge, n_features) -> list[dict]:
+    concept = table["concept"].astype(str).to_numpy()
+    pred = np.asarray(predicted, dtype=object)
+    parts = [(str(i), np.isin(concept, f), ",".join(f)) for i, f in enumerate(folds)]
+    parts.append(("all", np.ones(len(table), bool), ",".join(c for f in folds for c in f)))
+    rows = []
+    for fold, mask, names in parts:
+        f = f1_scores(y[mask], pred[mask])
+        rows.append({"set": name, "replays_judge": judge, "n_features": n_features, "fold": fold,
+                     "test_concepts": names, "n_rows": int(mask.sum()), "macro_f1": macro_f1(y[mask], pred[mask]),
+                     "accuracy": float(np.mean(y[mask] == pred[mask])), **{f"f1_{c}": f[c] for c in LABELS}})
+    return rows
 
 
 def importance_by_layer_and_step(importance: pd.DataFrame) -> pd.DataFrame:

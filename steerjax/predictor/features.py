@@ -38,11 +38,59 @@ alone, and larger ``k`` smooth over more tokens). Blocks at or below the steered
 information beyond ``m |v|`` (steering adds after the block), but are kept so that every layer
 has the same columns. Rows keep decoding after an EOS (teacher forcing makes the comparison
 well defined anyway).
+
+**SteerBoost's features** (Fan et al.'s code, ``Fcr09/SteerBoost``: ``xgb/utils.py``
+``get_handcrafted_features``, column names after ``xgb/train.py`` ``build_feature_names``), from
+the same pass, prefixed ``sb_``. SteerBoost reads the residual after block ``l`` (a forward hook on
+``model.layers[l]``) at *token n*: ``token_0`` is the last prompt position of the prompt pass (the
+state that predicts the first new token) and ``token_n`` the forward call of generated token
+``n`` (``steering.py`` counts hook calls; ``raw_hidden_state.py`` reads positions
+``prompt_len - 1 + n`` of prompt + steered response), so token ``n`` is our decoding step
+``n + 1``: tokens :data:`STEERBOOST_TOKENS` = 0, 1, 3, 5 are steps 1, 2, 4, 6, and a token is
+kept when ``n + 1 <= max(steps)``. Its reference ("raw") rows are the unsteered model
+teacher-forced on the steered response, as ours. Blocks ``L + k`` for ``k`` in
+:data:`STEERBOOST_OFFSETS` (0, 1, 2, 3, 5, 10, 15) are **clipped to the last block and
+deduplicated** (:func:`steerboost_layers`), as SteerBoost's steering hooks do
+(``min(L + k, n_layers - 1)``); its raw pass drops blocks past the last and its feature code then
+leaves those entries 0, which we do not copy (no always-zero columns). With ``s``, ``u`` the
+steered and reference residuals, ``d = s - u``, ``v`` the steering vector and ``m`` the multiplier
+(SteerBoost's alpha: the added vector is ``m v``):
+
+* ``MagDiff``: ``|d|``; ``CosSim``: cos(s, u); ``SteerAlign``: cos(d, m v), block ``L`` excluded;
+  ``SteerProj``: cos(s, m v) (at ``L`` after the addition); each per (token, block)
+  ``sb_{group}_T{n}_L{l}``;
+* ``MagDiffRatio`` / ``CosSimDelta`` / ``SteerAlignDelta``: token ``n`` against token 0
+  (``MagDiff_n / MagDiff_0``, 0 where ``MagDiff_0 <= 1e-8``; differences for the others);
+* summary statistics of each matrix as SteerBoost emits them: ``Mean/Std/Max/Min_Global``,
+  ``Mean/Std/Max_T{n}_AllLayers`` and ``Mean/Std/Max_L{l}_AllTokens`` (``AllNonZeroTokens`` for
+  the three against token 0); std is numpy's population std;
+* ``sb_InterventionMag`` (group AfterSteering): ``|m v| / m`` (0 at ``m = 0``), i.e. the vector's
+  norm signed by ``m``; ``sb_Alpha``: ``m``.
+
+A column that needs token ``n`` ends ``_k{n + 1}``, and a statistic over several tokens ends
+``_k`` of the last one, so ``max_step`` filters them like ours. Cosines with a vector of norm
+``<= 1e-8`` are 0 (SteerBoost's rule), so ``SteerAlign`` and ``SteerProj`` are 0 at ``m = 0``.
+Where we differ: at block ``L`` the steered row's residual *before* the addition is the
+reference row's (both read the same tokens and steering is added after the block), so we use it
+exactly there (``MagDiff`` 0, ``CosSim`` 1, ``MagDiffRatio`` 0 by the zero rule) instead of
+subtracting ``m v`` in floating point; the intervention ``m v`` is the configured one, not read off
+token 0 (with ``positions="generated"`` token 0 is not steered, so its ``MagDiff`` is 0 at every
+block and every ``MagDiffRatio`` is 0); SteerBoost's hidden states are bfloat16 and its raw pass
+re-tokenizes the decoded text (without the chat template), ours are float32 on the same token ids.
+
+**Judge-aware columns.** ``read_nll`` and ``concept_read`` replay the hidden-state judge (its
+fluency NLL and its concept score, on the first tokens): they are computed by default (so an
+ablation can show what they add) but belong to the ``judge-aware`` set, which no default selects
+(:data:`DEFAULT_FEATURE_SET`); ``judge_aware=False`` leaves them out and skips the zero-strength
+rows ``concept_read`` needs. :data:`FEATURE_SETS` names the sets; :func:`feature_set_columns`
+selects a table's columns for ``"steerboost"``, ``"steerjax"``, ``"judge-aware"`` or a ``+``
+combination.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,7 +101,7 @@ import pandas as pd
 
 from steerjax import sharding as shd
 from steerjax.data.batch import GENERATION, TokenBatch
-from steerjax.errors import SteerjaxError
+from steerjax.errors import PredictorError, SteerjaxError
 from steerjax.models import registry
 from steerjax.models.transformer import KVCache, forward, unembed
 from steerjax.predictor.concepts import Concept
@@ -73,6 +121,25 @@ LAYER_FEATURES = ("cos", "norm_ratio", "diff_norm", "diff_proj", "diff_growth")
 NEXT_FEATURES = ("kl_next", "entropy_change")
 READ_FEATURES = ("read_nll", "concept_read")
 ID_COLUMNS = ("prompt_id", "concept", "strength", "multiplier")
+STEERBOOST_TOKENS = (0, 1, 3, 5)
+STEERBOOST_OFFSETS = (0, 1, 2, 3, 5, 10, 15)
+STEERBOOST_GROUPS = ("MagDiff", "CosSim", "SteerAlign", "SteerProj", "MagDiffRatio", "CosSimDelta",
+                     "SteerAlignDelta", "AfterSteering")
+SB_PREFIX = "sb_"
+FEATURE_SETS = {
+    "steerboost": "SteerBoost's groups (sb_*: MagDiff, CosSim, SteerAlign, SteerProj, the token-0 ratios and "
+                  "deltas, InterventionMag, Alpha) at its tokens and block offsets",
+    "steerjax": "steerjax's diffs: cos, norm ratio, diff norm, diff projection and growth per block, next-token "
+                "KL and entropy change, logit-lens KL",
+    "judge-aware": "read_nll and concept_read: they REPLAY the hidden-state judge (its fluency NLL and concept "
+                   "score on the first tokens); never a headline",
+}
+DEFAULT_FEATURE_SET = "steerboost+steerjax"
+JUDGE_AWARE = "judge-aware"
+_EPS = 1e-8
+_STEERJAX_COLUMN = re.compile(r"^(?:(?:%s)_L\d+|(?:%s)|lens_kl_L\d+)_k\d+$"
+                              % ("|".join(LAYER_FEATURES), "|".join(NEXT_FEATURES)))
+_JUDGE_COLUMN = re.compile(r"^(?:%s)_k\d+$" % "|".join(READ_FEATURES))
 
 
 def lens_layers(cfg) -> tuple[int, ...]:
@@ -81,8 +148,38 @@ def lens_layers(cfg) -> tuple[int, ...]:
     return tuple(range(0, cfg.num_layers - 1, LENS_EVERY))
 
 
-def feature_columns(cfg, steps: Sequence[int] = FEATURE_STEPS) -> list[str]:
-    """Feature column names, in the order :func:`early_features` returns them (ids excluded)."""
+def steerboost_layers(cfg, layer: int) -> tuple[int, ...]:
+    """SteerBoost's blocks ``layer + k`` (``k`` in :data:`STEERBOOST_OFFSETS`), clipped to the last
+    block and deduplicated, ascending."""
+    cfg = getattr(cfg, "config", cfg)
+    li = normalize_layer(layer, cfg.num_layers)
+    return tuple(sorted({min(li + k, cfg.num_layers - 1) for k in STEERBOOST_OFFSETS}))
+
+
+def steerboost_tokens(steps: Sequence[int] = FEATURE_STEPS) -> tuple[int, ...]:
+    """SteerBoost's tokens (:data:`STEERBOOST_TOKENS`) that ``max(steps)`` decoding steps reach
+    (token ``n`` is decoding step ``n + 1``)."""
+    k_max = max(_check_steps(steps))
+    return tuple(n for n in STEERBOOST_TOKENS if n + 1 <= k_max)
+
+
+def steerboost_columns(cfg, layer: int, steps: Sequence[int] = FEATURE_STEPS) -> list[str]:
+    """The ``sb_`` column names of :func:`early_features` for a concept at block ``layer``, in
+    SteerBoost's order (groups as :data:`STEERBOOST_GROUPS`, each matrix then its statistics)."""
+    return [name for name, _ in _steerboost_names(cfg, layer, steerboost_tokens(steps))]
+
+
+def feature_columns(cfg, steps: Sequence[int] = FEATURE_STEPS, *, layer: int | None = None,
+                    judge_aware: bool = True) -> list[str]:
+    """Feature column names, in the order :func:`early_features` returns them (ids excluded).
+
+    Args:
+      cfg: a model or its config.
+      steps: the ``k`` of the columns.
+      layer: the steered block; None leaves SteerBoost's columns (named by block) out.
+      judge_aware: include ``read_nll`` / ``concept_read`` (as :func:`early_features` does by
+        default).
+    """
     cfg = getattr(cfg, "config", cfg)
     steps = _check_steps(steps)
     cols = []
@@ -90,8 +187,54 @@ def feature_columns(cfg, steps: Sequence[int] = FEATURE_STEPS) -> list[str]:
         cols += [f"{f}_L{b}_k{k}" for b in range(cfg.num_layers) for f in LAYER_FEATURES]
         cols += [f"{f}_k{k}" for f in NEXT_FEATURES]
         cols += [f"lens_kl_L{b}_k{k}" for b in lens_layers(cfg)]
-        cols += [f"{f}_k{k}" for f in READ_FEATURES]
+        if judge_aware:
+            cols += [f"{f}_k{k}" for f in READ_FEATURES]
+    if layer is not None:
+        cols += steerboost_columns(cfg, layer, steps)
     return cols
+
+
+def feature_set_of(column: str) -> str | None:
+    """The named set (a key of :data:`FEATURE_SETS`) a feature column belongs to, by its name;
+    None for any other column (ids, labels, ``strength``, unknown columns)."""
+    if column.startswith(SB_PREFIX):
+        return "steerboost"
+    if _STEERJAX_COLUMN.match(column):
+        return "steerjax"
+    if _JUDGE_COLUMN.match(column):
+        return JUDGE_AWARE
+    return None
+
+
+def parse_feature_set(name: str) -> tuple[str, ...]:
+    """The sets a feature-set name combines: ``"steerboost"``, ``"steerjax"``, ``"judge-aware"`` or
+    a ``+`` combination such as ``"steerboost+steerjax"`` (order kept, repeats dropped).
+
+    Raises:
+      PredictorError: an unknown or empty name (the message lists the known ones).
+    """
+    parts = tuple(dict.fromkeys(p.strip() for p in name.split("+"))) if isinstance(name, str) else ()
+    bad = [p for p in parts if p not in FEATURE_SETS]
+    if not parts or bad:
+        raise PredictorError(f"unknown feature set {name!r}: use one of {sorted(FEATURE_SETS)} or a '+' "
+                             f"combination such as {DEFAULT_FEATURE_SET!r}")
+    return parts
+
+
+def replays_judge(name: str) -> bool:
+    """Whether a feature-set name includes the judge-aware set (columns that replay the judge)."""
+    return JUDGE_AWARE in parse_feature_set(name)
+
+
+def feature_set_columns(columns: Sequence[str], name: str = DEFAULT_FEATURE_SET) -> list[str]:
+    """The columns of ``columns`` (in their order) in the feature set ``name``, plus ``strength``
+    (the knob a search chooses, known before decoding) where present.
+
+    Raises:
+      PredictorError: an unknown set name (:func:`parse_feature_set`).
+    """
+    wanted = set(parse_feature_set(name))
+    return [c for c in columns if c == "strength" or feature_set_of(c) in wanted]
 
 
 def early_features(
@@ -105,6 +248,7 @@ def early_features(
     batch_size: int = 32,
     positions: str = "all",
     chat: bool | None = None,
+    judge_aware: bool = True,
     progress: bool = False,
     mesh=None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
@@ -113,7 +257,8 @@ def early_features(
     Args:
       model, prompts, concepts, strengths, layer, positions, chat: as in
         :func:`steerjax.predictor.testbed.rollouts` (no unsteered rows are added here).
-      steps: the ``k`` of the columns; ``max(steps)`` tokens are decoded.
+      steps: the ``k`` of the columns; ``max(steps)`` tokens are decoded (SteerBoost's tokens
+        need 6 for all of 0, 1, 3, 5).
       batch_size: (prompt, concept, strength) rows per jitted call (``2 * batch_size`` model rows;
         a short call is padded to a power of two). One program per (rows, distinct prompts per
         batch, both powers of two; prompt length in steps of 16): new prompts, concepts and
@@ -121,11 +266,15 @@ def early_features(
       mesh: a ``("data", "model")`` mesh (:func:`steerjax.sharding.make_mesh`): a batch's rows
         (and its distinct prompts) split over ``data``, parameters over ``model``; the table is
         the same. Default: one device (or the :func:`steerjax.sharding.use_mesh` mesh).
+      judge_aware: also compute ``read_nll`` / ``concept_read`` (the judge-aware set: never
+        selected by default, see the module docstring); False leaves them out and decodes no
+        zero-strength rows for them.
 
     Returns:
       ``(table, tokens)``: one row per prompt x concept x strength with ``prompt_id, concept,
-      strength, multiplier`` then :func:`feature_columns`; ``tokens [rows, max(steps)]`` the
-      steered greedy tokens (equal to those of :func:`rollouts` with the same ``positions``).
+      strength, multiplier`` then :func:`feature_columns` (with ``layer`` and ``judge_aware``);
+      ``tokens [rows, max(steps)]`` the steered greedy tokens (equal to those of
+      :func:`rollouts` with the same ``positions``).
     """
     cfg = model.config
     li = normalize_layer(layer, cfg.num_layers)
@@ -141,8 +290,8 @@ def early_features(
                             f"of {cfg.max_position_embeddings}")
     jobs = [(p, c, s) for p in range(len(ids)) for c in concepts for s in grid[c.name]]
     n_jobs = len(jobs)
-    # the zero-strength rows concept_read is measured against, where the grid lacks them
-    jobs += [(p, c, 0.0) for p in range(len(ids)) for c in concepts if 0.0 not in grid[c.name]]
+    if judge_aware:  # the zero-strength rows concept_read is measured against, where the grid lacks them
+        jobs += [(p, c, 0.0) for p in range(len(ids)) for c in concepts if 0.0 not in grid[c.name]]
     lens = lens_layers(cfg)
     mesh = shd.default_mesh(mesh)
     params = model.params if mesh is None else shd.shard_params(model.params, cfg, mesh)
@@ -171,7 +320,7 @@ def early_features(
         raw.append({k: np.asarray(v)[..., :n] for k, v in out["feats"].items()})
         toks.append(np.asarray(out["tokens"])[:n])
         mults.append(m[:n])
-    table = _table(cfg, jobs, raw, np.concatenate(mults), steps, lens)
+    table = _table(cfg, jobs, raw, np.concatenate(mults), steps, lens, li, judge_aware)
     return table.iloc[:n_jobs].reset_index(drop=True), np.concatenate(toks)[:n_jobs].astype(np.int32)
 
 
@@ -216,7 +365,10 @@ def _step_features(params, cfg, layers, logits, unit, lens, layer_index):
     ref_lp = jax.nn.log_softmax(logits[b:].astype(jnp.float32), axis=-1)
     read_nll = -jnp.take_along_axis(ref_lp, tok[:, None], axis=-1)[:, 0]
     read_proj = jnp.einsum("bd,bd->b", u[layer_index], unit)  # the reference row's reading of its input token
-    return {"layer": layer, "next": jnp.stack([kl, ent]), "lens": lens_kl, "read": jnp.stack([read_nll, read_proj])}
+    # SteerBoost's SteerProj: cos(s, v) per block (the sign of m is applied on the host)
+    proj = jnp.where(ns > _EPS, jnp.einsum("lbd,bd->lb", s, unit) / jnp.maximum(ns, 1e-30), 0.0)
+    return {"layer": layer, "next": jnp.stack([kl, ent]), "lens": lens_kl, "read": jnp.stack([read_nll, read_proj]),
+            "proj": proj}
 
 
 def _gather_cache(cache: KVCache, rows) -> KVCache:
@@ -284,8 +436,11 @@ def _early(params, cfg, prompt, row_prompt, steering, unit, *, steps, lens, laye
     return {"feats": feats, "tokens": new}
 
 
-def _table(cfg, jobs, raw, mults, steps, lens) -> pd.DataFrame:
+def _table(cfg, jobs, raw, mults, steps, lens, li, judge_aware) -> pd.DataFrame:
     layer = np.concatenate([r["layer"] for r in raw], axis=-1)  # [K, 5, L, N]
+    proj = np.concatenate([r["proj"] for r in raw], axis=-1)  # [K, L, N]
+    norms = np.asarray([c.norm for _, c, _ in jobs])
+    sb = _steerboost(cfg, li, steerboost_tokens(steps), layer, proj, mults.astype(np.float64), norms)
     nxt = np.concatenate([r["next"] for r in raw], axis=-1)  # [K, 2, N]
     lensk = np.concatenate([r["lens"] for r in raw], axis=-1)  # [K, nl, N]
     read = np.concatenate([r["read"] for r in raw], axis=-1).astype(np.float64)  # [K, 2, N]
@@ -293,12 +448,13 @@ def _table(cfg, jobs, raw, mults, steps, lens) -> pd.DataFrame:
     mean = lambda a: np.cumsum(a.astype(np.float64), axis=0) / denom.reshape(-1, *[1] * (a.ndim - 1))  # noqa: E731
     layer, nxt, lensk, read_nll = mean(layer), mean(nxt), mean(lensk), mean(read[:, 0])
     # concept_read: mean over steps 2..k (new tokens 1..k-1), relative to the zero-strength row
-    proj = np.cumsum(read[:, 1], axis=0)
-    proj = np.concatenate([np.zeros_like(proj[:1]), (proj[1:] - proj[:1]) / denom[:-1, None]])  # [K, N]
-    zero = {(p, c.name): i for i, (p, c, s) in enumerate(jobs) if s == 0.0}
-    ref = np.asarray([zero[(p, c.name)] for p, c, _ in jobs])
-    scale = np.asarray([float(c.residual_norm) for _, c, _ in jobs])
-    concept_read = (proj - proj[:, ref]) / scale
+    if judge_aware:
+        reading = np.cumsum(read[:, 1], axis=0)
+        reading = np.concatenate([np.zeros_like(reading[:1]), (reading[1:] - reading[:1]) / denom[:-1, None]])  # [K, N]
+        zero = {(p, c.name): i for i, (p, c, s) in enumerate(jobs) if s == 0.0}
+        ref = np.asarray([zero[(p, c.name)] for p, c, _ in jobs])
+        scale = np.asarray([float(c.residual_norm) for _, c, _ in jobs])
+        concept_read = (reading - reading[:, ref]) / scale
     cols: dict[str, Any] = {
         "prompt_id": [p for p, _, _ in jobs],
         "concept": [c.name for _, c, _ in jobs],
@@ -314,6 +470,75 @@ def _table(cfg, jobs, raw, mults, steps, lens) -> pd.DataFrame:
             cols[f"{f}_k{k}"] = nxt[j, fi]
         for li, b in enumerate(lens):
             cols[f"lens_kl_L{b}_k{k}"] = lensk[j, li]
-        cols[f"read_nll_k{k}"] = read_nll[j]
-        cols[f"concept_read_k{k}"] = concept_read[j]
+        if judge_aware:
+            cols[f"read_nll_k{k}"] = read_nll[j]
+            cols[f"concept_read_k{k}"] = concept_read[j]
+    cols.update(sb)
     return pd.DataFrame(cols)
+
+
+def _steerboost_names(cfg, layer, tokens) -> list[tuple[str, tuple]]:
+    """``(column, where)`` for SteerBoost's columns: ``where`` says which matrix entry or statistic."""
+    blocks = steerboost_layers(cfg, layer)
+    li = normalize_layer(layer, getattr(cfg, "config", cfg).num_layers)
+    out = []
+    for g in STEERBOOST_GROUPS:
+        if g == "AfterSteering":
+            out.append((f"{SB_PREFIX}InterventionMag", ("after",)))
+            continue
+        against_zero = g in ("MagDiffRatio", "CosSimDelta", "SteerAlignDelta")
+        toks = [n for n in tokens if n != 0] if against_zero else list(tokens)
+        bl = [b for b in blocks if b != li] if g.startswith("SteerAlign") else list(blocks)
+        if not toks or not bl:
+            continue  # SteerBoost emits no propagation features for a single token; no SteerAlign at the last block
+        last = max(toks) + 1
+        over = "AllNonZeroTokens" if against_zero else "AllTokens"
+        p = f"{SB_PREFIX}{g}"
+        out += [(f"{p}_T{n}_L{b}_k{n + 1}", (g, "cell", n, b)) for n in toks for b in bl]
+        out += [(f"{p}_{st}_Global_k{last}", (g, "global", st, toks, bl)) for st in ("Mean", "Std", "Max", "Min")]
+        out += [(f"{p}_{st}_T{n}_AllLayers_k{n + 1}", (g, "token", st, n, bl)) for n in toks
+                for st in ("Mean", "Std", "Max")]
+        out += [(f"{p}_{st}_L{b}_{over}_k{last}", (g, "block", st, b, toks)) for b in bl
+                for st in ("Mean", "Std", "Max")]
+    out.append((f"{SB_PREFIX}Alpha", ("alpha",)))
+    return out
+
+
+def _steerboost(cfg, layer, tokens, layer_steps, proj, mults, norms) -> dict[str, np.ndarray]:
+    """SteerBoost's columns (module docstring) from the per-step arrays: ``layer_steps [K, 5, L, N]``
+    (cos, norm ratio, |d|, d.v/|v|, growth), ``proj [K, L, N]`` (cos(s, v)), ``mults [N]``, ``norms [N]``
+    (|v|)."""
+    cfg = getattr(cfg, "config", cfg)
+    li = normalize_layer(layer, cfg.num_layers)
+    sign = np.sign(mults)
+    t = list(tokens)  # token n is decoding step n + 1: index n of the step axis
+    lay = layer_steps[t].astype(np.float64)  # [T, 5, L, N]
+    mag, cos, dproj = lay[:, 2].copy(), lay[:, 0].copy(), lay[:, 3]
+    mag[:, li], cos[:, li] = 0.0, 1.0  # before the addition the steered row is the reference row at L
+    align = np.where(mag > _EPS, sign * dproj / np.where(mag > _EPS, mag, 1.0), 0.0)
+    base = {"MagDiff": mag, "CosSim": cos, "SteerAlign": align,
+            "SteerProj": sign * proj[t].astype(np.float64)}  # [T, L, N] over all blocks
+    m0 = mag[:1]
+    base["MagDiffRatio"] = np.where(np.abs(m0) > _EPS, mag / np.where(np.abs(m0) > _EPS, m0, 1.0), 0.0)
+    base["CosSimDelta"] = cos - cos[:1]
+    base["SteerAlignDelta"] = align - align[:1]
+    stat = {"Mean": np.mean, "Std": np.std, "Max": np.max, "Min": np.min}
+    cols = {}
+    for name, where in _steerboost_names(cfg, li, tokens):
+        kind = where[0]
+        if kind == "after":
+            cols[name] = sign * norms  # |m v| / m, and 0 at m = 0
+        elif kind == "alpha":
+            cols[name] = mults
+        elif where[1] == "cell":
+            cols[name] = base[kind][t.index(where[2]), where[3]]
+        else:
+            f = stat[where[2]]
+            if where[1] == "global":
+                m = base[kind][np.ix_([t.index(n) for n in where[3]], list(where[4]))]
+                cols[name] = f(m.reshape(-1, m.shape[-1]), axis=0)
+            elif where[1] == "token":
+                cols[name] = f(base[kind][t.index(where[3])][list(where[4])], axis=0)
+            else:
+                cols[name] = f(base[kind][[t.index(n) for n in where[4]], where[3]], axis=0)
+    return cols
