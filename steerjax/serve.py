@@ -240,10 +240,6 @@ def _handler(server: ChatServer):
     return Handler
 
 
-class RequestError(SteerjaxError, ValueError):
-    """A chat request the model cannot answer (answered with a 400)."""
-
-
 class ModelResponder:
     """Answers chat requests with a steerjax model (see the module doc).
 
@@ -268,7 +264,7 @@ class ModelResponder:
     def __call__(self, request: dict) -> Reply | dict:
         try:
             messages, opts = self.parse(request)
-        except RequestError as e:
+        except SteerjaxError as e:  # parse raises only for the request
             return Reply(400, error_body(str(e)))
         from steerjax.data.batch import encode
         from steerjax.errors import ContextLengthError
@@ -292,29 +288,29 @@ class ModelResponder:
         """``(messages, generate options)`` of a request.
 
         Raises:
-          RequestError: no messages, a message without a role or text content, ``n`` > 1,
+          SteerjaxError: no messages, a message without a role or text content, ``n`` > 1,
             ``stream``, or a bad temperature / top_p / max_tokens / seed.
         """
         msgs = request.get("messages")
         if not isinstance(msgs, list) or not msgs:
-            raise RequestError("'messages' must be a non-empty list of {role, content} objects")
+            raise SteerjaxError("'messages' must be a non-empty list of {role, content} objects")
         messages = []
         for i, m in enumerate(msgs):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-                raise RequestError(f"messages[{i}] must be an object with a 'role'")
+                raise SteerjaxError(f"messages[{i}] must be an object with a 'role'")
             content = m.get("content")
             if isinstance(content, list):  # content parts: keep the text ones
                 texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
                 if len(texts) != len(content) or not all(isinstance(t, str) for t in texts):
-                    raise RequestError(f"messages[{i}].content: only text parts are supported")
+                    raise SteerjaxError(f"messages[{i}].content: only text parts are supported")
                 content = "".join(texts)
             if not isinstance(content, str):
-                raise RequestError(f"messages[{i}].content must be a string")
+                raise SteerjaxError(f"messages[{i}].content must be a string")
             messages.append({"role": m["role"], "content": content})
         if request.get("stream"):
-            raise RequestError("stream is not supported: send stream=false")
+            raise SteerjaxError("stream is not supported: send stream=false")
         if request.get("n", 1) not in (1, None):
-            raise RequestError("only n=1 is supported")
+            raise SteerjaxError("only n=1 is supported")
         temperature = request.get("temperature")
         temperature = 1.0 if temperature is None else temperature
         top_p = request.get("top_p")
@@ -322,13 +318,13 @@ class ModelResponder:
         max_new = request.get("max_tokens") or request.get("max_completion_tokens") or self.max_tokens
         seed = request.get("seed")
         if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
-            raise RequestError(f"temperature must be a number in [0, 2], got {temperature!r}")
+            raise SteerjaxError(f"temperature must be a number in [0, 2], got {temperature!r}")
         if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-            raise RequestError(f"top_p must be in (0, 1], got {top_p!r}")
+            raise SteerjaxError(f"top_p must be in (0, 1], got {top_p!r}")
         if not isinstance(max_new, int) or not 1 <= max_new <= self.max_tokens_limit:
-            raise RequestError(f"max_tokens must be an int in [1, {self.max_tokens_limit}], got {max_new!r}")
+            raise SteerjaxError(f"max_tokens must be an int in [1, {self.max_tokens_limit}], got {max_new!r}")
         if seed is not None and not isinstance(seed, int):
-            raise RequestError(f"seed must be an int, got {seed!r}")
+            raise SteerjaxError(f"seed must be an int, got {seed!r}")
         return messages, {"max_new_tokens": max_new, "temperature": float(temperature), "top_p": float(top_p),
                           "seed": int(next(self._seeds) if seed is None else seed)}
 

@@ -401,7 +401,8 @@ def test_model_responder_checks_requests():
     """The model server's request checks (no model call: a stand-in with a tokenizer)."""
     from types import SimpleNamespace
 
-    from steerjax.serve import ModelResponder, RequestError
+    from steerjax.errors import SteerjaxError
+    from steerjax.serve import ModelResponder
 
     r = ModelResponder(SimpleNamespace(tokenizer=object(), source="stub"), max_tokens=32)
     msgs, opts = r.parse({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
@@ -416,11 +417,11 @@ def test_model_responder_checks_requests():
                      ({"messages": msgs, "temperature": 3}, "temperature"), ({"messages": msgs, "max_tokens": 10**6},
                                                                             "max_tokens"),
                      ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "only text parts")]:
-        with pytest.raises(RequestError, match=why):
+        with pytest.raises(SteerjaxError, match=why):
             r.parse(bad)
     reply = r({"messages": []})
     assert reply.status == 400 and "non-empty list" in reply.body["error"]["message"]
-    with pytest.raises(Exception, match="has no tokenizer"):
+    with pytest.raises(SteerjaxError, match="has no tokenizer"):
         ModelResponder(SimpleNamespace(tokenizer=None, source="stub"))
 
 

@@ -304,10 +304,6 @@ class LLMJudgeReport:
         return {**dataclasses.asdict(self), "how": self.how}
 
 
-class _Malformed(Exception):
-    """A 200 reply that is not a chat completion."""
-
-
 class LLMJudge:
     """Labels rollouts by asking a chat model (see the module doc).
 
@@ -404,13 +400,14 @@ class LLMJudge:
                                          timeout=self.timeout)
         return self._client
 
-    def request(self, message: str, stop: threading.Event | None = None) -> tuple[str | None, str | None]:
-        """``(answer text, finish reason)`` of one user message, retried as the module doc says.
+    def request(self, message: str, stop: threading.Event | None = None) -> tuple[str | None, str | None, str | None]:
+        """``(answer text, finish reason, malformed)`` of one user message, retried as the module doc
+        says; ``malformed`` says why the reply is not a chat completion (then no text), else None.
+        Once ``stop`` is set no further attempt is made (``(None, None, "cancelled")``).
 
         Raises:
           JudgeError: the endpoint is unreachable or failing after the retries, or refuses the
             request (wrong key, URL, model or parameters).
-          _Malformed: the reply is not a chat completion.
         """
         client = self.client()  # first: a clear error when openai is missing
         import openai
@@ -425,7 +422,7 @@ class LLMJudge:
             params["response_format"] = {"type": "json_object"}
         for attempt in range(self.max_retries + 1):
             if stop.is_set():
-                raise _Cancelled()
+                return None, None, "cancelled"
             self._count(retry=attempt > 0)
             wait_for = None
             try:
@@ -441,7 +438,7 @@ class LLMJudge:
                 why = f"HTTP {code}: {_server_message(e)}"
                 wait_for = _retry_after(e)
             except (json.JSONDecodeError, openai.APIResponseValidationError) as e:
-                raise _Malformed(f"the reply is not valid JSON ({type(e).__name__}: {e})") from None
+                return None, None, f"the reply is not valid JSON ({type(e).__name__}: {e})"
             else:
                 return _reply_content(resp)
             if attempt == self.max_retries:
@@ -532,15 +529,11 @@ class LLMJudge:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     k = futures[fut]
-                    try:
-                        text, finish = fut.result()
-                    except _Malformed as e:
-                        answers[k] = (None, None, str(e), False)
-                    else:
-                        answers[k] = (text, finish, None, False)
-                        if cache is not None and text is not None:
-                            cache.put(k, model=self.model, version=self.version, concept=questions[k][1],
-                                      answer=text, finish_reason=finish)
+                    text, finish, malformed = fut.result()
+                    answers[k] = (text, finish, malformed, False)
+                    if malformed is None and text is not None and cache is not None:
+                        cache.put(k, model=self.model, version=self.version, concept=questions[k][1],
+                                  answer=text, finish_reason=finish)
                     bar.update(1)
         except BaseException as e:
             stop.set()
@@ -597,10 +590,6 @@ class LLMJudge:
         return scores, self.last_report
 
 
-class _Cancelled(Exception):
-    """A request not sent because the run stopped."""
-
-
 def check_llm_table(table: pd.DataFrame) -> None:
     """The LLM judge's table: ``prompt``, ``concept`` and ``text`` columns, text on steered rows."""
     need = {"prompt", "concept", "text"}
@@ -616,20 +605,21 @@ def check_llm_table(table: pd.DataFrame) -> None:
                          "LLM judge reads the decoded response")
 
 
-def _reply_content(resp) -> tuple[str | None, str | None]:
+def _reply_content(resp) -> tuple[str | None, str | None, str | None]:
+    """``(text, finish reason, None)`` of a chat completion, or ``(None, None, why)`` it is not one."""
     choices = getattr(resp, "choices", None)
     if not isinstance(choices, list):
         got = type(resp).__name__ if not isinstance(resp, str) else f"text {resp[:60]!r}"
-        raise _Malformed(f"the reply is not a chat completion (no 'choices'; got {got})")
+        return None, None, f"the reply is not a chat completion (no 'choices'; got {got})"
     if not choices:
-        raise _Malformed("the reply has no choices")
+        return None, None, "the reply has no choices"
     msg = getattr(choices[0], "message", None)
     content = getattr(msg, "content", None)
     if msg is None:
-        raise _Malformed("the reply's choice has no message")
+        return None, None, "the reply's choice has no message"
     if content is not None and not isinstance(content, str):
-        raise _Malformed(f"the reply's message content is {type(content).__name__}, not text")
-    return content, getattr(choices[0], "finish_reason", None)
+        return None, None, f"the reply's message content is {type(content).__name__}, not text"
+    return content, getattr(choices[0], "finish_reason", None), None
 
 
 def _server_message(e) -> str:
