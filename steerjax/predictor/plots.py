@@ -160,10 +160,14 @@ def strategy_tradeoff(summary: pd.DataFrame, path, *, title: str = "Strength sea
                         label=f"{name} (front over R, t)")
             else:
                 s = s.sort_values("max_rollouts")
-                ax.plot(s["tokens_vs_igs"], s["success_vs_igs"], "o-", color=colour, label=name)
+                ax.plot(s["tokens_vs_igs"], s["success_vs_igs"], "o-", color=colour, label=name, zorder=4)
+                last = None
                 for _, r in s.iterrows():
-                    ax.annotate(f"R={r['max_rollouts']:g}", (r["tokens_vs_igs"], r["success_vs_igs"]), fontsize=7,
-                                xytext=(4, -9), textcoords="offset points")
+                    xy = (r["tokens_vs_igs"], r["success_vs_igs"])
+                    if last is None or abs(xy[0] - last[0]) + abs(xy[1] - last[1]) > 0.01:  # one label per point
+                        ax.annotate(f"R={r['max_rollouts']:g}", xy, fontsize=7, xytext=(4, -9),
+                                    textcoords="offset points")
+                    last = xy
         ax.axvline(0.25, ls=":", color="grey")
         ax.axhline(0.9, ls=":", color="grey")
         ax.set_xlim(0, max(1.05, float(np.nanmax(g["tokens_vs_igs"])) * 1.05 if len(g) else 1.05))

@@ -19,6 +19,13 @@ Decoded tokens are counted as: guided, ``k`` per evaluated candidate plus the co
 rollouts; grid, ``max_new_tokens`` per candidate. Neither counts the prompt's unsteered rollout,
 which both need only because the default judge scores against it (the features' teacher-forced
 reference is a forward over the steered tokens, not a decode, and is not counted either).
+
+The paper's comparison (:func:`simulate_strategies`, :func:`compare_strategies`): the grid-search
+baselines of Fan et al.'s reference code (SteerBoost ``alphasearch.py``): IGS, CGS, TCGS, IGS-A,
+IGS-D; the guided search; and a threshold sweep on P(success), all replayed on one labelled
+rollout table with held-out class probabilities (:func:`held_out_proba`, or any held-out
+prediction table), reported as success rate and decoded tokens, also relative to IGS on the same
+items.
 """
 
 from __future__ import annotations
@@ -407,7 +414,7 @@ def _strategy_rows(table, proba, test, train, groups, label_col, missing_labels,
     else:
         group = _aligned(groups, table, "groups").astype(str)
     steered = (table["concept"] != UNSTEERED).to_numpy()
-    rows = table[steered]
+    rows = table.loc[steered, sorted(need)].copy()  # only what the strategies read: a wide table stays as it is
     test, train, group = test[steered], train[steered], group[steered]
     missing = rows[label_col].isna()
     if missing.any():
