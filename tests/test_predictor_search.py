@@ -284,6 +284,8 @@ def test_bad_input():
         search.simulate_strategies(t, k=1, test=test.to_numpy()[:3], guided=(), thresholds=())
     with pytest.raises(err, match="boolean mask"):
         search.simulate_strategies(t, k=1, test=t["prompt_id"], guided=(), thresholds=())
+    nullable = search.simulate_strategies(t, k=1, test=test.astype("boolean"), guided=(), thresholds=())
+    assert set(nullable["prompt_id"]) == {2, 3}
     with pytest.raises(err, match="no rows to evaluate"):
         search.simulate_strategies(t, k=1, test=np.zeros(len(t), bool), guided=(), thresholds=())
     with pytest.raises(err, match="one group per"):

@@ -472,9 +472,10 @@ def _mask(mask, table, name, default):
         return pd.Series(True, index=table.index) if default is None else pd.Series(np.asarray(default, bool),
                                                                                     index=table.index)
     mask = _aligned(mask, table, name)
-    if mask.dtype != bool:
-        raise PredictorError(f"{name} must be a boolean mask over the table's rows, got dtype {mask.dtype}")
-    return mask
+    if not pd.api.types.is_bool_dtype(mask) or mask.isna().any():
+        raise PredictorError(f"{name} must be a boolean mask over the table's rows (no missing values), got dtype "
+                             f"{mask.dtype}")
+    return mask.astype(bool)
 
 
 def _aligned_proba(proba, index):
