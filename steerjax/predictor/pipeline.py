@@ -11,6 +11,10 @@
 - :func:`label_and_featurize`: label a testbed's rollouts, extract the early features of the same
   (prompt, concept, strength) rows, join them; :func:`save_evaluation`: an evaluation's tables and
   figures; :func:`train_predictor`: both, the evaluation, and the saved predictor.
+
+The paper's protocol (seen / unseen concepts, train / validation / test prompts, settings chosen
+on validation) is :func:`steerjax.predictor.evaluation.paper_evaluation`, saved by its
+``PaperEvaluation.save``; :func:`train_predictor`'s evaluation is concept-grouped cross-validation.
 """
 
 from __future__ import annotations
@@ -21,11 +25,19 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from steerjax.errors import JudgeError, SteerjaxError
 from steerjax.predictor import classifier, plots
-from steerjax.predictor.concepts import UNSTEERED, Concept, load_concepts, make_concepts, save_concepts
+from steerjax.predictor.concepts import (
+    NEUTRAL_PROMPTS,
+    UNSTEERED,
+    Concept,
+    load_concepts,
+    make_concepts,
+    save_concepts,
+)
 from steerjax.predictor.features import early_features
 from steerjax.predictor.judge import HiddenStateJudge
 from steerjax.predictor.testbed import rollouts as make_rollouts
@@ -64,34 +76,75 @@ def load_testbed(path: str) -> Testbed:
 
 def run_testbed(model, names: Sequence[str] | None, prompts: Sequence[Any], strengths, *, layer: int,
                 max_new_tokens: int, out: str, source: str = "statements", pairs: int = 32,
-                positions: str = "all", batch_size: int = 32, temperature: float = 0.0, seed: int = 0,
-                progress: bool = True) -> Testbed:
-    """Make, or resume, the testbed run in ``out``: concepts for the persona dimensions ``names``
-    (``None``: all) at block ``layer``, then every prompt steered by every concept at every strength
-    (:func:`steerjax.predictor.rollouts`).
+                positions: str = "all", batch_size: int = 32, temperature: float = 0.0, top_p: float = 1.0,
+                scale: str = "norm", examples=None, method: str = "diffmean", norm_prompts=NEUTRAL_PROMPTS,
+                seed: int = 0, progress: bool = True) -> Testbed:
+    """Make, or resume, the testbed run in ``out``: concepts at block ``layer``, then every prompt
+    steered by every concept at every strength (:func:`steerjax.predictor.rollouts`).
 
     The concepts are built once and reloaded while their key (model, dtype, names, layer, pairs,
-    seed, source) matches (:func:`steerjax.runs.keyed_artifact`); finished chunks of rollouts are
-    kept (:class:`steerjax.runs.RunDirectory`); a directory holding another run is refused.
+    seed, source; for example banks also their digest and ``method``) matches
+    (:func:`steerjax.runs.keyed_artifact`); finished chunks of rollouts are kept
+    (:class:`steerjax.runs.RunDirectory`); a directory holding another run is refused.
 
     Args:
-      source: ``"statements"`` or ``"ab"`` (:func:`steerjax.predictor.concepts.make_concepts`).
-      pairs: statements (or A/B examples) per concept vector.
-      Others: as :func:`steerjax.predictor.rollouts`.
+      names: persona dimensions (``None``: all) for ``source="statements"`` / ``"ab"``; for
+        ``source="examples"``, the banks to use (``None``: every bank, in order).
+      source: ``"statements"`` or ``"ab"`` (:func:`steerjax.predictor.concepts.make_concepts`), or
+        ``"examples"``: :func:`steerjax.predictor.concepts.concepts_from_examples` of ``examples``.
+      pairs: statements (or A/B examples) per concept vector; for ``"examples"``, the first
+        ``pairs`` texts of each side (0: all).
+      examples: a JSONL file or mapping of example banks (:func:`steerjax.predictor.concepts.read_examples`),
+        with ``source="examples"``.
+      method: ``"diffmean"`` or ``"probe"``, with ``source="examples"``.
+      norm_prompts: with ``source="examples"``, the prompts of the concepts' residual norm
+        (``None``: the example texts', e.g. for a model without a tokenizer).
+      Others: as :func:`steerjax.predictor.rollouts` (``scale``: ``"norm"`` or ``"raw"``).
+
+    Raises:
+      SteerjaxError: ``examples`` with another source or missing with ``"examples"``; as
+        :func:`steerjax.predictor.rollouts` and the concept builders.
     """
+    from steerjax.predictor.concepts import check_scale, concepts_from_examples, read_examples, select
+    from steerjax.predictor.testbed import check_options, digest
     from steerjax.steering.core import normalize_layer
 
     layer = normalize_layer(layer, model.config.num_layers)
-    os.makedirs(out, exist_ok=True)
+    check_scale(scale)
+    check_options(max_new_tokens, batch_size, positions, seed, scale=scale, temperature=temperature, top_p=top_p)
     key = {"model": str(model.source), "dtype": model.dtype, "concepts": list(names) if names else "all",
            "layer": layer, "pairs": pairs, "seed": seed, "source": source}
-    concepts = keyed_artifact(
-        os.path.join(out, CONCEPTS), key,
-        lambda: make_concepts(model, names, layer=layer, source=source, n=pairs, seed=seed, progress=progress),
-        save=lambda c, path: save_concepts(path, c), load=load_concepts)
+    if source == "examples":
+        if examples is None:
+            raise SteerjaxError("source='examples' needs examples= (a JSONL file or mapping of example banks)")
+        banks = read_examples(examples)
+        if names:
+            missing = [n for n in names if n not in banks]
+            if missing:
+                raise SteerjaxError(f"no example bank for {missing[:5]} (banks: {len(banks)})")
+            banks = {n: banks[n] for n in names}
+        n_examples = int(pairs) if pairs else None
+        key.update(method=method, examples=digest({n: [list(b.positive), list(b.negative), b.level]
+                                                   for n, b in banks.items()}),
+                   norm_prompts=None if norm_prompts is None else digest(list(norm_prompts)))
+
+        def build():
+            return concepts_from_examples(model, banks, layer=layer, method=method, n_examples=n_examples,
+                                          norm_prompts=norm_prompts, progress=progress)
+    else:
+        if examples is not None:
+            raise SteerjaxError(f"examples= is used with source='examples', not source={source!r}")
+
+        def build():
+            return make_concepts(model, names, layer=layer, source=source, n=pairs, seed=seed, progress=progress)
+    os.makedirs(out, exist_ok=True)
+    concepts = keyed_artifact(os.path.join(out, CONCEPTS), key, build,
+                              save=lambda c, path: save_concepts(path, c), load=load_concepts)
+    if source == "examples":
+        concepts = select(concepts, list(banks))
     table = make_rollouts(model, list(prompts), concepts, strengths, layer=layer, max_new_tokens=max_new_tokens,
                           seed=seed, batch_size=batch_size, positions=positions, temperature=temperature,
-                          progress=progress, run_dir=out)
+                          top_p=top_p, scale=scale, progress=progress, run_dir=out)
     table.to_parquet(os.path.join(out, ROLLOUTS), index=False)
     with open(os.path.join(out, CONFIG)) as f:
         return Testbed(out, json.load(f), concepts, table)
@@ -101,18 +154,68 @@ def label_and_featurize(model, concepts, rollouts: pd.DataFrame, *, layer: int, 
                         positions: str = "all", progress: bool = True):
     """``(labelled, thresholds, data)``: the rollout table with the hidden-state judge's scores and
     labels (``tokens`` dropped), the judge's thresholds, and one row per steered rollout with its
-    early features and ``label``."""
+    early features and ``label``.
+
+    Rollouts in the ``"raw"`` scale (a ``scale`` column, :func:`steerjax.predictor.rollouts`) get
+    their features at the same multipliers: each concept's alphas are passed to
+    :func:`steerjax.predictor.early_features` as the equivalent fractions of the residual norm
+    (``alpha * |v| / residual_norm``), and the rows keep the alphas as ``strength`` and
+    ``multiplier``.
+    """
     prompts = rollouts.drop_duplicates("prompt_id").sort_values("prompt_id")
     if list(prompts["prompt_id"]) != list(range(len(prompts))):
         raise JudgeError("prompt_id must number the rollouts' prompts 0..n-1 (as steerjax.predictor.rollouts does)")
+    scale = rollout_scale(rollouts)
     scores, thr = HiddenStateJudge(model, concepts, batch_size=batch_size, progress=progress)(rollouts)
     labelled = pd.concat([rollouts.drop(columns=["tokens"]), scores], axis=1)
     steered = labelled[labelled["concept"] != UNSTEERED]
-    feats, _ = early_features(model, prompts["prompt"].tolist(), concepts, sorted(set(steered["strength"])),
-                              layer=layer, steps=steps, batch_size=batch_size, positions=positions,
-                              progress=progress)
+    kw = dict(layer=layer, steps=steps, batch_size=batch_size, positions=positions, progress=progress)
+    if scale == "norm":
+        feats, _ = early_features(model, prompts["prompt"].tolist(), concepts, sorted(set(steered["strength"])), **kw)
+    else:
+        feats = _raw_features(model, prompts["prompt"].tolist(), concepts, steered, kw)
     data = feats.merge(steered[KEYS + ["label"]], on=KEYS, validate="one_to_one")
     return labelled, thr, data
+
+
+def rollout_scale(rollouts: pd.DataFrame) -> str:
+    """The strength scale of a rollout table: its ``scale`` column (one value), ``"norm"`` for a
+    table from before the column existed.
+
+    Raises:
+      SteerjaxError: a table mixing scales.
+    """
+    if "scale" not in rollouts:
+        return "norm"
+    values = sorted(set(rollouts["scale"].astype(str)))
+    if len(values) != 1:
+        raise SteerjaxError(f"the rollouts mix strength scales {values}: label and featurize one scale at a time")
+    return values[0]
+
+
+def _raw_features(model, prompts, concepts, steered: pd.DataFrame, kw) -> pd.DataFrame:
+    """Early features at raw alphas, through their equivalent fractions of the residual norm."""
+    by_name = {c.name: c for c in concepts}
+    grid, alphas = {}, {}
+    for name, g in steered.groupby("concept", sort=False)["strength"]:
+        if name not in by_name:
+            raise SteerjaxError(f"rollouts of concept {name!r}, which is not among the concepts given")
+        c = by_name[name]
+        alphas[name] = np.asarray(sorted(set(g.astype(float))))
+        grid[name] = [float(a) * c.norm / c.residual_norm for a in alphas[name]]
+    feats, _ = early_features(model, prompts, [by_name[n] for n in grid], grid, **kw)
+    back = []
+    for name, s in zip(feats["concept"], feats["strength"].astype(float)):
+        equiv = np.asarray(grid[name])
+        i = int(np.argmin(np.abs(equiv - s)))
+        if not np.isclose(equiv[i], s, rtol=1e-9, atol=0):
+            raise SteerjaxError(f"early features returned strength {s} for {name!r}, not one asked for")
+        back.append(float(alphas[name][i]))
+    feats = feats.copy()
+    feats["strength"] = back
+    if "multiplier" in feats:
+        feats["multiplier"] = back
+    return feats
 
 
 def save_evaluation(ev: classifier.Evaluation, out: str) -> None:
@@ -161,7 +264,8 @@ def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] =
         save_evaluation(ev, out)
     pred = classifier.fit(data, feature_columns=classifier.feature_columns_of(data, max_step=search_k), **fit_kw)
     pred.meta.update(testbed=os.path.abspath(testbed.path), model=cfg["model"], dtype=cfg.get("dtype", "float32"),
-                     layer=cfg["layer"], positions=cfg.get("positions", "all"), steps=list(steps), search_k=search_k,
+                     layer=cfg["layer"], positions=cfg.get("positions", "all"), scale=cfg.get("scale", "norm"),
+                     steps=list(steps), search_k=search_k,
                      strengths=sorted(set(steered["strength"])), max_new_tokens=cfg.get("max_new_tokens"),
                      thresholds=thr.to_dict())
     pred.save(out)
