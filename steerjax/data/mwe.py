@@ -1,7 +1,8 @@
 """Anthropic's model-written evaluations (MWE) as steering-bench A/B datasets.
 
-The data lives outside the repository; :func:`data_root` finds it through the ``STEERJAX_DATA``
-environment variable (a directory holding ``anthropic-evals/`` and ``steering-bench/``).
+The data lives outside the repository: in ``$STEERJAX_DATA`` (a directory holding
+``anthropic-evals/`` and ``steering-bench/``) when set, else in the download cache, where each file
+arrives on first use (:func:`steerjax.paths.data_root`, :mod:`steerjax.data.download`).
 
 Dataset names (see :func:`list_datasets`):
 
@@ -35,7 +36,6 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-import os
 import pathlib
 import random
 import re
@@ -44,10 +44,12 @@ from typing import Any
 
 import numpy as np
 
+from steerjax.data.download import read_persona_prompts
 from steerjax.data.examples import Example
 from steerjax.data.formats import PromptFormat, get_format, parse_setting
 from steerjax.data.paper import TAN_UNAVAILABLE, unavailable_message
 from steerjax.errors import DataError
+from steerjax.paths import data_exists, data_file, data_names, data_root
 
 ENV_VAR = "STEERJAX_DATA"
 HUMAN_SUFFIX = "@human"
@@ -72,33 +74,16 @@ _REPEPO_SPLIT = re.compile(r"(\d+%?)?:(\+?)(\d+%?)")
 SPLIT_COMPAT = ("repepo",)
 
 
-def data_root() -> pathlib.Path:
-    """The data directory named by ``STEERJAX_DATA``.
-
-    Raises:
-      DataError: the variable is unset or names no directory.
-    """
-    value = os.environ.get(ENV_VAR, "").strip()
-    if not value:
-        raise DataError(f"{ENV_VAR} is not set: set {ENV_VAR} to the directory holding anthropic-evals/ "
-                        "and steering-bench/ (the project's shared data directory)")
-    root = pathlib.Path(value).expanduser()
-    if not root.is_dir():
-        raise DataError(f"{ENV_VAR}={value!r} is not a directory: set {ENV_VAR} to the directory holding "
-                        "anthropic-evals/ and steering-bench/")
-    return root
-
-
 def _folder(parts: tuple[str, ...]) -> pathlib.Path:
     path = data_root().joinpath(*parts)
-    if not path.is_dir():
+    if not data_exists(path):
         raise DataError(f"{path} is missing: set {ENV_VAR} to the directory holding anthropic-evals/persona/ "
                         "and anthropic-evals/advanced-ai-risk/")
     return path
 
 
 def _stems(folder: pathlib.Path) -> list[str]:
-    return sorted(p.name[: -len(".jsonl")] for p in folder.glob("*.jsonl") if p.is_file())
+    return data_names(folder, ".jsonl")
 
 
 def _catalog() -> dict[str, tuple[str, pathlib.Path]]:
@@ -144,7 +129,7 @@ def stat_key(path: pathlib.Path) -> tuple[str, int, int]:
       DataError: the file cannot be read.
     """
     try:
-        st = path.stat()
+        st = data_file(path).stat()
     except OSError as e:
         raise DataError(f"cannot read {path}: {e}; check {ENV_VAR}") from e
     return str(path), st.st_mtime_ns, st.st_size
@@ -174,18 +159,16 @@ def read_jsonl(path: pathlib.Path) -> tuple[dict[str, Any], ...]:
 
 @functools.lru_cache(maxsize=8)
 def _read_json_cached(path: str, mtime_ns: int, size: int) -> Any:
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path} is not valid JSON ({e}): fix or re-download the file") from e
+    return read_persona_prompts(path)  # the .json, or steering-bench's .py read as data
 
 
 def _prompt_table() -> dict[str, Any]:
     path = data_root().joinpath(*_PERSONA_PROMPTS)
-    if not path.is_file():
-        raise DataError(f"{path} is missing: set {ENV_VAR} to the directory holding "
-                        "steering-bench/persona_prompts.json")
+    if not data_exists(path):
+        path = path.with_suffix(".py")  # steering-bench's own file, as steerjax data download stores it
+    if not data_exists(path):
+        raise DataError(f"{path.with_suffix('.json')} is missing: set {ENV_VAR} to the directory holding "
+                        "steering-bench/persona_prompts.json (or persona_prompts.py)")
     table = _read_json_cached(*stat_key(path))
     if not isinstance(table, dict) or not isinstance(table.get("prompts"), dict):
         raise DataError(f"{path} has no 'prompts' mapping: fix or re-download the file")

@@ -41,6 +41,7 @@ import pandas as pd
 
 from steerjax.data.mwe import ENV_VAR, PERSONA_DIR, data_root, read_jsonl, stat_key
 from steerjax.errors import DataError
+from steerjax.paths import data_exists
 
 DIRECTIONS = ("positive", "negative")
 PROMPT_FORMATS = ("reference", "steerjax-v1")
@@ -113,7 +114,7 @@ def _read_csv_cached(path: str, mtime_ns: int, size: int, columns: tuple[str, ..
 def _steering_df() -> pd.DataFrame:
     """The steering statements table (cached on path, mtime and size; do not mutate)."""
     path = data_root().joinpath(*STEERING_FILE)
-    if not path.is_file():
+    if not data_exists(path):
         raise DataError(f"{path} is missing: set {ENV_VAR} to the directory holding "
                         "prompt-steering/steering_df.csv")
     return _read_csv_cached(*stat_key(path))
@@ -122,7 +123,7 @@ def _steering_df() -> pd.DataFrame:
 def _profiling_df() -> pd.DataFrame | None:
     """The reference's profiling statements table, or None when the file is absent (cached; do not mutate)."""
     path = data_root().joinpath(*PROFILING_FILE)
-    if not path.is_file():
+    if not data_exists(path):
         return None
     return _read_csv_cached(*stat_key(path), columns=_PROFILING_COLUMNS)
 
@@ -134,7 +135,7 @@ def profiling_source() -> str:
     Raises:
       DataError: ``STEERJAX_DATA`` is not set.
     """
-    return "profiling_df.csv" if data_root().joinpath(*PROFILING_FILE).is_file() else "persona-derived"
+    return "profiling_df.csv" if data_exists(data_root().joinpath(*PROFILING_FILE)) else "persona-derived"
 
 
 def list_dimensions() -> list[str]:
@@ -282,7 +283,7 @@ def query_messages(statement: str, steering: str | None = None, *,
 
 def _persona_rows(dim: str) -> pd.DataFrame:
     path = data_root().joinpath(*PERSONA_DIR, f"{dim}.jsonl")
-    if not path.is_file():
+    if not data_exists(path):
         raise DataError(f"{path} is missing: the profiling statements of {dim!r} come from the Anthropic persona "
                         f"evals; set {ENV_VAR} to the directory holding anthropic-evals/persona/")
     out = []
