@@ -386,14 +386,23 @@ def test_paper_evaluation_end_to_end(tmp_path):
                           grid={"depth": [2, 3], "iterations": [25], "learning_rate": [0.2]}, progress=False)
     assert list(ev.scores[["concepts", "prompts"]].drop_duplicates().itertuples(index=False, name=None)) == [
         ("seen", "test"), ("unseen", "test"), ("unseen", "all")]
-    assert set(ev.scores.model) == {"predictor", "strength-only", "multiplier-only", "majority"}
+    models = {"predictor", "strength-only", "multiplier-only", "majority"}
+    assert set(ev.scores[ev.scores.concepts == "unseen"].model) == models
+    assert set(ev.scores[ev.scores.concepts == "seen"].model) == models | {"concept-strength"}
     s = ev.scores.set_index(["concepts", "prompts", "model"])
     assert s.loc[("unseen", "all", "predictor"), "n"] == 2 * 10 * 4
     assert s.loc[("unseen", "test", "predictor"), "n"] == 2 * 2 * 4
     assert s.loc[("seen", "test", "predictor"), "macro_f1"] > s.loc[("seen", "test", "majority"), "macro_f1"]
     assert s.loc[("unseen", "all", "predictor"), "macro_f1"] > 0.6
     pc = ev.per_class
-    assert len(pc) == 3 * 4 * 3 and set(pc["class"]) == set(LABELS)
+    assert len(pc) == (5 + 4 + 4) * 3 and set(pc["class"]) == set(LABELS)
+    # concept-strength: the most common label of the concept at that strength on the training prompts
+    train = table[ev.split.rows(table, "seen", "train")]
+    seen_test = ev.predictions[ev.predictions.concepts == "seen"]
+    for _, r in seen_test.sample(10, random_state=0).iterrows():
+        counts = train[(train.concept == r.concept) & (train.strength == r.strength)].label.value_counts()
+        assert r.concept_strength in counts[counts == counts.max()].index
+    assert (ev.predictions[ev.predictions.concepts == "unseen"].concept_strength == "").all()
     row = pc[(pc.concepts == "unseen") & (pc.prompts == "all") & (pc.model == "predictor")].set_index("class")
     assert np.allclose(row.f1.to_numpy(), s.loc[("unseen", "all", "predictor"), [f"f1_{c}" for c in LABELS]].to_numpy(
         np.float64), equal_nan=True)

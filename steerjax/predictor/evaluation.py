@@ -27,7 +27,9 @@ features table (one row per prompt x concept x strength with a ``label``, as
    ``per_class``) for seen concepts x test prompts, unseen concepts x test prompts (held-out
    prompts and concepts) and unseen concepts x all prompts (SteerBoost's OOD rows), next to
    ``strength-only`` and ``multiplier-only`` CatBoost baselines (the chosen setting on one
-   column) and ``majority`` (the training rows' most common label).
+   column), ``majority`` (the training rows' most common label) and, for seen concepts only,
+   ``concept-strength`` (the most common training label of the row's concept at its strength:
+   what a per-concept grid search on the training prompts knows).
 
 Concept-grouped cross-validation (:func:`steerjax.predictor.classifier.evaluate`) is kept as an
 extra (``cv_folds``). Macro-F1 is :func:`steerjax.predictor.classifier.macro_f1` (over the
@@ -362,6 +364,8 @@ def paper_evaluation(table: pd.DataFrame, *, feature_columns: Sequence[str] | No
     for _, col, _ in baselines:
         pred[col] = base_models[col].predict(sub).to_numpy()
     pred["majority"] = majority
+    pred["concept_strength"] = _concept_strength(fit_rows, sub, label_col, majority)
+    pred.loc[pred["concepts"] != "seen", "concept_strength"] = ""
     for c in LABELS:
         pred[f"p_{c}"] = proba[c].to_numpy()
 
@@ -373,7 +377,7 @@ def paper_evaluation(table: pd.DataFrame, *, feature_columns: Sequence[str] | No
             mask = mask & (pred["prompts"] == prompts_part).to_numpy()
         g = pred[mask]
         y = g[label_col].astype(str).to_numpy()
-        for name, col in models:
+        for name, col in models + ([("concept-strength", "concept_strength")] if concepts_part == "seen" else []):
             f1 = classifier.f1_scores(y, g[col])
             score_rows.append({"concepts": concepts_part, "prompts": prompts_part, "model": name, "n": len(g),
                                "macro_f1": classifier.macro_f1(y, g[col]), "accuracy": float(np.mean(y == g[col])),
@@ -449,6 +453,19 @@ def _grid(grid) -> list[dict]:
                                      "in (0, 1]")
         values.append(v)
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def _concept_strength(train: pd.DataFrame, rows: pd.DataFrame, label_col: str, majority: str) -> np.ndarray:
+    """Per row, the most common training label of its (concept, strength) (ties: the label named
+    first in :data:`LABELS`), else of its strength, else ``majority``."""
+    def mode(g):
+        counts = g.astype(str).value_counts()
+        return min(counts[counts == counts.max()].index, key=LABELS.index)
+
+    by_pair = train.groupby(["concept", "strength"])[label_col].agg(mode).to_dict()
+    by_strength = train.groupby("strength")[label_col].agg(mode).to_dict()
+    return np.asarray([by_pair.get((c, s), by_strength.get(s, majority))
+                       for c, s in zip(rows["concept"], rows["strength"])], dtype=object)
 
 
 def _per_class(y, pred, concepts_part, prompts_part, model) -> list[dict]:
