@@ -29,7 +29,6 @@ from tests.data_server import (
 from tests.helpers import data_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.requires_data
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +67,7 @@ def leftovers(root):
 # ----------------------------------------------------------------------------- the manifest's facts
 
 
+@pytest.mark.requires_data
 def test_manifest_agrees_with_upstream_tsv_and_the_local_copies(shared):
     src = shared[0]
     rows = {(r["repo"], r["path"]): r for r in upstream_rows(src)}
@@ -110,6 +110,7 @@ def test_urls_keep_githubs_raw_layout(monkeypatch):
     assert entry.url().startswith("http://mirror.local/raw/IBM/prompt-steering/ed0aaea")
 
 
+@pytest.mark.requires_data
 def test_data_list_counts_files_of_unrecorded_size(capsys):
     assert cli(["data", "list"]) == 0
     out = capsys.readouterr().out
@@ -121,6 +122,7 @@ def test_data_list_counts_files_of_unrecorded_size(capsys):
 # ----------------------------------------------------------------------------- downloads
 
 
+@pytest.mark.requires_data
 def test_every_served_file_downloads_and_verifies(cache, server):
     done = dl.download(root=cache)
     assert len(done) == len(dl.all_files()) and all(new for _, new in done)
@@ -132,6 +134,7 @@ def test_every_served_file_downloads_and_verifies(cache, server):
     assert not any(new for _, new in again) and len(server.requests) == asked
 
 
+@pytest.mark.requires_data
 def test_a_source_downloads_and_a_rerun_skips_what_verifies(cache, server):
     done = dl.download(["prompt-steering", "steering-bench", "steerboost"], cache)
     assert [f.local for f, new in done if new] == [
@@ -145,6 +148,7 @@ def test_a_source_downloads_and_a_rerun_skips_what_verifies(cache, server):
     assert [f.local for f, new in again if new] == ["prompt-steering/NOTICE"] and len(server.requests) == 1
 
 
+@pytest.mark.requires_data
 def test_a_flipped_byte_is_refused_and_nothing_is_kept(cache, server):
     entry = dl.find("anthropic-evals/persona/anti-immigration.jsonl")
     server.faults[f"/{entry.repo}/{entry.commit}/{entry.path}"] = "flip"
@@ -155,6 +159,7 @@ def test_a_flipped_byte_is_refused_and_nothing_is_kept(cache, server):
     assert dl.fetch(entry, cache) == (cache / entry.local, True)  # the server's next answer is right
 
 
+@pytest.mark.requires_data
 def test_a_transfer_cut_midway_gives_a_clear_error_and_the_rerun_completes(cache, server):
     entry = dl.find("prompt-steering/steering_df.csv")
     server.faults[f"/{entry.repo}/{entry.commit}/{entry.path}"] = "half"
@@ -168,6 +173,40 @@ def test_a_transfer_cut_midway_gives_a_clear_error_and_the_rerun_completes(cache
     assert dl.problem(cache / entry.local, entry) is None
 
 
+@pytest.mark.requires_data
+def test_ctrl_c_during_a_download_leaves_nothing(cache, server, monkeypatch):
+    entry = dl.find("prompt-steering/steering_df.csv")
+    real = dl.urllib.request.urlopen
+
+    class Interrupting:  # the response of the real server, interrupted after the first block
+        def __init__(self, response):
+            self.response, self.blocks = response, 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.response.close()
+
+        @property
+        def headers(self):
+            return self.response.headers
+
+        def read(self, n):
+            self.blocks += 1
+            if self.blocks == 2:
+                raise KeyboardInterrupt
+            return self.response.read(n)
+
+    monkeypatch.setattr(dl.urllib.request, "urlopen", lambda *a, **k: Interrupting(real(*a, **k)))
+    with pytest.raises(KeyboardInterrupt):
+        dl.fetch(entry, cache)
+    assert leftovers(cache) == []
+    monkeypatch.setattr(dl.urllib.request, "urlopen", real)
+    assert dl.fetch(entry, cache)[1] and dl.problem(cache / entry.local, entry) is None
+
+
+@pytest.mark.requires_data
 def test_a_stalled_server_times_out_naming_the_url(cache, server):
     entry = dl.find("anthropic-evals/LICENSE")
     server.faults[f"/{entry.repo}/{entry.commit}/{entry.path}"] = "stall"
@@ -176,6 +215,7 @@ def test_a_stalled_server_times_out_naming_the_url(cache, server):
     assert leftovers(cache) == []
 
 
+@pytest.mark.requires_data
 def test_unreachable_and_missing_urls_are_named(cache, server, monkeypatch):
     entry = dl.find("anthropic-evals/LICENSE")
     with pytest.raises(DataError, match=r"HTTP 404.*not on this server"):
@@ -190,6 +230,7 @@ def test_unreachable_and_missing_urls_are_named(cache, server, monkeypatch):
 # ----------------------------------------------------------------------------- loaders: first use, STEERJAX_DATA
 
 
+@pytest.mark.requires_data
 def test_loaders_download_what_they_read_on_first_use(cache, server, shared, monkeypatch):
     from steerjax.data import list_datasets, load_dataset, persona_prompts
     from steerjax.profiles import data as pdata
@@ -218,6 +259,7 @@ def test_loaders_download_what_they_read_on_first_use(cache, server, shared, mon
     assert not [p for p in leftovers(cache) if p.endswith(".part")]
 
 
+@pytest.mark.requires_data
 def test_steerjax_data_set_means_no_request(cache, server, shared, tmp_path, monkeypatch):
     from steerjax.data import list_datasets, load_dataset, persona_prompts
     from steerjax.profiles import data as pdata
@@ -241,6 +283,7 @@ def test_steerjax_data_set_means_no_request(cache, server, shared, tmp_path, mon
     assert server.requests == [] and not cache.exists()
 
 
+@pytest.mark.requires_data
 def test_a_read_only_cache_gives_a_clear_error(cache, server):
     cache.mkdir(parents=True)
     os.chmod(cache, 0o555)
@@ -264,6 +307,7 @@ def test_a_read_only_cache_gives_a_clear_error(cache, server):
             os.chmod(cache, 0o755)
 
 
+@pytest.mark.requires_data
 def test_a_cache_under_a_file_gives_a_clear_error(cache, server, tmp_path, monkeypatch):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
@@ -280,6 +324,7 @@ def test_a_cache_under_a_file_gives_a_clear_error(cache, server, tmp_path, monke
 # ----------------------------------------------------------------------------- persona_prompts.py as data
 
 
+@pytest.mark.requires_data
 def test_persona_prompts_py_is_read_as_data_never_run(tmp_path, shared):
     made = shared[1]["experiments/steering_generalization/persona_prompts.py"]
     path = tmp_path / "persona_prompts.py"
@@ -305,6 +350,7 @@ def test_persona_prompts_py_is_read_as_data_never_run(tmp_path, shared):
 # ----------------------------------------------------------------------------- the command line
 
 
+@pytest.mark.requires_data
 def test_data_list(cache, server, shared, capsys, monkeypatch):
     assert cli(["data", "list"]) == 0
     out = capsys.readouterr().out
@@ -332,6 +378,7 @@ def test_data_list(cache, server, shared, capsys, monkeypatch):
     assert len(server.requests) == asked == 4  # listing asks nothing
 
 
+@pytest.mark.requires_data
 def test_data_download_command(cache, server, tmp_path, capsys, monkeypatch):
     target = tmp_path / "mine"
     assert cli(["data", "download", "steerboost", "steering-bench", "--to", str(target)]) == 0
@@ -360,18 +407,23 @@ def test_data_download_command(cache, server, tmp_path, capsys, monkeypatch):
     assert leftovers(cache) == ["steerboost/alpaca_eval.json", "steerboost/concepts.json"]
 
 
-def test_data_help(capsys):
+def test_data_help_and_usage_errors(capsys, tmp_path):
     for argv in (["data", "--help"], ["data", "list", "--help"], ["data", "download", "--help"]):
         assert cli(argv) == 0
     out = capsys.readouterr().out
     assert "STEERJAX_DATA_MIRROR" in out and "--to DIR" in out and "--force" in out and "--verify" in out
     assert "anthropic-evals, prompt-steering, steering-bench, steerboost" in out.replace("\n", " ").replace("- ", "-")
+    assert cli(["data", "list", "--to", str(tmp_path / "nowhere")]) == 2
+    assert "error: --to " in capsys.readouterr().err
+    assert cli(["data", "download", "nope", "--to", str(tmp_path / "d")]) == 2
+    assert "error: unknown data source 'nope'" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
 # ----------------------------------------------------------------------------- acceptance
 
 
 @pytest.mark.slow
+@pytest.mark.requires_data
 def test_reliability_smoke_runs_on_a_fresh_machine(shared, server, chat_model_dir, tmp_path):
     """STEERJAX_DATA unset, the mirror at the server: the reliability experiment's smoke preset
     downloads what it reads and runs end to end. The one pinned file not held here (steering-bench's

@@ -108,7 +108,11 @@ def run_download(args) -> int:
 def _target(to: str | None, *, listing: bool) -> tuple[pathlib.Path, str]:
     """The data directory a command works on, and why."""
     if to is not None:
-        return pathlib.Path(to).expanduser(), "--to"
+        root = pathlib.Path(to).expanduser()
+        if listing and not root.is_dir():
+            raise DataError(f"--to {to} is not a directory: give a data directory (one that steerjax data "
+                            "download --to filled, or STEERJAX_DATA's)")
+        return root, "--to"
     override = paths.data_override()
     if override is None:
         return paths.data_cache(), "the download cache: STEERJAX_DATA is unset, so files are downloaded on first use"
