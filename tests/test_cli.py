@@ -220,13 +220,15 @@ BAD_ARGUMENTS = {
     "predictor train": (["predictor", "train", "{tmp}/no-testbed", "--out", "{tmp}/p"], "not a finished testbed"),
     "predictor search": (["predictor", "search", "{tmp}/no-predictor", "--prompt", "Hi", "--concept", "x"],
                          "holds no predictor"),
+    "data list": (["data", "list", "--to", "{tmp}/nowhere"], "is not a directory"),
+    "data download": (["data", "download", "nope", "--to", "{tmp}/d"], "unknown data source 'nope'"),
 }
 
 
 def test_bad_arguments_cover_every_command():
     from steerjax.cli import build_parser
 
-    leaves = {" ".join(p) for p in command_paths(build_parser())} - {"vector", "predictor"}
+    leaves = {" ".join(p) for p in command_paths(build_parser())} - {"vector", "predictor", "data"}
     assert leaves == set(BAD_ARGUMENTS)
 
 

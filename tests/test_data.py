@@ -486,10 +486,12 @@ def test_unknown_dataset_suggests_close_names(data):
 
 def test_unset_or_missing_data_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("STEERJAX_DATA", raising=False)
-    with pytest.raises(DataError, match="STEERJAX_DATA is not set.*anthropic-evals"):
-        list_datasets()
-    with pytest.raises(DataError, match="STEERJAX_DATA is not set"):
-        load_dataset("likes-tea")
+    monkeypatch.setenv("STEERJAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("STEERJAX_DATA_MIRROR", "http://127.0.0.1:9")  # nothing listens there
+    assert "anti-immigration" in list_datasets()  # the pinned catalogue: no request
+    with pytest.raises(DataError, match=r"STEERJAX_DATA is not set, so steerjax downloads anthropic-evals/.*"
+                                        r"corrigible-neutral-HHH\.jsonl .*cannot reach http://127\.0\.0\.1:9/"):
+        load_dataset("corrigible-neutral-HHH")
     monkeypatch.setenv("STEERJAX_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="is not a directory"):
         load_dataset("likes-tea")

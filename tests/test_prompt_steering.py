@@ -112,9 +112,12 @@ def test_profiling_errors(fake_data):
         pdata.profiling_statements("curiosity", confidence_threshold=0.86, num_questions=3)
 
 
-def test_missing_data_dir(monkeypatch):
+def test_missing_data_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("STEERJAX_DATA", raising=False)
-    with pytest.raises(DataError, match="STEERJAX_DATA is not set"):
+    monkeypatch.setenv("STEERJAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("STEERJAX_DATA_MIRROR", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(DataError, match=r"STEERJAX_DATA is not set, so steerjax downloads "
+                                        r"prompt-steering/steering_df\.csv .*cannot reach"):
         pdata.list_dimensions()
 
 
