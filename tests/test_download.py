@@ -1,5 +1,8 @@
 """Pinned, verified data downloads (steerjax.data.download, steerjax data list / download), offline.
 
+The end-to-end check (an experiment on a fresh machine, data fetched on first use) is
+tests/test_reliability_experiment.py::test_reliability_experiment_smoke.
+
 A real HTTP server on 127.0.0.1 (tests/data_server.py) stands in for GitHub's raw-file host through
 STEERJAX_DATA_MIRROR. It serves the copies under STEERJAX_DATA laid out by UPSTREAM.tsv, and small
 files made here for the pinned files not held there (the manifest is patched to pin those).
@@ -9,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -417,35 +418,3 @@ def test_data_help_and_usage_errors(capsys, tmp_path):
     assert "error: --to " in capsys.readouterr().err
     assert cli(["data", "download", "nope", "--to", str(tmp_path / "d")]) == 2
     assert "error: unknown data source 'nope'" in capsys.readouterr().err and not (tmp_path / "d").exists()
-
-
-# ----------------------------------------------------------------------------- acceptance
-
-
-@pytest.mark.slow
-@pytest.mark.requires_data
-def test_reliability_smoke_runs_on_a_fresh_machine(shared, server, chat_model_dir, tmp_path):
-    """STEERJAX_DATA unset, the mirror at the server: the reliability experiment's smoke preset
-    downloads what it reads and runs end to end. The one pinned file not held here (steering-bench's
-    persona_prompts.py) is served as made by the test, so the process pins that file's test copy."""
-    pinned = tmp_path / "sources.json"
-    pinned.write_text(json.dumps(shared[2]))
-    env = {k: v for k, v in os.environ.items() if k != "STEERJAX_DATA"}
-    env.update(STEERJAX_CACHE=str(tmp_path / "cache"), STEERJAX_DATA_MIRROR=server.base, JAX_PLATFORMS="cpu")
-    out = tmp_path / "run"
-    argv = ["experiments/steering_reliability/run.py", "--preset", "smoke", "--model", chat_model_dir,
-            "--out", str(out)]
-    script = ("import json, runpy, sys; from steerjax.data import manifest; "
-              f"manifest.SOURCES = json.load(open({str(pinned)!r})); sys.argv = {argv!r}; "
-              "runpy.run_path(sys.argv[0], run_name='__main__')")
-    server.requests.clear()
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (out / "summary.csv").is_file() and (out / "run.json").is_file()
-    fetched = sorted(leftovers(tmp_path / "cache" / "data"))
-    assert fetched == ["anthropic-evals/LICENSE",
-                       "anthropic-evals/advanced-ai-risk/lm_generated_evals/corrigible-neutral-HHH.jsonl",
-                       "anthropic-evals/persona/believes-abortion-should-be-illegal.jsonl",
-                       "steering-bench/persona_prompts.py"]
-    assert len(server.requests) == len(fetched)  # each file once

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 
 from steerjax.errors import DataError, RunConfigError, SteerjaxError
+from tests.data_server import DataServer, made_files, served_files, sources_with
+from tests.helpers import data_dir
 
 FIGURES = ("layer_sweep", "propensity_curves", "steerability_violin", "steerability_ci", "spurious_variance",
            "generalisation_matrix", "relative_steerability")
@@ -24,14 +26,43 @@ def two_models(chat_model_dir, tmp_path_factory):
     return chat_model_dir, str(other)
 
 
+@pytest.fixture
+def fresh_machine(tmp_path, monkeypatch):
+    """A machine without STEERJAX_DATA: the data comes from a mirror of GitHub's raw files (a real
+    HTTP server on 127.0.0.1 serving the shared data by UPSTREAM.tsv) into an empty cache. The one
+    pinned file not held here (steering-bench's persona_prompts.py) is made by the test and pinned
+    in its place. Yields (server, the cache's data directory)."""
+    from steerjax.data import manifest
+
+    if data_dir() is None:
+        pytest.skip("needs STEERJAX_DATA (the mirror serves the shared data)")
+    made = made_files(data_dir())
+    sources = sources_with(manifest.SOURCES, made)
+    with DataServer(served_files(data_dir(), sources, made)) as server:
+        monkeypatch.setattr(manifest, "SOURCES", sources)
+        monkeypatch.delenv("STEERJAX_DATA")
+        monkeypatch.setenv("STEERJAX_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setenv("STEERJAX_DATA_MIRROR", server.base)
+        yield server, tmp_path / "cache" / "data"
+
+
 @pytest.mark.slow
 @pytest.mark.requires_data
-def test_reliability_experiment_smoke(two_models, tmp_path):
+def test_reliability_experiment_smoke(two_models, fresh_machine, tmp_path):
+    """On a fresh machine (issue 16: no STEERJAX_DATA, data downloaded on first use) the smoke
+    preset runs end to end for two models, resumes, and refuses another command."""
     from experiments.steering_reliability.run import SETTINGS, VECTORS, main
 
+    server, cache = fresh_machine
     out = tmp_path / "run"
     argv = ["--preset", "smoke", "--model", two_models[0], "--model", two_models[1], "--out", str(out)]
     main(argv)
+    fetched = sorted(os.path.relpath(os.path.join(d, f), cache) for d, _, fs in os.walk(cache) for f in fs)
+    assert fetched == ["anthropic-evals/LICENSE",
+                       "anthropic-evals/advanced-ai-risk/lm_generated_evals/corrigible-neutral-HHH.jsonl",
+                       "anthropic-evals/persona/believes-abortion-should-be-illegal.jsonl",
+                       "steering-bench/persona_prompts.py"]
+    assert len(server.requests) == len(fetched)  # each file once, verified, nothing left half-written
     cfg = json.loads((out / "config.json").read_text())
     info = json.loads((out / "run.json").read_text())  # what the run found; config.json is what was asked
     assert cfg["format"] == "repepo" and cfg["splits"] == {"train": "0%:50%", "test": "50%:100%"}
@@ -65,6 +96,7 @@ def test_reliability_experiment_smoke(two_models, tmp_path):
     config_bytes = (out / "config.json").read_bytes()
     per_example = pd.read_parquet(out / "per_example.parquet")
     main(argv)
+    assert len(server.requests) == len(fetched)  # the rerun reads the cache: no request
     pd.testing.assert_frame_equal(pd.read_parquet(out / "per_example.parquet"), per_example)
     assert (out / "config.json").read_bytes() == config_bytes  # written once
     with pytest.raises(RunConfigError, match="differs in: seed"):  # another command: refused before any work
