@@ -29,8 +29,6 @@ from tests.data_server import (
 )
 from tests.helpers import data_dir
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture(scope="module")
 def shared():
