@@ -371,11 +371,18 @@ def test_cli_predictor_train_and_search(chat_model_dir, tmp_path, capsys):
                  "--prompts", "4", "--strengths", "0.02", "0.5", "4", "--layer", "0", "--max-new-tokens", "6",
                  "--pairs", "4", "--out", tb]) == 0
     assert main(["predictor", "train", tb, "--steps", "1", "2", "--search-k", "1", "--folds", "0",
-                 "--iterations", "20", "--out", pred]) == 0
+                 "--iterations", "20", "--feature-set", "steerboost", "--protocol", "paper", "--out", pred]) == 0
     labels = pd.read_parquet(f"{pred}/labels.parquet")
     assert set(labels["label"]) <= {"under-steer", "success", "over-steer"} and len(labels) == 4 * (1 + 3 * 3)
     p = SteerabilityPredictor.load(pred)
-    assert p.meta["layer"] == 0 and all(c.endswith("_k1") or c == "strength" for c in p.feature_columns)
+    assert p.meta["layer"] == 0 and p.meta["feature_set"] == "steerboost" and p.meta["protocol"] == "paper"
+    # the steerboost set at k <= 1: token 0's columns, and InterventionMag / Alpha, which have no step
+    assert all(c.startswith("sb_") or c == "strength" for c in p.feature_columns)
+    assert {"sb_InterventionMag", "sb_Alpha"} <= set(p.feature_columns)
+    assert all(c.endswith("_k1") or c in ("strength", "sb_InterventionMag", "sb_Alpha") for c in p.feature_columns)
+    paper = pd.read_csv(f"{pred}/paper/scores.csv")
+    assert {("seen", "test"), ("unseen", "test"), ("unseen", "all")} == set(zip(paper["concepts"], paper["prompts"]))
+    assert "the paper's evaluation, features 'steerboost'" in capsys.readouterr().out
     capsys.readouterr()
     out = str(tmp_path / "search.json")
     assert main(["predictor", "search", pred, "--prompt", "Tell me a story.", "--concept", "narcissism",
@@ -398,3 +405,5 @@ def test_cli_predictor_train_and_search(chat_model_dir, tmp_path, capsys):
     assert "unknown concept" in capsys.readouterr().err
     assert main(["predictor", "train", str(tmp_path / "missing"), "--out", pred]) == 2
     assert "not a finished testbed run" in capsys.readouterr().err
+    assert main(["predictor", "train", tb, "--feature-set", "steerboost+nope", "--out", pred, "--force"]) == 2
+    assert "unknown feature set" in capsys.readouterr().err
