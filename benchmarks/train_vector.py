@@ -130,8 +130,6 @@ def main(argv=None):
         args.model = DEFAULT_MODEL
     if args.peer_out:
         return peer_main(args, cores)
-    if not os.environ.get("STEERJAX_DATA"):
-        sys.exit(f"error: set STEERJAX_DATA to the data directory: this benchmark reads {DATASET}")
 
     import jax
 

@@ -16,7 +16,8 @@
 
     python experiments/prompt_steerability/run.py --preset quick --out runs/prompt-steerability
 
-Needs STEERJAX_DATA. The profile stage is resumable from its run directories
+Reads its data from STEERJAX_DATA, else downloads it on first use (pinned, verified; see the
+README). The profile stage is resumable from its run directories
 (``profile_run_<format>``). ``config.json`` holds what was asked (written once; a different command
 in the same directory is refused); ``run.json`` what the run found (the model's source, the wall
 time, versions). The main format's tables and figures are in the run directory, the other

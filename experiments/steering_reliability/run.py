@@ -20,7 +20,8 @@ half of each dataset and test on the second, multipliers -1.5 .. 1.5. Per model:
     python experiments/steering_reliability/run.py --preset quick --out runs/reliability
     python experiments/steering_reliability/run.py --preset full --model A --model B --out runs/reliability-full
 
-Needs STEERJAX_DATA. A run directory is resumable: trained vectors and finished sweep chunks are
+Reads its data from STEERJAX_DATA, else downloads it on first use (pinned, verified; see the
+README). A run directory is resumable: trained vectors and finished sweep chunks are
 reused when the same command is run again. ``config.json`` holds what was asked (written once; a
 different command in the same directory is refused); ``run.json`` what the run found (each
 model's source and chosen layer, the wall time, versions).

@@ -1,6 +1,7 @@
 """Data and prompts of the prompt-steerability benchmark (Miehling et al. 2024).
 
-Two kinds of statements, both under ``STEERJAX_DATA`` (see :func:`steerjax.data.mwe.data_root`):
+Two kinds of statements, both in the data directory (``STEERJAX_DATA``, else the download cache:
+see :mod:`steerjax.paths`):
 
 - Steering statements, ``prompt-steering/steering_df.csv``: 70 persona dimensions x 2 directions
   (``"positive"``, ``"negative"``) x 100 statements. ``k`` of them, from one direction, make a
@@ -130,10 +131,8 @@ def _profiling_df() -> pd.DataFrame | None:
 
 def profiling_source() -> str:
     """Where :func:`profiling_statements` takes its statements from: ``"profiling_df.csv"`` when
-    ``$STEERJAX_DATA/prompt-steering/profiling_df.csv`` exists, else ``"persona-derived"``.
-
-    Raises:
-      DataError: ``STEERJAX_DATA`` is not set.
+    ``prompt-steering/profiling_df.csv`` is in the data directory, or pinned in the download cache
+    (``STEERJAX_DATA`` unset: fetched on first read), else ``"persona-derived"``.
     """
     return "profiling_df.csv" if data_exists(data_root().joinpath(*PROFILING_FILE)) else "persona-derived"
 
