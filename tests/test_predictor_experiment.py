@@ -1,18 +1,35 @@
-"""The steerability-predictor experiment runs end to end (smoke preset) and writes its outputs."""
+"""The steerability-predictor experiment: the smoke preset end to end, and bad inputs refused
+before any model loads."""
 
 from __future__ import annotations
 
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
+
+
+class ModelLoaded(Exception):
+    """Raised in place of loading a model: every check before it passed."""
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """``steerjax.load_model`` raises :class:`ModelLoaded`: a test sees whether the inputs were checked first."""
+    import steerjax
+
+    def refuse(*a, **k):
+        raise ModelLoaded
+
+    monkeypatch.setattr(steerjax, "load_model", refuse)
 
 
 @pytest.mark.slow
 @pytest.mark.requires_data
 @pytest.mark.requires_smollm2
-def test_steerability_predictor_experiment_smoke(tmp_path):
+def test_steerability_predictor_experiment_smoke(tmp_path, capsys):
     from experiments.steerability_predictor.run import PRESETS, main
     from steerjax.predictor.judge import LABELS
 
@@ -21,20 +38,205 @@ def test_steerability_predictor_experiment_smoke(tmp_path):
     p = PRESETS["smoke"]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["preset"] == "smoke" and len(cfg["concept_names"]) == p["concepts"]
+    assert cfg["feature_set"] == "steerboost+steerjax" and cfg["judge"] == "hidden"
     roll = pd.read_parquet(out / "rollouts.parquet")
-    assert len(roll) == p["prompts"] * (1 + p["concepts"] * len(p["strengths"]))
+    n_steered = p["prompts"] * p["concepts"] * len(p["strengths"])
+    assert len(roll) == p["prompts"] + n_steered
     labels = pd.read_parquet(out / "labels.parquet")
     assert set(labels["label"]) <= set(LABELS) and labels["nll"].gt(0).all()
     feats = pd.read_parquet(out / "features.parquet")
-    assert len(feats) == p["prompts"] * p["concepts"] * len(p["strengths"]) and "kl_next_k1" in feats
+    assert len(feats) == n_steered and {"kl_next_k1", "sb_Alpha", "read_nll_k1", "n_tokens"} <= set(feats)
+    assert summary["unlabelled_dropped"] == 0 and not summary["feature_set_replays_judge"]
+
+    # concept-grouped CV (the extra), with the CGS baseline
     scores = pd.read_csv(out / "scores.csv")
-    assert list(scores["model"]) == ["predictor", "multiplier-only", "strength-only", "majority"]
+    assert list(scores["model"]) == ["predictor", "multiplier-only", "strength-only", "majority", "CGS"]
     assert scores["macro_f1"].between(0, 1).all()
-    search = pd.read_csv(out / "search.csv")
-    assert set(search["strategy"]) == {"argmax", "bisect"} and set(search["max_rollouts"]) == set(p["max_rollouts"])
-    assert (search.groupby("max_rollouts").size() == p["prompts"] * p["concepts"] * 2).all()  # every pair, 2 strategies
-    assert (search["n_rollouts"] <= search["max_rollouts"]).all()
-    assert set(summary["search"]) == {f"{s}_R{r}" for s in ("argmax", "bisect") for r in p["max_rollouts"]}
-    assert -1 <= summary["kappa"]["kappa"] <= 1 and set(summary["targets"]) and summary["wall_seconds"] > 0
-    for png in ("confusion", "importance", "importance_layer_step", "labels_by_strength", "f1_by_step", "search"):
+
+    # the paper's evaluation: seen / unseen concepts, per-class and macro-F1, CGS beside the baselines
+    paper = pd.read_csv(out / "paper" / "scores.csv")
+    subsets = set(zip(paper["concepts"], paper["prompts"]))
+    assert subsets == {("seen", "test"), ("unseen", "test"), ("unseen", "all")}
+    for part in subsets:
+        models = set(paper.loc[(paper["concepts"] == part[0]) & (paper["prompts"] == part[1]), "model"])
+        assert {"predictor", "strength-only", "majority", "CGS"} <= models
+    per_class = pd.read_csv(out / "paper" / "per_class.csv")
+    assert set(per_class["class"]) == set(LABELS)
+    params = pd.read_csv(out / "paper" / "params.csv")
+    assert len(params) == 1 and params["chosen"].all()  # the smoke grid is one setting
+    assert summary["paper"]["concepts"] == {"seen": 3, "unseen": 1}
+
+    # the ablation: every set on the same folds, judge-aware rows flagged
+    abl = pd.read_csv(out / "ablation.csv")
+    pooled = abl[abl["fold"] == "all"].set_index("set")
+    assert {"steerboost", "steerjax", "judge-aware", "steerboost+steerjax", "strength-only"} <= set(pooled.index)
+    assert pooled["replays_judge"].to_dict() == {s: "judge-aware" in s for s in pooled.index}
+    assert pooled["n_rows"].eq(n_steered).all()
+    cv = scores.set_index("model")["macro_f1"]
+    assert pooled.loc["steerboost+steerjax", "macro_f1"] == pytest.approx(cv["predictor"])  # same folds, same model
+
+    # judges: kappa of every pair that ran
+    judges = pd.read_csv(out / "judges.csv")
+    assert judges[["judge_a", "judge_b"]].values.tolist() == [["hidden-state", "embedding"]]
+    assert judges["n"].iloc[0] == p["kappa_sample"] and -1 <= judges["kappa"].iloc[0] <= 1
+
+    # strategies on unseen concepts x held-out prompts, relative to IGS
+    st = pd.read_csv(out / "strategies.csv")
+    items = p["prompts"] * p["concepts"]
+    assert {"IGS", "CGS", "TCGS", "IGS-A", "IGS-D", "guided-argmax", "guided-bisect", "threshold-ranked"} <= set(
+        st["strategy"])
+    assert st.loc[st["strategy"] != "TCGS", "items"].eq(items).all() and st["items"].le(items).all()
+    igs = st[st["strategy"] == "IGS"].iloc[0]
+    assert igs["success_vs_igs"] in (1.0,) or np.isnan(igs["success_vs_igs"])
+    assert igs["tokens_vs_igs"] == 1.0
+    guided = st[st["strategy"] == "guided-argmax"]
+    assert sorted(guided["max_rollouts"]) == p["max_rollouts"] and guided["tokens_vs_igs"].lt(1).all()
+    for png in ("confusion", "importance", "importance_layer_step", "labels_by_strength", "f1_by_step",
+                "strategies"):
         assert os.path.getsize(out / f"{png}.png") > 5000
+    assert set(summary["targets"]) and summary["wall_seconds"] > 0
+    printed = capsys.readouterr().out
+    assert "judge-independent" in printed and "target guided" in printed and "concept-grouped CV" in printed
+
+
+def test_experiment_help(capsys):
+    from experiments.steerability_predictor.run import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--feature-set", "--judge", "--judge-url", "--judge-model", "--steerboost-data", "steerboost"):
+        assert flag in text
+
+
+@pytest.mark.parametrize("argv, error, msg", [
+    (["--feature-set", "nope"], "PredictorError", "unknown feature set 'nope'"),
+    (["--prompts", "1"], "exit", "--prompts must be >= 2"),
+    (["--judge-url", "http://127.0.0.1:9/v1"], "exit", "for --judge llm"),
+    (["--judge", "embedding", "--no-kappa"], "exit", "drop --no-kappa"),
+    (["--judge", "llm"], "JudgeError", "no judge model"),
+])
+def test_bad_inputs_before_the_model_loads(argv, error, msg, tmp_path, no_model, monkeypatch, capsys):
+    from experiments.steerability_predictor.run import main
+    from steerjax.errors import SteerjaxError
+
+    monkeypatch.delenv("STEERJAX_JUDGE_MODEL", raising=False)
+    args = ["--preset", "smoke", "--out", str(tmp_path / "run")] + argv
+    if error == "exit":
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+    else:
+        with pytest.raises(SteerjaxError) as e:
+            main(args)
+        assert type(e.value).__name__ == error and msg in str(e.value)
+    assert not (tmp_path / "run").exists()  # refused before the run directory is claimed
+
+
+def test_llm_judge_endpoint_checked_before_the_model_loads(tmp_path, no_model, monkeypatch):
+    from experiments.steerability_predictor.run import main
+    from steerjax.errors import JudgeError
+    from steerjax.serve import ChatServer, completion
+
+    def answer(request):
+        return completion('{"judgment": 1}', model=request["model"])
+
+    server = ChatServer(answer)
+    url = server.url
+    server.close()  # nothing listens there now
+    base = ["--preset", "smoke", "--judge", "llm", "--judge-model", "m", "--out", str(tmp_path / "run")]
+    with pytest.raises(JudgeError, match="unreachable") as e:
+        main(base + ["--judge-url", url])
+    assert url in str(e.value)
+    with ChatServer(answer, api_key="right") as live:
+        monkeypatch.setenv("OPENAI_API_KEY", "wrong")
+        with pytest.raises(JudgeError, match="refused the API key") as e:
+            main(base + ["--judge-url", live.url])
+        assert live.url in str(e.value)
+        monkeypatch.setenv("OPENAI_API_KEY", "right")
+        with pytest.raises(ModelLoaded):  # reachable, key accepted: on to the model
+            main(base + ["--judge-url", live.url])
+        assert live.requests == 0  # the check asked GET /models only; no rollout was judged
+    assert not os.path.exists(tmp_path / "run" / "labels.parquet")
+
+
+def test_a_different_run_in_the_same_directory_is_refused(tmp_path, no_model):
+    from experiments.steerability_predictor.run import main
+    from steerjax.errors import RunConfigError
+
+    out = str(tmp_path / "run")
+    with pytest.raises(ModelLoaded):
+        main(["--preset", "smoke", "--out", out])
+    with pytest.raises(ModelLoaded):  # the same command resumes
+        main(["--preset", "smoke", "--out", out])
+    with pytest.raises(RunConfigError, match="feature_set"):
+        main(["--preset", "smoke", "--feature-set", "steerjax", "--out", out])
+
+
+def steerboost_data(root, *, banks=True, one_sided=None):
+    """SteerBoost's data in the format its code reads: concepts.json (a list of {concept_id,
+    concept_name}), training/{id}.json ({positive, negative}) and alpaca_eval.json (a list of
+    {instruction, dataset, ...})."""
+    os.makedirs(root / "training")
+    concepts = [{"concept_id": i, "concept_name": name} for i, name in
+                [(0, "emojis"), (45, "formal tone"), (90, "optimism"), (121, "pirate speech")]]
+    (root / "concepts.json").write_text(json.dumps(concepts))
+    for c in concepts if banks else ():
+        bank = {"positive": [f"{c['concept_name']} text {j}" for j in range(3)],
+                "negative": [] if c["concept_id"] == one_sided else [f"plain text {j}" for j in range(3)]}
+        (root / "training" / f"{c['concept_id']}.json").write_text(json.dumps(bank))
+    (root / "alpaca_eval.json").write_text(json.dumps(
+        [{"instruction": f"Question {i}?", "dataset": "helpful_base", "output": "", "generator": "x"}
+         for i in range(10)]))
+    return root
+
+
+def test_steerboost_preset_checks_its_data_first(tmp_path, no_model):
+    from experiments.steerability_predictor.run import _steerboost_inputs, main
+    from steerjax.errors import DataError, SteerjaxError
+    from steerjax.predictor import sources
+
+    base = ["--preset", "steerboost", "--concepts", "4", "--prompts", "3", "--out", str(tmp_path / "run")]
+    with pytest.raises(DataError) as e:
+        main(base + ["--steerboost-data", str(tmp_path / "missing")])
+    assert "concepts.json" in str(e.value) and "steerjax data download steerboost" in str(e.value)
+    no_banks = steerboost_data(tmp_path / "nobanks", banks=False)
+    with pytest.raises(DataError, match=r"lacks the example banks of concepts \[0, 45, 90, 121\]") as e:
+        main(base + ["--steerboost-data", str(no_banks)])
+    assert "--steerboost-data" in str(e.value)
+    one_sided = steerboost_data(tmp_path / "onesided", one_sided=45)
+    with pytest.raises(SteerjaxError, match="no negative examples"):
+        main(base + ["--steerboost-data", str(one_sided)])
+    assert not (tmp_path / "run").exists()
+
+    good = steerboost_data(tmp_path / "good")
+    with pytest.raises(ModelLoaded):
+        main(base + ["--steerboost-data", str(good)])
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["concept_names"] == ["emojis", "formal tone", "optimism", "pirate speech"]
+    assert cfg["strengths"] == list(sources.STEERBOOST_ALPHAS) and cfg["n_prompts"] == 3
+
+    class Args:
+        steerboost_data, concepts, prompts = str(good), 4, 3
+
+    got = _steerboost_inputs(Args, {"concepts": None, "prompts": 50})
+    assert got["prompts"] == sources.alpaca_eval_prompts(good / "alpaca_eval.json", n=3, seed=42)
+    assert got["levels"] == {"emojis": "low", "formal tone": "mid", "optimism": "high", "pirate speech": "low"}
+    assert got["rollouts"]["scale"] == "raw" and got["rollouts"]["temperature"] == 0.7
+    assert got["rollouts"]["positions"] == "all" and got["evaluation"]["prompt_split"] == "per-concept"
+
+
+def test_cgs_baseline_is_leave_one_prompt_out():
+    from experiments.steerability_predictor.run import _cgs
+
+    t = pd.DataFrame({"prompt_id": [0, 1, 2, 0, 1, 2, 0, 1],
+                      "concept": ["a"] * 6 + ["b"] * 2,
+                      "strength": [0.1, 0.1, 0.1, 0.2, 0.2, 0.2, 0.1, 0.1],
+                      "label": ["success", "success", "under-steer", "over-steer", "success", "over-steer",
+                                "under-steer", "over-steer"]})
+    got = _cgs(t).tolist()
+    # a@0.1: the others of prompt 0 are {success, under-steer}: a tie, the first of LABELS (under-steer)
+    assert got[:3] == ["under-steer", "under-steer", "success"]
+    assert got[3:6] == ["success", "over-steer", "success"]
+    assert got[6:] == ["over-steer", "under-steer"]
