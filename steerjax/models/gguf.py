@@ -7,9 +7,11 @@ layout; that permutation is undone here, as transformers does.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import shutil
 from typing import Any
 
 import numpy as np
@@ -156,7 +158,8 @@ def load_tokenizer(path: str, reader=None):
     """The fast tokenizer (with chat template) that transformers builds from GGUF metadata.
 
     Building it takes seconds (a pure-Python BPE conversion), so the result is cached under
-    ``$STEERJAX_CACHE`` (default ``~/.cache/steerjax``), keyed by the file's path, size and mtime.
+    ``$STEERJAX_CACHE/gguf-tokenizers`` (default ``~/.cache/steerjax``), keyed by the file's path, size
+    and mtime: tokenizer files only (:func:`save_tokenizer`).
     transformers' GGUF conversion ignores ``tokenizer.ggml.add_bos_token`` (SmolLM2 sets it to
     False, as its HF tokenizer does not add BOS) and can name the wrong EOS token (SmolLM2: id 1
     instead of 2); the file's own special-token ids and settings are applied (read from ``reader``,
@@ -167,6 +170,9 @@ def load_tokenizer(path: str, reader=None):
 
     cache = _tokenizer_cache_dir(path)
     if cache and os.path.exists(os.path.join(cache, "tokenizer.json")):
+        # entries written before tokenizer files only were kept hold the GGUF itself as tokenizer.model
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(cache, "tokenizer.model"))
         try:
             return AutoTokenizer.from_pretrained(cache)
         except Exception:  # a stale or partial cache entry: rebuild it below
@@ -180,13 +186,23 @@ def load_tokenizer(path: str, reader=None):
     # always the file's own settings: a tokenizer built without them (BOS added) must never be cached
     _apply_special_tokens(tok, reader if reader is not None else open_reader(path))
     if cache:
+        tmp = f"{cache}.tmp{os.getpid()}"
         try:
-            tmp = f"{cache}.tmp{os.getpid()}"
-            tok.save_pretrained(tmp)
+            save_tokenizer(tok, tmp)
             os.replace(tmp, cache)
         except OSError:  # read-only home, a concurrent writer: the cache is only an optimisation
-            pass
+            shutil.rmtree(tmp, ignore_errors=True)
     return tok
+
+
+def save_tokenizer(tok, directory: str) -> None:
+    """Save a tokenizer built from GGUF metadata as tokenizer files only.
+
+    transformers' default also writes the "slow" tokenizer's vocabulary file, which for a GGUF
+    tokenizer is the GGUF file itself (a copy of the whole model as ``tokenizer.model``);
+    ``tokenizer.json`` alone rebuilds the fast tokenizer, so only the fast files are written.
+    """
+    tok.save_pretrained(directory, legacy_format=False)
 
 
 def _apply_special_tokens(tok, reader) -> None:

@@ -10,6 +10,9 @@ whose logits predict the completion tokens.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -20,7 +23,7 @@ import numpy as np
 from steerjax import sharding as shd
 from steerjax.data.batch import ACTIVATIONS, TokenBatch, round_up
 from steerjax.data.examples import Encoded, Example, encode_all
-from steerjax.errors import SteeringError
+from steerjax.errors import CheckpointError, SteeringError
 from steerjax.models.transformer import forward, unembed
 from steerjax.steering import Steering
 from steerjax.vectors.activations import layer_indices
@@ -42,6 +45,8 @@ def learn_vectors(
     seed: int = 0,
     mesh=None,
     progress: bool = True,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 10,
 ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
     """Optimise steering vectors for the log-probability margin of the positive completions.
 
@@ -71,15 +76,28 @@ def learn_vectors(
       mesh: a ``("data", "model")`` mesh: each step's examples split over ``data`` (padded to a
         multiple of it with rows of weight 0), parameters over ``model``.
       progress: show a progress bar (only on a terminal).
+      checkpoint_dir: a run directory: every ``checkpoint_every`` steps (and after the last) the
+        vectors, the optax state and the step are saved there with orbax's ``CheckpointManager``
+        (the last two kept); a run started again with the same directory and settings resumes from
+        the latest one and ends with the same vectors as a run never interrupted.
+      checkpoint_every: steps between checkpoints.
 
     Returns:
       ``({layer: float32 [D]}, info)`` with ``info``: ``objective_init``, ``objective_final``
       (mean margin over all examples, before and after), ``norm_init``, ``norm_final``.
+
+    Raises:
+      SteeringError: bad options or init vectors.
+      CheckpointError: ``checkpoint_dir`` holds a run with other settings, or one further than
+        ``steps``.
     """
     import optax
     from tqdm.auto import tqdm
 
     check_options(steps, lr, norm_penalty, positions)
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) \
+            or checkpoint_every < 1:
+        raise SteeringError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
     cfg = model.config
     _, encoded = encode_all(model, examples)
     if not init:
@@ -109,19 +127,31 @@ def learn_vectors(
     opt = optax.adam(lr)
     v = shd.put(v0, mesh, batch=False)
     state = opt.init(v)
-    rng = np.random.default_rng(seed)
-    order = np.arange(0)
-    bar = tqdm(range(steps), desc="learning vector", unit="step", disable=None if progress else True)
-    for _ in bar:
-        if len(order) < b:
-            order = np.concatenate([order, rng.permutation(n)])
-        picked, order = order[:b], order[b:]
+    batches = _batches(np.random.default_rng(seed), n, b)
+    start, manager = 0, None
+    if checkpoint_dir is not None:
+        settings = {"model": str(model.source), "config": repr(cfg), "dtype": str(getattr(model, "dtype", "")),
+                    "layers": [int(i) for i in idx], "lr": float(lr), "norm_penalty": float(norm_penalty),
+                    "positions": positions, "batch_size": int(b), "seed": int(seed), "rows": int(rows),
+                    "digest": _digest(v0, *data)}
+        manager = _TrainCheckpoints(checkpoint_dir, settings, checkpoint_every)
+        start, v, state = manager.resume(v, state, steps)
+        for _ in range(start):  # the shuffles those steps consumed
+            next(batches)
+    bar = tqdm(range(start, steps), desc="learning vector", unit="step", disable=None if progress else True,
+               initial=start, total=steps)
+    for step in bar:
+        picked = next(batches)
         picked = np.concatenate([picked, np.repeat(picked[-1:], rows - b)])  # weight-0 mesh padding
         loss, grad = _loss_and_grad(params, cfg, v, layer_idx, jnp.float32(norm_penalty),
                                     *shd.put_batch((weight, *(a[picked] for a in data)), mesh))
         updates, state = opt.update(grad, state, v)
         v = optax.apply_updates(v, updates)
         bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+        if manager is not None:
+            manager.save(step + 1, v, state, last=step + 1 == steps)
+    if manager is not None:
+        manager.close()
     v = shd.to_host(v).astype(np.float32)
     info = {
         "objective_init": obj0,
@@ -176,6 +206,85 @@ def check_options(steps, lr, norm_penalty, positions) -> None:
 
 
 # ----------------------------------------------------------------------------- internals
+
+
+def _batches(rng: np.random.Generator, n: int, b: int):
+    """Each step's ``b`` example indices: seeded shuffles of ``range(n)``, consumed in order."""
+    order = np.arange(0)
+    while True:
+        if len(order) < b:
+            order = np.concatenate([order, rng.permutation(n)])
+        picked, order = order[:b], order[b:]
+        yield picked
+
+
+def _digest(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+class _TrainCheckpoints:
+    """The run directory of a learned-vector optimisation: ``settings.json`` (what the run is)
+    and orbax ``CheckpointManager`` steps holding ``{"v", "opt_state"}``."""
+
+    def __init__(self, directory: str, settings: dict, every: int):
+        import orbax.checkpoint as ocp
+
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.every = every
+        os.makedirs(self.directory, exist_ok=True)
+        path = os.path.join(self.directory, "settings.json")
+        if os.path.exists(path):
+            try:
+                with open(path) as f:
+                    old = json.load(f)
+            except (OSError, json.JSONDecodeError) as e:
+                raise CheckpointError(f"{path} is unreadable ({e}); remove {self.directory} to start over") from e
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            if diff:
+                raise CheckpointError(f"{self.directory} holds a learned-vector run with other settings ({diff}); "
+                                      "use a new checkpoint directory, or the same settings to resume")
+        else:
+            tmp = f"{path}.tmp{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(settings, f, indent=2)
+            os.replace(tmp, path)
+        options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False,
+                                               cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(os.path.join(self.directory, "steps"), options=options)
+
+    def resume(self, v, state, steps: int):
+        """``(step, v, state)``: the latest checkpoint's, or ``(0, v, state)`` as given."""
+        import jax
+        import orbax.checkpoint as ocp
+
+        step = self.manager.latest_step()
+        if step is None:
+            return 0, v, state
+        if step > steps:
+            raise CheckpointError(f"{self.directory} holds a run at step {step}, beyond steps={steps}; "
+                                  f"pass steps >= {step} or use a new checkpoint directory")
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"v": v, "opt_state": state})
+        try:
+            got = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+        except Exception as e:  # noqa: BLE001 - orbax/tensorstore errors of a damaged step
+            raise CheckpointError(f"cannot restore step {step} of {self.directory} ({type(e).__name__}: {e}); "
+                                  "remove that step directory to resume from the one before") from e
+        return step, got["v"], got["opt_state"]
+
+    def save(self, step: int, v, state, *, last: bool) -> None:
+        import orbax.checkpoint as ocp
+
+        if step % self.every == 0 or last:
+            self.manager.save(step, args=ocp.args.StandardSave({"v": v, "opt_state": state}), force=True)
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
 
 
 def _placed(model, mesh):

@@ -49,7 +49,8 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "caa": {},
     "pca": {},
     "probe": {"l2_penalty": 1.0, "max_iter": 100},
-    "learned": {"steps": 100, "lr": 1e-2, "norm_penalty": 1e-3, "positions": "completion"},
+    "learned": {"steps": 100, "lr": 1e-2, "norm_penalty": 1e-3, "positions": "completion",
+                "checkpoint_dir": None, "checkpoint_every": 10},
 }
 #: MiB (per device) one pass's prefix activations, attention scores and KV cache may take: long
 #: prompts are read fewer examples at a time (at least one)
@@ -90,7 +91,9 @@ def train_vector(
       progress: show progress bars (only on a terminal).
       **method_kwargs: ``"probe"``: ``l2_penalty`` (1.0), ``max_iter`` (100), see
         :func:`probe_direction`. ``"learned"``: ``steps`` (100), ``lr`` (1e-2),
-        ``norm_penalty`` (1e-3), ``positions`` (``"completion"``), see :func:`learn_vectors`.
+        ``norm_penalty`` (1e-3), ``positions`` (``"completion"``), ``checkpoint_dir`` (None: a run
+        directory to checkpoint the optimisation in and resume it from) and ``checkpoint_every``
+        (10), see :func:`learn_vectors`; the checkpoint options are not recorded in the metadata.
 
     Returns:
       A :class:`SteeringVector`. ``"caa"`` and ``"learned"`` vectors are in activation units;
@@ -130,7 +133,8 @@ def train_vector(
         learned, info = learn_vectors(model, encoded, dict(zip(idx, caa)), steps=options["steps"],
                                       lr=options["lr"], norm_penalty=options["norm_penalty"],
                                       positions=options["positions"], batch_size=batch_size, seed=seed,
-                                      mesh=mesh, progress=progress)
+                                      mesh=mesh, progress=progress, checkpoint_dir=options["checkpoint_dir"],
+                                      checkpoint_every=options["checkpoint_every"])
         vecs = np.stack([learned[li] for li in idx])
 
     if dataset is None:
@@ -150,7 +154,7 @@ def train_vector(
         "token_index": int(token_index),
         "n_examples": len(encoded),
         "caa_norms": [float(np.linalg.norm(v)) for v in caa],
-        **options,
+        **{k: v for k, v in options.items() if k not in ("checkpoint_dir", "checkpoint_every")},
         **({"seed": int(seed)} if method == "learned" else {}),
         **info,
     }
