@@ -15,24 +15,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest -n: the workers already share the cores; a peer loop (torch) with several OpenMP
     # threads per worker then thrashes (up to 10x slower than one thread on 2 shared cores)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-else:
-    # One XLA compilation cache for this test session, shared by the xdist workers and every
-    # subprocess they start (CLI runs, mesh workers): the same tiny programs are compiled by
-    # many of them. A fresh directory per session, so a run never reuses another run's
-    # programs (timings stay those of a fresh machine); removed when the session ends.
-    # A user's own JAX_COMPILATION_CACHE_DIR is left alone.
-    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-        import atexit
-        import shutil
-        import tempfile
-
-        _cache = tempfile.mkdtemp(prefix="steerjax-tests-xla-")
-        atexit.register(shutil.rmtree, _cache, ignore_errors=True)
-        os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
-        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    # No test downloads data from GitHub: a test that unsets STEERJAX_DATA reaches this dead port
-    # (the download tests start their own server and set the mirror themselves).
-    os.environ.setdefault("STEERJAX_DATA_MIRROR", "http://127.0.0.1:9")
+# No test downloads data from GitHub: a test that unsets STEERJAX_DATA reaches this dead port
+# (the download tests start their own server and set the mirror themselves).
+os.environ.setdefault("STEERJAX_DATA_MIRROR", "http://127.0.0.1:9")
+# No persistent XLA compilation cache: with jax 0.10.2 a worker segfaulted writing a CPU
+# executable to one (JAX_COMPILATION_CACHE_DIR shared by the workers) in a full run.
 
 import jax  # noqa: E402
 
