@@ -335,3 +335,23 @@ def test_sigkilled_convert_and_learned_run(tiny, tiny_model, tmp_path, cache):
     with pytest.raises(CheckpointError, match="other settings"):
         learn_vectors(model, [Encoded([5, 6, 7], [10, 20, 11], [10, 21, 11])], {1: np.zeros(64, np.float32)},
                       steps=8, progress=False, checkpoint_dir=run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.requires_smollm2
+def test_gguf_through_the_cache_keeps_weights_and_tokenizer(smollm2, cache):
+    """SmolLM2's GGUF: the cache entry holds tokenizer files only (no copy of the GGUF), and the
+    restored model has the dequantized weights and the GGUF tokenizer's settings."""
+    steerjax.load_model(smollm2.source)  # converts, writes the entry
+    (entry,) = entries(cache)
+    assert not any(n.endswith((".gguf", "tokenizer.model")) for n in os.listdir(entry))
+    assert not any(n == "tokenizer.model" for _, _, fs in os.walk(cache / "gguf-tokenizers") for n in fs)
+    hit = steerjax.load_model(smollm2.source)
+    assert_bit_equal(hit.params, smollm2.params)
+    tok, ref = hit.tokenizer, smollm2.tokenizer
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (ref.bos_token_id, ref.eos_token_id,
+                                                                      ref.pad_token_id)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Héllo, wörld! 123"}]
+    assert tok.apply_chat_template(chat, add_generation_prompt=True) == ref.apply_chat_template(
+        chat, add_generation_prompt=True)
+    assert tok("hello world")["input_ids"] == ref("hello world")["input_ids"] == [28120, 905]
