@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 import warnings
@@ -46,6 +47,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
                    "generation_config.json")
 _TMP = ".tmp-"
+_TMP_NAME = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}(\.old)?$")  # what write() names its temporary directories
 
 
 class CacheWarning(UserWarning):
@@ -142,10 +144,8 @@ def remove_abandoned(parent: str) -> None:
     """Remove temporary directories under ``parent`` left by conversions whose process is gone."""
     with contextlib.suppress(OSError):
         for name in os.listdir(parent):
-            if not (name.startswith(".") and _TMP in name):
-                continue
-            pid = name.rsplit(_TMP, 1)[1].split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            m = _TMP_NAME.match(name)
+            if m and not _alive(int(m.group(1))):
                 shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
