@@ -2,7 +2,7 @@
 
 from steerjax import errors
 from steerjax.generate import GenerationOutput, generate
-from steerjax.model import DEFAULT_MODEL, LanguageModel, load_model
+from steerjax.model import DEFAULT_MODEL, LanguageModel, convert, load_model
 from steerjax.models.config import ModelConfig
 from steerjax.steering import Steering
 from steerjax.sweeps import sweep
@@ -12,5 +12,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL", "GenerationOutput", "LanguageModel", "ModelConfig", "Steering", "errors",
-    "SteeringVector", "generate", "load_model", "sweep", "train_vector",
+    "SteeringVector", "convert", "generate", "load_model", "sweep", "train_vector",
 ]

@@ -15,6 +15,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest -n: the workers already share the cores; a peer loop (torch) with several OpenMP
     # threads per worker then thrashes (up to 10x slower than one thread on 2 shared cores)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+if not os.environ.get("PYTEST_XDIST_WORKER") and "STEERJAX_CACHE" not in os.environ:
+    # steerjax's caches (converted models, GGUF tokenizers, downloads, judge answers) in a directory
+    # of this session, shared by its workers and their subprocesses (a model converted by one is
+    # restored by the others), removed at the end: tests never write into the user's cache.
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache = tempfile.mkdtemp(prefix="steerjax-tests-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["STEERJAX_CACHE"] = _cache
 # No test downloads data from GitHub: a test that unsets STEERJAX_DATA reaches this dead port
 # (the download tests start their own server and set the mirror themselves).
 os.environ.setdefault("STEERJAX_DATA_MIRROR", "http://127.0.0.1:9")
@@ -36,6 +47,17 @@ from tests.helpers import (  # noqa: E402
     smollm2_path,
     tinystories_path,
 )
+
+#: fixtures whose tests share one xdist worker (``--dist loadgroup``, set in pyproject.toml): the
+#: SmolLM2 models take 20-45 s to load (dequantize) per process that needs them
+_GROUPED_FIXTURES = {"smollm2": "smollm2", "smollm2_torch": "smollm2"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        groups = {_GROUPED_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in _GROUPED_FIXTURES}
+        if groups:
+            item.add_marker(pytest.mark.xdist_group(name=sorted(groups)[0]))
 
 
 def pytest_runtest_setup(item):

@@ -220,6 +220,7 @@ BAD_ARGUMENTS = {
     "predictor train": (["predictor", "train", "{tmp}/no-testbed", "--out", "{tmp}/p"], "not a finished testbed"),
     "predictor search": (["predictor", "search", "{tmp}/no-predictor", "--prompt", "Hi", "--concept", "x"],
                          "holds no predictor"),
+    "convert": (["convert", "{tmp}/no-such-model", "--out", "{tmp}/c"], "no such model"),
     "data list": (["data", "list", "--to", "{tmp}/nowhere"], "is not a directory"),
     "data download": (["data", "download", "nope", "--to", "{tmp}/d"], "unknown data source 'nope'"),
 }
