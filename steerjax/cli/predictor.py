@@ -129,62 +129,32 @@ def run_testbed(args) -> int:
 
 
 def run_predictor_train(args) -> int:
-    import os
-
     import steerjax
-    from steerjax.predictor import UNSTEERED, classifier, evaluation, pipeline, plots
-    from steerjax.predictor.features import parse_feature_set, replays_judge
+    from steerjax.predictor import UNSTEERED, pipeline
+    from steerjax.predictor.features import replays_judge
 
-    if args.folds == 1:
-        raise SteerjaxError("--folds must be 0 (no evaluation) or >= 2 (concept-grouped folds), got 1")
-    if args.search_k < min(args.steps):
-        raise SteerjaxError(f"--search-k {args.search_k} is below every --steps value {args.steps}: the predictor "
-                            "would have no features; use one of the steps")
-    parse_feature_set(args.feature_set)  # an unknown name lists the known ones
     testbed = pipeline.load_testbed(args.testbed)
-    if args.protocol == "paper":
-        n_concepts, n_prompts = len(testbed.concepts), testbed.rollouts["prompt_id"].nunique()
-        if n_concepts < 2 or n_prompts < 3:
-            raise SteerjaxError(f"--protocol paper needs 2 or more concepts (seen and unseen) and 3 or more prompts "
-                                f"(train, validation, test); the testbed has {n_concepts} and {n_prompts}")
+    pipeline.check_training(testbed, steps=args.steps, search_k=args.search_k, folds=args.folds,
+                            feature_set=args.feature_set, protocol=args.protocol,
+                            names={"steps": "--steps", "search_k": "--search-k", "folds": "--folds",
+                                   "protocol": "--protocol"})
     paths.check_output_dir(args.out, force=args.force)
-
     cfg = testbed.config
     model = steerjax.load_model(cfg["model"], dtype=cfg.get("dtype", "float32"))
-    os.makedirs(args.out, exist_ok=True)
-    labelled, thr, data = pipeline.label_and_featurize(model, testbed.concepts, testbed.rollouts, layer=cfg["layer"],
-                                                       steps=args.steps, batch_size=args.batch_size,
-                                                       positions=cfg.get("positions", "all"))
-    labelled.to_parquet(os.path.join(args.out, "labels.parquet"), index=False)
-    data.to_parquet(os.path.join(args.out, "features.parquet"), index=False)
-    steered = labelled[labelled["concept"] != UNSTEERED]
-    plots.labels_by_strength(steered, os.path.join(args.out, "labels_by_strength.png"))
-    print(f"labels: {steered['label'].value_counts().to_dict()}\n{thr.how}")
-    cols = classifier.feature_columns_of(data, feature_set=args.feature_set)
+    done = pipeline.train_predictor(model, testbed, out=args.out, steps=args.steps, search_k=args.search_k,
+                                    folds=args.folds, iterations=args.iterations, batch_size=args.batch_size,
+                                    seed=args.seed, feature_set=args.feature_set, protocol=args.protocol)
+    steered = done.labels[done.labels["concept"] != UNSTEERED]
+    print(f"labels: {steered['label'].value_counts().to_dict()}\n{done.thresholds.how}")
     note = " (REPLAYS THE JUDGE)" if replays_judge(args.feature_set) else ""
-    fit_kw = dict(iterations=args.iterations, seed=args.seed)
     table = lambda scores: scores.to_string(index=False, float_format=lambda x: f"{x:.3f}")  # noqa: E731
-    if args.protocol == "paper":
-        pe = evaluation.paper_evaluation(data, feature_columns=cols, levels=evaluation.concept_levels(testbed.concepts),
-                                         cv_folds=args.folds, seed=args.seed)
-        pe.save(os.path.join(args.out, "paper"))
-        print(f"the paper's evaluation, features {args.feature_set!r}{note} (chosen on validation: {pe.chosen}):")
-        print(table(pe.scores[["concepts", "prompts", "model", "n", "macro_f1", "accuracy"]]))
-        if pe.cv is not None:
-            pipeline.save_evaluation(pe.cv, args.out)
-    elif args.folds >= 2:
-        ev = classifier.evaluate(data, feature_columns=cols, n_folds=args.folds, **fit_kw)
-        pipeline.save_evaluation(ev, args.out)
+    if done.paper is not None:
+        print(f"the paper's evaluation, features {args.feature_set!r}{note} (chosen on validation: "
+              f"{done.paper.chosen}):")
+        print(table(done.paper.scores[["concepts", "prompts", "model", "n", "macro_f1", "accuracy"]]))
+    elif done.evaluation is not None:
         print(f"unseen concepts (concept-grouped CV), features {args.feature_set!r}{note}:")
-        print(table(ev.scores))
-    search_cols = [c for c in cols if (k := classifier.feature_step(c)) is None or k <= args.search_k]
-    pred = classifier.fit(data, feature_columns=search_cols, **fit_kw)
-    pred.meta.update(testbed=os.path.abspath(testbed.path), model=cfg["model"], dtype=cfg.get("dtype", "float32"),
-                     layer=cfg["layer"], positions=cfg.get("positions", "all"), scale=cfg.get("scale", "norm"),
-                     steps=list(args.steps), search_k=args.search_k, feature_set=args.feature_set,
-                     protocol=args.protocol, strengths=sorted(set(steered["strength"])),
-                     max_new_tokens=cfg.get("max_new_tokens"), thresholds=thr.to_dict())
-    pred.save(args.out)
+        print(table(done.evaluation.scores))
     print(f"predictor (features {args.feature_set!r} of the first {args.search_k} steps) in {args.out}")
     return 0
 

@@ -135,21 +135,31 @@ def stat_key(path: pathlib.Path) -> tuple[str, int, int]:
     return str(path), st.st_mtime_ns, st.st_size
 
 
-@functools.lru_cache(maxsize=64)
-def _read_jsonl_cached(path: str, mtime_ns: int, size: int) -> tuple[dict[str, Any], ...]:
-    rows = []
+def jsonl_objects(path, remedy: str) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for every non-blank line of a JSONL file.
+
+    Raises:
+      DataError: a line that is not valid JSON or not a JSON object, named ``path:line``, with
+        ``remedy`` (what the user should do) appended.
+    """
+    out = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{line_no} is not valid JSON ({e}): fix or re-download the file") from e
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{line_no} is not a JSON object: fix or re-download the file")
-            rows.append(row)
-    return tuple(rows)
+                raise DataError(f"{path}:{line_no} is not valid JSON ({e}): {remedy}") from e
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{line_no} is a {type(obj).__name__}, not a JSON object: {remedy}")
+            out.append((line_no, obj))
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _read_jsonl_cached(path: str, mtime_ns: int, size: int) -> tuple[dict[str, Any], ...]:
+    return tuple(obj for _, obj in jsonl_objects(path, "fix or re-download the file"))
 
 
 def read_jsonl(path: pathlib.Path) -> tuple[dict[str, Any], ...]:

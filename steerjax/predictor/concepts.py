@@ -36,12 +36,14 @@ Concepts are saved as a vector set (:func:`save_concepts`, one safetensors file)
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from steerjax.data import batch
+from steerjax.data.mwe import jsonl_objects
 from steerjax.errors import DataError, SteeringError, SteerjaxError
 from steerjax.steering import normalize_layer
 from steerjax.vectors import SteeringVector, mean_difference, read_activations
@@ -418,9 +420,6 @@ def read_examples(path_or_mapping) -> dict[str, Examples]:
       SteerjaxError: a missing field, an empty side (a concept needs at least one positive and
         one negative example), a repeated or reserved name.
     """
-    import json
-    import os
-
     if isinstance(path_or_mapping, Mapping):
         entries = []
         for name, ex in path_or_mapping.items():
@@ -438,18 +437,7 @@ def read_examples(path_or_mapping) -> dict[str, Examples]:
         if not os.path.isfile(path):
             raise DataError(f"example bank file {path} does not exist: give a JSONL file with one "
                             '{"concept": ..., "positive": [...], "negative": [...]} object per line')
-        entries = []
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{i} is not valid JSON ({e}): one JSON object per line") from e
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}:{i} is a {type(obj).__name__}, not a JSON object")
-                entries.append((f"{path}:{i}", obj))
+        entries = [(f"{path}:{i}", obj) for i, obj in jsonl_objects(path, "one JSON object per line")]
         where = path
     if not entries:
         raise SteerjaxError(f"{where} holds no concepts: give at least one example bank")

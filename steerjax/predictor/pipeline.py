@@ -233,21 +233,71 @@ def save_evaluation(ev: classifier.Evaluation, out: str) -> None:
 @dataclasses.dataclass
 class PredictorTraining:
     """What :func:`train_predictor` made: the predictor, the labelled rollouts, the judge's
-    thresholds and the unseen-concept evaluation (None when skipped)."""
+    thresholds, the concept-grouped evaluation on unseen concepts (None when skipped) and the
+    paper's evaluation (``protocol="paper"``, else None)."""
 
     predictor: classifier.SteerabilityPredictor
     labels: pd.DataFrame
     thresholds: Any
     evaluation: classifier.Evaluation | None
+    paper: Any = None
+
+
+PROTOCOLS = ("cv", "paper")
+
+
+def check_training(testbed: Testbed, *, steps: Sequence[int], search_k: int, folds: int,
+                   feature_set: str | None = None, protocol: str = "cv",
+                   names: dict[str, str] | None = None) -> None:
+    """The checks of :func:`train_predictor` that need no model (run them before loading one).
+
+    ``names`` maps the parameters (``steps``, ``search_k``, ``folds``, ``protocol``) to how the
+    caller's user spells them (the CLI: its flags) for the messages.
+
+    Raises:
+      SteerjaxError: ``folds == 1``, ``search_k`` below every step, an unknown protocol, or a
+        testbed too small for the paper's protocol; PredictorError: an unknown feature set.
+    """
+    from steerjax.predictor.features import parse_feature_set
+
+    n = {k: k for k in ("steps", "search_k", "folds", "protocol")} | dict(names or {})
+    if folds == 1:
+        raise SteerjaxError(f"{n['folds']} must be 0 (no evaluation) or >= 2 (concept-grouped folds), got 1")
+    if search_k < min(steps):
+        raise SteerjaxError(f"{n['search_k']} {search_k} is below every {n['steps']} value {list(steps)}: the "
+                            "predictor would have no features; use one of the steps")
+    if protocol not in PROTOCOLS:
+        raise SteerjaxError(f"{n['protocol']} must be one of {PROTOCOLS}, got {protocol!r}")
+    parse_feature_set(feature_set or classifier.DEFAULT_FEATURE_SET)  # an unknown name lists the known ones
+    if protocol == "paper":
+        n_concepts, n_prompts = len(testbed.concepts), testbed.rollouts["prompt_id"].nunique()
+        if n_concepts < 2 or n_prompts < 3:
+            raise SteerjaxError(f"{n['protocol']} paper needs 2 or more concepts (seen and unseen) and 3 or more "
+                                f"prompts (train, validation, test); the testbed has {n_concepts} and {n_prompts}")
 
 
 def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] = (1, 2, 4, 8), search_k: int = 2,
                     folds: int = 5, iterations: int = 300, batch_size: int = 32, seed: int = 0,
+                    feature_set: str | None = None, protocol: str = "cv",
                     progress: bool = True) -> PredictorTraining:
-    """Label a testbed's rollouts (hidden-state judge), extract their early features, evaluate on
-    unseen concepts (concept-grouped CV with ``folds >= 2``; 0 skips it), fit the predictor on the
-    features of the first ``search_k`` steps and save it, with its tables and figures, in ``out``.
+    """Label a testbed's rollouts (hidden-state judge), extract their early features, evaluate, fit
+    the predictor on the features of the first ``search_k`` steps and save it, with its tables and
+    figures, in ``out``.
+
+    Args:
+      feature_set: the features (:data:`steerjax.predictor.features.FEATURE_SETS`, combined with
+        ``+``); default the judge-independent :data:`~steerjax.predictor.classifier.DEFAULT_FEATURE_SET`.
+      protocol: ``"cv"``: concept-grouped cross-validation on unseen concepts (``folds >= 2``; 0
+        skips it); ``"paper"``: the paper's evaluation (:func:`~steerjax.predictor.evaluation.paper_evaluation`,
+        saved in ``out/paper``; with ``folds >= 2`` the concept-grouped CV as its extra).
+
+    Raises:
+      SteerjaxError, PredictorError: see :func:`check_training`.
     """
+    from steerjax.predictor import evaluation
+
+    feature_set = feature_set or classifier.DEFAULT_FEATURE_SET
+    check_training(testbed, steps=steps, search_k=search_k, folds=folds, feature_set=feature_set, protocol=protocol)
     cfg = testbed.config
     os.makedirs(out, exist_ok=True)
     labelled, thr, data = label_and_featurize(model, testbed.concepts, testbed.rollouts, layer=cfg["layer"],
@@ -257,16 +307,24 @@ def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] =
     data.to_parquet(os.path.join(out, "features.parquet"), index=False)
     steered = labelled[labelled["concept"] != UNSTEERED]
     plots.labels_by_strength(steered, os.path.join(out, "labels_by_strength.png"))
+    cols = classifier.feature_columns_of(data, feature_set=feature_set)
     fit_kw = dict(iterations=iterations, seed=seed)
-    ev = None
-    if folds >= 2:
-        ev = classifier.evaluate(data, n_folds=folds, progress=progress, **fit_kw)
+    ev = paper = None
+    if protocol == "paper":
+        levels = evaluation.concept_levels(testbed.concepts)
+        paper = evaluation.paper_evaluation(data, feature_columns=cols, levels=levels, cv_folds=folds, seed=seed)
+        paper.save(os.path.join(out, "paper"))
+        ev = paper.cv
+    elif folds >= 2:
+        ev = classifier.evaluate(data, feature_columns=cols, n_folds=folds, progress=progress, **fit_kw)
+    if ev is not None:
         save_evaluation(ev, out)
-    pred = classifier.fit(data, feature_columns=classifier.feature_columns_of(data, max_step=search_k), **fit_kw)
+    search_cols = [c for c in cols if (k := classifier.feature_step(c)) is None or k <= search_k]
+    pred = classifier.fit(data, feature_columns=search_cols, **fit_kw)
     pred.meta.update(testbed=os.path.abspath(testbed.path), model=cfg["model"], dtype=cfg.get("dtype", "float32"),
                      layer=cfg["layer"], positions=cfg.get("positions", "all"), scale=cfg.get("scale", "norm"),
-                     steps=list(steps), search_k=search_k,
+                     steps=list(steps), search_k=search_k, feature_set=feature_set, protocol=protocol,
                      strengths=sorted(set(steered["strength"])), max_new_tokens=cfg.get("max_new_tokens"),
                      thresholds=thr.to_dict())
     pred.save(out)
-    return PredictorTraining(pred, labelled, thr, ev)
+    return PredictorTraining(pred, labelled, thr, ev, paper)
