@@ -115,7 +115,7 @@ def fit(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = None, la
     from catboost import CatBoostClassifier
 
     cols = list(feature_columns) if feature_columns is not None else feature_columns_of(table, feature_set=feature_set)
-    _check(table, cols, label_col)
+    check_table(table, cols, label_col)
     y = table[label_col].astype(str).to_numpy()
     if len(set(y)) < 2:
         raise PredictorError(f"every row has the label {y[0]!r}: a classifier needs two or more; widen the "
@@ -131,7 +131,15 @@ def fit(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = None, la
                                   "feature_set": feature_set if feature_columns is None else "columns"})
 
 
-def _check(table, cols, label_col):
+def check_table(table: pd.DataFrame, cols: Sequence[str], label_col: str = "label") -> None:
+    """What fitting on ``table[cols]`` against ``table[label_col]`` needs: the label column with
+    known labels, at least one feature column, all present and finite.
+
+    Raises:
+      PredictorError: saying which.
+    """
+    if not cols:
+        raise PredictorError("no feature columns: give at least one")
     if label_col not in table:
         raise PredictorError(f"no {label_col!r} column: label the rollouts with a judge first")
     bad = sorted(set(table[label_col].astype(str)) - set(LABELS))
@@ -223,7 +231,7 @@ def evaluate(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = Non
     """
     cols = (list(feature_columns) if feature_columns is not None
             else feature_columns_of(table, feature_set=feature_set))
-    _check(table, cols, label_col)
+    check_table(table, cols, label_col)
     if "strength" not in table:
         raise PredictorError("no 'strength' column for the multiplier-only baseline")
     folds = concept_folds(table["concept"], n_folds, seed) if folds is None else _check_folds(table, folds)

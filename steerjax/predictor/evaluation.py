@@ -289,7 +289,8 @@ def paper_evaluation(table: pd.DataFrame, *, feature_columns: Sequence[str] | No
         raise PredictorError(f"the table lacks columns {missing}: give the joined features and labels "
                              "(steerjax.predictor.pipeline.label_and_featurize)")
     cols = list(feature_columns) if feature_columns is not None else classifier.feature_columns_of(table)
-    _check(table, cols, label_col)
+    classifier.check_table(table, cols, label_col)
+    _check_numeric(table, cols)
     strengths = np.unique(table["strength"].to_numpy(np.float64))
     if len(strengths) < 2:
         raise PredictorError(f"the table holds a single strength ({strengths.tolist()}): the paper's evaluation "
@@ -417,15 +418,7 @@ def concept_levels(concepts) -> dict[str, str] | None:
     return {n: str(v) for n, v in levels.items()}
 
 
-def _check(table, cols, label_col) -> None:
-    bad = sorted(set(table[label_col].astype(str)) - set(LABELS))
-    if bad:
-        raise PredictorError(f"unknown labels {bad} in {label_col!r}; expected {LABELS}")
-    missing = [c for c in cols if c not in table]
-    if missing:
-        raise PredictorError(f"feature columns missing from the table: {missing[:5]}")
-    if not cols:
-        raise PredictorError("no feature columns: give at least one")
+def _check_numeric(table, cols) -> None:
     for c in ["strength"] + (["multiplier"] if "multiplier" in table else []) + list(cols):
         if not pd.api.types.is_numeric_dtype(table[c]) or not np.isfinite(table[c].to_numpy(np.float64)).all():
             raise PredictorError(f"column {c!r} is not numeric and finite: features must be numbers")
