@@ -91,6 +91,12 @@ def tiny(tiny_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_llama(tiny_model):
+    """The tiny random Llama (no tokenizer) as a steerjax model, once per session."""
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny):
     """``tiny_model(name) -> steerjax model`` of ``tiny(name)``: each tiny family loaded once per session."""
     import steerjax

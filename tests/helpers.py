@@ -58,3 +58,37 @@ def write_steering_df(root, dims, statement="I am {dim} {direction} {i}", per_di
     frame = pd.DataFrame(rows)
     frame.to_csv(root / "prompt-steering" / "steering_df.csv", index=False)
     return frame
+
+
+def labelled_table(columns, n_concepts=10, n_prompts=12, strengths=(0.5, 1, 2, 4, 8), seed=0):
+    """A labelled features table for classifier and search tests: each concept has a sensitivity
+    (uniform 0.1..2), each row an effect ``sensitivity x strength x U(0.8, 1.25)`` labelled
+    under-steer below 1, success below 4, over-steer above; ``columns(effect, rng)`` gives the
+    row's feature columns (what they reveal of the effect is up to the caller)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(n_concepts):
+        sens = rng.uniform(0.1, 2.0)
+        for p in range(n_prompts):
+            for s in strengths:
+                effect = sens * s * rng.uniform(0.8, 1.25)
+                label = "under-steer" if effect < 1 else "success" if effect < 4 else "over-steer"
+                rows.append({"prompt_id": p, "concept": f"c{c}", "strength": float(s), **columns(effect, rng),
+                             "label": label})
+    return pd.DataFrame(rows)
+
+
+def token_concepts(model, names=("alpha", "beta"), layer=1):
+    """Concepts of a tokenizer-less tiny model: each name's three random 6-token texts against four
+    neutral ones (the same vectors for a name whatever else is asked)."""
+    import numpy as np
+
+    from steerjax.predictor import text_concepts
+
+    rng = np.random.default_rng(0)
+    texts = {name: [rng.integers(3, 256, size=6).tolist() for _ in range(3)] for name in names}
+    neutral = [np.random.default_rng(1).integers(3, 256, size=6).tolist() for _ in range(4)]
+    return text_concepts(model, texts, neutral, layer)

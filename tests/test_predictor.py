@@ -12,6 +12,7 @@ import pytest
 
 from steerjax.predictor import classifier, judge, search
 from steerjax.predictor.judge import LABELS, Thresholds
+from tests.helpers import labelled_table
 
 # ----------------------------------------------------------------------------- judge pieces
 
@@ -51,11 +52,6 @@ def _table(n_prompts=3, concepts=("a", "b"), strengths=(1.0, 4.0), length=6, voc
             rows.append({"prompt_id": p, "prompt": f"p{p}", "concept": c, "strength": s, "text": "x",
                          "tokens": toks})
     return pd.DataFrame(rows)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tiny_model):
-    return tiny_model("llama")
 
 
 def test_hidden_state_judge_reads_nll_and_hidden_states_exactly(tiny_llama):
@@ -148,18 +144,9 @@ def test_minilm_embedder_is_normalised_and_semantic():
 
 def synthetic_features(n_concepts=10, n_prompts=12, strengths=(0.5, 1, 2, 4, 8), seed=0):
     """Labels set by a concept-specific sensitivity that the features reveal and strength hides."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for c in range(n_concepts):
-        sens = rng.uniform(0.1, 2.0)
-        for p in range(n_prompts):
-            for s in strengths:
-                effect = sens * s * rng.uniform(0.8, 1.25)
-                label = "under-steer" if effect < 1 else "success" if effect < 4 else "over-steer"
-                rows.append({"prompt_id": p, "concept": f"c{c}", "strength": float(s),
-                             "kl_next_k1": effect + rng.normal(0, 0.2), "cos_L3_k1": 1 - effect / 10,
-                             "diff_norm_L2_k2": rng.normal(), "label": label})  # noise
-    return pd.DataFrame(rows)
+    return labelled_table(lambda effect, rng: {"kl_next_k1": effect + rng.normal(0, 0.2), "cos_L3_k1": 1 - effect / 10,
+                                               "diff_norm_L2_k2": rng.normal()},  # noise
+                          n_concepts, n_prompts, strengths, seed)
 
 
 def test_f1_and_confusion_match_sklearn():

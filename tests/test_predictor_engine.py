@@ -18,21 +18,20 @@ from steerjax.predictor import (
     text_concepts,
 )
 from steerjax.predictor import features as features_mod
+from tests.helpers import token_concepts
 
 LAYER = 1
 PROMPTS = [[5, 17, 33, 9], [40, 41, 42, 43, 44, 45, 46], [7, 8], [100, 3, 3, 3, 90]]
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model):
-    return tiny_model("llama")
+def model(tiny_llama):
+    return tiny_llama
 
 
 @pytest.fixture(scope="module")
 def concepts(model):
-    rng = np.random.default_rng(0)
-    texts = {name: [rng.integers(3, 256, size=6).tolist() for _ in range(3)] for name in ("alpha", "beta", "gamma")}
-    return text_concepts(model, texts, NEUTRAL, LAYER)
+    return token_concepts(model, ("alpha", "beta", "gamma"), layer=LAYER)
 
 
 NEUTRAL = [np.random.default_rng(1).integers(3, 256, size=6).tolist() for _ in range(4)]

@@ -11,9 +11,10 @@ import pytest
 
 import steerjax
 from steerjax.errors import PredictorError, SteerjaxError
-from steerjax.predictor import classifier, early_features, feature_columns, text_concepts
+from steerjax.predictor import classifier, early_features, feature_columns
 from steerjax.predictor import features as F
 from steerjax.predictor.judge import LABELS
+from tests.helpers import labelled_table, token_concepts
 
 LAYER = 1
 PROMPTS = [[5, 17, 33, 9], [40, 41, 42, 43, 44, 45, 46], [7, 8]]
@@ -21,16 +22,13 @@ STEPS = (1, 2, 4, 6)  # token n of SteerBoost is decoding step n + 1: tokens 0, 
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model):
-    return tiny_model("llama")
+def model(tiny_llama):
+    return tiny_llama
 
 
 @pytest.fixture(scope="module")
 def concepts(model):
-    rng = np.random.default_rng(0)
-    texts = {name: [rng.integers(3, 256, size=6).tolist() for _ in range(3)] for name in ("alpha", "beta")}
-    neutral = [np.random.default_rng(1).integers(3, 256, size=6).tolist() for _ in range(4)]
-    return text_concepts(model, texts, neutral, LAYER)
+    return token_concepts(model, layer=LAYER)
 
 
 def test_steerboost_blocks_tokens_and_names():
@@ -200,19 +198,11 @@ def test_feature_sets_partition_the_columns_and_the_default_is_judge_independent
 def _set_table(n_concepts=8, n_prompts=6, strengths=(0.5, 1, 2, 4, 8), seed=0):
     """Labels from a concept sensitivity that the steerboost column reveals well, the steerjax one
     less and the judge-aware one also; named as the sets' columns."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for c in range(n_concepts):
-        sens = rng.uniform(0.1, 2.0)
-        for p in range(n_prompts):
-            for s in strengths:
-                effect = sens * s * rng.uniform(0.8, 1.25)
-                label = "under-steer" if effect < 1 else "success" if effect < 4 else "over-steer"
-                rows.append({"prompt_id": p, "concept": f"c{c}", "strength": float(s), "multiplier": 3.0 * s,
-                             "sb_MagDiff_T0_L2_k1": effect + rng.normal(0, 0.1),
-                             "kl_next_k1": effect + rng.normal(0, 1.0), "read_nll_k1": effect + rng.normal(0, 0.5),
-                             "label": label})
-    return pd.DataFrame(rows)
+    table = labelled_table(lambda effect, rng: {"sb_MagDiff_T0_L2_k1": effect + rng.normal(0, 0.1),
+                                                "kl_next_k1": effect + rng.normal(0, 1.0),
+                                                "read_nll_k1": effect + rng.normal(0, 0.5)},
+                           n_concepts, n_prompts, strengths, seed)
+    return table.assign(multiplier=3.0 * table["strength"])
 
 
 def test_ablation_scores_every_set_on_the_same_folds():
