@@ -38,7 +38,9 @@ and the example banks ``training/{id}.json``), checked before any model loads. R
 concepts are resumable from the run directory (concepts are reused only when they were built
 for this model, layer, names and seed). ``config.json`` holds what was asked (written once; a
 different command in the same directory is refused: choose another ``--out``); ``summary.json``
-what the run found.
+what the run found. ``--reuse-features DIR`` reruns steps 4-5 on the labelled features of a
+finished run of the same command (no model), e.g. after a change to the predictor or its
+evaluation; the relative feature set is added from DIR's concepts when its table predates it.
 """
 
 from __future__ import annotations
