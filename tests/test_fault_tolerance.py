@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import write_steering_df
+from tests.helpers import write_steering_df, xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIMS = ("curiosity", "humility", "patience", "honesty")
@@ -151,7 +151,7 @@ def setting(chat_model_dir, tmp_path_factory):
                JAX_COMPILATION_CACHE_DIR=str(tmp / "jax-cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                TQDM_DISABLE="1", MPLBACKEND="Agg",
                USE_TORCH="0")  # transformers would import torch (5 s per start) for the tokenizer alone
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = xla_flags()
     return chat_model_dir, vec, env
 
 

@@ -26,6 +26,7 @@ from steerjax.errors import ShardingError, SteerjaxError
 from steerjax.model import config_from_hf
 from steerjax.models import registry
 from tests import tiny_models
+from tests.helpers import xla_flags
 
 WORKER = os.path.join(os.path.dirname(__file__), "_mesh_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +37,7 @@ ATOL_HIDDEN = 1e-4
 
 
 def run_worker(args, devices, timeout=TIMEOUT):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(devices),
                PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), JAX_PLATFORMS="cpu")
     return subprocess.Popen([sys.executable, WORKER, *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
