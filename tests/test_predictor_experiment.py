@@ -30,13 +30,18 @@ def no_model(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.requires_data
-@pytest.mark.requires_smollm2
 def test_steerability_predictor_experiment_smoke(tmp_path, capsys, monkeypatch):
     from experiments.steerability_predictor.run import PRESETS, main
     from steerjax.predictor.judge import LABELS
+    from tests.helpers import TINYSTORIES_MISSING, tinystories_path
 
+    # TinyStories, not the default SmolLM2: the pipeline end to end in half the time (compiling for
+    # SmolLM2 was most of it); the bad-input tests below keep the default model's path
+    if tinystories_path() is None:
+        pytest.skip(TINYSTORIES_MISSING)
     out = tmp_path / "run"
-    summary = main(["--preset", "smoke", "--out", str(out)])
+    model = ["--model", tinystories_path()]
+    summary = main(["--preset", "smoke", "--out", str(out), *model])
     p = PRESETS["smoke"]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["preset"] == "smoke" and len(cfg["concept_names"]) == p["concepts"]
@@ -110,13 +115,14 @@ def test_steerability_predictor_experiment_smoke(tmp_path, capsys, monkeypatch):
         raise AssertionError("--reuse-features loaded a model")
 
     monkeypatch.setattr(steerjax, "load_model", refuse)
-    again = main(["--preset", "smoke", "--reuse-features", str(out), "--out", str(tmp_path / "again")])
+    again = main(["--preset", "smoke", "--reuse-features", str(out), "--out", str(tmp_path / "again"), *model])
     assert again["reused_features"] == str(out) and again["label_shares"] == summary["label_shares"]
     for key in ("paper", "evaluation", "ablation", "strategies", "targets"):  # as JSON: NaN equals NaN
         assert json.dumps(again[key], sort_keys=True, default=str) == json.dumps(summary[key], sort_keys=True,
                                                                                  default=str), key
     with pytest.raises(steerjax.errors.RunConfigError, match="other seed"):
-        main(["--preset", "smoke", "--seed", "1", "--reuse-features", str(out), "--out", str(tmp_path / "other")])
+        main(["--preset", "smoke", "--seed", "1", "--reuse-features", str(out), "--out", str(tmp_path / "other"),
+              *model])
 
 
 def test_experiment_help(capsys):
