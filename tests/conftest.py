@@ -62,6 +62,14 @@ def pytest_collection_modifyitems(config, items):
         groups = {_GROUPED_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in _GROUPED_FIXTURES}
         if groups:
             item.add_marker(pytest.mark.xdist_group(name=sorted(groups)[0]))
+    # Longest first (with -n, xdist hands out tests in this order as workers free up): the SmolLM2
+    # group, then the slow tests, then the rest, each in file order. A long test started last
+    # would leave the other core idle at the end of the run.
+    def rank(item):
+        grouped = any(f in _GROUPED_FIXTURES for f in getattr(item, "fixturenames", ()))
+        return 0 if grouped else 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)
 
 
 def pytest_runtest_setup(item):

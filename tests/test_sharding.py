@@ -92,6 +92,7 @@ def test_meshes_equal_one_device(chat_model_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("chat_mesh")  # one worker: the single-device references compile once
 def test_two_processes_give_the_table_of_one(chat_model_dir, chat_model, tmp_path):
     """jax.distributed on CPU (gloo): 2 processes x 4 devices run a sweep, generation, profile
     scoring, early features and the judge on a 4x2 global mesh; process 0 writes what every
@@ -126,6 +127,7 @@ def test_two_processes_give_the_table_of_one(chat_model_dir, chat_model, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("chat_mesh")  # one worker: the single-device references compile once
 def test_a_one_device_mesh_changes_nothing(chat_model):
     from steerjax.profiles.scoring import answer_logprobs
     from tests._mesh_worker import QUESTIONS, SYSTEMS, run_sweep
