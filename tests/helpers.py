@@ -26,6 +26,18 @@ def xla_flags(devices: int | None = None) -> str:
     flags = TEST_XLA_FLAGS
     return flags if devices is None else f"{flags} --xla_force_host_platform_device_count={devices}"
 
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def subprocess_env(devices: int | None = None, **extra) -> dict:
+    """The environment of a test's Python subprocess: this one's, the test XLA flags (``devices``
+    forced CPU devices when given), the checkout on ``PYTHONPATH``, and ``USE_TORCH=0`` (steerjax
+    needs only transformers' tokenizers there; importing torch costs 5 s per start)."""
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS="cpu", PYTHONPATH=path, USE_TORCH="0",
+                **extra)
+
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 

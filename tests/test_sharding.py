@@ -26,10 +26,9 @@ from steerjax.errors import ShardingError, SteerjaxError
 from steerjax.model import config_from_hf
 from steerjax.models import registry
 from tests import tiny_models
-from tests.helpers import xla_flags
+from tests.helpers import subprocess_env
 
 WORKER = os.path.join(os.path.dirname(__file__), "_mesh_worker.py")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 420
 RTOL = ATOL = 1e-5
 #: residual streams (entries up to ~30) differ by float32 rounding when rows are split differently
@@ -37,8 +36,7 @@ ATOL_HIDDEN = 1e-4
 
 
 def run_worker(args, devices, timeout=TIMEOUT):
-    env = dict(os.environ, XLA_FLAGS=xla_flags(devices),
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), JAX_PLATFORMS="cpu")
+    env = subprocess_env(devices)
     return subprocess.Popen([sys.executable, WORKER, *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
