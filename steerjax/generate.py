@@ -36,6 +36,7 @@ def generate(
     max_new_tokens: int,
     temperature: float = 0.0,
     top_p: float = 1.0,
+    top_k: int = 0,
     seed: int = 0,
     mesh=None,
 ) -> GenerationOutput:
@@ -44,8 +45,9 @@ def generate(
     Prompts are left-padded to a multiple of 16 tokens (:data:`steerjax.data.batch.GENERATION`),
     so similar lengths share a compile.
     ``steering`` may hold one vector/multiplier per example; ``positions="generated"`` steers
-    only generated tokens. ``temperature=0`` is greedy decoding; otherwise nucleus sampling with
-    ``top_p`` from ``jax.random.key(seed)``. ``mesh`` (:func:`steerjax.sharding.make_mesh`):
+    only generated tokens. ``temperature=0`` is greedy decoding; otherwise sampling from
+    ``jax.random.key(seed)`` in transformers' order: temperature, then the ``top_k`` most likely
+    tokens (``0``: all), then the nucleus ``top_p`` of what is left. ``mesh`` (:func:`steerjax.sharding.make_mesh`):
     prompts split over its ``data`` axis (the batch padded to a multiple of it), parameters over
     ``model``; default one device.
     """
@@ -57,6 +59,8 @@ def generate(
         raise SteerjaxError(f"temperature must be >= 0, got {temperature}")
     if not 0 < top_p <= 1:
         raise SteerjaxError(f"top_p must be in (0, 1], got {top_p}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise SteerjaxError(f"top_k must be an int >= 0 (0: no limit), got {top_k!r}")
     ids = encode(model, prompts)
     longest = max(len(x) for x in ids)
     if longest + max_new_tokens > cfg.max_position_embeddings:
@@ -75,6 +79,7 @@ def generate(
     batch, steering = shd.put_batch((batch, steering), mesh)
     out = _generate(
         params, cfg, batch, steering, jax.random.key(seed), jnp.float32(temperature), jnp.float32(top_p),
+        jnp.int32(top_k),
         max_new_tokens=int(max_new_tokens), pad_id=int(pad),
     )
     new, lengths = (shd.to_host(x)[:b] for x in out)  # [:b]: drop mesh padding
@@ -84,8 +89,10 @@ def generate(
     return GenerationOutput(new, lengths, texts, ids)
 
 
-def sample(logits, key, temperature, top_p):
-    """Greedy when ``temperature == 0``, else nucleus sampling. logits: [B, V] float32.
+def sample(logits, key, temperature, top_p, top_k=0):
+    """Greedy when ``temperature == 0``, else sampling: temperature, then the ``top_k`` most likely
+    tokens (``0``: all), then the nucleus ``top_p`` of their renormalised probabilities
+    (transformers' order). logits: [B, V] float32; ``top_k`` may be traced.
 
     A ``lax.cond`` on the traced temperature: greedy decoding never pays for the vocabulary sort
     and the random draws (on CPU they cost more than the rest of a decoding step at batch 32).
@@ -94,9 +101,11 @@ def sample(logits, key, temperature, top_p):
     def nucleus(logits):
         scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
         order = jnp.argsort(-scaled, axis=-1)
-        sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
+        rank = jnp.arange(logits.shape[-1])[None, :]
+        in_top_k = (top_k <= 0) | (rank < top_k)
+        sorted_logits = jnp.where(in_top_k, jnp.take_along_axis(scaled, order, axis=-1), -jnp.inf)
         probs = jax.nn.softmax(sorted_logits, axis=-1)
-        keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p  # always keeps the top token
+        keep = in_top_k & ((jnp.cumsum(probs, axis=-1) - probs) < top_p)  # always keeps the top token
         choice = jax.random.categorical(key, jnp.where(keep, sorted_logits, -jnp.inf), axis=-1)
         return jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
@@ -107,7 +116,7 @@ def sample(logits, key, temperature, top_p):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "pad_id"))
-def _generate(params, cfg, batch, steering, key, temperature, top_p, *, max_new_tokens, pad_id):
+def _generate(params, cfg, batch, steering, key, temperature, top_p, top_k, *, max_new_tokens, pad_id):
     b, t = batch.ids.shape
     dtype = params["embed"].dtype
     lengths = batch.lengths
@@ -115,14 +124,14 @@ def _generate(params, cfg, batch, steering, key, temperature, top_p, *, max_new_
     out = forward(params, cfg, batch.ids, positions=batch.positions, valid=batch.valid,
                   steering=steering, generation_start=lengths, cache=cache)
     keys = jax.random.split(key, max_new_tokens)
-    first = sample(unembed(params, cfg, out.hidden[:, -1]), keys[0], temperature, top_p)
+    first = sample(unembed(params, cfg, out.hidden[:, -1]), keys[0], temperature, top_p, top_k)
     eos = jnp.asarray(cfg.eos_token_ids or (-1,), jnp.int32)
 
     def step(carry, key):
         cache, tok, pos, done = carry
         o = forward(params, cfg, tok[:, None], positions=pos[:, None], valid=jnp.ones((b, 1), bool),
                     steering=steering, generation_start=lengths, cache=cache)
-        nxt = sample(unembed(params, cfg, o.hidden[:, -1]), key, temperature, top_p)
+        nxt = sample(unembed(params, cfg, o.hidden[:, -1]), key, temperature, top_p, top_k)
         done = done | jnp.isin(tok, eos)
         nxt = jnp.where(done, pad_id, nxt)
         return (o.cache, nxt, pos + 1, done), nxt

@@ -81,6 +81,8 @@ def test_raw_scale_multiplies_the_vector_as_estimated(model, concepts, tmp_path)
         rollouts(model, PROMPTS, concepts, [1.0], temperature=-0.5, **kw)
     with pytest.raises(SteerjaxError, match="top_p"):
         rollouts(model, PROMPTS, concepts, [1.0], top_p=0.0, **kw)
+    with pytest.raises(SteerjaxError, match="top_k"):
+        rollouts(model, PROMPTS, concepts, [1.0], top_k=-1, **kw)
     # a single strength is a valid grid for rollouts (it matters for the evaluation, tested below)
     one = rollouts(model, PROMPTS, concepts, [0.7], scale="raw", **kw)
     assert sorted(set(one.strength)) == [0.0, 0.7]
@@ -247,6 +249,7 @@ def test_steerboost_preset_is_the_references_setting():
     assert len(r["strengths"]) == 45 and r["strengths"][0] == 0.2 and r["strengths"][-1] == 9.0
     assert np.allclose(np.diff(r["strengths"]), 0.2)
     assert (r["scale"], r["positions"], r["temperature"], r["max_new_tokens"]) == ("raw", "all", 0.7, 2048)
+    assert (r["top_k"], r["top_p"]) == (20, 0.95)  # Qwen3-1.7B's generation config under do_sample=True
     assert set(r) - {"strengths"} <= set(inspect.signature(rollouts).parameters)
     assert set(STEERBOOST["concepts"]) <= set(inspect.signature(concepts_from_examples).parameters)
     assert set(STEERBOOST["prompts"]) <= set(inspect.signature(alpaca_eval_prompts).parameters)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from steering_vectors import SteeringVector, ablation_then_addition_operator
 
 import steerjax
-from steerjax.errors import LayerIndexError, SteeringError
+from steerjax.errors import LayerIndexError, SteeringError, SteerjaxError
 from steerjax.model import _hidden, _logits
 
 SEQ = [5, 17, 33, 9, 100, 42, 7, 88, 19, 61]
@@ -179,6 +181,36 @@ def test_sampling_is_reproducible_by_seed(llama):
     c = steerjax.generate(model, [[5, 6, 7]], seed=4, **kw)
     np.testing.assert_array_equal(a.tokens, b.tokens)
     assert not np.array_equal(a.tokens, c.tokens)
+
+
+def test_top_k_keeps_the_k_most_likely_tokens_then_the_nucleus():
+    """transformers' order: temperature, top-k, then top-p on the renormalised top k."""
+    from steerjax.generate import sample
+
+    logits = jnp.log(jnp.asarray([[0.05, 0.4, 0.3, 0.15, 0.1]], jnp.float32))
+    keys = jax.random.split(jax.random.key(0), 400)
+
+    def draws(top_p, top_k):
+        return np.asarray(jax.vmap(lambda k: sample(logits, k, jnp.float32(1.0), jnp.float32(top_p),
+                                                    jnp.int32(top_k)))(keys))[:, 0]
+
+    assert set(draws(1.0, 2)) == {1, 2}  # the two most likely tokens only
+    assert set(draws(1.0, 0)) == {0, 1, 2, 3, 4}  # 0: no limit
+    assert set(draws(1.0, 1)) == {1}  # top_k=1 is greedy
+    # top 3 renormalised: 0.47, 0.35, 0.18; top_p=0.8 keeps the first two (0.47 + 0.35 > 0.8)
+    assert set(draws(0.8, 3)) == {1, 2}
+    # without top-k, the nucleus of 0.8 needs tokens 1, 2, 3 (0.4 + 0.3 < 0.8)
+    assert set(draws(0.8, 0)) == {1, 2, 3}
+
+
+def test_generate_top_k(llama):
+    model, _ = llama
+    greedy = steerjax.generate(model, [[5, 6, 7]], max_new_tokens=6)
+    one = steerjax.generate(model, [[5, 6, 7]], max_new_tokens=6, temperature=1.5, top_k=1, seed=2)
+    np.testing.assert_array_equal(one.tokens, greedy.tokens)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(SteerjaxError, match="top_k"):
+            steerjax.generate(model, [[5, 6, 7]], max_new_tokens=2, top_k=bad)
 
 
 def test_bad_steering_inputs_raise_clear_errors(llama):

@@ -44,6 +44,8 @@ def add_commands(sub) -> None:
                      help="0 is greedy decoding (default: %(default)s)")
     gen.add_argument("--top-p", type=checks.probability, default=1.0, metavar="P",
                      help="nucleus sampling (default: %(default)s)")
+    gen.add_argument("--top-k", type=checks.nonnegative_int, default=0, metavar="K",
+                     help="sample among the K most likely tokens; 0: no limit (default: %(default)s)")
     gen.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default: %(default)s)")
     checks.add_dtype(gen)
     gen.set_defaults(run=run_generate)
@@ -141,7 +143,8 @@ def run_generate(args) -> int:
         if args.compare:
             prompts = prompts + prompts
     out = steerjax.generate(model, prompts, steering=steering, max_new_tokens=args.max_new_tokens,
-                            temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+                            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            seed=args.seed)
     texts = out.texts or []
     for i, prompt in enumerate(args.prompt):
         if n > 1:

@@ -33,6 +33,8 @@ def add_commands(sub) -> None:
     tb.add_argument("--batch-size", type=checks.positive_int, default=32, help="default: %(default)s")
     tb.add_argument("--temperature", type=checks.nonnegative_float, default=0.0,
                     help="0 is greedy decoding (default: %(default)s)")
+    tb.add_argument("--top-k", type=checks.nonnegative_int, default=0, metavar="K",
+                    help="sample among the K most likely tokens; 0: no limit (default: %(default)s)")
     tb.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     checks.add_dtype(tb)
     tb.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (resumed if it holds the same run)")
@@ -112,13 +114,14 @@ def run_testbed(args) -> int:
         "kind": "testbed", "model": header.source, "dtype": args.dtype, "layer": layer,
         "max_new_tokens": args.max_new_tokens, "seed": args.seed, "batch_size": args.batch_size,
         "positions": args.positions, "temperature": args.temperature,
+        **({"top_k": args.top_k} if args.top_k else {}),
     }, allowed=pipeline.TESTBED_FILES)
 
     model = steerjax.load_model(args.model, dtype=args.dtype)
     run = pipeline.run_testbed(model, names, NEUTRAL_PROMPTS[:args.prompts], args.strengths, layer=layer,
                                max_new_tokens=args.max_new_tokens, out=args.out, source=args.source,
                                pairs=args.pairs, positions=args.positions, batch_size=args.batch_size,
-                               temperature=args.temperature, seed=args.seed)
+                               temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     print(f"{len(run.rollouts)} rollouts ({args.prompts} prompts x ({len(run.concepts)} concepts x "
           f"{len(args.strengths)} strengths + unsteered)), layer {layer}, {args.max_new_tokens} new tokens")
     print(f"results in {args.out}")

@@ -77,8 +77,8 @@ def load_testbed(path: str) -> Testbed:
 def run_testbed(model, names: Sequence[str] | None, prompts: Sequence[Any], strengths, *, layer: int,
                 max_new_tokens: int, out: str, source: str = "statements", pairs: int = 32,
                 positions: str = "all", batch_size: int = 32, temperature: float = 0.0, top_p: float = 1.0,
-                scale: str = "norm", examples=None, method: str = "diffmean", norm_prompts=NEUTRAL_PROMPTS,
-                seed: int = 0, progress: bool = True) -> Testbed:
+                top_k: int = 0, scale: str = "norm", examples=None, method: str = "diffmean",
+                norm_prompts=NEUTRAL_PROMPTS, seed: int = 0, progress: bool = True) -> Testbed:
     """Make, or resume, the testbed run in ``out``: concepts at block ``layer``, then every prompt
     steered by every concept at every strength (:func:`steerjax.predictor.rollouts`).
 
@@ -111,7 +111,8 @@ def run_testbed(model, names: Sequence[str] | None, prompts: Sequence[Any], stre
 
     layer = normalize_layer(layer, model.config.num_layers)
     check_scale(scale)
-    check_options(max_new_tokens, batch_size, positions, seed, scale=scale, temperature=temperature, top_p=top_p)
+    check_options(max_new_tokens, batch_size, positions, seed, scale=scale, temperature=temperature, top_p=top_p,
+                  top_k=top_k)
     key = {"model": str(model.source), "dtype": model.dtype, "concepts": list(names) if names else "all",
            "layer": layer, "pairs": pairs, "seed": seed, "source": source}
     if source == "examples":
@@ -144,7 +145,7 @@ def run_testbed(model, names: Sequence[str] | None, prompts: Sequence[Any], stre
         concepts = select(concepts, list(banks))
     table = make_rollouts(model, list(prompts), concepts, strengths, layer=layer, max_new_tokens=max_new_tokens,
                           seed=seed, batch_size=batch_size, positions=positions, temperature=temperature,
-                          top_p=top_p, scale=scale, progress=progress, run_dir=out)
+                          top_p=top_p, top_k=top_k, scale=scale, progress=progress, run_dir=out)
     table.to_parquet(os.path.join(out, ROLLOUTS), index=False)
     with open(os.path.join(out, CONFIG)) as f:
         return Testbed(out, json.load(f), concepts, table)

@@ -50,7 +50,7 @@ STEERBOOST_ALPHAS: tuple[float, ...] = tuple(round(0.2 * i, 1) for i in range(1,
 #:   alpha x the raw vector on 45 alphas, every position steered (its hook adds ``alpha * v`` on
 #:   the prompt pass and each decoding step), sampling at temperature 0.7 (``do_sample=True``;
 #:   Hugging Face's generation config adds its own ``top_k``/``top_p``: ``top_k=50`` by default,
-#:   Qwen3's config 20 and 0.95; steerjax samples with ``top_p`` alone), up to 2048 new tokens
+#:   the reference model Qwen3's config 20 and 0.95, which the preset uses), up to 2048 new tokens
 #:   (``dataset_steering.py --max_tokens``, which ``01_run_steering.sh`` leaves at its default);
 #: * ``concepts``: :func:`steerjax.predictor.concepts.concepts_from_examples` (DiffMean of the
 #:   first 50 positive and negative examples, plain text, first token left out);
@@ -63,7 +63,7 @@ STEERBOOST_ALPHAS: tuple[float, ...] = tuple(round(0.2 * i, 1) for i in range(1,
 #: * ``reference``: facts with no steerjax argument (model, layer, its feature lists, search trials).
 STEERBOOST: dict[str, dict[str, Any]] = {
     "rollouts": {"strengths": STEERBOOST_ALPHAS, "scale": "raw", "positions": "all", "temperature": 0.7,
-                 "top_p": 1.0, "max_new_tokens": 2048},
+                 "top_k": 20, "top_p": 0.95, "max_new_tokens": 2048},
     "concepts": {"method": "diffmean", "n_examples": 50, "chat": False},
     "prompts": {"n": 50, "seed": 42},
     "evaluation": {"unseen_fraction": 0.2, "prompt_fractions": (0.7, 0.1, 0.2), "prompt_split": "per-concept",

@@ -55,6 +55,7 @@ def rollouts(
     positions: str = "all",
     temperature: float = 0.0,
     top_p: float = 1.0,
+    top_k: int = 0,
     scale: str = "norm",
     chat: bool | None = None,
     progress: bool = True,
@@ -78,7 +79,8 @@ def rollouts(
         greedy decoding (``temperature=0``) rows do not depend on it nor on their batch.
       batch_size: rows per ``generate`` call (a short chunk is padded to a power of two).
       positions: ``"all"`` or ``"generated"`` (see the module docstring).
-      temperature, top_p: sampling (``temperature=0``: greedy, the default).
+      temperature, top_p, top_k: sampling (``temperature=0``: greedy, the default; ``top_k=0``: no
+        limit), as :func:`steerjax.generate`.
       scale: ``"norm"`` (strengths are fractions of the residual norm) or ``"raw"`` (alphas
         multiplying the vector as estimated); see the module docstring.
       run_dir: resumable run directory (:class:`steerjax.runs.RunDirectory`): finished chunks
@@ -103,7 +105,8 @@ def rollouts(
     ids, labels = prompts_and_labels(model, prompts, chat)
     concepts = check_concepts(cfg, concepts, li)
     grid = strength_grid(concepts, strengths)
-    check_options(max_new_tokens, batch_size, positions, seed, scale=scale, temperature=temperature, top_p=top_p)
+    check_options(max_new_tokens, batch_size, positions, seed, scale=scale, temperature=temperature, top_p=top_p,
+                  top_k=top_k)
     jobs = [j for p in range(len(ids)) for j in [(p, None, 0.0)] + [(p, c, s) for c in concepts for s in grid[c.name]]]
     chunks = [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
 
@@ -115,6 +118,8 @@ def rollouts(
             "strengths": {k: [float(s) for s in v] for k, v in grid.items()},
             "max_new_tokens": int(max_new_tokens), "seed": int(seed), "batch_size": int(batch_size),
             "positions": positions, "temperature": float(temperature), "top_p": float(top_p), "scale": scale,
+            # only when set: run directories made before top_k existed keep resuming
+            **({"top_k": int(top_k)} if top_k else {}),
         })
 
     def work(ci, chunk):
@@ -122,7 +127,7 @@ def rollouts(
         steering, mults = job_steering(cfg, chunk, li, size, positions, scale=scale)
         rows = [ids[p] for p, _, _ in chunk] + [ids[chunk[0][0]]] * (size - len(chunk))
         out = generate(model, rows, steering=steering, max_new_tokens=int(max_new_tokens),
-                       temperature=temperature, top_p=top_p, seed=int(seed) + ci, mesh=mesh)
+                       temperature=temperature, top_p=top_p, top_k=top_k, seed=int(seed) + ci, mesh=mesh)
         records = []
         for r, (p, c, s) in enumerate(chunk):
             n = int(out.lengths[r])
@@ -204,7 +209,7 @@ def strength_grid(concepts: Sequence[Concept], strengths) -> dict[str, list[floa
 
 
 def check_options(max_new_tokens, batch_size, positions, seed, *, scale: str = "norm", temperature: float = 0.0,
-                  top_p: float = 1.0) -> None:
+                  top_p: float = 1.0, top_k: int = 0) -> None:
     """Raise :class:`SteerjaxError` on a bad decoding length, batch size, ``positions``, seed,
     ``scale``, ``temperature`` (``>= 0``) or ``top_p`` (in ``(0, 1]``)."""
     for name, v in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
@@ -220,6 +225,8 @@ def check_options(max_new_tokens, batch_size, positions, seed, *, scale: str = "
         raise SteerjaxError(f"temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float, np.number)) or not 0 < top_p <= 1:
         raise SteerjaxError(f"top_p must be in (0, 1], got {top_p!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise SteerjaxError(f"top_k must be an int >= 0 (0: no limit), got {top_k!r}")
 
 
 def job_steering(cfg, chunk, layer: int, rows: int, positions: str, *,
