@@ -7,8 +7,6 @@ from typing import Any
 
 from steerjax.errors import UnsupportedArchitectureError
 
-FAMILIES = ("llama", "gpt2", "gpt_neox", "gemma2", "gemma3")
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
@@ -57,10 +55,9 @@ class ModelConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise UnsupportedArchitectureError(
-                f"unknown family {self.family!r}; supported: {', '.join(FAMILIES)}"
-            )
+        from steerjax.models import registry  # the one list of families (it imports the family modules)
+
+        registry.family(self.family)
         for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
                      "vocab_size", "max_position_embeddings"):
             if getattr(self, name) <= 0:

@@ -124,7 +124,7 @@ def build_params(
             f"{cfg.num_layers} layers needs, e.g. {missing[:5]}. Is the checkpoint complete and its "
             "config.json the right one?"
         )
-    ignored = tuple(re.compile(p) for p in getattr(fam, "IGNORED", ()))
+    ignored = tuple(re.compile(p) for p in fam.ignored)
     if cfg.tie_word_embeddings:
         ignored += (re.compile(r"^lm_head\.weight$"),)
     unexpected = sorted(k for k in tensors if k not in used and not any(p.search(k) for p in ignored))
