@@ -178,3 +178,62 @@ def hf_tokens(hf: dict[str, Any], *, tie: bool, bos: int | None = None, eos: Any
         eos_token_ids=eos_ids(hf.get("eos_token_id", eos)),
         pad_token_id=hf.get("pad_token_id"),
     )
+
+
+# ----------------------------------------------------------------------------- HF config whitelist
+
+#: fields every transformers config carries that never change a forward pass: bookkeeping, output
+#: switches and generation defaults (sampling is steerjax's own). Token ids are read where needed.
+GENERIC_FIELDS = frozenset({
+    "_name_or_path", "architectures", "auto_map", "transformers_version", "torch_dtype", "dtype", "use_bfloat16",
+    "return_dict", "output_hidden_states", "output_attentions", "output_scores", "torchscript", "tf_legacy_loss",
+    "finetuning_task", "id2label", "label2id", "problem_type", "prefix", "task_specific_params", "tokenizer_class",
+    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
+    "chunk_size_feed_forward", "is_decoder", "use_cache", "initializer_range", "model_type",
+    "bad_words_ids", "begin_suppress_tokens", "diversity_penalty", "do_sample", "early_stopping",
+    "encoder_no_repeat_ngram_size", "exponential_decay_length_penalty", "forced_bos_token_id", "forced_eos_token_id",
+    "length_penalty", "max_length", "min_length", "no_repeat_ngram_size", "num_beam_groups", "num_beams",
+    "num_return_sequences", "remove_invalid_values", "repetition_penalty", "return_dict_in_generate",
+    "suppress_tokens", "temperature", "top_k", "top_p", "typical_p",
+})
+#: generic fields that change the model unless they are off (None, False, 0 or empty)
+GENERIC_OFF = ("add_cross_attention", "is_encoder_decoder", "tie_encoder_decoder", "cross_attention_hidden_size",
+               "pruned_heads")
+#: rotary scaling types implemented by :func:`steerjax.models.layers.inv_frequencies`
+ROPE_SCALING_TYPES = ("default", "linear", "llama3")
+
+
+def check_fields(hf: dict[str, Any], model_type: str, handled, ignored=(), off=()) -> None:
+    """Refuse a config field steerjax would otherwise ignore silently.
+
+    Every field of ``hf`` must be read by the family (``handled``), be known to leave the forward
+    pass unchanged (``ignored``, :data:`GENERIC_FIELDS`), or be ``None``. Fields in ``off`` (and
+    :data:`GENERIC_OFF`) are accepted only when they are off (``None``, ``False``, ``0`` or empty).
+    A ``rope_scaling`` of an unimplemented type is refused too.
+
+    Raises:
+      UnsupportedArchitectureError: naming the first offending field.
+    """
+    known = set(handled) | set(ignored) | GENERIC_FIELDS
+    for name, value in hf.items():
+        if name in (*GENERIC_OFF, *off):
+            if value:
+                raise UnsupportedArchitectureError(
+                    f"{model_type} config field {name}={value!r} is not supported (steerjax implements "
+                    f"it only when off); remove it from config.json only if the checkpoint does not use it"
+                )
+        elif name not in known and value is not None:
+            raise UnsupportedArchitectureError(
+                f"{model_type} config field {name!r} (= {value!r}) is not supported: steerjax does not "
+                "implement it and will not ignore it silently. Open an issue with the config.json if you need it."
+            )
+    rs = hf.get("rope_scaling")
+    if rs:
+        if not isinstance(rs, dict):
+            raise UnsupportedArchitectureError(f"{model_type} config field rope_scaling must be a dict, got {rs!r}")
+        kind = rs.get("rope_type", rs.get("type", "default"))
+        if kind not in ROPE_SCALING_TYPES:
+            raise UnsupportedArchitectureError(
+                f"{model_type} config field rope_scaling: type {kind!r} is not supported "
+                f"(supported: {', '.join(ROPE_SCALING_TYPES)})"
+            )

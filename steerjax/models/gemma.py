@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from steerjax.errors import UnsupportedArchitectureError
 from steerjax.models import llama
-from steerjax.models.config import ModelConfig, eos_ids, freeze
+from steerjax.models.config import ModelConfig, check_fields, eos_ids, freeze
 from steerjax.models.layers import activation, linear, rms_norm
 
 # HF's config defaults (Gemma2Config, Gemma3TextConfig): multimodal configs omit most of them.
@@ -41,6 +41,23 @@ _DEFAULTS = {
 }
 _TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings")
 
+#: config fields read by :func:`config_from_hf`. Gemma 3's ``attn_logit_softcapping`` is read and
+#: dropped on purpose: HF's Gemma 3 does not apply it either.
+CONFIG_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling",
+    "rope_local_base_freq", "query_pre_attn_scalar", "sliding_window", "sliding_window_pattern",
+    "_sliding_window_pattern", "layer_types", "final_logit_softcapping", "attn_logit_softcapping",
+    "attention_bias", "hidden_activation", "hidden_act", "tie_word_embeddings",
+)
+#: dropouts, and the KV-cache layout transformers should use (steerjax has its own)
+CONFIG_IGNORED = ("attention_dropout", "cache_implementation")
+#: options accepted only when off
+CONFIG_OFF = ("use_bidirectional_attention",)
+#: the multimodal ``gemma3`` wrapper: its ``text_config`` is read, the vision tower is not used
+MULTIMODAL_FIELDS = ("text_config", "vision_config", "mm_tokens_per_image", "boi_token_index", "eoi_token_index",
+                     "image_token_index", "tie_word_embeddings")
+
 
 def _text_config(hf: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The family and the language-model config with HF's defaults filled in."""
@@ -48,7 +65,12 @@ def _text_config(hf: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     family = "gemma2" if mt == "gemma2" else "gemma3"
     text = hf
     if mt == "gemma3":
+        check_fields(hf, mt, MULTIMODAL_FIELDS)
         text = dict(hf.get("text_config") or {})
+        check_fields({k: v for k, v in text.items() if k != "model_type"}, f"{mt} text_config", CONFIG_FIELDS,
+                     CONFIG_IGNORED, CONFIG_OFF)
+    else:
+        check_fields(hf, mt, CONFIG_FIELDS, CONFIG_IGNORED, CONFIG_OFF)
         text.update({k: hf[k] for k in _TOKEN_KEYS if hf.get(k) is not None})
     out = dict(_DEFAULTS[family])
     out.update(text)
@@ -59,8 +81,6 @@ def _text_config(hf: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     family, c = _text_config(hf)
-    if c.get("use_bidirectional_attention"):
-        raise UnsupportedArchitectureError("Gemma 3 with use_bidirectional_attention is not supported")
     n = c["num_hidden_layers"]
     if c.get("layer_types"):
         types = list(c["layer_types"])

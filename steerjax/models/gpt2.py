@@ -11,8 +11,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from steerjax.errors import UnsupportedArchitectureError
-from steerjax.models.config import ModelConfig, eos_ids, linear_shapes, model_shapes, norm_shapes
+from steerjax.models.config import ModelConfig, check_fields, eos_ids, linear_shapes, model_shapes, norm_shapes
 from steerjax.models.layers import activation, attend, layer_norm, linear
 
 
@@ -21,10 +20,21 @@ def _field(hf: dict[str, Any], name: str, alias: str, default: Any) -> Any:
     return hf.get(name, hf.get(alias, default))
 
 
+#: config fields read by :func:`config_from_hf` (each under its own name or its HF alias)
+CONFIG_FIELDS = (
+    "n_embd", "hidden_size", "n_head", "num_attention_heads", "n_layer", "num_hidden_layers", "n_positions",
+    "max_position_embeddings", "n_inner", "vocab_size", "layer_norm_epsilon", "activation_function",
+    "scale_attn_weights", "tie_word_embeddings",
+)
+#: dropouts and the sequence-classification / double-heads ``summary_*`` head (not part of the LM)
+CONFIG_IGNORED = ("attn_pdrop", "embd_pdrop", "resid_pdrop", "summary_activation", "summary_first_dropout",
+                  "summary_proj_to_labels", "summary_type", "summary_use_proj", "n_ctx")
+#: options accepted only when off
+CONFIG_OFF = ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn")
+
+
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
-    for option in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
-        if hf.get(option, False):
-            raise UnsupportedArchitectureError(f"GPT-2 with {option}=True is not supported")
+    check_fields(hf, "GPT-2", CONFIG_FIELDS, CONFIG_IGNORED, CONFIG_OFF)
     d = _field(hf, "n_embd", "hidden_size", 768)
     h = _field(hf, "n_head", "num_attention_heads", 12)
     act = hf.get("activation_function", "gelu_new")

@@ -12,23 +12,34 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from steerjax.errors import UnsupportedArchitectureError
-from steerjax.models.config import ModelConfig, freeze, hf_sizes, hf_tokens, linear_shapes, model_shapes, norm_shapes
+from steerjax.models.config import (
+    ModelConfig,
+    check_fields,
+    freeze,
+    hf_sizes,
+    hf_tokens,
+    linear_shapes,
+    model_shapes,
+    norm_shapes,
+)
 from steerjax.models.layers import activation, apply_rotary, attend, layer_norm, linear
 
-_ROPE_TYPES = ("default", "linear", "llama3")
+#: config fields read by :func:`config_from_hf` (``partial_rotary_factor`` / ``rope_theta`` are newer
+#: transformers' names of ``rotary_pct`` / ``rotary_emb_base``)
+CONFIG_FIELDS = (
+    "hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size",
+    "max_position_embeddings", "layer_norm_eps", "rotary_emb_base", "rope_theta", "rope_scaling", "rotary_pct",
+    "partial_rotary_factor", "hidden_act", "attention_bias", "use_parallel_residual", "tie_word_embeddings",
+)
+#: dropouts (inference runs none) and the classification head's dropout
+CONFIG_IGNORED = ("attention_dropout", "hidden_dropout", "classifier_dropout")
 
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    check_fields(hf, hf.get("model_type", "gpt_neox"), CONFIG_FIELDS, CONFIG_IGNORED)
     d, h = hf["hidden_size"], hf["num_attention_heads"]
     head_dim = d // h
     rope_scaling = hf.get("rope_scaling")
-    if rope_scaling:
-        kind = rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
-        if kind not in _ROPE_TYPES:
-            raise UnsupportedArchitectureError(
-                f"rope_scaling type {kind!r} is not supported (supported: {', '.join(_ROPE_TYPES)})"
-            )
     act = hf.get("hidden_act", "gelu")
     activation(act)
     attn_bias = bool(hf.get("attention_bias", True))
@@ -40,7 +51,7 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         head_dim=head_dim,
         rope_theta=float(hf.get("rotary_emb_base", hf.get("rope_theta", 10000.0))),
         rope_scaling=freeze(rope_scaling),
-        rotary_dim=int(head_dim * hf.get("rotary_pct", 0.25)),
+        rotary_dim=int(head_dim * hf.get("rotary_pct", hf.get("partial_rotary_factor", 0.25))),
         attention_bias=attn_bias,
         attention_out_bias=attn_bias,
         activation=act,

@@ -13,14 +13,38 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from steerjax.models.config import ModelConfig, freeze, hf_sizes, hf_tokens, linear_shapes, model_shapes, norm_shapes
+from steerjax.models.config import (
+    ModelConfig,
+    check_fields,
+    freeze,
+    hf_sizes,
+    hf_tokens,
+    linear_shapes,
+    model_shapes,
+    norm_shapes,
+)
 from steerjax.models.layers import activation, apply_rotary, attend, linear, rms_norm
 
 _QKV_BIAS_DEFAULT = {"qwen2": True}
 
+#: config fields read by :func:`config_from_hf`
+CONFIG_FIELDS = (
+    "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "num_hidden_layers",
+    "intermediate_size", "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling",
+    "partial_rotary_factor", "attention_bias", "mlp_bias", "hidden_act", "tie_word_embeddings",
+    "sliding_window", "use_sliding_window", "max_window_layers", "layer_types",
+)
+#: config fields that leave inference unchanged: dropouts, the tensor-parallel split of pretraining
+#: (``pretraining_tp``: the same matmul in slices), the context length the rotary scaling came from
+CONFIG_IGNORED = ("attention_dropout", "resid_pdrop", "embd_pdrop", "pretraining_tp",
+                  "original_max_position_embeddings")
+#: options accepted only when off
+CONFIG_OFF = ("use_mrope",)
+
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     mt = hf["model_type"]
+    check_fields(hf, mt, CONFIG_FIELDS, CONFIG_IGNORED, CONFIG_OFF)
     d, h = hf["hidden_size"], hf["num_attention_heads"]
     kvh = hf.get("num_key_value_heads") or h
     head_dim = hf.get("head_dim") or d // h
