@@ -83,13 +83,12 @@ class ModelConfig:
 
     def num_parameters(self) -> int:
         """Parameter count implied by the config (embeddings counted once when tied)."""
-        from steerjax.models import registry
+        from steerjax.models import transformer
 
-        shapes = registry.family(self.family).param_shapes(self)
         n = 0
-        for shape in leaves(shapes):
+        for leaf in leaves(transformer.abstract_params(self)):
             size = 1
-            for s in shape:
+            for s in leaf.shape:
                 size *= s
             n += size
         return n
@@ -121,39 +120,7 @@ def eos_ids(value: Any) -> tuple[int, ...]:
     return (int(value),)
 
 
-# ----------------------------------------------------------------------------- parameter shape tables
-
-
-def linear_shapes(name: str, n_in: int, n_out: int, bias: bool = False) -> dict[str, tuple[int, ...]]:
-    """``{name.kernel: (n_in, n_out)}`` and, with ``bias``, ``{name.bias: (n_out,)}``."""
-    out = {f"{name}.kernel": (n_in, n_out)}
-    if bias:
-        out[f"{name}.bias"] = (n_out,)
-    return out
-
-
-def norm_shapes(name: str, d: int, bias: bool = False) -> dict[str, tuple[int, ...]]:
-    """``{name.scale: (d,)}`` and, with ``bias`` (LayerNorm), ``{name.bias: (d,)}``."""
-    out = {f"{name}.scale": (d,)}
-    if bias:
-        out[f"{name}.bias"] = (d,)
-    return out
-
-
-def model_shapes(cfg: ModelConfig, layer: dict[str, tuple[int, ...]], *, norm_bias: bool = False,
-                 extra: dict | None = None) -> dict:
-    """The whole parameter tree's shapes: ``embed``, one block's ``layer`` shapes stacked on a
-    leading axis of ``num_layers``, ``final_norm``, ``lm_head`` when untied, and ``extra``."""
-    d = cfg.hidden_size
-    shapes = {
-        "embed": (cfg.vocab_size, d),
-        **(extra or {}),
-        "layers": {k: (cfg.num_layers, *s) for k, s in layer.items()},
-        "final_norm": {k.split(".", 1)[1]: s for k, s in norm_shapes("final", d, norm_bias).items()},
-    }
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head"] = (d, cfg.vocab_size)
-    return shapes
+# ----------------------------------------------------------------------------- HF config fields
 
 
 def hf_sizes(hf: dict[str, Any], *, eps: str, eps_default: float, max_positions: int = 2048) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The one list of model families: HF ``model_type`` -> :class:`Family`.
 
 A :class:`Family` describes one decoder family completely: which HF ``model_type`` values it
-reads, how a ``config.json`` becomes a :class:`~steerjax.models.config.ModelConfig`, how a
-checkpoint's tensors become its parameters, and its forward pieces. :data:`FAMILIES` is the only
+reads, how a ``config.json`` becomes a :class:`~steerjax.models.config.ModelConfig`, its Flax NNX
+module tree, and how a checkpoint's tensors become that tree's parameters. :data:`FAMILIES` is the only
 list of families; ``ModelConfig.family`` is checked against it.
 """
 
@@ -26,9 +26,9 @@ class Family:
       config_from_hf: HF config dict -> ``ModelConfig``.
       canonical: a checkpoint tensor name -> the HF name the conversion table uses.
       ignored: regular expressions of checkpoint tensors that are buffers, not weights.
-      convert_globals, convert_layer: the conversion of the non-layer and per-layer weights.
-      param_shapes: ``ModelConfig`` -> the parameter shape tree.
-      embed, block, final_norm: the forward pieces :func:`steerjax.models.transformer.forward` runs.
+      conversion: ``ModelConfig`` -> its conversion table: module path -> (HF name, hook).
+      model: the module tree's class (a :class:`~steerjax.models.layers.Decoder`), called
+        ``model(cfg, rngs=...)``.
     """
 
     name: str
@@ -36,19 +36,14 @@ class Family:
     config_from_hf: Callable[[dict[str, Any]], Any]
     canonical: Callable[[str], str]
     ignored: tuple[str, ...]
-    convert_globals: Callable
-    convert_layer: Callable
-    param_shapes: Callable
-    embed: Callable
-    block: Callable
-    final_norm: Callable
+    conversion: Callable[[Any], dict[str, tuple[str, Any]]]
+    model: type
 
 
 def _family(name: str, module, model_types: tuple[str, ...]) -> Family:
     return Family(name=name, model_types=model_types, config_from_hf=module.config_from_hf,
-                  canonical=module.canonical, ignored=module.IGNORED, convert_globals=module.convert_globals,
-                  convert_layer=module.convert_layer, param_shapes=module.param_shapes, embed=module.embed,
-                  block=module.block, final_norm=module.final_norm)
+                  canonical=module.canonical, ignored=module.IGNORED, conversion=module.conversion,
+                  model=module.Model)
 
 
 #: every supported family, in the order they are listed to users
