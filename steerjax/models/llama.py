@@ -115,6 +115,48 @@ def conversion(cfg: ModelConfig) -> dict[str, tuple[str, Any]]:
     return table
 
 
+# GGUF (llama.cpp) tensor names -> HF names, for the GGUF architectures of this family
+GGUF_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+GGUF_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def gguf_hf_name(name: str, layer_match) -> str:
+    """The HF name of GGUF tensor ``name`` (``layer_match``: its ``blk.{i}.{part}.{weight|bias}``
+    match, or None); names without one come back as ``gguf.{name}``, reported as unexpected."""
+    if name in GGUF_NAMES:
+        return GGUF_NAMES[name]
+    if layer_match and layer_match.group(2) in GGUF_LAYER_NAMES:
+        i, part, kind = layer_match.groups()
+        return f"model.layers.{i}.{GGUF_LAYER_NAMES[part]}.{kind}"
+    return f"gguf.{name}"
+
+
+def gguf_hook(name: str, w, hf: dict[str, Any]):
+    """Undo llama.cpp's q/k permutation (its interleaved rotary layout) of ``llama`` models, as
+    transformers does; every other tensor is returned as it is."""
+    if hf["model_type"] != "llama" or not name.endswith(("q_proj.weight", "k_proj.weight")):
+        return w
+    heads = hf["num_attention_heads"] if "q_proj" in name else hf["num_key_value_heads"]
+    dim = w.shape[0] // heads // 2
+    return w.reshape(heads, dim, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
 # ----------------------------------------------------------------------------- modules
 
 

@@ -150,25 +150,22 @@ def build_params(
             return None
         return arr
 
-    flat = {}
-    for path in sorted(expected, key=lambda k: k.startswith("layers/")):  # globals first
-        if path not in table:
-            raise CheckpointError(f"the {cfg.family} conversion table has no row for the parameter {path}")
-        name, hook = table[path]
-        want = tuple(expected[path].shape)
-        if path.startswith("layers/"):
-            continue
-        flat[path] = get(name, hook, want, path)
+    unknown = sorted(set(expected) - set(table))
+    if unknown:
+        raise CheckpointError(f"the {cfg.family} conversion table has no row for the parameter(s) {unknown}")
     layer_paths = [k for k in expected if k.startswith("layers/")]
-    stacked = {k: [] for k in layer_paths}
+    flat = {path: get(table[path][0], table[path][1], tuple(expected[path].shape), path)
+            for path in expected if path not in layer_paths}  # globals first
+    stacked: dict[str, list] = {k: [] for k in layer_paths}
     for i in range(cfg.num_layers):
         for path in layer_paths:
             name, hook = table[path]
             stacked[path].append(get(name.format(i=i), hook, tuple(expected[path].shape[1:]), f"layer {i} {path}"))
     ignored = tuple(re.compile(p) for p in fam.ignored)
-    if cfg.tie_word_embeddings:
-        ignored += (re.compile(r"^lm_head\.weight$"),)
-    unexpected = sorted(k for k in tensors if k not in used and not any(p.search(k) for p in ignored))
+    # a tied model has no head parameter: the checkpoint's copy of the embedding is not used
+    head = table.get("lm_head/kernel") if "lm_head/kernel" not in expected else None
+    unexpected = sorted(k for k in tensors if k not in used and not any(p.search(k) for p in ignored)
+                        and not (head and k == head[0]))
     problems = []
     if missing:
         problems.append(f"{source} is missing {len(missing)} weight(s) that a {cfg.model_type} model with "
