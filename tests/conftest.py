@@ -29,6 +29,10 @@ if not os.environ.get("PYTEST_XDIST_WORKER") and "STEERJAX_CACHE" not in os.envi
 # No test downloads data from GitHub: a test that unsets STEERJAX_DATA reaches this dead port
 # (the download tests start their own server and set the mirror themselves).
 os.environ.setdefault("STEERJAX_DATA_MIRROR", "http://127.0.0.1:9")
+from tests.helpers import TEST_XLA_FLAGS  # noqa: E402  (plain os/importlib: imports no jax)
+
+if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 # No persistent XLA compilation cache: with jax 0.10.2 a worker segfaulted writing a CPU
 # executable to one (JAX_COMPILATION_CACHE_DIR shared by the workers) in a full run.
 
@@ -58,6 +62,14 @@ def pytest_collection_modifyitems(config, items):
         groups = {_GROUPED_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in _GROUPED_FIXTURES}
         if groups:
             item.add_marker(pytest.mark.xdist_group(name=sorted(groups)[0]))
+    # Longest first (with -n, xdist hands out tests in this order as workers free up): the SmolLM2
+    # group, then the slow tests, then the rest, each in file order. A long test started last
+    # would leave the other core idle at the end of the run.
+    def rank(item):
+        grouped = any(f in _GROUPED_FIXTURES for f in getattr(item, "fixturenames", ()))
+        return 0 if grouped else 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)
 
 
 def pytest_runtest_setup(item):

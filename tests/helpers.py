@@ -13,6 +13,31 @@ TINYSTORIES_MISSING = "tinystories-656k not found: set STEERJAX_TINYSTORIES (e.g
 
 DATA_MISSING = "STEERJAX_DATA is not set: point it at the data directory (e.g. ../shared/data)"
 
+#: XLA flags of every test process and of the subprocesses the tests start (conftest sets them):
+#: LLVM at -O0. Test programs are tiny models compiled once and run a few times, so compilation
+#: dominates: -O0 halves the CPU time of the tiny-family tests and leaves the SmolLM2 tests'
+#: time unchanged (matrix products call the same library kernels at any level). The results
+#: agree within every test's tolerance; benchmarks and users keep XLA's default level.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(devices: int | None = None) -> str:
+    """``XLA_FLAGS`` for a test subprocess: the test flags, plus ``devices`` forced CPU devices."""
+    flags = TEST_XLA_FLAGS
+    return flags if devices is None else f"{flags} --xla_force_host_platform_device_count={devices}"
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def subprocess_env(devices: int | None = None, **extra) -> dict:
+    """The environment of a test's Python subprocess: this one's, the test XLA flags (``devices``
+    forced CPU devices when given), the checkout on ``PYTHONPATH``, and ``USE_TORCH=0`` (steerjax
+    needs only transformers' tokenizers there; importing torch costs 5 s per start)."""
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS="cpu", PYTHONPATH=path, USE_TORCH="0",
+                **extra)
+
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 

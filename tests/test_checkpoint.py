@@ -24,6 +24,7 @@ from steerjax.model import convert, load_config
 from steerjax.models import checkpoint
 from steerjax.models.checkpoint import CacheWarning
 from steerjax.vectors.learned import learn_vectors
+from tests.helpers import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IDS = np.asarray([[5, 17, 3, 99, 42, 7, 250, 1], [8, 8, 9, 10, 11, 12, 13, 14]])
@@ -226,8 +227,7 @@ def test_restore_onto_a_2x4_mesh_of_8_devices(tiny, tmp_path, cache):
     conv = convert(src, str(tmp_path / "conv"))
     np.save(tmp_path / "ids.npy", IDS)
     out = str(tmp_path / "mesh.npz")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    env = subprocess_env(8)
     run = subprocess.run([sys.executable, "-c", MESH_WORKER, conv, str(tmp_path / "ids.npy"), out], env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
@@ -310,7 +310,7 @@ def test_sigkilled_convert_and_learned_run(tiny, tiny_model, tmp_path, cache):
     checkpoint to the vector an uninterrupted run gives, bit for bit."""
     src = tiny("llama")[0]
     conv, run_dir = str(tmp_path / "conv"), str(tmp_path / "learned")
-    env = dict(os.environ, STEERJAX_ROOT=ROOT, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    env = subprocess_env(STEERJAX_ROOT=ROOT)
     run = subprocess.run([sys.executable, "-c", KILL_WORKER, src, conv, run_dir], env=env, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.split() == ["killed", "killed"], run.stdout + run.stderr[-4000:]

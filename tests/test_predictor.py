@@ -187,6 +187,34 @@ def test_evaluate_groups_folds_by_concept_and_beats_baselines():
     assert set(zip(by["layer"], by["step"])) == {(-1, 1), (3, 1), (2, 2)}
 
 
+def test_nested_search_chooses_settings_on_training_concepts_only():
+    table = synthetic_features(n_concepts=6, n_prompts=4)
+    grid = {"depth": [3], "iterations": [10], "class_weights": ["Balanced", None]}
+    ev = classifier.evaluate(table, n_folds=3, grid=grid, inner_folds=2, progress=False)
+    settings = [{"depth": 3, "iterations": 10, "class_weights": w} for w in ("Balanced", None)]
+    s = ev.search
+    assert list(s.columns) == ["fold", "model", "depth", "iterations", "class_weights", "inner_macro_f1", "chosen"]
+    assert len(s) == 3 * 3 * len(settings)  # outer folds x (predictor, multiplier-only, strength-only) x settings
+    assert (s.groupby(["fold", "model"])["chosen"].sum() == 1).all()
+    for i, test_concepts in enumerate(ev.folds):
+        train = table[~table["concept"].isin(test_concepts)]
+        cols = classifier.feature_columns_of(table)
+        chosen, inner = classifier.choose_setting(train, settings, feature_columns=cols, n_folds=2)
+        got = s[(s["fold"] == i) & (s["model"] == "predictor")]
+        np.testing.assert_allclose(got["inner_macro_f1"], inner["inner_macro_f1"])  # held-out concepts unseen
+        best = int(np.argmax(inner["inner_macro_f1"].to_numpy()))
+        assert chosen == settings[best] and got["chosen"].tolist() == [j == best for j in range(len(settings))]
+        # the fold's predictions come from the chosen setting refitted on all its training concepts
+        m = classifier.fit(train, feature_columns=cols, **chosen)
+        test = table["concept"].isin(test_concepts).to_numpy()
+        assert (ev.predictions.loc[test, "predicted"].to_numpy() == m.predict(table[test]).to_numpy()).all()
+    assert classifier.evaluate(table, n_folds=3, iterations=10, progress=False, baselines=False).search is None
+    with pytest.raises(classifier.PredictorError, match="class_weights"):
+        classifier.evaluate(table, n_folds=3, grid={"class_weights": ["Heavy"]}, progress=False)
+    with pytest.raises(classifier.PredictorError, match="class_weights must be one of"):
+        classifier.fit(table, iterations=5, class_weights="Heavy")
+
+
 def test_predictor_save_load_round_trip(tmp_path):
     table = synthetic_features(n_concepts=4, n_prompts=4)
     m = classifier.fit(table, iterations=30, depth=3)
@@ -293,6 +321,14 @@ def test_cross_validated_search_holds_out_concepts_and_prompts():
     assert two["guided_success_rate"] >= one["guided_success_rate"] and two["mean_rollouts"] >= 1
     with pytest.raises(classifier.PredictorError, match="prompt_folds"):
         search.cross_validated(table, n_folds=3, k=1, max_new_tokens=32, prompt_folds=11)
+    # held_out_proba takes the feature columns: those of steps <= k among them, nothing else
+    kw = dict(n_folds=3, k=1, prompt_folds=2, iterations=20, depth=3)
+    named = search.held_out_proba(table, feature_columns=["strength", "cos_L3_k1", "kl_next_k2"], **kw)
+    narrowed = search.held_out_proba(table[["prompt_id", "concept", "strength", "cos_L3_k1", "label"]], **kw)
+    pd.testing.assert_frame_equal(named, narrowed)
+    assert not named.equals(search.held_out_proba(table, **kw))
+    with pytest.raises(classifier.PredictorError, match="none of the 1 feature columns given is from steps <= 1"):
+        search.held_out_proba(table, feature_columns=["kl_next_k2"], **kw)
 
 
 def test_guided_search_judge_needs_a_calibration_sample():

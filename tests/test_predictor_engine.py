@@ -201,11 +201,38 @@ def test_feature_columns_and_zero_strength(model, concepts):
     c = {x.name: x for x in concepts}
     expect = [c[n].multiplier(1.0) * c[n].norm for n in one.concept]
     np.testing.assert_allclose(one[f"diff_norm_L{LAYER}_k1"], expect, rtol=1e-5)
+    # the relative set: ratios of the row's own columns to the push |m v| and the residual norm
+    rel = [col for col in cols if col.startswith("rel_")]
+    assert rel == features_mod.relative_columns(STEPS)
+    last = model.config.num_layers - 1
+    np.testing.assert_allclose(one["rel_injection"], one["strength"], rtol=1e-6)  # the norm scale's strength
+    np.testing.assert_allclose(one["rel_vector_norm"], [c[n].norm / c[n].residual_norm for n in one.concept],
+                               rtol=1e-6)
+    np.testing.assert_allclose(one["rel_kl_next_k2"], one["kl_next_k2"] / one["strength"] ** 2, rtol=1e-6)
+    np.testing.assert_allclose(one["rel_diff_proj_last_k4"], one[f"diff_proj_L{last}_k4"] / expect, rtol=1e-5)
+    np.testing.assert_allclose(one["rel_diff_norm_mean_k1"], one[[f"diff_norm_L{b}_k1" for b in range(LAYER + 1, 3)]]
+                               .mean(axis=1) / expect, rtol=1e-5)
+    assert (zero[[x for x in rel if x != "rel_vector_norm"]] == 0).all().all()
+    again = features_mod.relative_features(table.drop(columns=rel), LAYER, {n: x.residual_norm for n, x in c.items()},
+                                           {n: x.norm for n, x in c.items()})  # a cached table's way
+    pd.testing.assert_frame_equal(again, table[rel])
+    with pytest.raises(SteerjaxError, match="no residual or vector norm for concepts \\['gamma'\\]"):
+        features_mod.relative_features(table, LAYER, {n: 1.0 for n in c}, {"alpha": 1.0, "beta": 1.0})
     # tokens are the rollouts' greedy tokens
     t = rollouts(model, PROMPTS, concepts, [0.0, 1.0], layer=LAYER, max_new_tokens=4, batch_size=8, progress=False)
     t = t[t.concept != "none"].reset_index(drop=True)
     for i, row in t.iterrows():
         assert list(tokens[i, :row.n_tokens]) == row.tokens
+
+
+#: the per-example references right-pad every sequence to this width: a causal model's outputs at a
+#: position do not depend on later tokens, and one width compiles once instead of once per length
+REFERENCE_WIDTH = 16
+
+
+def _padded(seq):
+    assert len(seq) <= REFERENCE_WIDTH
+    return np.asarray([list(seq) + [0] * (REFERENCE_WIDTH - len(seq))])
 
 
 def _reference_features(model, ids, concept, strength, k_max, positions="all"):
@@ -217,8 +244,8 @@ def _reference_features(model, ids, concept, strength, k_max, positions="all"):
     steer = steerjax.Steering.create(cfg, {li: concept.vector}, concept.multiplier(strength), positions=start)
     seq = list(ids)
     for _ in range(k_max):
-        seq.append(int(np.argmax(np.asarray(model.logits(np.asarray([seq]), steering=steer))[0, -1])))
-    full = np.asarray([seq[:-1]])
+        seq.append(int(np.argmax(np.asarray(model.logits(_padded(seq), steering=steer))[0, len(seq) - 1])))
+    full = _padded(seq[:-1])
     n = len(ids)
     rows = slice(n - 1, n - 1 + k_max)
     hs = np.asarray(model.hidden_states(full, steering=steer))[:, 0, rows].astype(np.float64)  # [L, K, D]
@@ -288,6 +315,54 @@ def test_batched_features_equal_a_per_example_computation(model, concepts, posit
         got = row[cols].to_numpy(np.float64)
         want = np.asarray([ref[col] for col in cols])
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"row {i}")
+
+
+@pytest.mark.slow  # sampled rollouts, three early_features passes and the pipeline's
+def test_sampled_rollouts_features_are_read_on_their_own_tokens(model, concepts, monkeypatch):
+    from steerjax.predictor import pipeline
+
+    strengths = [1.0, 2.0]
+    roll = rollouts(model, PROMPTS[:2], concepts[:2], strengths, layer=LAYER, max_new_tokens=4, batch_size=8,
+                    temperature=2.0, seed=3, progress=False)
+    own = {(int(p), c, float(s)): list(t) for p, c, s, t in zip(roll.prompt_id, roll.concept, roll.strength,
+                                                                  roll.tokens)}
+    kw = dict(layer=LAYER, steps=STEPS, batch_size=8)
+    table, tokens = early_features(model, PROMPTS[:2], concepts[:2], strengths, tokens=own, **kw)
+    greedy, greedy_tokens = early_features(model, PROMPTS[:2], concepts[:2], strengths, **kw)
+    steered = roll[roll.concept != "none"].reset_index(drop=True)  # prompt x concept x strength, as the table
+    assert list(zip(table.prompt_id, table.concept)) == list(zip(steered.prompt_id, steered.concept))
+    for i, row in steered.iterrows():
+        assert list(tokens[i, :row.n_tokens]) == row.tokens[:max(STEPS)]  # the rollout's own tokens were fed
+    first = tokens[:, 0] != greedy_tokens[:, 0]
+    assert first.sum() >= 2  # sampling at temperature 2 left the greedy path
+    # step 1 reads the prompt (the same either way) and predicts the first token: only the NLL of the
+    # token decoded there depends on which one it is; step 2 reads that token
+    step1 = [c for c in table.columns if c.endswith("_k1") and not c.startswith(("read_nll", "sb_SteerAlignDelta"))]
+    np.testing.assert_allclose(table[step1].to_numpy(np.float64), greedy[step1].to_numpy(np.float64), rtol=1e-5,
+                               atol=1e-6)
+    assert (np.abs(table["kl_next_k2"] - greedy["kl_next_k2"]).to_numpy()[first] > 1e-6).all()
+    # read_nll_k1 is the unsteered model's NLL of the rollout's first token after the prompt
+    for i, row in steered.iterrows():
+        logits = np.asarray(model.logits(np.asarray([PROMPTS[row.prompt_id]])))[0, -1].astype(np.float64)
+        logp = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+        assert table.loc[i, "read_nll_k1"] == pytest.approx(-logp[row.tokens[0]], rel=1e-4, abs=1e-5)
+    # the greedy tokens given as tokens give the greedy features
+    again, _ = early_features(model, PROMPTS[:2], concepts[:2], strengths, **kw, tokens={
+        (int(r.prompt_id), r.concept, float(r.strength)): greedy_tokens[i].tolist() for i, r in greedy.iterrows()})
+    pd.testing.assert_frame_equal(again, greedy, rtol=1e-5, atol=1e-6)
+    with pytest.raises(SteerjaxError, match=r"tokens has no entry for 1 rows.*\(1, 'beta', 2.0\)"):
+        early_features(model, PROMPTS[:2], concepts[:2], strengths, **kw,
+                       tokens={k: v for k, v in own.items() if k != (1, "beta", 2.0)})
+
+    # the pipeline reads a testbed's features on its rollouts' own tokens (the judge is a stub here)
+    def judge(model, concepts, **_):
+        return lambda r: (pd.DataFrame({"label": ["success"] * len(r)}, index=r.index), None)
+
+    monkeypatch.setattr(pipeline, "HiddenStateJudge", judge)
+    roll = roll.assign(prompt=[PROMPTS[p] for p in roll.prompt_id])  # the ids (the table holds them as JSON)
+    _, _, data = pipeline.label_and_featurize(model, concepts[:2], roll, layer=LAYER, steps=STEPS, batch_size=8,
+                                              progress=False)
+    pd.testing.assert_frame_equal(data.drop(columns=["label"]), table)
 
 
 def test_features_do_not_recompile_for_new_prompts_and_strengths(model, concepts):

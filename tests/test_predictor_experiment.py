@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from steerjax.errors import PredictorError
+
 
 class ModelLoaded(Exception):
     """Raised in place of loading a model: every check before it passed."""
@@ -28,24 +30,30 @@ def no_model(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.requires_data
-@pytest.mark.requires_smollm2
-def test_steerability_predictor_experiment_smoke(tmp_path, capsys):
+def test_steerability_predictor_experiment_smoke(tmp_path, capsys, monkeypatch):
     from experiments.steerability_predictor.run import PRESETS, main
     from steerjax.predictor.judge import LABELS
+    from tests.helpers import TINYSTORIES_MISSING, tinystories_path
 
+    # TinyStories, not the default SmolLM2: the pipeline end to end in half the time (compiling for
+    # SmolLM2 was most of it); the bad-input tests below keep the default model's path
+    if tinystories_path() is None:
+        pytest.skip(TINYSTORIES_MISSING)
     out = tmp_path / "run"
-    summary = main(["--preset", "smoke", "--out", str(out)])
+    model = ["--model", tinystories_path()]
+    summary = main(["--preset", "smoke", "--out", str(out), *model])
     p = PRESETS["smoke"]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["preset"] == "smoke" and len(cfg["concept_names"]) == p["concepts"]
-    assert cfg["feature_set"] == "steerboost+steerjax" and cfg["judge"] == "hidden"
+    assert cfg["feature_set"] == "steerboost+steerjax+relative" and cfg["judge"] == "hidden"
     roll = pd.read_parquet(out / "rollouts.parquet")
     n_steered = p["prompts"] * p["concepts"] * len(p["strengths"])
     assert len(roll) == p["prompts"] + n_steered
     labels = pd.read_parquet(out / "labels.parquet")
     assert set(labels["label"]) <= set(LABELS) and labels["nll"].gt(0).all()
     feats = pd.read_parquet(out / "features.parquet")
-    assert len(feats) == n_steered and {"kl_next_k1", "sb_Alpha", "read_nll_k1", "n_tokens"} <= set(feats)
+    assert len(feats) == n_steered and {"kl_next_k1", "sb_Alpha", "read_nll_k1", "rel_kl_next_k1",
+                                        "n_tokens"} <= set(feats)
     assert summary["unlabelled_dropped"] == 0 and not summary["feature_set_replays_judge"]
 
     # concept-grouped CV (the extra), with the CGS baseline
@@ -69,11 +77,13 @@ def test_steerability_predictor_experiment_smoke(tmp_path, capsys):
     # the ablation: every set on the same folds, judge-aware rows flagged
     abl = pd.read_csv(out / "ablation.csv")
     pooled = abl[abl["fold"] == "all"].set_index("set")
-    assert {"steerboost", "steerjax", "judge-aware", "steerboost+steerjax", "strength-only"} <= set(pooled.index)
+    assert {"steerboost", "steerjax", "relative", "judge-aware", "steerboost+steerjax", "steerboost+steerjax+relative",
+            "strength-only"} <= set(pooled.index)
     assert pooled["replays_judge"].to_dict() == {s: "judge-aware" in s for s in pooled.index}
     assert pooled["n_rows"].eq(n_steered).all()
     cv = scores.set_index("model")["macro_f1"]
-    assert pooled.loc["steerboost+steerjax", "macro_f1"] == pytest.approx(cv["predictor"])  # same folds, same model
+    # same folds, same model (the smoke preset has no nested search)
+    assert pooled.loc["steerboost+steerjax+relative", "macro_f1"] == pytest.approx(cv["predictor"])
 
     # judges: kappa of every pair that ran
     judges = pd.read_csv(out / "judges.csv")
@@ -98,6 +108,22 @@ def test_steerability_predictor_experiment_smoke(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "judge-independent" in printed and "target guided" in printed and "concept-grouped CV" in printed
 
+    # steps 4-5 again from the run's features, without a model: the same figures
+    import steerjax
+
+    def refuse(*a, **k):
+        raise AssertionError("--reuse-features loaded a model")
+
+    monkeypatch.setattr(steerjax, "load_model", refuse)
+    again = main(["--preset", "smoke", "--reuse-features", str(out), "--out", str(tmp_path / "again"), *model])
+    assert again["reused_features"] == str(out) and again["label_shares"] == summary["label_shares"]
+    for key in ("paper", "evaluation", "ablation", "strategies", "targets"):  # as JSON: NaN equals NaN
+        assert json.dumps(again[key], sort_keys=True, default=str) == json.dumps(summary[key], sort_keys=True,
+                                                                                 default=str), key
+    with pytest.raises(steerjax.errors.RunConfigError, match="other seed"):
+        main(["--preset", "smoke", "--seed", "1", "--reuse-features", str(out), "--out", str(tmp_path / "other"),
+              *model])
+
 
 def test_experiment_help(capsys):
     from experiments.steerability_predictor.run import main
@@ -116,6 +142,7 @@ def test_experiment_help(capsys):
     (["--judge-url", "http://127.0.0.1:9/v1"], "exit", "for --judge llm"),
     (["--judge", "embedding", "--no-kappa"], "exit", "drop --no-kappa"),
     (["--judge", "llm"], "JudgeError", "no judge model"),
+    (["--reuse-features", "/nonexistent/run"], "RunConfigError", "missing config.json"),
 ])
 def test_bad_inputs_before_the_model_loads(argv, error, msg, tmp_path, no_model, monkeypatch, capsys):
     from experiments.steerability_predictor.run import main
@@ -228,15 +255,23 @@ def test_steerboost_preset_checks_its_data_first(tmp_path, no_model):
 
 
 def test_cgs_baseline_is_leave_one_prompt_out():
-    from experiments.steerability_predictor.run import _cgs
+    from steerjax.predictor.evaluation import concept_strength
 
     t = pd.DataFrame({"prompt_id": [0, 1, 2, 0, 1, 2, 0, 1],
                       "concept": ["a"] * 6 + ["b"] * 2,
                       "strength": [0.1, 0.1, 0.1, 0.2, 0.2, 0.2, 0.1, 0.1],
                       "label": ["success", "success", "under-steer", "over-steer", "success", "over-steer",
                                 "under-steer", "over-steer"]})
-    got = _cgs(t).tolist()
+    got = concept_strength(t).tolist()
     # a@0.1: the others of prompt 0 are {success, under-steer}: a tie, the first of LABELS (under-steer)
     assert got[:3] == ["under-steer", "under-steer", "success"]
     assert got[3:6] == ["success", "over-steer", "success"]
     assert got[6:] == ["over-steer", "under-steer"]
+    # the paper's concept-strength: training prompts' rows counted for other rows; a concept or
+    # strength without counted rows falls back to the strength, then to the majority
+    rows = pd.DataFrame({"prompt_id": [3, 3, 3], "concept": ["a", "c", "c"], "strength": [0.2, 0.1, 0.3]})
+    assert concept_strength(t, rows).tolist() == ["over-steer", "under-steer", "success"]
+    assert concept_strength(t, rows, majority="over-steer")[2] == "over-steer"
+    assert concept_strength(t.iloc[:3]).tolist() == ["under-steer", "under-steer", "success"]
+    with pytest.raises(PredictorError, match="lacks columns"):
+        concept_strength(t.drop(columns=["strength"]))

@@ -73,6 +73,16 @@ def _stats(name, m, token_names, block_names, over, k_of_token, k_last):
     return out
 
 
+#: the per-example references right-pad every sequence to this width: a causal model's outputs at a
+#: position do not depend on later tokens, and one width compiles once instead of once per length
+REFERENCE_WIDTH = 16
+
+
+def _padded(seq):
+    assert len(seq) <= REFERENCE_WIDTH
+    return np.asarray([list(seq) + [0] * (REFERENCE_WIDTH - len(seq))])
+
+
 def _steerboost_reference(model, ids, concept, strength, k_max, positions):
     """One row, no cache, float64 numpy: steered greedy decoding, both models on the full steered
     text, then SteerBoost's definitions (xgb/utils.py) at tokens 0, 1, 3, 5 = steps 1, 2, 4, 6."""
@@ -83,8 +93,8 @@ def _steerboost_reference(model, ids, concept, strength, k_max, positions):
     steer = steerjax.Steering.create(cfg, {li: concept.vector}, m, positions=start)
     seq = list(ids)
     for _ in range(k_max):
-        seq.append(int(np.argmax(np.asarray(model.logits(np.asarray([seq]), steering=steer))[0, -1])))
-    full = np.asarray([seq[:-1]])
+        seq.append(int(np.argmax(np.asarray(model.logits(_padded(seq), steering=steer))[0, len(seq) - 1])))
+    full = _padded(seq[:-1])
     n = len(ids)
     hs = np.asarray(model.hidden_states(full, steering=steer))[:, 0, n - 1:n - 1 + k_max].astype(np.float64)
     hu = np.asarray(model.hidden_states(full))[:, 0, n - 1:n - 1 + k_max].astype(np.float64)
@@ -145,7 +155,8 @@ def test_steerboost_features_equal_a_per_example_computation(model, concepts, po
     table, tokens = early_features(model, PROMPTS, concepts, strengths, layer=LAYER, steps=STEPS, batch_size=4,
                                    positions=positions)
     cols = F.steerboost_columns(model.config, LAYER, STEPS)
-    assert list(table.columns[-len(cols):]) == cols
+    rel = F.relative_columns(STEPS)
+    assert list(table.columns[-len(cols) - len(rel):]) == cols + rel  # SteerBoost's, then the relative set
     for i, row in table.iterrows():
         c = concepts[[x.name for x in concepts].index(row.concept)]
         ref, toks = _steerboost_reference(model, PROMPTS[row.prompt_id], c, row.strength, max(STEPS), positions)
@@ -172,11 +183,12 @@ def test_feature_sets_partition_the_columns_and_the_default_is_judge_independent
     assert {"kl_next_k1", "lens_kl_L0_k2", "diff_growth_L2_k1"} <= set(by["steerjax"])
     assert "sb_MagDiff_T1_L2_k2" in by["steerboost"] and "sb_Alpha" in by["steerboost"]
     default = classifier.feature_columns_of(table)
-    assert F.DEFAULT_FEATURE_SET == "steerboost+steerjax" and not F.replays_judge(F.DEFAULT_FEATURE_SET)
+    assert F.DEFAULT_FEATURE_SET == "steerboost+steerjax+relative" and not F.replays_judge(F.DEFAULT_FEATURE_SET)
     assert not any(F.feature_set_of(c) == "judge-aware" for c in default)
-    assert set(default) == set(by["steerboost"]) | set(by["steerjax"])
+    assert set(default) == set(by["steerboost"]) | set(by["steerjax"]) | set(by["relative"])
+    assert by["relative"][1:] == F.relative_columns((1, 2))
     assert F.feature_set_columns(table.columns, "steerjax+steerboost+steerjax") == [
-        c for c in table.columns if c in set(default)]
+        c for c in table.columns if c in set(by["steerboost"]) | set(by["steerjax"])]
     assert F.replays_judge("steerjax+judge-aware")
     # max_step keeps the columns of the first steps; the statistics over tokens 0 and 1 need step 2
     one = classifier.feature_columns_of(table, max_step=1, feature_set="steerboost")
@@ -240,11 +252,11 @@ def test_fit_defaults_to_the_judge_independent_set():
     table = _set_table(n_concepts=4, n_prompts=3)
     m = classifier.fit(table, iterations=20, depth=3)
     assert m.feature_columns == ["strength", "sb_MagDiff_T0_L2_k1", "kl_next_k1"]
-    assert m.meta["feature_set"] == "steerboost+steerjax"
+    assert m.meta["feature_set"] == "steerboost+steerjax+relative"
     aware = classifier.fit(table, iterations=20, depth=3, feature_set="steerjax+judge-aware")
     assert aware.feature_columns == ["strength", "kl_next_k1", "read_nll_k1"]
     ev = classifier.evaluate(table, n_folds=2, iterations=20, depth=3, progress=False)
-    assert "read_nll_k1" not in set(ev.importance["feature"]) and ev.feature_set == "steerboost+steerjax"
+    assert "read_nll_k1" not in set(ev.importance["feature"]) and ev.feature_set == "steerboost+steerjax+relative"
     assert classifier.feature_columns_of(table, feature_set="judge-aware") == ["strength", "read_nll_k1"]
     for bad in ("steerbost", "", "steerjax+judge", None):
         with pytest.raises(SteerjaxError, match="unknown feature set.*judge-aware.*steerboost.*steerjax"):

@@ -26,9 +26,9 @@ from steerjax.errors import ShardingError, SteerjaxError
 from steerjax.model import config_from_hf
 from steerjax.models import transformer
 from tests import tiny_models
+from tests.helpers import subprocess_env
 
 WORKER = os.path.join(os.path.dirname(__file__), "_mesh_worker.py")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 420
 RTOL = ATOL = 1e-5
 #: residual streams (entries up to ~30) differ by float32 rounding when rows are split differently
@@ -36,8 +36,7 @@ ATOL_HIDDEN = 1e-4
 
 
 def run_worker(args, devices, timeout=TIMEOUT):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]), JAX_PLATFORMS="cpu")
+    env = subprocess_env(devices)
     return subprocess.Popen([sys.executable, WORKER, *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -91,6 +90,7 @@ def test_meshes_equal_one_device(chat_model_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("chat_mesh")  # one worker: the single-device references compile once
 def test_two_processes_give_the_table_of_one(chat_model_dir, chat_model, tmp_path):
     """jax.distributed on CPU (gloo): 2 processes x 4 devices run a sweep, generation, profile
     scoring, early features and the judge on a 4x2 global mesh; process 0 writes what every
@@ -125,6 +125,7 @@ def test_two_processes_give_the_table_of_one(chat_model_dir, chat_model, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("chat_mesh")  # one worker: the single-device references compile once
 def test_a_one_device_mesh_changes_nothing(chat_model):
     from steerjax.profiles.scoring import answer_logprobs
     from tests._mesh_worker import QUESTIONS, SYSTEMS, run_sweep

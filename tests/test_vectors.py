@@ -43,7 +43,7 @@ from steerjax.vectors import (
     train_vector,
 )
 from steerjax.vectors.activations import first_blocks
-from tests.helpers import tiered
+from tests.helpers import subprocess_env, tiered
 
 TIGHT_SKLEARN = {"tol": 1e-12, "max_iter": 10000}
 # steering-vectors fits the probe on float32 data (scikit-learn then solves in float32), which
@@ -640,7 +640,7 @@ def test_train_vector_on_multi_device_meshes_equals_one_device(tiny):
     """4 CPU devices (XLA_FLAGS must be set before jax is imported: a subprocess): 7 examples in
     batches of 3 are padded to the data axis; CAA, learned steps, mean reads and margins agree."""
     path, _ = tiny("llama")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = subprocess_env(4)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, "-c", MESH_SCRIPT, path], env=env, cwd=root, capture_output=True,
                           text=True, timeout=600)

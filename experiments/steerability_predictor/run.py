@@ -38,7 +38,9 @@ and the example banks ``training/{id}.json``), checked before any model loads. R
 concepts are resumable from the run directory (concepts are reused only when they were built
 for this model, layer, names and seed). ``config.json`` holds what was asked (written once; a
 different command in the same directory is refused: choose another ``--out``); ``summary.json``
-what the run found.
+what the run found. ``--reuse-features DIR`` reruns steps 4-5 on the labelled features of a
+finished run of the same command (no model), e.g. after a change to the predictor or its
+evaluation; the relative feature set is added from DIR's concepts when its table predates it.
 """
 
 from __future__ import annotations
@@ -60,32 +62,38 @@ TARGET_F1, TARGET_MARGIN, TARGET_SUCCESS, TARGET_TOKENS = 0.70, 0.05, 0.90, 0.25
 #: the paper evaluation's headline subset: unseen concepts on every prompt (SteerBoost's OOD rows);
 #: chosen before any run (with 9 prompts the test part is one prompt)
 HEADLINE = ("unseen", "all")
+#: the quick preset's CatBoost search, fixed before the run it was first used in
+QUICK_GRID = {"depth": [4, 6], "iterations": [150], "learning_rate": [0.05, 0.1],
+              "class_weights": ["Balanced", "SqrtBalanced"]}
 PRESETS = {
     # CI: seconds of CatBoost on 2 CPU cores; checks the pipeline end to end, not the targets
     "smoke": dict(concepts=4, prompts=4, strengths=[0.1, 0.3, 0.6], max_new_tokens=8, steps=[1, 2],
                   n_statements=8, folds=2, search_k=1, max_rollouts=[1, 2], prompt_folds=2, kappa_sample=16,
                   iterations=30, batch_size=32, paper_grid={"depth": [4], "iterations": [30], "learning_rate": [0.1]},
-                  thresholds=[0.2, 0.5], source="statements"),
+                  thresholds=[0.2, 0.5], source="statements", cv_grid=None),
     # 30 concepts x 9 prompts x 12 strengths (dense where SmolLM2's success window is), 24 new
-    # tokens, features of up to 8 steps; a 4-setting validation search
+    # tokens, features of up to 8 steps; an 8-setting search (depth, learning rate, class weights):
+    # on validation prompts in the paper evaluation, nested (inner concept folds of the training
+    # concepts) in the concept-grouped CV
     "quick": dict(concepts=30, prompts=9, strengths=[0.05, 0.1, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25, 0.3, 0.35,
                                                       0.4, 0.5], max_new_tokens=24,
                   steps=[1, 2, 4, 8], n_statements=32, folds=5, search_k=1, max_rollouts=[1, 2, 3, 4, 5],
                   prompt_folds=5, kappa_sample=300, iterations=150, batch_size=64,
-                  paper_grid={"depth": [4, 6], "iterations": [150], "learning_rate": [0.05, 0.1]},
+                  paper_grid=QUICK_GRID, cv_grid=QUICK_GRID,
                   thresholds=[round(0.1 * i, 1) for i in range(10)], source="statements"),
     # paper scale, for a GPU or TPU: every persona dimension, all 60 prompts, a finer grid, longer rollouts
     "full": dict(concepts=None, prompts=None, strengths=[0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
                                                           0.6, 0.8], max_new_tokens=64, steps=[1, 2, 4, 8],
                  n_statements=64, folds=5, search_k=2, max_rollouts=[1, 2, 3, 4, 5], prompt_folds=5, kappa_sample=2000,
-                 iterations=500, batch_size=256, paper_grid=None, thresholds=None, source="statements"),
+                 iterations=500, batch_size=256, paper_grid=None, thresholds=None, source="statements",
+                 cv_grid=None),
     # SteerBoost's setting (sources.STEERBOOST): its 150 concepts from example banks (DiffMean), 50
     # AlpacaEval prompts, alpha x the raw vector on 45 alphas, prompt steered, temperature 0.7; for a GPU.
     # max_new_tokens is 256, not its 2048 (features read 6 tokens; the judge reads the rollout).
     "steerboost": dict(concepts=None, prompts=50, strengths=None, max_new_tokens=256, steps=[1, 2, 4, 6],
                        n_statements=50, folds=5, search_k=6, max_rollouts=[1, 2, 3, 4, 5], prompt_folds=5,
                        kappa_sample=2000, iterations=500, batch_size=128, paper_grid=None, thresholds=None,
-                       source="steerboost"),
+                       source="steerboost", cv_grid=None),
 }
 
 
@@ -114,16 +122,19 @@ def main(argv=None):
     ap.add_argument("--steerboost-data", default=None, metavar="DIR",
                     help="--preset steerboost: SteerBoost's data directory (concepts.json, alpaca_eval.json, "
                          "training/{id}.json); default <data dir>/steerboost")
+    ap.add_argument("--reuse-features", default=None, metavar="DIR",
+                    help="evaluate the labelled features of a finished run in DIR (same preset, model, seed, judge, "
+                         "concepts and prompts) instead of running the model: steps 4-5 only, into --out")
     ap.add_argument("--out", default="runs/steerability-predictor")
     args = ap.parse_args(argv)
 
     import steerjax
-    from steerjax.predictor import classifier, evaluation, judge, plots, search
+    from steerjax.predictor import judge, plots
     from steerjax.predictor.concepts import NEUTRAL_PROMPTS, load_concepts, save_concepts
     from steerjax.predictor.features import parse_feature_set, replays_judge
-    from steerjax.predictor.pipeline import label_and_featurize, save_evaluation
+    from steerjax.predictor.pipeline import label_and_featurize
     from steerjax.predictor.testbed import rollouts
-    from steerjax.runs import RunLog, claim, keyed_artifact, write_json
+    from steerjax.runs import RunLog, claim, keyed_artifact
 
     # ---- every input checked before any model loads
     preset = dict(PRESETS[args.preset])
@@ -163,6 +174,13 @@ def main(argv=None):
     if llm is not None:
         config["judge_endpoint"] = llm.base_url
     out = args.out
+    if args.reuse_features:
+        old = _reusable(args.reuse_features, config)
+        claim(out, config)
+        log = RunLog(out)
+        table, summary = _reused_table(args.reuse_features, old, args)
+        log(f"features and labels of {args.reuse_features} ({len(table)} rows): no model run")
+        return evaluate_table(table, summary, preset, args, levels, source, out, log)
     claim(out, config)  # before the model loads: another run's directory is refused
     log = RunLog(out)
     model = steerjax.load_model(args.model)
@@ -219,10 +237,21 @@ def main(argv=None):
     table.to_parquet(os.path.join(out, "features.parquet"), index=False)
     summary["label_shares"] = table["label"].value_counts(normalize=True).to_dict()
     log(f"labels ({JUDGE_NAMES[args.judge]} judge): {summary['label_shares']}")
-    cols = classifier.feature_columns_of(table, feature_set=args.feature_set)
-    log(f"features: {len(cols)} columns of {args.feature_set!r} for {len(table)} rows")
     plots.labels_by_strength(labelled.loc[steered_idx].assign(label=judged[args.judge].reindex(steered_idx))
                              .dropna(subset=["label"]), os.path.join(out, "labels_by_strength.png"))
+    return evaluate_table(table, summary, preset, args, levels, source, out, log)
+
+
+def evaluate_table(table: pd.DataFrame, summary: dict, preset: dict, args, levels, source, out: str, log) -> dict:
+    """Steps 4 and 5 on a labelled features table: the paper evaluation, concept-grouped CV (nested
+    when the preset has a ``cv_grid``), F1 by k, the ablation, the search; ``summary`` completed
+    and written, the headline printed."""
+    from steerjax.predictor import classifier, evaluation, plots, search
+    from steerjax.predictor.pipeline import save_evaluation
+    from steerjax.runs import write_json
+
+    cols = classifier.feature_columns_of(table, feature_set=args.feature_set)
+    log(f"features: {len(cols)} columns of {args.feature_set!r} for {len(table)} rows")
     fit_kw = dict(iterations=preset["iterations"])
 
     # 4a. the paper's evaluation (seen/unseen concepts, 70/10/20 prompts, settings chosen on validation)
@@ -240,9 +269,16 @@ def main(argv=None):
         + paper_scores[["concepts", "prompts", "model", "n", "macro_f1", "accuracy"]].to_string(index=False))
 
     # 4b. concept-grouped cross-validation (the extra), F1 by k, the feature-set ablation on the same folds
-    ev = classifier.evaluate(table, feature_columns=cols, n_folds=preset["folds"], seed=args.seed, **fit_kw)
+    ev = classifier.evaluate(table, feature_columns=cols, n_folds=preset["folds"], seed=args.seed,
+                             grid=preset["cv_grid"], **fit_kw)
     ev.predictions.to_parquet(os.path.join(out, "predictions.parquet"), index=False)
-    cgs = _cgs(table)
+    if ev.search is not None:
+        ev.search.to_csv(os.path.join(out, "cv_search.csv"), index=False)
+        summary["cv_chosen"] = {m: g.loc[g["chosen"]].drop(columns=["model", "chosen"]).to_dict(orient="records")
+                                for m, g in ev.search.groupby("model", sort=False)}
+        log("nested search (settings chosen on inner folds of each outer fold's training concepts):\n"
+            + ev.search[ev.search["chosen"]].to_string(index=False))
+    cgs = evaluation.concept_strength(table)
     y = table["label"].to_numpy()
     ev.scores = pd.concat([ev.scores, pd.DataFrame([_score_row("CGS", y, cgs)])], ignore_index=True)
     save_evaluation(ev, out)
@@ -251,7 +287,7 @@ def main(argv=None):
     by_k = []
     base = ev.scores.set_index("model")["macro_f1"]
     for k in preset["steps"]:
-        ek = ev if k == max(preset["steps"]) else classifier.evaluate(
+        ek = ev if k == max(preset["steps"]) and preset["cv_grid"] is None else classifier.evaluate(
             table, feature_columns=[c for c in cols if (s := classifier.feature_step(c)) is None or s <= k],
             n_folds=preset["folds"], seed=args.seed, progress=False, baselines=False, **fit_kw)
         by_k.append({"k": k, "macro_f1": float(ek.scores.set_index("model").loc["predictor", "macro_f1"]),
@@ -292,6 +328,62 @@ def main(argv=None):
     log(f"done in {summary['wall_seconds']} s")
     print(headline(summary))
     return summary
+
+
+#: what a reused run must share with this one (its config.json)
+REUSE_KEYS = ("preset", "model", "layer", "seed", "judge", "judge_model", "concept_names", "n_prompts", "strengths",
+              "steps", "max_new_tokens", "n_statements", "source")
+#: the reused run's summary entries that describe its steps 1-3
+REUSED_SUMMARY = ("model_source", "layer", "steerjax", "python", "thresholds", "judge", "embedding_thresholds",
+                  "judges", "unlabelled_dropped", "label_shares")
+
+
+def _reusable(path: str, config: dict) -> dict:
+    """The config of the finished run in ``path`` when this run may reuse its features (no model).
+
+    Raises:
+      RunConfigError: ``path`` is not a finished run, or it differs from this run in a key of
+        :data:`REUSE_KEYS` (named).
+    """
+    import json
+
+    from steerjax.errors import RunConfigError
+
+    need = ["config.json", "summary.json", "features.parquet", CONCEPTS_FILE]
+    missing = [n for n in need if not os.path.exists(os.path.join(path, n))]
+    if missing:
+        raise RunConfigError(f"{path} is not a finished run of this experiment (missing {', '.join(missing)}): "
+                             "give the --out of a finished run to --reuse-features")
+    with open(os.path.join(path, "config.json")) as f:
+        old = json.load(f)
+    differ = [k for k in REUSE_KEYS if old.get(k) != config.get(k)]
+    if differ:
+        raise RunConfigError(f"{path} was run with other {', '.join(differ)} (e.g. {differ[0]}="
+                             f"{old.get(differ[0])!r}, here {config.get(differ[0])!r}): reuse a run of the same "
+                             "command, or drop --reuse-features")
+    return old
+
+
+def _reused_table(path: str, old: dict, args) -> tuple[pd.DataFrame, dict]:
+    """A finished run's labelled features table, with the relative features added when it was made
+    before they existed (from its concepts' norms), and its summary's entries for steps 1-3."""
+    import json
+
+    from steerjax.predictor.concepts import load_concepts
+    from steerjax.predictor.features import relative_columns, relative_features, replays_judge
+
+    table = pd.read_parquet(os.path.join(path, "features.parquet"))
+    with open(os.path.join(path, "summary.json")) as f:
+        prev = json.load(f)
+    if not any(c in table for c in relative_columns(old["steps"])):
+        concepts = load_concepts(os.path.join(path, CONCEPTS_FILE))
+        rel = relative_features(table, prev["layer"], {c.name: c.residual_norm for c in concepts},
+                                {c.name: c.norm for c in concepts})
+        table = pd.concat([table.drop(columns=["label", "n_tokens"]), rel, table[["n_tokens", "label"]]], axis=1)
+    summary = {k: prev[k] for k in REUSED_SUMMARY if k in prev}
+    summary.update(reused_features=os.path.abspath(path), feature_set=args.feature_set,
+                   feature_set_replays_judge=replays_judge(args.feature_set))
+    return table, summary
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -449,23 +541,6 @@ def _agreement(judged: dict, steered_idx, log) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- baselines and search
 
 
-def _cgs(table: pd.DataFrame) -> np.ndarray:
-    """Per row, the most common label of its (concept, strength) over the concept's OTHER prompts
-    (ties: the label named first in LABELS; no other prompt: the row's strength over all rows):
-    what a concept-level grid search on other prompts knows."""
-    from steerjax.predictor.judge import LABELS
-
-    counts = pd.crosstab([table["concept"], table["strength"]], table["label"]).reindex(columns=list(LABELS),
-                                                                                        fill_value=0)
-    mine = counts.loc[list(zip(table["concept"], table["strength"]))].to_numpy()
-    own = (table["label"].to_numpy()[:, None] == np.asarray(LABELS)[None, :]).astype(int)
-    rest = mine - own
-    fallback = pd.crosstab(table["strength"], table["label"]).reindex(columns=list(LABELS), fill_value=0)
-    fb = fallback.loc[table["strength"]].to_numpy()
-    rest = np.where(rest.sum(1, keepdims=True) > 0, rest, fb)
-    return np.asarray(LABELS, dtype=object)[np.argmax(rest, axis=1)]  # argmax: the first of the tied labels
-
-
 def _score_row(name, y, pred) -> dict:
     from steerjax.predictor import classifier
     from steerjax.predictor.judge import LABELS
@@ -476,10 +551,13 @@ def _score_row(name, y, pred) -> dict:
 
 
 def _with_cgs(paper, table) -> pd.DataFrame:
-    """The paper evaluation's scores with a CGS row per scored subset (:func:`_cgs` on the rows scored)."""
+    """The paper evaluation's scores with a CGS row per scored subset (leave-one-prompt-out
+    :func:`steerjax.predictor.evaluation.concept_strength` of the whole table, on the rows scored)."""
+    from steerjax.predictor.evaluation import concept_strength
+
     pred = paper.predictions
     key = table.set_index(["prompt_id", "concept", "strength"]).index
-    cgs = pd.Series(_cgs(table), index=key)
+    cgs = pd.Series(concept_strength(table), index=key)
     pred = pred.assign(cgs=cgs.reindex(pd.MultiIndex.from_frame(pred[["prompt_id", "concept", "strength"]]))
                        .to_numpy())
     rows = []
@@ -510,9 +588,7 @@ def _strategies(table, preset, seed, feature_set, fit_kw, search):
     from steerjax.predictor.judge import LABELS
 
     cols = classifier.feature_columns_of(table, feature_set=feature_set)
-    ids = [c for c in ("prompt_id", "concept", "strength", "multiplier", "label", "n_tokens") if c in table]
-    sub = table[ids + [c for c in cols if c not in ids]]  # held_out_proba reads the default set: give only these
-    proba = search.held_out_proba(sub, n_folds=preset["folds"], k=preset["search_k"],
+    proba = search.held_out_proba(table, n_folds=preset["folds"], k=preset["search_k"], feature_columns=cols,
                                   prompt_folds=preset["prompt_folds"], seed=seed, **fit_kw)
     kw = dict(k=preset["search_k"], max_rollouts=preset["max_rollouts"])
     thresholds = preset["thresholds"] if preset["thresholds"] is not None else search.THRESHOLDS

@@ -1,14 +1,16 @@
 """The steerability predictor: CatBoost on early-decoding diff features, evaluated on unseen concepts.
 
 :func:`evaluate` runs cross-validation with folds grouped by concept (every concept is tested
-by a model that never saw it) and reports macro-F1, per-class F1 and the confusion matrix, next
-to baselines: the majority class and models that see only the steering strength
-(``strength-only``) or the multiplier (``multiplier-only``). :func:`importance_by_layer_and_step`
+by a model that never saw it; with a ``grid``, nested: settings are chosen by
+:func:`choose_setting` on each fold's training concepts alone) and reports macro-F1, per-class
+F1 and the confusion matrix, next to baselines: the majority class and models that see only the
+steering strength (``strength-only``) or the multiplier (``multiplier-only``).
+:func:`importance_by_layer_and_step`
 says which layers and decoding steps carry the signal. :class:`SteerabilityPredictor` is the
 fitted model, saved as CatBoost's own ``.cbm`` file plus a JSON of its feature columns and classes.
 
 Features are chosen by named set (:data:`steerjax.predictor.features.FEATURE_SETS`): the default
-everywhere, :data:`~steerjax.predictor.features.DEFAULT_FEATURE_SET` (``steerboost+steerjax``), is
+everywhere, :data:`~steerjax.predictor.features.DEFAULT_FEATURE_SET` (``steerboost+steerjax+relative``), is
 judge-independent; the ``judge-aware`` set (``read_nll``, ``concept_read``, which replay the
 hidden-state judge) is used only when named. :func:`ablation` scores each set alone and combined
 on the same concept folds. ``strength`` (the knob, known when choosing) is in every set; the
@@ -21,7 +23,7 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -107,28 +109,84 @@ class SteerabilityPredictor:
         return cls(model, meta["feature_columns"], meta["classes"], meta.get("meta", {}))
 
 
+#: CatBoost's ``auto_class_weights`` choices (None: unweighted)
+CLASS_WEIGHTS = ("Balanced", "SqrtBalanced", None)
+#: features CatBoost draws per split when ``rsm`` is left to :func:`fit` (``rsm = min(1, RSM_FEATURES / columns)``)
+RSM_FEATURES = 100
+
+
 def fit(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = None, label_col: str = "label",
         iterations: int = 300, depth: int = 6, learning_rate: float = 0.08, seed: int = 0,
-        threads: int | None = None, feature_set: str = DEFAULT_FEATURE_SET) -> SteerabilityPredictor:
+        threads: int | None = None, feature_set: str = DEFAULT_FEATURE_SET, class_weights: str | None = "Balanced",
+        border_count: int = 32, rsm: float | None = None) -> SteerabilityPredictor:
     """Fit CatBoost multiclass on ``table[feature_columns] -> table[label_col]``; without
-    ``feature_columns``, on the columns of ``feature_set`` (:func:`feature_columns_of`)."""
+    ``feature_columns``, on the columns of ``feature_set`` (:func:`feature_columns_of`).
+
+    Args:
+      class_weights: CatBoost's ``auto_class_weights`` (:data:`CLASS_WEIGHTS`).
+      border_count: histogram bins per feature (CatBoost's CPU default is 254; 32 fits a
+        thousand-column table about 4x faster).
+      rsm: the share of features drawn per split; None: ``min(1, RSM_FEATURES / columns)`` (about
+        100 features per split, another 5x on a thousand columns; all of them below 100).
+
+    Raises:
+      PredictorError: the checks of :func:`check_table`, a single label, an unknown ``class_weights``.
+    """
     from catboost import CatBoostClassifier
 
     cols = list(feature_columns) if feature_columns is not None else feature_columns_of(table, feature_set=feature_set)
     check_table(table, cols, label_col)
+    if class_weights not in CLASS_WEIGHTS:
+        raise PredictorError(f"class_weights must be one of {CLASS_WEIGHTS}, got {class_weights!r}")
     y = table[label_col].astype(str).to_numpy()
     if len(set(y)) < 2:
         raise PredictorError(f"every row has the label {y[0]!r}: a classifier needs two or more; widen the "
                              "strength grid")
+    rsm = min(1.0, RSM_FEATURES / len(cols)) if rsm is None else float(rsm)
     model = CatBoostClassifier(loss_function="MultiClass", iterations=iterations, depth=depth,
                                learning_rate=learning_rate, random_seed=seed, verbose=False,
                                thread_count=threads or -1, allow_writing_files=False,
-                               auto_class_weights="Balanced")
+                               auto_class_weights=class_weights, border_count=int(border_count), rsm=rsm)
     model.fit(table[cols].to_numpy(np.float32), y)
     return SteerabilityPredictor(model, cols, [str(c) for c in model.classes_],
                                  {"iterations": iterations, "depth": depth, "learning_rate": learning_rate,
+                                  "class_weights": class_weights, "border_count": int(border_count), "rsm": rsm,
                                   "seed": seed, "n_train": len(table),
                                   "feature_set": feature_set if feature_columns is None else "columns"})
+
+
+def choose_setting(table: pd.DataFrame, settings: Sequence[Mapping], *, feature_columns: Sequence[str],
+                   n_folds: int = 3, seed: int = 0, label_col: str = "label",
+                   **fit_kw) -> tuple[dict, pd.DataFrame]:
+    """The CatBoost setting of ``settings`` with the best pooled macro-F1 in concept-grouped
+    cross-validation on ``table`` alone (:func:`concept_folds`; ties: the first listed). Give it a
+    training part only: this is the inner loop of a nested search.
+
+    Returns:
+      ``(setting, scores)``: the chosen setting (a dict of :func:`fit` arguments) and one row per
+      setting with its keys and ``inner_macro_f1``.
+
+    Raises:
+      PredictorError: no settings; fewer concepts than ``n_folds``; a fold with a single label.
+    """
+    if not settings:
+        raise PredictorError("no settings to choose from: give at least one")
+    folds = concept_folds(table["concept"], n_folds, seed)
+    y = table[label_col].astype(str).to_numpy()
+    rows = []
+    for setting in settings:
+        pred = np.empty(len(table), dtype=object)
+        for test_concepts in folds:
+            test = table["concept"].isin(test_concepts).to_numpy()
+            if table.loc[~test, label_col].nunique() < 2:
+                raise PredictorError("an inner training fold has a single label: more concepts or strengths are "
+                                     "needed for a nested search")
+            m = fit(table[~test], feature_columns=feature_columns, label_col=label_col, seed=seed,
+                    **{**fit_kw, **setting})
+            pred[test] = m.predict(table[test]).to_numpy()
+        rows.append({**setting, "inner_macro_f1": macro_f1(y, pred)})
+    scores = pd.DataFrame(rows)
+    return dict(settings[int(np.argmax(scores["inner_macro_f1"].to_numpy()))]), scores
 
 
 def check_table(table: pd.DataFrame, cols: Sequence[str], label_col: str = "label") -> None:
@@ -209,6 +267,9 @@ class Evaluation:
     importance: pd.DataFrame  # feature, importance (mean over folds)
     folds: list
     feature_set: str = DEFAULT_FEATURE_SET  # "columns" when the columns were named
+    #: with a nested search (``grid``): per outer fold, the setting chosen for each model and the
+    #: inner scores (``fold, model, <setting keys>, inner_macro_f1, chosen``)
+    search: pd.DataFrame | None = None
 
     def summary(self) -> dict:
         s = self.scores.set_index("model")
@@ -218,7 +279,7 @@ class Evaluation:
 def evaluate(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = None, n_folds: int = 5,
              seed: int = 0, label_col: str = "label", progress: bool = True, baselines: bool = True,
              feature_set: str = DEFAULT_FEATURE_SET, folds: Sequence[Sequence[str]] | None = None,
-             **fit_kw) -> Evaluation:
+             grid: Mapping[str, Sequence] | None = None, inner_folds: int = 3, **fit_kw) -> Evaluation:
     """Concept-grouped cross-validation of the predictor and its baselines.
 
     Each fold's test concepts are unseen in its training rows. Baselines: ``majority`` (the
@@ -228,6 +289,13 @@ def evaluate(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = Non
     Without ``feature_columns`` the predictor uses the columns of ``feature_set``
     (:func:`feature_columns_of`). ``folds`` (lists of concept names, each concept in exactly one)
     replaces the ``n_folds`` / ``seed`` split (:func:`concept_folds`).
+
+    ``grid`` (``{"depth": [...], "learning_rate": [...], "iterations": [...], "class_weights":
+    [...]}``, :func:`steerjax.predictor.evaluation.grid_settings`) makes the search nested: in each
+    outer fold every fitted model (the predictor and each fitted baseline) takes the setting that
+    scores best in an ``inner_folds`` concept-grouped cross-validation of that fold's training
+    concepts only (:func:`choose_setting`), then is refitted on all of them; test concepts never
+    choose anything. The choices are in ``Evaluation.search``.
     """
     cols = (list(feature_columns) if feature_columns is not None
             else feature_columns_of(table, feature_set=feature_set))
@@ -242,20 +310,36 @@ def evaluate(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = Non
         raise PredictorError(f"non-finite values in {knob!r}")
     probs = np.zeros((len(table), len(LABELS)))
     imp = np.zeros(len(cols))
+    settings = None
+    if grid is not None:
+        from steerjax.predictor.evaluation import grid_settings
+
+        settings = grid_settings(grid)
+    searched = []
+
+    def fitted(train, fold, model, columns):
+        if settings is None:
+            return fit(train, feature_columns=columns, label_col=label_col, seed=seed, **fit_kw)
+        chosen, scores = choose_setting(train, settings, feature_columns=columns, n_folds=inner_folds, seed=seed,
+                                        label_col=label_col, **fit_kw)
+        best = np.arange(len(scores)) == int(np.argmax(scores["inner_macro_f1"].to_numpy()))
+        searched.append(scores.assign(fold=fold, model=model, chosen=best))
+        return fit(train, feature_columns=columns, label_col=label_col, seed=seed, **{**fit_kw, **chosen})
+
     from tqdm.auto import tqdm
 
-    for test_concepts in tqdm(folds, desc="folds", unit="fold", disable=not progress or None):
+    for i, test_concepts in enumerate(tqdm(folds, desc="folds", unit="fold", disable=not progress or None)):
         test = table["concept"].isin(test_concepts).to_numpy()
         train = table[~test]
         if train[label_col].nunique() < 2:
             raise PredictorError("a training fold has a single label: more concepts or strengths are needed")
-        m = fit(train, feature_columns=cols, label_col=label_col, seed=seed, **fit_kw)
+        m = fitted(train, i, "predictor", cols)
         p = m.predict_proba(table[test])
         probs[test] = p.reindex(columns=list(LABELS), fill_value=0.0).to_numpy()
         pred.loc[test, "predicted"] = p.idxmax(axis=1).to_numpy()
         pred.loc[test, "majority"] = train[label_col].astype(str).value_counts().idxmax()
         for col, feature in (("multiplier_only", knob), ("strength_only", "strength")) if baselines else ():
-            base = fit(train, feature_columns=[feature], label_col=label_col, seed=seed, **fit_kw)
+            base = fitted(train, i, col.replace("_", "-"), [feature])
             pred.loc[test, col] = base.predict(table[test]).to_numpy()
         imp += np.asarray(m.model.get_feature_importance(), float) / len(folds)
     for j, c in enumerate(LABELS):
@@ -269,8 +353,12 @@ def evaluate(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = Non
         rows.append({"model": name, "macro_f1": macro_f1(y, pred[col]), "accuracy": float(np.mean(y == pred[col])),
                      **{f"f1_{c}": f[c] for c in LABELS}})
     importance = pd.DataFrame({"feature": cols, "importance": imp}).sort_values("importance", ascending=False)
+    search = None
+    if searched:
+        search = pd.concat(searched, ignore_index=True)
+        search = search[["fold", "model", *[c for c in search.columns if c not in ("fold", "model")]]]
     return Evaluation(pred, pd.DataFrame(rows), confusion(y, pred["predicted"]), importance.reset_index(drop=True),
-                      [list(f) for f in folds], feature_set if feature_columns is None else "columns")
+                      [list(f) for f in folds], feature_set if feature_columns is None else "columns", search)
 
 
 def _check_folds(table, folds) -> list[np.ndarray]:
@@ -284,7 +372,8 @@ def _check_folds(table, folds) -> list[np.ndarray]:
     return [np.asarray(sorted(str(c) for c in f)) for f in folds]
 
 
-ABLATION_SETS = ("steerboost", "steerjax", "judge-aware", "steerboost+steerjax", "steerboost+steerjax+judge-aware")
+ABLATION_SETS = ("steerboost", "steerjax", "relative", "judge-aware", "steerboost+steerjax",
+                 "steerboost+steerjax+relative", "steerboost+steerjax+relative+judge-aware")
 
 
 def ablation(table: pd.DataFrame, sets: Sequence[str] = ABLATION_SETS, *, n_folds: int = 5, seed: int = 0,

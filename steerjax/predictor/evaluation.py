@@ -56,7 +56,7 @@ PROMPT_SPLITS = ("shared", "per-concept")
 PROMPT_PARTS = ("train", "validation", "test")
 #: the default search: 8 CatBoost settings
 DEFAULT_GRID: dict[str, tuple] = {"depth": (4, 6), "iterations": (150, 300), "learning_rate": (0.05, 0.1)}
-GRID_KEYS = ("depth", "iterations", "learning_rate")
+GRID_KEYS = ("depth", "iterations", "learning_rate", "class_weights")
 #: the scored subsets: (concepts, prompts)
 SUBSETS = (("seen", "test"), ("unseen", "test"), ("unseen", "all"))
 
@@ -296,7 +296,7 @@ def paper_evaluation(table: pd.DataFrame, *, feature_columns: Sequence[str] | No
         raise PredictorError(f"the table holds a single strength ({strengths.tolist()}): the paper's evaluation "
                              "compares the predictor with a strength-only baseline and serves a search over "
                              "strengths, so give rollouts on a grid of two or more strengths")
-    settings = _grid(grid)
+    settings = grid_settings(grid)
     table_concepts = sorted(set(table["concept"].astype(str)))
     if levels is not None:
         concepts = [str(c) for c in levels]
@@ -365,7 +365,7 @@ def paper_evaluation(table: pd.DataFrame, *, feature_columns: Sequence[str] | No
     for _, col, _ in baselines:
         pred[col] = base_models[col].predict(sub).to_numpy()
     pred["majority"] = majority
-    pred["concept_strength"] = _concept_strength(fit_rows, sub, label_col, majority)
+    pred["concept_strength"] = concept_strength(fit_rows, sub, label_col=label_col, majority=majority)
     pred.loc[pred["concepts"] != "seen", "concept_strength"] = ""
     for c in LABELS:
         pred[f"p_{c}"] = proba[c].to_numpy()
@@ -424,7 +424,15 @@ def _check_numeric(table, cols) -> None:
             raise PredictorError(f"column {c!r} is not numeric and finite: features must be numbers")
 
 
-def _grid(grid) -> list[dict]:
+def grid_settings(grid: Mapping[str, Sequence] | None) -> list[dict]:
+    """Every combination of a search grid, as :func:`steerjax.predictor.classifier.fit` arguments
+    (``None``: :data:`DEFAULT_GRID`); a key left out keeps ``fit``'s default.
+
+    Raises:
+      PredictorError: not a mapping, an unknown key (:data:`GRID_KEYS`), an empty list, a bad
+        value (depth and iterations ints >= 1, learning_rate in (0, 1], class_weights one of
+        :data:`steerjax.predictor.classifier.CLASS_WEIGHTS`).
+    """
     grid = DEFAULT_GRID if grid is None else grid
     if not isinstance(grid, Mapping) or not grid:
         raise PredictorError(f"grid must be a mapping of {GRID_KEYS} to lists of values, got {grid!r}")
@@ -435,10 +443,15 @@ def _grid(grid) -> list[dict]:
     values = []
     for k in keys:
         v = grid[k]
-        v = [v] if np.isscalar(v) else list(v)
+        v = [v] if np.isscalar(v) or v is None else list(v)
         if not v:
             raise PredictorError(f"grid[{k!r}] is empty: give at least one value")
         for x in v:
+            if k == "class_weights":
+                if x not in classifier.CLASS_WEIGHTS:
+                    raise PredictorError(f"grid['class_weights'] holds {x!r}: use values of "
+                                         f"{classifier.CLASS_WEIGHTS}")
+                continue
             ok = (isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 1 if k != "learning_rate"
                   else isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and 0 < x <= 1)
             if not ok:
@@ -448,17 +461,50 @@ def _grid(grid) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
 
-def _concept_strength(train: pd.DataFrame, rows: pd.DataFrame, label_col: str, majority: str) -> np.ndarray:
-    """Per row, the most common training label of its (concept, strength) (ties: the label named
-    first in :data:`LABELS`), else of its strength, else ``majority``."""
-    def mode(g):
-        counts = g.astype(str).value_counts()
-        return min(counts[counts == counts.max()].index, key=LABELS.index)
+def concept_strength(counted: pd.DataFrame, rows: pd.DataFrame | None = None, *, label_col: str = "label",
+                     majority: str | None = None) -> np.ndarray:
+    """What a concept-level grid search knows: per row of ``rows``, the most common label of its
+    (``concept``, ``strength``) among the ``counted`` rows at OTHER prompts; where there is none,
+    of its strength among the counted rows of other (prompt, concept) pairs; else ``majority``
+    (default: the counted rows' most common label). Ties: the label named first in :data:`LABELS`.
 
-    by_pair = train.groupby(["concept", "strength"])[label_col].agg(mode).to_dict()
-    by_strength = train.groupby("strength")[label_col].agg(mode).to_dict()
-    return np.asarray([by_pair.get((c, s), by_strength.get(s, majority))
-                       for c, s in zip(rows["concept"], rows["strength"])], dtype=object)
+    ``rows=None`` scores ``counted`` itself, leaving each row's own prompt out (CGS: the label of a
+    concept at a strength learnt on its other prompts). The paper evaluation's ``concept-strength``
+    baseline counts the training prompts' rows for the test prompts' rows.
+
+    Raises:
+      PredictorError: a table without ``prompt_id``, ``concept``, ``strength`` or ``label_col``;
+        unknown labels among the counted rows.
+    """
+    rows = counted if rows is None else rows
+    keys = ["prompt_id", "concept", "strength"]
+    for name, t, need in (("counted", counted, keys + [label_col]), ("rows", rows, keys)):
+        missing = [c for c in need if c not in t]
+        if missing:
+            raise PredictorError(f"{name} lacks columns {missing}: give rows with {need}")
+    labels = counted[label_col].astype(str)
+    bad = sorted(set(labels) - set(LABELS))
+    if bad:
+        raise PredictorError(f"unknown labels {bad} among the counted rows; expected {LABELS}")
+
+    def counts(by: list[str]) -> np.ndarray:
+        """[len(rows), len(LABELS)]: counted rows sharing each row's values of ``by``."""
+        if counted.empty:
+            return np.zeros((len(rows), len(LABELS)), int)
+        table = pd.crosstab([counted[c] for c in by], labels).reindex(columns=list(LABELS), fill_value=0)
+        at = pd.MultiIndex.from_frame(rows[by]) if len(by) > 1 else pd.Index(rows[by[0]])
+        return table.reindex(at, fill_value=0).to_numpy()
+
+    own = counts(keys)  # the counted rows at the row's own prompt (the row itself when rows is counted)
+    pair = counts(["concept", "strength"]) - own
+    strength = counts(["strength"]) - own
+    if majority is None:
+        majority = min(labels.value_counts().pipe(lambda c: c[c == c.max()]).index, key=LABELS.index) \
+            if len(labels) else LABELS[0]
+    best = np.where(pair.sum(1, keepdims=True) > 0, pair, strength)
+    out = np.asarray(LABELS, dtype=object)[np.argmax(best, axis=1)]  # argmax: the first of the tied labels
+    out[best.sum(1) == 0] = majority
+    return out
 
 
 def _per_class(y, pred, concepts_part, prompts_part, model) -> list[dict]:

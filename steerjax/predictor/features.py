@@ -1,7 +1,8 @@
 """Early-decoding diff features: how far steering has moved the model after ``k`` new tokens.
 
 For each (prompt, concept, strength) row, one jitted program per batch decodes ``K = max(steps)``
-greedy tokens with steering and, in the same forward calls, runs an unsteered *reference* row that
+tokens with steering (greedy, or a sampled rollout's own tokens fed back, teacher-forced:
+``tokens=``) and, in the same forward calls, runs an unsteered *reference* row that
 is teacher-forced on the steered row's tokens: the batch holds ``2B`` rows (``B`` steered, ``B``
 references with multiplier 0) and at every step both halves are fed the steered row's token. The
 two rows therefore see the same positions and the same token history, and every difference comes
@@ -78,6 +79,24 @@ token 0 (with ``positions="generated"`` token 0 is not steered, so its ``MagDiff
 block and every ``MagDiffRatio`` is 0); SteerBoost's hidden states are bfloat16 and its raw pass
 re-tokenizes the decoded text (without the chat template), ours are float32 on the same token ids.
 
+**Relative features** (the ``relative`` set, prefixed ``rel_``; judge-independent, computed from
+the columns above by :func:`relative_features`, so a cached table can get them without a new
+pass). With ``R`` the concept's residual norm at the steered block ``L`` and ``|m v|`` the norm of
+the added vector:
+
+* ``rel_vector_norm``: ``|v| / R``; ``rel_injection``: ``|m v| / R`` (the strength in the ``"norm"``
+  scale, the alpha made comparable across concepts in the ``"raw"`` one); no step;
+* ``rel_kl_next_k{k}``: ``kl_next / rel_injection**2`` (a small push moves the next-token
+  distribution by a KL quadratic in its size: the row's sensitivity) and
+  ``rel_entropy_change_k{k}``: ``entropy_change / rel_injection``;
+* ``rel_diff_norm_{last,mean}_k{k}``: ``|d|`` at the last block, and its mean over the blocks
+  after ``L``, over ``|m v|`` (how the push grows or fades downstream);
+  ``rel_diff_proj_{last,mean}_k{k}``: the same for ``d . v / |v|`` (how much of it stays along
+  the vector).
+
+Every ratio is 0 where ``m = 0``. Trees split on one column at a time, so a ratio the table only
+holds as two columns is a feature they could not otherwise use in one split.
+
 **Judge-aware columns.** ``read_nll`` and ``concept_read`` replay the hidden-state judge (its
 fluency NLL and its concept score, on the first tokens): they are computed by default (so an
 ablation can show what they add) but belong to the ``judge-aware`` set, which no default selects
@@ -91,6 +110,7 @@ from __future__ import annotations
 
 import functools
 import re
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -103,7 +123,7 @@ from steerjax import sharding as shd
 from steerjax.data.batch import GENERATION, TokenBatch
 from steerjax.errors import PredictorError, SteerjaxError
 from steerjax.models.transformer import KVCache, final_norm, forward, param_dtype, unembed
-from steerjax.predictor.concepts import Concept
+from steerjax.predictor.concepts import UNSTEERED, Concept
 from steerjax.predictor.testbed import (
     bucket_rows,
     check_concepts,
@@ -130,10 +150,15 @@ FEATURE_SETS = {
                   "deltas, InterventionMag, Alpha) at its tokens and block offsets",
     "steerjax": "steerjax's diffs: cos, norm ratio, diff norm, diff projection and growth per block, next-token "
                 "KL and entropy change, logit-lens KL",
+    "relative": "steerjax's ratios (rel_*): the vector norm and the push relative to the residual norm, next-token "
+                "KL and entropy change per unit push, downstream diff norm and projection per unit push",
     "judge-aware": "read_nll and concept_read: they REPLAY the hidden-state judge (its fluency NLL and concept "
                    "score on the first tokens); never a headline",
 }
-DEFAULT_FEATURE_SET = "steerboost+steerjax"
+DEFAULT_FEATURE_SET = "steerboost+steerjax+relative"
+REL_PREFIX = "rel_"
+RELATIVE_STEP_FEATURES = ("kl_next", "entropy_change", "diff_norm_last", "diff_norm_mean", "diff_proj_last",
+                          "diff_proj_mean")
 JUDGE_AWARE = "judge-aware"
 _EPS = 1e-8
 _STEERJAX_COLUMN = re.compile(r"^(?:(?:%s)_L\d+|(?:%s)|lens_kl_L\d+)_k\d+$"
@@ -175,7 +200,8 @@ def feature_columns(cfg, steps: Sequence[int] = FEATURE_STEPS, *, layer: int | N
     Args:
       cfg: a model or its config.
       steps: the ``k`` of the columns.
-      layer: the steered block; None leaves SteerBoost's columns (named by block) out.
+      layer: the steered block; None leaves SteerBoost's columns (named by block) and the
+        relative ones (read after it) out.
       judge_aware: include ``read_nll`` / ``concept_read`` (as :func:`early_features` does by
         default).
     """
@@ -189,8 +215,70 @@ def feature_columns(cfg, steps: Sequence[int] = FEATURE_STEPS, *, layer: int | N
         if judge_aware:
             cols += [f"{f}_k{k}" for f in READ_FEATURES]
     if layer is not None:
-        cols += steerboost_columns(cfg, layer, steps)
+        cols += steerboost_columns(cfg, layer, steps) + relative_columns(steps)
     return cols
+
+
+def relative_columns(steps: Sequence[int] = FEATURE_STEPS) -> list[str]:
+    """The ``rel_`` column names of :func:`relative_features`, in its order."""
+    steps = _check_steps(steps)
+    return [f"{REL_PREFIX}vector_norm", f"{REL_PREFIX}injection"] + [
+        f"{REL_PREFIX}{f}_k{k}" for k in steps for f in RELATIVE_STEP_FEATURES]
+
+
+def relative_features(table: pd.DataFrame, layer: int, residual_norms: Mapping[str, float],
+                      vector_norms: Mapping[str, float], num_layers: int | None = None) -> pd.DataFrame:
+    """The ``relative`` set (module docstring) of a features table, as a frame indexed like it.
+
+    Args:
+      table: an :func:`early_features` table (``concept``, ``multiplier``, ``kl_next_k*``,
+        ``entropy_change_k*``, ``diff_norm_L*_k*``, ``diff_proj_L*_k*``), e.g. a cached run's.
+      layer: the steered block (negative counts from the end).
+      residual_norms, vector_norms: per concept name, ``R`` and ``|v|`` (``Concept.residual_norm``
+        and ``Concept.norm``).
+      num_layers: the model's blocks; None: read off the table's ``diff_norm_L{l}`` columns.
+
+    Raises:
+      PredictorError: a concept without a norm; a table without the columns needed.
+    """
+    if num_layers is None:
+        blocks = [int(m.group(1)) for c in table.columns if (m := re.match(r"^diff_norm_L(\d+)_k\d+$", c))]
+        if not blocks:
+            raise PredictorError("the table has no diff_norm_L*_k* columns: give an early_features table")
+        num_layers = max(blocks) + 1
+    cfg = types.SimpleNamespace(num_layers=int(num_layers))
+    li = normalize_layer(layer, cfg.num_layers)
+    names = table["concept"].astype(str)
+    missing = sorted(set(names) - (set(residual_norms) & set(vector_norms)))
+    if missing:
+        raise PredictorError(f"no residual or vector norm for concepts {missing[:5]}: pass both for every concept "
+                             "of the table (Concept.residual_norm, Concept.norm)")
+    steps = sorted({int(m.group(1)) for c in table.columns if (m := re.match(r"^kl_next_k(\d+)$", c))})
+    after = list(range(li + 1, cfg.num_layers)) or [cfg.num_layers - 1]
+    need = [f"{f}_k{k}" for k in steps for f in NEXT_FEATURES] + [
+        f"{f}_L{b}_k{k}" for k in steps for f in ("diff_norm", "diff_proj") for b in after]
+    lacking = [c for c in need if c not in table]
+    if not steps or lacking:
+        raise PredictorError(f"the table lacks the columns relative features are computed from "
+                             f"({lacking[:3] or ['kl_next_k*']}): give an early_features table")
+    r = names.map(lambda c: float(residual_norms[c])).to_numpy(np.float64)
+    v = names.map(lambda c: float(vector_norms[c])).to_numpy(np.float64)
+    push = np.abs(table["multiplier"].to_numpy(np.float64)) * v  # |m v|
+    inj = push / r
+
+    def per(x, by):
+        return np.where(by > _EPS, x / np.where(by > _EPS, by, 1.0), 0.0)
+
+    cols = {f"{REL_PREFIX}vector_norm": v / r, f"{REL_PREFIX}injection": inj}
+    last = cfg.num_layers - 1
+    for k in steps:
+        cols[f"{REL_PREFIX}kl_next_k{k}"] = per(table[f"kl_next_k{k}"].to_numpy(np.float64), inj ** 2)
+        cols[f"{REL_PREFIX}entropy_change_k{k}"] = per(table[f"entropy_change_k{k}"].to_numpy(np.float64), inj)
+        for f in ("diff_norm", "diff_proj"):
+            blocks = {b: table[f"{f}_L{b}_k{k}"].to_numpy(np.float64) for b in {*after, last}}
+            cols[f"{REL_PREFIX}{f}_last_k{k}"] = per(blocks[last], push)
+            cols[f"{REL_PREFIX}{f}_mean_k{k}"] = per(np.mean([blocks[b] for b in after], axis=0), push)
+    return pd.DataFrame(cols, index=table.index)[relative_columns(steps)]
 
 
 def feature_set_of(column: str) -> str | None:
@@ -198,6 +286,8 @@ def feature_set_of(column: str) -> str | None:
     None for any other column (ids, labels, ``strength``, unknown columns)."""
     if column.startswith(SB_PREFIX):
         return "steerboost"
+    if column.startswith(REL_PREFIX):
+        return "relative"
     if _STEERJAX_COLUMN.match(column):
         return "steerjax"
     if _JUDGE_COLUMN.match(column):
@@ -248,10 +338,12 @@ def early_features(
     positions: str = "all",
     chat: bool | None = None,
     judge_aware: bool = True,
+    tokens: Mapping[tuple[int, str, float], Sequence[int]] | None = None,
     progress: bool = False,
     mesh=None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Diff features of the first ``max(steps)`` greedy decoding steps (see the module docstring).
+    """Diff features of the first ``max(steps)`` decoding steps (see the module docstring): greedy,
+    or read on given tokens (a sampled rollout's own, teacher-forced).
 
     Args:
       model, prompts, concepts, strengths, layer, positions, chat: as in
@@ -268,12 +360,22 @@ def early_features(
       judge_aware: also compute ``read_nll`` / ``concept_read`` (the judge-aware set: never
         selected by default, see the module docstring); False leaves them out and decodes no
         zero-strength rows for them.
+      tokens: ``{(prompt index, concept name, strength): new token ids}``, e.g. the rollouts'
+        own (:func:`steerjax.predictor.testbed.rollouts`, sampled at a temperature): each row is
+        fed its first ``max(steps)`` tokens instead of its greedy ones, so its features are read
+        on the tokens the judge reads; a row's steps past its tokens (a rollout that stopped at
+        EOS) decode greedily. Every (prompt, concept, strength) row needs an entry; the
+        zero-strength rows of ``concept_read`` take ``(prompt, "none", 0.0)`` (the unsteered
+        rollout) when present, else decode greedily. None: every row greedy.
 
     Returns:
       ``(table, tokens)``: one row per prompt x concept x strength with ``prompt_id, concept,
       strength, multiplier`` then :func:`feature_columns` (with ``layer`` and ``judge_aware``);
-      ``tokens [rows, max(steps)]`` the steered greedy tokens (equal to those of
-      :func:`rollouts` with the same ``positions``).
+      ``tokens [rows, max(steps)]`` the steered rows' tokens: the greedy ones (equal to those of
+      :func:`rollouts` with the same ``positions``) or those given.
+
+    Raises:
+      PredictorError: ``tokens`` lacking a row's entry.
     """
     cfg = model.config
     li = normalize_layer(layer, cfg.num_layers)
@@ -291,6 +393,16 @@ def early_features(
     n_jobs = len(jobs)
     if judge_aware:  # the zero-strength rows concept_read is measured against, where the grid lacks them
         jobs += [(p, c, 0.0) for p in range(len(ids)) for c in concepts if 0.0 not in grid[c.name]]
+    forced = np.full((len(jobs), k_max), -1, np.int32)
+    if tokens is not None:
+        lacking = [(p, c.name, s) for p, c, s in jobs[:n_jobs] if (p, c.name, s) not in tokens]
+        if lacking:
+            raise PredictorError(f"tokens has no entry for {len(lacking)} rows, e.g. (prompt, concept, strength) "
+                                 f"{lacking[0]}: give every row's tokens, or tokens=None for greedy decoding")
+        for i, (p, c, s) in enumerate(jobs):
+            own = tokens.get((p, c.name, s)) if i < n_jobs else tokens.get((p, UNSTEERED, 0.0))
+            own = [] if own is None else [int(t) for t in own][:k_max]
+            forced[i, :len(own)] = own
     lens = lens_layers(cfg)
     mesh = shd.default_mesh(mesh)
     params = model.params if mesh is None else shd.shard_params(model.params, cfg, mesh)
@@ -310,9 +422,11 @@ def early_features(
         units = np.zeros((size, cfg.hidden_size), np.float32)
         for r, (_, c, _) in enumerate(chunk):
             units[r] = c.vector / c.norm
+        fed = np.full((size, k_max), -1, np.int32)
+        fed[:len(chunk)] = forced[i:i + len(chunk)]
         prompt = shd.put_batch(prompt, mesh)
-        row_prompt, steering, units = shd.put_batch((row_prompt, steering, units), mesh)
-        out = _early(params, cfg, prompt, row_prompt, steering, units, steps=k_max, lens=lens, layer=li,
+        row_prompt, steering, units, fed = shd.put_batch((row_prompt, steering, units, fed), mesh)
+        out = _early(params, cfg, prompt, row_prompt, steering, units, fed, steps=k_max, lens=lens, layer=li,
                      steer_prompt=positions == "all")
         out = jax.tree.map(shd.to_host, out)
         n = len(chunk)
@@ -337,8 +451,9 @@ def _check_steps(steps) -> tuple[int, ...]:
     return out
 
 
-def _step_features(params, cfg, layers, logits, unit, lens, layer_index):
-    """Features of one decoding step. layers [L, 2B, D] (steered rows first); logits [2B, V]."""
+def _step_features(params, cfg, layers, logits, unit, lens, layer_index, tok):
+    """Features of one decoding step. layers [L, 2B, D] (steered rows first); logits [2B, V]; tok [B]
+    the steered row's next token (the one fed at the next step)."""
     b = unit.shape[0]
     h = layers.astype(jnp.float32)
     s, u = h[:, :b], h[:, b:]
@@ -359,7 +474,6 @@ def _step_features(params, cfg, layers, logits, unit, lens, layer_index):
     kl, ent = kl_ent(logits)
     lens_logits = unembed(params, cfg, final_norm(params, cfg, layers[jnp.asarray(lens, jnp.int32)]))
     lens_kl, _ = kl_ent(lens_logits)  # [nl, B]
-    tok = jnp.argmax(logits[:b], axis=-1)  # the steered row's next token (greedy)
     ref_lp = jax.nn.log_softmax(logits[b:].astype(jnp.float32), axis=-1)
     read_nll = -jnp.take_along_axis(ref_lp, tok[:, None], axis=-1)[:, 0]
     read_proj = jnp.einsum("bd,bd->b", u[layer_index], unit)  # the reference row's reading of its input token
@@ -378,12 +492,18 @@ def _concat_cache(a: KVCache, b: KVCache) -> KVCache:
                    jnp.concatenate([a.valid, b.valid]), a.index)
 
 
+def _next(logits, forced):
+    """The steered rows' next tokens: ``forced`` where it is >= 0, else greedy. logits [B, V]; forced [B]."""
+    return jnp.where(forced >= 0, forced, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "steps", "lens", "layer", "steer_prompt"))
-def _early(params, cfg, prompt, row_prompt, steering, unit, *, steps, lens, layer, steer_prompt):
-    """Greedy steered decoding of ``steps`` tokens with a teacher-forced reference half.
+def _early(params, cfg, prompt, row_prompt, steering, unit, forced, *, steps, lens, layer, steer_prompt):
+    """Steered decoding of ``steps`` tokens with a teacher-forced reference half.
 
     ``prompt [E, T]`` (a :class:`TokenBatch`): the chunk's distinct prompts; ``row_prompt [B]``:
-    each row's prompt.
+    each row's prompt; ``forced [B, steps]``: the token each steered row is fed after each step
+    (its rollout's own token, teacher-forced), or -1 for the greedy one.
     The unsteered prompt pass runs once per distinct prompt and its KV cache is gathered into the
     reference rows (and into the steered rows too when only generated tokens are steered, since
     their prompt pass is then the same: ``E`` prompt rows in all). With ``steer_prompt`` the steered
@@ -412,23 +532,23 @@ def _early(params, cfg, prompt, row_prompt, steering, unit, *, steps, lens, laye
         st_cache, st_layers, st_hidden = ref_cache, ref_layers, ref_hidden
     cache = _concat_cache(st_cache, ref_cache)
     logits = unembed(params, cfg, jnp.concatenate([st_hidden, ref_hidden]))
-    f0 = _step_features(params, cfg, jnp.concatenate([st_layers, ref_layers], axis=1), logits, unit, lens, layer)
-    tok = jnp.argmax(logits[:b], axis=-1).astype(jnp.int32)
+    tok = _next(logits[:b], forced[:, 0])
+    f0 = _step_features(params, cfg, jnp.concatenate([st_layers, ref_layers], axis=1), logits, unit, lens, layer, tok)
     both = steering.concat(steering.zero_strength())
     lengths2 = jnp.concatenate([lengths, lengths])
     rows = 2 * b
 
-    def step(carry, _):
+    def step(carry, fed):
         cache, tok, pos = carry
         o = forward(params, cfg, jnp.concatenate([tok, tok])[:, None], positions=pos[:, None],
                     valid=jnp.ones((rows, 1), bool), steering=both, generation_start=lengths2, cache=cache,
                     collect_layers=True)
         lg = unembed(params, cfg, o.hidden[:, -1])
-        f = _step_features(params, cfg, o.layers[:, :, -1], lg, unit, lens, layer)
-        nxt = jnp.argmax(lg[:b], axis=-1).astype(jnp.int32)
+        nxt = _next(lg[:b], fed)
+        f = _step_features(params, cfg, o.layers[:, :, -1], lg, unit, lens, layer, nxt)
         return (o.cache, nxt, pos + 1), (f, nxt)
 
-    _, (fs, rest) = jax.lax.scan(step, (cache, tok, lengths2), None, length=steps - 1)
+    _, (fs, rest) = jax.lax.scan(step, (cache, tok, lengths2), forced[:, 1:].T, length=steps - 1)
     feats = jax.tree.map(lambda a, r: jnp.concatenate([a[None], r]), f0, fs)  # [K, ...]
     new = jnp.concatenate([tok[:, None], rest.T], axis=1)
     return {"feats": feats, "tokens": new}
@@ -466,13 +586,17 @@ def _table(cfg, jobs, raw, mults, steps, lens, li, judge_aware) -> pd.DataFrame:
                 cols[f"{f}_L{b}_k{k}"] = layer[j, fi, b]
         for fi, f in enumerate(NEXT_FEATURES):
             cols[f"{f}_k{k}"] = nxt[j, fi]
-        for li, b in enumerate(lens):
-            cols[f"lens_kl_L{b}_k{k}"] = lensk[j, li]
+        for lj, b in enumerate(lens):
+            cols[f"lens_kl_L{b}_k{k}"] = lensk[j, lj]
         if judge_aware:
             cols[f"read_nll_k{k}"] = read_nll[j]
             cols[f"concept_read_k{k}"] = concept_read[j]
     cols.update(sb)
-    return pd.DataFrame(cols)
+    table = pd.DataFrame(cols)
+    by_name = {c.name: c for _, c, _ in jobs}
+    rel = relative_features(table, li, {n: c.residual_norm for n, c in by_name.items()},
+                            {n: c.norm for n, c in by_name.items()}, cfg.num_layers)
+    return pd.concat([table, rel], axis=1)
 
 
 def _steerboost_names(cfg, layer, tokens) -> list[tuple[str, tuple]]:

@@ -156,6 +156,9 @@ def label_and_featurize(model, concepts, rollouts: pd.DataFrame, *, layer: int, 
     labels (``tokens`` dropped), the judge's thresholds, and one row per steered rollout with its
     early features and ``label``.
 
+    The features are read on each rollout's own first tokens (teacher-forced: a rollout sampled
+    at a temperature is read on what it sampled, not on a greedy decode).
+
     Rollouts in the ``"raw"`` scale (a ``scale`` column, :func:`steerjax.predictor.rollouts`) get
     their features at the same multipliers: each concept's alphas are passed to
     :func:`steerjax.predictor.early_features` as the equivalent fractions of the residual norm
@@ -169,11 +172,15 @@ def label_and_featurize(model, concepts, rollouts: pd.DataFrame, *, layer: int, 
     scores, thr = HiddenStateJudge(model, concepts, batch_size=batch_size, progress=progress)(rollouts)
     labelled = pd.concat([rollouts.drop(columns=["tokens"]), scores], axis=1)
     steered = labelled[labelled["concept"] != UNSTEERED]
+    own = {(int(p), str(c), float(s)): list(t) for p, c, s, t in
+           zip(rollouts["prompt_id"], rollouts["concept"], rollouts["strength"], rollouts["tokens"])}
     kw = dict(layer=layer, steps=steps, batch_size=batch_size, positions=positions, progress=progress)
-    if scale == "norm":
-        feats, _ = early_features(model, prompts["prompt"].tolist(), concepts, sorted(set(steered["strength"])), **kw)
+    if scale == "norm":  # each concept at its rollouts' strengths (the tokens to read exist for those only)
+        grid = {str(n): sorted(set(g.astype(float))) for n, g in steered.groupby("concept", sort=False)["strength"]}
+        feats, _ = early_features(model, prompts["prompt"].tolist(), [c for c in concepts if c.name in grid], grid,
+                                  tokens=own, **kw)
     else:
-        feats = _raw_features(model, prompts["prompt"].tolist(), concepts, steered, kw)
+        feats = _raw_features(model, prompts["prompt"].tolist(), concepts, steered, own, kw)
     data = feats.merge(steered[KEYS + ["label"]], on=KEYS, validate="one_to_one")
     return labelled, thr, data
 
@@ -193,8 +200,9 @@ def rollout_scale(rollouts: pd.DataFrame) -> str:
     return values[0]
 
 
-def _raw_features(model, prompts, concepts, steered: pd.DataFrame, kw) -> pd.DataFrame:
-    """Early features at raw alphas, through their equivalent fractions of the residual norm."""
+def _raw_features(model, prompts, concepts, steered: pd.DataFrame, own: dict, kw) -> pd.DataFrame:
+    """Early features at raw alphas, through their equivalent fractions of the residual norm, read
+    on the rollouts' own tokens (``own``: keyed by alpha, re-keyed here by the equivalent strength)."""
     by_name = {c.name: c for c in concepts}
     grid, alphas = {}, {}
     for name, g in steered.groupby("concept", sort=False)["strength"]:
@@ -203,7 +211,9 @@ def _raw_features(model, prompts, concepts, steered: pd.DataFrame, kw) -> pd.Dat
         c = by_name[name]
         alphas[name] = np.asarray(sorted(set(g.astype(float))))
         grid[name] = [float(a) * c.norm / c.residual_norm for a in alphas[name]]
-    feats, _ = early_features(model, prompts, [by_name[n] for n in grid], grid, **kw)
+    equiv = {name: dict(zip(alphas[name].tolist(), grid[name])) for name in grid}
+    tokens = {(p, c, equiv[c][s] if c in equiv else s): t for (p, c, s), t in own.items()}  # unsteered rows as given
+    feats, _ = early_features(model, prompts, [by_name[n] for n in grid], grid, tokens=tokens, **kw)
     back = []
     for name, s in zip(feats["concept"], feats["strength"].astype(float)):
         equiv = np.asarray(grid[name])

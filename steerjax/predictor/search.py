@@ -44,6 +44,7 @@ from steerjax.predictor.classifier import (
     fit,
     group_folds,
 )
+from steerjax.predictor.features import DEFAULT_FEATURE_SET
 from steerjax.predictor.judge import LABELS
 
 STRATEGIES = ("argmax", "bisect")
@@ -172,20 +173,30 @@ def _cells(table: pd.DataFrame, n_folds: int, prompt_folds: int | None, prompt_h
 
 
 def held_out_proba(table: pd.DataFrame, *, n_folds: int, k: int, prompt_folds: int | None = None,
-                   prompt_holdout: float = 0.2, seed: int = 0, label_col: str = "label", **fit_kw) -> pd.DataFrame:
+                   prompt_holdout: float = 0.2, seed: int = 0, label_col: str = "label",
+                   feature_columns: Sequence[str] | None = None, feature_set: str = DEFAULT_FEATURE_SET,
+                   **fit_kw) -> pd.DataFrame:
     """Class probabilities for unseen concepts on unseen prompts, one row per held-out row of ``table``.
 
     The split is :func:`cross_validated`'s: concept folds by
     :func:`~steerjax.predictor.classifier.concept_folds` times prompt folds (``prompt_folds``) or
     one seeded hold-out of ``prompt_holdout`` of the prompts; each cell's rows are scored by a
     predictor fitted on the other concepts' rows of the other prompts, with the features of the
-    first ``k`` steps. This is the probability table :func:`simulate_strategies` takes.
+    first ``k`` steps: of ``feature_columns`` when given (those of steps ``<= k``), else of the
+    named ``feature_set`` (:func:`~steerjax.predictor.classifier.feature_columns_of`). This is the
+    probability table :func:`simulate_strategies` takes.
 
     Returns:
       A frame indexed like the held-out rows of ``table``: columns ``under-steer``, ``success``,
       ``over-steer`` (0 for a class the cell's training rows lacked), ``fold`` and ``prompt_fold``.
     """
-    cols = feature_columns_of(table, max_step=k)
+    if feature_columns is None:
+        cols = feature_columns_of(table, max_step=k, feature_set=feature_set)
+    else:
+        cols = [c for c in feature_columns if (step := feature_step(c)) is None or step <= k]
+        if not [c for c in cols if c != "strength"]:
+            raise PredictorError(f"none of the {len(feature_columns)} feature columns given is from steps <= {k}: "
+                                 "give columns of the first k steps, or a larger k")
     out = []
     for f, g, train, test in _cells(table, n_folds, prompt_folds, prompt_holdout, seed):
         m = fit(table[train], feature_columns=cols, label_col=label_col, seed=seed, **fit_kw)
@@ -206,8 +217,9 @@ def cross_validated(table: pd.DataFrame, *, n_folds: int, k: int, max_new_tokens
     prompt fold) cell is searched by a predictor fitted on the other concepts' rows of the other
     prompts, so every (prompt, concept) pair is searched once; without it, one seeded split holds
     out ``prompt_holdout`` of the prompts. The predictors use the features of the first ``k``
-    steps (:func:`held_out_proba`). One :func:`simulate` table for all cells, strategies and
-    ``max_rollouts`` values, with ``fold``, ``prompt_fold``, ``strategy`` and ``max_rollouts`` columns.
+    steps (:func:`held_out_proba`; ``feature_columns`` or ``feature_set`` in ``fit_kw`` go to
+    it). One :func:`simulate` table for all cells, strategies and ``max_rollouts`` values, with
+    ``fold``, ``prompt_fold``, ``strategy`` and ``max_rollouts`` columns.
     """
     budgets = [_check_rollouts(r) for r in max_rollouts]
     proba = held_out_proba(table, n_folds=n_folds, k=k, prompt_folds=prompt_folds, prompt_holdout=prompt_holdout,
