@@ -59,7 +59,7 @@ import numpy as np  # noqa: E402
 
 from steerjax.data import Encoded  # noqa: E402
 from steerjax.model import LanguageModel  # noqa: E402
-from steerjax.models import registry  # noqa: E402
+from steerjax.models import transformer  # noqa: E402
 from steerjax.models.config import ModelConfig, leaves  # noqa: E402
 from steerjax.steering import Steering  # noqa: E402
 
@@ -121,7 +121,7 @@ def random_llama3_8b() -> LanguageModel:
         cfg = ModelConfig(**{**cfg.__dict__, "hidden_size": 256, "num_heads": 8, "num_kv_heads": 2,
                              "head_dim": 32, "intermediate_size": 512, "vocab_size": 4096,
                              "layer_windows": (), "layer_local": ()})
-    shapes = registry.family("llama").param_shapes(cfg)
+    shapes = transformer.abstract_params(cfg)
     key = iter(jax.random.split(jax.random.key(0), 4096))
 
     def make(shape, name):
@@ -131,7 +131,7 @@ def random_llama3_8b() -> LanguageModel:
         return init(next(key))
 
     def build(tree, prefix=""):
-        return {k: build(v, f"{prefix}{k}.") if isinstance(v, dict) else make(tuple(v), f"{prefix}{k}")
+        return {k: build(v, f"{prefix}{k}.") if isinstance(v, dict) else make(tuple(v.shape), f"{prefix}{k}")
                 for k, v in tree.items()}
 
     params = build(shapes)

@@ -115,8 +115,8 @@ def main(argv=None):
             if n_mult == 7:
                 peer_time_7 = peer
         n = len(examples) * n_mult
-        ours = df.propensity.to_numpy().reshape(len(examples), n_mult)
-        diff = np.nan if props is None else np.abs(ours - props).max()
+        props_ours = df.propensity.to_numpy().reshape(len(examples), n_mult)
+        diff = np.nan if props is None else np.abs(props_ours - props).max()
         # model FLOPs actually needed: prompts once + (n_mult x 2) completion rows of (tc - 1) tokens
         tc = max(max(len(e.positive), len(e.negative)) for e in encoded)
         tokens = sum(len(e.prompt) for e in encoded) + len(examples) * n_mult * 2 * (tc - 1)

@@ -12,7 +12,7 @@ import numpy as np
 from steerjax import sharding as shd
 from steerjax.data.batch import GENERATION, TokenBatch, encode
 from steerjax.errors import ContextLengthError, SteerjaxError
-from steerjax.models.transformer import KVCache, forward, unembed
+from steerjax.models.transformer import KVCache, forward, param_dtype, unembed
 from steerjax.steering.core import Steering
 
 
@@ -118,7 +118,7 @@ def sample(logits, key, temperature, top_p, top_k=0):
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "pad_id"))
 def _generate(params, cfg, batch, steering, key, temperature, top_p, top_k, *, max_new_tokens, pad_id):
     b, t = batch.ids.shape
-    dtype = params["embed"].dtype
+    dtype = param_dtype(params)
     lengths = batch.lengths
     cache = KVCache.empty(cfg, b, t + max_new_tokens, dtype)
     out = forward(params, cfg, batch.ids, positions=batch.positions, valid=batch.valid,

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 
-from steerjax.models import registry
+from steerjax.models import transformer
 
 #: at most this many examples per device in one chunk (bigger chunks gain nothing on CPU/GPU)
 MAX_EXAMPLES_PER_DEVICE = 64
@@ -24,17 +25,12 @@ def param_bytes(cfg, dtype=jnp.float32) -> int:
     return cfg.num_parameters() * jnp.dtype(dtype).itemsize
 
 
-def param_shapes(cfg) -> dict:
-    """The family's parameter shape table (same nesting as the params pytree)."""
-    return registry.family(cfg.family).param_shapes(cfg)
-
-
 def block_bytes(cfg, dtype=jnp.float32) -> int:
     """Bytes of one block's parameters. A chunk holds this much on top of the parameters and
     its examples: the scan over the stacked blocks works on a slice (a copy) of the current
     block's weights (seen in XLA's memory analysis as a constant independent of the batch)."""
-    layers = param_shapes(cfg)["layers"]
-    return sum(math.prod(s[1:]) for s in layers.values()) * jnp.dtype(dtype).itemsize
+    layers = transformer.abstract_params(cfg)["layers"]
+    return sum(math.prod(s.shape[1:]) for s in jax.tree.leaves(layers)) * jnp.dtype(dtype).itemsize
 
 
 def sweep_bytes_per_example(cfg, prompt_len: int, completion_len: int, rows: int, positions: str = "completion",

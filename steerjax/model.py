@@ -197,7 +197,7 @@ def _hf_config(path: str) -> dict:
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
-    fam = registry.family(registry.family_for_model_type(hf.get("model_type"), hf.get("architectures")))
+    fam = registry.family_for_model_type(hf.get("model_type"), hf.get("architectures"))
     try:
         return fam.config_from_hf(hf)
     except KeyError as e:

@@ -4,9 +4,11 @@ A mesh has two axes, ``("data", "model")``. Every array dimension has a *logical
 table :data:`LOGICAL_AXIS_RULES` maps logical names to mesh axes (maxtext's
 ``logical_axis_rules``): ``batch`` (examples) goes over ``data``; attention ``heads`` /
 ``kv_heads``, the MLP's hidden units ``mlp`` and the ``vocab`` go over ``model``; ``embed``,
-``layers`` (the stacked-block axis) and the rest are replicated. :data:`PARAM_AXES` names the
-logical axes of every parameter of every family by its HF name, so a model is sharded by name
-(tensor parallelism: each ``model`` shard holds ``1/model`` of the heads and MLP units).
+``layers`` (the stacked-block axis) and the rest are replicated. Each parameter's logical axes are
+declared where the parameter is created, as sharding metadata of the family's Flax NNX modules
+(:func:`steerjax.models.transformer.param_axes`), so a model is sharded by that metadata through
+this one table (tensor parallelism: each ``model`` shard holds ``1/model`` of the heads and MLP
+units).
 
 The entry points (:func:`steerjax.sweep`, :func:`steerjax.generate`,
 :func:`steerjax.profiles.scoring.answer_logprobs`, :func:`steerjax.predictor.rollouts`,
@@ -60,58 +62,6 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
 )
 _RULES = dict(LOGICAL_AXIS_RULES)
 _REPLICATE_IF_UNEVEN = ("kv_heads", "mlp", "vocab")
-
-_EMBED = ("embed",)
-_Q_IN, _KV_IN, _O = ("embed", "heads"), ("embed", "kv_heads"), ("heads", "embed")
-_UP, _DOWN = ("embed", "mlp"), ("mlp", "embed")
-
-#: parameter name -> logical axes. Layer parameters (under ``layers``) have a leading ``layers``
-#: axis that is not listed. Kernels are ``[in, out]``; ``heads`` on a kernel means its
-#: ``num_heads * head_dim`` dimension (split at head boundaries when the count divides).
-PARAM_AXES: dict[str, tuple[str | None, ...]] = {
-    # globals (every family)
-    "embed": ("vocab", "embed"),
-    "lm_head": ("embed", "vocab"),
-    "pos_embed": ("positions", "embed"),
-    "final_norm.scale": _EMBED,
-    "final_norm.bias": _EMBED,
-    # Llama, Mistral, Qwen, Phi-3, Gemma 2/3
-    "input_layernorm.scale": _EMBED,
-    "input_layernorm.bias": _EMBED,  # GPT-NeoX
-    "post_attention_layernorm.scale": _EMBED,
-    "post_attention_layernorm.bias": _EMBED,  # GPT-NeoX
-    "pre_feedforward_layernorm.scale": _EMBED,
-    "post_feedforward_layernorm.scale": _EMBED,
-    "self_attn.q_proj.kernel": _Q_IN,
-    "self_attn.k_proj.kernel": _KV_IN,
-    "self_attn.v_proj.kernel": _KV_IN,
-    "self_attn.o_proj.kernel": _O,
-    "self_attn.q_proj.bias": ("heads",),
-    "self_attn.k_proj.bias": ("kv_heads",),
-    "self_attn.v_proj.bias": ("kv_heads",),
-    "self_attn.o_proj.bias": _EMBED,
-    "self_attn.q_norm.scale": ("head_dim",),
-    "self_attn.k_norm.scale": ("head_dim",),
-    "mlp.gate_proj.kernel": _UP,
-    "mlp.up_proj.kernel": _UP,
-    "mlp.down_proj.kernel": _DOWN,
-    "mlp.gate_proj.bias": ("mlp",),
-    "mlp.up_proj.bias": ("mlp",),
-    "mlp.down_proj.bias": _EMBED,
-    # GPT-2 (no grouped-query attention: k and v have all heads)
-    "ln_1.scale": _EMBED, "ln_1.bias": _EMBED, "ln_2.scale": _EMBED, "ln_2.bias": _EMBED,
-    "attn.q_proj.kernel": _Q_IN, "attn.k_proj.kernel": _Q_IN, "attn.v_proj.kernel": _Q_IN,
-    "attn.q_proj.bias": ("heads",), "attn.k_proj.bias": ("heads",), "attn.v_proj.bias": ("heads",),
-    "attn.c_proj.kernel": _O, "attn.c_proj.bias": _EMBED,
-    "mlp.c_fc.kernel": _UP, "mlp.c_fc.bias": ("mlp",), "mlp.c_proj.kernel": _DOWN, "mlp.c_proj.bias": _EMBED,
-    # GPT-NeoX
-    "attention.q_proj.kernel": _Q_IN, "attention.k_proj.kernel": _Q_IN, "attention.v_proj.kernel": _Q_IN,
-    "attention.q_proj.bias": ("heads",), "attention.k_proj.bias": ("heads",), "attention.v_proj.bias": ("heads",),
-    "attention.dense.kernel": _O, "attention.dense.bias": _EMBED,
-    "mlp.dense_h_to_4h.kernel": _UP, "mlp.dense_h_to_4h.bias": ("mlp",),
-    "mlp.dense_4h_to_h.kernel": _DOWN, "mlp.dense_4h_to_h.bias": _EMBED,
-}
-
 
 # ----------------------------------------------------------------------------- meshes
 
@@ -237,15 +187,24 @@ def _counts(cfg) -> dict[str, int]:
             "vocab": cfg.vocab_size}
 
 
-def logical_axes(name: str, ndim: int) -> tuple[str | None, ...]:
-    """Logical axes of the parameter ``name`` (``"layers/<hf name>"`` or a global name)."""
-    layer = name.startswith("layers/")
-    key = name.split("/", 1)[1] if layer else name.replace("/", ".")
-    if key not in PARAM_AXES:
-        raise ShardingError(f"no sharding rule for parameter {name!r}: add it to steerjax.sharding.PARAM_AXES")
-    axes = (("layers",) if layer else ()) + PARAM_AXES[key]
+def logical_axes(cfg, path: str, ndim: int) -> tuple[str | None, ...]:
+    """Logical axes of the parameter at module ``path`` (``"layers/self_attn/q_proj/kernel"``),
+    from the sharding metadata of the family's modules.
+
+    Raises:
+      ShardingError: the family's module tree has no such parameter, or it has another rank.
+    """
+    from steerjax.models import transformer
+
+    node: Any = transformer.param_axes(cfg)
+    for key in path.split("/"):
+        if not isinstance(node, Mapping) or key not in node:
+            raise ShardingError(f"the {cfg.family} module tree has no parameter {path!r}: params must be "
+                                "the state of the family's modules (steerjax.models.transformer.abstract_params)")
+        node = node[key]
+    axes = tuple(node)
     if len(axes) != ndim:
-        raise ShardingError(f"parameter {name!r} has {ndim} dimensions but its rule names {len(axes)}: {axes}")
+        raise ShardingError(f"parameter {path!r} has {ndim} dimensions but its modules declare {len(axes)}: {axes}")
     return axes
 
 
@@ -275,10 +234,10 @@ def _shape(leaf) -> tuple[int, ...]:
 
 
 def param_specs(params, cfg, mesh) -> dict:
-    """A ``PartitionSpec`` per parameter of ``params`` (arrays, ``ShapeDtypeStruct`` s, or the
-    shape tuples of ``param_shapes(cfg)``): same nesting as ``params``."""
+    """A ``PartitionSpec`` per parameter of ``params`` (arrays, ``ShapeDtypeStruct`` s, or shape
+    tuples): same nesting as ``params``."""
     _check_heads(axis_sizes(mesh)[MODEL], cfg)
-    return _map_named(lambda name, leaf: spec_for(logical_axes(name, len(_shape(leaf))), cfg, mesh), params)
+    return _map_named(lambda name, leaf: spec_for(logical_axes(cfg, name, len(_shape(leaf))), cfg, mesh), params)
 
 
 def shard_params(params, cfg, mesh: Mesh) -> dict:
@@ -305,7 +264,7 @@ def per_device_bytes(params, cfg, mesh, dtype=jnp.float32) -> int:
 
     def leaf_bytes(name, leaf):
         shape = _shape(leaf)
-        spec = spec_for(logical_axes(name, len(shape)), cfg, mesh)
+        spec = spec_for(logical_axes(cfg, name, len(shape)), cfg, mesh)
         itemsize = jnp.dtype(dtype if isinstance(leaf, tuple) else leaf.dtype).itemsize
         return math.prod(n // (sizes[ax] if ax else 1) for n, ax in zip(shape, spec)) * itemsize
 

@@ -40,7 +40,7 @@ from steerjax import sharding as shd
 from steerjax.data.batch import SWEEP_PROMPT, TokenBatch, pow2, round_up
 from steerjax.data.examples import Encoded, Example, encode_all
 from steerjax.errors import ContextLengthError, SteeringError
-from steerjax.models.transformer import KVCache, forward, positions_from_mask, unembed
+from steerjax.models.transformer import KVCache, forward, param_dtype, positions_from_mask, unembed
 from steerjax.runs import RunDirectory, map_chunks
 from steerjax.steering.core import Steering, normalize_layer
 
@@ -135,7 +135,7 @@ def sweep(
     if mesh is not None:
         shd.check_mesh(mesh, cfg)
         model = dataclasses.replace(model, params=shd.shard_params(model.params, cfg, mesh))
-    dtype = model.params["embed"].dtype
+    dtype = param_dtype(model.params)
     reserved = memory.block_bytes(cfg, dtype) // shd.axis_sizes(mesh)["model"]
     chunks = _chunks(encoded, lambda tp: round_up(batch_size, d) if batch_size else memory.examples_per_chunk(
         memory.sweep_bytes_per_example(cfg, tp, tc, rows, positions, dtype, vectors=len(table)), memory_budget_mb,
@@ -270,7 +270,7 @@ def _score(params, cfg, prompt, pvalid, comp, cvalid, table, onehot, mults, *, p
     combo_vec = jnp.repeat(jnp.arange(nv), nl * nm)  # [combos]
     ppos = positions_from_mask(pvalid)
     lengths = jnp.sum(pvalid, axis=-1).astype(jnp.int32)
-    dtype = params["embed"].dtype
+    dtype = param_dtype(params)
 
     def steering(reps_outer, reps_inner):
         # row = (example, combo, inner): layer mask and multiplier per row

@@ -79,8 +79,8 @@ def meshes(model_dir, out_path):
         if shape in COMPARED:
             results |= {f"{name}/{k}": v for k, v in arrays(everything(mesh)).items()}
         placed = sharding.shard_params(model.params, cfg, mesh)["layers"]
-        report["shards"][name] = {k: list(placed[k].addressable_shards[0].data.shape)
-                                  for k in ("self_attn.q_proj.kernel", "self_attn.k_proj.kernel")}
+        report["shards"][name] = {f"self_attn.{k}.kernel": list(placed["self_attn"][k]["kernel"].addressable_shards[0]
+                                                              .data.shape) for k in ("q_proj", "k_proj")}
     np.savez(out_path, **results)
 
     def error(name, fn):

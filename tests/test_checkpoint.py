@@ -240,7 +240,7 @@ def test_restore_onto_a_2x4_mesh_of_8_devices(tiny, tmp_path, cache):
     # each device holds only its shard: query heads and the vocabulary split 4 ways
     q = next(v for k, v in report["shards"].items() if "q_proj" in k)
     assert q[1] == [[q[0][0], q[0][1], q[0][2] // 4]]
-    embed = report["shards"]["['embed']"]
+    embed = report["shards"]["['embed']['embedding']"]
     assert embed[1] == [[embed[0][0] // 4, embed[0][1]]]
 
 

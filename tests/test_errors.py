@@ -14,7 +14,7 @@ from safetensors.numpy import save_file
 import steerjax
 from steerjax import errors
 from steerjax.model import config_from_hf
-from steerjax.models import registry
+from steerjax.models import transformer
 from steerjax.models.weights import read_safetensors
 from tests import tiny_models
 from tests.helpers import smollm2_path
@@ -58,9 +58,8 @@ def test_unsupported_rope_scaling(llama_dir):
     cfg = json.loads((llama_dir / "config.json").read_text())
     cfg["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0}
     (llama_dir / "config.json").write_text(json.dumps(cfg))
-    model = steerjax.load_model(str(llama_dir))
-    with pytest.raises(errors.UnsupportedArchitectureError, match="yarn"):
-        model.logits(np.array([[1, 2, 3]]))
+    with pytest.raises(errors.UnsupportedArchitectureError, match="rope_scaling.*yarn"):  # refused at load
+        steerjax.load_model(str(llama_dir))
 
 
 def test_truncated_safetensors(llama_dir):
@@ -112,6 +111,20 @@ def test_config_weight_shape_mismatch(llama_dir):
     cfg["intermediate_size"] = 96
     (llama_dir / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(errors.ShapeMismatchError, match=r"mlp\.(gate|up|down)_proj.*intermediate_size"):
+        steerjax.load_model(str(llama_dir))
+
+
+def test_every_conversion_problem_is_reported_at_once(llama_dir):
+    """A missing, an unexpected and a mis-shaped tensor: one error names all three."""
+    def edit(t):
+        del t["model.layers.2.self_attn.v_proj.weight"]
+        t["model.layers.0.extra.weight"] = np.zeros(3, np.float32)
+        t["model.layers.1.mlp.down_proj.weight"] = t["model.layers.1.mlp.down_proj.weight"][:, :64]
+
+    rewrite(llama_dir / "model.safetensors", edit)
+    with pytest.raises(errors.WeightKeyError, match=r"missing 1 weight.*layers.2.self_attn.v_proj.weight"
+                                                    r".*does not use.*layers.0.extra.weight"
+                                                    r".*wrong shape.*layers.1.mlp.down_proj.weight"):
         steerjax.load_model(str(llama_dir))
 
 
@@ -172,9 +185,7 @@ def test_compiled_program_size_is_flat_in_depth(name):
         hf = getattr(transformers, cls)(**dict(kw, num_hidden_layers=layers)).to_dict()
         hf.pop("layer_types", None)
         cfg = config_from_hf(hf)
-        shapes = registry.family(cfg.family).param_shapes(cfg)
-        params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, np.float32), shapes,
-                              is_leaf=lambda x: isinstance(x, tuple))
+        params = transformer.abstract_params(cfg, np.float32)
         ids = jax.ShapeDtypeStruct((2, 8), np.int32)
         valid = jax.ShapeDtypeStruct((2, 8), bool)
         text = _logits.lower(params, cfg, ids, valid, None).as_text()

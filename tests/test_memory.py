@@ -11,7 +11,7 @@ from jax.sharding import AbstractMesh, NamedSharding
 
 from steerjax import memory, sharding, sweeps
 from steerjax.model import config_from_hf
-from steerjax.models import registry
+from steerjax.models import transformer
 
 # the published config.json of meta-llama/Meta-Llama-3-8B and google/gemma-2-9b (fields we read)
 LLAMA3_8B = {
@@ -34,10 +34,8 @@ REAL = {"llama3-8b": (LLAMA3_8B, 8_030_261_248), "gemma2-9b": (GEMMA2_9B, 9_241_
 
 
 def abstract_params(cfg, dtype):
-    """The params pytree as ``ShapeDtypeStruct`` s, via ``jax.eval_shape`` of an initialiser."""
-    shapes = registry.family(cfg.family).param_shapes(cfg)
-    return jax.eval_shape(lambda: jax.tree.map(lambda s: jnp.zeros(s, dtype), shapes,
-                                               is_leaf=lambda x: isinstance(x, tuple)))
+    """The params pytree as ``ShapeDtypeStruct`` s: the family's modules, built abstractly."""
+    return transformer.abstract_params(cfg, dtype)
 
 
 @pytest.mark.parametrize("name", sorted(REAL))
@@ -68,10 +66,10 @@ def test_sharded_param_bytes_per_device_on_a_2x4_mesh(name):
     total = memory.param_bytes(cfg, jnp.bfloat16)
     # every kernel and the (un)embedding are split four ways; only norm scales are replicated
     assert total / 4 < per_device < total / 4 * 1.001
-    assert specs["layers"]["self_attn.q_proj.kernel"] == jax.sharding.PartitionSpec(None, None, "model")
-    assert specs["layers"]["mlp.down_proj.kernel"] == jax.sharding.PartitionSpec(None, "model", None)
-    assert specs["embed"] == jax.sharding.PartitionSpec("model", None)
-    assert specs["layers"]["input_layernorm.scale"] == jax.sharding.PartitionSpec(None, None)
+    assert specs["layers"]["self_attn"]["q_proj"]["kernel"] == jax.sharding.PartitionSpec(None, None, "model")
+    assert specs["layers"]["mlp"]["down_proj"]["kernel"] == jax.sharding.PartitionSpec(None, "model", None)
+    assert specs["embed"]["embedding"] == jax.sharding.PartitionSpec("model", None)
+    assert specs["layers"]["input_layernorm"]["scale"] == jax.sharding.PartitionSpec(None, None)
 
 
 # (config, prompt bucket, completion tokens, layers, multipliers, positions, named vectors)

@@ -271,13 +271,10 @@ def _reference_features(model, ids, concept, strength, k_max, positions="all"):
         "diff_growth": nd - np.concatenate([np.zeros_like(nd[:1]), nd[:-1]]),
     }
     ent = lambda x: -(np.exp(logsm(x)) * logsm(x)).sum(-1)  # noqa: E731
-    from steerjax.models import registry
-    from steerjax.models.transformer import unembed
-
-    fam = registry.family(cfg.family)
+    from steerjax.models.transformer import final_norm, unembed
 
     def lens_logits(h):
-        return np.asarray(unembed(model.params, cfg, fam.final_norm(model.params, cfg, np.asarray(h, np.float32))))
+        return np.asarray(unembed(model.params, cfg, final_norm(model.params, cfg, np.asarray(h, np.float32))))
 
     out = {}
     for k in STEPS:

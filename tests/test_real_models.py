@@ -130,7 +130,7 @@ def test_tinystories_matches_transformers(tinystories, tinystories_torch):
 def test_bfloat16_loading_stays_close_to_float32(tinystories):
     f32 = tinystories
     bf16 = steerjax.load_model(tinystories_path(), dtype="bfloat16")
-    assert bf16.params["embed"].dtype == np.dtype("bfloat16")
+    assert bf16.params["embed"]["embedding"].dtype == np.dtype("bfloat16")
     ids = np.array([f32.tokenizer("Once upon a time, there was a dog")["input_ids"]])
     a, b = np.asarray(f32.logits(ids)), np.asarray(bf16.logits(ids))
     assert b.dtype == np.float32

@@ -24,7 +24,7 @@ import steerjax
 from steerjax import sharding
 from steerjax.errors import ShardingError, SteerjaxError
 from steerjax.model import config_from_hf
-from steerjax.models import registry
+from steerjax.models import transformer
 from tests import tiny_models
 from tests.helpers import subprocess_env
 
@@ -173,38 +173,38 @@ def hf_config(name):
 @pytest.mark.parametrize("name", sorted(tiny_models.SPECS))
 def test_every_parameter_of_every_family_has_a_rule(name):
     cfg = hf_config(name)
-    shapes = registry.family(cfg.family).param_shapes(cfg)
+    shapes = transformer.abstract_params(cfg)
     specs = sharding.param_specs(shapes, cfg, AbstractMesh((2, 4), ("data", "model")))
     flat = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
-    assert len(flat) == len(jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple)))
+    assert len(flat) == len(jax.tree.leaves(shapes))
     assert all("data" not in spec for spec in flat)  # parameters are replicated over examples
     assert any("model" in spec for spec in flat)
 
 
 def test_uneven_kv_heads_mlp_and_vocab_are_replicated_heads_are_an_error():
     cfg = hf_config("llama")  # 4 heads, 2 KV heads, 128 MLP units, vocab 256
-    shapes = registry.family(cfg.family).param_shapes(cfg)
+    shapes = transformer.abstract_params(cfg)
     specs = sharding.param_specs(shapes, cfg, {"data": 2, "model": 4})
     layers = specs["layers"]
-    assert layers["self_attn.q_proj.kernel"] == PartitionSpec(None, None, "model")
-    assert layers["self_attn.k_proj.kernel"] == PartitionSpec(None, None, None)  # 2 KV heads on 4 shards
-    assert layers["mlp.down_proj.kernel"] == PartitionSpec(None, "model", None)
-    assert specs["lm_head"] == PartitionSpec(None, "model")
+    assert layers["self_attn"]["q_proj"]["kernel"] == PartitionSpec(None, None, "model")
+    assert layers["self_attn"]["k_proj"]["kernel"] == PartitionSpec(None, None, None)  # 2 KV heads on 4 shards
+    assert layers["mlp"]["down_proj"]["kernel"] == PartitionSpec(None, "model", None)
+    assert specs["lm_head"]["kernel"] == PartitionSpec(None, "model")
     gpt2 = config_from_hf({"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 50257,
                            "n_positions": 128})
-    specs = sharding.param_specs(registry.family("gpt2").param_shapes(gpt2), gpt2, {"data": 1, "model": 2})
-    assert specs["embed"] == PartitionSpec(None, None)  # an odd vocabulary is not split
-    assert specs["layers"]["mlp.c_fc.kernel"] == PartitionSpec(None, None, "model")
+    specs = sharding.param_specs(transformer.abstract_params(gpt2), gpt2, {"data": 1, "model": 2})
+    assert specs["embed"]["embedding"] == PartitionSpec(None, None)  # an odd vocabulary is not split
+    assert specs["layers"]["mlp"]["up_proj"]["kernel"] == PartitionSpec(None, None, "model")  # HF's c_fc
     with pytest.raises(ShardingError, match=r"must divide the number of attention heads \(4\)"):
         sharding.param_specs(shapes, cfg, {"data": 1, "model": 3})
 
 
 def test_unknown_parameters_and_bad_shapes_are_errors():
     cfg = hf_config("llama")
-    with pytest.raises(ShardingError, match="no sharding rule for parameter 'layers/self_attn.gate.kernel'"):
-        sharding.param_specs({"layers": {"self_attn.gate.kernel": (3, 4, 4)}}, cfg, {"data": 1, "model": 1})
+    with pytest.raises(ShardingError, match="module tree has no parameter 'layers/self_attn/gate/kernel'"):
+        sharding.param_specs({"layers": {"self_attn": {"gate": {"kernel": (3, 4, 4)}}}}, cfg, {"data": 1, "model": 1})
     with pytest.raises(ShardingError, match="has 2 dimensions"):
-        sharding.param_specs({"layers": {"self_attn.q_proj.kernel": (3, 4)}}, cfg, {"data": 1, "model": 1})
+        sharding.param_specs({"layers": {"self_attn": {"q_proj": {"kernel": (3, 4)}}}}, cfg, {"data": 1, "model": 1})
 
 
 def test_put_batch_pads_and_places_in_one_call():

@@ -38,7 +38,9 @@ import numpy as np
 from steerjax.errors import CheckpointError
 
 FORMAT = "steerjax-checkpoint"
-FORMAT_VERSION = 1
+#: 2: the state is the Flax NNX module state (module paths such as ``layers/self_attn/q_proj/kernel``);
+#: 1 held HF-named dict params. Entries of another version are rebuilt (cache) or refused (convert).
+FORMAT_VERSION = 2
 MARKER = "steerjax_checkpoint.json"
 STATE = "state"
 CACHE_VARIABLE = "STEERJAX_CACHE"

@@ -7,8 +7,6 @@ from typing import Any
 
 from steerjax.errors import UnsupportedArchitectureError
 
-FAMILIES = ("llama", "gpt2", "gpt_neox", "gemma2", "gemma3")
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
@@ -57,10 +55,9 @@ class ModelConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise UnsupportedArchitectureError(
-                f"unknown family {self.family!r}; supported: {', '.join(FAMILIES)}"
-            )
+        from steerjax.models import registry  # the one list of families (it imports the family modules)
+
+        registry.family(self.family)
         for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
                      "vocab_size", "max_position_embeddings"):
             if getattr(self, name) <= 0:
@@ -86,13 +83,12 @@ class ModelConfig:
 
     def num_parameters(self) -> int:
         """Parameter count implied by the config (embeddings counted once when tied)."""
-        from steerjax.models import registry
+        from steerjax.models import transformer
 
-        shapes = registry.family(self.family).param_shapes(self)
         n = 0
-        for shape in leaves(shapes):
+        for leaf in leaves(transformer.abstract_params(self)):
             size = 1
-            for s in shape:
+            for s in leaf.shape:
                 size *= s
             n += size
         return n
@@ -124,39 +120,7 @@ def eos_ids(value: Any) -> tuple[int, ...]:
     return (int(value),)
 
 
-# ----------------------------------------------------------------------------- parameter shape tables
-
-
-def linear_shapes(name: str, n_in: int, n_out: int, bias: bool = False) -> dict[str, tuple[int, ...]]:
-    """``{name.kernel: (n_in, n_out)}`` and, with ``bias``, ``{name.bias: (n_out,)}``."""
-    out = {f"{name}.kernel": (n_in, n_out)}
-    if bias:
-        out[f"{name}.bias"] = (n_out,)
-    return out
-
-
-def norm_shapes(name: str, d: int, bias: bool = False) -> dict[str, tuple[int, ...]]:
-    """``{name.scale: (d,)}`` and, with ``bias`` (LayerNorm), ``{name.bias: (d,)}``."""
-    out = {f"{name}.scale": (d,)}
-    if bias:
-        out[f"{name}.bias"] = (d,)
-    return out
-
-
-def model_shapes(cfg: ModelConfig, layer: dict[str, tuple[int, ...]], *, norm_bias: bool = False,
-                 extra: dict | None = None) -> dict:
-    """The whole parameter tree's shapes: ``embed``, one block's ``layer`` shapes stacked on a
-    leading axis of ``num_layers``, ``final_norm``, ``lm_head`` when untied, and ``extra``."""
-    d = cfg.hidden_size
-    shapes = {
-        "embed": (cfg.vocab_size, d),
-        **(extra or {}),
-        "layers": {k: (cfg.num_layers, *s) for k, s in layer.items()},
-        "final_norm": {k.split(".", 1)[1]: s for k, s in norm_shapes("final", d, norm_bias).items()},
-    }
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head"] = (d, cfg.vocab_size)
-    return shapes
+# ----------------------------------------------------------------------------- HF config fields
 
 
 def hf_sizes(hf: dict[str, Any], *, eps: str, eps_default: float, max_positions: int = 2048) -> dict[str, Any]:
@@ -181,3 +145,62 @@ def hf_tokens(hf: dict[str, Any], *, tie: bool, bos: int | None = None, eos: Any
         eos_token_ids=eos_ids(hf.get("eos_token_id", eos)),
         pad_token_id=hf.get("pad_token_id"),
     )
+
+
+# ----------------------------------------------------------------------------- HF config whitelist
+
+#: fields every transformers config carries that never change a forward pass: bookkeeping, output
+#: switches and generation defaults (sampling is steerjax's own). Token ids are read where needed.
+GENERIC_FIELDS = frozenset({
+    "_name_or_path", "architectures", "auto_map", "transformers_version", "torch_dtype", "dtype", "use_bfloat16",
+    "return_dict", "output_hidden_states", "output_attentions", "output_scores", "torchscript", "tf_legacy_loss",
+    "finetuning_task", "id2label", "label2id", "problem_type", "prefix", "task_specific_params", "tokenizer_class",
+    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
+    "chunk_size_feed_forward", "is_decoder", "use_cache", "initializer_range", "model_type",
+    "bad_words_ids", "begin_suppress_tokens", "diversity_penalty", "do_sample", "early_stopping",
+    "encoder_no_repeat_ngram_size", "exponential_decay_length_penalty", "forced_bos_token_id", "forced_eos_token_id",
+    "length_penalty", "max_length", "min_length", "no_repeat_ngram_size", "num_beam_groups", "num_beams",
+    "num_return_sequences", "remove_invalid_values", "repetition_penalty", "return_dict_in_generate",
+    "suppress_tokens", "temperature", "top_k", "top_p", "typical_p",
+})
+#: generic fields that change the model unless they are off (None, False, 0 or empty)
+GENERIC_OFF = ("add_cross_attention", "is_encoder_decoder", "tie_encoder_decoder", "cross_attention_hidden_size",
+               "pruned_heads")
+#: rotary scaling types implemented by :func:`steerjax.models.layers.inv_frequencies`
+ROPE_SCALING_TYPES = ("default", "linear", "llama3")
+
+
+def check_fields(hf: dict[str, Any], model_type: str, handled, ignored=(), off=()) -> None:
+    """Refuse a config field steerjax would otherwise ignore silently.
+
+    Every field of ``hf`` must be read by the family (``handled``), be known to leave the forward
+    pass unchanged (``ignored``, :data:`GENERIC_FIELDS`), or be ``None``. Fields in ``off`` (and
+    :data:`GENERIC_OFF`) are accepted only when they are off (``None``, ``False``, ``0`` or empty).
+    A ``rope_scaling`` of an unimplemented type is refused too.
+
+    Raises:
+      UnsupportedArchitectureError: naming the first offending field.
+    """
+    known = set(handled) | set(ignored) | GENERIC_FIELDS
+    for name, value in hf.items():
+        if name in (*GENERIC_OFF, *off):
+            if value:
+                raise UnsupportedArchitectureError(
+                    f"{model_type} config field {name}={value!r} is not supported (steerjax implements "
+                    f"it only when off); remove it from config.json only if the checkpoint does not use it"
+                )
+        elif name not in known and value is not None:
+            raise UnsupportedArchitectureError(
+                f"{model_type} config field {name!r} (= {value!r}) is not supported: steerjax does not "
+                "implement it and will not ignore it silently. Open an issue with the config.json if you need it."
+            )
+    rs = hf.get("rope_scaling")
+    if rs:
+        if not isinstance(rs, dict):
+            raise UnsupportedArchitectureError(f"{model_type} config field rope_scaling must be a dict, got {rs!r}")
+        kind = rs.get("rope_type", rs.get("type", "default"))
+        if kind not in ROPE_SCALING_TYPES:
+            raise UnsupportedArchitectureError(
+                f"{model_type} config field rope_scaling: type {kind!r} is not supported "
+                f"(supported: {', '.join(ROPE_SCALING_TYPES)})"
+            )

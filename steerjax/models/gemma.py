@@ -6,8 +6,8 @@ the parameter dtype, as HF does) and tie the LM head. Gemma 2 soft-caps attentio
 logits and alternates sliding and global layers. Gemma 3 adds per-head q/k RMSNorm and gives its
 sliding (local) layers their own RoPE base without ``rope_scaling``; HF ignores its
 ``attn_logit_softcapping``, and so does this module. The multimodal ``gemma3`` config and
-checkpoint are read for their language model only. Parameter names are HF's
-(``model.layers.{i}.`` dropped); linear weights are stored ``[in, out]`` as ``kernel``.
+checkpoint are read for their language model only. The module tree keeps HF's names (as Llama's);
+linear weights are stored ``[in, out]`` as ``kernel``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import math
 from typing import Any
 
 import jax.numpy as jnp
+from flax import nnx
 
 from steerjax.errors import UnsupportedArchitectureError
 from steerjax.models import llama
-from steerjax.models.config import ModelConfig, eos_ids, freeze
-from steerjax.models.layers import activation, linear, rms_norm
+from steerjax.models.config import ModelConfig, check_fields, eos_ids, freeze
+from steerjax.models.layers import Attention, Decoder, GatedMLP, RMSNorm
 
 # HF's config defaults (Gemma2Config, Gemma3TextConfig): multimodal configs omit most of them.
 _DEFAULTS = {
@@ -41,6 +42,23 @@ _DEFAULTS = {
 }
 _TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings")
 
+#: config fields read by :func:`config_from_hf`. Gemma 3's ``attn_logit_softcapping`` is read and
+#: dropped on purpose: HF's Gemma 3 does not apply it either.
+CONFIG_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling",
+    "rope_local_base_freq", "query_pre_attn_scalar", "sliding_window", "sliding_window_pattern",
+    "_sliding_window_pattern", "layer_types", "final_logit_softcapping", "attn_logit_softcapping",
+    "attention_bias", "hidden_activation", "hidden_act", "tie_word_embeddings",
+)
+#: dropouts, and the KV-cache layout transformers should use (steerjax has its own)
+CONFIG_IGNORED = ("attention_dropout", "cache_implementation")
+#: options accepted only when off
+CONFIG_OFF = ("use_bidirectional_attention",)
+#: the multimodal ``gemma3`` wrapper: its ``text_config`` is read, the vision tower is not used
+MULTIMODAL_FIELDS = ("text_config", "vision_config", "mm_tokens_per_image", "boi_token_index", "eoi_token_index",
+                     "image_token_index", "tie_word_embeddings")
+
 
 def _text_config(hf: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The family and the language-model config with HF's defaults filled in."""
@@ -48,7 +66,12 @@ def _text_config(hf: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     family = "gemma2" if mt == "gemma2" else "gemma3"
     text = hf
     if mt == "gemma3":
+        check_fields(hf, mt, MULTIMODAL_FIELDS)
         text = dict(hf.get("text_config") or {})
+        check_fields({k: v for k, v in text.items() if k != "model_type"}, f"{mt} text_config", CONFIG_FIELDS,
+                     CONFIG_IGNORED, CONFIG_OFF)
+    else:
+        check_fields(hf, mt, CONFIG_FIELDS, CONFIG_IGNORED, CONFIG_OFF)
         text.update({k: hf[k] for k in _TOKEN_KEYS if hf.get(k) is not None})
     out = dict(_DEFAULTS[family])
     out.update(text)
@@ -59,8 +82,6 @@ def _text_config(hf: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     family, c = _text_config(hf)
-    if c.get("use_bidirectional_attention"):
-        raise UnsupportedArchitectureError("Gemma 3 with use_bidirectional_attention is not supported")
     n = c["num_hidden_layers"]
     if c.get("layer_types"):
         types = list(c["layer_types"])
@@ -111,14 +132,6 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     )
 
 
-def param_shapes(cfg: ModelConfig) -> dict:
-    """Llama's table (q/k/v/o, gated MLP, optional biases and q/k norms) plus Gemma's two extra norms."""
-    shapes = llama.param_shapes(cfg)
-    extra = (cfg.num_layers, cfg.hidden_size)
-    shapes["layers"] |= {"pre_feedforward_layernorm.scale": extra, "post_feedforward_layernorm.scale": extra}
-    return shapes
-
-
 # ----------------------------------------------------------------------------- weight conversion
 
 IGNORED = (r"rotary_emb(_local)?\.inv_freq$", r"embed_tokens\.embed_scale$",
@@ -135,45 +148,44 @@ def canonical(name: str) -> str:
     return name if name.startswith(("model.", "lm_head.")) else "model." + name
 
 
-convert_globals = llama.convert_globals  # same embedding, final norm and head names
+def conversion(cfg: ModelConfig) -> dict[str, tuple[str, object]]:
+    """Llama's table (q/k/v/o, gated MLP, biases, q/k norms) plus Gemma's two extra norms."""
+    table = llama.conversion(cfg)
+    for name in ("pre_feedforward_layernorm", "post_feedforward_layernorm"):
+        table[f"layers/{name}/scale"] = (f"model.layers.{{i}}.{name}.weight", None)
+    return table
 
 
-def convert_layer(get, cfg: ModelConfig, i: int) -> dict:
-    p = f"model.layers.{i}."
-    out = {}
-    for name in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                 "post_feedforward_layernorm"):
-        out[f"{name}.scale"] = get(f"{p}{name}.weight")
-    for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
-        out[f"{name}.kernel"] = get(f"{p}{name}.weight").T
-    if cfg.attention_bias:
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            out[f"self_attn.{name}.bias"] = get(f"{p}self_attn.{name}.bias")
-    if cfg.qk_norm:
-        out["self_attn.q_norm.scale"] = get(p + "self_attn.q_norm.weight")
-        out["self_attn.k_norm.scale"] = get(p + "self_attn.k_norm.weight")
-    return out
+# ----------------------------------------------------------------------------- modules
 
 
-# ----------------------------------------------------------------------------- forward
+def _norm(cfg: ModelConfig, rngs: nnx.Rngs) -> RMSNorm:
+    return RMSNorm(cfg.hidden_size, cfg.norm_eps, offset=1.0, rngs=rngs)
 
 
-def embed(params, cfg: ModelConfig, tokens, positions):
-    table = params["embed"]
-    return jnp.take(table, tokens, axis=0) * jnp.asarray(cfg.embed_scale, table.dtype)
+class Block(nnx.Module):
+    """Sandwich-norm block: each sublayer's input and output are normed (``1 + w`` scales)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.input_layernorm = _norm(cfg, rngs)
+        self.self_attn = Attention(cfg, rngs=rngs, norm_offset=1.0)
+        self.post_attention_layernorm = _norm(cfg, rngs)
+        self.pre_feedforward_layernorm = _norm(cfg, rngs)
+        self.mlp = GatedMLP(cfg, rngs=rngs)
+        self.post_feedforward_layernorm = _norm(cfg, rngs)
+
+    def __call__(self, x, ctx, kv):
+        a, kv = self.self_attn(self.input_layernorm(x), ctx, kv)
+        x = x + self.post_attention_layernorm(a)
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), kv
 
 
-def block(lp, x, cfg: ModelConfig, ctx, kv):
-    eps = cfg.norm_eps
-    h = rms_norm(x, lp["input_layernorm.scale"], eps, offset=1.0)
-    a, kv = llama.self_attention(lp, h, cfg, ctx, kv, norm_offset=1.0)
-    x = x + rms_norm(a, lp["post_attention_layernorm.scale"], eps, offset=1.0)
-    h = rms_norm(x, lp["pre_feedforward_layernorm.scale"], eps, offset=1.0)
-    g = activation(cfg.activation)(linear(h, lp["mlp.gate_proj.kernel"]))
-    m = linear(g * linear(h, lp["mlp.up_proj.kernel"]), lp["mlp.down_proj.kernel"])
-    return x + rms_norm(m, lp["post_feedforward_layernorm.scale"], eps, offset=1.0), kv
+class Model(Decoder):
+    """Gemma 2 / 3 decoder: embeddings scaled by ``sqrt(hidden_size)`` in the parameter dtype."""
 
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        super().__init__(cfg, Block, _norm(cfg, rngs), rngs=rngs)
 
-def final_norm(params, cfg: ModelConfig, x):
-    return rms_norm(x, params["final_norm"]["scale"], cfg.norm_eps, offset=1.0)
+    def embed_tokens(self, tokens, positions):
+        table = self.embed.embedding[...]
+        return jnp.take(table, tokens, axis=0) * jnp.asarray(self.cfg.embed_scale, table.dtype)

@@ -1,8 +1,8 @@
 """GGUF checkpoints (llama.cpp): metadata -> HF-style config, tensors -> HF names, dequantized.
 
-Quantized tensors (Q4_1, Q8_0, ...) are dequantized to float32 with the ``gguf`` package.
-llama.cpp stores the q/k projections of ``llama`` models permuted for its interleaved rotary
-layout; that permutation is undone here, as transformers does.
+Quantized tensors (Q4_1, Q8_0, ...) are dequantized to float32 with the ``gguf`` package. The
+GGUF architectures read here are all Llama-family ones: the tensor names and the hook undoing
+llama.cpp's q/k permutation are :mod:`steerjax.models.llama`'s (``gguf_hf_name``, ``gguf_hook``).
 """
 
 from __future__ import annotations
@@ -17,28 +17,11 @@ from typing import Any
 import numpy as np
 
 from steerjax.errors import CheckpointError, UnsupportedArchitectureError
+from steerjax.models import llama
 
 # gguf architecture -> HF model_type
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 
-_GLOBAL_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-_LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 
 
@@ -127,31 +110,14 @@ def hf_tensors(reader, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
 
     out = {}
     for t in tqdm(reader.tensors, desc="dequantizing GGUF", unit="tensor", disable=None, leave=False):
-        name = _hf_name(t.name)
+        name = llama.gguf_hf_name(t.name, _LAYER_RE.match(t.name))
         try:
             arr = gguf.quants.dequantize(t.data, t.tensor_type)
         except Exception as e:
             raise CheckpointError(f"cannot read GGUF tensor {t.name} ({t.tensor_type.name}): {e}") from e
         arr = np.asarray(arr, dtype=np.float32)
-        if cfg["model_type"] == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
-            heads = cfg["num_attention_heads"] if "q_proj" in name else cfg["num_key_value_heads"]
-            arr = _unpermute(arr, heads)
-        out[name] = arr
+        out[name] = llama.gguf_hook(name, arr, cfg)
     return out
-
-
-def _hf_name(name: str) -> str:
-    if name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[name]
-    m = _LAYER_RE.match(name)
-    if m and m.group(2) in _LAYER_NAMES:
-        return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
-    return f"gguf.{name}"  # reported as unexpected by the converter
-
-
-def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
-    dim = w.shape[0] // heads // 2
-    return w.reshape(heads, dim, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def load_tokenizer(path: str, reader=None):

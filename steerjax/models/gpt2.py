@@ -1,19 +1,20 @@
 """GPT-2: learned absolute positions, LayerNorm, fused ``c_attn`` and a GELU MLP, all with biases.
 
-Parameter names are HF's (``transformer.h.{i}.`` dropped). GPT-2's ``Conv1D`` already stores
-weights ``[in, out]``, so kernels are not transposed; the fused ``c_attn`` is split here at load
-time into ``attn.q_proj`` / ``attn.k_proj`` / ``attn.v_proj``.
+The module tree: ``layers/ln_1``, ``layers/attn`` (q/k/v/o projections: the fused ``c_attn`` is
+split at load time, ``c_proj`` is ``o_proj``), ``layers/ln_2``, ``layers/mlp`` (``c_fc`` is
+``up_proj``, ``c_proj`` is ``down_proj``). GPT-2's ``Conv1D`` already stores weights ``[in, out]``,
+so kernels are not transposed.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import jax.numpy as jnp
+from flax import nnx
 
-from steerjax.errors import UnsupportedArchitectureError
-from steerjax.models.config import ModelConfig, eos_ids, linear_shapes, model_shapes, norm_shapes
-from steerjax.models.layers import activation, attend, layer_norm, linear
+from steerjax.models.config import ModelConfig, check_fields, eos_ids
+from steerjax.models.layers import MLP, Attention, Decoder, Embed, LayerNorm, activation
+from steerjax.models.weights import split_columns
 
 
 def _field(hf: dict[str, Any], name: str, alias: str, default: Any) -> Any:
@@ -21,10 +22,21 @@ def _field(hf: dict[str, Any], name: str, alias: str, default: Any) -> Any:
     return hf.get(name, hf.get(alias, default))
 
 
+#: config fields read by :func:`config_from_hf` (each under its own name or its HF alias)
+CONFIG_FIELDS = (
+    "n_embd", "hidden_size", "n_head", "num_attention_heads", "n_layer", "num_hidden_layers", "n_positions",
+    "max_position_embeddings", "n_inner", "vocab_size", "layer_norm_epsilon", "activation_function",
+    "scale_attn_weights", "tie_word_embeddings",
+)
+#: dropouts and the sequence-classification / double-heads ``summary_*`` head (not part of the LM)
+CONFIG_IGNORED = ("attn_pdrop", "embd_pdrop", "resid_pdrop", "summary_activation", "summary_first_dropout",
+                  "summary_proj_to_labels", "summary_type", "summary_use_proj", "n_ctx")
+#: options accepted only when off
+CONFIG_OFF = ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn")
+
+
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
-    for option in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
-        if hf.get(option, False):
-            raise UnsupportedArchitectureError(f"GPT-2 with {option}=True is not supported")
+    check_fields(hf, "GPT-2", CONFIG_FIELDS, CONFIG_IGNORED, CONFIG_OFF)
     d = _field(hf, "n_embd", "hidden_size", 768)
     h = _field(hf, "n_head", "num_attention_heads", 12)
     act = hf.get("activation_function", "gelu_new")
@@ -54,19 +66,6 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     )
 
 
-def param_shapes(cfg: ModelConfig) -> dict:
-    d, i = cfg.hidden_size, cfg.intermediate_size
-    layer = {
-        **norm_shapes("ln_1", d, bias=True),
-        **{k: v for p in ("q_proj", "k_proj", "v_proj", "c_proj")
-           for k, v in linear_shapes(f"attn.{p}", d, d, bias=True).items()},
-        **norm_shapes("ln_2", d, bias=True),
-        **linear_shapes("mlp.c_fc", d, i, bias=True),
-        **linear_shapes("mlp.c_proj", i, d, bias=True),
-    }
-    return model_shapes(cfg, layer, norm_bias=True, extra={"pos_embed": (cfg.max_position_embeddings, d)})
-
-
 # ----------------------------------------------------------------------------- weight conversion
 
 IGNORED = (r"\.attn\.bias$", r"\.attn\.masked_bias$")
@@ -77,57 +76,56 @@ def canonical(name: str) -> str:
     return name if name.startswith(("transformer.", "lm_head.")) else "transformer." + name
 
 
-def convert_globals(get, cfg: ModelConfig) -> dict:
-    out = {
-        "embed": get("transformer.wte.weight"),
-        "pos_embed": get("transformer.wpe.weight"),
-        "final_norm": {"scale": get("transformer.ln_f.weight"), "bias": get("transformer.ln_f.bias")},
+def conversion(cfg: ModelConfig) -> dict[str, tuple[str, object]]:
+    """Module path -> (HF tensor name, hook). ``Conv1D`` weights are ``[in, out]`` already; the
+    fused ``c_attn`` (``[D, 3D]``, q | k | v) is split by columns."""
+    p, d = "transformer.h.{i}.", cfg.hidden_size
+    table = {
+        "embed/embedding": ("transformer.wte.weight", None),
+        "pos_embed/embedding": ("transformer.wpe.weight", None),
+        "final_norm/scale": ("transformer.ln_f.weight", None),
+        "final_norm/bias": ("transformer.ln_f.bias", None),
+        "lm_head/kernel": ("lm_head.weight", lambda w: w.T),
+        "layers/attn/o_proj/kernel": (p + "attn.c_proj.weight", None),
+        "layers/attn/o_proj/bias": (p + "attn.c_proj.bias", None),
+        "layers/mlp/up_proj/kernel": (p + "mlp.c_fc.weight", None),
+        "layers/mlp/up_proj/bias": (p + "mlp.c_fc.bias", None),
+        "layers/mlp/down_proj/kernel": (p + "mlp.c_proj.weight", None),
+        "layers/mlp/down_proj/bias": (p + "mlp.c_proj.bias", None),
     }
-    if not cfg.tie_word_embeddings:
-        out["lm_head"] = get("lm_head.weight").T
-    return out
-
-
-def convert_layer(get, cfg: ModelConfig, i: int) -> dict:
-    p = f"transformer.h.{i}."
-    d = cfg.hidden_size
-    qkv_w = get(p + "attn.c_attn.weight")
-    qkv_b = get(p + "attn.c_attn.bias")
-    out = {
-        "ln_1.scale": get(p + "ln_1.weight"),
-        "ln_1.bias": get(p + "ln_1.bias"),
-        "ln_2.scale": get(p + "ln_2.weight"),
-        "ln_2.bias": get(p + "ln_2.bias"),
-    }
+    for n in (1, 2):
+        table[f"layers/ln_{n}/scale"] = (f"{p}ln_{n}.weight", None)
+        table[f"layers/ln_{n}/bias"] = (f"{p}ln_{n}.bias", None)
     for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
-        out[f"attn.{name}.kernel"] = qkv_w[:, j * d : (j + 1) * d]
-        out[f"attn.{name}.bias"] = qkv_b[j * d : (j + 1) * d]
-    for name in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-        out[f"{name}.kernel"] = get(f"{p}{name}.weight")
-        out[f"{name}.bias"] = get(f"{p}{name}.bias")
-    return out
+        table[f"layers/attn/{name}/kernel"] = (p + "attn.c_attn.weight", split_columns(j * d, (j + 1) * d))
+        table[f"layers/attn/{name}/bias"] = (p + "attn.c_attn.bias", split_columns(j * d, (j + 1) * d))
+    return table
 
 
-# ----------------------------------------------------------------------------- forward
+# ----------------------------------------------------------------------------- modules
 
 
-def embed(params, cfg: ModelConfig, tokens, positions):
-    return jnp.take(params["embed"], tokens, axis=0) + jnp.take(params["pos_embed"], positions, axis=0)
+class Block(nnx.Module):
+    """``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.ln_1 = LayerNorm(cfg.hidden_size, cfg.norm_eps, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.ln_2 = LayerNorm(cfg.hidden_size, cfg.norm_eps, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x, ctx, kv):
+        a, kv = self.attn(self.ln_1(x), ctx, kv)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), kv
 
 
-def block(lp, x, cfg: ModelConfig, ctx, kv):
-    b, t, _ = x.shape
-    h = layer_norm(x, lp["ln_1.scale"], lp["ln_1.bias"], cfg.norm_eps)
-    q, k, v = (
-        linear(h, lp[f"attn.{name}.kernel"], lp[f"attn.{name}.bias"]).reshape(b, t, cfg.num_heads, cfg.head_dim)
-        for name in ("q_proj", "k_proj", "v_proj")
-    )
-    a, kv = attend(q, k, v, ctx, kv, cfg)
-    x = x + linear(a, lp["attn.c_proj.kernel"], lp["attn.c_proj.bias"])
-    h = layer_norm(x, lp["ln_2.scale"], lp["ln_2.bias"], cfg.norm_eps)
-    h = activation(cfg.activation)(linear(h, lp["mlp.c_fc.kernel"], lp["mlp.c_fc.bias"]))
-    return x + linear(h, lp["mlp.c_proj.kernel"], lp["mlp.c_proj.bias"]), kv
+class Model(Decoder):
+    """GPT-2: learned absolute positions ``pos_embed`` added to the token embeddings."""
 
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        super().__init__(cfg, Block, LayerNorm(cfg.hidden_size, cfg.norm_eps, rngs=rngs), rngs=rngs)
+        self.pos_embed = Embed(cfg.max_position_embeddings, cfg.hidden_size, ("positions", "embed"), rngs=rngs)
 
-def final_norm(params, cfg: ModelConfig, x):
-    return layer_norm(x, params["final_norm"]["scale"], params["final_norm"]["bias"], cfg.norm_eps)
+    def embed_tokens(self, tokens, positions):
+        return self.embed(tokens) + self.pos_embed(positions)

@@ -1,4 +1,10 @@
-"""Building blocks shared by every family: norms, rotary embeddings, attention, activations.
+"""Building blocks shared by every family: norms, rotary embeddings, attention, activations, and
+the Flax NNX modules built on them (linear, embedding, norms, attention, MLPs, the decoder shell).
+
+Every parameter is declared once, in the module that creates it (:func:`param`): its shape,
+initializer and logical axis names (nnx sharding metadata, mapped to mesh axes by
+:data:`steerjax.sharding.LOGICAL_AXIS_RULES`). Models are built abstractly (``nnx.eval_shape``):
+the weights come from checkpoints.
 
 Axis glossary: B batch, T query tokens, S key slots (cache size, or T without a cache),
 H query heads, K key/value heads, G = H // K, Dh head width, D model width.
@@ -12,6 +18,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from steerjax.errors import UnsupportedArchitectureError
 from steerjax.models.config import ModelConfig
@@ -213,3 +220,145 @@ def _attend_with_prefix(q, k, v, ctx: LayerContext, cfg: ModelConfig):
     out = jnp.einsum("erkqp,ekpd->erkqd", probs[..., :p], pv.astype(v.dtype))
     out = out + jnp.einsum("erkqs,erksd->erkqd", probs[..., p:], vo)
     return out.reshape(br, h, t, dh).transpose(0, 2, 1, 3).reshape(br, t, h * dh)
+
+
+# ----------------------------------------------------------------------------- NNX modules
+
+
+def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], init=None) -> nnx.Param:
+    """A parameter of ``shape`` with logical ``axes`` (``init`` default: N(0, 0.02); norms pass ones)."""
+    init = init or nnx.initializers.normal(0.02)
+    return nnx.Param(init(rngs.params(), shape, jnp.float32), out_sharding=axes, eager_sharding=False)
+
+
+class Linear(nnx.Module):
+    """``x @ kernel (+ bias)``, ``kernel [in, out]`` with logical axes ``axes``."""
+
+    def __init__(self, n_in: int, n_out: int, axes: tuple[str, str], *, bias: bool, rngs: nnx.Rngs):
+        self.kernel = param(rngs, (n_in, n_out), axes)
+        self.bias = param(rngs, (n_out,), axes[1:], nnx.initializers.zeros) if bias else None
+
+    def __call__(self, x):
+        return linear(x, self.kernel[...], None if self.bias is None else self.bias[...])
+
+
+class Embed(nnx.Module):
+    """A lookup table ``embedding [n, D]`` (token or learned position embeddings)."""
+
+    def __init__(self, n: int, d: int, axes: tuple[str, str], *, rngs: nnx.Rngs):
+        self.embedding = param(rngs, (n, d), axes)
+
+    def __call__(self, ids):
+        return jnp.take(self.embedding[...], ids, axis=0)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm over the last axis; ``offset=1`` for Gemma's stored ``scale - 1``."""
+
+    def __init__(self, d: int, eps: float, *, offset: float = 0.0, axis: str = "embed", rngs: nnx.Rngs):
+        init = nnx.initializers.zeros if offset else nnx.initializers.ones
+        self.scale = param(rngs, (d,), (axis,), init)
+        self.eps, self.offset = eps, offset
+
+    def __call__(self, x):
+        return rms_norm(x, self.scale[...], self.eps, offset=self.offset)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm with scale and bias over the last axis."""
+
+    def __init__(self, d: int, eps: float, *, rngs: nnx.Rngs):
+        self.scale = param(rngs, (d,), ("embed",), nnx.initializers.ones)
+        self.bias = param(rngs, (d,), ("embed",), nnx.initializers.zeros)
+        self.eps = eps
+
+    def __call__(self, x):
+        return layer_norm(x, self.scale[...], self.bias[...], self.eps)
+
+
+class Attention(nnx.Module):
+    """Grouped-query self-attention: q/k/v projections (optional biases), optional per-head q/k
+    RMSNorm, rotary on the first ``rope_dim`` features, :func:`attend` (causal, windows,
+    soft-capping, KV cache, shared prefixes) and the output projection ``o_proj``."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, norm_offset: float = 0.0):
+        d, q, kv = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        self.q_proj = Linear(d, q, ("embed", "heads"), bias=cfg.attention_bias, rngs=rngs)
+        self.k_proj = Linear(d, kv, ("embed", "kv_heads"), bias=cfg.attention_bias, rngs=rngs)
+        self.v_proj = Linear(d, kv, ("embed", "kv_heads"), bias=cfg.attention_bias, rngs=rngs)
+        self.o_proj = Linear(q, d, ("heads", "embed"), bias=cfg.attention_out_bias, rngs=rngs)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, offset=norm_offset, axis="head_dim", rngs=rngs)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, offset=norm_offset, axis="head_dim", rngs=rngs)
+        else:
+            self.q_norm = self.k_norm = None
+        self.cfg = cfg
+
+    def __call__(self, h, ctx: LayerContext, kv):
+        cfg = self.cfg
+        b, t, _ = h.shape
+        q = self.q_proj(h).reshape(b, t, cfg.num_heads, cfg.head_dim)
+        k = self.k_proj(h).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        v = self.v_proj(h).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if ctx.rotary is not None:
+            q, k = apply_rotary(q, ctx.rotary), apply_rotary(k, ctx.rotary)
+        a, kv = attend(q, k, v, ctx, kv, cfg)
+        return self.o_proj(a), kv
+
+
+class GatedMLP(nnx.Module):
+    """``down(act(gate(x)) * up(x))`` (Llama, Gemma)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, i, bias = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.gate_proj = Linear(d, i, ("embed", "mlp"), bias=bias, rngs=rngs)
+        self.up_proj = Linear(d, i, ("embed", "mlp"), bias=bias, rngs=rngs)
+        self.down_proj = Linear(i, d, ("mlp", "embed"), bias=bias, rngs=rngs)
+        self.activation = cfg.activation
+
+    def __call__(self, x):
+        return self.down_proj(activation(self.activation)(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MLP(nnx.Module):
+    """``down(act(up(x)))`` (GPT-2, GPT-NeoX)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, i, bias = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.up_proj = Linear(d, i, ("embed", "mlp"), bias=bias, rngs=rngs)
+        self.down_proj = Linear(i, d, ("mlp", "embed"), bias=bias, rngs=rngs)
+        self.activation = cfg.activation
+
+    def __call__(self, x):
+        return self.down_proj(activation(self.activation)(self.up_proj(x)))
+
+
+class Decoder(nnx.Module):
+    """The shell every family shares: token embedding ``embed``, the blocks stacked on a leading
+    ``layers`` axis (``nnx.vmap`` of ``block(cfg, rngs=...)``), ``final_norm`` and, unless tied,
+    ``lm_head``. Families subclass it to add parameters (GPT-2's ``pos_embed``) or change
+    :meth:`embed_tokens` (Gemma's scaled embeddings).
+    :func:`steerjax.models.transformer.forward` runs it with the blocks under ``lax.scan``.
+    """
+
+    def __init__(self, cfg: ModelConfig, block, final_norm, *, rngs: nnx.Rngs):
+        self.embed = Embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), rngs=rngs)
+        self.layers = nnx.vmap(lambda r: block(cfg, rngs=r), in_axes=0, out_axes=0,
+                               transform_metadata={nnx.PARTITION_NAME: "layers"})(rngs.split(cfg.num_layers))
+        self.final_norm = final_norm
+        self.lm_head = (None if cfg.tie_word_embeddings
+                        else Linear(cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), bias=False, rngs=rngs))
+        self.cfg = cfg
+
+    def embed_tokens(self, tokens, positions):
+        """The residual stream entering the first block ``[B, T, D]``."""
+        return self.embed(tokens)
+
+    def unembed(self, hidden):
+        """Logits (float32) from final hidden states ``[..., D]``; the embedding when tied."""
+        w = self.embed.embedding[...].T if self.lm_head is None else self.lm_head.kernel[...]
+        logits = jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32)
+        cap = self.cfg.final_logit_softcap
+        return jnp.tanh(logits / cap) * cap if cap else logits

@@ -3,24 +3,40 @@
 They differ only by flags: q/k/v bias (Qwen2), per-head q/k RMSNorm (Qwen3), sliding windows
 (Mistral, Phi-3, Qwen with ``use_sliding_window``), partial rotary (Phi-3 ``partial_rotary_factor``)
 and fused weights (Phi-3 ``qkv_proj`` and ``gate_up_proj``, split here at load time).
-Parameter names are HF's (``model.layers.{i}.`` dropped); linear weights are stored ``[in, out]``
-as ``kernel``.
+The module tree keeps HF's names (``layers/self_attn/q_proj/kernel`` for
+``model.layers.{i}.self_attn.q_proj.weight``); linear weights are stored ``[in, out]`` as ``kernel``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import jax.numpy as jnp
+from flax import nnx
 
-from steerjax.models.config import ModelConfig, freeze, hf_sizes, hf_tokens, linear_shapes, model_shapes, norm_shapes
-from steerjax.models.layers import activation, apply_rotary, attend, linear, rms_norm
+from steerjax.models.config import ModelConfig, check_fields, freeze, hf_sizes, hf_tokens
+from steerjax.models.layers import Attention, Decoder, GatedMLP, RMSNorm
+from steerjax.models.weights import split_rows, transpose
 
 _QKV_BIAS_DEFAULT = {"qwen2": True}
+
+#: config fields read by :func:`config_from_hf`
+CONFIG_FIELDS = (
+    "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "num_hidden_layers",
+    "intermediate_size", "vocab_size", "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling",
+    "partial_rotary_factor", "attention_bias", "mlp_bias", "hidden_act", "tie_word_embeddings",
+    "sliding_window", "use_sliding_window", "max_window_layers", "layer_types",
+)
+#: config fields that leave inference unchanged: dropouts, the tensor-parallel split of pretraining
+#: (``pretraining_tp``: the same matmul in slices), the context length the rotary scaling came from
+CONFIG_IGNORED = ("attention_dropout", "resid_pdrop", "embd_pdrop", "pretraining_tp",
+                  "original_max_position_embeddings")
+#: options accepted only when off
+CONFIG_OFF = ("use_mrope",)
 
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     mt = hf["model_type"]
+    check_fields(hf, mt, CONFIG_FIELDS, CONFIG_IGNORED, CONFIG_OFF)
     d, h = hf["hidden_size"], hf["num_attention_heads"]
     kvh = hf.get("num_key_value_heads") or h
     head_dim = hf.get("head_dim") or d // h
@@ -59,25 +75,6 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     )
 
 
-def param_shapes(cfg: ModelConfig) -> dict:
-    d, i = cfg.hidden_size, cfg.intermediate_size
-    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    layer = {
-        **norm_shapes("input_layernorm", d),
-        **linear_shapes("self_attn.q_proj", d, q, cfg.attention_bias),
-        **linear_shapes("self_attn.k_proj", d, kv, cfg.attention_bias),
-        **linear_shapes("self_attn.v_proj", d, kv, cfg.attention_bias),
-        **linear_shapes("self_attn.o_proj", q, d, cfg.attention_out_bias),
-        **norm_shapes("post_attention_layernorm", d),
-        **linear_shapes("mlp.gate_proj", d, i, cfg.mlp_bias),
-        **linear_shapes("mlp.up_proj", d, i, cfg.mlp_bias),
-        **linear_shapes("mlp.down_proj", i, d, cfg.mlp_bias),
-    }
-    if cfg.qk_norm:
-        layer |= {**norm_shapes("self_attn.q_norm", cfg.head_dim), **norm_shapes("self_attn.k_norm", cfg.head_dim)}
-    return model_shapes(cfg, layer)
-
-
 # ----------------------------------------------------------------------------- weight conversion
 
 IGNORED = (r"rotary_emb\.inv_freq$",)
@@ -87,84 +84,99 @@ def canonical(name: str) -> str:
     return name if name.startswith(("model.", "lm_head.")) else "model." + name
 
 
-def convert_globals(get, cfg: ModelConfig) -> dict:
-    out = {"embed": get("model.embed_tokens.weight"), "final_norm": {"scale": get("model.norm.weight")}}
-    if not cfg.tie_word_embeddings:
-        out["lm_head"] = get("lm_head.weight").T
-    return out
+def conversion(cfg: ModelConfig) -> dict[str, tuple[str, Any]]:
+    """Module path -> (HF tensor name, ``{i}`` for the layer; hook turning it into the parameter).
 
-
-def convert_layer(get, cfg: ModelConfig, i: int) -> dict:
-    p = f"model.layers.{i}."
-    out = {
-        "input_layernorm.scale": get(p + "input_layernorm.weight"),
-        "post_attention_layernorm.scale": get(p + "post_attention_layernorm.weight"),
-        "self_attn.o_proj.kernel": get(p + "self_attn.o_proj.weight").T,
-        "mlp.down_proj.kernel": get(p + "mlp.down_proj.weight").T,
+    Phi-3's fused ``qkv_proj`` and ``gate_up_proj`` are split by row ranges; every other kernel is
+    HF's ``[out, in]`` weight transposed."""
+    p = "model.layers.{i}."
+    table = {
+        "embed/embedding": ("model.embed_tokens.weight", None),
+        "final_norm/scale": ("model.norm.weight", None),
+        "lm_head/kernel": ("lm_head.weight", transpose),
+        "layers/input_layernorm/scale": (p + "input_layernorm.weight", None),
+        "layers/post_attention_layernorm/scale": (p + "post_attention_layernorm.weight", None),
+        "layers/self_attn/q_norm/scale": (p + "self_attn.q_norm.weight", None),
+        "layers/self_attn/k_norm/scale": (p + "self_attn.k_norm.weight", None),
     }
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        table[f"layers/self_attn/{name}/kernel"] = (f"{p}self_attn.{name}.weight", transpose)
+        table[f"layers/self_attn/{name}/bias"] = (f"{p}self_attn.{name}.bias", None)
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        table[f"layers/mlp/{name}/kernel"] = (f"{p}mlp.{name}.weight", transpose)
+        table[f"layers/mlp/{name}/bias"] = (f"{p}mlp.{name}.bias", None)
     if cfg.model_type == "phi3":
         q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        qkv = get(p + "self_attn.qkv_proj.weight")
-        out["self_attn.q_proj.kernel"] = qkv[:q].T
-        out["self_attn.k_proj.kernel"] = qkv[q : q + kv].T
-        out["self_attn.v_proj.kernel"] = qkv[q + kv :].T
-        gate_up = get(p + "mlp.gate_up_proj.weight")
-        half = gate_up.shape[0] // 2
-        out["mlp.gate_proj.kernel"] = gate_up[:half].T
-        out["mlp.up_proj.kernel"] = gate_up[half:].T
-    else:
-        for name in ("q_proj", "k_proj", "v_proj"):
-            out[f"self_attn.{name}.kernel"] = get(f"{p}self_attn.{name}.weight").T
-        for name in ("gate_proj", "up_proj"):
-            out[f"mlp.{name}.kernel"] = get(f"{p}mlp.{name}.weight").T
-    if cfg.attention_bias:
-        for name in ("q_proj", "k_proj", "v_proj"):
-            out[f"self_attn.{name}.bias"] = get(f"{p}self_attn.{name}.bias")
-    if cfg.attention_out_bias:
-        out["self_attn.o_proj.bias"] = get(p + "self_attn.o_proj.bias")
-    if cfg.qk_norm:
-        out["self_attn.q_norm.scale"] = get(p + "self_attn.q_norm.weight")
-        out["self_attn.k_norm.scale"] = get(p + "self_attn.k_norm.weight")
-    if cfg.mlp_bias:
-        for name in ("gate_proj", "up_proj", "down_proj"):
-            out[f"mlp.{name}.bias"] = get(f"{p}mlp.{name}.bias")
-    return out
+        for name, rows in (("q_proj", (0, q)), ("k_proj", (q, q + kv)), ("v_proj", (q + kv, q + 2 * kv))):
+            table[f"layers/self_attn/{name}/kernel"] = (p + "self_attn.qkv_proj.weight", split_rows(*rows))
+        i = cfg.intermediate_size
+        table["layers/mlp/gate_proj/kernel"] = (p + "mlp.gate_up_proj.weight", split_rows(0, i))
+        table["layers/mlp/up_proj/kernel"] = (p + "mlp.gate_up_proj.weight", split_rows(i, 2 * i))
+    return table
 
 
-# ----------------------------------------------------------------------------- forward
+# GGUF (llama.cpp) tensor names -> HF names, for the GGUF architectures of this family
+GGUF_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+GGUF_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
 
 
-def embed(params, cfg: ModelConfig, tokens, positions):
-    return jnp.take(params["embed"], tokens, axis=0)
+def gguf_hf_name(name: str, layer_match) -> str:
+    """The HF name of GGUF tensor ``name`` (``layer_match``: its ``blk.{i}.{part}.{weight|bias}``
+    match, or None); names without one come back as ``gguf.{name}``, reported as unexpected."""
+    if name in GGUF_NAMES:
+        return GGUF_NAMES[name]
+    if layer_match and layer_match.group(2) in GGUF_LAYER_NAMES:
+        i, part, kind = layer_match.groups()
+        return f"model.layers.{i}.{GGUF_LAYER_NAMES[part]}.{kind}"
+    return f"gguf.{name}"
 
 
-def self_attention(lp, h, cfg: ModelConfig, ctx, kv, *, norm_offset: float = 0.0):
-    """q/k/v projections (optional biases), optional per-head q/k RMSNorm, rotary, attention and
-    the output projection; shared with Gemma (whose norms store ``scale - 1``: ``norm_offset=1``)."""
-    b, t, _ = h.shape
-    q = linear(h, lp["self_attn.q_proj.kernel"], lp.get("self_attn.q_proj.bias"))
-    k = linear(h, lp["self_attn.k_proj.kernel"], lp.get("self_attn.k_proj.bias"))
-    v = linear(h, lp["self_attn.v_proj.kernel"], lp.get("self_attn.v_proj.bias"))
-    q = q.reshape(b, t, cfg.num_heads, cfg.head_dim)
-    k = k.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-    v = v.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-    if cfg.qk_norm:
-        q = rms_norm(q, lp["self_attn.q_norm.scale"], cfg.norm_eps, offset=norm_offset)
-        k = rms_norm(k, lp["self_attn.k_norm.scale"], cfg.norm_eps, offset=norm_offset)
-    q, k = apply_rotary(q, ctx.rotary), apply_rotary(k, ctx.rotary)
-    a, kv = attend(q, k, v, ctx, kv, cfg)
-    return linear(a, lp["self_attn.o_proj.kernel"], lp.get("self_attn.o_proj.bias")), kv
+def gguf_hook(name: str, w, hf: dict[str, Any]):
+    """Undo llama.cpp's q/k permutation (its interleaved rotary layout) of ``llama`` models, as
+    transformers does; every other tensor is returned as it is."""
+    if hf["model_type"] != "llama" or not name.endswith(("q_proj.weight", "k_proj.weight")):
+        return w
+    heads = hf["num_attention_heads"] if "q_proj" in name else hf["num_key_value_heads"]
+    dim = w.shape[0] // heads // 2
+    return w.reshape(heads, dim, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def block(lp, x, cfg: ModelConfig, ctx, kv):
-    a, kv = self_attention(lp, rms_norm(x, lp["input_layernorm.scale"], cfg.norm_eps), cfg, ctx, kv)
-    x = x + a
-    h = rms_norm(x, lp["post_attention_layernorm.scale"], cfg.norm_eps)
-    act = activation(cfg.activation)
-    g = act(linear(h, lp["mlp.gate_proj.kernel"], lp.get("mlp.gate_proj.bias")))
-    u = linear(h, lp["mlp.up_proj.kernel"], lp.get("mlp.up_proj.bias"))
-    return x + linear(g * u, lp["mlp.down_proj.kernel"], lp.get("mlp.down_proj.bias")), kv
+# ----------------------------------------------------------------------------- modules
 
 
-def final_norm(params, cfg: ModelConfig, x):
-    return rms_norm(x, params["final_norm"]["scale"], cfg.norm_eps)
+class Block(nnx.Module):
+    """Pre-norm block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, rngs=rngs)
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.norm_eps, rngs=rngs)
+        self.mlp = GatedMLP(cfg, rngs=rngs)
+
+    def __call__(self, x, ctx, kv):
+        a, kv = self.self_attn(self.input_layernorm(x), ctx, kv)
+        x = x + a
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
+
+
+class Model(Decoder):
+    """Llama-like decoder: :class:`Block` s and a final RMSNorm."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        super().__init__(cfg, Block, RMSNorm(cfg.hidden_size, cfg.norm_eps, rngs=rngs), rngs=rngs)

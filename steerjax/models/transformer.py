@@ -1,9 +1,12 @@
 """The family-independent forward pass: embed, scan the stacked blocks, steer, cache, unembed.
 
-A family module supplies ``embed(params, cfg, tokens, positions)``,
-``block(lp, x, cfg, ctx, kv) -> (x, kv)`` and ``final_norm(params, cfg, x)``; everything else
-(the scan over layers, the steering site after each block, the KV cache, causal and sliding
-masks, rotary tables) lives here, once.
+A family supplies its Flax NNX module tree (:class:`~steerjax.models.layers.Decoder`: embedding,
+blocks stacked on a ``layers`` axis, final norm, head). ``params`` is that tree's state as a
+nested dict of arrays (``nnx.split`` / ``nnx.to_pure_dict``): a plain pytree that jitted entry
+points take as an argument; :func:`forward` merges it back into modules while tracing (no per-call
+cost) and runs the blocks under ``lax.scan``, one block's state per step. Everything else (the
+steering site after each block, the KV cache, causal and sliding masks, rotary tables) lives
+here, once.
 """
 
 from __future__ import annotations
@@ -13,12 +16,55 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import struct
+from flax import nnx, struct
 
 from steerjax.models import registry
 from steerjax.models.config import ModelConfig
 from steerjax.models.layers import AttentionContext, LayerContext, Rotary, rotary_tables
 from steerjax.steering.core import NO_END, Steering, apply, token_mask
+
+
+class Structure(NamedTuple):
+    """A family's module tree for a config, without weights (built once per config)."""
+
+    model: nnx.GraphDef  # the whole tree
+    block: nnx.GraphDef  # one block (the stacked blocks' structure, for one layer's slice)
+    state: nnx.State  # abstract: ShapeDtypeStruct values and their sharding metadata
+
+
+@functools.lru_cache(maxsize=64)
+def structure(cfg: ModelConfig) -> Structure:
+    """The module tree of ``cfg``'s family, built abstractly (``nnx.eval_shape``: no allocation)."""
+    fam = registry.family(cfg.family)
+    model = nnx.eval_shape(lambda: fam.model(cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    block, _ = nnx.split(model.layers)
+    return Structure(graphdef, block, state)
+
+
+def abstract_params(cfg: ModelConfig, dtype=None) -> dict:
+    """The params pytree of ``cfg`` as ``jax.ShapeDtypeStruct`` s (``dtype`` default float32)."""
+    pure = nnx.to_pure_dict(structure(cfg).state)
+    if dtype is None:
+        return pure
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), pure)
+
+
+def param_axes(cfg: ModelConfig) -> dict:
+    """The logical axis names of every parameter (the modules' sharding metadata), as tuples in
+    the params pytree's nesting; stacked block parameters lead with ``"layers"``."""
+    specs = nnx.to_pure_dict(nnx.get_partition_spec(structure(cfg).state))
+    return jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+
+def module(params, cfg: ModelConfig):
+    """The family's module tree holding ``params`` (arrays or tracers; no copy)."""
+    return nnx.merge(structure(cfg).model, nnx.State(params))
+
+
+def param_dtype(params):
+    """The dtype of the parameters (all share one: the load dtype)."""
+    return jax.tree.leaves(params)[0].dtype
 
 
 @struct.dataclass
@@ -83,9 +129,10 @@ def forward(
         segment (a run of equal ids); ``positions`` restart at the prefix length in each segment.
       collect_layers: also return every block's output.
     """
-    fam = registry.family(cfg.family)
+    model = module(params, cfg)
+    block_def = structure(cfg).block
     b, t = tokens.shape
-    x = fam.embed(params, cfg, tokens, positions)
+    x = model.embed_tokens(tokens, positions)
 
     if cache is None:
         q_index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -147,7 +194,7 @@ def forward(
             rot = Rotary(*(jnp.where(xl["local"], lo, gl) for lo, gl in zip(rot_local, rot_global)))
         pre = (xl["prefix_k"], xl["prefix_v"]) if prefix is not None else None
         ctx = LayerContext(attn, rot, xl["window"], xl["layer"], pre)
-        h, kv = fam.block(xl["params"], h, cfg, ctx, kv)
+        h, kv = nnx.merge(block_def, nnx.State(xl["params"]))(h, ctx, kv)
         if steering is not None:
             h = apply(steering, h, xl["vector"], steering.multipliers, mask, xl.get("layer_on"))
         return (h, kv), (h if collect_layers else None)
@@ -156,7 +203,7 @@ def forward(
     new_cache = None
     if cache is not None:
         new_cache = KVCache(kv[0], kv[1], attn.k_valid, cache.index + t)
-    return ForwardOutput(fam.final_norm(params, cfg, x), layers, new_cache)
+    return ForwardOutput(model.final_norm(x), layers, new_cache)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
@@ -171,8 +218,9 @@ def prefill(params, cfg: ModelConfig, ids, valid, *, dtype):
 
 def unembed(params, cfg: ModelConfig, hidden):
     """Logits (float32) from final hidden states [..., D]; ties to the embedding when asked."""
-    w = params["lm_head"] if "lm_head" in params else params["embed"].T
-    logits = jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32)
-    if cfg.final_logit_softcap:
-        logits = jnp.tanh(logits / cfg.final_logit_softcap) * cfg.final_logit_softcap
-    return logits
+    return module(params, cfg).unembed(hidden)
+
+
+def final_norm(params, cfg: ModelConfig, x):
+    """The model's final norm of residual states ``x [..., D]`` (a logit lens reads blocks with it)."""
+    return module(params, cfg).final_norm(x)

@@ -91,6 +91,21 @@ def read_hf_directory(path: str) -> dict[str, np.ndarray]:
     raise CheckpointError(f"{path} has no model.safetensors or model.safetensors.index.json.{hint}")
 
 
+def transpose(w: np.ndarray) -> np.ndarray:
+    """HF's ``[out, in]`` linear weight as an ``[in, out]`` kernel."""
+    return w.T
+
+
+def split_rows(start: int, stop: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The hook taking rows ``start:stop`` of a fused ``[out, in]`` weight, as an ``[in, out]`` kernel."""
+    return lambda w: w[start:stop].T
+
+
+def split_columns(start: int, stop: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The hook taking ``[..., start:stop]`` of a fused ``[in, out]`` kernel or ``[out]`` bias."""
+    return lambda w: w[..., start:stop]
+
+
 def build_params(
     tensors: Mapping[str, np.ndarray],
     cfg: ModelConfig,
@@ -101,90 +116,105 @@ def build_params(
     transform: Callable[[str, np.ndarray], np.ndarray] | None = None,
     to_device: bool = True,
 ) -> dict:
-    """Convert HF-named tensors into the family's stacked params, checking keys and shapes.
+    """Convert HF-named tensors into the family's module state (a nested dict of arrays, the
+    ``params`` of :func:`steerjax.models.transformer.forward`), checking keys and shapes.
 
-    ``to_device=False`` keeps host (numpy) arrays, for placing them shard by shard."""
+    Every parameter of the family's module tree is filled by its row of ``fam.conversion(cfg)``
+    (an HF name, ``{i}`` standing for the layer, and a hook); layer parameters are stacked on a
+    leading axis. Every missing, unexpected and mis-shaped tensor is collected before raising.
+    ``to_device=False`` keeps host (numpy) arrays, for placing them shard by shard.
+
+    Raises:
+      WeightKeyError: tensors are missing or unused (the mis-shaped ones are listed too).
+      ShapeMismatchError: only shapes are wrong.
+    """
+    from steerjax.models import transformer
+
     tensors = {fam.canonical(k): v for k, v in tensors.items()}
+    table = fam.conversion(cfg)
+    expected = flatten(transformer.abstract_params(cfg))
     used: set[str] = set()
     missing: list[str] = []
+    shapes: list[str] = []
 
-    def get(name: str) -> np.ndarray:
+    def get(name: str, hook, want: tuple[int, ...], what: str):
         if name not in tensors:
             missing.append(name)
-            return _Missing()
+            return None
         used.add(name)
         arr = tensors[name]
-        return transform(name, arr) if transform else arr
+        arr = transform(name, arr) if transform else arr
+        arr = hook(arr) if hook else arr
+        if tuple(arr.shape) != want:
+            shapes.append(f"{what} from {name}: {tuple(arr.shape)}, the config implies {want}")
+            return None
+        return arr
 
-    params = fam.convert_globals(get, cfg)
-    layers = [fam.convert_layer(get, cfg, i) for i in range(cfg.num_layers)]
+    unknown = sorted(set(expected) - set(table))
+    if unknown:
+        raise CheckpointError(f"the {cfg.family} conversion table has no row for the parameter(s) {unknown}")
+    layer_paths = [k for k in expected if k.startswith("layers/")]
+    flat = {path: get(table[path][0], table[path][1], tuple(expected[path].shape), path)
+            for path in expected if path not in layer_paths}  # globals first
+    stacked: dict[str, list] = {k: [] for k in layer_paths}
+    for i in range(cfg.num_layers):
+        for path in layer_paths:
+            name, hook = table[path]
+            stacked[path].append(get(name.format(i=i), hook, tuple(expected[path].shape[1:]), f"layer {i} {path}"))
+    ignored = tuple(re.compile(p) for p in fam.ignored)
+    # a tied model has no head parameter: the checkpoint's copy of the embedding is not used
+    head = table.get("lm_head/kernel") if "lm_head/kernel" not in expected else None
+    unexpected = sorted(k for k in tensors if k not in used and not any(p.search(k) for p in ignored)
+                        and not (head and k == head[0]))
+    problems = []
     if missing:
-        raise WeightKeyError(
-            f"{source} is missing {len(missing)} weight(s) that a {cfg.model_type} model with "
-            f"{cfg.num_layers} layers needs, e.g. {missing[:5]}. Is the checkpoint complete and its "
-            "config.json the right one?"
-        )
-    ignored = tuple(re.compile(p) for p in getattr(fam, "IGNORED", ()))
-    if cfg.tie_word_embeddings:
-        ignored += (re.compile(r"^lm_head\.weight$"),)
-    unexpected = sorted(k for k in tensors if k not in used and not any(p.search(k) for p in ignored))
+        problems.append(f"{source} is missing {len(missing)} weight(s) that a {cfg.model_type} model with "
+                        f"{cfg.num_layers} layers needs, e.g. {missing[:5]}. Is the checkpoint complete and its "
+                        "config.json the right one?")
     if unexpected:
-        raise WeightKeyError(
-            f"{source} has {len(unexpected)} weight(s) this {cfg.model_type} config does not use, "
-            f"e.g. {unexpected[:5]}. The config (layers, biases, tied embeddings) probably does not "
-            "match the weights."
-        )
-    expected = fam.param_shapes(cfg)
-    params["layers"] = {}
-    for key, shape in expected["layers"].items():
-        for i, lp in enumerate(layers):
-            if tuple(lp[key].shape) != shape[1:]:
-                raise ShapeMismatchError(
-                    f"{source}: layer {i} {key} has shape {tuple(lp[key].shape)} (kernels are "
-                    f"[in, out]) but the config implies {shape[1:]}. Check hidden_size, heads and "
-                    "intermediate_size in config.json."
-                )
-        params["layers"][key] = np.stack([np.asarray(lp[key]) for lp in layers])
-    _check_shapes(params, expected, source)
-    return _cast(params, dtype, to_device)
+        problems.append(f"{source} has {len(unexpected)} weight(s) this {cfg.model_type} config does not use, "
+                        f"e.g. {unexpected[:5]}. The config (layers, biases, tied embeddings) probably does not "
+                        "match the weights.")
+    if shapes:
+        problems.append(f"{source}: {len(shapes)} weight(s) have the wrong shape (kernels are [in, out]), e.g. "
+                        f"{shapes[:5]}. Check hidden_size, heads, intermediate_size and vocab_size in config.json.")
+    if missing or unexpected:
+        raise WeightKeyError(" ".join(problems))
+    if shapes:
+        raise ShapeMismatchError(problems[0])
+    for path, arrays in stacked.items():
+        flat[path] = np.stack([np.asarray(a) for a in arrays])
+    return unflatten({k: _cast(v, dtype, to_device) for k, v in flat.items()})
 
 
-def _check_shapes(params, expected, source, path=""):
-    for key, shape in expected.items():
-        if key == "layers" and not path:
-            continue
-        if isinstance(shape, dict):
-            _check_shapes(params[key], shape, source, f"{path}{key}.")
-        elif tuple(params[key].shape) != tuple(shape):
-            raise ShapeMismatchError(
-                f"{source}: {path}{key} has shape {tuple(params[key].shape)} but the config implies "
-                f"{tuple(shape)}. Check vocab_size and hidden_size in config.json."
-            )
+def flatten(tree, prefix: str = "") -> dict:
+    """``{"a/b/c": leaf}`` of a nested dict (module paths joined by ``/``)."""
+    if isinstance(tree, Mapping):
+        out = {}
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}{k}/"))
+        return out
+    return {prefix[:-1]: tree}
 
 
-def _cast(tree, dtype, to_device=True):
+def unflatten(flat: Mapping[str, Any]) -> dict:
+    """The nested dict of :func:`flatten` 's output."""
+    out: dict = {}
+    for path, leaf in flat.items():
+        node = out
+        *parents, last = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = leaf
+    return out
+
+
+def _cast(x, dtype, to_device=True):
     import jax.numpy as jnp
 
-    if isinstance(tree, dict):
-        return {k: _cast(v, dtype, to_device) for k, v in tree.items()}
-    host = np.asarray(tree).astype(dtype)
+    host = np.asarray(x).astype(dtype)
     return jnp.asarray(host) if to_device else host
 
 
 def count(params) -> int:
     return sum(int(np.prod(x.shape)) for x in leaves(params))
-
-
-class _Missing:
-    """Placeholder for a missing tensor that absorbs any use, so every missing key is reported."""
-
-    def __getattr__(self, name):
-        return self
-
-    def __getitem__(self, item):
-        return self
-
-    def __call__(self, *args, **kwargs):
-        return self
-
-    __floordiv__ = __truediv__ = __mul__ = __add__ = __sub__ = __matmul__ = __call__

@@ -122,8 +122,7 @@ import pandas as pd
 from steerjax import sharding as shd
 from steerjax.data.batch import GENERATION, TokenBatch
 from steerjax.errors import PredictorError, SteerjaxError
-from steerjax.models import registry
-from steerjax.models.transformer import KVCache, forward, unembed
+from steerjax.models.transformer import KVCache, final_norm, forward, param_dtype, unembed
 from steerjax.predictor.concepts import UNSTEERED, Concept
 from steerjax.predictor.testbed import (
     bucket_rows,
@@ -473,8 +472,7 @@ def _step_features(params, cfg, layers, logits, unit, lens, layer_index, tok):
         return jnp.maximum(kl, 0.0), ent
 
     kl, ent = kl_ent(logits)
-    fam = registry.family(cfg.family)
-    lens_logits = unembed(params, cfg, fam.final_norm(params, cfg, layers[jnp.asarray(lens, jnp.int32)]))
+    lens_logits = unembed(params, cfg, final_norm(params, cfg, layers[jnp.asarray(lens, jnp.int32)]))
     lens_kl, _ = kl_ent(lens_logits)  # [nl, B]
     ref_lp = jax.nn.log_softmax(logits[b:].astype(jnp.float32), axis=-1)
     read_nll = -jnp.take_along_axis(ref_lp, tok[:, None], axis=-1)[:, 0]
@@ -513,7 +511,7 @@ def _early(params, cfg, prompt, row_prompt, steering, unit, forced, *, steps, le
     """
     e, t = prompt.ids.shape
     b = row_prompt.shape[0]
-    dtype = params["embed"].dtype
+    dtype = param_dtype(params)
     lengths = prompt.lengths[row_prompt]
     if steer_prompt:
         # steered rows and the distinct prompts in one batch: zero steering then gives bit-equal rows

@@ -46,7 +46,7 @@ import pandas as pd
 from steerjax import sharding as shd
 from steerjax.data.batch import JUDGE_PROMPT, JUDGE_ROLLOUT, TokenBatch, encode
 from steerjax.errors import JudgeError
-from steerjax.models.transformer import forward, prefill, unembed
+from steerjax.models.transformer import forward, param_dtype, prefill, unembed
 from steerjax.predictor.concepts import UNSTEERED
 
 LABELS = ("under-steer", "success", "over-steer")
@@ -243,7 +243,7 @@ class HiddenStateJudge(Judge):
         for i, p in enumerate(prompts):
             groups.setdefault(tuple(p), []).append(i)
         bs = self.batch_size
-        dtype = self.model.params["embed"].dtype
+        dtype = param_dtype(self.model.params)
         mesh = shd.default_mesh(self.mesh)
         params = self.model.params if mesh is None else shd.shard_params(self.model.params, cfg, mesh)
         from tqdm.auto import tqdm

@@ -33,7 +33,7 @@ from steerjax import sharding as shd
 from steerjax.data.batch import SCORING_PREFIX, SCORING_ROW, TokenBatch, pow2, render, round_rows, round_up
 from steerjax.data.examples import DataError
 from steerjax.errors import ContextLengthError, TokenizerError
-from steerjax.models.transformer import forward, prefill, unembed
+from steerjax.models.transformer import forward, param_dtype, prefill, unembed
 from steerjax.profiles.data import DIRECTIONS, query_messages
 from steerjax.profiles.templates import check_category, render_chat
 
@@ -121,7 +121,7 @@ def answer_logprobs(
     chunk = min(n_items, batch_size)
     group = max(1, min(n_prompts, batch_size // n_items))
     order = sorted(range(n_prompts), key=lambda p: splits[p])
-    dtype = model.params["embed"].dtype
+    dtype = param_dtype(model.params)
     params = model.params
     if mesh is not None:  # whole steering prompts (and so their rows) per data shard
         params = shd.shard_params(params, cfg, mesh)

@@ -37,7 +37,7 @@ from steerjax import sharding as shd
 from steerjax.data.batch import ACTIVATIONS, TokenBatch, pow2
 from steerjax.data.examples import Encoded, Example, encode_all
 from steerjax.errors import SteeringError
-from steerjax.models.transformer import forward, prefill
+from steerjax.models.transformer import forward, param_dtype, prefill
 from steerjax.vectors.activations import first_blocks, layer_indices, token_position
 from steerjax.vectors.estimators import mean_difference, pca_direction, probe_direction
 from steerjax.vectors.learned import check_options, learn_vectors
@@ -230,7 +230,7 @@ def _contrastive(model, encoded: list[Encoded], idx: list[int], token_index: int
         shd.check_mesh(mesh, cfg)
         params = shd.shard_params(params, cfg, mesh)
     blocks = max(idx) + 1
-    dtype = params["embed"].dtype
+    dtype = param_dtype(params)
     reserved = memory.block_bytes(cfg, dtype) // shd.axis_sizes(mesh)["model"]
     d = shd.data_size(mesh)
 
@@ -288,7 +288,7 @@ def _pair_reads(params, cfg, prompt_ids, prompt_valid, cont_ids, cont_valid, con
     prefix ``[E, TP]``."""
     params, cfg = first_blocks(params, cfg, blocks)
     e, _, tc = cont_ids.shape
-    cache = prefill(params, cfg, prompt_ids, prompt_valid, dtype=params["embed"].dtype)
+    cache = prefill(params, cfg, prompt_ids, prompt_valid, dtype=param_dtype(params))
     flat = lambda x: x.reshape(2 * e, *x.shape[2:])  # noqa: E731 - row 2e + c continues prefix e
     out = forward(params, cfg, flat(cont_ids), positions=flat(cont_pos), valid=flat(cont_valid), prefix=cache,
                   collect_layers=True)
