@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import write_steering_df, xla_flags
+from tests.helpers import subprocess_env, write_steering_df
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIMS = ("curiosity", "humility", "patience", "honesty")
@@ -146,13 +146,10 @@ def setting(chat_model_dir, tmp_path_factory):
     vec = str(tmp / "vector.safetensors")
     rng = np.random.default_rng(0)
     save_vectors(vec, {layer: rng.normal(size=128).astype(np.float32) for layer in (0, 1)})
-    env = dict(os.environ, STEERJAX_DATA=data, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
-               # restarts reuse compiled programs, as a long run on an accelerator would
-               JAX_COMPILATION_CACHE_DIR=str(tmp / "jax-cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               TQDM_DISABLE="1", MPLBACKEND="Agg",
-               USE_TORCH="0")  # transformers would import torch (5 s per start) for the tokenizer alone
-    env["XLA_FLAGS"] = xla_flags()
+    env = subprocess_env(STEERJAX_DATA=data, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                         # restarts reuse compiled programs, as a long run on an accelerator would
+                         JAX_COMPILATION_CACHE_DIR=str(tmp / "jax-cache"),
+                         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", TQDM_DISABLE="1", MPLBACKEND="Agg")
     return chat_model_dir, vec, env
 
 
