@@ -26,9 +26,14 @@ preset is its setting (:data:`steerjax.predictor.sources.STEERBOOST`), the other
    - the feature-set ablation on the same concept folds (``ablation.csv``).
 5. Strength search on unseen concepts and held-out prompts (concept folds x prompt folds): the
    paper's baselines (IGS, CGS, TCGS, IGS-A, IGS-D), guided search with up to R confirming
-   rollouts, and a threshold sweep on P(success), all replayed on the labelled rollouts; success
-   and decoded tokens relative to IGS (``strategies.csv``, ``strategies.png``; per item:
-   ``strategy_items.parquet``).
+   rollouts (``argmax``, ``bisect``, and ``feedback``: argmax's ranking, each failed rollout's
+   judged label pruning the candidates on its side), and a threshold sweep on P(success), all
+   replayed on the labelled rollouts; success and decoded tokens relative to IGS
+   (``strategies.csv``, ``strategies.png``; per item: ``strategy_items.parquet``).
+6. Uncertainty of the target comparisons (``intervals.csv``, ``summary.json``'s ``intervals``):
+   95% percentile intervals from 1000 bootstrap draws of the unseen concepts (seeded): the
+   predictor's macro-F1 minus the best of strength-only and CGS (CV and the paper's headline
+   subset), and each guided setting's success and tokens relative to IGS.
 
     python experiments/steerability_predictor/run.py --preset quick --out runs/steerability-predictor
 
@@ -59,6 +64,10 @@ JUDGES = ("hidden", "embedding", "llm")
 JUDGE_NAMES = {"hidden": "hidden-state", "embedding": "embedding", "llm": "llm"}
 #: the issue's targets
 TARGET_F1, TARGET_MARGIN, TARGET_SUCCESS, TARGET_TOKENS = 0.70, 0.05, 0.90, 0.25
+#: the guided strategies replayed (``feedback`` added in session 21, designed before its one evaluation)
+GUIDED = ("argmax", "bisect", "feedback")
+#: the bootstrap over concepts behind the intervals: draws and coverage (the seed is --seed)
+BOOTSTRAP_DRAWS, BOOTSTRAP_LEVEL = 1000, 0.95
 #: the paper evaluation's headline subset: unseen concepts on every prompt (SteerBoost's OOD rows);
 #: chosen before any run (with 9 prompts the test part is one prompt)
 HEADLINE = ("unseen", "all")
@@ -259,7 +268,7 @@ def evaluate_table(table: pd.DataFrame, summary: dict, preset: dict, args, level
     ev_kw.setdefault("seed", args.seed)
     paper = evaluation.paper_evaluation(table, feature_columns=cols, levels=levels, grid=preset["paper_grid"],
                                         **ev_kw)
-    paper_scores = _with_cgs(paper, table)
+    paper_scores, paper_pred = _with_cgs(paper, table)
     paper.save(os.path.join(out, "paper"))
     paper_scores.to_csv(os.path.join(out, "paper", "scores.csv"), index=False)
     summary["paper"] = paper.summary()
@@ -313,6 +322,13 @@ def evaluate_table(table: pd.DataFrame, summary: dict, preset: dict, args, level
         log(f"the search's predictor uses {search_set!r}: the judge-independent part of {args.feature_set!r}")
     items, strategies = _strategies(table, preset, args.seed, search_set, fit_kw, search)
     items.to_parquet(os.path.join(out, "strategy_items.parquet"), index=False)
+    intervals = _intervals(table, ev, cgs, paper_pred, items, args.seed)
+    intervals.to_csv(os.path.join(out, "intervals.csv"), index=False)
+    summary["intervals"] = {f"{r.evaluation}: {r.quantity}": {"point": _round(r.point), "low": _round(r.low),
+                                                              "high": _round(r.high), "concepts": int(r.concepts)}
+                            for r in intervals.itertuples()}
+    log(f"{BOOTSTRAP_LEVEL:.0%} intervals, {BOOTSTRAP_DRAWS} bootstrap draws of the unseen concepts (seed "
+        f"{args.seed}):\n" + intervals.to_string(index=False))
     strategies.to_csv(os.path.join(out, "strategies.csv"), index=False)
     plots.strategy_tradeoff(strategies, os.path.join(out, "strategies.png"))
     summary["search_feature_set"] = search_set
@@ -550,9 +566,10 @@ def _score_row(name, y, pred) -> dict:
             **{f"f1_{c}": f[c] for c in LABELS}}
 
 
-def _with_cgs(paper, table) -> pd.DataFrame:
+def _with_cgs(paper, table) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The paper evaluation's scores with a CGS row per scored subset (leave-one-prompt-out
-    :func:`steerjax.predictor.evaluation.concept_strength` of the whole table, on the rows scored)."""
+    :func:`steerjax.predictor.evaluation.concept_strength` of the whole table, on the rows scored),
+    and its predictions with a ``cgs`` column."""
     from steerjax.predictor.evaluation import concept_strength
 
     pred = paper.predictions
@@ -568,7 +585,35 @@ def _with_cgs(paper, table) -> pd.DataFrame:
         g = pred[mask]
         rows.append({"concepts": concepts_part, "prompts": prompts_part, "n": len(g),
                      **_score_row("CGS", g["label"].astype(str).to_numpy(), g["cgs"].to_numpy())})
-    return pd.concat([paper.scores, pd.DataFrame(rows)], ignore_index=True)
+    return pd.concat([paper.scores, pd.DataFrame(rows)], ignore_index=True), pred
+
+
+def _intervals(table, ev, cgs, paper_pred, items, seed) -> pd.DataFrame:
+    """The bootstrap intervals over unseen concepts (:data:`BOOTSTRAP_DRAWS`, ``seed``): macro-F1
+    and the predictor's margin over the best of strength-only and CGS in the concept-grouped CV
+    and on the paper evaluation's headline subset; success and tokens relative to IGS of every
+    strategy but the threshold sweep. Columns ``evaluation``, ``quantity``, ``point``, ``low``,
+    ``high``, ``concepts``, ``draws``."""
+    from steerjax.predictor import evaluation, search
+
+    kw = dict(n_draws=BOOTSTRAP_DRAWS, seed=seed, level=BOOTSTRAP_LEVEL)
+    cv_pred = ev.predictions
+    cv = evaluation.bootstrap_f1(table["concept"], table["label"], {
+        "predictor": cv_pred["predicted"], "strength-only": cv_pred["strength_only"], "CGS": cgs}, **kw)
+    c, p = HEADLINE
+    sub = paper_pred[(paper_pred["concepts"] == c).to_numpy() & ((paper_pred["prompts"] == p).to_numpy()
+                                                                 if p != "all" else True)]
+    paper = evaluation.bootstrap_f1(sub["concept"], sub["label"], {
+        "predictor": sub["predicted"], "strength-only": sub["strength_only"], "CGS": sub["cgs"]}, **kw)
+    st = search.bootstrap_strategies(items[items["threshold"].isna()], **kw)
+    rows = [cv.assign(evaluation="cv"), paper.assign(evaluation=f"paper {c}/{p}")]
+    for ratio in ("success_vs_igs", "tokens_vs_igs"):
+        name = st["strategy"] + st["max_rollouts"].map(lambda r: "" if pd.isna(r) else f" R={int(r)}")
+        rows.append(pd.DataFrame({"evaluation": "search", "quantity": name + f" {ratio}", "point": st[ratio],
+                                  "low": st[f"{ratio}_low"], "high": st[f"{ratio}_high"], "concepts": st["concepts"],
+                                  "draws": BOOTSTRAP_DRAWS}))
+    cols = ["evaluation", "quantity", "point", "low", "high", "concepts", "draws"]
+    return pd.concat(rows, ignore_index=True)[cols]
 
 
 def _search_set(feature_set: str) -> str:
@@ -592,8 +637,7 @@ def _strategies(table, preset, seed, feature_set, fit_kw, search):
                                   prompt_folds=preset["prompt_folds"], seed=seed, **fit_kw)
     kw = dict(k=preset["search_k"], max_rollouts=preset["max_rollouts"])
     thresholds = preset["thresholds"] if preset["thresholds"] is not None else search.THRESHOLDS
-    items = search.simulate_strategies(table, proba[list(LABELS)], guided=("argmax", "bisect"), thresholds=thresholds,
-                                       **kw)
+    items = search.simulate_strategies(table, proba[list(LABELS)], guided=GUIDED, thresholds=thresholds, **kw)
     tcgs = []
     for _, cell in proba.groupby(["fold", "prompt_fold"], sort=True):
         test = table.index.isin(cell.index)
@@ -662,10 +706,24 @@ def headline(summary) -> str:
                      f"CGS {summary['paper']['cgs'][part]:.3f}, majority {s['majority']['macro_f1']:.3f}")
     lines.append(f"concept-grouped CV: macro-F1 predictor {cv['predictor']['macro_f1']:.3f}, strength-only "
                  f"{cv['strength-only']['macro_f1']:.3f}, CGS {cv['CGS']['macro_f1']:.3f}")
+    ci = summary.get("intervals", {})
+
+    def span(key):
+        v = ci.get(key)
+        return "" if v is None or v["low"] is None else f" [{v['low']:.3f}, {v['high']:.3f}]"
+
+    for name, label in (("cv", "concept-grouped CV"), (f"paper {key}", f"paper {key}")):
+        margin = f"{name}: predictor - best of strength-only/CGS"
+        if margin in ci:
+            lines.append(f"{label}: predictor minus the best of strength-only and CGS {ci[margin]['point']:+.3f}"
+                         f"{span(margin)} ({BOOTSTRAP_LEVEL:.0%} interval over {ci[margin]['concepts']} concepts)")
+    shown = ("guided-argmax", "guided-feedback", "IGS", "CGS", "TCGS")
     for name, v in summary["strategies"].items():
-        if name.startswith(("guided-argmax", "IGS", "CGS", "TCGS")) and v["success_vs_igs"] is not None:
-            lines.append(f"search {name}: success {v['success_rate']:.3f} ({v['success_vs_igs']:.2f} x IGS), "
-                         f"tokens {v['tokens_vs_igs']:.2f} x IGS")
+        if name.startswith(shown) and v["success_vs_igs"] is not None:
+            q = name.replace("_R", " R=")
+            lines.append(f"search {name}: success {v['success_rate']:.3f} ({v['success_vs_igs']:.2f} x IGS"
+                         f"{span(f'search: {q} success_vs_igs')}), tokens {v['tokens_vs_igs']:.2f} x IGS"
+                         f"{span(f'search: {q} tokens_vs_igs')}")
     lines += [f"target {k}: {'MET' if v is True else 'missed' if v is False else v}"
               for k, v in summary["targets"].items() if k != "headline_replays_judge"]
     return "\n".join(lines)

@@ -513,3 +513,107 @@ def _per_class(y, pred, concepts_part, prompts_part, model) -> list[dict]:
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=list(LABELS), zero_division=np.nan)
     return [{"concepts": concepts_part, "prompts": prompts_part, "model": model, "class": c, "precision": float(p[i]),
              "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i, c in enumerate(LABELS)]
+
+
+# ----------------------------------------------------------------------------- uncertainty over concepts
+
+
+def concept_draws(concepts: Sequence, n_draws: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(names, weights)``: the sorted distinct concepts and, per bootstrap draw, how many times
+    each was drawn (``weights[d, c]``; each draw resamples the concepts with replacement, as many
+    as there are, by ``numpy.random.default_rng(seed)``).
+
+    Raises:
+      PredictorError: fewer than 2 concepts, or ``n_draws < 1``.
+    """
+    names = np.asarray(sorted({str(c) for c in concepts}), dtype=object)
+    if len(names) < 2:
+        raise PredictorError(f"a bootstrap over concepts needs 2 or more concepts, got {len(names)}")
+    if int(n_draws) != n_draws or n_draws < 1:
+        raise PredictorError(f"n_draws must be a positive integer, got {n_draws!r}")
+    picks = np.random.default_rng(seed).integers(0, len(names), size=(int(n_draws), len(names)))
+    weights = np.zeros((int(n_draws), len(names)), np.int64)
+    np.add.at(weights, (np.arange(int(n_draws))[:, None], picks), 1)
+    return names, weights
+
+
+def interval(draws, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of ``draws`` (NaN draws left out; NaNs when all are)."""
+    if not 0 < level < 1:
+        raise PredictorError(f"level must be in (0, 1), got {level}")
+    d = np.asarray(draws, float)
+    d = d[np.isfinite(d)]
+    if not d.size:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(d, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def macro_f1_from_confusion(conf: np.ndarray) -> np.ndarray:
+    """Macro-F1 of confusion counts ``[..., true class, predicted class]`` (the last predicted
+    column may count predictions outside the classes): the mean F1 over the classes present among
+    the true labels, as :func:`steerjax.predictor.classifier.macro_f1`."""
+    conf = np.asarray(conf, float)
+    k = conf.shape[-2]
+    tp = np.diagonal(conf[..., :k], axis1=-2, axis2=-1)
+    support = conf.sum(-1)
+    predicted = conf[..., :k].sum(-2)
+    present = support > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(present, 2 * tp / (support + predicted), 0.0)
+        return f1.sum(-1) / present.sum(-1)
+
+
+def bootstrap_f1(concepts: Sequence, y_true: Sequence, predictions: Mapping[str, Sequence], *,
+                 reference: str = "predictor", baselines: Sequence[str] = ("strength-only", "CGS"),
+                 n_draws: int = 1000, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """Macro-F1 with a bootstrap over concepts: the concepts resampled with replacement (every row
+    of a drawn concept counted as often as it is drawn), the scores recomputed per draw.
+
+    Args:
+      concepts: each row's concept.
+      y_true: each row's label (one of ``LABELS``).
+      predictions: model name -> each row's predicted label; must hold ``reference`` and
+        ``baselines``.
+      reference: the model compared with the baselines.
+      baselines: the comparison is ``reference`` minus the best of these (per draw: the best on
+        that draw's concepts, as the target is stated).
+      n_draws, seed: the draws (:func:`concept_draws`).
+      level: the interval's coverage (percentile interval).
+
+    Returns:
+      One row per model (``quantity`` ``"macro_f1 <model>"``) and one for
+      ``"<reference> - best of <baselines>"``: ``point`` (on all rows), ``low``, ``high``,
+      ``concepts``, ``draws``.
+
+    Raises:
+      PredictorError: lengths that differ, a missing model, fewer than 2 concepts.
+    """
+    concepts = np.asarray([str(c) for c in concepts], dtype=object)
+    y = np.asarray(y_true, dtype=object).astype(str)
+    missing = [m for m in (reference, *baselines) if m not in predictions]
+    if missing:
+        raise PredictorError(f"predictions lack {missing}: give each model's predicted labels")
+    if any(len(v) != len(y) for v in predictions.values()) or len(concepts) != len(y):
+        raise PredictorError("concepts, y_true and every prediction must have one value per row")
+    names, weights = concept_draws(concepts, n_draws, seed)
+    at = {c: i for i, c in enumerate(names)}
+    ci = np.asarray([at[c] for c in concepts])
+    code = {c: i for i, c in enumerate(LABELS)}
+    ti = np.asarray([code.get(v, -1) for v in y])
+    if (ti < 0).any():
+        raise PredictorError(f"unknown true labels {sorted(set(y[ti < 0]))}; expected {LABELS}")
+    point, drawn = {}, {}
+    for name, pred in predictions.items():
+        pi = np.asarray([code.get(str(v), len(LABELS)) for v in pred])  # anything else: a miss of every class
+        conf = np.zeros((len(names), len(LABELS), len(LABELS) + 1))
+        np.add.at(conf, (ci, ti, pi), 1.0)
+        point[name] = float(macro_f1_from_confusion(conf.sum(0)))
+        drawn[name] = macro_f1_from_confusion(np.einsum("dc,ctp->dtp", weights, conf))
+    rows = [{"quantity": f"macro_f1 {m}", "point": point[m], "draws": drawn[m]} for m in predictions]
+    rows.append({"quantity": f"{reference} - best of {'/'.join(baselines)}",
+                 "point": point[reference] - max(point[b] for b in baselines),
+                 "draws": drawn[reference] - np.max([drawn[b] for b in baselines], axis=0)})
+    return pd.DataFrame([{"quantity": r["quantity"], "point": r["point"],
+                          **dict(zip(("low", "high"), interval(r["draws"], level))),
+                          "concepts": len(names), "draws": int(n_draws)} for r in rows])

@@ -14,6 +14,11 @@ Strategies (:func:`choose_strength`):
 * ``bisect``: candidates sorted by strength; predicted under-steer moves up, over-steer moves
   down, success stops; ``ceil(log2(n)) + 1`` evaluations at most. The chosen strength is the
   evaluated one with the highest predicted success probability.
+* ``feedback``: scored and ranked as ``argmax``, but the confirming rollouts feed back
+  (:func:`confirm_ranked`): a judged under-steer at ``s`` removes every remaining candidate
+  ``<= s``, a judged over-steer at ``s`` every one ``>= s`` (the monotone order of strength that
+  IGS-A / IGS-D exploit), and the next rollout is the best-ranked candidate left. With one
+  rollout, or when the first confirmation succeeds, it is ``argmax``.
 
 Decoded tokens are counted as: guided, ``k`` per evaluated candidate plus the confirming
 rollouts; grid, ``max_new_tokens`` per candidate. Neither counts the prompt's unsteered rollout,
@@ -47,7 +52,9 @@ from steerjax.predictor.classifier import (
 from steerjax.predictor.features import DEFAULT_FEATURE_SET
 from steerjax.predictor.judge import LABELS
 
-STRATEGIES = ("argmax", "bisect")
+STRATEGIES = ("argmax", "bisect", "feedback")
+#: the strategies whose confirming rollouts prune the remaining candidates (:func:`confirm_ranked`)
+PRUNING = ("feedback",)
 
 
 def choose_strength(strengths: Sequence[float], proba: pd.DataFrame, strategy: str = "argmax"):
@@ -88,7 +95,7 @@ def _search(strengths, predict, strategy):
             seen[i] = row
         return [seen[i] for i in idx]
 
-    if strategy == "argmax":
+    if strategy in ("argmax", "feedback"):
         ask(range(len(s)))
     else:
         lo, hi = 0, len(s) - 1
@@ -106,6 +113,42 @@ def _search(strengths, predict, strategy):
     return [s[i] for i in ranking], [s[i] for i in seen]
 
 
+def confirm_ranked(ranking: Sequence[float], label_of, max_rollouts: int, *, prune: bool = False) -> list:
+    """Confirm ranked candidates with full rollouts, in turn, until one succeeds.
+
+    Args:
+      ranking: candidate strengths, best first (:func:`rank_strengths`).
+      label_of: ``label_of(strength)`` decodes (or looks up) the rollout at ``strength`` and returns
+        its judged label (one of ``LABELS``), or None when there is no judge (no further rollout).
+      max_rollouts: at most this many rollouts.
+      prune: the ``feedback`` strategy: an ``under-steer`` at ``s`` removes every remaining
+        candidate ``<= s``, an ``over-steer`` at ``s`` every one ``>= s`` (strength is assumed
+        monotone: a weaker push under-steers too, a stronger one over-steers too); the next rollout
+        is the best-ranked candidate left, and none left ends the search early.
+
+    Returns:
+      ``[(strength, label), ...]`` in the order decoded; it ends at the first ``success`` (or
+      None label), after ``max_rollouts``, or when no candidate is left.
+    """
+    max_rollouts = _check_rollouts(max_rollouts)
+    lo, hi = -np.inf, np.inf  # with pruning, the candidates left are those strictly between
+    tried = []
+    for s in ranking:
+        if len(tried) >= max_rollouts:
+            break
+        if not lo < s < hi:
+            continue
+        label = label_of(s)
+        tried.append((s, label))
+        if label is None or label == "success":
+            break
+        if prune and label == "under-steer":
+            lo = max(lo, s)
+        elif prune and label == "over-steer":
+            hi = min(hi, s)
+    return tried
+
+
 def _check_rollouts(max_rollouts) -> int:
     if int(max_rollouts) != max_rollouts or max_rollouts < 1:
         raise PredictorError(f"max_rollouts must be a positive integer, got {max_rollouts!r}")
@@ -120,7 +163,8 @@ def simulate(features: pd.DataFrame, predictor: SteerabilityPredictor | None, *,
     ``features`` holds every candidate strength of each (prompt, concept) with its features and
     judge label (the testbed's rollouts are greedy, so a confirming rollout at a strength is the
     testbed's rollout at that strength). Guided search confirms the ranked candidates in order,
-    at most ``max_rollouts`` of them, and stops at the first success. Columns of the result:
+    at most ``max_rollouts`` of them, and stops at the first success (``feedback`` skips those its
+    judged rollouts pruned: :func:`confirm_ranked`). Columns of the result:
     ``chosen_strength`` (the first success, else the top-ranked one), ``n_rollouts``,
     ``guided_success``, ``grid_success`` (some candidate succeeds), token counts
     ``guided_tokens``, ``grid_tokens`` (every candidate decoded) and ``sequential_tokens`` (grid
@@ -137,7 +181,7 @@ def simulate(features: pd.DataFrame, predictor: SteerabilityPredictor | None, *,
         g = g.sort_values("strength")
         ranking, evaluated = rank_strengths(g["strength"].to_numpy(), proba.loc[g.index], strategy)
         label_at = dict(zip(g["strength"].to_numpy().tolist(), g[label_col].astype(str)))
-        tried = ranking[:max_rollouts]
+        tried = [x for x, _ in confirm_ranked(ranking, label_at.get, max_rollouts, prune=strategy in PRUNING)]
         ok = [label_at[x] == "success" for x in tried]
         n_roll = ok.index(True) + 1 if any(ok) else len(tried)
         hit = np.flatnonzero(g[label_col].astype(str).to_numpy() == "success")
@@ -296,6 +340,10 @@ def simulate_strategies(table: pd.DataFrame, proba: pd.DataFrame | None = None, 
       scores every candidate: the paper's ranked search by P(success), ``setting4_ours_ranked``),
       then up to ``R`` rollouts down the ranking, stopping at the first success (``evaluate_topk``),
       for each ``R`` in ``max_rollouts``.
+    * ``guided-feedback``: argmax's scores and ranking, but each failed rollout's judged label (the
+      item's labelled row at that strength) prunes the candidates: under-steer at ``s`` removes
+      those ``<= s``, over-steer those ``>= s``; the next rollout is the best-ranked one left
+      (:func:`confirm_ranked`; not in the reference).
     * ``threshold-ranked``: every candidate scored; of the top ``R`` by P(success), only those with
       P(success) >= ``t`` are decoded, best first, stopping at the first success; none passing
       means no rollout and a failure (``evaluate_threshold_sweep``; "accept the best").
@@ -389,8 +437,14 @@ def simulate_strategies(table: pd.DataFrame, proba: pd.DataFrame | None = None, 
             for strategy in guided:
                 ranking, scored = rank_strengths(s, p, strategy)
                 order = np.searchsorted(s, ranking)
-                mine += [{**_decode(s, ok, tok, order[:r], early=k * len(scored)), "strategy": f"guided-{strategy}",
-                          "max_rollouts": r} for r in budgets]
+                if strategy in PRUNING:
+                    label_at = dict(zip(s.tolist(), item[label_col].astype(str)))
+                    decoded = [np.searchsorted(s, [x for x, _ in confirm_ranked(ranking, label_at.get, r, prune=True)])
+                               for r in budgets]
+                else:
+                    decoded = [order[:r] for r in budgets]
+                mine += [{**_decode(s, ok, tok, d, early=k * len(scored)), "strategy": f"guided-{strategy}",
+                          "max_rollouts": r} for d, r in zip(decoded, budgets)]
             p_ok = p["success"].to_numpy(float)
             for o in orders:
                 sweep = _ranked_sweep if o == "ranked" else _ascending_sweep
@@ -639,6 +693,60 @@ def compare_strategies(items: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns="_o").reset_index(drop=True)
 
 
+def bootstrap_strategies(items: pd.DataFrame, *, n_draws: int = 1000, seed: int = 0,
+                         level: float = 0.95) -> pd.DataFrame:
+    """:func:`compare_strategies`'s figures relative to IGS with a bootstrap over concepts.
+
+    Within each group the concepts are resampled with replacement (every item of a drawn concept
+    counted as often as it is drawn; the same draws for every strategy, so they stay paired), and
+    ``success_vs_igs`` and ``tokens_vs_igs`` recomputed per draw on the covered items, as
+    :func:`compare_strategies` computes them.
+
+    Args:
+      items: a :func:`simulate_strategies` table (e.g. without the threshold rows, to keep it short).
+      n_draws, seed: the draws (:func:`steerjax.predictor.evaluation.concept_draws`).
+      level: the intervals' coverage (percentile intervals).
+
+    Returns:
+      One row per (``group``, ``strategy``, ``max_rollouts``, ``threshold``): ``concepts``,
+      ``success_vs_igs`` and ``tokens_vs_igs`` (the point figures, on every item) with
+      ``success_vs_igs_low`` / ``_high`` and ``tokens_vs_igs_low`` / ``_high``.
+
+    Raises:
+      PredictorError: not a :func:`simulate_strategies` table, no IGS rows, a group with fewer
+        than 2 concepts.
+    """
+    from steerjax.predictor.evaluation import concept_draws, interval
+
+    need = {"group", "prompt_id", "concept", "strategy", "max_rollouts", "threshold", "covered", "success", "tokens"}
+    if need - set(items.columns):
+        raise PredictorError(f"not a simulate_strategies table: lacks {sorted(need - set(items.columns))}")
+    key = ["group", "prompt_id", "concept"]
+    igs = items[items["strategy"] == "IGS"].set_index(key)[["success", "tokens"]]
+    if igs.empty:
+        raise PredictorError("the items have no IGS rows: relative figures are against IGS")
+    out = []
+    for grp, g in items.groupby("group", sort=False):
+        names, weights = concept_draws(g["concept"], n_draws, seed)
+        cov = g[g["covered"]]
+        ref = igs.reindex(pd.MultiIndex.from_frame(cov[key])).to_numpy(float)
+        cov = cov.assign(_ok=cov["success"].astype(float), _tok=cov["tokens"].astype(float), _ref_ok=ref[:, 0],
+                         _ref_tok=ref[:, 1])
+        for (strategy, r, t), s in g.groupby(["strategy", "max_rollouts", "threshold"], sort=False, dropna=False):
+            c = cov.loc[cov.index.intersection(s.index)]
+            sums = c.groupby("concept")[["_ok", "_tok", "_ref_ok", "_ref_tok"]].sum().reindex(names, fill_value=0.0)
+            total, drawn = sums.sum().to_numpy(), weights @ sums.to_numpy()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratios = {"success_vs_igs": (total[0] / total[2], drawn[:, 0] / drawn[:, 2]),
+                          "tokens_vs_igs": (total[1] / total[3], drawn[:, 1] / drawn[:, 3])}
+            row = {"group": grp, "strategy": strategy, "max_rollouts": r, "threshold": t, "concepts": len(names)}
+            for name, (point, d) in ratios.items():
+                lo, hi = interval(d, level)
+                row.update({name: float(point), f"{name}_low": lo, f"{name}_high": hi})
+            out.append(row)
+    return pd.DataFrame(out)
+
+
 def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept, strengths: Sequence[float], *,
                   layer: int, max_new_tokens: int, strategy: str = "argmax", max_rollouts: int = 1, steps=None,
                   judge=None, calibration: pd.DataFrame | None = None, positions: str = "all",
@@ -652,7 +760,8 @@ def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept,
     rows: the judge's thresholds and concept-score units come from their spread, which one
     prompt's unsteered rollout cannot give), and with
     ``max_rollouts > 1`` (which needs the judge) a rollout the judge does not call a success is
-    followed by one at the next-ranked strength, up to ``max_rollouts``. Returns the chosen
+    followed by one at the next-ranked strength, up to ``max_rollouts`` (with ``feedback``, the
+    next-ranked one its judged labels have not pruned: :func:`confirm_ranked`). Returns the chosen
     strength (the first success, else the top-ranked one), the evaluated candidates with their
     predictions, every confirming rollout (``tried``), the chosen rollout's text and label (or
     None), ``decoded_tokens`` counted as :func:`simulate` counts them (``k`` per evaluated
@@ -684,7 +793,9 @@ def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept,
 
     ranking, evaluated = _search(cands, predict, strategy)
     tried, reference = [], 0
-    for strength in ranking[:max_rollouts]:
+
+    def confirm(strength):
+        nonlocal reference
         roll = rollouts(model, [prompt], [concept], [strength], layer=layer, max_new_tokens=max_new_tokens,
                         seed=seed, positions=positions, progress=False)
         steered = roll[roll["concept"] != "none"].iloc[0]
@@ -696,8 +807,9 @@ def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept,
             label = str(scores.loc[steered.name, "label"])
         tried.append({"strength": strength, "label": label, "text": steered["text"],
                       "n_tokens": int(steered["n_tokens"])})
-        if label in (None, "success"):
-            break
+        return label
+
+    confirm_ranked(ranking, confirm, max_rollouts, prune=strategy in PRUNING)
     best = next((t for t in tried if t["label"] == "success"), tried[0])
     return {
         "strength": best["strength"], "evaluated": evaluated, "label": best["label"], "text": best["text"],
