@@ -93,14 +93,26 @@ def test_steerability_predictor_experiment_smoke(tmp_path, capsys, monkeypatch):
     # strategies on unseen concepts x held-out prompts, relative to IGS
     st = pd.read_csv(out / "strategies.csv")
     items = p["prompts"] * p["concepts"]
-    assert {"IGS", "CGS", "TCGS", "IGS-A", "IGS-D", "guided-argmax", "guided-bisect", "threshold-ranked"} <= set(
-        st["strategy"])
+    assert {"IGS", "CGS", "TCGS", "IGS-A", "IGS-D", "guided-argmax", "guided-bisect", "guided-feedback",
+            "threshold-ranked"} <= set(st["strategy"])
     assert st.loc[st["strategy"] != "TCGS", "items"].eq(items).all() and st["items"].le(items).all()
     igs = st[st["strategy"] == "IGS"].iloc[0]
     assert igs["success_vs_igs"] in (1.0,) or np.isnan(igs["success_vs_igs"])
     assert igs["tokens_vs_igs"] == 1.0
     guided = st[st["strategy"] == "guided-argmax"]
     assert sorted(guided["max_rollouts"]) == p["max_rollouts"] and guided["tokens_vs_igs"].lt(1).all()
+    # bootstrap intervals over concepts: the CV margin and every guided setting (the smoke preset's
+    # paper split has one unseen concept: nothing to resample there)
+    iv = pd.read_csv(out / "intervals.csv")
+    assert set(iv["evaluation"]) == {"cv", "search"} and (iv["draws"] == 1000).all()
+    margin = iv[(iv["evaluation"] == "cv") & (iv["quantity"] == "predictor - best of strength-only/CGS")].iloc[0]
+    cv_scores = scores.set_index("model")["macro_f1"]
+    assert margin["point"] == pytest.approx(cv_scores["predictor"] - max(cv_scores["strength-only"], cv_scores["CGS"]))
+    assert margin["low"] <= margin["high"] and margin["concepts"] == p["concepts"]
+    for r in p["max_rollouts"]:
+        for ratio in ("success_vs_igs", "tokens_vs_igs"):
+            q = iv[iv["quantity"] == f"guided-feedback R={r} {ratio}"]
+            assert len(q) == 1 and summary["intervals"][f"search: guided-feedback R={r} {ratio}"]["concepts"] == 4
     for png in ("confusion", "importance", "importance_layer_step", "labels_by_strength", "f1_by_step",
                 "strategies"):
         assert os.path.getsize(out / f"{png}.png") > 5000
@@ -117,7 +129,7 @@ def test_steerability_predictor_experiment_smoke(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(steerjax, "load_model", refuse)
     again = main(["--preset", "smoke", "--reuse-features", str(out), "--out", str(tmp_path / "again"), *model])
     assert again["reused_features"] == str(out) and again["label_shares"] == summary["label_shares"]
-    for key in ("paper", "evaluation", "ablation", "strategies", "targets"):  # as JSON: NaN equals NaN
+    for key in ("paper", "evaluation", "ablation", "strategies", "targets", "intervals"):  # as JSON: NaN equals NaN
         assert json.dumps(again[key], sort_keys=True, default=str) == json.dumps(summary[key], sort_keys=True,
                                                                                  default=str), key
     with pytest.raises(steerjax.errors.RunConfigError, match="other seed"):

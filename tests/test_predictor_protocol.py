@@ -470,3 +470,52 @@ def test_label_and_featurize_reads_raw_alphas_at_their_multipliers(tinystories):
     cols = [c for c in classifier.feature_columns_of(data) if c != "strength"]
     np.testing.assert_allclose(data[cols].to_numpy(np.float64), ref[cols].to_numpy(np.float64), rtol=1e-5, atol=1e-6)
     assert data.label.tolist() == ref.label.tolist()
+
+
+# ----------------------------------------------------------------------------- bootstrap over concepts
+
+
+def test_macro_f1_from_confusion_matches_the_classifier():
+    from steerjax.predictor.evaluation import macro_f1_from_confusion
+
+    rng = np.random.default_rng(0)
+    for present in (LABELS, LABELS[:2]):  # all classes, and one absent from the true labels
+        y = rng.choice(present, 60)
+        pred = rng.choice(list(LABELS) + ["other"], 60)
+        conf = np.zeros((3, 4))
+        for a, b in zip(y, pred):
+            conf[LABELS.index(a), LABELS.index(b) if b in LABELS else 3] += 1
+        assert macro_f1_from_confusion(conf) == pytest.approx(classifier.macro_f1(y, pred))
+
+
+def test_bootstrap_f1_by_hand_and_bad_input():
+    from steerjax.predictor.evaluation import bootstrap_f1, concept_draws
+
+    u, s, o = LABELS
+    # concept A predicted perfectly, concept B always under-steer. Draws {A, A}: macro-F1 1;
+    # {A, B}: 2/3 (under-steer 2 * 2 / (2 + 4), the others 2 * 1 / (2 + 1)); {B, B}: (2 / (1 + 3)) / 3 = 1/6
+    concepts = ["A"] * 3 + ["B"] * 3
+    y = [u, s, o] * 2
+    preds = {"predictor": [u, s, o, u, u, u], "strength-only": [u] * 6}
+    got = bootstrap_f1(concepts, y, preds, baselines=("strength-only",), n_draws=1000, seed=0).set_index("quantity")
+    row = got.loc["macro_f1 predictor"]
+    assert row["point"] == pytest.approx(classifier.macro_f1(y, preds["predictor"])) == pytest.approx(2 / 3)
+    assert row["low"] == pytest.approx(1 / 6) and row["high"] == pytest.approx(1.0)  # {B,B}, {A,A}: 1/4 each
+    margin = got.loc["predictor - best of strength-only"]
+    base = classifier.macro_f1(y, preds["strength-only"])
+    assert margin["point"] == pytest.approx(2 / 3 - base)
+    assert margin["low"] <= margin["point"] <= margin["high"] and (got["concepts"] == 2).all()
+    again = bootstrap_f1(concepts, y, preds, baselines=("strength-only",), n_draws=1000, seed=0)
+    pd.testing.assert_frame_equal(got.reset_index(), again)  # seeded
+    names, weights = concept_draws(concepts, 7, seed=1)
+    assert list(names) == ["A", "B"] and weights.shape == (7, 2) and (weights.sum(1) == 2).all()
+    with pytest.raises(PredictorError, match="lack \\['CGS'\\]"):
+        bootstrap_f1(concepts, y, preds)
+    with pytest.raises(PredictorError, match="one value per row"):
+        bootstrap_f1(concepts[:5], y, preds, baselines=("strength-only",))
+    with pytest.raises(PredictorError, match="2 or more concepts"):
+        bootstrap_f1(["A"] * 6, y, preds, baselines=("strength-only",))
+    with pytest.raises(PredictorError, match="unknown true labels"):
+        bootstrap_f1(concepts, ["good"] * 6, preds, baselines=("strength-only",))
+    with pytest.raises(PredictorError, match="n_draws"):
+        concept_draws(concepts, 0)

@@ -178,7 +178,7 @@ def test_guided_matches_simulate_and_sweeps_are_monotone():
     summary = search.compare_strategies(items)
     sweep = summary[(summary["strategy"] == "threshold-ranked") & (summary["max_rollouts"] == 3)]
     assert (np.diff(sweep.sort_values("threshold")["success_rate"]) <= 0).all()
-    assert len(summary) == 5 + 2 * 3 + 2 * 3 * len(ts)
+    assert len(summary) == 5 + len(search.STRATEGIES) * 3 + 2 * 3 * len(ts)
 
 
 def test_relative_to_igs_counts_the_same_items():
@@ -325,3 +325,175 @@ def test_pareto_front_and_tradeoff_plot(tmp_path):
                                        thresholds=(0.0, 0.5))
     path = plots.strategy_tradeoff(search.compare_strategies(items), tmp_path / "tradeoff.png")
     assert (tmp_path / "tradeoff.png").stat().st_size > 1000 and path.endswith("tradeoff.png")
+
+
+# ----------------------------------------------------------------------------- feedback-pruned guided search
+
+FB_GRID = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def _fb_item(labels, p_success, tokens=(10, 20, 30, 40, 50)):
+    t = pd.DataFrame({"prompt_id": 0, "concept": "c", "strength": FB_GRID, "label": labels, "n_tokens": tokens})
+    p = np.asarray(p_success, float)
+    return t, pd.DataFrame({U: 1 - p, S: p, OV: 0.0}, index=t.index)
+
+
+def test_feedback_prunes_by_the_strength_order():
+    # labels 1 U, 2 U, 4 S, 8 O, 16 O; ranking by P(success): 8, 16, 2, 1, 4
+    t, proba = _fb_item([U, U, S, OV, OV], [0.3, 0.5, 0.1, 0.7, 0.6])
+    items = search.simulate_strategies(t, proba, k=2, max_rollouts=(1, 2, 3, 5), guided=("argmax", "feedback"),
+                                       thresholds=())
+
+    def row(strategy, r):
+        return tuple(_pick(items, strategy=strategy, max_rollouts=float(r))[["success", "rollouts", "strength",
+                                                                              "tokens"]])
+
+    # argmax goes down the ranking: 8 O, 16 O, 2 U, 1 U, 4 S (5 x 2 early tokens + 40 + 50 + 20 + 10 + 30)
+    assert row("guided-argmax", 3) == (False, 3, 2.0, 10 + 40 + 50 + 20)
+    assert row("guided-argmax", 5) == (True, 5, 4.0, 10 + 150)
+    # feedback: 8 O removes 16; 2 U removes 1 and 2; 4 is all that is left: S (10 + 40 + 20 + 30)
+    assert row("guided-feedback", 2) == (False, 2, 2.0, 10 + 40 + 20)
+    assert row("guided-feedback", 3) == (True, 3, 4.0, 100)
+    assert row("guided-feedback", 5) == (True, 3, 4.0, 100)
+    label_at = dict(zip(FB_GRID, t["label"]))
+    ranking, _ = search.rank_strengths(FB_GRID, proba, "feedback")
+    assert ranking == [8.0, 16.0, 2.0, 1.0, 4.0]
+    assert search.confirm_ranked(ranking, label_at.get, 5, prune=True) == [(8.0, OV), (2.0, U), (4.0, S)]
+    assert [s for s, _ in search.confirm_ranked(ranking, label_at.get, 5)] == ranking  # no pruning: argmax's
+    # simulate() (the older per-strategy replay) agrees
+    sim = search.simulate(t, None, strategy="feedback", k=2, max_new_tokens=24, max_rollouts=5, proba=proba).iloc[0]
+    assert sim["guided_success"] and sim["n_rollouts"] == 3 and sim["chosen_strength"] == 4.0
+    assert sim["guided_tokens"] == 5 * 2 + 3 * 24
+
+    # labels that break the monotone order: pruning can remove the success, and the search ends
+    # early when nothing is left. 1 U, 2 O, 4 U, 8 S, 16 O; ranking 2, 4, 8, 1, 16
+    t2, proba2 = _fb_item([U, OV, U, S, OV], [0.5, 0.9, 0.8, 0.7, 0.1])
+    items2 = search.simulate_strategies(t2, proba2, k=2, max_rollouts=(5,), guided=("argmax", "feedback"),
+                                        thresholds=())
+    # argmax: 2 O, 4 U, 8 S. feedback: 2 O removes 4, 8, 16; 1 U removes 1: nothing left after 2 rollouts
+    assert tuple(_pick(items2, strategy="guided-argmax")[["success", "rollouts"]]) == (True, 3)
+    assert tuple(_pick(items2, strategy="guided-feedback")[["success", "rollouts", "strength", "tokens"]]) == (
+        False, 2, 1.0, 10 + 20 + 10)
+
+
+def test_feedback_equals_argmax_at_one_rollout_and_after_a_first_success():
+    rng = np.random.default_rng(3)
+    rows = [{"prompt_id": p, "concept": f"c{c}", "strength": s, "label": rng.choice(LABELS), "n_tokens": 20 + p}
+            for c in range(5) for p in range(6) for s in FB_GRID]
+    t = pd.DataFrame(rows)
+    proba = pd.DataFrame(rng.dirichlet(np.ones(3), len(t)), columns=list(LABELS), index=t.index)
+    items = search.simulate_strategies(t, proba, k=1, max_rollouts=(1, 2, 3, 5), guided=("argmax", "feedback"),
+                                       thresholds=())
+    key = ["prompt_id", "concept", "max_rollouts"]
+    cols = ["success", "rollouts", "strength", "tokens"]
+    arg = items[items["strategy"] == "guided-argmax"].set_index(key).sort_index()
+    fb = items[items["strategy"] == "guided-feedback"].set_index(key).sort_index()
+    one = arg.index.get_level_values("max_rollouts") == 1
+    pd.testing.assert_frame_equal(fb.loc[one, cols], arg.loc[one, cols])  # R = 1: the same rollout
+    first = arg.loc[one & arg["success"].to_numpy()].droplevel("max_rollouts").index
+    assert len(first)  # items whose top-ranked strength succeeds: every budget stops there, pruned or not
+    same = arg.index.droplevel("max_rollouts").isin(first)
+    pd.testing.assert_frame_equal(fb.loc[same, cols], arg.loc[same, cols])
+    # elsewhere pruning changes what is decoded (these random labels are not monotone in strength)
+    assert (fb["rollouts"] != arg["rollouts"]).any() and (fb["success"] != arg["success"]).any()
+
+    # labels monotone in strength (under-steer, then success, then over-steer): the pruned strengths
+    # would have failed, so feedback decodes argmax's sequence without them: as many successes or more
+    # at every budget, and at the full budget no more rollouts
+    cut = np.sort(rng.integers(0, len(FB_GRID) + 1, size=(len(t) // len(FB_GRID), 2)), axis=1)
+    pos = np.tile(np.arange(len(FB_GRID)), len(cut))
+    lo, hi = np.repeat(cut[:, 0], len(FB_GRID)), np.repeat(cut[:, 1], len(FB_GRID))
+    mono = t.assign(label=np.where(pos < lo, U, np.where(pos < hi, S, OV)))
+    items = search.simulate_strategies(mono, proba, k=1, max_rollouts=(1, 2, 3, 5), guided=("argmax", "feedback"),
+                                       thresholds=())
+    arg = items[items["strategy"] == "guided-argmax"].set_index(key).sort_index()
+    fb = items[items["strategy"] == "guided-feedback"].set_index(key).sort_index()
+    assert (fb["success"].astype(int) >= arg["success"].astype(int)).all()
+    assert (fb["success"] & ~arg["success"]).any()
+    full = fb.index.get_level_values("max_rollouts") == len(FB_GRID)
+    assert (fb.loc[full, "success"] == arg.loc[full, "success"]).all()
+    assert (fb.loc[full, "rollouts"] <= arg.loc[full, "rollouts"]).all()
+    assert (fb.loc[full, "rollouts"] < arg.loc[full, "rollouts"]).any()
+
+
+def test_guided_search_live_feedback_prunes_with_the_judges_labels(monkeypatch):
+    # the live search with stand-ins for the model: early features (the strength itself), rollouts
+    # (n_tokens = 10 x strength) and a judge that labels by strength as the hand-built item does
+    from steerjax.predictor import features, testbed
+
+    p_success = dict(zip(FB_GRID, [0.3, 0.5, 0.1, 0.7, 0.6]))  # ranking 8, 16, 2, 1, 4
+    label_at = dict(zip(FB_GRID, [U, U, S, OV, OV]))
+    decoded = []
+
+    def early(model, prompts, concepts, strengths, **kw):
+        return pd.DataFrame({"strength": strengths, "x_k1": strengths}), None
+
+    def rollouts(model, prompts, concepts, strengths, **kw):
+        (s,) = strengths
+        decoded.append(s)
+        return pd.DataFrame({"prompt_id": 0, "prompt": "p", "concept": ["none", "c"], "strength": [0.0, s],
+                             "text": ["plain", f"steered {s}"], "tokens": [[1], [2]], "n_tokens": [7, int(10 * s)]})
+
+    class Predictor:
+        feature_columns = ["strength", "x_k1"]
+
+        def predict_proba(self, feats):
+            p = feats["strength"].map(p_success).to_numpy()
+            return pd.DataFrame({U: 1 - p, S: p, OV: 0.0}, index=feats.index)
+
+    def judge(table):
+        steered = table[table["concept"] != "none"]
+        return pd.DataFrame({"label": [label_at[s] for s in steered["strength"]]}, index=steered.index), None
+
+    monkeypatch.setattr(features, "early_features", early)
+    monkeypatch.setattr(testbed, "rollouts", rollouts)
+    calibration = pd.DataFrame({"prompt_id": [0, 1], "prompt": ["a", "b"], "concept": "none", "strength": 0.0,
+                                "text": ["x", "y"], "tokens": [[1], [2]], "n_tokens": 3})
+    kw = dict(layer=0, max_new_tokens=24, judge=judge, calibration=calibration, max_rollouts=5)
+    got = search.guided_search(None, Predictor(), "p", "c", FB_GRID, strategy="feedback", **kw)
+    assert decoded == [8.0, 2.0, 4.0]
+    assert [(r["strength"], r["label"]) for r in got["tried"]] == [(8.0, OV), (2.0, U), (4.0, S)]
+    assert got["strength"] == 4.0 and got["label"] == S
+    assert got["decoded_tokens"] == 5 * 1 + 80 + 20 + 40  # one early token per candidate, then the rollouts
+    decoded.clear()
+    arg = search.guided_search(None, Predictor(), "p", "c", FB_GRID, strategy="argmax", **kw)
+    assert decoded == [8.0, 16.0, 2.0, 1.0, 4.0] and arg["strength"] == 4.0
+    decoded.clear()
+    one = search.guided_search(None, Predictor(), "p", "c", FB_GRID, strategy="feedback", **{**kw, "max_rollouts": 1})
+    assert decoded == [8.0] and one["strength"] == 8.0 and one["label"] == OV
+
+
+# ----------------------------------------------------------------------------- bootstrap over concepts
+
+
+def test_bootstrap_strategies_points_and_intervals():
+    rng = np.random.default_rng(1)
+    rows = [{"prompt_id": p, "concept": f"c{c}", "strength": s, "label": rng.choice(LABELS, p=(0.4, 0.3, 0.3)),
+             "n_tokens": 20} for c in range(8) for p in range(4) for s in FB_GRID]
+    t = pd.DataFrame(rows)
+    proba = pd.DataFrame(rng.dirichlet(np.ones(3), len(t)), columns=list(LABELS), index=t.index)
+    items = search.simulate_strategies(t, proba, k=1, max_rollouts=(1, 3), guided=search.STRATEGIES, thresholds=())
+    boot = search.bootstrap_strategies(items, n_draws=200, seed=0)
+    summary = search.compare_strategies(items)
+    key = ["strategy", "max_rollouts"]
+    merged = summary.merge(boot, on=key, suffixes=("", "_boot"))
+    assert len(merged) == len(summary) == len(boot)
+    np.testing.assert_allclose(merged["success_vs_igs_boot"], merged["success_vs_igs"], equal_nan=True)
+    np.testing.assert_allclose(merged["tokens_vs_igs_boot"], merged["tokens_vs_igs"], equal_nan=True)
+    igs = boot.set_index("strategy").loc["IGS"]
+    assert igs["success_vs_igs_low"] == igs["success_vs_igs_high"] == 1.0  # IGS against itself
+    guided = boot[boot["strategy"].str.startswith("guided")]
+    assert (guided["success_vs_igs_low"] <= guided["success_vs_igs"]).all()
+    assert (guided["success_vs_igs"] <= guided["success_vs_igs_high"]).all()
+    assert (guided["success_vs_igs_high"] > guided["success_vs_igs_low"]).any()
+    assert (boot["concepts"] == 8).all()
+    pd.testing.assert_frame_equal(boot, search.bootstrap_strategies(items, n_draws=200, seed=0))  # seeded
+    # every concept alike: every draw is the same, so is the interval
+    same = items.assign(concept="c0").drop_duplicates(["prompt_id", "concept", "strategy", "max_rollouts"])
+    same = pd.concat([same, same.assign(concept="c1")], ignore_index=True)
+    flat = search.bootstrap_strategies(same, n_draws=50)
+    np.testing.assert_allclose(flat["tokens_vs_igs_low"], flat["tokens_vs_igs_high"])
+    with pytest.raises(classifier.PredictorError, match="2 or more concepts"):
+        search.bootstrap_strategies(items[items["concept"] == "c0"])
+    with pytest.raises(classifier.PredictorError, match="no IGS rows"):
+        search.bootstrap_strategies(items[items["strategy"] != "IGS"])

@@ -591,9 +591,9 @@ def _with_cgs(paper, table) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _intervals(table, ev, cgs, paper_pred, items, seed) -> pd.DataFrame:
     """The bootstrap intervals over unseen concepts (:data:`BOOTSTRAP_DRAWS`, ``seed``): macro-F1
     and the predictor's margin over the best of strength-only and CGS in the concept-grouped CV
-    and on the paper evaluation's headline subset; success and tokens relative to IGS of every
-    strategy but the threshold sweep. Columns ``evaluation``, ``quantity``, ``point``, ``low``,
-    ``high``, ``concepts``, ``draws``."""
+    and on the paper evaluation's headline subset (when it has 2 or more concepts); success and
+    tokens relative to IGS of every strategy but the threshold sweep. Columns ``evaluation``,
+    ``quantity``, ``point``, ``low``, ``high``, ``concepts``, ``draws``."""
     from steerjax.predictor import evaluation, search
 
     kw = dict(n_draws=BOOTSTRAP_DRAWS, seed=seed, level=BOOTSTRAP_LEVEL)
@@ -603,10 +603,12 @@ def _intervals(table, ev, cgs, paper_pred, items, seed) -> pd.DataFrame:
     c, p = HEADLINE
     sub = paper_pred[(paper_pred["concepts"] == c).to_numpy() & ((paper_pred["prompts"] == p).to_numpy()
                                                                  if p != "all" else True)]
-    paper = evaluation.bootstrap_f1(sub["concept"], sub["label"], {
-        "predictor": sub["predicted"], "strength-only": sub["strength_only"], "CGS": sub["cgs"]}, **kw)
+    rows = [cv.assign(evaluation="cv")]
+    if sub["concept"].nunique() >= 2:  # one unseen concept (the smoke preset) has nothing to resample
+        paper = evaluation.bootstrap_f1(sub["concept"], sub["label"], {
+            "predictor": sub["predicted"], "strength-only": sub["strength_only"], "CGS": sub["cgs"]}, **kw)
+        rows.append(paper.assign(evaluation=f"paper {c}/{p}"))
     st = search.bootstrap_strategies(items[items["threshold"].isna()], **kw)
-    rows = [cv.assign(evaluation="cv"), paper.assign(evaluation=f"paper {c}/{p}")]
     for ratio in ("success_vs_igs", "tokens_vs_igs"):
         name = st["strategy"] + st["max_rollouts"].map(lambda r: "" if pd.isna(r) else f" R={int(r)}")
         rows.append(pd.DataFrame({"evaluation": "search", "quantity": name + f" {ratio}", "point": st[ratio],
