@@ -143,7 +143,7 @@ def strategy_tradeoff(summary: pd.DataFrame, path, *, title: str = "Strength sea
     """
     groups = list(dict.fromkeys(summary["group"]))
     fig, axes = subplots(1, len(groups), figsize=(4.8 * len(groups), 3.8), squeeze=False)
-    others = ["#6b46c1", "#b83280", "#975a16", "#4a5568"]
+    others = ["#6b46c1", "#b83280", "#975a16", "#4a5568", "#0987a0", "#718096"]  # one per strategy: 3 guided, 2 sweeps
     for ax, grp in zip(axes[0], groups):
         g = summary[(summary["group"] == grp) & (summary["items"] > 0)]
         for name, (marker, colour) in BASELINE_STYLE.items():
