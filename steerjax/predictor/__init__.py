@@ -18,7 +18,7 @@ from steerjax.predictor.concepts import (
     statement_concepts,
     text_concepts,
 )
-from steerjax.predictor.evaluation import PaperEvaluation, PaperSplit, paper_evaluation, paper_split
+from steerjax.predictor.evaluation import PaperEvaluation, PaperSplit, bootstrap_f1, paper_evaluation, paper_split
 from steerjax.predictor.features import (
     DEFAULT_FEATURE_SET,
     FEATURE_SETS,
@@ -34,8 +34,10 @@ from steerjax.predictor.judge import LABELS, EmbeddingJudge, HiddenStateJudge, c
 from steerjax.predictor.llm_judge import LLMJudge, judge_agreement
 from steerjax.predictor.search import (
     BASELINES,
+    bootstrap_strategies,
     choose_strength,
     compare_strategies,
+    confirm_ranked,
     guided_search,
     held_out_proba,
     rank_strengths,
@@ -61,4 +63,6 @@ __all__ = [
     "ablation", "alpaca_eval_prompts", "compare_strategies", "concepts_from_examples", "feature_set_columns",
     "held_out_proba", "judge_agreement", "load_prompts", "paper_evaluation", "paper_split", "read_examples",
     "replays_judge", "simulate_strategies", "steerboost_columns", "steerboost_concepts", "steerboost_examples",
+    # session 21: feedback-pruned guided search, bootstrap intervals over concepts
+    "bootstrap_f1", "bootstrap_strategies", "confirm_ranked",
 ]
