@@ -57,6 +57,10 @@ from tests.helpers import (  # noqa: E402
 _GROUPED_FIXTURES = {"smollm2": "smollm2", "smollm2_torch": "smollm2"}
 
 
+# tryfirst: xdist's worker plugin reads the xdist_group markers in its own modifyitems hook, which
+# pluggy would otherwise call before this one (it was registered later): the markers added here
+# would be ignored and each worker would load SmolLM2 itself
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         groups = {_GROUPED_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in _GROUPED_FIXTURES}
@@ -70,6 +74,34 @@ def pytest_collection_modifyitems(config, items):
         return 0 if grouped else 1 if item.get_closest_marker("slow") else 2
 
     items.sort(key=rank)
+
+
+_GROUPING_BROKEN_SINCE = "9.2"  # pytest reads node ids from Node._id; pytest-xdist 3.8 still sets Node._nodeid
+
+
+def pytest_configure(config):
+    """Refuse, in the controller, a pytest under which ``--dist loadgroup`` cannot group (see
+    pyproject.toml's test extra): the SmolLM2 tests would be scattered over the workers, each
+    loading the model, and nothing else would say so."""
+    from packaging.version import Version
+
+    if (getattr(config.option, "dist", "no") == "loadgroup" and getattr(config.option, "numprocesses", None)
+            and not hasattr(config, "workerinput") and Version(pytest.__version__) >= Version(_GROUPING_BROKEN_SINCE)):
+        raise pytest.UsageError(f"pytest {pytest.__version__} breaks pytest-xdist's --dist loadgroup (grouped tests "
+                                "would be scattered): install the test extra's pin, pip install 'pytest<9.2'")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reports the collection
+def pytest_collection_finish(session):
+    """The same in each worker, by what happened: a grouped test whose node id lacks xdist's
+    ``@group`` tag stops the run (the worker's message is lost, but the run fails)."""
+    if not getattr(session.config.option, "loadgroup", False) or not hasattr(session.config, "workerinput"):
+        return
+    lost = [item.nodeid for item in session.items
+            if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        pytest.exit(f"pytest-xdist's --dist loadgroup is not grouping under pytest {pytest.__version__} "
+                    f"({len(lost)} tests, e.g. {lost[0]})", returncode=4)
 
 
 def pytest_runtest_setup(item):
