@@ -470,6 +470,15 @@ def test_cli_predictor_train_and_search(chat_model_dir, tmp_path, capsys):
     assert all(t["label"] != "success" for t in tried[:-1])
     assert len(tried) == 3 or tried[-1]["label"] == "success"
     assert res["decoded_tokens"] == 3 * 1 + sum(t["n_tokens"] for t in tried)  # k=1 per candidate + rollouts
+    # feedback: each failed rollout's label prunes the candidates on its side of the strength order
+    assert main(["predictor", "search", pred, "--prompt", "Tell me a story.", "--concept", "narcissism",
+                 "--strategy", "feedback", "--max-rollouts", "3", "--judge", "--out", out, "--force"]) == 0
+    tried = json.load(open(out))["tried"]
+    assert 1 <= len(tried) <= 3 and all(t["label"] != "success" for t in tried[:-1])
+    for i, t in enumerate(tried[:-1]):
+        later = [u["strength"] for u in tried[i + 1:]]
+        assert all(x > t["strength"] for x in later) if t["label"] == "under-steer" else \
+            all(x < t["strength"] for x in later), tried
     assert main(["predictor", "search", pred, "--prompt", "x", "--concept", "narcissism", "--max-rollouts", "2"]) == 2
     assert "pass a judge" in capsys.readouterr().err
     assert main(["predictor", "search", pred, "--prompt", "x", "--concept", "nope"]) == 2

@@ -6,6 +6,7 @@ from steerjax import paths
 from steerjax.cli import checks
 from steerjax.errors import DataError, SteerjaxError
 from steerjax.predictor.features import DEFAULT_FEATURE_SET, FEATURE_SETS
+from steerjax.predictor.search import STRATEGIES
 
 
 def add_commands(sub) -> None:
@@ -76,7 +77,10 @@ def add_commands(sub) -> None:
     pse.add_argument("--concept", required=True, help="a concept of the predictor's testbed")
     pse.add_argument("--strengths", type=checks.finite_float, nargs="+", default=None,
                      help="candidates (default: the testbed's)")
-    pse.add_argument("--strategy", choices=("argmax", "bisect"), default="argmax", help="default: %(default)s")
+    pse.add_argument("--strategy", choices=STRATEGIES, default="argmax",
+                     help="feedback: argmax's ranking, pruned by each failed rollout's judged label (with --judge and "
+                          "--max-rollouts > 1); "
+                          "default: %(default)s")
     pse.add_argument("--max-rollouts", type=checks.positive_int, default=1, metavar="R",
                      help="confirm up to R ranked strengths, stopping at the judge's first success (needs --judge)")
     pse.add_argument("--max-new-tokens", type=checks.positive_int, default=None, help="default: the testbed's")
