@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,9 +10,15 @@ import torch
 
 import steerjax
 from steerjax.data.batch import TokenBatch
-from steerjax.models import KVCache, forward, positions_from_mask, unembed
+from steerjax.models import KVCache, positions_from_mask
+from steerjax.models import forward as _forward
+from steerjax.models import unembed as _unembed
 from tests.helpers import tiered
 from tests.tiny_models import SPECS
+
+# jitted as every entry point runs them (op by op, each step's dozens of primitives compile one by one)
+forward = jax.jit(_forward, static_argnames=("cfg",))
+unembed = jax.jit(_unembed, static_argnames=("cfg",))
 
 FAMILIES = list(SPECS)
 #: generation and caching in the developers' loop: rotary + RMSNorm, Gemma's norms/windows/soft-caps, GPT-2
