@@ -57,21 +57,28 @@ from tests.helpers import (  # noqa: E402
 _GROUPED_FIXTURES = {"smollm2": "smollm2", "smollm2_torch": "smollm2"}
 
 
+def _group(item) -> str | None:
+    """The xdist group of a test: ``smollm2`` for every test of the SmolLM2 GGUF (the fixtures, or
+    the ``requires_smollm2`` marker: one process parses the GGUF's metadata once, ~5 s)."""
+    groups = {_GROUPED_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in _GROUPED_FIXTURES}
+    if item.get_closest_marker("requires_smollm2"):
+        groups.add("smollm2")
+    return sorted(groups)[0] if groups else None
+
+
 # tryfirst: xdist's worker plugin reads the xdist_group markers in its own modifyitems hook, which
 # pluggy would otherwise call before this one (it was registered later): the markers added here
 # would be ignored and each worker would load SmolLM2 itself
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        groups = {_GROUPED_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in _GROUPED_FIXTURES}
-        if groups:
-            item.add_marker(pytest.mark.xdist_group(name=sorted(groups)[0]))
+        if _group(item):
+            item.add_marker(pytest.mark.xdist_group(name=_group(item)))
     # Longest first (with -n, xdist hands out tests in this order as workers free up): the SmolLM2
     # group, then the slow tests, then the rest, each in file order. A long test started last
     # would leave the other core idle at the end of the run.
     def rank(item):
-        grouped = any(f in _GROUPED_FIXTURES for f in getattr(item, "fixturenames", ()))
-        return 0 if grouped else 1 if item.get_closest_marker("slow") else 2
+        return 0 if _group(item) else 1 if item.get_closest_marker("slow") else 2
 
     items.sort(key=rank)
 
