@@ -3,8 +3,8 @@ before jax is imported, so multi-device runs cannot share the test process.
 
 ``python tests/_mesh_worker.py meshes MODEL_DIR OUT.npz``: sweep, generate, answer_logprobs,
 early_features and the hidden-state judge on one device and on 8x1 and 1x8 meshes (parameter
-shards on 4x2 and 2x4 too); writes every result (``OUT.npz``) and the shard shapes and bad-input
-errors (``OUT.npz.json``).
+shards on 4x2 and 2x4 too); writes every result (``OUT.npz``), the single-device sweep table
+(``OUT.npz.single.parquet``) and the shard shapes and bad-input errors (``OUT.npz.json``).
 
 ``python tests/_mesh_worker.py sweep MODEL_DIR OUT.parquet [PROCESS_ID NUM_PROCESSES PORT]``: one
 sweep on a mesh over every device (of every process after ``jax.distributed.initialize``);
@@ -21,9 +21,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 SHAPES = ((8, 1), (4, 2), (2, 4), (1, 8))  # 1x8: the 4 KV heads of the test model are replicated
 #: meshes whose results are compared with one device (each costs a full set of compilations): the
-#: data axis alone at its widest (every batch padded to 8 rows) and the model axis alone at its
+#: data axis alone at its widest (every batch padded to a multiple of 8 rows) and the model axis alone at its
 #: widest (the 4 KV heads replicated); both axes at once (4x2) are compared by the two-process
-#: test. The parameter shards of all four shapes are checked (no computation).
+#: run, with these single-device results. The parameter shards of all four shapes are checked (no computation).
 COMPARED = ((8, 1), (1, 8))
 THINGS = ["cat", "dog", "bird", "little girl", "big tree", "boat", "sun", "princess", "frog"]
 SYSTEMS = ["You are kind.", None, "You love the sea and boats.", "Be brief."]
@@ -62,7 +62,8 @@ def meshes(model_dir, out_path):
     cfg = model.config
 
     def everything(mesh):
-        out = {"sweep": run_sweep(model, mesh), "sweep_all": run_sweep(model, mesh, "all", batch_size=3)}
+        # the default batch size in both position modes: their chunks share shapes (and compilations)
+        out = {"sweep": run_sweep(model, mesh), "sweep_all": run_sweep(model, mesh, "all")}
         return out | others(model, mesh)
 
     def arrays(out):
@@ -71,7 +72,9 @@ def meshes(model_dir, out_path):
                 "sweep_keys": out["sweep"][["example", "layer", "multiplier"]].to_numpy(),
                 **{k: out[k] for k in OTHERS}}
 
-    results = {f"single/{k}": v for k, v in arrays(everything(None)).items()}
+    single = everything(None)
+    single["sweep"].to_parquet(out_path + ".single.parquet")  # the two-process test's reference table
+    results = {f"single/{k}": v for k, v in arrays(single).items()}
     report = {"devices": jax.device_count(), "shards": {}, "errors": {}}
     for shape in SHAPES:
         name = "x".join(map(str, shape))
@@ -120,7 +123,7 @@ def others(model, mesh):
     steer = steerjax.Steering.create(cfg, {1: np.stack([vector(cfg) * s for s in (0, 1, -1, 2, 0.5)])},
                                      multipliers=[0.0, 1.0, 2.0, -1.0, 3.0], positions="generated")
     g = steerjax.generate(model, prompts, steering=steer, max_new_tokens=6, mesh=mesh)
-    profile = answer_logprobs(model, SYSTEMS, QUESTIONS, batch_size=8, progress=False, mesh=mesh)
+    profile = answer_logprobs(model, SYSTEMS, QUESTIONS, progress=False, mesh=mesh)  # 4 prompts: padded to 8
     rng = np.random.default_rng(2)
     concepts = [Concept(n, "test", rng.normal(size=cfg.hidden_size), 1, 10.0) for n in ("a", "b")]
     table, feature_tokens = early_features(model, ["Once upon a time", "The cat"], concepts, [0.0, 2.0], layer=1,
@@ -128,7 +131,8 @@ def others(model, mesh):
     rollouts = pd.DataFrame({"prompt_id": [0, 0, 0, 1, 1], "concept": ["none", "a", "b", "none", "a"],
                              "strength": [0.0, 1.0, 1.0, 0.0, 2.0], "text": "",
                              "tokens": [rng.integers(3, cfg.vocab_size, n).tolist() for n in (5, 3, 7, 1, 6)]})
-    prompt_tokens = {0: rng.integers(3, cfg.vocab_size, 9).tolist(), 1: rng.integers(3, cfg.vocab_size, 40).tolist()}
+    # two prompt lengths in one prefill bucket: one prefill and one read to compile
+    prompt_tokens = {0: rng.integers(3, cfg.vocab_size, 9).tolist(), 1: rng.integers(3, cfg.vocab_size, 20).tolist()}
     judge = HiddenStateJudge(model, concepts, prompt_tokens=prompt_tokens, batch_size=3, progress=False, mesh=mesh)
     nll, hidden = judge.read(rollouts)
     return {"tokens": g.tokens, "lengths": g.lengths, "profile": profile,
