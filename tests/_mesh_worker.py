@@ -3,8 +3,10 @@ before jax is imported, so multi-device runs cannot share the test process.
 
 ``python tests/_mesh_worker.py meshes MODEL_DIR OUT.npz``: sweep, generate, answer_logprobs,
 early_features and the hidden-state judge on one device and on 8x1 and 1x8 meshes (parameter
-shards on 4x2 and 2x4 too); writes every result (``OUT.npz``), the single-device sweep table
-(``OUT.npz.single.parquet``) and the shard shapes and bad-input errors (``OUT.npz.json``).
+shards on 4x2 and 2x4 too), and a sweep, generation and profile scoring on a one-device mesh;
+writes every result (``OUT.npz``), the single-device and one-device-mesh sweep tables
+(``OUT.npz.single.parquet``, ``OUT.npz.one.parquet``) and the generated texts, shard shapes and
+bad-input errors (``OUT.npz.json``).
 
 ``python tests/_mesh_worker.py sweep MODEL_DIR OUT.parquet [PROCESS_ID NUM_PROCESSES PORT]``: one
 sweep on a mesh over every device (of every process after ``jax.distributed.initialize``);
@@ -76,6 +78,12 @@ def meshes(model_dir, out_path):
     single["sweep"].to_parquet(out_path + ".single.parquet")  # the two-process test's reference table
     results = {f"single/{k}": v for k, v in arrays(single).items()}
     report = {"devices": jax.device_count(), "shards": {}, "errors": {}}
+    # a one-device mesh changes nothing: its sweep table, generation and profile scores
+    one = sharding.make_mesh(1, 1, jax.devices()[:1])
+    run_sweep(model, one).to_parquet(out_path + ".one.parquet")
+    g = steered_generation(model, one)
+    results |= {"1x1/tokens": g.tokens, "1x1/profile": profile_scores(model, one)}
+    report["texts"] = {"single": list(single["texts"]), "1x1": list(g.texts)}
     for shape in SHAPES:
         name = "x".join(map(str, shape))
         mesh = sharding.make_mesh(*shape)
@@ -106,6 +114,26 @@ def meshes(model_dir, out_path):
 OTHERS = ("tokens", "lengths", "profile", "features", "feature_tokens", "judge_nll", "judge_hidden")
 
 
+def steered_generation(model, mesh):
+    """6 tokens for each of 5 chats (padded to 8 rows on the 8-device meshes), steered per example."""
+    import numpy as np
+
+    import steerjax
+
+    cfg = model.config
+    prompts = [[{"role": "user", "content": f"Tell me about a {w}."}] for w in THINGS[:5]]
+    steer = steerjax.Steering.create(cfg, {1: np.stack([vector(cfg) * s for s in (0, 1, -1, 2, 0.5)])},
+                                     multipliers=[0.0, 1.0, 2.0, -1.0, 3.0], positions="generated")
+    return steerjax.generate(model, prompts, steering=steer, max_new_tokens=6, mesh=mesh)
+
+
+def profile_scores(model, mesh):
+    """Profile scoring of 5 questions under 4 steering prompts (padded to 8 on the 8-device meshes)."""
+    from steerjax.profiles.scoring import answer_logprobs
+
+    return answer_logprobs(model, SYSTEMS, QUESTIONS, progress=False, mesh=mesh)
+
+
 def others(model, mesh):
     """Generation (5 prompts, per-example steering), profile scoring, early features (2 chunks of
     4 rows: padded to the data axis) and the hidden-state judge's reading of 5 rollouts of 2
@@ -113,17 +141,12 @@ def others(model, mesh):
     import numpy as np
     import pandas as pd
 
-    import steerjax
     from steerjax.predictor import Concept, early_features, feature_columns
     from steerjax.predictor.judge import HiddenStateJudge
-    from steerjax.profiles.scoring import answer_logprobs
 
     cfg = model.config
-    prompts = [[{"role": "user", "content": f"Tell me about a {w}."}] for w in THINGS[:5]]  # 5: padded to 8
-    steer = steerjax.Steering.create(cfg, {1: np.stack([vector(cfg) * s for s in (0, 1, -1, 2, 0.5)])},
-                                     multipliers=[0.0, 1.0, 2.0, -1.0, 3.0], positions="generated")
-    g = steerjax.generate(model, prompts, steering=steer, max_new_tokens=6, mesh=mesh)
-    profile = answer_logprobs(model, SYSTEMS, QUESTIONS, progress=False, mesh=mesh)  # 4 prompts: padded to 8
+    g = steered_generation(model, mesh)
+    profile = profile_scores(model, mesh)
     rng = np.random.default_rng(2)
     concepts = [Concept(n, "test", rng.normal(size=cfg.hidden_size), 1, 10.0) for n in ("a", "b")]
     table, feature_tokens = early_features(model, ["Once upon a time", "The cat"], concepts, [0.0, 2.0], layer=1,
@@ -135,7 +158,7 @@ def others(model, mesh):
     prompt_tokens = {0: rng.integers(3, cfg.vocab_size, 9).tolist(), 1: rng.integers(3, cfg.vocab_size, 20).tolist()}
     judge = HiddenStateJudge(model, concepts, prompt_tokens=prompt_tokens, batch_size=3, progress=False, mesh=mesh)
     nll, hidden = judge.read(rollouts)
-    return {"tokens": g.tokens, "lengths": g.lengths, "profile": profile,
+    return {"tokens": g.tokens, "lengths": g.lengths, "texts": g.texts, "profile": profile,
             "features": table[feature_columns(cfg, (1, 2))].to_numpy(np.float64), "feature_tokens": feature_tokens,
             "judge_nll": nll, "judge_hidden": hidden}
 

@@ -61,12 +61,13 @@ def wait(procs, timeout=TIMEOUT):
 @pytest.mark.xdist_group("chat_mesh")
 def test_meshes_and_two_processes_equal_one_device(chat_model_dir, tmp_path):
     """One 8-device process: 8x1 and 1x8 meshes (the data axis alone, every batch padded to a
-    multiple of 8 rows; the model axis alone, KV heads replicated) run a sweep (both position modes), generate
-    (per-example steering, 5 prompts padded to 8), answer_logprobs, early_features and the
-    hidden-state judge and equal its single-device results; parameter shards on 8x1, 4x2, 2x4 and
-    1x8. Then jax.distributed on CPU (gloo): 2 processes x 4 devices run the same on a
-    4x2 global mesh (both axes at once); process 0 writes what every process gets, which equals
-    the 8-device process's single-device results (computed once for both comparisons)."""
+    multiple of 8 rows; the model axis alone, KV heads replicated) run a sweep (both position
+    modes), generate (per-example steering, 5 prompts padded to 8), answer_logprobs,
+    early_features and the hidden-state judge and equal its single-device results; parameter
+    shards on 8x1, 4x2, 2x4 and 1x8; a one-device mesh changes nothing (sweep, generation,
+    profile scoring). Then jax.distributed on CPU (gloo): 2 processes x 4 devices run the same
+    on a 4x2 global mesh (both axes at once); process 0 writes what every process gets, which
+    equals the 8-device process's single-device results (computed once for every comparison)."""
     out, table = str(tmp_path / "meshes.npz"), str(tmp_path / "table.parquet")
     # one after the other: on two busy cores, processes waiting in gloo's collectives alongside the
     # 8-device process cost more CPU time than they save in wall time
@@ -96,6 +97,11 @@ def test_meshes_and_two_processes_equal_one_device(chat_model_dir, tmp_path):
     assert errors["mesh_size"][0] == "ShardingError" and "needs 6 devices but 8" in errors["mesh_size"][1]
     for key in ("heads", "sweep_heads"):
         assert errors[key][0] == "ShardingError" and "must divide the number of attention heads (8)" in errors[key][1]
+    # a one-device mesh (the first device's) changes nothing
+    pd.testing.assert_frame_equal(pd.read_parquet(out + ".one.parquet"), pd.read_parquet(out + ".single.parquet"))
+    np.testing.assert_array_equal(res["1x1/tokens"], res["single/tokens"])
+    assert report["texts"]["1x1"] == report["texts"]["single"]
+    np.testing.assert_array_equal(res["1x1/profile"], res["single/profile"])
 
     # two processes: the table and the other results of the 4x2 global mesh equal one device's
     meta = json.load(open(table + ".json"))
@@ -115,23 +121,6 @@ def test_meshes_and_two_processes_equal_one_device(chat_model_dir, tmp_path):
 
 
 # ----------------------------------------------------------------------------- one device
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("chat_mesh")  # one worker: the single-device references compile once
-def test_a_one_device_mesh_changes_nothing(chat_model):
-    from steerjax.profiles.scoring import answer_logprobs
-    from tests._mesh_worker import QUESTIONS, SYSTEMS, run_sweep
-
-    model = chat_model
-    mesh = sharding.make_mesh()
-    assert dict(mesh.shape) == {"data": 1, "model": 1}
-    pd.testing.assert_frame_equal(run_sweep(model, mesh), run_sweep(model, None))
-    gen = [steerjax.generate(model, ["Once upon a time", "The cat"], max_new_tokens=4, mesh=m) for m in (mesh, None)]
-    np.testing.assert_array_equal(gen[0].tokens, gen[1].tokens)
-    assert gen[0].texts == gen[1].texts
-    np.testing.assert_array_equal(*[answer_logprobs(model, SYSTEMS, QUESTIONS, progress=False, mesh=m)
-                                    for m in (mesh, None)])
 
 
 def test_a_mesh_with_other_axes_is_rejected(tinystories):
@@ -154,6 +143,7 @@ def test_make_mesh_checks_the_device_count():
     with pytest.raises(ShardingError, match="does not divide"):
         sharding.make_mesh(model=n + 1)
     assert dict(sharding.make_mesh(model=n).shape) == {"data": 1, "model": n}
+    assert dict(sharding.make_mesh().shape) == {"data": 1, "model": 1}  # the test process has one device
 
 
 def hf_config(name):
