@@ -35,8 +35,7 @@ def statement_vector(model, dim: str, layer: int, *, batch_size: int = 16) -> np
     for direction in ("positive", "negative"):
         chats = [({"role": "system", "content": steering_prompt([s])}, {"role": "user", "content": "Hello."})
                  for s in steering_statements(dim, direction)]
-        acts.append(read_activations(model, encode(model, chats), [layer], reduce=-1, batch_size=batch_size,
-                                     buckets=None)[:, 0])
+        acts.append(read_activations(model, encode(model, chats), [layer], reduce=-1, batch_size=batch_size)[:, 0])
     return mean_difference(*acts)
 
 
