@@ -661,13 +661,7 @@ def compare_strategies(items: pd.DataFrame) -> pd.DataFrame:
       ``success_vs_igs`` (successes / IGS's successes; NaN when IGS has none) and
       ``tokens_vs_igs`` (decoded tokens / IGS's; NaN when IGS decodes none).
     """
-    need = {"group", "prompt_id", "concept", "strategy", "covered", "success", "tokens"}
-    if need - set(items.columns):
-        raise PredictorError(f"not a simulate_strategies table: lacks {sorted(need - set(items.columns))}")
-    key = ["group", "prompt_id", "concept"]
-    igs = items[items["strategy"] == "IGS"].set_index(key)[["success", "tokens"]]
-    if igs.empty:
-        raise PredictorError("the items have no IGS rows: relative figures are against IGS")
+    key, igs = _igs_items(items, {"group", "prompt_id", "concept", "strategy", "covered", "success", "tokens"})
     out = []
     for (grp, strategy, r, t), g in items.groupby(["group", "strategy", "max_rollouts", "threshold"], sort=False,
                                                   dropna=False):
@@ -691,6 +685,18 @@ def compare_strategies(items: pd.DataFrame) -> pd.DataFrame:
     out["_o"] = out["strategy"].map(lambda x: order.get(x, len(order)))
     out = out.sort_values(["group", "_o", "strategy", "max_rollouts", "threshold"], na_position="first")
     return out.drop(columns="_o").reset_index(drop=True)
+
+
+def _igs_items(items: pd.DataFrame, need: set[str]):
+    """``(item key columns, IGS's success and tokens by item)`` of a :func:`simulate_strategies`
+    table that has the columns ``need``; refuses other tables and tables without IGS rows."""
+    if need - set(items.columns):
+        raise PredictorError(f"not a simulate_strategies table: lacks {sorted(need - set(items.columns))}")
+    key = ["group", "prompt_id", "concept"]
+    igs = items[items["strategy"] == "IGS"].set_index(key)[["success", "tokens"]]
+    if igs.empty:
+        raise PredictorError("the items have no IGS rows: relative figures are against IGS")
+    return key, igs
 
 
 def bootstrap_strategies(items: pd.DataFrame, *, n_draws: int = 1000, seed: int = 0,
@@ -718,13 +724,8 @@ def bootstrap_strategies(items: pd.DataFrame, *, n_draws: int = 1000, seed: int 
     """
     from steerjax.predictor.evaluation import concept_draws, interval
 
-    need = {"group", "prompt_id", "concept", "strategy", "max_rollouts", "threshold", "covered", "success", "tokens"}
-    if need - set(items.columns):
-        raise PredictorError(f"not a simulate_strategies table: lacks {sorted(need - set(items.columns))}")
-    key = ["group", "prompt_id", "concept"]
-    igs = items[items["strategy"] == "IGS"].set_index(key)[["success", "tokens"]]
-    if igs.empty:
-        raise PredictorError("the items have no IGS rows: relative figures are against IGS")
+    key, igs = _igs_items(items, {"group", "prompt_id", "concept", "strategy", "max_rollouts", "threshold",
+                                  "covered", "success", "tokens"})
     out = []
     for grp, g in items.groupby("group", sort=False):
         names, weights = concept_draws(g["concept"], n_draws, seed)
