@@ -434,17 +434,14 @@ def simulate_strategies(table: pd.DataFrame, proba: pd.DataFrame | None = None, 
         mine.append({**tc, "strategy": "TCGS"})
         if needs_proba:
             p = proba.loc[item.index]
+            # each decoded rollout's judged label (a success where the item's row succeeds)
+            label_at = dict(zip(s.tolist(), np.where(ok, "success", item[label_col].astype(str))))
             for strategy in guided:
                 ranking, scored = rank_strengths(s, p, strategy)
-                order = np.searchsorted(s, ranking)
-                if strategy in PRUNING:
-                    label_at = dict(zip(s.tolist(), item[label_col].astype(str)))
-                    decoded = [np.searchsorted(s, [x for x, _ in confirm_ranked(ranking, label_at.get, r, prune=True)])
-                               for r in budgets]
-                else:
-                    decoded = [order[:r] for r in budgets]
-                mine += [{**_decode(s, ok, tok, d, early=k * len(scored)), "strategy": f"guided-{strategy}",
-                          "max_rollouts": r} for d, r in zip(decoded, budgets)]
+                for r in budgets:
+                    tried = [x for x, _ in confirm_ranked(ranking, label_at.get, r, prune=strategy in PRUNING)]
+                    mine.append({**_decode(s, ok, tok, np.searchsorted(s, tried), early=k * len(scored)),
+                                 "strategy": f"guided-{strategy}", "max_rollouts": r})
             p_ok = p["success"].to_numpy(float)
             for o in orders:
                 sweep = _ranked_sweep if o == "ranked" else _ascending_sweep
