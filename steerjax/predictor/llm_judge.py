@@ -274,6 +274,8 @@ class LLMJudgeReport:
       rows: rows in the table; judged: rows with a judgment; unparseable: answers without one;
       malformed: HTTP replies that were not chat completions; not_judged: unsteered rows (not sent);
       requests: HTTP requests made (retries included); retries: of them, repeats after a failure;
+      backoff_seconds: time the retries waited before being sent (backoff or ``Retry-After``, summed
+        over requests, also those waiting in parallel);
       cache_hits: distinct questions answered from the cache; questions: distinct questions asked.
     """
 
@@ -291,6 +293,7 @@ class LLMJudgeReport:
     cache_hits: int = 0
     requests: int = 0
     retries: int = 0
+    backoff_seconds: float = 0.0
 
     @property
     def how(self) -> str:
@@ -298,7 +301,8 @@ class LLMJudgeReport:
                 f"{self.prompt_version}, temperature {self.temperature}): {self.judged} of {self.rows} rows judged, "
                 f"{self.unparseable} unparseable and {self.malformed} malformed answers left unlabelled, "
                 f"{self.not_judged} unsteered rows not sent; {self.questions} questions, {self.cache_hits} from "
-                f"the cache, {self.requests} requests ({self.retries} retries)")
+                f"the cache, {self.requests} requests ({self.retries} retries"
+                + (f", {self.backoff_seconds:.1f} s of backoff" if self.retries else "") + ")")
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "how": self.how}
@@ -450,6 +454,7 @@ class LLMJudge:
                 delay = min(self.max_backoff, self.backoff * 2 ** attempt) * (1 + 0.25 * random.random())
             else:
                 delay = min(wait_for, self.max_backoff)
+            self._count_wait(delay)
             stop.wait(delay)
         raise AssertionError("unreachable")
 
@@ -472,6 +477,10 @@ class LLMJudge:
             rep = self._report
             rep.requests += 1
             rep.retries += int(retry)
+
+    def _count_wait(self, seconds: float) -> None:
+        with self._counts:
+            self._report.backoff_seconds += seconds
 
     # ----------------------------------------------------------------- the table
 
