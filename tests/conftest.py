@@ -29,10 +29,12 @@ if not os.environ.get("PYTEST_XDIST_WORKER") and "STEERJAX_CACHE" not in os.envi
 # No test downloads data from GitHub: a test that unsets STEERJAX_DATA reaches this dead port
 # (the download tests start their own server and set the mirror themselves).
 os.environ.setdefault("STEERJAX_DATA_MIRROR", "http://127.0.0.1:9")
-from tests.helpers import TEST_XLA_FLAGS  # noqa: E402  (plain os/importlib: imports no jax)
+from tests.helpers import FLAGS_VARIABLE, probe_xla_flags, session_xla_flags  # noqa: E402  (imports no jax)
 
-if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+if FLAGS_VARIABLE not in os.environ:  # the controller (or a single process) probes; workers inherit
+    os.environ[FLAGS_VARIABLE] = probe_xla_flags()
+if session_xla_flags() not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {session_xla_flags()}".strip()
 # No persistent XLA compilation cache: with jax 0.10.2 a worker segfaulted writing a CPU
 # executable to one (JAX_COMPILATION_CACHE_DIR shared by the workers) in a full run.
 
