@@ -8,6 +8,9 @@ writes every result (``OUT.npz``), the single-device and one-device-mesh sweep t
 (``OUT.npz.single.parquet``, ``OUT.npz.one.parquet``) and the generated texts, shard shapes and
 bad-input errors (``OUT.npz.json``).
 
+``python tests/_mesh_worker.py single MODEL_DIR OUT.npz``: the same computations on one device, no
+mesh (the test runs it under XLA's default flags and compares with the test flags' results).
+
 ``python tests/_mesh_worker.py sweep MODEL_DIR OUT.parquet [PROCESS_ID NUM_PROCESSES PORT]``: one
 sweep on a mesh over every device (of every process after ``jax.distributed.initialize``);
 process 0 writes the table.
@@ -63,32 +66,21 @@ def meshes(model_dir, out_path):
     model = steerjax.load_model(model_dir)
     cfg = model.config
 
-    def everything(mesh):
-        # the default batch size in both position modes: their chunks share shapes (and compilations)
-        out = {"sweep": run_sweep(model, mesh), "sweep_all": run_sweep(model, mesh, "all")}
-        return out | others(model, mesh)
-
-    def arrays(out):
-        cols = ["logp_positive", "logp_negative"]
-        return {"sweep": out["sweep"][cols].to_numpy(), "sweep_all": out["sweep_all"][cols].to_numpy(),
-                "sweep_keys": out["sweep"][["example", "layer", "multiplier"]].to_numpy(),
-                **{k: out[k] for k in OTHERS}}
-
-    single = everything(None)
-    single["sweep"].to_parquet(out_path + ".single.parquet")  # the two-process test's reference table
-    results = {f"single/{k}": v for k, v in arrays(single).items()}
+    alone = everything(model, None)
+    alone["sweep"].to_parquet(out_path + ".single.parquet")  # the two-process test's reference table
+    results = {f"single/{k}": v for k, v in arrays(alone).items()}
     report = {"devices": jax.device_count(), "shards": {}, "errors": {}}
     # a one-device mesh changes nothing: its sweep table, generation and profile scores
     one = sharding.make_mesh(1, 1, jax.devices()[:1])
     run_sweep(model, one).to_parquet(out_path + ".one.parquet")
     g = steered_generation(model, one)
     results |= {"1x1/tokens": g.tokens, "1x1/profile": profile_scores(model, one)}
-    report["texts"] = {"single": list(single["texts"]), "1x1": list(g.texts)}
+    report["texts"] = {"single": list(alone["texts"]), "1x1": list(g.texts)}
     for shape in SHAPES:
         name = "x".join(map(str, shape))
         mesh = sharding.make_mesh(*shape)
         if shape in COMPARED:
-            results |= {f"{name}/{k}": v for k, v in arrays(everything(mesh)).items()}
+            results |= {f"{name}/{k}": v for k, v in arrays(everything(model, mesh)).items()}
         placed = sharding.shard_params(model.params, cfg, mesh)["layers"]
         report["shards"][name] = {f"self_attn.{k}.kernel": list(placed["self_attn"][k]["kernel"].addressable_shards[0]
                                                               .data.shape) for k in ("q_proj", "k_proj")}
@@ -108,6 +100,29 @@ def meshes(model_dir, out_path):
     error("sweep_heads", lambda: run_sweep(model, mesh_2x3))
     with open(out_path + ".json", "w") as f:
         json.dump(report, f)
+
+
+def everything(model, mesh):
+    """Sweeps in both position modes (the default batch size: their chunks share shapes and
+    compilations) and :func:`others`."""
+    out = {"sweep": run_sweep(model, mesh), "sweep_all": run_sweep(model, mesh, "all")}
+    return out | others(model, mesh)
+
+
+def arrays(out):
+    """The arrays of :func:`everything`'s results, by name."""
+    cols = ["logp_positive", "logp_negative"]
+    return {"sweep": out["sweep"][cols].to_numpy(), "sweep_all": out["sweep_all"][cols].to_numpy(),
+            "sweep_keys": out["sweep"][["example", "layer", "multiplier"]].to_numpy(),
+            **{k: out[k] for k in OTHERS}}
+
+
+def single(model_dir, out_path):
+    import numpy as np
+
+    import steerjax
+
+    np.savez(out_path, **arrays(everything(steerjax.load_model(model_dir), None)))
 
 
 #: the arrays of :func:`others`
@@ -188,4 +203,4 @@ def sweep(model_dir, out_path, process_id=None, num_processes=None, port=None):
 
 
 if __name__ == "__main__":
-    {"meshes": meshes, "sweep": sweep}[sys.argv[1]](*sys.argv[2:])
+    {"meshes": meshes, "single": single, "sweep": sweep}[sys.argv[1]](*sys.argv[2:])

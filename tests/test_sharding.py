@@ -120,6 +120,32 @@ def test_meshes_and_two_processes_equal_one_device(chat_model_dir, tmp_path):
         np.testing.assert_array_equal(extra[key], res[f"single/{key}"], err_msg=key)
 
 
+@pytest.mark.slow
+def test_xla_default_flags_give_the_test_flags_results(chat_model_dir, chat_model, tmp_path):
+    """The tests compile with their own XLA flags (-O0, elemental fusion emitters: tests/helpers.py);
+    users and the benchmarks get XLA's defaults. One process under the defaults runs the sweeps
+    (both position modes), steered generation, profile scoring, early features and the hidden-state
+    judge, and equals this process's results under the test flags."""
+    from tests import _mesh_worker
+
+    out = str(tmp_path / "defaults.npz")
+    env = subprocess_env()
+    env["XLA_FLAGS"] = ""
+    run = subprocess.run([sys.executable, WORKER, "single", chat_model_dir, out], env=env, capture_output=True,
+                         text=True, timeout=TIMEOUT)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "--xla_" in os.environ["XLA_FLAGS"]  # this process runs under the test flags
+    got = np.load(out)
+    want = _mesh_worker.arrays(_mesh_worker.everything(chat_model, None))
+    assert sorted(got.files) == sorted(want)
+    for key, value in want.items():
+        if np.asarray(value).dtype.kind in "fc":
+            atol = ATOL_HIDDEN if key == "judge_hidden" else ATOL
+            np.testing.assert_allclose(got[key], value, rtol=RTOL, atol=atol, err_msg=key)
+        else:
+            np.testing.assert_array_equal(got[key], value, err_msg=key)
+
+
 # ----------------------------------------------------------------------------- one device
 
 
