@@ -11,18 +11,10 @@ import pytest
 
 @pytest.mark.slow
 @pytest.mark.requires_data
-def test_prompt_steerability_experiment_smoke(chat_model_dir, tmp_path, monkeypatch):
-    """The smoke preset end to end. Steering prompts are prefilled padded to 256 tokens (all of
-    the smoke preset's are shorter) and sweep prompts to multiples of 256, not 32: 10 scoring
-    programs to compile instead of 26, the same questions and answers."""
+def test_prompt_steerability_experiment_smoke(chat_model_dir, tmp_path):
+    """The smoke preset end to end (the library's own padding buckets)."""
     from experiments.prompt_steerability.run import PRESETS, main
-    from steerjax import sweeps
-    from steerjax.data.batch import Buckets
-    from steerjax.profiles import scoring
     from steerjax.profiles.data import profiling_source
-
-    monkeypatch.setattr(scoring, "SCORING_PREFIX", Buckets(256, minimum=256))
-    monkeypatch.setattr(sweeps, "SWEEP_PROMPT", Buckets(256))
 
     out = tmp_path / "run"
     main(["--preset", "smoke", "--model", chat_model_dir, "--out", str(out)])
