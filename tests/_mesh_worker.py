@@ -118,6 +118,7 @@ def arrays(out):
 
 
 def single(model_dir, out_path):
+    """:func:`everything` on one device, no mesh, written as :func:`arrays` to ``out_path``."""
     import numpy as np
 
     import steerjax
