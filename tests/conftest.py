@@ -74,8 +74,9 @@ def _group(item) -> str | None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if _group(item):
-            item.add_marker(pytest.mark.xdist_group(name=_group(item)))
+        group = _group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(name=group))
     # Longest first (with -n, xdist hands out tests in this order as workers free up): the SmolLM2
     # group, then the slow tests, then the rest, each in file order. A long test started last
     # would leave the other core idle at the end of the run.

@@ -637,7 +637,7 @@ def test_train_vector_on_meshes_equals_one_device(tiny, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     res = np.load(out)
     kinds = ("caa0", "caa2", "learned1", "learned2", "mean", "margins")
-    for mesh in ("1x1", "default"):  # was: a one-device mesh equals no mesh (in the test process)
+    for mesh in ("1x1", "default"):  # a one-device mesh, passed or set with use_mesh, equals no mesh
         for kind in ("caa0", "caa2", "learned1", "learned2"):
             np.testing.assert_allclose(res[f"{mesh}/{kind}"], res[f"none/{kind}"], atol=1e-6, err_msg=(mesh, kind))
     for mesh in ("4x1", "2x2"):

@@ -64,7 +64,8 @@ JUDGES = ("hidden", "embedding", "llm")
 JUDGE_NAMES = {"hidden": "hidden-state", "embedding": "embedding", "llm": "llm"}
 #: the issue's targets
 TARGET_F1, TARGET_MARGIN, TARGET_SUCCESS, TARGET_TOKENS = 0.70, 0.05, 0.90, 0.25
-#: the guided strategies replayed (``feedback`` added in session 21, designed before its one evaluation)
+#: the guided strategies replayed (``feedback`` was written after argmax had missed the search target
+#: on these data, and evaluated once: it has no setting to tune)
 GUIDED = ("argmax", "bisect", "feedback")
 #: the bootstrap over concepts behind the intervals: draws and coverage (the seed is --seed)
 BOOTSTRAP_DRAWS, BOOTSTRAP_LEVEL = 1000, 0.95

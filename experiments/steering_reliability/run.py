@@ -24,14 +24,12 @@ Reads its data from STEERJAX_DATA, else downloads it on first use (pinned, verif
 README). A run directory is resumable: trained vectors and finished sweep chunks are
 reused when the same command is run again. ``config.json`` holds what was asked (written once; a
 different command in the same directory is refused); ``run.json`` what the run found (each
-model's source and chosen layer, the wall time, versions). A figure is redrawn only when the
-results it shows changed (its ``.png.key.json`` names them): delete a figure to redraw it.
+model's source and chosen layer, the wall time, versions).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import platform
 import re
@@ -155,19 +153,6 @@ def main(argv=None):
     )
     from steerjax.runs import RunLog, claim, keyed_artifact, write_json
 
-    def digest(frame):
-        """What a figure drawn from ``frame`` is keyed by: its values, index and columns."""
-        h = hashlib.sha256(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes())
-        h.update(repr(list(frame.columns)).encode())
-        return h.hexdigest()[:16]
-
-    def figure(path, data, plot, frame, **kwargs):
-        """``plot(frame, path, **kwargs)``, unless ``path`` was already drawn from the same ``data``
-        (a digest) by this steerjax version: a resumed run whose results are all on disk redraws
-        nothing."""
-        key = dict(data=data, steerjax=steerjax.__version__, seed=args.seed, n_boot=preset["n_boot"], **kwargs)
-        keyed_artifact(path, key, lambda: None, save=lambda _, tmp: plot(frame, tmp, **kwargs), load=lambda _: None)
-
     preset = dict(PRESETS[args.preset])
     if args.multipliers is not None:
         preset["multipliers"] = sorted(set(args.multipliers))
@@ -232,8 +217,7 @@ def main(argv=None):
             summary = layer_sweep_summary(sweep_table)
             summary.to_csv(os.path.join(mdir, "layer_sweep_summary.csv"), index=False)
             layer = best_layer(summary)
-            figure(os.path.join(mdir, "layer_sweep.png"), digest(sweep_table), plots.layer_sweep_plot, summary,
-                   title=f"Layer sweep: {slug}")
+            plots.layer_sweep_plot(summary, os.path.join(mdir, "layer_sweep.png"), title=f"Layer sweep: {slug}")
             log(f"layer sweep ({len(layers)} blocks, {len(parts)} dataset(s)): best layer {layer} "
                 f"(steerability {summary.set_index('layer').loc[layer, 'steerability']:.3f}) [{log.seconds:.0f}s]")
         else:
@@ -291,35 +275,32 @@ def main(argv=None):
     mv.to_csv(os.path.join(out, "mean_variance.csv"), index=False)
 
     slugs = list(dict.fromkeys(table.model))
-    data = digest(table)  # every figure below is drawn from the sweeps (and the seed and n_boot)
     for slug in slugs:
         mdir = os.path.join(out, slug)
         m_table, m_per_ex = table[table.model == slug], base[base.model == slug]
         cell = (m_table.train_setting == "baseline") & (m_table.test_setting == "baseline")
-        figure(os.path.join(mdir, "propensity_curves.png"), data, plots.propensity_curves,
-               m_table[cell].drop(columns=["model", "train_setting", "test_setting"]))
-        figure(os.path.join(mdir, "steerability_violin.png"), data, plots.violin_steerability,
-               m_per_ex.drop(columns=["model", "train_setting", "test_setting"]))
-        figure(os.path.join(mdir, "spurious_variance.png"), data, plots.spurious_variance_plot,
-               spurious[spurious.model == slug],
-               title=f"Spurious factors: variance of steerability they explain ({slug})")
-        figure(os.path.join(mdir, "steerability_ci.png"), data, plots.steerability_ci_plot,
-               summary[summary.model == slug], title=f"Steerability with 95% bootstrap intervals: {slug}")
-        figure(os.path.join(mdir, "generalisation_matrix.png"), data, plots.generalisation_heatmap,
-               gen[gen.model == slug].drop(columns="model"), value="steerability",
-               title=f"Steerability, vector setting x test setting: {slug}")
-        figure(os.path.join(mdir, "relative_steerability.png"), data, plots.relative_steerability_plot,
-               rel[rel.model == slug])
-    figure(os.path.join(out, "id_ood_shifts.png"), data, plots.shift_scatter, shifts)
-    figure(os.path.join(out, "mean_variance.png"), data, plots.mean_variance_plot, mv)
+        plots.propensity_curves(m_table[cell].drop(columns=["model", "train_setting", "test_setting"]),
+                                os.path.join(mdir, "propensity_curves.png"))
+        plots.violin_steerability(m_per_ex.drop(columns=["model", "train_setting", "test_setting"]),
+                                  os.path.join(mdir, "steerability_violin.png"))
+        plots.spurious_variance_plot(spurious[spurious.model == slug], os.path.join(mdir, "spurious_variance.png"),
+                                     title=f"Spurious factors: variance of steerability they explain ({slug})")
+        plots.steerability_ci_plot(summary[summary.model == slug], os.path.join(mdir, "steerability_ci.png"),
+                                   title=f"Steerability with 95% bootstrap intervals: {slug}")
+        plots.generalisation_heatmap(gen[gen.model == slug].drop(columns="model"),
+                                     os.path.join(mdir, "generalisation_matrix.png"), value="steerability",
+                                     title=f"Steerability, vector setting x test setting: {slug}")
+        plots.relative_steerability_plot(rel[rel.model == slug], os.path.join(mdir, "relative_steerability.png"))
+    plots.shift_scatter(shifts, os.path.join(out, "id_ood_shifts.png"))
+    plots.mean_variance_plot(mv, os.path.join(out, "mean_variance.png"))
     if len(slugs) >= 2:
         for label, shift in (("id", "BASE -> BASE"), ("ood", "SYS_POS -> USER_NEG")):
             comparison = compare_models(per_ex, shift=shift)
             comparison.table.to_csv(os.path.join(out, f"model_comparison_{label}.csv"), index=False)
             comparison.correlations.to_csv(os.path.join(out, f"model_comparison_{label}_correlations.csv"),
                                            index=False)
-            figure(os.path.join(out, f"model_comparison_{label}.png"), data, plots.model_comparison_plot, comparison,
-                   title=f"Steerability across models: {shift}")
+            plots.model_comparison_plot(comparison, os.path.join(out, f"model_comparison_{label}.png"),
+                                        title=f"Steerability across models: {shift}")
     log(summary[["model", "dataset", "n", "steerability", "steerability_lo", "steerability_hi",
                  "anti_steerable_fraction"]].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     info["seconds"] = log.seconds

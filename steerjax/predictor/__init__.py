@@ -63,6 +63,6 @@ __all__ = [
     "ablation", "alpaca_eval_prompts", "compare_strategies", "concepts_from_examples", "feature_set_columns",
     "held_out_proba", "judge_agreement", "load_prompts", "paper_evaluation", "paper_split", "read_examples",
     "replays_judge", "simulate_strategies", "steerboost_columns", "steerboost_concepts", "steerboost_examples",
-    # session 21: feedback-pruned guided search, bootstrap intervals over concepts
+    # issue 14 (continued): feedback-pruned guided search, bootstrap intervals over concepts
     "bootstrap_f1", "bootstrap_strategies", "confirm_ranked",
 ]

@@ -181,13 +181,13 @@ def simulate(features: pd.DataFrame, predictor: SteerabilityPredictor | None, *,
         g = g.sort_values("strength")
         ranking, evaluated = rank_strengths(g["strength"].to_numpy(), proba.loc[g.index], strategy)
         label_at = dict(zip(g["strength"].to_numpy().tolist(), g[label_col].astype(str)))
-        tried = [x for x, _ in confirm_ranked(ranking, label_at.get, max_rollouts, prune=strategy in PRUNING)]
-        ok = [label_at[x] == "success" for x in tried]
-        n_roll = ok.index(True) + 1 if any(ok) else len(tried)
+        tried = confirm_ranked(ranking, label_at.get, max_rollouts, prune=strategy in PRUNING)
+        success = tried[-1][1] == "success"  # the confirmations stop at the first success
+        n_roll = len(tried)
         hit = np.flatnonzero(g[label_col].astype(str).to_numpy() == "success")
         rows.append({
-            "prompt_id": pid, "concept": concept, "chosen_strength": tried[n_roll - 1] if any(ok) else ranking[0],
-            "n_evaluated": len(evaluated), "n_rollouts": n_roll, "guided_success": any(ok),
+            "prompt_id": pid, "concept": concept, "chosen_strength": tried[-1][0] if success else ranking[0],
+            "n_evaluated": len(evaluated), "n_rollouts": n_roll, "guided_success": success,
             "grid_success": bool(hit.size), "guided_tokens": len(evaluated) * k + n_roll * max_new_tokens,
             "grid_tokens": len(g) * max_new_tokens,
             "sequential_tokens": (int(hit[0]) + 1 if hit.size else len(g)) * max_new_tokens,
@@ -436,12 +436,13 @@ def simulate_strategies(table: pd.DataFrame, proba: pd.DataFrame | None = None, 
             p = proba.loc[item.index]
             # each decoded rollout's judged label (a success where the item's row succeeds)
             label_at = dict(zip(s.tolist(), np.where(ok, "success", item[label_col].astype(str))))
-            for strategy in guided:
+            for strategy in guided if budgets else ():
                 ranking, scored = rank_strengths(s, p, strategy)
-                for r in budgets:
-                    tried = [x for x, _ in confirm_ranked(ranking, label_at.get, r, prune=strategy in PRUNING)]
-                    mine.append({**_decode(s, ok, tok, np.searchsorted(s, tried), early=k * len(scored)),
-                                 "strategy": f"guided-{strategy}", "max_rollouts": r})
+                # a smaller budget decodes a prefix of the largest budget's rollouts
+                tried = [x for x, _ in confirm_ranked(ranking, label_at.get, max(budgets), prune=strategy in PRUNING)]
+                order = np.searchsorted(s, tried)
+                mine += [{**_decode(s, ok, tok, order[:r], early=k * len(scored)), "strategy": f"guided-{strategy}",
+                          "max_rollouts": r} for r in budgets]
             p_ok = p["success"].to_numpy(float)
             for o in orders:
                 sweep = _ranked_sweep if o == "ranked" else _ascending_sweep
