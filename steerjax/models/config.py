@@ -7,6 +7,10 @@ from typing import Any
 
 from steerjax.errors import UnsupportedArchitectureError
 
+#: the family names, in the order they are listed to users (:data:`steerjax.models.registry.FAMILIES`
+#: holds each family's code; the family modules import this module, so it cannot import them)
+FAMILY_NAMES = ("llama", "gpt2", "gpt_neox", "gemma2", "gemma3")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
@@ -55,9 +59,8 @@ class ModelConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
-        from steerjax.models import registry  # the one list of families (it imports the family modules)
-
-        registry.family(self.family)
+        if self.family not in FAMILY_NAMES:
+            raise UnsupportedArchitectureError(f"unknown family {self.family!r}; supported: {', '.join(FAMILY_NAMES)}")
         for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
                      "vocab_size", "max_position_embeddings"):
             if getattr(self, name) <= 0:
@@ -81,17 +84,6 @@ class ModelConfig:
     def rope_scaling_dict(self) -> dict[str, Any] | None:
         return None if self.rope_scaling is None else dict(self.rope_scaling)
 
-    def num_parameters(self) -> int:
-        """Parameter count implied by the config (embeddings counted once when tied)."""
-        from steerjax.models import transformer
-
-        n = 0
-        for leaf in leaves(transformer.abstract_params(self)):
-            size = 1
-            for s in leaf.shape:
-                size *= s
-            n += size
-        return n
 
 
 def leaves(tree):
