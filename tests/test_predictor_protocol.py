@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from steerjax.data.example_banks import Examples, read_examples
 from steerjax.data.steerboost import (
     LEVEL_POOLS,
     STEERBOOST,
@@ -23,7 +24,7 @@ from steerjax.data.steerboost import (
 )
 from steerjax.errors import DataError, PredictorError, SteerjaxError
 from steerjax.studies.steerability_prediction import classifier, evaluation, rollouts, text_concepts
-from steerjax.studies.steerability_prediction.concepts import Examples, concepts_from_examples, read_examples
+from steerjax.studies.steerability_prediction.concepts import concepts_from_examples
 from steerjax.studies.steerability_prediction.evaluation import paper_evaluation, paper_split
 from steerjax.studies.steerability_prediction.judge import LABELS
 from steerjax.vectors import read_activations
