@@ -122,13 +122,13 @@ def test_data_list_counts_files_of_unrecorded_size(capsys):
 
 @pytest.mark.requires_data
 def test_every_served_file_downloads_and_verifies(cache, server):
-    done = dl.download(root=cache)
+    done = dl.download(None, cache)
     assert len(done) == len(dl.all_files()) and all(new for _, new in done)
     for f, _ in done:
         assert dl.problem(cache / f.local, f) is None, f.local
     assert not [p for p in leftovers(cache) if p.endswith(".part")]
     asked = len(server.requests)
-    again = dl.download(root=cache)  # a rerun keeps what verifies
+    again = dl.download(None, cache)  # a rerun keeps what verifies
     assert not any(new for _, new in again) and len(server.requests) == asked
 
 

@@ -122,17 +122,16 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/prompt-steerability")
     args = ap.parse_args(argv)
 
-    from studies.prompt_steerability.activation import (
-        activation_profiles,
-        compare_prompt_and_activation,
-        joint_steerability,
-    )
-
     import steerjax
     from steerjax.data.prompt_steering import profiling_source
     from steerjax.errors import ProfileError
     from steerjax.runs import RunLog, claim, write_json
     from steerjax.studies.prompt_steerability import plots, wasserstein_many
+    from steerjax.studies.prompt_steerability.activation import (
+        activation_profiles,
+        compare_prompt_and_activation,
+        joint_steerability,
+    )
     from steerjax.studies.prompt_steerability.indices import steerability_curves, steerability_indices
     from steerjax.studies.prompt_steerability.run import check_options, run_profiles
     from steerjax.studies.prompt_steerability.templates import TEMPLATE_CATEGORIES
