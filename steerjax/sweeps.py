@@ -42,7 +42,7 @@ from steerjax.data.examples import Encoded, Example, encode_all
 from steerjax.errors import ContextLengthError, SteeringError
 from steerjax.models.transformer import KVCache, forward, param_dtype, positions_from_mask, unembed
 from steerjax.runs.chunks import RunDirectory, map_chunks
-from steerjax.steering.core import Steering, normalize_layer
+from steerjax.steering.core import Steering, check_vector, normalize_layer
 
 POSITIONS = ("completion", "last_prompt", "all")
 PROPENSITIES = ("logprob", "logit")
@@ -178,9 +178,9 @@ def vector_table(cfg, vector: Any, layers: Sequence[int]) -> np.ndarray:
         if missing:
             raise SteeringError(f"the vector has no direction for layer(s) {missing}; it has {sorted(by_layer)}")
         for layer in layers:
-            out[layer] = _check_width(cfg, by_layer[layer], layer)
+            out[layer] = check_vector(cfg, by_layer[layer], where=f"the steering vector for layer {layer}")
     else:
-        vec = _check_width(cfg, vectors, None)
+        vec = check_vector(cfg, vectors)
         for layer in layers:
             out[layer] = vec
     return out
@@ -202,19 +202,6 @@ def vector_tables(cfg, vector: Any, layers: Sequence[int]) -> tuple[list[str] | 
         raise SteeringError("a vector mapping's keys must be all layers (ints) or all names (strings), "
                             f"got {list(vector)}")
     return None, vector_table(cfg, vector, layers)[None]
-
-
-def _check_width(cfg, vec, layer) -> np.ndarray:
-    arr = np.asarray(vec, np.float32)
-    if arr.shape != (cfg.hidden_size,):
-        where = f" for layer {layer}" if layer is not None else ""
-        raise SteeringError(
-            f"steering vector{where} has shape {arr.shape}, but this model's hidden size is {cfg.hidden_size}: "
-            "was it trained on another model?"
-        )
-    if not np.all(np.isfinite(arr)):
-        raise SteeringError(f"steering vector{' for layer ' + str(layer) if layer is not None else ''} is not finite")
-    return arr
 
 
 def _chunks(encoded, max_batch, multiple=1) -> list[tuple[list[int], int]]:

@@ -132,7 +132,7 @@ def run_generate(args) -> int:
     vectors = None
     if args.vector is not None:
         vec = checks.read_vectors(args.vector, layer=args.layer, num_layers=header.config.num_layers)
-        checks.check_width(args.vector, vec, header.config.hidden_size)
+        checks.check_width(args.vector, vec, header.config)
         vectors = vec.vectors
 
     model = steerjax.load_model(args.model, dtype=args.dtype)

@@ -157,7 +157,7 @@ def run_sweep(args) -> int:
     if missing:
         raise SteeringError(f"{args.vector} has no vector for layer(s) {missing} of --layers {args.layers}; "
                             f"it has {sorted(vectors)}")
-    checks.check_width(args.vector, vec, cfg.hidden_size)
+    checks.check_width(args.vector, vec, cfg)
     runs.check_run_dir(args.out, {
         "kind": "sweep", "model": header.source, "dtype": args.dtype, "layers": layers,
         "multipliers": np.asarray(args.multipliers, np.float32).tolist(), "positions": positions,
