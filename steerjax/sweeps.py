@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +39,7 @@ from steerjax.data.batch import SWEEP_PROMPT, TokenBatch, pow2, round_up
 from steerjax.data.examples import Encoded, Example, encode_all
 from steerjax.errors import ContextLengthError, SteeringError
 from steerjax.models.transformer import KVCache, forward, param_dtype, positions_from_mask, unembed
+from steerjax.runs import digest
 from steerjax.runs.chunks import RunDirectory, map_chunks
 from steerjax.steering.core import Steering, check_vector, normalize_layer
 
@@ -148,7 +147,8 @@ def sweep(
             "kind": "sweep", "model": model.source, "dtype": model.dtype, "layers": layer_ids,
             "multipliers": mults.tolist(), "positions": positions, "propensity": propensity, "operator": operator,
             "batch_size": batch_size, "memory_budget_mb": memory_budget_mb, "n_examples": len(examples),
-            "examples_sha256": _digest(encoded), "vector_sha256": _digest(table[:, layer_ids].tobytes()),
+            "examples_sha256": digest(encoded, length=16),
+            "vector_sha256": digest(table[:, layer_ids].tobytes(), length=16),
             "vector_names": names,
         })
 
@@ -219,11 +219,6 @@ def _chunks(encoded, max_batch, multiple=1) -> list[tuple[list[int], int]]:
             size = cap if len(part) == cap else min(cap, pow2(len(part)))
             out.append((part, round_up(size, multiple)))
     return out
-
-
-def _digest(obj) -> str:
-    data = obj if isinstance(obj, bytes) else json.dumps(obj, default=list).encode()
-    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def _score_chunk(model, cfg, encoded, batch_size, tc, table, layers, mults, positions, operator, mesh=None):

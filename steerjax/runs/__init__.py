@@ -349,8 +349,7 @@ def digest(obj: Any, *, length: int | None = None) -> str:
     h = hashlib.sha256()
     if isinstance(obj, bytes):
         h.update(obj)
-    elif isinstance(obj, np.ndarray) or (isinstance(obj, tuple) and obj and all(isinstance(a, np.ndarray)
-                                                                                for a in obj)):
+    elif _is_array(obj) or (isinstance(obj, tuple) and obj and all(_is_array(a) for a in obj)):
         for a in obj if isinstance(obj, tuple) else (obj,):
             a = np.ascontiguousarray(a)
             h.update(f"{a.dtype}{a.shape}".encode())
@@ -359,6 +358,10 @@ def digest(obj: Any, *, length: int | None = None) -> str:
         h.update(json.dumps(obj, sort_keys=True, default=_jsonable).encode())
     out = h.hexdigest()
     return out if length is None else out[:length]
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, np.ndarray) or (hasattr(x, "__array__") and hasattr(x, "dtype") and hasattr(x, "shape"))
 
 
 def _jsonable(x: Any) -> Any:

@@ -10,7 +10,6 @@ whose logits predict the completion tokens.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,6 +24,7 @@ from steerjax.data.batch import ACTIVATIONS, TokenBatch, round_up
 from steerjax.data.examples import Encoded, Example, encode_all
 from steerjax.errors import CheckpointError, SteeringError
 from steerjax.models.transformer import forward, unembed
+from steerjax.runs import digest
 from steerjax.steering import Steering, check_vector
 from steerjax.vectors.activations import layer_indices
 from steerjax.vectors.vector import SteeringVector
@@ -131,7 +131,7 @@ def learn_vectors(
         settings = {"model": str(model.source), "config": repr(cfg), "dtype": str(getattr(model, "dtype", "")),
                     "layers": [int(i) for i in idx], "lr": float(lr), "norm_penalty": float(norm_penalty),
                     "positions": positions, "batch_size": int(b), "seed": int(seed), "rows": int(rows),
-                    "digest": _digest(v0, *data)}
+                    "digest": digest((v0, *data))}
         manager = _TrainCheckpoints(checkpoint_dir, settings, checkpoint_every)
         start, v, state = manager.resume(v, state, steps)
         for _ in range(start):  # the shuffles those steps consumed
@@ -212,15 +212,6 @@ def _batches(rng: np.random.Generator, n: int, b: int):
             order = np.concatenate([order, rng.permutation(n)])
         picked, order = order[:b], order[b:]
         yield picked
-
-
-def _digest(*arrays) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 class _TrainCheckpoints:
