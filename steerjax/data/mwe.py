@@ -44,10 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from steerjax.data.download import read_persona_prompts
 from steerjax.data.examples import Example
 from steerjax.data.formats import PromptFormat, get_format, parse_setting
 from steerjax.data.paper import TAN_UNAVAILABLE, unavailable_message
+from steerjax.data.steering_bench import read_persona_prompts
 from steerjax.data.store import data_exists, data_file, data_names, data_root
 from steerjax.errors import DataError
 
