@@ -230,10 +230,10 @@ def claim(path: str, config: dict[str, Any]) -> dict[str, Any]:
     config = json.loads(json.dumps(config, default=str))
     os.makedirs(path, exist_ok=True)
     for stale in glob.glob(os.path.join(path, CONFIG + ".tmp*")):
-        _remove(stale)
+        remove_file(stale)
     cfg_path = os.path.join(path, CONFIG)
     if not os.path.exists(cfg_path):
-        _atomic_write(cfg_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        atomic_write(cfg_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
         return config
     old = read_run_config(path)
     diff = config_difference(old, config)
@@ -244,10 +244,10 @@ def claim(path: str, config: dict[str, Any]) -> dict[str, Any]:
 
 def write_json(path: str, obj: Any) -> None:
     """``obj`` as indented JSON at ``path``, written atomically."""
-    _atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def _fsync_file(path: str) -> None:
+def fsync_file(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -255,7 +255,7 @@ def _fsync_file(path: str) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
     """Make a rename or a new file in ``path`` durable (no-op where directories cannot be opened)."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -269,7 +269,7 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, text: str) -> None:
     """Write ``text`` to ``path`` so that a crash leaves the old file or the new one, never a mix."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
@@ -277,7 +277,7 @@ def _atomic_write(path: str, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
+    fsync_dir(os.path.dirname(path) or ".")
 
 
 # ----------------------------------------------------------------------------- the two patterns
@@ -318,7 +318,7 @@ def keyed_artifact(path: str, key: Any, build: Callable[[], T], *, save: Callabl
     tmp = os.path.join(d, f"{root}.tmp{os.getpid()}{ext}")  # keep the extension: savers may look at it
     save(value, tmp)
     os.replace(tmp, path)
-    _atomic_write(key_path, json.dumps(key, indent=2, sort_keys=True) + "\n")
+    atomic_write(key_path, json.dumps(key, indent=2, sort_keys=True) + "\n")
     return value
 
 
@@ -372,7 +372,7 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
-def _remove(path: str) -> None:
+def remove_file(path: str) -> None:
     try:
         os.remove(path)
     except FileNotFoundError:
