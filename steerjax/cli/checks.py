@@ -15,6 +15,7 @@ from steerjax import model as models
 from steerjax.errors import LayerIndexError, SteerjaxError
 from steerjax.model import DEFAULT_MODEL
 from steerjax.steering import check_vector, normalize_layer
+from steerjax.vectors import load_vector
 
 DTYPES = ("float32", "bfloat16")
 MODEL_HELP = f"a local HF model directory, a .gguf file, an alias or a hub id (default: {DEFAULT_MODEL})"
@@ -113,8 +114,6 @@ def read_vectors(path: str, *, num_layers: int, layer: int | None = None, allow_
     """The :class:`~steerjax.vectors.SteeringVector` of ``--vector`` (with ``--layer``), by
     :func:`steerjax.vectors.load_vector`'s rules; every block must exist in a model of
     ``num_layers`` blocks."""
-    from steerjax.vectors import load_vector
-
     if layer is not None:
         layer = layer_index("--layer", layer, num_layers)
     vec = load_vector(path, layer=layer, num_layers=num_layers, allow_npy=allow_npy)

@@ -6,8 +6,10 @@ import argparse
 import json
 from typing import Any
 
+import steerjax
 from steerjax.cli import checks
 from steerjax.errors import SteeringError, SteerjaxError
+from steerjax.models import transformer
 
 
 def add_commands(sub) -> None:
@@ -56,8 +58,6 @@ def add_commands(sub) -> None:
 
 def describe(header, dtype: str = "float32") -> dict[str, Any]:
     """A JSON-serializable summary of a model from its :class:`steerjax.model.ModelHeader`."""
-    from steerjax.models import transformer
-
     cfg = header.config
     return {
         "family": cfg.family,
@@ -118,8 +118,6 @@ def run_info(args) -> int:
 
 
 def run_generate(args) -> int:
-    import steerjax
-
     if args.vector is None:
         for flag, value in (("--layer", args.layer), ("--multiplier", args.multiplier)):
             if value is not None:
