@@ -185,6 +185,12 @@ def _prompt_table() -> dict[str, Any]:
     return table["prompts"]
 
 
+def persona_prompt_names() -> list[str]:
+    """The datasets that have persona prompts in persona_prompts.json (the system- and user-prompt
+    settings of Tan et al.'s out-of-distribution tests), sorted."""
+    return sorted(_prompt_table())
+
+
 def persona_prompts(name: str) -> dict[str, str]:
     """The positive and negative persona prompts of a dataset, from persona_prompts.json.
 
