@@ -70,7 +70,7 @@ class PromptFormat:
       strip_question: an x-risk question is ``.strip()``-ped when read (steerjax's own format);
         False keeps the file's text, as repepo's and steering-bench's ``convert_*`` functions do
         (repepo's formatter then strips the rendered prompt: ``strip_prompt``; steering-bench keeps
-        the leading space or newline of 1,315 of the 16,400 LM-generated x-risk questions).
+        the leading or trailing whitespace of 1,315 of the 16,400 LM-generated x-risk questions).
       meta_blocks: which ``<META_START>`` blocks an x-risk question loses
         (:func:`steerjax.data.mwe.strip_meta`): ``"closed"``, those closed by ``<META_END>`` with
         no ``<`` inside (repepo's and steering-bench's ``strip_meta_tags``: an unterminated block
