@@ -122,7 +122,7 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/prompt-steerability")
     args = ap.parse_args(argv)
 
-    from studies.prompt_steerability.activation import (
+    from steerjax.studies.prompt_steerability.activation import (
         activation_profiles,
         compare_prompt_and_activation,
         joint_steerability,
