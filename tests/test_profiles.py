@@ -95,6 +95,35 @@ def test_w1_matches_cdf_quadrature(pair):
     assert wasserstein_many(*pair) == pytest.approx(_quad_w1(*pair), abs=1e-9)
 
 
+def _mp_w1(a1, b1, a2, b2):
+    """W1 by mpmath at 30 digits: the integral of |F - G|, split at the CDFs' crossing."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 30
+    d = lambda x: (mpmath.betainc(a1, b1, 0, x, regularized=True)  # noqa: E731
+                   - mpmath.betainc(a2, b2, 0, x, regularized=True))
+    grid = [(i + mpmath.mpf("0.37")) / 64 for i in range(64)]  # off 1/2, where symmetric pairs cross
+    cuts = [mpmath.mpf(0)]
+    for lo, hi in zip(grid[:-1], grid[1:]):
+        if d(lo) * d(hi) < 0:
+            cuts.append(mpmath.findroot(d, (lo, hi), solver="anderson"))
+    cuts.append(mpmath.mpf(1))
+    return float(sum(abs(mpmath.quad(d, [lo, hi])) for lo, hi in zip(cuts[:-1], cuts[1:])))
+
+
+@pytest.mark.parametrize("s", [0.6, 1.0, 3.0, 20.5, 300.5])
+def test_w1_arcsine_vs_beta_to_1e12(s):
+    # scipy's betainc(0.5, 0.5, x) is 3e-9 off at x = 1 - 2^-53, a point of the crossing grid;
+    # the upper tail is read through 1 - x (mpmath reference computed here, 30 digits)
+    for pair in [(0.5, 0.5, 0.5, s), (0.5, s, 0.5, 0.5), (0.5, 0.5, s, 0.5)]:
+        assert abs(wasserstein_many(*pair) - _mp_w1(*pair)) < 1e-12, pair
+    assert abs(wasserstein_many(0.5, 0.5, 0.5, s) - (0.5 - 0.5 / (0.5 + s))) < 1e-12  # stochastically ordered
+
+
+def test_w1_crossing_pairs_to_1e12():
+    for pair in [(0.5, 0.5, 20.5, 20.5), (5.5, 2.5, 0.5, 3.5), (2.0, 2.0, 0.5, 0.5)]:
+        assert abs(wasserstein_many(*pair) - _mp_w1(*pair)) < 1e-12, pair
+
+
 def test_w1_random_pairs_and_quantile_form():
     params = np.exp(RNG.uniform(np.log(0.5), np.log(300), (40, 4)))
     exact = wasserstein_many(*params.T)
