@@ -467,7 +467,7 @@ def statements_of(prompt, prompt_format="reference"):
 @pytest.mark.requires_data
 def test_trial_structure(fake_scoring, tmp_path):
     from steerjax.data.prompt_steering import profiling_source
-    from steerjax.studies.prompt_steerability.run import run_profiles
+    from steerjax.studies.prompt_steerability.profiles import run_profiles
 
     dims, budgets = ["agreeableness", "narcissism"], [1, 3, 10]
     kw = dict(budgets=budgets, benchmark_trials=3, steering_trials=2, num_questions=4, seed=7, progress=False,
@@ -513,7 +513,7 @@ def test_trial_structure(fake_scoring, tmp_path):
 
 @pytest.mark.requires_data
 def test_nested_draws_and_formats(fake_scoring):
-    from steerjax.studies.prompt_steerability.run import run_profiles
+    from steerjax.studies.prompt_steerability.profiles import run_profiles
 
     kw = dict(budgets=[2, 5, 20], benchmark_trials=2, steering_trials=2, num_questions=3, progress=False)
     run_profiles(FakeModel(), ["risk-seeking"], nested=True, prompt_format="steerjax-v1", **kw)
@@ -548,7 +548,7 @@ def test_nested_draws_and_formats(fake_scoring):
 ])
 def test_bad_options_fail_before_scoring(fake_scoring, kw, message):
     from steerjax.errors import SteerjaxError
-    from steerjax.studies.prompt_steerability.run import run_profiles
+    from steerjax.studies.prompt_steerability.profiles import run_profiles
 
     kw = dict(dict(dims=["agreeableness"], num_questions=2, progress=False), **kw)
     with pytest.raises(SteerjaxError, match=message):
@@ -559,7 +559,7 @@ def test_bad_options_fail_before_scoring(fake_scoring, kw, message):
 @pytest.mark.requires_data
 def test_dimension_sets():
     from steerjax.data.prompt_steering import PAPER_DIMENSIONS, list_dimensions
-    from steerjax.studies.prompt_steerability.run import resolve_dimensions
+    from steerjax.studies.prompt_steerability.profiles import resolve_dimensions
 
     paper = resolve_dimensions("paper")
     assert paper == list(PAPER_DIMENSIONS) and len(paper) == 32 and paper[:3] == ["agreeableness",
@@ -570,7 +570,7 @@ def test_dimension_sets():
 
 
 def test_draw_seed():
-    from steerjax.studies.prompt_steerability.run import draw_seed
+    from steerjax.studies.prompt_steerability.profiles import draw_seed
 
     assert draw_seed(0, "steering", "a", 1) == draw_seed(0, "steering", "a", 1)
     seeds = {draw_seed(s, "steering", d, b) for s in (0, 1) for d in ("a", "b") for b in range(5)}
