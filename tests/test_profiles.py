@@ -438,7 +438,7 @@ def fake_scoring(monkeypatch):
     record every call."""
     import zlib
 
-    from steerjax.studies.prompt_steerability import run as run_mod
+    from steerjax.studies.prompt_steerability import profiles as run_mod
 
     calls = []
 
@@ -536,11 +536,12 @@ def test_nested_draws_and_formats(fake_scoring):
     (dict(benchmark_trials=0), "benchmark_trials must be an integer >= 1"),
     (dict(steering_trials=0), "steering_trials must be an integer >= 1"),
     (dict(steering_trials=1.5), "steering_trials must be an integer >= 1"),
-    (dict(budgets=[]), "budgets is empty"),
-    (dict(budgets=[0, 1]), "each budget must be an integer >= 1"),
+    (dict(budgets=[]), "budgets must be integers >= 1"),
+    (dict(budgets=[0, 1]), "budgets must be integers >= 1"),
     (dict(budgets=[101]), "only 100"),
-    (dict(prompt_format="chatml"), "prompt_format must be one of"),
-    (dict(template_category="llama3"), "template_category must be None"),
+    (dict(prompt_format="chatml"), "prompt_format: unknown prompt format 'chatml'; choose one of reference, "
+                                   "steerjax-v1"),
+    (dict(template_category="llama3"), "template_category 'llama3' is not one of the reference's wrappers"),
     (dict(dims=["paper", "agreeableness"]), "stand alone"),
     (dict(dims=["agreeableness", "agreeableness"]), "more than once"),
     (dict(dims=["agreeablenes"]), "did you mean 'agreeableness'"),

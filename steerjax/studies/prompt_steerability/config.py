@@ -258,11 +258,11 @@ def check(config: Config, *, names: Mapping[str, str] | None = None, out: str | 
     names = dict(names or {})
     flag = lambda field: names.get(field, field)  # noqa: E731
 
-    def as_flag(field, fn, *args, **kwargs):  # a reader's own message, prefixed with the option it is about
+    def as_flag(fields, fn, *args, **kwargs):  # a reader's own message, prefixed with the options it is about
         try:
             return fn(*args, **kwargs)
         except (DataError, ProfileError) as e:
-            raise type(e)(f"{flag(field)}: {e}") from e
+            raise type(e)(f"{', '.join(flag(f) for f in fields.split())}: {e}") from e
 
     if config.prompt_format not in PROMPT_FORMATS:
         raise DataError(f"{flag('prompt_format')}: unknown prompt format {config.prompt_format!r}; choose one of "
@@ -297,7 +297,7 @@ def check(config: Config, *, names: Mapping[str, str] | None = None, out: str | 
         for direction in DIRECTIONS:
             as_flag("budgets", steering_statements, dim, direction, kmax, seed=0)
     for dim in dims:  # enough profiling questions per direction
-        as_flag("num_questions", profiling_statements, dim, num_questions=config.num_questions,
+        as_flag("num_questions confidence_threshold", profiling_statements, dim, num_questions=config.num_questions,
                 confidence_threshold=threshold, seed=draw_seed(config.seed, "profiling", dim, 0))
     if config.joint_dims:
         joint = config.joint_dims
@@ -308,8 +308,8 @@ def check(config: Config, *, names: Mapping[str, str] | None = None, out: str | 
         for dim in as_flag("joint_dims", resolve_dimensions, list(joint)):
             for direction in DIRECTIONS:
                 as_flag("joint_budgets", steering_statements, dim, direction, max(config.joint_budgets))
-            as_flag("joint_questions", profiling_statements, dim, num_questions=config.joint_questions,
-                    confidence_threshold=threshold, seed=config.seed)
+            as_flag("joint_questions confidence_threshold", profiling_statements, dim,
+                    num_questions=config.joint_questions, confidence_threshold=threshold, seed=config.seed)
     header = model_config
     if header is not None and hasattr(header, "tokenizer"):
         source = getattr(header, "source", "the model")

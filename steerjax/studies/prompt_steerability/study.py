@@ -206,7 +206,9 @@ class Result:
                 run.curves, os.path.join(where, "index_curves.png"),
                 title=f"Prompt steerability index γ (share of W1 between extremes closed; {w1}), {fmt} prompts"
                       f"{on}\n(mean ± std over benchmark trials)"))
-            paths.append(plots.index_heatmap(run.curves, os.path.join(where, "index_heatmap.png")))
+            paths.append(plots.index_heatmap(
+                run.curves, os.path.join(where, "index_heatmap.png"),
+                title=f"Mean steerability index γ by budget ({w1}), {fmt} prompts{on}"))
             paths.append(plots.base_profiles(
                 run.profiles, os.path.join(where, "base_profiles.png"),
                 title=f"Base profiles (Beta density of matching the positive answer), {fmt} prompts{on}\n"
