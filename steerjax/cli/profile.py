@@ -60,7 +60,6 @@ def run_profile(args) -> int:
                     reference_compat=args.reference_compat, batch_size=args.batch_size, dtype=args.dtype)
     check(config, names=NAMES, out=args.out, model_config=checks.read_config(args.model))  # before the model loads
     result = run(steerjax.load_model(args.model, dtype=args.dtype), config, args.out)
-    result.figures(args.out)
-    print(result.main.asymmetry.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    result.figures(args.out)  # the run printed its tables (base profiles, asymmetry) as it went
     print(f"results in {args.out}")
     return 0
