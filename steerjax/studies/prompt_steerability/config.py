@@ -113,7 +113,7 @@ class Config:
 
     Attributes:
       dims: persona dimensions (names), ``"paper"`` (the paper's 32) or ``"all"`` (all 70).
-      budgets: steering budgets ``k`` (statements in a steering prompt), sorted, no duplicates.
+      budgets: steering budgets ``k`` (statements in a steering prompt); run sorted, once each.
       benchmark_trials: profiling samples per dimension, each with its own base profile and
         extremes (the reference's ``num-benchmark-trials``).
       steering_trials: steering prompts per direction, budget and benchmark trial.
@@ -195,11 +195,6 @@ class Config:
         ``steerjax profile`` layout); otherwise each format's chunks are in
         ``profile_run_<format>/`` (the experiment's layout)."""
         return len(self.formats) == 1 and not self.multipliers and not self.joint_dims
-
-    def for_format(self, prompt_format: str) -> Config:
-        """The profiles-only study of one prompt format (a stage of this one)."""
-        return dataclasses.replace(self, prompt_format=prompt_format, compare_formats=False, multipliers=(),
-                                   joint_dims=(), preset_name=None)
 
     def resolved_dims(self) -> list[str]:
         """The dimension names (``"paper"`` and ``"all"`` expanded); raises as :func:`check`."""
