@@ -35,8 +35,8 @@ import pandas as pd
 
 from steerjax import model as model_lib
 from steerjax.data import load_dataset, paper
-from steerjax.errors import MetricsError, SteeringError
-from steerjax.runs import RunLog, claim, keyed_artifact, read_run_config, write_json
+from steerjax.errors import MetricsError, RunConfigError, SteeringError
+from steerjax.runs import CONFIG, RunLog, claim, keyed_artifact, read_run_config, write_json
 from steerjax.studies.reliability.analyses import (
     ModelComparison,
     bootstrap_ci,
@@ -156,7 +156,23 @@ class Result:
         return self.config.prompt_format.propensity
 
     def save(self, out: str) -> list[str]:
-        """Write every table into run directory ``out``; returns the paths written."""
+        """Write every table into run directory ``out``; returns the paths written.
+
+        A directory without ``config.json`` gets this result's (and ``run.json`` its models), so
+        :meth:`load` reads it back; one holding another run's config is refused
+        (:class:`~steerjax.errors.RunConfigError`)."""
+        if os.path.exists(os.path.join(out, CONFIG)):
+            held = Config.from_run_config(read_run_config(out))
+            if held != self.config:
+                raise RunConfigError(f"{out} holds a run with other options ({held}); save elsewhere")
+        else:
+            claim(out, self.config.run_config([str(m["source"]) for m in self.models.values()]))
+        info_path = os.path.join(out, "run.json")
+        info = {}
+        if os.path.exists(info_path):
+            with open(info_path) as f:
+                info = json.load(f)
+        write_json(info_path, {**info, "models": self.models})
         written = []
 
         def put(frame: pd.DataFrame, *parts: str) -> None:
