@@ -265,13 +265,17 @@ class Result:
             written.append(plots.relative_steerability_plot(
                 self.relative[self.relative.model == slug], os.path.join(mdir, "relative_steerability.png"),
                 propensity=kind, title=f"Relative steerability vs unsteered propensity gap ({at})"))
-        written.append(plots.shift_scatter(self.shifts, os.path.join(out, "id_ood_shifts.png"), propensity=kind))
-        written.append(plots.mean_variance_plot(self.mean_variance, os.path.join(out, "mean_variance.png"),
-                                                propensity=kind))
+        at = "; ".join(f"{slug}, layer {int(info['layer'])}" for slug, info in self.models.items())
+        written.append(plots.shift_scatter(
+            self.shifts, os.path.join(out, "id_ood_shifts.png"), propensity=kind,
+            title=f"In- vs out-of-distribution steerability, one point per dataset; dashed: y = x ({at})"))
+        written.append(plots.mean_variance_plot(
+            self.mean_variance, os.path.join(out, "mean_variance.png"), propensity=kind,
+            title=f"Mean vs variance of per-example steerability, one point per dataset ({at})"))
         for label, comparison in self.comparisons.items():
-            written.append(plots.model_comparison_plot(comparison, os.path.join(out, f"model_comparison_{label}.png"),
-                                                       propensity=kind,
-                                                       title=f"Steerability across models: {COMPARISONS[label]}"))
+            written.append(plots.model_comparison_plot(
+                comparison, os.path.join(out, f"model_comparison_{label}.png"), propensity=kind,
+                title=f"Steerability across models: {COMPARISONS[label]} ({at})"))
         return [str(p) for p in written]
 
     def summary(self, model: str | None = None) -> dict[str, float | int | str]:
