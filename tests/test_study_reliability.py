@@ -377,7 +377,7 @@ def test_every_quantity_axis_names_its_unit(result):
         assert "raw-logit difference" in text[name] and "logits per unit multiplier" in text[name], name
     for name in ("shifts", "mean_variance"):
         assert "(logits per unit multiplier)²" in text[name], name
-    assert "unsteered raw-logit difference, logits" in text["relative"] and "no unit" in text["relative"]
+    assert "of the unsteered raw-logit difference, logits" in text["relative"] and "no unit" in text["relative"]
     assert "R², no unit" in text["spurious"]
     assert "share of examples" in text["violin"] and "share of examples" in text["ci"]
     assert "vector norm" in text["layers"]
@@ -386,3 +386,41 @@ def test_every_quantity_axis_names_its_unit(result):
     ticks = [t.get_text() for t in figs["violin"].axes[0].get_yticklabels()]
     assert any("|v|=3.00" in t for t in ticks)
     assert "kind not given" in " ".join(labels(plots.steerability_ci_plot(result.steerability, None)))
+
+
+def test_sweep_result_tables_figures_and_round_trip(result, tmp_path, monkeypatch):
+    """What ``steerjax sweep`` writes: the tables, the facts, the figures titled with model, layer, norm."""
+    from steerjax.studies.reliability.sweep_result import TABLES as SWEEP_TABLES
+    from steerjax.studies.reliability.sweep_result import SweepResult
+
+    table = result.sweeps[(result.sweeps.train_setting == "baseline") & (result.sweeps.test_setting == "baseline")]
+    table = table.drop(columns=["model", "train_setting", "test_setting"])
+    table = pd.concat([table.assign(layer=0), table], ignore_index=True)
+    facts = {"model": "/models/tiny-chat", "propensity": "logit", "vector_norms": {"0": 2.5, "1": 4.25}}
+    res = SweepResult.from_table(table, facts)
+    assert set(res.steerability.layer) == {0, 1} and len(res.per_example) == 2 * 2 * 6
+    out = str(tmp_path / "sweep")
+    os.makedirs(out)
+    assert [os.path.basename(p) for p in res.save(out)] == list(SWEEP_TABLES)
+    back = SweepResult.load(out)
+    pd.testing.assert_frame_equal(back.results, res.results)
+    pd.testing.assert_frame_equal(back.per_example, res.per_example)
+    pd.testing.assert_frame_equal(back.steerability, res.steerability, check_dtype=False)
+    assert back.facts == facts and back.summary() == res.summary()
+    assert res.summary()["propensity"] == "logit" and f"{SMOKE_DATASETS[0]}/L1/steerability" in res.summary()
+    from steerjax.studies.reliability import plots
+
+    drawn = {}
+    save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: drawn.setdefault(os.path.basename(path), fig)
+                        and save(fig, path))
+    names = sorted(os.path.basename(p) for p in res.figures(out))
+    assert names == sorted(drawn) == ["layer_sweep.png", "propensity_layer0.png", "propensity_layer1.png",
+                                      "steerability_layer0.png", "steerability_layer1.png"]
+    curves = drawn["propensity_layer1.png"]
+    assert "raw-logit" in curves.axes[0].get_ylabel()
+    assert curves._suptitle.get_text() == "Propensity vs steering multiplier: tiny-chat, layer 1, |v| = 4.25"
+    violin = drawn["steerability_layer0.png"]
+    assert "tiny-chat, layer 0, |v| = 2.50" in violin._suptitle.get_text()
+    assert "logits per unit multiplier" in violin.axes[0].get_xlabel()
+    assert "vector norm" in " ".join(ax.get_ylabel() for ax in drawn["layer_sweep.png"].axes)

@@ -450,7 +450,8 @@ def relative_steerability_plot(rel: pd.DataFrame, path, *, train_col: str = "tra
     ax.axhline(0.0, color="grey", lw=0.6, ls=":")
     n, _, rho = correlation(kept["unsteered_propensity_gap"], kept["relative_steerability"])
     name = _UNITS[propensity][0] if propensity in _UNITS else "propensity (kind not given)"
-    ax.set_xlabel(f"unsteered propensity gap\n(|difference| of the unsteered {name}, {unit(propensity)})")
+    ax.set_xlabel(f"unsteered propensity gap, vector's setting vs test setting\n"
+                  f"(mean |Δ| per example of the unsteered {name}, {unit(propensity)})")
     ax.set_ylabel("relative steerability\n(ratio of steerabilities, no unit)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
