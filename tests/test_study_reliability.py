@@ -179,6 +179,28 @@ def test_experiment_command_exits_2_with_an_error_line_and_writes_nothing(chat_m
 
 
 @pytest.mark.requires_data
+@pytest.mark.parametrize("argv, message", [
+    (["--datasets", "corrigible-neutral-HHHH"], "unknown dataset 'corrigible-neutral-HHHH'"),
+    (["--datasets", "truthfulqa"], "'truthfulqa' is one of Tan et al.'s 40 but is not available"),
+    (["--multipliers", "0"], "--multipliers needs at least two different values"),
+    (["--layer", "2"], "--layer 2 is out of range"),
+    (["--format", "qwen"], "argument --format: invalid choice: 'qwen'"),
+    (["--multipliers", "0", "nan"], "argument --multipliers: must be a finite number"),
+])
+def test_reliability_command_exits_2_before_the_model_loads(chat_model_dir, no_model, tmp_path, capsys, argv,
+                                                            message):
+    from steerjax.cli import main
+
+    out = tmp_path / "run"
+    assert main(["reliability", chat_model_dir, "--preset", "smoke", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and message in err and "Traceback" not in err, err
+    assert not out.exists()
+    assert main(["reliability", chat_model_dir, chat_model_dir, "--preset", "smoke", "--out", str(out)]) == 2
+    assert "MODEL '" in capsys.readouterr().err and not out.exists()  # the same model twice, named as typed
+
+
+@pytest.mark.requires_data
 def test_sweep_command_refuses_a_vector_of_the_wrong_width(chat_model_dir, no_model, tmp_path, capsys):
     from steerjax.cli import main
     from steerjax.vectors import save_vectors

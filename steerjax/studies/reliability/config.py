@@ -227,25 +227,27 @@ def check(config: Config, *, names: Mapping[str, str] | None = None, out: str | 
     dupes = sorted({d for d in config.datasets if config.datasets.count(d) > 1})
     if dupes:
         raise DataError(f"{flag('datasets')}: {dupes[0]!r} is given twice")
-    for name in config.datasets:
-        if name in paper.TAN_UNAVAILABLE:
-            raise DataError(paper.unavailable_message(name))
-        persona_prompts(name)  # every dataset is run under the five persona settings
-
-    def first(name, split):  # unknown names (with close matches), bad or empty splits
+    def first(field, name, split):  # unknown names (with close matches), bad or empty splits
         try:
             load_dataset(name, split=split, seed=config.seed, format=config.format,
                          split_compat=config.split_compat, max_examples=1)
         except DataError as e:
-            raise DataError(f"{flag('datasets')}: {e}") from e
+            raise DataError(f"{flag(field)}: {e}") from e
 
     for name in config.datasets:
-        for part in ("train", "test"):
-            first(name, config.splits[part])
+        if name in paper.TAN_UNAVAILABLE:
+            raise DataError(paper.unavailable_message(name))
+        first("datasets", name, config.splits["train"])
+        try:
+            persona_prompts(name)  # every dataset is run under the five persona settings
+        except DataError as e:
+            raise DataError(f"{flag('datasets')}: {e.args[0].split(': use setting=')[0]}: the study runs every "
+                            "dataset under the five persona settings") from e
+        first("datasets", name, config.splits["test"])
     if config.layer is None:
         for name in config.layer_sweep_datasets:
             for part in ("train", "test"):
-                first(name, paper.LAYER_SWEEP_SPLITS[part])
+                first("layer_sweep_datasets", name, paper.LAYER_SWEEP_SPLITS[part])
     depths = []
     if models is not None:
         models = [str(m) for m in models]
