@@ -162,12 +162,11 @@ def test_check_refuses_a_directory_of_another_run(chat_model_dir, no_model, tmp_
 
 @pytest.mark.requires_data
 @pytest.mark.parametrize("argv, message", [
-    (["--datasets", "corrigible-neutral-HHHH"], "corrigible-neutral-HHH"),
-    (["--multipliers", "1", "2"], "--multipliers must include 0"),
     (["--layer", "9"], "--layer 9 is out of range"),
 ])
 def test_experiment_command_exits_2_with_an_error_line_and_writes_nothing(chat_model_dir, tmp_path, argv, message):
-    """The experiment as a command (``guarded``: the command line's error handling)."""
+    """The experiment as a command (``guarded``: the command line's error handling; the other bad
+    inputs go through the same ``check`` in-process, below)."""
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "steering_reliability", "run.py"),
@@ -338,6 +337,7 @@ def test_summary_keys_as_documented(result):
         result.summary("other")
 
 
+@pytest.mark.slow
 def test_result_figures_are_the_runs(result, tmp_path):
     out = str(tmp_path / "figs")
     paths = result.figures(out)
