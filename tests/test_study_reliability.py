@@ -149,6 +149,14 @@ def test_check_refuses_a_directory_of_another_run(chat_model_dir, no_model, tmp_
     check(Config.preset("smoke"), models=[chat_model_dir], out=out)  # the same run: resumed
     with pytest.raises(RunConfigError, match="differs in: seed"):
         check(Config.preset("smoke", seed=1), models=[chat_model_dir], out=out, names={"out": "--out"})
+    legacy = tmp_path / "legacy"  # made before config.json named its kind: resumed all the same
+    old = Config.preset("smoke").run_config([chat_model_dir])
+    old.pop("kind")
+    claim(str(legacy), old)
+    check(Config.preset("smoke"), models=[chat_model_dir], out=str(legacy))
+    assert Config.preset("smoke").claimable_config(str(legacy), [chat_model_dir]) == old
+    with pytest.raises(RunConfigError, match="differs in: n_boot"):
+        check(Config.preset("smoke", n_boot=5), models=[chat_model_dir], out=str(legacy))
     sweep_dir = tmp_path / "sweep"
     claim(str(sweep_dir), {"kind": "sweep", "model": "x"})
     (sweep_dir / "manifest.jsonl").write_text("")

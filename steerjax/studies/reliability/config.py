@@ -150,6 +150,18 @@ class Config:
             "split_compat": self.split_compat, "splits": self.splits, **facts,
         }
 
+    def claimable_config(self, out: str, model_source: str | Sequence[str]) -> dict[str, Any]:
+        """:meth:`run_config`, as the run directory ``out`` may hold it: without ``kind`` when
+        ``out`` holds a reliability run made before the config named its kind (the same run then
+        resumes; another is refused naming what differs)."""
+        config = self.run_config(model_source)
+        if os.path.exists(os.path.join(out, runs.CONFIG)):
+            held = runs.read_run_config(out)
+            legacy = isinstance(held, dict) and "kind" not in held
+            if legacy and {"layer_sweep_splits", "splits", "n_boot"} <= set(held):
+                return {k: v for k, v in config.items() if k != "kind"}
+        return config
+
     @classmethod
     def from_run_config(cls, config: Mapping[str, Any]) -> Config:
         """The :class:`Config` a :meth:`run_config` dict was built from."""
@@ -270,7 +282,7 @@ def check(config: Config, *, names: Mapping[str, str] | None = None, out: str | 
                 raise LayerIndexError(f"{flag('layer')} {config.layer} is out of range: {m} has {num_layers} "
                                       f"blocks (0..{num_layers - 1})")
     if out is not None:
-        known = config.run_config(models) if models is not None else config.run_config([])
+        known = config.claimable_config(out, models) if models is not None else config.run_config([])
         if models is None:
             known.pop("model")
         runs.check_run_dir(out, known, flag=names.get("out", "out"))

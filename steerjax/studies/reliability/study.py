@@ -366,7 +366,7 @@ def run(model: Any, config: Config, out: str, *, mesh=None, progress: bool = Tru
 
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     sources = [m if isinstance(m, str) else str(m.source) for m in models]
-    claim(out, config.run_config(sources))  # before anything else: another run's directory is refused
+    claim(out, config.claimable_config(out, sources))  # before anything else: another run's directory is refused
     log = RunLog(out, stamp=False)
 
     def say(msg: str) -> None:
