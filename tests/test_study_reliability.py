@@ -324,7 +324,7 @@ def test_result_round_trip(result, tmp_path):
 def test_summary_keys_as_documented(result):
     s = result.summary()
     overall = {"model", "format", "propensity", "layer", "layer_chosen_by", "n_datasets", "steerability",
-               "anti_steerable_fraction"}
+               "anti_steerable_fraction", "layer_sweep_steerability", "layer_sweep_blocks"}
     per = ["n", "steerability", "steerability_lo", "steerability_hi", "anti_steerable_fraction",
            "anti_steerable_fraction_lo", "anti_steerable_fraction_hi", "ci_level", "spurious_share", "vector_norm",
            "shift_system", "shift_user"] + [f"shift[{x}]" for x in ("SYS_positive", "SYS_negative", "PT_positive",
@@ -340,6 +340,8 @@ def test_summary_keys_as_documented(result):
     assert s[f"{d}/shift[SYS_positive]"] == pytest.approx(ood - ci["steerability"])
     assert s[f"{d}/shift_user"] == pytest.approx((s[f"{d}/shift[PT_positive]"] + s[f"{d}/shift[PT_negative]"]) / 2)
     assert s[f"{d}/vector_norm"] == 1.5
+    sweep_summary = result.layer_sweep_summaries["m"].set_index("layer")
+    assert s["layer_sweep_steerability"] == sweep_summary.loc[1, "steerability"] and s["layer_sweep_blocks"] == 2
     assert s["steerability"] == pytest.approx(result.steerability["steerability"].mean())
     with pytest.raises(SteerjaxError, match="no model"):
         result.summary("other")
@@ -394,7 +396,7 @@ def test_every_quantity_axis_names_its_unit(result):
         "violin": plots.violin_steerability(base.drop(columns=["model", "train_setting", "test_setting"]), None,
                                             propensity=kind, norms={SMOKE_DATASETS[0]: 3.0}),
         "layers": plots.layer_sweep_plot(result.layer_sweep_summaries["m"], None, propensity=kind, norms={0: 1, 1: 2}),
-        "ci": plots.steerability_ci_plot(result.steerability, None, propensity=kind),
+        "ci": plots.steerability_ci_plot(result.steerability, None, propensity=kind, norms={SMOKE_DATASETS[1]: 7.0}),
         "shifts": plots.shift_scatter(result.shifts, None, propensity=kind),
         "mean_variance": plots.mean_variance_plot(result.mean_variance, None, propensity=kind),
         "relative": plots.relative_steerability_plot(result.relative, None, propensity=kind),
@@ -415,6 +417,8 @@ def test_every_quantity_axis_names_its_unit(result):
     assert "logits per unit multiplier" in colorbar
     ticks = [t.get_text() for t in figs["violin"].axes[0].get_yticklabels()]
     assert any("|v|=3.00" in t for t in ticks)
+    ticks = [t.get_text() for t in figs["ci"].axes[0].get_yticklabels()]
+    assert f"{SMOKE_DATASETS[1]} (n=6, |v|=7.00)" in ticks and f"{SMOKE_DATASETS[0]} (n=6)" in ticks
     assert "kind not given" in " ".join(labels(plots.steerability_ci_plot(result.steerability, None)))
 
 

@@ -574,7 +574,7 @@ def model_comparison_plot(comparison, path, *, statistic: str = "steerability", 
 
 
 def steerability_ci_plot(ci: pd.DataFrame, path, *, dataset_col: str = "dataset", title: str | None = None,
-                         propensity: str | None = None) -> str:
+                         propensity: str | None = None, norms: Mapping | None = None) -> str:
     """Dataset steerability and anti-steerable fraction with bootstrap intervals, one row per dataset
     (sorted by steerability, highest at the top).
 
@@ -584,6 +584,8 @@ def steerability_ci_plot(ci: pd.DataFrame, path, *, dataset_col: str = "dataset"
       path: output file.
       dataset_col: column naming datasets.
       title: figure title.
+      propensity: the propensity's kind (``"logit"``, ``"logprob"``), for the axis label.
+      norms: dataset -> the steering vector's norm, shown beside each dataset's name.
     """
     require_columns(ci, [dataset_col, "steerability", "steerability_lo", "steerability_hi"], "steerability_ci_plot")
     _single(ci, "layer", "steerability_ci_plot")
@@ -604,7 +606,11 @@ def steerability_ci_plot(ci: pd.DataFrame, path, *, dataset_col: str = "dataset"
                 label=f"steerability ({level}bootstrap interval)")
     ax.axvline(0, color="grey", lw=1, ls="--")
     ns = s["n"].to_numpy() if "n" in s.columns else [None] * k
-    ax.set_yticks(y, [f"{d} (n={n})" if n is not None else str(d) for d, n in zip(s[dataset_col], ns)])
+    def tick(d, n):
+        facts = ([f"n={n}"] if n is not None else []) + ([f"|v|={norms[d]:.2f}"] if norms and d in norms else [])
+        return f"{d} ({', '.join(facts)})" if facts else str(d)
+
+    ax.set_yticks(y, [tick(d, n) for d, n in zip(s[dataset_col], ns)])
     ax.set_ylim(-0.7, k - 0.3)
     ax.set_xlabel(steerability_label(propensity, "steerability (mean per-example slope)"))
     ax.grid(axis="x", alpha=0.3)

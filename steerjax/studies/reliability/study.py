@@ -257,7 +257,7 @@ class Result:
                 title=f"Spurious factors: variance of steerability they explain ({at})"))
             written.append(plots.steerability_ci_plot(
                 self.steerability[self.steerability.model == slug], os.path.join(mdir, "steerability_ci.png"),
-                propensity=kind, title=f"Steerability with 95% bootstrap intervals: {at}"))
+                propensity=kind, norms=m_norms, title=f"Steerability with 95% bootstrap intervals: {at}"))
             written.append(plots.generalisation_heatmap(
                 self.generalisation[self.generalisation.model == slug].drop(columns="model"),
                 os.path.join(mdir, "generalisation_matrix.png"), value="steerability", propensity=kind,
@@ -288,7 +288,9 @@ class Result:
           Overall keys: ``model`` (its source), ``format``, ``propensity`` (``"logit"`` or
           ``"logprob"``), ``layer`` (the block steered: the layer sweep's choice or the one
           given), ``layer_chosen_by`` (``"layer_sweep"`` or ``"config"``), ``n_datasets``,
-          ``steerability`` (mean over datasets), ``anti_steerable_fraction`` (mean over datasets).
+          ``steerability`` (mean over datasets), ``anti_steerable_fraction`` (mean over datasets);
+          after a layer sweep also ``layer_sweep_steerability`` (the chosen block's mean steerability
+          on the layer-sweep splits) and ``layer_sweep_blocks`` (blocks swept).
           Per dataset ``<d>`` (the concept), for the baseline vector at that layer on the baseline
           prompts of the test half:
 
@@ -322,6 +324,10 @@ class Result:
             "n_datasets": int(len(ci)), "steerability": float(ci["steerability"].mean()),
             "anti_steerable_fraction": float(ci["anti_steerable_fraction"].mean()),
         }
+        if slug in self.layer_sweep_summaries:
+            sweep_summary = self.layer_sweep_summaries[slug].set_index("layer")
+            out["layer_sweep_steerability"] = float(sweep_summary.loc[int(info["layer"]), "steerability"])
+            out["layer_sweep_blocks"] = int(len(sweep_summary))
         for d, row in ci.iterrows():
             out[f"{d}/n"] = int(row["n"])
             for stat in ("steerability", "anti_steerable_fraction"):
