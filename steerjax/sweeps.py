@@ -143,14 +143,11 @@ def sweep(
 
     store = None
     if run_dir is not None:
-        store = RunDirectory(run_dir, {
-            "kind": "sweep", "model": model.source, "dtype": model.dtype, "layers": layer_ids,
-            "multipliers": mults.tolist(), "positions": positions, "propensity": propensity, "operator": operator,
-            "batch_size": batch_size, "memory_budget_mb": memory_budget_mb, "n_examples": len(examples),
-            "examples_sha256": digest(encoded, length=16),
-            "vector_sha256": digest(table[:, layer_ids].tobytes(), length=16),
-            "vector_names": names,
-        })
+        store = RunDirectory(run_dir, run_config(
+            model.source, dtype=model.dtype, layers=layer_ids, multipliers=mults, positions=positions,
+            propensity=propensity, operator=operator, batch_size=batch_size, memory_budget_mb=memory_budget_mb,
+            n_examples=len(examples), examples_sha256=digest(encoded, length=16),
+            vector_sha256=digest(table[:, layer_ids].tobytes(), length=16), vector_names=names))
 
     def work(_, chunk):
         idx, size = chunk
@@ -166,6 +163,25 @@ def sweep(
     if names is not None:
         out["vector"] = out["vector"].astype(str)
     return out
+
+
+def run_config(model_source: str, *, dtype: Any, layers: Sequence[int], multipliers: Sequence[float], positions: str,
+               propensity: str, operator: str, batch_size: int | None, memory_budget_mb: float, n_examples: int,
+               **digests: Any) -> dict[str, Any]:
+    """The ``config.json`` of a sweep's run directory: the one builder, used by :func:`sweep` and by
+    the command line's check before the model loads.
+
+    ``layers`` are block indices as normalised (non-negative); ``multipliers`` are stored as the
+    float32 values the sweep runs. ``digests`` (``examples_sha256``, ``vector_sha256``,
+    ``vector_names``) are known once the examples are encoded: :func:`sweep` gives them; a check
+    before the model loads leaves them out, and they are compared when the sweep starts.
+    """
+    return {
+        "kind": "sweep", "model": model_source, "dtype": dtype, "layers": [int(layer) for layer in layers],
+        "multipliers": np.asarray(multipliers, np.float32).reshape(-1).tolist(), "positions": positions,
+        "propensity": propensity, "operator": operator, "batch_size": batch_size,
+        "memory_budget_mb": memory_budget_mb, "n_examples": int(n_examples), **digests,
+    }
 
 
 def vector_table(cfg, vector: Any, layers: Sequence[int]) -> np.ndarray:

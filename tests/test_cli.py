@@ -215,6 +215,8 @@ BAD_ARGUMENTS = {
     "sweep": (["sweep", "{model}", "--dataset", "x", "--vector", "{tmp}/v.safetensors", "--layers", "a-b",
                "--out", "{tmp}/run"], "--layers 'a-b'"),
     "profile": (["profile", "{model}", "--dims", "x", "--budgets", "0", "--out", "{tmp}/run"], "--budgets"),
+    "reliability": (["reliability", "{model}", "--preset", "smoke", "--multipliers", "1", "2", "--out", "{tmp}/run"],
+                    "--multipliers must include 0"),
     "testbed": (["testbed", "{model}", "--concepts", "x", "--layer", "1", "--prompts", "0", "--out", "{tmp}/run"],
                 "--prompts"),
     "predictor train": (["predictor", "train", "{tmp}/no-testbed", "--out", "{tmp}/p"], "not a finished testbed"),
