@@ -19,13 +19,16 @@ class ModelLoaded(Exception):
 
 @pytest.fixture
 def no_model(monkeypatch):
-    """``steerjax.load_model`` raises :class:`ModelLoaded`: a test sees whether the inputs were checked first."""
+    """``steerjax.load_model`` (and ``steerjax.model.load_model``, which the study calls) raise
+    :class:`ModelLoaded`: a test sees whether the inputs were checked first."""
     import steerjax
+    import steerjax.model
 
     def refuse(*a, **k):
         raise ModelLoaded
 
     monkeypatch.setattr(steerjax, "load_model", refuse)
+    monkeypatch.setattr(steerjax.model, "load_model", refuse)
 
 
 @pytest.mark.slow
@@ -123,11 +126,13 @@ def test_steerability_predictor_experiment_smoke(tmp_path, capsys, monkeypatch):
 
     # steps 4-5 again from the run's features, without a model: the same figures
     import steerjax
+    import steerjax.model
 
     def refuse(*a, **k):
         raise AssertionError("--reuse-features loaded a model")
 
     monkeypatch.setattr(steerjax, "load_model", refuse)
+    monkeypatch.setattr(steerjax.model, "load_model", refuse)
     again = main(["--preset", "smoke", "--reuse-features", str(out), "--out", str(tmp_path / "again"), *model])
     assert again["reused_features"] == str(out) and again["label_shares"] == summary["label_shares"]
     for key in ("paper", "evaluation", "ablation", "strategies", "targets", "intervals"):  # as JSON: NaN equals NaN
@@ -151,9 +156,10 @@ def test_experiment_help(capsys):
 
 @pytest.mark.parametrize("argv, error, msg", [
     (["--feature-set", "nope"], "PredictorError", "unknown feature set 'nope'"),
-    (["--prompts", "1"], "exit", "--prompts must be >= 2"),
-    (["--judge-url", "http://127.0.0.1:9/v1"], "exit", "for --judge llm"),
-    (["--judge", "embedding", "--no-kappa"], "exit", "drop --no-kappa"),
+    (["--prompts", "1"], "SteerjaxError", "--prompts must be >= 2"),
+    (["--judge-url", "http://127.0.0.1:9/v1"], "JudgeError", "for --judge llm"),
+    (["--judge", "embedding", "--no-kappa"], "JudgeError", "drop --no-kappa"),
+    (["--prompts", "99"], "SteerjaxError", "--prompts must be at most"),
     (["--judge", "llm"], "JudgeError", "no judge model"),
     (["--reuse-features", "/nonexistent/run"], "RunConfigError", "missing config.json"),
 ])
@@ -233,7 +239,7 @@ def steerboost_data(root, *, banks=True, one_sided=None):
 
 
 def test_steerboost_preset_checks_its_data_first(tmp_path, no_model):
-    from experiments.steerability_predictor.run import _steerboost_inputs, main
+    from experiments.steerability_predictor.run import main
     from steerjax.data import steerboost as sources
     from steerjax.errors import DataError, SteerjaxError
 
@@ -257,14 +263,14 @@ def test_steerboost_preset_checks_its_data_first(tmp_path, no_model):
     assert cfg["concept_names"] == ["emojis", "formal tone", "optimism", "pirate speech"]
     assert cfg["strengths"] == list(sources.STEERBOOST_ALPHAS) and cfg["n_prompts"] == 3
 
-    class Args:
-        steerboost_data, concepts, prompts = str(good), 4, 3
+    from steerjax.studies.steerability_prediction import Config
+    from steerjax.studies.steerability_prediction.study import inputs
 
-    got = _steerboost_inputs(Args, {"concepts": None, "prompts": 50})
-    assert got["prompts"] == sources.alpaca_eval_prompts(good / "alpaca_eval.json", n=3, seed=42)
-    assert got["levels"] == {"emojis": "low", "formal tone": "mid", "optimism": "high", "pirate speech": "low"}
-    assert got["rollouts"]["scale"] == "raw" and got["rollouts"]["temperature"] == 0.7
-    assert got["rollouts"]["positions"] == "all" and got["evaluation"]["prompt_split"] == "per-concept"
+    got = inputs(Config.preset("steerboost", steerboost_data=str(good), concepts=4, prompts=3))
+    assert got.prompts == sources.alpaca_eval_prompts(good / "alpaca_eval.json", n=3, seed=42)
+    assert got.levels == {"emojis": "low", "formal tone": "mid", "optimism": "high", "pirate speech": "low"}
+    assert got.source["rollouts"]["scale"] == "raw" and got.source["rollouts"]["temperature"] == 0.7
+    assert got.source["rollouts"]["positions"] == "all" and got.source["evaluation"]["prompt_split"] == "per-concept"
 
 
 def test_cgs_baseline_is_leave_one_prompt_out():

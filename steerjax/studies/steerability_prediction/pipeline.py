@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from steerjax.errors import JudgeError, SteerjaxError
-from steerjax.runs import keyed_artifact
+from steerjax.runs import digest, keyed_artifact
 from steerjax.studies.steerability_prediction import classifier, plots
 from steerjax.studies.steerability_prediction.concepts import (
     NEUTRAL_PROMPTS,
@@ -39,6 +39,7 @@ from steerjax.studies.steerability_prediction.concepts import (
     make_concepts,
     save_concepts,
 )
+from steerjax.studies.steerability_prediction.config import PROTOCOLS
 from steerjax.studies.steerability_prediction.features import early_features
 from steerjax.studies.steerability_prediction.judge import HiddenStateJudge
 from steerjax.studies.steerability_prediction.testbed import rollouts as make_rollouts
@@ -113,7 +114,7 @@ def run_testbed(model, names: Sequence[str] | None, prompts: Sequence[Any], stre
         read_examples,
         select,
     )
-    from steerjax.studies.steerability_prediction.testbed import check_options, digest
+    from steerjax.studies.steerability_prediction.testbed import check_options
 
     layer = normalize_layer(layer, model.config.num_layers)
     check_scale(scale)
@@ -259,9 +260,6 @@ class PredictorTraining:
     thresholds: Any
     evaluation: classifier.Evaluation | None
     paper: Any = None
-
-
-PROTOCOLS = ("cv", "paper")
 
 
 def check_training(testbed: Testbed, *, steps: Sequence[int], search_k: int, folds: int,
