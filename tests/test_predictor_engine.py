@@ -453,6 +453,8 @@ def test_cli_predictor_train_and_search(chat_model_dir, tmp_path, capsys):
     assert all(c.endswith("_k1") or c in ("strength", "sb_InterventionMag", "sb_Alpha") for c in p.feature_columns)
     paper = pd.read_csv(f"{pred}/paper/scores.csv")
     assert {("seen", "test"), ("unseen", "test"), ("unseen", "all")} == set(zip(paper["concepts"], paper["prompts"]))
+    for part, g in paper.groupby(["concepts", "prompts"]):  # the same baselines as the study's, CGS included
+        assert {"predictor", "strength-only", "majority", "CGS"} <= set(g["model"]), part
     assert "the paper's evaluation, features 'steerboost'" in capsys.readouterr().out
     capsys.readouterr()
     out = str(tmp_path / "search.json")

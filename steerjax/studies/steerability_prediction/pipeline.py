@@ -304,7 +304,8 @@ def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] =
       feature_set: the features (:data:`steerjax.studies.steerability_prediction.features.FEATURE_SETS`, combined with
         ``+``); default the judge-independent :data:`~studies.steerability_prediction.classifier.DEFAULT_FEATURE_SET`.
       protocol: ``"cv"``: concept-grouped cross-validation on unseen concepts (``folds >= 2``; 0
-        skips it); ``"paper"``: the paper's evaluation
+        skips it), next to the CGS baseline as :func:`steerjax.studies.steerability_prediction.study.run`
+        reports it; ``"paper"``: the paper's evaluation
         (:func:`~steerjax.studies.steerability_prediction.evaluation.paper_evaluation`,
         saved in ``out/paper``; with ``folds >= 2`` the concept-grouped CV as its extra).
 
@@ -330,12 +331,17 @@ def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] =
     if protocol == "paper":
         levels = evaluation.concept_levels(testbed.concepts)
         paper = evaluation.paper_evaluation(data, feature_columns=cols, levels=levels, cv_folds=folds, seed=seed)
-        paper.save(os.path.join(out, "paper"))
+        paper, _ = evaluation.paper_with_cgs(paper, data)
         ev = paper.cv
     elif folds >= 2:
         ev = classifier.evaluate(data, feature_columns=cols, n_folds=folds, progress=progress, **fit_kw)
-    if ev is not None:
+    if ev is not None:  # with the CGS baseline, as the study reports it
+        ev, _ = evaluation.cv_with_cgs(ev, data)
+        if paper is not None:
+            paper = dataclasses.replace(paper, cv=ev)
         save_evaluation(ev, out)
+    if paper is not None:
+        paper.save(os.path.join(out, "paper"))
     search_cols = [c for c in cols if (k := classifier.feature_step(c)) is None or k <= search_k]
     pred = classifier.fit(data, feature_columns=search_cols, **fit_kw)
     pred.meta.update(testbed=os.path.abspath(testbed.path), model=cfg["model"], dtype=cfg.get("dtype", "float32"),

@@ -173,7 +173,7 @@ def inputs(config: Config, *, names: Mapping[str, str] | None = None) -> Inputs:
         known = list_datasets("persona")
         if config.concept_names is not None:
             names_ = list(config.concept_names)
-            _check_names(names_, known, n["concept_names"])
+            check_concept_names(names_, known, n["concept_names"])
         else:
             names_ = known if config.concepts is None else _spread(known, config.concepts)
         if config.prompts is not None and config.prompts > len(NEUTRAL_PROMPTS):
@@ -221,7 +221,9 @@ def _check_numbers(config: Config, n: dict[str, str]) -> None:
                 raise PredictorError(f"{n[field]}: {e}") from None
 
 
-def _check_names(names: list[str], known: list[str], flag: str) -> None:
+def check_concept_names(names: list[str], known: list[str], flag: str = "concept_names") -> None:
+    """Every name of ``names`` among ``known``; else a DataError naming the first unknown one and
+    its closest known names."""
     unknown = [x for x in names if x not in known]
     if unknown:
         close = difflib.get_close_matches(unknown[0], known, n=3, cutoff=0.6)
@@ -249,7 +251,7 @@ def _steerboost_inputs(config: Config, n: dict[str, str]) -> dict:
         alpaca_json = store.data_file(os.path.join(root, "alpaca_eval.json"))
         table = sources.steerboost_concepts(concepts_json)
         if config.concept_names is not None:
-            _check_names(list(config.concept_names), table["concept_name"].tolist(), n["concept_names"])
+            check_concept_names(list(config.concept_names), table["concept_name"].tolist(), n["concept_names"])
             table = table[table["concept_name"].isin(config.concept_names)]
         elif config.concepts is not None:
             table = table.iloc[_spread(list(range(len(table))), config.concepts)]
