@@ -163,7 +163,7 @@ def test_cli_layer_out_of_range_before_the_model_loads(tiny, tmp_path, no_model,
 
     monkeypatch.setattr(study_mod, "list_datasets", lambda kind: [f"dim-{i}" for i in range(8)])
     out = tmp_path / "run"
-    code = main(["predictor", "study", "--preset", "smoke", "--model", tiny("llama")[0], "--layer", "99",
+    code = main(["predictor", "study", tiny("llama")[0], "--preset", "smoke", "--layer", "99",
                  "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and "--layer 99 is out of range" in err and not out.exists()

@@ -31,7 +31,7 @@ from steerjax.studies.steerability_prediction.config import PRESETS  # noqa: E40
 def main(argv=None) -> dict:
     """Run the study; returns what it found (``summary.json``)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_study_arguments(ap, default_out="runs/steerability-predictor")
+    add_study_arguments(ap, default_out="runs/steerability-predictor", model_flag=True)
     return study(ap.parse_args(argv)).details
 
 

@@ -31,12 +31,17 @@ STUDY_FLAGS = {"concepts": "--concepts", "concept_names": "--concept-names", "pr
 
 
 def add_study_arguments(ap: argparse.ArgumentParser, *, default_preset: str = "quick",
-                        default_out: str | None = None) -> None:
-    """The study's flags: a preset and the options a run overrides (see :data:`STUDY_FLAGS`)."""
+                        default_out: str | None = None, model_flag: bool = False) -> None:
+    """The study's flags: a preset and the options a run overrides (see :data:`STUDY_FLAGS`); the
+    model as the commands take it (an optional positional ``MODEL``), or as ``--model``."""
     ap.add_argument("--preset", choices=sorted(PRESETS), default=default_preset,
                     help="smoke (CI), quick (2 CPU cores), full (paper scale, GPU), steerboost (SteerBoost's "
                          "setting; needs its data) (default: %(default)s)")
-    ap.add_argument("--model", default=None, help="default: steerjax.DEFAULT_MODEL (SmolLM2-135M-Instruct, offline)")
+    if model_flag:
+        ap.add_argument("--model", default=None,
+                        help="default: steerjax.DEFAULT_MODEL (SmolLM2-135M-Instruct, offline)")
+    else:
+        checks.add_model(ap)
     ap.add_argument("--layer", type=int, default=None, help="steered block (default: the middle one)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--concepts", type=int, default=None, metavar="N",
