@@ -108,23 +108,48 @@ def run_testbed(model, names: Sequence[str] | None, prompts: Sequence[Any], stre
         :func:`steerjax.studies.steerability_prediction.rollouts` and the concept builders.
     """
     from steerjax.steering.core import normalize_layer
-    from steerjax.studies.steerability_prediction.concepts import (
-        check_scale,
-        concepts_from_examples,
-        read_examples,
-        select,
-    )
+    from steerjax.studies.steerability_prediction.concepts import check_scale
     from steerjax.studies.steerability_prediction.testbed import check_options
 
     layer = normalize_layer(layer, model.config.num_layers)
     check_scale(scale)
     check_options(max_new_tokens, batch_size, positions, seed, scale=scale, temperature=temperature, top_p=top_p,
                   top_k=top_k)
+    if source == "examples" and examples is None:
+        raise SteerjaxError("source='examples' needs examples= (a JSONL file or mapping of example banks)")
+    if source != "examples" and examples is not None:
+        raise SteerjaxError(f"examples= is used with source='examples', not source={source!r}")
+    os.makedirs(out, exist_ok=True)
+    concepts = testbed_concepts(model, os.path.join(out, CONCEPTS), names=names, layer=layer, source=source,
+                                pairs=pairs, seed=seed, examples=examples, method=method, norm_prompts=norm_prompts,
+                                progress=progress)
+    table = make_rollouts(model, list(prompts), concepts, strengths, layer=layer, max_new_tokens=max_new_tokens,
+                          seed=seed, batch_size=batch_size, positions=positions, temperature=temperature,
+                          top_p=top_p, top_k=top_k, scale=scale, progress=progress, run_dir=out)
+    table.to_parquet(os.path.join(out, ROLLOUTS), index=False)
+    with open(os.path.join(out, CONFIG)) as f:
+        return Testbed(out, json.load(f), concepts, table)
+
+
+def testbed_concepts(model, path: str, *, names: Sequence[str] | None, layer: int, source: str = "statements",
+                     pairs: int = 32, seed: int = 0, examples=None, method: str = "diffmean", chat: bool | None = None,
+                     norm_prompts=NEUTRAL_PROMPTS, progress: bool = True) -> list[Concept]:
+    """The testbed's concepts, built once into ``path`` and reloaded while their key matches
+    (:func:`steerjax.runs.keyed_artifact`): model, dtype, names, layer, pairs, seed, source; for
+    example banks also their digest, ``method``, the norm prompts' digest and ``chat`` when set.
+    The one concept cache of ``steerjax testbed`` and the study.
+
+    Args: as :func:`run_testbed` (``examples``: a JSONL file or mapping of example banks;
+      ``chat``: whether the example texts are rendered as chats, ``None``: the builder's default).
+
+    Raises:
+      SteerjaxError: an example bank missing for one of ``names``; as the concept builders.
+    """
+    from steerjax.studies.steerability_prediction.concepts import concepts_from_examples, read_examples, select
+
     key = {"model": str(model.source), "dtype": model.dtype, "concepts": list(names) if names else "all",
            "layer": layer, "pairs": pairs, "seed": seed, "source": source}
     if source == "examples":
-        if examples is None:
-            raise SteerjaxError("source='examples' needs examples= (a JSONL file or mapping of example banks)")
         banks = read_examples(examples)
         if names:
             missing = [n for n in names if n not in banks]
@@ -135,27 +160,18 @@ def run_testbed(model, names: Sequence[str] | None, prompts: Sequence[Any], stre
         key.update(method=method, examples=digest({n: [list(b.positive), list(b.negative), b.level]
                                                    for n, b in banks.items()}),
                    norm_prompts=None if norm_prompts is None else digest(list(norm_prompts)))
+        kw = {} if chat is None else {"chat": chat}
+        if chat is not None:
+            key["chat"] = chat
 
         def build():
             return concepts_from_examples(model, banks, layer=layer, method=method, n_examples=n_examples,
-                                          norm_prompts=norm_prompts, progress=progress)
+                                          norm_prompts=norm_prompts, progress=progress, **kw)
     else:
-        if examples is not None:
-            raise SteerjaxError(f"examples= is used with source='examples', not source={source!r}")
-
         def build():
             return make_concepts(model, names, layer=layer, source=source, n=pairs, seed=seed, progress=progress)
-    os.makedirs(out, exist_ok=True)
-    concepts = keyed_artifact(os.path.join(out, CONCEPTS), key, build,
-                              save=lambda c, path: save_concepts(path, c), load=load_concepts)
-    if source == "examples":
-        concepts = select(concepts, list(banks))
-    table = make_rollouts(model, list(prompts), concepts, strengths, layer=layer, max_new_tokens=max_new_tokens,
-                          seed=seed, batch_size=batch_size, positions=positions, temperature=temperature,
-                          top_p=top_p, top_k=top_k, scale=scale, progress=progress, run_dir=out)
-    table.to_parquet(os.path.join(out, ROLLOUTS), index=False)
-    with open(os.path.join(out, CONFIG)) as f:
-        return Testbed(out, json.load(f), concepts, table)
+    concepts = keyed_artifact(path, key, build, save=lambda c, p: save_concepts(p, c), load=load_concepts)
+    return select(concepts, list(banks)) if source == "examples" else concepts
 
 
 def label_and_featurize(model, concepts, rollouts: pd.DataFrame, *, layer: int, steps, batch_size: int = 32,

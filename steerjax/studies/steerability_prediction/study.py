@@ -61,16 +61,10 @@ from steerjax import runs
 from steerjax.data import list_datasets, store
 from steerjax.data import steerboost as sources
 from steerjax.errors import DataError, JudgeError, LayerIndexError, PredictorError, RunConfigError, SteerjaxError
-from steerjax.runs import RunLog, claim, keyed_artifact, write_json
+from steerjax.runs import RunLog, claim, write_json
 from steerjax.studies.steerability_prediction import classifier, evaluation, judge, plots, search
 from steerjax.studies.steerability_prediction.classifier import ABLATION_SETS
-from steerjax.studies.steerability_prediction.concepts import (
-    NEUTRAL_PROMPTS,
-    concepts_from_examples,
-    load_concepts,
-    save_concepts,
-    statement_concepts,
-)
+from steerjax.studies.steerability_prediction.concepts import NEUTRAL_PROMPTS, load_concepts
 from steerjax.studies.steerability_prediction.config import (
     BOOTSTRAP_DRAWS,
     BOOTSTRAP_LEVEL,
@@ -90,7 +84,7 @@ from steerjax.studies.steerability_prediction.config import (
 )
 from steerjax.studies.steerability_prediction.features import relative_columns, relative_features
 from steerjax.studies.steerability_prediction.llm_judge import LLMJudge, judge_agreement
-from steerjax.studies.steerability_prediction.pipeline import label_and_featurize
+from steerjax.studies.steerability_prediction.pipeline import label_and_featurize, testbed_concepts
 from steerjax.studies.steerability_prediction.testbed import rollouts as make_rollouts
 from steerjax.version import __version__
 
@@ -628,24 +622,16 @@ def _finish(result: Result, out: str, log: RunLog) -> Result:
 
 
 def _concepts(model, got: Inputs, layer: int, config: Config, out: str, progress: bool):
-    """The concepts, built once per (model, dtype, layer, names, size, source) and reloaded after."""
+    """The concepts (:func:`.pipeline.testbed_concepts`: built once, reloaded while built for the
+    same model, layer, names, size and source)."""
     src = got.source
+    path = os.path.join(out, CONCEPTS_FILE)
     if src is None:
-        key = dict(model=model.source, dtype=model.dtype, layer=layer, names=got.names,
-                   n_statements=config.n_statements, seed=config.seed, source="statements")
-
-        def build():
-            return statement_concepts(model, got.names, layer=layer, n_statements=config.n_statements,
-                                      seed=config.seed, progress=progress)
-    else:
-        key = dict(model=model.source, dtype=model.dtype, layer=layer, names=got.names,
-                   n_examples=config.n_statements, method=src["method"], source="steerboost")
-
-        def build():
-            return concepts_from_examples(model, src["banks"], layer=layer, method=src["method"],
-                                          n_examples=config.n_statements, chat=src["chat"], progress=progress)
-    return keyed_artifact(os.path.join(out, CONCEPTS_FILE), key, build,
-                          save=lambda c, path: save_concepts(path, c), load=load_concepts)
+        return testbed_concepts(model, path, names=got.names, layer=layer, source="statements",
+                                pairs=config.n_statements, seed=config.seed, progress=progress)
+    return testbed_concepts(model, path, names=got.names, layer=layer, source="examples", pairs=config.n_statements,
+                            seed=config.seed, examples=src["banks"], method=src["method"], chat=src["chat"],
+                            progress=progress)
 
 
 # ----------------------------------------------------------------------------- judges
