@@ -1,4 +1,5 @@
-"""The predictor's steps, shared by the command line and the predictor experiment.
+"""The predictor's steps, shared by ``steerjax testbed`` / ``steerjax predictor train`` and the
+study (:mod:`steerjax.studies.steerability_prediction.study`).
 
 - a testbed run directory: :func:`run_testbed` makes (or resumes) one, :func:`load_testbed` reads a
   finished one. Layout::
@@ -8,6 +9,7 @@
       RUN_DIR/concepts.safetensors    the concepts (+ .key.json: what they were built for)
       RUN_DIR/rollouts.parquet        every rollout, written when all are done
 
+- :func:`testbed_concepts`: the one concept cache (a keyed artifact);
 - :func:`label_and_featurize`: label a testbed's rollouts, extract the early features of the same
   (prompt, concept, strength) rows, join them; :func:`save_evaluation`: an evaluation's tables and
   figures; :func:`train_predictor`: both, the evaluation, and the saved predictor.
