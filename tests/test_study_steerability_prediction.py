@@ -158,12 +158,16 @@ def test_cli_refuses_bad_input_before_the_model_loads(argv, msg, tmp_path, no_mo
     assert not out.exists()
 
 
-def test_cli_layer_out_of_range_before_the_model_loads(tiny, tmp_path, no_model, monkeypatch, capsys):
+def test_cli_layer_out_of_range_before_the_model_loads(tmp_path, no_model, monkeypatch, capsys):
     from steerjax.cli import main
+    from tests.helpers import TINYSTORIES_MISSING, tinystories_path
+
+    if tinystories_path() is None:
+        pytest.skip(TINYSTORIES_MISSING)
 
     monkeypatch.setattr(study_mod, "list_datasets", lambda kind: [f"dim-{i}" for i in range(8)])
     out = tmp_path / "run"
-    code = main(["predictor", "study", tiny("llama")[0], "--preset", "smoke", "--layer", "99",
+    code = main(["predictor", "study", tinystories_path(), "--preset", "smoke", "--layer", "99",
                  "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and "--layer 99 is out of range" in err and not out.exists()

@@ -176,10 +176,6 @@ class Config:
                 object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
 
     @classmethod
-    def preset_names(cls) -> list[str]:
-        return sorted(PRESETS)
-
-    @classmethod
     def preset(cls, name: str, **overrides) -> Config:
         """The preset ``name`` with ``overrides`` (an override of ``None`` keeps the preset's value,
         as a flag not given does).
