@@ -148,6 +148,12 @@ def add_commands(sub) -> None:
     ptr.add_argument("--protocol", choices=PROTOCOLS, default="cv",
                      help="evaluation: concept-grouped CV (--folds), or the paper's (seen/unseen concepts, 70/10/20 "
                           "prompts, CatBoost settings chosen on validation; --folds adds CV) (default: %(default)s)")
+    ptr.add_argument("--search-prompt-folds", type=checks.nonnegative_int, default=0, metavar="N",
+                     help="also replay the strength search on unseen concepts x held-out prompts (--folds concept "
+                          "folds x N prompt folds) against IGS, CGS and TCGS, as the study does; 0: no search "
+                          "(default: %(default)s)")
+    ptr.add_argument("--max-rollouts", type=checks.positive_int, nargs="+", default=[1, 2, 3], metavar="R",
+                     help="with --search-prompt-folds: the guided search's budgets (default: 1 2 3)")
     ptr.add_argument("--batch-size", type=checks.positive_int, default=32, help="default: %(default)s")
     ptr.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     ptr.add_argument("--out", required=True, metavar="DIR", help="where the predictor and its tables go")
@@ -230,14 +236,17 @@ def run_predictor_train(args) -> int:
     testbed = pipeline.load_testbed(args.testbed)
     pipeline.check_training(testbed, steps=args.steps, search_k=args.search_k, folds=args.folds,
                             feature_set=args.feature_set, protocol=args.protocol,
+                            search_prompt_folds=args.search_prompt_folds, max_rollouts=args.max_rollouts,
                             names={"steps": "--steps", "search_k": "--search-k", "folds": "--folds",
-                                   "protocol": "--protocol"})
+                                   "protocol": "--protocol", "search_prompt_folds": "--search-prompt-folds",
+                                   "max_rollouts": "--max-rollouts"})
     runs.check_output_dir(args.out, force=args.force)
     cfg = testbed.config
     model = steerjax.load_model(cfg["model"], dtype=cfg.get("dtype", "float32"))
     done = pipeline.train_predictor(model, testbed, out=args.out, steps=args.steps, search_k=args.search_k,
                                     folds=args.folds, iterations=args.iterations, batch_size=args.batch_size,
-                                    seed=args.seed, feature_set=args.feature_set, protocol=args.protocol)
+                                    seed=args.seed, feature_set=args.feature_set, protocol=args.protocol,
+                                    search_prompt_folds=args.search_prompt_folds, max_rollouts=args.max_rollouts)
     steered = done.labels[done.labels["concept"] != UNSTEERED]
     print(f"labels: {steered['label'].value_counts().to_dict()}\n{done.thresholds.how}")
     note = " (REPLAYS THE JUDGE)" if replays_judge(args.feature_set) else ""
@@ -249,6 +258,11 @@ def run_predictor_train(args) -> int:
     elif done.evaluation is not None:
         print(f"unseen concepts (concept-grouped CV), features {args.feature_set!r}{note}:")
         print(table(done.evaluation.scores))
+    if done.strategies is not None:
+        st = done.strategies[1]
+        print("strength search (unseen concepts, held-out prompts; relative to IGS, the full sweep):")
+        print(table(st[st["threshold"].isna()][["strategy", "max_rollouts", "items", "success_rate",
+                                                "tokens_per_item", "success_vs_igs", "tokens_vs_igs"]]))
     print(f"predictor (features {args.feature_set!r} of the first {args.search_k} steps) in {args.out}")
     return 0
 

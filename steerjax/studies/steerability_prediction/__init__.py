@@ -54,6 +54,7 @@ from steerjax.studies.steerability_prediction.search import (
     confirm_ranked,
     guided_search,
     held_out_proba,
+    held_out_strategies,
     rank_strengths,
     simulate_strategies,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "SteerabilityPredictor", "ablation", "alpaca_eval_prompts", "bootstrap_f1", "bootstrap_strategies",
     "choose_strength", "cohen_kappa", "compare_strategies", "concepts_from_examples", "confirm_ranked",
     "early_features", "evaluate", "feature_columns", "feature_set_columns", "fit", "guided_search", "held_out_proba",
+    "held_out_strategies",
     "judge_agreement", "lens_layers", "load_concepts", "load_prompts", "make_concepts", "paper_evaluation",
     "paper_split", "persona_concepts", "rank_strengths", "read_examples", "replays_judge", "residual_norm",
     "rollouts", "save_concepts", "simulate_strategies", "statement_concepts", "steerboost_columns",

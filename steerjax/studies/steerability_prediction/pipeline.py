@@ -32,7 +32,7 @@ import pandas as pd
 
 from steerjax.errors import JudgeError, SteerjaxError
 from steerjax.runs import digest, keyed_artifact
-from steerjax.studies.steerability_prediction import classifier, plots
+from steerjax.studies.steerability_prediction import classifier, plots, search
 from steerjax.studies.steerability_prediction.concepts import (
     NEUTRAL_PROMPTS,
     UNSTEERED,
@@ -41,7 +41,7 @@ from steerjax.studies.steerability_prediction.concepts import (
     make_concepts,
     save_concepts,
 )
-from steerjax.studies.steerability_prediction.config import PROTOCOLS
+from steerjax.studies.steerability_prediction.config import PROTOCOLS, search_feature_set
 from steerjax.studies.steerability_prediction.features import early_features
 from steerjax.studies.steerability_prediction.judge import HiddenStateJudge
 from steerjax.studies.steerability_prediction.testbed import rollouts as make_rollouts
@@ -278,11 +278,14 @@ class PredictorTraining:
     thresholds: Any
     evaluation: classifier.Evaluation | None
     paper: Any = None
+    #: the strength search against IGS / CGS / TCGS (:func:`.search.held_out_strategies`), with
+    #: ``search_prompt_folds``: ``(items, summary)``
+    strategies: tuple[pd.DataFrame, pd.DataFrame] | None = None
 
 
 def check_training(testbed: Testbed, *, steps: Sequence[int], search_k: int, folds: int,
-                   feature_set: str | None = None, protocol: str = "cv",
-                   names: dict[str, str] | None = None) -> None:
+                   feature_set: str | None = None, protocol: str = "cv", search_prompt_folds: int = 0,
+                   max_rollouts: Sequence[int] = (1, 2, 3), names: dict[str, str] | None = None) -> None:
     """The checks of :func:`train_predictor` that need no model (run them before loading one).
 
     ``names`` maps the parameters (``steps``, ``search_k``, ``folds``, ``protocol``) to how the
@@ -294,7 +297,8 @@ def check_training(testbed: Testbed, *, steps: Sequence[int], search_k: int, fol
     """
     from steerjax.studies.steerability_prediction.features import parse_feature_set
 
-    n = {k: k for k in ("steps", "search_k", "folds", "protocol")} | dict(names or {})
+    n = {k: k for k in ("steps", "search_k", "folds", "protocol", "search_prompt_folds", "max_rollouts")} | dict(
+        names or {})
     if folds == 1:
         raise SteerjaxError(f"{n['folds']} must be 0 (no evaluation) or >= 2 (concept-grouped folds), got 1")
     if search_k < min(steps):
@@ -303,6 +307,15 @@ def check_training(testbed: Testbed, *, steps: Sequence[int], search_k: int, fol
     if protocol not in PROTOCOLS:
         raise SteerjaxError(f"{n['protocol']} must be one of {PROTOCOLS}, got {protocol!r}")
     parse_feature_set(feature_set or classifier.DEFAULT_FEATURE_SET)  # an unknown name lists the known ones
+    if search_prompt_folds:
+        n_prompts = testbed.rollouts["prompt_id"].nunique()
+        if folds < 2:
+            raise SteerjaxError(f"{n['search_prompt_folds']} searches unseen concepts: it needs {n['folds']} >= 2")
+        if not 2 <= search_prompt_folds <= n_prompts:
+            raise SteerjaxError(f"{n['search_prompt_folds']} must be in 2..{n_prompts} (the testbed's prompts), got "
+                                f"{search_prompt_folds}")
+        if not max_rollouts or any(int(r) != r or r < 1 for r in max_rollouts):
+            raise SteerjaxError(f"{n['max_rollouts']} must be positive integers, got {list(max_rollouts)}")
     if protocol == "paper":
         n_concepts, n_prompts = len(testbed.concepts), testbed.rollouts["prompt_id"].nunique()
         if n_concepts < 2 or n_prompts < 3:
@@ -312,8 +325,8 @@ def check_training(testbed: Testbed, *, steps: Sequence[int], search_k: int, fol
 
 def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] = (1, 2, 4, 8), search_k: int = 2,
                     folds: int = 5, iterations: int = 300, batch_size: int = 32, seed: int = 0,
-                    feature_set: str | None = None, protocol: str = "cv",
-                    progress: bool = True) -> PredictorTraining:
+                    feature_set: str | None = None, protocol: str = "cv", search_prompt_folds: int = 0,
+                    max_rollouts: Sequence[int] = (1, 2, 3), progress: bool = True) -> PredictorTraining:
     """Label a testbed's rollouts (hidden-state judge), extract their early features, evaluate, fit
     the predictor on the features of the first ``search_k`` steps and save it, with its tables and
     figures, in ``out``.
@@ -326,6 +339,10 @@ def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] =
         reports it; ``"paper"``: the paper's evaluation
         (:func:`~steerjax.studies.steerability_prediction.evaluation.paper_evaluation`,
         saved in ``out/paper``; with ``folds >= 2`` the concept-grouped CV as its extra).
+      search_prompt_folds: with 2 or more, the strength search on unseen concepts x held-out
+        prompts (``folds`` concept folds x this many prompt folds) against IGS, CGS and TCGS, as the
+        study runs it (:func:`.search.held_out_strategies`, budgets ``max_rollouts``):
+        ``strategies.csv``, ``strategy_items.parquet``, ``strategies.png``.
 
     Raises:
       SteerjaxError, PredictorError: see :func:`check_training`.
@@ -333,7 +350,8 @@ def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] =
     from steerjax.studies.steerability_prediction import evaluation
 
     feature_set = feature_set or classifier.DEFAULT_FEATURE_SET
-    check_training(testbed, steps=steps, search_k=search_k, folds=folds, feature_set=feature_set, protocol=protocol)
+    check_training(testbed, steps=steps, search_k=search_k, folds=folds, feature_set=feature_set, protocol=protocol,
+                   search_prompt_folds=search_prompt_folds, max_rollouts=max_rollouts)
     cfg = testbed.config
     os.makedirs(out, exist_ok=True)
     labelled, thr, data = label_and_featurize(model, testbed.concepts, testbed.rollouts, layer=cfg["layer"],
@@ -360,6 +378,17 @@ def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] =
         save_evaluation(ev, out)
     if paper is not None:
         paper.save(os.path.join(out, "paper"))
+    strategies = None
+    if search_prompt_folds:
+        table = data if "n_tokens" in data else data.merge(steered[KEYS + ["n_tokens"]], on=KEYS,
+                                                           validate="one_to_one")
+        strategies = search.held_out_strategies(
+            table, feature_columns=classifier.feature_columns_of(data, feature_set=search_feature_set(feature_set)),
+            n_folds=folds, prompt_folds=search_prompt_folds, k=search_k, max_rollouts=max_rollouts, seed=seed,
+            iterations=iterations)
+        strategies[0].to_parquet(os.path.join(out, "strategy_items.parquet"), index=False)
+        strategies[1].to_csv(os.path.join(out, "strategies.csv"), index=False)
+        plots.strategy_tradeoff(strategies[1], os.path.join(out, "strategies.png"))
     search_cols = [c for c in cols if (k := classifier.feature_step(c)) is None or k <= search_k]
     pred = classifier.fit(data, feature_columns=search_cols, **fit_kw)
     pred.meta.update(testbed=os.path.abspath(testbed.path), model=cfg["model"], dtype=cfg.get("dtype", "float32"),
@@ -368,4 +397,4 @@ def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] =
                      strengths=sorted(set(steered["strength"])), max_new_tokens=cfg.get("max_new_tokens"),
                      thresholds=thr.to_dict())
     pred.save(out)
-    return PredictorTraining(pred, labelled, thr, ev, paper)
+    return PredictorTraining(pred, labelled, thr, ev, paper, strategies)

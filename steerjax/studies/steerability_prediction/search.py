@@ -556,6 +556,34 @@ def _frame(blocks) -> pd.DataFrame:
     return out
 
 
+def held_out_strategies(table: pd.DataFrame, *, feature_columns: Sequence[str], n_folds: int, prompt_folds: int,
+                        k: int, max_rollouts: Sequence[int] = (1,), thresholds: Sequence[float] | None = None,
+                        guided: Sequence[str] = STRATEGIES, seed: int = 0,
+                        **fit_kw) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(items, summary)``: every strategy on unseen concepts x held-out prompts (concept folds x
+    prompt folds), replayed with the held-out probabilities of a predictor on ``feature_columns``
+    (:func:`held_out_proba`, steps ``<= k``): the baselines, guided search and the threshold sweep
+    (``thresholds``; ``None``: :data:`THRESHOLDS`) of :func:`simulate_strategies`, with TCGS per
+    cell learning each concept's strength on the cell's other prompts; ``summary`` is
+    :func:`compare_strategies` of the items. The study and ``steerjax predictor train`` both
+    report this table."""
+    proba = held_out_proba(table, n_folds=n_folds, k=k, feature_columns=feature_columns, prompt_folds=prompt_folds,
+                           seed=seed, **fit_kw)
+    kw = dict(k=k, max_rollouts=list(max_rollouts))
+    thresholds = list(thresholds) if thresholds is not None else THRESHOLDS
+    items = simulate_strategies(table, proba[list(LABELS)], guided=guided, thresholds=thresholds, **kw)
+    tcgs = []
+    for _, cell in proba.groupby(["fold", "prompt_fold"], sort=True):
+        test = table.index.isin(cell.index)
+        cell_concepts = set(table.loc[test, "concept"])
+        cell_prompts = set(table.loc[test, "prompt_id"])
+        train = table["concept"].isin(cell_concepts) & ~table["prompt_id"].isin(cell_prompts)
+        part = simulate_strategies(table, None, test=test, train=train.to_numpy(), guided=(), thresholds=(), **kw)
+        tcgs.append(part[part["strategy"] == "TCGS"])
+    items = pd.concat([items[items["strategy"] != "TCGS"], *tcgs], ignore_index=True)
+    return items, compare_strategies(items)
+
+
 def compare_strategies(items: pd.DataFrame) -> pd.DataFrame:
     """The tidy comparison: one row per (group, strategy, max_rollouts, threshold).
 

@@ -770,26 +770,13 @@ def _evaluate(table: pd.DataFrame, details: dict, config: Config, got: Inputs, o
 
 
 def strategy_items(table: pd.DataFrame, config: Config, feature_set: str, fit_kw: dict):
-    """``(items, strategies)``: every strategy on unseen concepts x held-out prompts (concept folds
-    x prompt folds), replayed with the held-out probabilities of a predictor on ``feature_set``;
-    TCGS per cell learns each concept's strength on the cell's other prompts."""
+    """``(items, strategies)`` of :func:`.search.held_out_strategies` with the config's folds,
+    budgets and thresholds, the predictor on ``feature_set``."""
     cols = classifier.feature_columns_of(table, feature_set=feature_set)
-    proba = search.held_out_proba(table, n_folds=config.folds, k=config.search_k, feature_columns=cols,
-                                  prompt_folds=config.prompt_folds, seed=config.seed, **fit_kw)
-    kw = dict(k=config.search_k, max_rollouts=list(config.max_rollouts))
-    thresholds = list(config.thresholds) if config.thresholds is not None else search.THRESHOLDS
-    items = search.simulate_strategies(table, proba[list(judge.LABELS)], guided=GUIDED, thresholds=thresholds, **kw)
-    tcgs = []
-    for _, cell in proba.groupby(["fold", "prompt_fold"], sort=True):
-        test = table.index.isin(cell.index)
-        cell_concepts = set(table.loc[test, "concept"])
-        cell_prompts = set(table.loc[test, "prompt_id"])
-        train = table["concept"].isin(cell_concepts) & ~table["prompt_id"].isin(cell_prompts)
-        part = search.simulate_strategies(table, None, test=test, train=train.to_numpy(), guided=(), thresholds=(),
-                                          **kw)
-        tcgs.append(part[part["strategy"] == "TCGS"])
-    items = pd.concat([items[items["strategy"] != "TCGS"], *tcgs], ignore_index=True)
-    return items, search.compare_strategies(items)
+    return search.held_out_strategies(table, feature_columns=cols, n_folds=config.folds,
+                                      prompt_folds=config.prompt_folds, k=config.search_k,
+                                      max_rollouts=config.max_rollouts, thresholds=config.thresholds, guided=GUIDED,
+                                      seed=config.seed, **fit_kw)
 
 
 def intervals(table, ev, cgs, paper_pred, items, seed) -> pd.DataFrame:
