@@ -64,6 +64,7 @@ def test_presets_and_the_run_config():
         Config.preset("smoke", concept=3)
     with pytest.raises(dataclasses.FrozenInstanceError):
         smoke.seed = 1  # type: ignore[misc]
+    assert hash(Config.preset("quick")) == hash(Config.preset("quick")) and {smoke: 1}[Config.preset("smoke")] == 1
     assert JUDGES == ("hidden", "embedding", "llm") and "feedback" in STRATEGIES and "all" in POSITIONS
 
 

@@ -9,6 +9,7 @@ This module imports no jax, pandas or matplotlib: the command line reads it befo
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -168,6 +169,9 @@ class Config:
     no_kappa: bool = False
     steerboost_data: str | None = None
     reuse_features: str | None = None
+
+    def __hash__(self) -> int:  # the grids are mappings: hash the JSON view
+        return hash(json.dumps(self.run_config(""), sort_keys=True))
 
     def __post_init__(self):
         for name in _SEQUENCES:
