@@ -200,7 +200,7 @@ def result(tmp_path_factory):
     got = study_mod.Inputs(sorted(set(table["concept"])), list(range(6)), None, None, config.strengths, None)
     details = {"model_source": "synthetic", "layer": 1, "judge": "hidden", "feature_set": config.feature_set,
                "feature_set_replays_judge": False}
-    res = study_mod._evaluate(table, details, config, got, out, lambda msg: None, progress=False)
+    res = study_mod.evaluate_table(table, config, details, progress=False)
     res.config = config.run_config("synthetic", **got.facts())
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(res.config, f)

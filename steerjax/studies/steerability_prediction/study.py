@@ -554,7 +554,9 @@ def run(model, config: Config, out: str, *, mesh=None, progress: bool = True) ->
         log = RunLog(out)
         table, details = _reused_table(config.reuse_features, old, config)
         log(f"features and labels of {config.reuse_features} ({len(table)} rows): no model run")
-        return _finish(_evaluate(table, details, config, got, out, log, progress), out, log)
+        result = evaluate_table(table, config, details, levels=got.levels, source=got.source, log=log,
+                                progress=progress)
+        return _finish(result, out, log)
     claim(out, run_cfg)  # before the model loads: another run's directory is refused
     log = RunLog(out)
     if isinstance(model, str):
@@ -608,7 +610,8 @@ def run(model, config: Config, out: str, *, mesh=None, progress: bool = True) ->
         log(f"{unlabelled} steered rollouts the {JUDGE_NAMES[config.judge]} judge could not label: dropped")
     details["label_shares"] = table["label"].value_counts(normalize=True).to_dict()
     log(f"labels ({JUDGE_NAMES[config.judge]} judge): {details['label_shares']}")
-    result = _evaluate(table, details, config, got, out, log, progress)
+    result = evaluate_table(table, config, details, levels=got.levels, source=got.source, log=log,
+                            progress=progress)
     result.rollouts, result.labels, result.judges = roll, labelled, judges
     return _finish(result, out, log)
 
@@ -689,20 +692,25 @@ def ablation_sets(table: pd.DataFrame, feature_set: str) -> list[str]:
     return out
 
 
-def _evaluate(table: pd.DataFrame, details: dict, config: Config, got: Inputs, out: str, log,
-              progress: bool) -> Result:
-    """Steps 4-6 on a labelled features table: the paper evaluation (CGS included), concept-grouped
-    CV (nested when ``cv_grid`` is set; CGS included), F1 by k, the ablation, the search with its
-    baselines, the intervals; ``details`` completed."""
+def evaluate_table(table: pd.DataFrame, config: Config, details: dict, *, levels: Mapping[str, str] | None = None,
+                   source: dict | None = None, log=None, progress: bool = True) -> Result:
+    """Steps 4-6 on a labelled features table (one row per steered rollout: ids, features,
+    ``n_tokens``, ``label``): the paper evaluation (CGS included), concept-grouped CV (nested when
+    ``cv_grid`` is set; CGS included), F1 by k, the ablation, the search with its baselines, the
+    intervals. ``details`` (what steps 1-3 found: at least ``model_source``, ``layer``, ``judge``,
+    ``feature_set``, ``feature_set_replays_judge``) is completed; ``levels``: the concepts'
+    abstraction levels, ``source``: SteerBoost's data (:func:`inputs`); ``log``: a callable taking
+    a line (default: none). Nothing is written (:meth:`Result.save` does)."""
+    log = log or (lambda line: None)
     cols = classifier.feature_columns_of(table, feature_set=config.feature_set)
     log(f"features: {len(cols)} columns of {config.feature_set!r} for {len(table)} rows")
     fit_kw = dict(iterations=config.iterations)
     seed = config.seed
 
     # 4a. the paper's evaluation (seen/unseen concepts, 70/10/20 prompts, settings chosen on validation)
-    ev_kw = {} if got.source is None else dict(got.source["evaluation"])
+    ev_kw = {} if source is None else dict(source["evaluation"])
     ev_kw.setdefault("seed", seed)
-    paper = evaluation.paper_evaluation(table, feature_columns=cols, levels=got.levels, grid=config.paper_grid,
+    paper = evaluation.paper_evaluation(table, feature_columns=cols, levels=levels, grid=config.paper_grid,
                                         progress=progress, **ev_kw)
     paper, paper_cgs = evaluation.paper_with_cgs(paper, table)
     details["paper"] = paper.summary()
