@@ -220,13 +220,17 @@ def test_a_different_run_in_the_same_directory_is_refused(tmp_path, no_model):
         main(["--preset", "smoke", "--feature-set", "steerjax", "--out", out])
 
 
-def steerboost_data(root, *, banks=True, one_sided=None):
+#: three more concepts: two of each abstraction level, as the paper's stratified split needs
+MORE = [(1, "exclamations"), (46, "legal jargon"), (91, "pessimism")]
+
+
+def steerboost_data(root, *, banks=True, one_sided=None, more=False):
     """SteerBoost's data in the format its code reads: concepts.json (a list of {concept_id,
     concept_name}), training/{id}.json ({positive, negative}) and alpaca_eval.json (a list of
-    {instruction, dataset, ...})."""
+    {instruction, dataset, ...}); ``more``: seven concepts, two or more per level."""
     os.makedirs(root / "training")
     concepts = [{"concept_id": i, "concept_name": name} for i, name in
-                [(0, "emojis"), (45, "formal tone"), (90, "optimism"), (121, "pirate speech")]]
+                [(0, "emojis"), (45, "formal tone"), (90, "optimism"), (121, "pirate speech"), *(MORE if more else [])]]
     (root / "concepts.json").write_text(json.dumps(concepts))
     for c in concepts if banks else ():
         bank = {"positive": [f"{c['concept_name']} text {j}" for j in range(3)],
@@ -256,19 +260,28 @@ def test_steerboost_preset_checks_its_data_first(tmp_path, no_model):
         main(base + ["--steerboost-data", str(one_sided)])
     assert not (tmp_path / "run").exists()
 
-    good = steerboost_data(tmp_path / "good")
+    # four concepts (1 mid, 1 high): the stratified seen/unseen split would leave a level empty
+    few = steerboost_data(tmp_path / "few")
+    with pytest.raises(SteerjaxError, match="2 concepts per level"):
+        main(base + ["--steerboost-data", str(few)])
+    assert not (tmp_path / "run").exists()
+
+    good = steerboost_data(tmp_path / "good", more=True)
     with pytest.raises(ModelLoaded):
-        main(base + ["--steerboost-data", str(good)])
+        main(base[:2] + ["--concepts", "7"] + base[4:] + ["--steerboost-data", str(good)])
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert cfg["concept_names"] == ["emojis", "formal tone", "optimism", "pirate speech"]
+    names = ["emojis", "formal tone", "optimism", "pirate speech", "exclamations", "legal jargon", "pessimism"]
+    assert cfg["concept_names"] == names
     assert cfg["strengths"] == list(sources.STEERBOOST_ALPHAS) and cfg["n_prompts"] == 3
 
     from steerjax.studies.steerability_prediction import Config
     from steerjax.studies.steerability_prediction.study import inputs
 
-    got = inputs(Config.preset("steerboost", steerboost_data=str(good), concepts=4, prompts=3))
+    got = inputs(Config.preset("steerboost", steerboost_data=str(good), prompts=3))
+    assert got.names == names
     assert got.prompts == sources.alpaca_eval_prompts(good / "alpaca_eval.json", n=3, seed=42)
-    assert got.levels == {"emojis": "low", "formal tone": "mid", "optimism": "high", "pirate speech": "low"}
+    assert got.levels == {"emojis": "low", "formal tone": "mid", "optimism": "high", "pirate speech": "low",
+                          "exclamations": "low", "legal jargon": "mid", "pessimism": "high"}
     assert got.source["rollouts"]["scale"] == "raw" and got.source["rollouts"]["temperature"] == 0.7
     assert got.source["rollouts"]["positions"] == "all" and got.source["evaluation"]["prompt_split"] == "per-concept"
 

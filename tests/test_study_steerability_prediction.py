@@ -99,6 +99,7 @@ SMOKE = dict(preset="smoke")
     (dict(prompts=1), {}, SteerjaxError, "prompts must be >= 2"),  # an empty split
     (dict(concepts=1), {}, SteerjaxError, "concepts must be >= 2"),
     (dict(prompts=999), {}, SteerjaxError, "prompts must be at most"),
+    (dict(prompts=2), {}, PredictorError, "split needs at least 3 prompts"),  # the paper split's test part
     (dict(strengths=[0.1]), {}, SteerjaxError, "two or more strengths"),
     (dict(strengths=[0.1, math.nan]), {}, SteerjaxError, "strengths must be finite"),  # bad multipliers
     (dict(max_rollouts=[0, 2]), {}, SteerjaxError, "max_rollouts must be positive integers"),  # bad budget

@@ -181,6 +181,11 @@ def inputs(config: Config, *, names: Mapping[str, str] | None = None) -> Inputs:
                             f"baseline, search), got {list(strengths)}")
     if len(names_) < 2:
         raise SteerjaxError(f"{n['concept_names']}: the seen/unseen split needs two or more concepts, got {names_}")
+    ev_kw = {k: v for k, v in (src or {}).get("evaluation", {}).items() if k != "refit"}
+    try:  # the paper evaluation's split, made now: a part left empty is refused before any rollout
+        evaluation.paper_split(names_, list(range(len(prompts))), levels=levels, **{"seed": config.seed, **ev_kw})
+    except PredictorError as e:
+        raise PredictorError(f"{n['prompts']} {len(prompts)} / {len(names_)} concepts: {e}") from None
     return Inputs(list(names_), prompts, levels, src, strengths, llm)
 
 
