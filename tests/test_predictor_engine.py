@@ -458,7 +458,7 @@ def test_cli_predictor_train_and_search(chat_model_dir, tmp_path, capsys):
     assert "the paper's evaluation, features 'steerboost'" in capsys.readouterr().out
     # the study's strength search, baselines IGS / CGS / TCGS included, from the same command
     searched = str(tmp_path / "searched")
-    assert main(["predictor", "train", tb, "--steps", "1", "--search-k", "1", "--folds", "3", "--iterations", "20",
+    assert main(["predictor", "train", tb, "--steps", "1", "--search-k", "1", "--folds", "3", "--iterations", "10",
                  "--search-prompt-folds", "2", "--max-rollouts", "1", "2", "--out", searched]) == 0
     st = pd.read_csv(f"{searched}/strategies.csv")
     assert {"IGS", "CGS", "TCGS", "IGS-A", "IGS-D", "guided-argmax", "guided-feedback"} <= set(st["strategy"])
