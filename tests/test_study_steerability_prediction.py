@@ -275,3 +275,15 @@ def test_summary_is_flat_with_the_documented_keys(result):
     assert s["predictor_macro_f1"] == pytest.approx(cv["predictor"]) and s["cgs_macro_f1"] == pytest.approx(cv["CGS"])
     assert s["model"] == "synthetic" and s["judge"] == "hidden" and "paper_macro_f1" in s
     assert "guided-feedback" in res.headline() or "target" in res.headline()
+
+
+def test_protocol_table_matches_the_readme():
+    """config.PROTOCOL (what the report shows as deviations) has the README table's elements, in order."""
+    from steerjax.studies.steerability_prediction.config import PROTOCOL
+
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    section = readme[readme.index("## Predicting steerability early"):readme.index("## Command line")]
+    table = section[section.index("| element | paper / SteerBoost"):]
+    rows = [line.split("|")[1].strip() for line in table.splitlines()[2:] if line.startswith("|")]
+    assert [r[0] for r in PROTOCOL] == rows
+    assert all(isinstance(d, bool) for *_, d in PROTOCOL)

@@ -100,6 +100,30 @@ PRESETS: dict[str, dict[str, Any]] = {
                        source="steerboost", cv_grid=None),
 }
 
+#: the protocol element by element (the README's table, shortened): ``(element, paper / SteerBoost,
+#: steerjax's quick preset, deviation)``; ``deviation`` is True where the quick preset differs from
+#: the paper (the README's table says, per element, what the ``steerboost`` preset does)
+PROTOCOL: tuple[tuple[str, str, str, bool], ...] = (
+    ("model, block", "Qwen3-1.7B, layer 10", "SmolLM2-135M-Instruct, block 15 (offline, CPU)", True),
+    ("concepts", "150 at three abstraction levels, 50 written examples each",
+     "30 persona dimensions: 32 statements minus the mean over all dimensions", True),
+    ("vector estimate", "DiffMean or a probe", "mean difference", False),
+    ("prompts", "50 AlpacaEval instructions (seed 42)", "9 built-in neutral prompts", True),
+    ("strength", "alpha x the raw vector, 45 alphas 0.2 .. 9.0", "fraction of the residual norm, 12 points", True),
+    ("steered positions", "the prompt and every generated token", "the same", False),
+    ("decoding", "temperature 0.7, up to 2048 tokens", "greedy, 24 new tokens", True),
+    ("judge", "gpt-5-mini, three-way rubric; failed replies count as 0",
+     "hidden-state judge (offline); the LLM judge leaves failed replies unlabelled", True),
+    ("features", "SteerBoost's groups at tokens 0, 1, 3, 5 and blocks L + {0, 1, 2, 3, 5, 10, 15}",
+     "the same groups, plus the steerjax and relative sets", False),
+    ("judge-replaying features", "none", "computed, in the ablation only", False),
+    ("classifier", "XGBoost, 20 random settings on validation", "CatBoost, 8 settings on validation", True),
+    ("splits", "120 / 30 concepts by level; prompts per concept", "80 / 20 concepts; prompts 70 / 10 / 20 shared",
+     True),
+    ("search", "IGS, CGS, TCGS, IGS-A, IGS-D, ranked search, threshold sweep; 6 early tokens",
+     "the same replayed on one table, plus threshold-ascending and feedback; 1 early token", True),
+)
+
 #: the fields whose preset value a ``None`` override keeps (a flag not given)
 _SEQUENCES = ("concept_names", "strengths", "steps", "max_rollouts", "thresholds")
 
