@@ -267,19 +267,22 @@ def test_steerboost_preset_checks_its_data_first(tmp_path, no_model):
     assert not (tmp_path / "run").exists()
 
     good = steerboost_data(tmp_path / "good", more=True)
-    with pytest.raises(ModelLoaded):
+    with pytest.raises(SteerjaxError, match="prompt_folds 5 is more than the 3 prompts"):  # the preset's 5 folds
         main(base[:2] + ["--concepts", "7"] + base[4:] + ["--steerboost-data", str(good)])
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ModelLoaded):
+        main(base[:2] + ["--concepts", "7", "--prompts", "5"] + base[6:] + ["--steerboost-data", str(good)])
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     names = ["emojis", "formal tone", "optimism", "pirate speech", "exclamations", "legal jargon", "pessimism"]
     assert cfg["concept_names"] == names
-    assert cfg["strengths"] == list(sources.STEERBOOST_ALPHAS) and cfg["n_prompts"] == 3
+    assert cfg["strengths"] == list(sources.STEERBOOST_ALPHAS) and cfg["n_prompts"] == 5
 
     from steerjax.studies.steerability_prediction import Config
     from steerjax.studies.steerability_prediction.study import inputs
 
-    got = inputs(Config.preset("steerboost", steerboost_data=str(good), prompts=3))
+    got = inputs(Config.preset("steerboost", steerboost_data=str(good), prompts=5))
     assert got.names == names
-    assert got.prompts == sources.alpaca_eval_prompts(good / "alpaca_eval.json", n=3, seed=42)
+    assert got.prompts == sources.alpaca_eval_prompts(good / "alpaca_eval.json", n=5, seed=42)
     assert got.levels == {"emojis": "low", "formal tone": "mid", "optimism": "high", "pirate speech": "low",
                           "exclamations": "low", "legal jargon": "mid", "pessimism": "high"}
     assert got.source["rollouts"]["scale"] == "raw" and got.source["rollouts"]["temperature"] == 0.7

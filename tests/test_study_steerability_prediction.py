@@ -105,6 +105,8 @@ SMOKE = dict(preset="smoke")
     (dict(max_rollouts=[0, 2]), {}, SteerjaxError, "max_rollouts must be positive integers"),  # bad budget
     (dict(steps=[2], search_k=1), {}, SteerjaxError, "search_k 1 is below every steps value"),
     (dict(folds=1), {}, SteerjaxError, "folds must be >= 2"),
+    (dict(folds=5), {}, SteerjaxError, "folds 5 is more than the 4 concepts"),  # an empty concept fold
+    (dict(prompt_folds=5), {}, SteerjaxError, "prompt_folds 5 is more than the 4 prompts"),
     (dict(thresholds=[0.5, 2.0]), {}, SteerjaxError, "thresholds must be probabilities"),
     (dict(paper_grid={"depht": [4]}), {}, PredictorError, "paper_grid: grid has unknown keys"),
     (dict(judge_url="http://127.0.0.1:9/v1"), {}, JudgeError, "are for judge llm"),

@@ -186,6 +186,12 @@ def inputs(config: Config, *, names: Mapping[str, str] | None = None) -> Inputs:
         evaluation.paper_split(names_, list(range(len(prompts))), levels=levels, **{"seed": config.seed, **ev_kw})
     except PredictorError as e:
         raise PredictorError(f"{n['prompts']} {len(prompts)} / {len(names_)} concepts: {e}") from None
+    if config.folds > len(names_):
+        raise SteerjaxError(f"{n['folds']} {config.folds} is more than the {len(names_)} concepts: each concept fold "
+                            "needs one or more concepts")
+    if config.prompt_folds > len(prompts):
+        raise SteerjaxError(f"{n['prompt_folds']} {config.prompt_folds} is more than the {len(prompts)} prompts: each "
+                            f"prompt fold of the search needs one or more (use more {n['prompts']})")
     return Inputs(list(names_), prompts, levels, src, strengths, llm)
 
 
