@@ -219,6 +219,8 @@ BAD_ARGUMENTS = {
                     "--multipliers must include 0"),
     "testbed": (["testbed", "{model}", "--concepts", "x", "--layer", "1", "--prompts", "0", "--out", "{tmp}/run"],
                 "--prompts"),
+    "predictor study": (["predictor", "study", "--preset", "smoke", "--prompts", "1", "--out", "{tmp}/run"],
+                        "--prompts must be >= 2"),
     "predictor train": (["predictor", "train", "{tmp}/no-testbed", "--out", "{tmp}/p"], "not a finished testbed"),
     "predictor search": (["predictor", "search", "{tmp}/no-predictor", "--prompt", "Hi", "--concept", "x"],
                          "holds no predictor"),

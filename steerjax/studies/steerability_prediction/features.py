@@ -129,6 +129,13 @@ from steerjax.errors import PredictorError, SteerjaxError
 from steerjax.models.transformer import KVCache, final_norm, forward, param_dtype, unembed
 from steerjax.steering.core import normalize_layer
 from steerjax.studies.steerability_prediction.concepts import UNSTEERED, Concept
+from steerjax.studies.steerability_prediction.config import (  # noqa: F401 (FEATURE_SETS, replays_judge: re-exported)
+    DEFAULT_FEATURE_SET,
+    FEATURE_SETS,
+    JUDGE_AWARE,
+    parse_feature_set,
+    replays_judge,
+)
 from steerjax.studies.steerability_prediction.testbed import (
     bucket_rows,
     check_concepts,
@@ -149,21 +156,9 @@ STEERBOOST_OFFSETS = (0, 1, 2, 3, 5, 10, 15)
 STEERBOOST_GROUPS = ("MagDiff", "CosSim", "SteerAlign", "SteerProj", "MagDiffRatio", "CosSimDelta",
                      "SteerAlignDelta", "AfterSteering")
 SB_PREFIX = "sb_"
-FEATURE_SETS = {
-    "steerboost": "SteerBoost's groups (sb_*: MagDiff, CosSim, SteerAlign, SteerProj, the token-0 ratios and "
-                  "deltas, InterventionMag, Alpha) at its tokens and block offsets",
-    "steerjax": "steerjax's diffs: cos, norm ratio, diff norm, diff projection and growth per block, next-token "
-                "KL and entropy change, logit-lens KL",
-    "relative": "steerjax's ratios (rel_*): the vector norm and the push relative to the residual norm, next-token "
-                "KL and entropy change per unit push, downstream diff norm and projection per unit push",
-    "judge-aware": "read_nll and concept_read: they REPLAY the hidden-state judge (its fluency NLL and concept "
-                   "score on the first tokens); never a headline",
-}
-DEFAULT_FEATURE_SET = "steerboost+steerjax+relative"
 REL_PREFIX = "rel_"
 RELATIVE_STEP_FEATURES = ("kl_next", "entropy_change", "diff_norm_last", "diff_norm_mean", "diff_proj_last",
                           "diff_proj_mean")
-JUDGE_AWARE = "judge-aware"
 _EPS = 1e-8
 _STEERJAX_COLUMN = re.compile(r"^(?:(?:%s)_L\d+|(?:%s)|lens_kl_L\d+)_k\d+$"
                               % ("|".join(LAYER_FEATURES), "|".join(NEXT_FEATURES)))
@@ -303,26 +298,6 @@ def feature_set_of(column: str) -> str | None:
     if _JUDGE_COLUMN.match(column):
         return JUDGE_AWARE
     return None
-
-
-def parse_feature_set(name: str) -> tuple[str, ...]:
-    """The sets a feature-set name combines: ``"steerboost"``, ``"steerjax"``, ``"judge-aware"`` or
-    a ``+`` combination such as ``"steerboost+steerjax"`` (order kept, repeats dropped).
-
-    Raises:
-      PredictorError: an unknown or empty name (the message lists the known ones).
-    """
-    parts = tuple(dict.fromkeys(p.strip() for p in name.split("+"))) if isinstance(name, str) else ()
-    bad = [p for p in parts if p not in FEATURE_SETS]
-    if not parts or bad:
-        raise PredictorError(f"unknown feature set {name!r}: use one of {sorted(FEATURE_SETS)} or a '+' "
-                             f"combination such as {DEFAULT_FEATURE_SET!r}")
-    return parts
-
-
-def replays_judge(name: str) -> bool:
-    """Whether a feature-set name includes the judge-aware set (columns that replay the judge)."""
-    return JUDGE_AWARE in parse_feature_set(name)
 
 
 def feature_set_columns(columns: Sequence[str], name: str = DEFAULT_FEATURE_SET) -> list[str]:
