@@ -165,6 +165,36 @@ def sweep(
     return out
 
 
+#: ``|multiplier| x vector norm`` above which a steered residual is the vector alone: residual
+#: streams have norms of about 1 to 1e3, so past this the propensity no longer changes with the
+#: multiplier (and near 1e19 float32 squares overflow in the normalisations)
+SATURATION = 1e6
+
+
+def check_multipliers(multipliers: Sequence[float], *, flag: str = "multipliers", slopes: bool = True) -> list[float]:
+    """The multipliers as floats: finite, and (``slopes``) at least two distinct values, which a
+    per-example slope needs.
+
+    Raises:
+      SteeringError: a non-finite multiplier, or fewer than two distinct values with ``slopes``.
+    """
+    values = [float(m) for m in multipliers]
+    bad = [m for m in values if not np.isfinite(m)]
+    if bad:
+        raise SteeringError(f"{flag} must be finite, got {bad[0]}")
+    if slopes and len(set(values)) < 2:
+        raise SteeringError(f"{flag} {' '.join(f'{m:g}' for m in values)}: a steerability slope needs at least two "
+                            "distinct multipliers (e.g. -1 0 1)")
+    return values
+
+
+def saturating_multipliers(multipliers: Sequence[float], norms: Sequence[float]) -> list[float]:
+    """The multipliers whose ``|multiplier| x`` largest vector norm exceeds :data:`SATURATION`:
+    there the steered residual is the vector alone and the propensity saturates."""
+    top = max((float(n) for n in norms), default=0.0)
+    return [float(m) for m in multipliers if abs(float(m)) * top > SATURATION]
+
+
 def run_config(model_source: str, *, dtype: Any, layers: Sequence[int], multipliers: Sequence[float], positions: str,
                propensity: str, operator: str, batch_size: int | None, memory_budget_mb: float, n_examples: int,
                **digests: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import pytest
 
 import steerjax
 from steerjax.cli import main
+from steerjax.cli import sweep as cli_sweep
 from steerjax.cli.checks import parse_layers
 from steerjax.errors import SteerjaxError
 
@@ -168,7 +169,6 @@ def test_the_format_decides_the_sweeps_positions_and_propensity(chat_model_dir, 
 
 @pytest.mark.requires_data
 def test_vector_train_reads_the_formats_examples_and_token(chat_model_dir, tmp_path, capsys, monkeypatch):
-    import steerjax.vectors
     from steerjax.data import load_dataset
     from steerjax.errors import SteeringError
 
@@ -178,7 +178,7 @@ def test_vector_train_reads_the_formats_examples_and_token(chat_model_dir, tmp_p
         seen.update(kwargs, examples=examples)
         raise SteeringError("stopped by the test")
 
-    monkeypatch.setattr(steerjax.vectors, "train_vector", fake_train)
+    monkeypatch.setattr(cli_sweep, "train_vector", fake_train)
     argv = ["vector", "train", chat_model_dir, "--dataset", "anti-immigration", "--layers", "1", "--format",
             "steering-bench", "--setting", "PT_positive", "--split", "0:50%", "--split-compat", "repepo",
             "--max-examples", "4", "--out", str(tmp_path / "v.safetensors")]
@@ -217,3 +217,28 @@ def test_profile_bad_input(chat_model_dir, tmp_path, capsys):
     assert main(["profile", chat_model_dir, "--dims", "agreeableness", "--budgets", "150",
                  "--out", str(tmp_path / "b")]) == 2
     assert "150" in capsys.readouterr().err
+
+
+@pytest.mark.requires_data
+def test_sweep_multipliers_checked_before_the_model_loads(chat_model_dir, tmp_path, capsys, monkeypatch):
+    """``--multipliers 0`` (no slope can be fitted) is refused before the model loads, writing
+    nothing; a multiplier that saturates the propensity is warned about before the sweep."""
+    from steerjax.sweeps import SATURATION, saturating_multipliers
+    from steerjax.vectors import save_vectors
+
+    vec = str(tmp_path / "v.safetensors")
+    save_vectors(vec, {1: np.full(128, 0.5, np.float32)})  # norm 5.66
+    monkeypatch.setattr(steerjax, "load_model", forbidden)
+    run = tmp_path / "run"
+    base = ["sweep", chat_model_dir, "--dataset", "corrigible-neutral-HHH", "--vector", vec, "--max-examples", "4",
+            "--out", str(run)]
+    assert main(base + ["--multipliers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --multipliers 0: a steerability slope needs at least two distinct multipliers")
+    assert main(base + ["--multipliers", "2", "2"]) == 2 and "two distinct" in capsys.readouterr().err
+    assert not run.exists()
+    with pytest.raises(AssertionError, match="model was loaded"):  # the checks passed, with a warning
+        main(base + ["--multipliers", "1", "1e30", "-1e30"])
+    err = capsys.readouterr().err
+    assert "warning: --multipliers 1e+30 -1e+30 times the vector's norm (up to 5.66)" in err
+    assert saturating_multipliers([1.0, 2e5, -3e5], [5.0]) == [2e5, -3e5] and SATURATION == 1e6

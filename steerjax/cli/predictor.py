@@ -6,9 +6,16 @@ from __future__ import annotations
 
 import argparse
 
+import steerjax
 from steerjax import runs
 from steerjax.cli import checks
+from steerjax.data import list_datasets
 from steerjax.errors import SteerjaxError
+from steerjax.model import DEFAULT_MODEL, load_config
+from steerjax.runs import write_json
+from steerjax.studies.steerability_prediction import NEUTRAL_PROMPTS, UNSTEERED, check, pipeline, run
+from steerjax.studies.steerability_prediction import judge as judges
+from steerjax.studies.steerability_prediction.classifier import SteerabilityPredictor
 from steerjax.studies.steerability_prediction.config import (
     CONCEPT_SOURCES,
     DEFAULT_FEATURE_SET,
@@ -21,6 +28,9 @@ from steerjax.studies.steerability_prediction.config import (
     Config,
     testbed_run_config,
 )
+from steerjax.studies.steerability_prediction.features import replays_judge
+from steerjax.studies.steerability_prediction.search import guided_search
+from steerjax.studies.steerability_prediction.study import check_concept_names
 
 #: each study option's flag, for the checks' messages
 STUDY_FLAGS = {"concepts": "--concepts", "concept_names": "--concept-names", "prompts": "--prompts",
@@ -74,8 +84,6 @@ def add_study_arguments(ap: argparse.ArgumentParser, *, default_preset: str = "q
 def study(args: argparse.Namespace):
     """Check the study's inputs (before any model loads), run it, draw its figures, print its
     headline; returns its :class:`~steerjax.studies.steerability_prediction.Result`."""
-    from steerjax.model import DEFAULT_MODEL, load_config
-    from steerjax.studies.steerability_prediction import check, run
 
     options = {k: v for k, v in vars(args).items() if k in STUDY_FLAGS and k not in ("model", "out")}
     config = Config.preset(args.preset, **options)
@@ -187,10 +195,6 @@ def add_commands(sub) -> None:
 
 
 def run_testbed(args) -> int:
-    import steerjax
-    from steerjax.data import list_datasets
-    from steerjax.studies.steerability_prediction import NEUTRAL_PROMPTS, pipeline
-    from steerjax.studies.steerability_prediction.study import check_concept_names
 
     if args.prompts > len(NEUTRAL_PROMPTS):
         raise SteerjaxError(f"--prompts must be in 1..{len(NEUTRAL_PROMPTS)} (the built-in neutral prompts), "
@@ -229,9 +233,6 @@ def run_study(args) -> int:
 
 
 def run_predictor_train(args) -> int:
-    import steerjax
-    from steerjax.studies.steerability_prediction import UNSTEERED, pipeline
-    from steerjax.studies.steerability_prediction.features import replays_judge
 
     testbed = pipeline.load_testbed(args.testbed)
     pipeline.check_training(testbed, steps=args.steps, search_k=args.search_k, folds=args.folds,
@@ -271,11 +272,6 @@ def run_predictor_train(args) -> int:
 
 
 def run_predictor_search(args) -> int:
-    import steerjax
-    from steerjax.studies.steerability_prediction import judge as judges
-    from steerjax.studies.steerability_prediction import pipeline
-    from steerjax.studies.steerability_prediction.classifier import SteerabilityPredictor
-    from steerjax.studies.steerability_prediction.search import guided_search
 
     if args.max_rollouts > 1 and not args.judge:
         raise SteerjaxError(f"--max-rollouts {args.max_rollouts} confirms rollouts with the judge: pass a judge "
@@ -306,7 +302,6 @@ def run_predictor_search(args) -> int:
         print(f"judge: {res['label']}")
     print(res["text"])
     if args.out:
-        from steerjax.runs import write_json
 
         write_json(args.out, {k: (v.to_dict(orient="records") if hasattr(v, "to_dict") else v) for k, v in res.items()})
         print(f"wrote {args.out}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import steerjax
 from steerjax.cli import checks
+from steerjax.studies.prompt_steerability import Config, check, run
 from steerjax.studies.prompt_steerability.config import PAPER_BUDGETS, PROMPT_FORMATS
 
 NAMES = {"dims": "--dims", "budgets": "--budgets", "benchmark_trials": "--benchmark-trials",
@@ -50,8 +52,6 @@ def add_commands(sub) -> None:
 
 
 def run_profile(args) -> int:
-    import steerjax
-    from steerjax.studies.prompt_steerability import Config, check, run
 
     config = Config(dims=args.dims, budgets=args.budgets, benchmark_trials=args.benchmark_trials,
                     steering_trials=args.steering_trials, num_questions=args.num_questions,

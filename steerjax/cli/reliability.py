@@ -8,6 +8,8 @@ import json
 
 from steerjax.cli import checks
 from steerjax.model import DEFAULT_MODEL
+from steerjax.studies import reliability
+from steerjax.studies.reliability import Config
 from steerjax.studies.reliability.config import FORMATS, PRESETS, SPLIT_COMPAT
 
 NAMES = {"datasets": "--datasets", "format": "--format", "split_compat": "--split-compat", "layer": "--layer",
@@ -36,7 +38,6 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args):
     """The study's :class:`~steerjax.studies.reliability.Config` from parsed flags."""
-    from steerjax.studies.reliability import Config
 
     return Config.preset(args.preset, datasets=args.datasets, format=args.format, split_compat=args.split_compat,
                          layer=args.layer, multipliers=args.multipliers, seed=args.seed, dtype=args.dtype)
@@ -45,7 +46,6 @@ def config_from_args(args):
 def run_study(models, args, names=NAMES):
     """Check every input (before any model loads), run the study, draw its figures, print its
     summary (one JSON line per model). Returns the result."""
-    from steerjax.studies import reliability
 
     config = config_from_args(args)
     reliability.check(config, names=names, out=args.out, models=models)

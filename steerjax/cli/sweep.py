@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
+import steerjax
 from steerjax import runs
 from steerjax.cli import checks
+from steerjax.data import check_split, list_datasets, load_dataset
 from steerjax.data.formats import FORMATS as PROMPT_FORMATS
 from steerjax.errors import DataError, SteeringError
 from steerjax.studies.reliability.config import (
@@ -16,6 +20,9 @@ from steerjax.studies.reliability.config import (
     SPLIT_COMPAT,
 )
 from steerjax.studies.reliability.sweep_result import TABLES as SWEEP_TABLES  # noqa: F401 (the files written)
+from steerjax.studies.reliability.sweep_result import SweepResult
+from steerjax.sweeps import SATURATION, check_multipliers, run_config, saturating_multipliers
+from steerjax.vectors import export_control_vector_gguf, train_vector
 
 
 def add_commands(sub) -> None:
@@ -85,7 +92,6 @@ def add_data_arguments(parser, split: str) -> None:
 
 def load_split(args) -> list:
     """The examples of ``--dataset``/``--split`` (read before any model loads)."""
-    from steerjax.data import check_split, load_dataset
 
     try:
         check_split(args.split, args.split_compat)
@@ -99,7 +105,6 @@ def load_split(args) -> list:
 
 
 def run_datasets(args) -> int:
-    from steerjax.data import list_datasets
 
     for name in list_datasets(args.kind):
         print(name)
@@ -110,8 +115,6 @@ def run_datasets(args) -> int:
 
 
 def run_vector_train(args) -> int:
-    import steerjax
-    from steerjax.vectors import export_control_vector_gguf, train_vector
 
     checks.layer_spec(args.layers)
     runs.check_output_file(args.out, force=args.force)
@@ -142,9 +145,6 @@ def run_vector_train(args) -> int:
 
 
 def run_sweep(args) -> int:
-    import steerjax
-    from steerjax.studies.reliability.sweep_result import SweepResult
-    from steerjax.sweeps import run_config
 
     if args.layers is not None:
         checks.layer_spec(args.layers)
@@ -161,6 +161,13 @@ def run_sweep(args) -> int:
         raise SteeringError(f"{args.vector} has no vector for layer(s) {missing} of --layers {args.layers}; "
                             f"it has {sorted(vectors)}")
     checks.check_width(args.vector, vec, cfg)
+    check_multipliers(args.multipliers, flag="--multipliers")
+    norms = vec.norms()
+    saturating = saturating_multipliers(args.multipliers, [norms[layer] for layer in layers])
+    if saturating:
+        print(f"warning: --multipliers {' '.join(f'{m:g}' for m in saturating)} times the vector's norm "
+              f"(up to {max(norms[layer] for layer in layers):.3g}) exceeds {SATURATION:g}: the steered residual is "
+              "the vector alone there, so the propensity stops changing with the multiplier", file=sys.stderr)
     runs.check_run_dir(args.out, run_config(
         header.source, dtype=args.dtype, layers=layers, multipliers=args.multipliers, positions=positions,
         propensity=fmt.propensity, operator=args.operator, batch_size=None, memory_budget_mb=args.memory_budget_mb,
@@ -170,7 +177,6 @@ def run_sweep(args) -> int:
     table = steerjax.sweep(model, examples, vectors, layers=layers, multipliers=args.multipliers,
                            positions=positions, propensity=fmt.propensity, operator=args.operator,
                            memory_budget_mb=args.memory_budget_mb, run_dir=args.out)
-    norms = vec.norms()
     facts = {**{k: v for k, v in vars(args).items() if k != "run"}, "positions": positions,
              "propensity": fmt.propensity, "vector_metadata": vec.metadata,
              "vector_norms": {str(layer): norms[layer] for layer in layers}}
