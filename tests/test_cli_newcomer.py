@@ -166,7 +166,7 @@ def test_ctrl_c_at_any_moment_of_vector_train(tmp_path):
     from steerjax.vectors.io import load_vectors
 
     signalled = 0
-    for fraction in (0.02, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.95):
+    for fraction in (0.03, 0.15, 0.35, 0.55, 0.75, 0.95):
         name = f"at {fraction:.0%}"
         out = tmp_path / f"v{int(fraction * 100)}.safetensors"
         code, err, took, sent = _ctrl_c([*argv, "--out", str(out)], fraction * full, cwd=tmp_path, env=env)
@@ -180,7 +180,7 @@ def test_ctrl_c_at_any_moment_of_vector_train(tmp_path):
         _interrupted_cleanly(code, err, took, name)
         if out.exists():  # interrupted after the rename: the whole vector
             assert load_vectors(out)[0], name
-    assert signalled >= 6
+    assert signalled >= 4
 
 
 _SWALLOWED = textwrap.dedent("""
