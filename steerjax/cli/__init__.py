@@ -18,12 +18,18 @@ How every command behaves:
 - arguments, input files and output paths are checked before the model's weights load (the
   model's config is read first, in milliseconds, for checks that need its depth or width);
 - errors that steerjax raises on purpose (:class:`steerjax.errors.SteerjaxError`) and usage
-  errors print ``error: <message>`` to stderr and exit with status 2;
+  errors print one line, ``error: <message>``, to stderr and exit with status 2 (a usage error
+  names the command that was typed, ``see steerjax sweep --help``; the usage itself is printed
+  only by ``--help`` and when a command is missing);
+- negative numbers in any notation are values (``--multipliers 1e30 -1e30``), and a flag given
+  with its opposite (``--chat --no-chat``) is refused (:class:`Parser`);
 - an existing output is replaced only with ``--force``; a run directory (``--out`` of sweep,
   profile, testbed) is resumed only when it holds the same run;
 - Ctrl-C (SIGINT) prints ``interrupted: rerun the same command to resume`` and exits with status
-  130 within about a second, even while a compiled computation runs; run directories keep every
-  finished chunk;
+  130 within about a second, at any moment: while the libraries import (:mod:`steerjax._command`),
+  while a compiled computation runs, and when Python swallows the interrupt in a garbage
+  collector callback; run directories keep every finished chunk, and outputs are written to
+  temporary files renamed into place, so nothing is left half-written;
 - a closed pipe (``steerjax datasets | head -1``) ends the command quietly (status 141).
 """
 
