@@ -239,3 +239,22 @@ def test_the_early_handler_is_for_the_command_only():
                           "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"],
                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert res.stdout.strip() == "True", res.stderr
+
+
+@pytest.mark.parametrize("argv0, orig, expected", [
+    ("/venv/bin/steerjax", ["/venv/bin/python", "/venv/bin/steerjax", "info"], True),  # the console script
+    ("C:\\venv\\Scripts\\steerjax.exe", ["python"], True),
+    ("-m", ["python", "-m", "steerjax", "info"], True),  # python -m steerjax, while the package imports
+    ("/x/__main__.py", ["python3", "-X", "dev", "-m", "steerjax"], True),
+    ("-c", ["python", "-c", "import steerjax"], False),
+    ("/x/run.py", ["python", "/x/run.py", "-m", "steerjaxx"], False),
+    ("/x/pytest", ["python", "-m", "pytest"], False),
+])
+def test_which_processes_are_the_command(monkeypatch, argv0, orig, expected):
+    from steerjax import _command
+
+    monkeypatch.setattr(sys, "argv", [argv0])
+    monkeypatch.setattr(sys, "orig_argv", orig, raising=False)
+    if "\\" in argv0:  # a Windows path, read on any system
+        monkeypatch.setattr(_command.os.path, "basename", lambda p: p.replace("\\", "/").rsplit("/", 1)[-1])
+    assert _command.is_command() is expected
