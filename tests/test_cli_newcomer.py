@@ -113,10 +113,17 @@ def test_contradiction_check_reads_abbreviations_and_equals_forms():
 # ----------------------------------------------------------------------------- point 3: Ctrl-C
 
 
+def _as_at_a_terminal():
+    """A child's SIGINT as at a terminal: a test run started as a background job of a script
+    (SIGINT ignored, inherited) would otherwise test a process that cannot be interrupted."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _ctrl_c(argv, delay, *, cwd, env):
     """Start ``argv``, send SIGINT after ``delay`` seconds (unless it ended before), wait.
     Returns (exit status, stderr, seconds from the signal to the exit or None, whether signalled)."""
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_as_at_a_terminal)
     try:
         proc.wait(timeout=delay)
         signalled = False
@@ -214,7 +221,7 @@ def test_ctrl_c_swallowed_by_a_gc_callback_still_ends_the_command(tmp_path):
     script.write_text(_SWALLOWED)
     start = time.monotonic()
     res = subprocess.run([sys.executable, str(script), str(tmp_path / "mark")], env=subprocess_env(),
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, preexec_fn=_as_at_a_terminal)
     assert res.returncode == 130, res.stderr
     assert res.stderr.splitlines()[-1] == INTERRUPTED and "Exception ignored" not in res.stderr, res.stderr
     assert not (tmp_path / "mark.out").exists()
@@ -237,7 +244,8 @@ def test_the_early_handler_is_for_the_command_only():
     """Importing steerjax in a program changes nothing about Ctrl-C."""
     res = subprocess.run([sys.executable, "-c", "import signal, steerjax; "
                           "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"],
-                         env=subprocess_env(), capture_output=True, text=True, timeout=120)
+                         env=subprocess_env(), capture_output=True, text=True, timeout=120,
+                         preexec_fn=_as_at_a_terminal)
     assert res.stdout.strip() == "True", res.stderr
 
 
