@@ -14,11 +14,14 @@
   default 30) and one when it ends, so an hour-long run logs about 120 lines per step;
 - ``disable=True`` shows nothing anywhere, as with tqdm (``progress=False`` of the library's functions).
 
-Library code adopts it by changing its import: ``from steerjax.progress import tqdm``.
+Library code adopts it by changing its import: ``from steerjax.progress import tqdm``. A step
+without a count (loading a model, fitting a classifier) says when it starts and ends with
+:func:`stage`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -37,6 +40,22 @@ def interval() -> float:
     except ValueError:
         return DEFAULT_INTERVAL
     return value if value >= 0 else DEFAULT_INTERVAL
+
+
+@contextlib.contextmanager
+def stage(name: str, *, file: TextIO | None = None, disable: bool | None = False,
+          clock=time.monotonic) -> Iterator[None]:
+    """``with stage("fitting CatBoost"):`` prints ``fitting CatBoost ...`` when the step starts and
+    ``fitting CatBoost: done in 1m12s`` when it ends (nothing more after an error: the error says
+    what happened), on a terminal or not; ``disable=True`` prints nothing."""
+    stream = sys.stderr if file is None else file
+    if disable is True:
+        yield
+        return
+    start = clock()
+    _write(stream, f"{name} ...")
+    yield
+    _write(stream, f"{name}: done in {_duration(clock() - start)}")
 
 
 def tqdm(iterable: Iterable | None = None, *, desc: str | None = None, total: float | None = None,
@@ -172,11 +191,15 @@ class Lines:
         return "?" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
     def _emit(self, line: str) -> None:
-        try:
-            self.file.write(line + "\n")
-            self.file.flush()
-        except (OSError, ValueError):  # a closed log: progress is never worth an error
-            pass
+        _write(self.file, line)
+
+
+def _write(stream: TextIO, line: str) -> None:
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+    except (OSError, ValueError):  # a closed log: progress is never worth an error
+        pass
 
 
 def _duration(seconds: float) -> str:

@@ -102,3 +102,20 @@ def test_map_chunks_reports_in_a_log(tmp_path, monkeypatch, capsys):
     assert "3 of 4 chunks already done" in err[0] and err[1] == "sweep: 3/4 started"
     map_chunks([1], work, desc="quiet", progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_a_stage_says_when_it_starts_and_ends():
+    out, clock = io.StringIO(), _Clock()
+    with progress.stage("fitting CatBoost", file=out, clock=clock):
+        clock.now = 72
+    assert out.getvalue().splitlines() == ["fitting CatBoost ...", "fitting CatBoost: done in 1m12s"]
+    out = io.StringIO()
+    try:
+        with progress.stage("loading", file=out):
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert out.getvalue() == "loading ...\n"
+    with progress.stage("quiet", file=out, disable=True):
+        pass
+    assert "quiet" not in out.getvalue()
