@@ -78,6 +78,16 @@ def tqdm(iterable: Iterable | None = None, *, desc: str | None = None, total: fl
     return Lines(iterable, desc=desc, total=total, file=stream, unit=unit, initial=kwargs.get("initial", 0))
 
 
+def _message(s: str, file: TextIO | None = None, end: str = "\n") -> None:
+    """``tqdm.write``: a line that does not break a bar on a terminal."""
+    from tqdm.auto import tqdm as bar
+
+    bar.write(s, file=file, end=end)
+
+
+tqdm.write = _message  # type: ignore[attr-defined]  (as tqdm.auto.tqdm.write, for a drop-in)
+
+
 class Lines:
     """Progress as plain lines (stage, done/total, rate, elapsed, ETA) for streams that are not a
     terminal. The subset of tqdm's interface that steerjax uses: iteration, ``update``,

@@ -119,3 +119,9 @@ def test_a_stage_says_when_it_starts_and_ends():
     with progress.stage("quiet", file=out, disable=True):
         pass
     assert "quiet" not in out.getvalue()
+
+
+def test_write_is_tqdms():
+    out = io.StringIO()
+    progress.tqdm.write("a message", file=out)
+    assert out.getvalue() == "a message\n"
