@@ -5,9 +5,10 @@ can install its interrupt handling. Python's default handler would turn a Ctrl-C
 into a traceback, or into nothing at all when the ``KeyboardInterrupt`` lands in a garbage
 collector callback (JAX's ``_xla_gc_callback``: "Exception ignored ...", then the command runs to
 completion). So the package imports this module first, and when the process is the command line
-(the ``steerjax`` script or ``python -m steerjax``), Ctrl-C prints the command line's one line and
-exits with status 130 at once: nothing has been written yet. ``main()`` replaces this handler with
-its own as soon as it starts.
+(the ``steerjax`` script or ``python -m steerjax``) or one of this checkout's experiment scripts,
+Ctrl-C prints the command line's one line and exits with status 130 at once: nothing has been
+written yet. ``main()`` (and :func:`steerjax.cli.guarded`) replaces this handler with its own as
+soon as it starts.
 
 Imported as a library (``import steerjax`` in a program or a notebook), this module changes nothing.
 """
@@ -23,15 +24,25 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports a command kill
 INTERRUPTED = "interrupted: rerun the same command to resume"
 
 
+#: this checkout's experiment scripts (``experiments/<name>/run.py``), which run their ``main()``
+#: under :func:`steerjax.cli.guarded`, as the command line runs a command
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+
+
 def is_command() -> bool:
-    """Whether this process is the ``steerjax`` command (its script, or ``python -m steerjax``)."""
-    script = os.path.basename(sys.argv[0] if sys.argv else "")
+    """Whether this process is the ``steerjax`` command (its script, or ``python -m steerjax``) or
+    one of this checkout's experiment scripts (``python experiments/quickstart/run.py``)."""
+    main = sys.argv[0] if sys.argv else ""
+    script = os.path.basename(main)
     for suffix in (".exe", "-script.py"):
         script = script.removesuffix(suffix)
     if script == "steerjax":
         return True
+    if script == "run.py" and os.path.dirname(os.path.dirname(os.path.abspath(main))) == EXPERIMENTS:
+        return True
     argv = list(getattr(sys, "orig_argv", ()))
-    return any(a == "-m" and b == "steerjax" for a, b in zip(argv, argv[1:])) or "-msteerjax" in argv
+    modules = [b for a, b in zip(argv, argv[1:]) if a == "-m"] + [a[2:] for a in argv if a.startswith("-m")]
+    return any(m == "steerjax" or (m.startswith("experiments.") and m.endswith(".run")) for m in modules)
 
 
 def exit_on_interrupt() -> None:

@@ -229,12 +229,17 @@ def test_ctrl_c_swallowed_by_a_gc_callback_still_ends_the_command(tmp_path):
     assert time.monotonic() - start < 60
 
 
-@pytest.mark.parametrize("delay", [0.2, 0.8, 1.6])
-def test_ctrl_c_while_the_command_imports(tmp_path, delay):
+@pytest.mark.parametrize("delay, argv", [
+    (0.2, ["-m", "steerjax", "info", "none"]),
+    (0.8, ["-m", "steerjax", "info", "none"]),
+    (1.6, ["-m", "steerjax", "info", "none"]),
+    (1.0, ["experiments/quickstart/run.py", "--out", "quickstart"]),  # the main job
+])
+def test_ctrl_c_while_the_command_imports(tmp_path, delay, argv):
     """Ctrl-C in the first seconds, while ``import steerjax`` imports JAX: the one line and 130,
     no import traceback (``steerjax._command``)."""
-    code, err, took, sent = _ctrl_c([sys.executable, "-m", "steerjax", "info", str(tmp_path / "none")], delay,
-                                    cwd=ROOT, env=subprocess_env())
+    argv = [a if a not in ("none", "quickstart") else str(tmp_path / a) for a in argv]
+    code, err, took, sent = _ctrl_c([sys.executable, *argv], delay, cwd=ROOT, env=subprocess_env())
     if not sent:
         pytest.skip(f"the command ended within {delay} s: {err!r}")
     _interrupted_cleanly(code, err, took, f"at {delay} s")
@@ -257,6 +262,9 @@ def test_the_early_handler_is_for_the_command_only():
     ("-c", ["python", "-c", "import steerjax"], False),
     ("/x/run.py", ["python", "/x/run.py", "-m", "steerjaxx"], False),
     ("/x/pytest", ["python", "-m", "pytest"], False),
+    (os.path.join(ROOT, "experiments", "quickstart", "run.py"), ["python", "experiments/quickstart/run.py"], True),
+    ("-m", ["python", "-m", "experiments.quickstart.run"], True),
+    ("/elsewhere/experiments/mine/run.py", ["python", "/elsewhere/experiments/mine/run.py"], False),
 ])
 def test_which_processes_are_the_command(monkeypatch, argv0, orig, expected):
     from steerjax import _command
