@@ -53,6 +53,14 @@ def test_a_subcommands_unknown_flag_is_reported_by_the_subcommand_in_one_line(ca
     assert code == 2 and err == "error: unrecognized arguments: --nope (see steerjax vector train --help)\n"
 
 
+def test_an_unknown_flag_is_reported_before_missing_arguments(capsys):
+    code, _, err = run(capsys, "sweep", "--bogus", "--multipliers", "-1", "1")
+    assert code == 2 and err == "error: unrecognized arguments: --bogus (see steerjax sweep --help)\n"
+    code, _, err = run(capsys, "vector", "train", "--vector=v.safetensors")  # a flag of sweep, not of vector train
+    assert code == 2
+    assert err == "error: unrecognized arguments: --vector=v.safetensors (see steerjax vector train --help)\n"
+
+
 def test_validation_errors_are_one_error_line_without_usage(capsys):
     code, _, err = run(capsys, *SWEEP, "--multipliers", "nan")
     assert code == 2 and err == "error: argument --multipliers: must be a finite number, got 'nan' " \

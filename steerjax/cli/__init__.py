@@ -142,6 +142,7 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)
+        self._given = args
         namespace, extras = super().parse_known_args(args, namespace)
         if extras:  # here, not in the top-level parser, which would report them under its own usage
             self.error(f"unrecognized arguments: {' '.join(extras)}")
@@ -153,7 +154,23 @@ class Parser(argparse.ArgumentParser):
         if missing is not None:
             self.print_usage(sys.stderr)
             message += f" (one of: {', '.join(missing)})"
+        elif message.startswith("the following arguments are required") and self._unknown():
+            message = f"unrecognized arguments: {' '.join(self._unknown())}"  # the likelier mistake: a typo
         self.exit(EXIT_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+    def _unknown(self) -> list[str]:
+        """The options given to this command that it does not know (argparse reports missing
+        required arguments first: ``sweep --multiplier 2`` would say that ``--out`` is missing)."""
+        if any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            return []  # a command with subcommands: the rest of the line is theirs
+        unknown = []
+        for arg in getattr(self, "_given", ()):
+            if arg == "--":
+                break
+            if arg.startswith(tuple(self.prefix_chars)) and len(arg) > 1 and self._option(arg)[0] is None \
+                    and not NEGATIVE_NUMBER.match(arg):
+                unknown.append(arg)
+        return unknown
 
     def _missing_command(self, message: str) -> list[str] | None:
         """The choices of this parser's subcommand when ``message`` says it is missing."""
