@@ -234,3 +234,18 @@ def tinystories_torch():
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The run's last lines say what was skipped and why, one line per reason, also under ``-q``
+    (which prints no reasons): ``skipped 108: tinystories-656k not found: set STEERJAX_TINYSTORIES ...``."""
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        terminalreporter.section("skipped, and why", sep="-")
+        for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"skipped {count}: {reason}")

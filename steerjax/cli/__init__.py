@@ -19,32 +19,40 @@ How every command behaves:
 - arguments, input files and output paths are checked before the model's weights load (the
   model's config is read first, in milliseconds, for checks that need its depth or width);
 - errors that steerjax raises on purpose (:class:`steerjax.errors.SteerjaxError`) and usage
-  errors print ``error: <message>`` to stderr and exit with status 2;
+  errors print one line, ``error: <message>``, to stderr and exit with status 2 (a usage error
+  names the command that was typed, ``see steerjax sweep --help``; the usage itself is printed
+  only by ``--help`` and when a command is missing);
+- negative numbers in any notation are values (``--multipliers 1e30 -1e30``), and a flag given
+  with its opposite (``--chat --no-chat``) is refused (:class:`Parser`);
 - an existing output is replaced only with ``--force``; a run directory (``--out`` of sweep,
   profile, testbed) is resumed only when it holds the same run;
 - Ctrl-C (SIGINT) prints ``interrupted: rerun the same command to resume`` and exits with status
-  130 within about a second, even while a compiled computation runs; run directories keep every
-  finished chunk;
+  130 within about a second, at any moment: while the libraries import (:mod:`steerjax._command`),
+  while a compiled computation runs, and when Python swallows the interrupt in a garbage
+  collector callback; run directories keep every finished chunk, and outputs are written to
+  temporary files renamed into place, so nothing is left half-written;
 - a closed pipe (``steerjax datasets | head -1``) ends the command quietly (status 141).
 """
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
+from steerjax._command import EXIT_INTERRUPTED, INTERRUPTED  # noqa: F401  (re-exported; see steerjax._command)
 from steerjax.errors import SteerjaxError
 
 EXIT_ERROR = 2
-EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports a command killed by Ctrl-C
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141, as a shell reports a writer whose reader left
-INTERRUPTED = "interrupted: rerun the same command to resume"
 GRACE_SECONDS = 1.0  # after Ctrl-C, the main thread's time to unwind before the process exits
 
 
@@ -113,12 +121,102 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse with the command line's error format: the usage, then ``error: <message>``."""
+#: a negative number in any notation Python's ``float`` reads (``-1``, ``-.5``, ``-1e30``, ``-1E-3``,
+#: ``-1_000``, ``-inf``): a value, never an option (argparse's own pattern misses exponents)
+NEGATIVE_NUMBER = re.compile(r"^-(?:(?:\d[\d_]*\.?[\d_]*|\.\d[\d_]*)(?:[eE][-+]?\d+)?|inf(?:inity)?|nan)$",
+                             re.IGNORECASE)
 
-    def error(self, message: str):
-        self.print_usage(sys.stderr)
+
+class Parser(argparse.ArgumentParser):
+    """argparse as the command line wants it:
+
+    - one line, ``error: <message> (see <command> --help)``, from the command that was typed (a
+      subcommand's unknown flag is reported by the subcommand); the usage comes only with
+      ``--help`` or when a command is missing;
+    - negative numbers in any notation are values (``--multipliers 1e30 -1e30``);
+    - a flag given with its opposite (``--chat --no-chat``), or two flags that set the same
+      thing, are refused instead of the last one silently winning.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        self._given = args
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:  # here, not in the top-level parser, which would report them under its own usage
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        self._refuse_contradictions(args)
+        return namespace, extras
+
+    def error(self, message: str) -> NoReturn:
+        missing = self._missing_command(message)
+        if missing is not None:
+            self.print_usage(sys.stderr)
+            message += f" (one of: {', '.join(missing)})"
+        elif message.startswith("the following arguments are required") and self._unknown():
+            message = f"unrecognized arguments: {' '.join(self._unknown())}"  # the likelier mistake: a typo
         self.exit(EXIT_ERROR, f"error: {message} (see {self.prog} --help)\n")
+
+    def _unknown(self) -> list[str]:
+        """The options given to this command that it does not know (argparse reports missing
+        required arguments first: ``sweep --multiplier 2`` would say that ``--out`` is missing)."""
+        if any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            return []  # a command with subcommands: the rest of the line is theirs
+        unknown = []
+        for arg in getattr(self, "_given", ()):
+            if arg == "--":
+                break
+            if arg.startswith(tuple(self.prefix_chars)) and len(arg) > 1 and self._option(arg)[0] is None \
+                    and not NEGATIVE_NUMBER.match(arg):
+                unknown.append(arg)
+        return unknown
+
+    def _missing_command(self, message: str) -> list[str] | None:
+        """The choices of this parser's subcommand when ``message`` says it is missing."""
+        if not message.startswith("the following arguments are required"):
+            return None
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and (action.metavar or action.dest) in message:
+                return list(action.choices)
+        return None
+
+    def _refuse_contradictions(self, args: Sequence[str]) -> None:
+        """Two option strings of one setting on one command line: ``--chat --no-chat`` (one
+        BooleanOptionalAction) or two actions with one ``dest`` (``--quiet --verbose``)."""
+        seen: dict[str, str] = {}  # dest -> the option string given first
+        for arg in args:
+            if arg == "--":
+                break
+            action, option = self._option(arg)
+            if action is None or action.dest in (argparse.SUPPRESS, "help"):
+                continue
+            first = seen.setdefault(action.dest, option)
+            if first != option and _opposed(self._option_string_actions[first], first, action, option):
+                self.error(f"argument {option}: not allowed with argument {first}")
+
+    def _option(self, arg: str) -> tuple[argparse.Action | None, str]:
+        if not arg.startswith(tuple(self.prefix_chars)) or NEGATIVE_NUMBER.match(arg):
+            return None, arg
+        name = arg.split("=", 1)[0]
+        if name in self._option_string_actions:
+            return self._option_string_actions[name], name
+        if self.allow_abbrev and name.startswith("--"):
+            matches = [o for o in self._option_string_actions if o.startswith(name)]
+            if len(matches) == 1:
+                return self._option_string_actions[matches[0]], matches[0]
+        return None, arg
+
+
+def _opposed(first: argparse.Action, first_option: str, action: argparse.Action, option: str) -> bool:
+    """Whether two option strings of one ``dest`` say different things (not a repeated flag)."""
+    if first is not action:
+        return not isinstance(action, argparse._AppendAction)
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return first_option.startswith("--no-") != option.startswith("--no-")
+    return False  # -o and --output: two spellings of one flag
 
 
 # ----------------------------------------------------------------------------- signals and pipes
@@ -164,8 +262,15 @@ def _interrupts(*, hard: bool) -> Iterator:
                 if not finished.wait(GRACE_SECONDS):
                     os._exit(EXIT_INTERRUPTED)
 
-    def unraisable(info) -> None:  # a KeyboardInterrupt in a gc callback or __del__: the watcher ends the run
-        if not (isinstance(info.exc_type, type) and issubclass(info.exc_type, KeyboardInterrupt)):
+    def unraisable(info) -> None:
+        """A KeyboardInterrupt raised in a gc callback (JAX's ``_xla_gc_callback``) or a
+        ``__del__`` is swallowed by Python: interrupt the main thread again, a moment later from
+        another thread, so that it gets the interrupt in its own code, after this hook (raised in
+        here, it would be swallowed again). The watcher ends the run after the grace period in
+        any case."""
+        if isinstance(info.exc_type, type) and issubclass(info.exc_type, KeyboardInterrupt):
+            _thread.start_new_thread(_interrupt_main_soon, ())  # a C call: no wait for the thread
+        else:
             old_hook(info)
 
     finished = threading.Event()
@@ -187,6 +292,11 @@ def _interrupts(*, hard: bool) -> Iterator:
             with contextlib.suppress(OSError, ValueError):
                 sys.stdout.flush()
             os._exit(EXIT_INTERRUPTED)
+
+
+def _interrupt_main_soon() -> None:
+    time.sleep(0.05)
+    _thread.interrupt_main()
 
 
 def _isatty(stream) -> bool:

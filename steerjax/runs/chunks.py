@@ -168,7 +168,7 @@ def map_chunks(chunks: Sequence[Any], work: Callable[[int, Any], pd.DataFrame], 
     """``work(i, chunk)`` for every chunk, concatenated in order; with a ``store`` the finished
     chunks are loaded instead of recomputed, each new one is saved as soon as it is done, and a
     resumed run says how many chunks it reuses."""
-    from tqdm.auto import tqdm
+    from steerjax.progress import tqdm  # a bar on a terminal, plain lines in a log
 
     chunks = list(chunks)
     reused = 0 if store is None else sum(store.done(i) for i in range(len(chunks)))
