@@ -321,8 +321,7 @@ def convert(source: str, out: str, *, dtype: str = "float32", force: bool = Fals
     """
     if dtype not in _DTYPES:
         raise SteerjaxError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    if os.path.lexists(out) and not force:
-        raise CheckpointError(f"{out} already exists; pass --force (force=True) to replace it")
+    checkpoint.check_target(out, force=force)
     kind, path = resolve_source(source)
     if kind == "converted":
         raise CheckpointError(f"{path} is already a converted checkpoint; load it with load_model")

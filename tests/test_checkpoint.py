@@ -90,7 +90,7 @@ def test_converted_directory_keeps_the_tokenizer(tinystories, tmp_path, cache):
     assert_bit_equal(got.params, tinystories.params)
 
 
-def test_cli_convert(tiny, tmp_path, cache, capsys):
+def test_cli_convert(tiny, tmp_path, cache, capsys, monkeypatch):
     src, out = tiny("qwen2")[0], str(tmp_path / "q")
     assert cli_main(["convert", src, "--out", out]) == 0
     assert "wrote" in capsys.readouterr().out and checkpoint.is_converted(out)
@@ -107,6 +107,13 @@ def test_cli_convert(tiny, tmp_path, cache, capsys):
     with pytest.raises(CheckpointError, match="refusing"):
         convert(src, str(other), force=True)
     assert (other / "keep.txt").read_text() == "mine"
+    # ... and is refused before any work: no conversion runs (the command line and the library)
+    monkeypatch.setattr(steerjax.model, "_convert", lambda *a, **k: pytest.fail("converted before the check"))
+    assert cli_main(["convert", src, "--out", str(other), "--force"]) == 2
+    assert "refusing to replace it even with --force" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="refusing"):
+        convert(src, str(other), force=True)
+    assert os.listdir(other) == ["keep.txt"]
 
 
 def test_truncated_checkpoint_file_is_named(tiny, tmp_path, cache):

@@ -7,6 +7,7 @@ import os
 from steerjax import runs
 from steerjax.cli import checks
 from steerjax.model import convert
+from steerjax.models.checkpoint import check_target
 
 
 def add_commands(sub) -> None:
@@ -28,6 +29,7 @@ def add_commands(sub) -> None:
 def run_convert(args) -> int:
     checks.read_config(args.source)  # a bad source fails in milliseconds, before the weights are read
     out = runs.check_output_dir(args.out, force=args.force)
+    check_target(out, force=args.force)  # with --force: only an empty or converted directory is replaced
     written = convert(args.source, out, dtype=args.dtype, force=True)
     size = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(written) for f in files)
     print(f"wrote {written} ({size / 2**20:.1f} MiB, {args.dtype}): load it with steerjax.load_model({written!r})")

@@ -65,6 +65,26 @@ def is_converted(path: str) -> bool:
     return os.path.isfile(os.path.join(path, MARKER))
 
 
+def check_target(directory: str, *, force: bool = False) -> None:
+    """Whether a converted checkpoint may be written to ``directory``: it is missing, or (with
+    ``force``) empty, a converted checkpoint, or an entry of the conversion cache. Checked before
+    any work (by :func:`steerjax.model.convert` and the command line) and again by :func:`write`.
+
+    Raises:
+      CheckpointError: ``directory`` exists without ``force``, or holds other files.
+    """
+    directory = os.path.abspath(directory)
+    if not os.path.lexists(directory):
+        return
+    if not force:
+        raise CheckpointError(f"{directory} already exists; pass --force (force=True) to replace it")
+    replaceable = (is_converted(directory) or os.path.dirname(directory) == os.path.abspath(cache_dir())
+                   or (os.path.isdir(directory) and not os.listdir(directory)))
+    if not replaceable:
+        raise CheckpointError(f"{directory} is neither empty nor a converted checkpoint; refusing to replace "
+                              "it even with --force. Remove it yourself or choose another directory")
+
+
 def write(
     directory: str,
     params: Any,
@@ -96,14 +116,7 @@ def write(
     """
     directory = os.path.abspath(directory)
     parent = os.path.dirname(directory)
-    if os.path.lexists(directory):
-        if not force:
-            raise CheckpointError(f"{directory} already exists; pass --force (force=True) to replace it")
-        replaceable = (is_converted(directory) or parent == os.path.abspath(cache_dir())
-                       or (os.path.isdir(directory) and not os.listdir(directory)))
-        if not replaceable:
-            raise CheckpointError(f"{directory} is neither empty nor a converted checkpoint; refusing to replace "
-                                  "it even with --force. Remove it yourself or choose another directory")
+    check_target(directory, force=force)
     os.makedirs(parent, exist_ok=True)
     remove_abandoned(parent)
     tmp = os.path.join(parent, f".{os.path.basename(directory)}{_TMP}{os.getpid()}-{uuid.uuid4().hex[:8]}")
