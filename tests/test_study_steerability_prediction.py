@@ -289,3 +289,21 @@ def test_protocol_table_matches_the_readme():
     rows = [line.split("|")[1].strip() for line in table.splitlines()[2:] if line.startswith("|")]
     assert [r[0] for r in PROTOCOL] == rows
     assert all(isinstance(d, bool) for *_, d in PROTOCOL)
+
+
+@pytest.mark.requires_data
+def test_one_concept_testbed_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """Statement concepts contrast dimensions: one concept is refused before the model loads, and
+    nothing (not even an empty directory) is left behind."""
+    import steerjax
+    from steerjax.cli import main
+    from tests.helpers import TINYSTORIES_MISSING, tinystories_path
+
+    if tinystories_path() is None:
+        pytest.skip(TINYSTORIES_MISSING)
+    monkeypatch.setattr(steerjax, "load_model", lambda *a, **k: pytest.fail("the model loaded before the check"))
+    out = tmp_path / "tb"
+    code = main(["testbed", tinystories_path(), "--concepts", "agreeableness", "--layer", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --concepts: statement concepts contrast dimensions")
+    assert not out.exists()

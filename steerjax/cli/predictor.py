@@ -16,6 +16,7 @@ from steerjax.runs import write_json
 from steerjax.studies.steerability_prediction import NEUTRAL_PROMPTS, UNSTEERED, check, pipeline, run
 from steerjax.studies.steerability_prediction import judge as judges
 from steerjax.studies.steerability_prediction.classifier import SteerabilityPredictor
+from steerjax.studies.steerability_prediction.concepts import check_statement_names
 from steerjax.studies.steerability_prediction.config import (
     CONCEPT_SOURCES,
     DEFAULT_FEATURE_SET,
@@ -204,6 +205,8 @@ def run_testbed(args) -> int:
     names = None if args.concepts == ["all"] else args.concepts
     if names:
         check_concept_names(names, list_datasets("persona"), "--concepts")
+        if args.source == "statements":
+            check_statement_names(names, "--concepts")
     runs.check_run_dir(args.out, testbed_run_config(
         model=header.source, dtype=args.dtype, layer=layer, max_new_tokens=args.max_new_tokens, seed=args.seed,
         batch_size=args.batch_size, positions=args.positions, temperature=args.temperature, top_k=args.top_k),

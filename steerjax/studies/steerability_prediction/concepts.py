@@ -35,17 +35,20 @@ Concepts are saved as a vector set (:func:`save_concepts`, one safetensors file)
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from steerjax.data import batch
+from steerjax.data import batch, list_datasets, load_dataset
 from steerjax.data.example_banks import UNSTEERED, read_examples
+from steerjax.data.prompt_steering import persona_statements
 from steerjax.errors import SteeringError, SteerjaxError
+from steerjax.progress import tqdm
 from steerjax.steering import normalize_layer
 from steerjax.studies.steerability_prediction.config import CONCEPT_SOURCES, EXAMPLE_METHODS, SCALES
-from steerjax.vectors import SteeringVector, mean_difference, read_activations
+from steerjax.vectors import SteeringVector, mean_difference, read_activations, train_vector
 
 SOURCES = CONCEPT_SOURCES
 
@@ -208,8 +211,6 @@ def select(concepts: Sequence[Concept], names: Sequence[str] | None) -> list[Con
     out = []
     for n in names:
         if n not in by_name:
-            import difflib
-
             close = difflib.get_close_matches(str(n), list(by_name), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise SteerjaxError(f"unknown concept {n!r}{hint} (known: {len(by_name)} concepts)")
@@ -258,8 +259,6 @@ def make_concepts(model, names: Sequence[str] | None, *, layer: int, source: str
         return persona_concepts(model, names, layer=layer, n_pairs=n, seed=seed, mesh=mesh, progress=progress)
     if source != "statements":
         raise SteerjaxError(f"concept source {source!r}: use one of {SOURCES}")
-    from steerjax.data import list_datasets
-
     return statement_concepts(model, names or list_datasets("persona"), layer=layer, n_statements=n, seed=seed,
                               mesh=mesh, progress=progress)
 
@@ -293,6 +292,26 @@ def text_concepts(model, texts: Mapping[str, Sequence[Any]], neutral_texts: Sequ
     return out
 
 
+def check_statement_names(names: Sequence[str], flag: str = "names") -> list[str]:
+    """The persona dimensions of :func:`statement_concepts`, checked (before any model loads, by
+    the command line too): each a persona dataset, two or more, each once.
+
+    Raises:
+      DataError: an unknown dimension (with the closest names).
+      SteerjaxError: fewer than two distinct names.
+    """
+    names = list(names)
+    available = set(list_datasets("persona"))
+    for n in names:
+        if n not in available:
+            load_dataset(n)  # raises DataError with close matches
+            raise SteerjaxError(f"{n!r} is not a persona dimension")
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise SteerjaxError(f"{flag}: statement concepts contrast dimensions with each other: give two or more "
+                            f"distinct names, got {names}")
+    return names
+
+
 def statement_concepts(model, names: Sequence[str], *, layer: int, n_statements: int = 32, seed: int = 0,
                        norm_prompts=NEUTRAL_PROMPTS, batch_size: int = 16, mesh=None,
                        progress: bool = True) -> list[Concept]:
@@ -307,20 +326,7 @@ def statement_concepts(model, names: Sequence[str], *, layer: int, n_statements:
     text says, so steering with them shows in the rollouts. Needs at least two dimensions.
     ``mesh`` as in :func:`steerjax.vectors.read_activations`.
     """
-    from tqdm.auto import tqdm
-
-    from steerjax.data import list_datasets, load_dataset
-    from steerjax.data.prompt_steering import persona_statements
-
-    names = list(names)
-    available = set(list_datasets("persona"))
-    for n in names:
-        if n not in available:
-            load_dataset(n)  # raises DataError with close matches
-            raise SteerjaxError(f"{n!r} is not a persona dimension")
-    if len(names) < 2 or len(set(names)) != len(names):
-        raise SteerjaxError(f"statement concepts contrast dimensions with each other: give two or more distinct "
-                            f"names, got {names}")
+    names = check_statement_names(names)
     if n_statements < 1:
         raise SteerjaxError(f"n_statements must be >= 1, got {n_statements}")
     li = normalize_layer(layer, model.config.num_layers)
@@ -354,11 +360,6 @@ def persona_concepts(model, names: Sequence[str] | None = None, *, layer: int, n
     Raises:
       DataError: ``STEERJAX_DATA`` unset, an unknown dimension (with suggestions).
     """
-    from tqdm.auto import tqdm
-
-    from steerjax.data import list_datasets, load_dataset
-    from steerjax.vectors import train_vector
-
     if isinstance(n_pairs, bool) or not isinstance(n_pairs, (int, np.integer)) or n_pairs < 1:
         raise SteerjaxError(f"n_pairs must be a positive int, got {n_pairs!r}")
     li = normalize_layer(layer, model.config.num_layers)
