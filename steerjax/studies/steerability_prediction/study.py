@@ -20,7 +20,8 @@ The protocol (the ``steerboost`` preset is SteerBoost's setting, the others stee
    hidden-state judge's own statistics: it appears only in the ablation, flagged.
 4. Predictor (CatBoost) on unseen concepts:
    - the paper's evaluation (``paper/``): seen / unseen concepts, 70/10/20 train / validation /
-     test prompts, CatBoost settings chosen on validation; per-class and macro-F1 on seen and
+     test prompts (28/7/15 of 50 per concept in ``steerboost``, as SteerBoost's code), CatBoost
+     settings chosen on validation; per-class and macro-F1 on seen and
      unseen concepts, next to strength-only, multiplier-only, majority and CGS (the most common
      label of the row's concept at its strength over the concept's other prompts: what a
      concept-level grid search knows, an oracle for unseen concepts);
