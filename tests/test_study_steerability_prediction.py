@@ -279,6 +279,33 @@ def test_summary_is_flat_with_the_documented_keys(result):
     assert "guided-feedback" in res.headline() or "target" in res.headline()
 
 
+def test_steerboost_preset_sends_steerboosts_judge_request_and_keeps_its_feature_zeros():
+    """Issue 27, wiring of points 1, 3, 4 and 6: ``steerboost_compat`` is on in the steerboost preset
+    (and a flag elsewhere); it makes the LLM judge SteerBoost's (verbatim names, no temperature) and
+    is in the run config (only when on: older run directories keep resuming) and the reuse keys."""
+    from steerjax.cli.predictor import STUDY_FLAGS, add_study_arguments
+    from steerjax.studies.steerability_prediction.llm_judge import STEERBOOST_JUDGE_OPTIONS
+
+    assert Config.preset("steerboost").steerboost_compat and not Config.preset("quick").steerboost_compat
+    assert not Config.preset("steerboost", steerboost_compat=False).steerboost_compat
+    on = Config.preset("smoke", judge="llm", judge_model="m", steerboost_compat=True)
+    off = dataclasses.replace(on, steerboost_compat=False)
+    assert study_mod.judge_options(on) == STEERBOOST_JUDGE_OPTIONS and study_mod.judge_options(off) == {}
+    judge_on, judge_off = study_mod.inputs(on).llm, study_mod.inputs(off).llm
+    assert (judge_on.concept_names, judge_on.temperature) == ("verbatim", None)
+    assert (judge_off.concept_names, judge_off.temperature) == ("readable", 0.0)
+    assert judge_on.concept_text("iambic-like") == "iambic-like"
+    assert judge_off.concept_text("iambic-like") == "iambic like"
+    assert on.run_config("m")["steerboost_compat"] is True and "steerboost_compat" not in off.run_config("m")
+    assert "steerboost_compat" in study_mod.REUSE_KEYS and STUDY_FLAGS["steerboost_compat"] == "--steerboost-compat"
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    add_study_arguments(ap, default_out="x", model_flag=True)
+    assert ap.parse_args([]).steerboost_compat is None  # the preset's
+    assert ap.parse_args(["--no-steerboost-compat"]).steerboost_compat is False
+
+
 def test_protocol_table_matches_the_readme():
     """config.PROTOCOL (what the report shows as deviations) has the README table's elements, in order."""
     from steerjax.studies.steerability_prediction.config import PROTOCOL

@@ -94,10 +94,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (DiffMean), 50 AlpacaEval prompts, alpha x the raw vector on 45 alphas, prompt steered,
     # temperature 0.7; for a GPU. max_new_tokens is 256, not its 2048 (features read 6 tokens; the
     # judge reads the rollout). Its strengths are SteerBoost's alphas, set when the data are read.
+    # steerboost_compat: SteerBoost's code exactly where steerjax differs by choice (the LLM judge's
+    # request, the features' zeros past the last block and past a rollout's end)
     "steerboost": dict(concepts=None, prompts=50, strengths=None, max_new_tokens=256, steps=[1, 2, 4, 6],
                        n_statements=50, folds=5, search_k=6, max_rollouts=[1, 2, 3, 4, 5], prompt_folds=5,
                        kappa_sample=2000, iterations=500, batch_size=128, paper_grid=None, thresholds=None,
-                       source="steerboost", cv_grid=None),
+                       source="steerboost", cv_grid=None, steerboost_compat=True),
 }
 
 #: the protocol element by element (the README's table, shortened): ``(element, paper / SteerBoost,
@@ -126,6 +128,9 @@ PROTOCOL: tuple[tuple[str, str, str, bool], ...] = (
 
 #: the fields whose preset value a ``None`` override keeps (a flag not given)
 _SEQUENCES = ("concept_names", "strengths", "steps", "max_rollouts", "thresholds")
+#: options added after run directories existed: in the run config only when not at this default,
+#: so that those directories keep resuming
+_LATER = {"steerboost_compat": False}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -163,6 +168,11 @@ class Config:
         answered is recorded instead).
       steerboost_data: SteerBoost's data directory (``None``: ``<data dir>/steerboost``).
       reuse_features: a finished run whose labelled features are evaluated again (no model).
+      steerboost_compat: SteerBoost's code exactly where steerjax differs by choice (True in
+        ``steerboost``): the LLM judge sends SteerBoost's request (concept names verbatim, no
+        temperature: :data:`.llm_judge.STEERBOOST_JUDGE_OPTIONS`) and the early features keep its
+        zeros (blocks past the last, tokens past a rollout's end:
+        :func:`.features.early_features` ``steerboost_compat``).
     """
 
     preset_name: str = "full"
@@ -193,6 +203,7 @@ class Config:
     no_kappa: bool = False
     steerboost_data: str | None = None
     reuse_features: str | None = None
+    steerboost_compat: bool = False
 
     def __hash__(self) -> int:  # the grids are mappings: hash the JSON view
         return hash(json.dumps(self.run_config(""), sort_keys=True))
@@ -227,7 +238,8 @@ class Config:
         ``n_prompts``, ``judge_endpoint``; ``strengths`` in ``steerboost``). The pre-model checks
         and the run directory both use it."""
         out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
-               if f.name not in ("judge_url", "concept_names", "preset_name")}
+               if f.name not in ("judge_url", "concept_names", "preset_name")
+               and not (f.name in _LATER and getattr(self, f.name) == _LATER[f.name])}
         out["preset"] = self.preset_name
         out["model"] = model_source
         out.update({k: _plain(v) for k, v in facts.items()})

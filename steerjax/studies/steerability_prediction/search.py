@@ -687,7 +687,7 @@ def bootstrap_strategies(items: pd.DataFrame, *, n_draws: int = 1000, seed: int 
 def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept, strengths: Sequence[float], *,
                   layer: int, max_new_tokens: int, strategy: str = "argmax", max_rollouts: int = 1, steps=None,
                   judge=None, calibration: pd.DataFrame | None = None, positions: str = "all",
-                  seed: int = 0) -> dict:
+                  steerboost_compat: bool | None = None, seed: int = 0) -> dict:
     """Search a strength for one prompt and concept with the predictor, then decode to confirm.
 
     ``steps``: the decoding steps whose features the predictor uses (default: those its feature
@@ -704,6 +704,10 @@ def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept,
     None), ``decoded_tokens`` counted as :func:`simulate_strategies` counts them (``k`` per evaluated
     candidate plus the confirming rollouts) and ``reference_tokens`` (the prompt's unsteered
     rollout, decoded for the judge).
+
+    ``steerboost_compat``: the features as :func:`.features.early_features` computes them with
+    that option (SteerBoost's zeros); default: as the predictor was trained
+    (``predictor.meta["steerboost_compat"]``, False when absent), so its columns are the same.
     """
     from steerjax.studies.steerability_prediction.features import early_features
     from steerjax.studies.steerability_prediction.testbed import rollouts
@@ -714,6 +718,8 @@ def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept,
     if judge is not None:
         calibration = _calibration(calibration)
     steps = tuple(steps) if steps else _steps_of(predictor)
+    if steerboost_compat is None:
+        steerboost_compat = bool((getattr(predictor, "meta", None) or {}).get("steerboost_compat", False))
     cands = sorted({float(x) for x in strengths})
     if not cands or not all(np.isfinite(cands)):
         raise PredictorError(f"strengths must be finite numbers, got {list(strengths)}")
@@ -723,7 +729,7 @@ def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept,
         if not idx:
             return pd.DataFrame(columns=list(LABELS))
         feats, _ = early_features(model, [prompt], [concept], [cands[i] for i in idx], layer=layer, steps=steps,
-                                  batch_size=len(cands), positions=positions)
+                                  batch_size=len(cands), positions=positions, steerboost_compat=steerboost_compat)
         proba = predictor.predict_proba(feats).reindex(columns=list(LABELS), fill_value=0.0)
         rows.append(pd.concat([feats[["strength"]].reset_index(drop=True), proba.reset_index(drop=True)], axis=1))
         return proba

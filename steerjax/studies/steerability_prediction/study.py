@@ -84,7 +84,7 @@ from steerjax.studies.steerability_prediction.config import (
     search_feature_set,
 )
 from steerjax.studies.steerability_prediction.features import relative_columns, relative_features
-from steerjax.studies.steerability_prediction.llm_judge import LLMJudge, judge_agreement
+from steerjax.studies.steerability_prediction.llm_judge import STEERBOOST_JUDGE_OPTIONS, LLMJudge, judge_agreement
 from steerjax.studies.steerability_prediction.pipeline import label_and_featurize, testbed_concepts
 from steerjax.studies.steerability_prediction.testbed import rollouts as make_rollouts
 from steerjax.version import __version__
@@ -93,7 +93,7 @@ CONCEPTS_FILE = "concepts.safetensors"
 SUMMARY = "summary.json"
 #: what a reused run must share with this one (its config.json)
 REUSE_KEYS = ("preset", "model", "layer", "seed", "judge", "judge_model", "concept_names", "n_prompts", "strengths",
-              "steps", "max_new_tokens", "n_statements", "source")
+              "steps", "max_new_tokens", "n_statements", "source", "steerboost_compat")
 #: the reused run's summary entries that describe its steps 1-3
 REUSED_SUMMARY = ("model_source", "layer", "steerjax", "python", "thresholds", "judge", "embedding_thresholds",
                   "judges", "unlabelled_dropped", "label_shares")
@@ -159,7 +159,8 @@ def inputs(config: Config, *, names: Mapping[str, str] | None = None) -> Inputs:
     if config.judge == "embedding" and config.no_kappa:
         raise JudgeError(f"{n['judge']} embedding runs the embedding judge: drop {n['no_kappa']}")
     _check_numbers(config, n)
-    llm = LLMJudge(config.judge_model, base_url=config.judge_url) if config.judge == "llm" else None
+    llm = LLMJudge(config.judge_model, base_url=config.judge_url, **judge_options(config)) \
+        if config.judge == "llm" else None
     if config.source == "steerboost":
         src = _steerboost_inputs(config, n)
         names_, prompts, levels = src["names"], src["prompts"], src["levels"]
@@ -194,6 +195,12 @@ def inputs(config: Config, *, names: Mapping[str, str] | None = None) -> Inputs:
         raise SteerjaxError(f"{n['prompt_folds']} {config.prompt_folds} is more than the {len(prompts)} prompts: each "
                             f"prompt fold of the search needs one or more (use more {n['prompts']})")
     return Inputs(list(names_), prompts, levels, src, strengths, llm)
+
+
+def judge_options(config: Config) -> dict[str, Any]:
+    """The LLM judge's options: SteerBoost's request (:data:`.llm_judge.STEERBOOST_JUDGE_OPTIONS`)
+    with ``steerboost_compat``, else :class:`.llm_judge.LLMJudge`'s defaults."""
+    return dict(STEERBOOST_JUDGE_OPTIONS) if config.steerboost_compat else {}
 
 
 def _check_numbers(config: Config, n: dict[str, str]) -> None:
@@ -597,7 +604,8 @@ def run(model, config: Config, out: str, *, mesh=None, progress: bool = True) ->
     # 3. hidden-state labels and early features
     labelled, thr, table = label_and_featurize(model, concepts, roll, layer=layer, steps=config.steps,
                                                batch_size=config.batch_size,
-                                               positions=roll_kw.get("positions", "all"), progress=progress)
+                                               positions=roll_kw.get("positions", "all"),
+                                               steerboost_compat=config.steerboost_compat, progress=progress)
     judged["hidden"] = labelled["label"]
     steered_idx = labelled.index[labelled["concept"] != judge.UNSTEERED]
     details = {"model_source": model.source, "layer": layer, "steerjax": __version__,
