@@ -306,6 +306,47 @@ def test_steerboost_preset_sends_steerboosts_judge_request_and_keeps_its_feature
     assert ap.parse_args(["--no-steerboost-compat"]).steerboost_compat is False
 
 
+def test_steerboost_search_protocol_runs_alphasearch_on_the_paper_split():
+    """Issue 27, point 5 in the study: ``search_protocol="steerboost"`` (the steerboost preset's
+    default, ``--search-protocol``) searches the paper evaluation's split (seen concepts' test
+    prompts, unseen concepts' every prompt) in two groups, budgets above the grid dropped, every
+    rollout the mean length; the summary, intervals and headline read the unseen group unprefixed."""
+    import argparse
+
+    from steerjax.cli.predictor import add_study_arguments
+
+    sb = Config.preset("steerboost")
+    assert sb.search_protocol == "steerboost" and sb.max_rollouts == (5, 10, 15, 20)
+    assert Config.preset("quick").search_protocol == "folds" and "search_protocol" not in Config().run_config("m")
+    assert sb.run_config("m")["search_protocol"] == "steerboost"
+    ap = argparse.ArgumentParser()
+    add_study_arguments(ap, default_out="x", model_flag=True)
+    assert ap.parse_args([]).search_protocol is None
+    assert ap.parse_args(["--search-protocol", "steerboost"]).search_protocol == "steerboost"
+    with pytest.raises(SteerjaxError, match="search_protocol must be one of"):
+        study_mod.inputs(Config.preset("smoke", search_protocol="nope"))
+
+    config = Config.preset("smoke", search_protocol="steerboost", max_rollouts=[2, 3, 9])
+    table = _features(n_concepts=10)
+    table["n_tokens"] = np.arange(len(table)) % 7 + 3
+    details = {"model_source": "synthetic", "layer": 1, "judge": "hidden", "feature_set": config.feature_set,
+               "feature_set_replays_judge": False}
+    res = study_mod.evaluate_table(table, config, details, progress=False)
+    parts = res.paper["split_prompts"].set_index(["concept", "prompt_id"])["part"]
+    concept_part = dict(zip(res.paper["split_concepts"]["concept"], res.paper["split_concepts"]["part"]))
+    igs = res.strategy_items[res.strategy_items["strategy"] == "IGS"]
+    want = {(concept_part[c], p, c) for c in concept_part for p in range(6)
+            if concept_part[c] == "unseen" or parts[(c, p)] == "test"}
+    assert set(zip(igs["group"], igs["prompt_id"], igs["concept"])) == want
+    assert set(res.strategies["max_rollouts"].dropna()) == {2, 3}  # 9 > the 4 strengths
+    assert igs["tokens"].eq(4 * table["n_tokens"].mean()).all()  # the mean length per rollout
+    st = res.details["strategies"]
+    assert {"IGS", "seen/IGS", "seen/TCGS", "guided-argmax_R3", "seen/guided-argmax_R3"} <= set(st)
+    assert st["TCGS"]["items"] == 0  # unseen concepts have no training prompts
+    assert "seen IGS success_vs_igs" in set(res.intervals["quantity"])
+    assert res.summary()["guided_setting"] == "guided-feedback R=3" and "search IGS" in res.headline()
+
+
 def test_protocol_table_matches_the_readme():
     """config.PROTOCOL (what the report shows as deviations) has the README table's elements, in order."""
     from steerjax.studies.steerability_prediction.config import PROTOCOL

@@ -17,6 +17,7 @@ from steerjax.studies.steerability_prediction.config import (
     POSITIONS,
     PRESETS,
     PROTOCOLS,
+    SEARCH_PROTOCOLS,
     STRATEGIES,
     Config,
     testbed_run_config,
@@ -27,7 +28,8 @@ STUDY_FLAGS = {"concepts": "--concepts", "concept_names": "--concept-names", "pr
                "feature_set": "--feature-set", "judge": "--judge", "judge_url": "--judge-url",
                "judge_model": "--judge-model", "no_kappa": "--no-kappa", "steerboost_data": "--steerboost-data",
                "reuse_features": "--reuse-features", "layer": "--layer", "seed": "--seed", "out": "--out",
-               "model": "--model", "steerboost_compat": "--steerboost-compat"}
+               "model": "--model", "steerboost_compat": "--steerboost-compat",
+               "search_protocol": "--search-protocol"}
 
 
 def add_study_arguments(ap: argparse.ArgumentParser, *, default_preset: str = "quick",
@@ -68,6 +70,12 @@ def add_study_arguments(ap: argparse.ArgumentParser, *, default_preset: str = "q
                     help="SteerBoost's code exactly where steerjax differs by choice: the LLM judge's request "
                          "(concept names verbatim, no temperature) and the features' zeros (blocks past the last, "
                          "tokens past a rollout's end) (default: the preset's, on in steerboost)")
+    ap.add_argument("--search-protocol", choices=SEARCH_PROTOCOLS, default=None,
+                    help="the strength search: folds (unseen concepts x held-out prompts over concept x prompt folds, "
+                         "each rollout its own length) or steerboost (SteerBoost's alphasearch: the paper split's "
+                         "test prompts of seen concepts and all prompts of unseen ones, TCGS on train + validation "
+                         "prompts, each rollout the mean response length, budgets above the grid dropped) (default: "
+                         "the preset's, steerboost in steerboost, else folds)")
     ap.add_argument("--reuse-features", default=None, metavar="DIR",
                     help="evaluate the labelled features of a finished run in DIR (same preset, model, seed, judge, "
                          "concepts and prompts) instead of running the model: steps 4-5 only, into --out")

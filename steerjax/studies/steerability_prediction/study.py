@@ -31,7 +31,9 @@ The protocol (the ``steerboost`` preset is SteerBoost's setting, the others stee
    paper's baselines (IGS, CGS, TCGS per cell, IGS-A, IGS-D), guided search with up to R
    confirming rollouts (:data:`~.config.GUIDED`), and a threshold sweep on P(success), replayed on
    the labelled rollouts; success and decoded tokens relative to IGS (``strategies.csv``; per item
-   ``strategy_items.parquet``).
+   ``strategy_items.parquet``). ``search_protocol="steerboost"`` (the ``steerboost`` preset's)
+   is SteerBoost's alphasearch instead: the paper evaluation's split (groups ``seen`` / ``unseen``),
+   each rollout charged the mean response length, budgets above the grid dropped.
 6. Uncertainty (``intervals.csv``): 95% percentile intervals from 1000 bootstrap draws of the
    unseen concepts (seeded): the predictor's macro-F1 minus the best of strength-only and CGS,
    and each strategy's success and tokens relative to IGS.
@@ -73,6 +75,7 @@ from steerjax.studies.steerability_prediction.config import (
     HEADLINE,
     JUDGE_NAMES,
     JUDGES,
+    SEARCH_PROTOCOLS,
     SOURCES,
     TARGET_F1,
     TARGET_MARGIN,
@@ -148,6 +151,9 @@ def inputs(config: Config, *, names: Mapping[str, str] | None = None) -> Inputs:
         raise SteerjaxError(f"{n['source']} must be one of {SOURCES}, got {config.source!r}")
     if config.judge not in JUDGES:
         raise JudgeError(f"{n['judge']} must be one of {JUDGES}, got {config.judge!r}")
+    if config.search_protocol not in SEARCH_PROTOCOLS:
+        raise SteerjaxError(f"{n['search_protocol']} must be one of {SEARCH_PROTOCOLS}, got "
+                            f"{config.search_protocol!r}")
     parse_feature_set(config.feature_set)  # an unknown name: PredictorError listing the known ones
     for field in ("concepts", "prompts"):
         v = getattr(config, field)
@@ -774,7 +780,7 @@ def evaluate_table(table: pd.DataFrame, config: Config, details: dict, *, levels
     search_set = search_feature_set(config.feature_set)
     if search_set != config.feature_set:
         log(f"the search's predictor uses {search_set!r}: the judge-independent part of {config.feature_set!r}")
-    items, strategies = strategy_items(table, config, search_set, fit_kw)
+    items, strategies = strategy_items(table, config, search_set, fit_kw, paper=paper)
 
     # 6. intervals over concepts
     paper_pred = paper.predictions.assign(cgs=paper_cgs)
@@ -797,10 +803,20 @@ def evaluate_table(table: pd.DataFrame, config: Config, details: dict, *, levels
                   ablation=abl, strategy_items=items, strategies=strategies, intervals=iv, cv_search=ev.search)
 
 
-def strategy_items(table: pd.DataFrame, config: Config, feature_set: str, fit_kw: dict):
+def strategy_items(table: pd.DataFrame, config: Config, feature_set: str, fit_kw: dict,
+                   paper: evaluation.PaperEvaluation | None = None):
     """``(items, strategies)`` of :func:`.search.held_out_strategies` with the config's folds,
-    budgets and thresholds, the predictor on ``feature_set``."""
+    budgets and thresholds, the predictor on ``feature_set``; with ``search_protocol="steerboost"``
+    :func:`.search.alphasearch_strategies` on ``paper``'s split, its predictor fitted with the
+    setting ``paper`` chose (groups ``seen`` and ``unseen``)."""
     cols = classifier.feature_columns_of(table, feature_set=feature_set)
+    if config.search_protocol == "steerboost":
+        if paper is None:
+            raise PredictorError("search_protocol='steerboost' searches on the paper evaluation's split: pass paper=")
+        return search.alphasearch_strategies(table, paper.split, feature_columns=cols, k=config.search_k,
+                                             max_rollouts=config.max_rollouts, thresholds=config.thresholds,
+                                             guided=GUIDED, refit=bool(paper.options["refit"]), seed=config.seed,
+                                             **{**fit_kw, **paper.chosen})
     return search.held_out_strategies(table, feature_columns=cols, n_folds=config.folds,
                                       prompt_folds=config.prompt_folds, k=config.search_k,
                                       max_rollouts=config.max_rollouts, thresholds=config.thresholds, guided=GUIDED,
@@ -825,9 +841,13 @@ def intervals(table, ev, cgs, paper_pred, items, seed) -> pd.DataFrame:
         paper = evaluation.bootstrap_f1(sub["concept"], sub["label"], {
             "predictor": sub["predicted"], "strength-only": sub["strength_only"], "CGS": sub["cgs"]}, **kw)
         rows.append(paper.assign(evaluation=f"paper {c}/{p}"))
-    st = search.bootstrap_strategies(items[items["threshold"].isna()], **kw)
-    for ratio in ("success_vs_igs", "tokens_vs_igs"):
-        name = st["strategy"] + st["max_rollouts"].map(lambda r: "" if pd.isna(r) else f" R={int(r)}")
+    st_items = items[items["threshold"].isna()]
+    sizes = st_items.groupby("group")["concept"].nunique()
+    st_items = st_items[st_items["group"].isin(sizes.index[sizes >= 2])]  # a lone concept has nothing to resample
+    st = search.bootstrap_strategies(st_items, **kw) if len(st_items) else None
+    for ratio in ("success_vs_igs", "tokens_vs_igs") if st is not None else ():
+        name = (st["group"].map(lambda g: _group_prefix(g, " ")) + st["strategy"]
+                + st["max_rollouts"].map(lambda r: "" if pd.isna(r) else f" R={int(r)}"))
         rows.append(pd.DataFrame({"evaluation": "search", "quantity": name + f" {ratio}", "point": st[ratio],
                                   "low": st[f"{ratio}_low"], "high": st[f"{ratio}_high"], "concepts": st["concepts"],
                                   "draws": BOOTSTRAP_DRAWS}))
@@ -835,10 +855,18 @@ def intervals(table, ev, cgs, paper_pred, items, seed) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)[cols]
 
 
+def _group_prefix(group: str, sep: str) -> str:
+    """How a search group is named in the summary and the intervals: not at all for ``all`` (the
+    folds protocol) and the headline's concepts (``unseen``, alphasearch's OOD rows), so the targets
+    and the headline read those; ``seen`` + ``sep`` for alphasearch's ID rows."""
+    return "" if group in ("all", HEADLINE[0]) else f"{group}{sep}"
+
+
 def _strategy_summary(strategies: pd.DataFrame) -> dict:
     out = {}
     for r in strategies.itertuples():
-        name = r.strategy + ("" if pd.isna(r.max_rollouts) else f"_R{int(r.max_rollouts)}") + (
+        name = _group_prefix(r.group, "/") + r.strategy + (
+            "" if pd.isna(r.max_rollouts) else f"_R{int(r.max_rollouts)}") + (
             "" if pd.isna(r.threshold) else f"_t{r.threshold:g}")
         out[name] = {"success_rate": _round(r.success_rate), "tokens_per_item": _round(r.tokens_per_item),
                      "success_vs_igs": _round(r.success_vs_igs), "tokens_vs_igs": _round(r.tokens_vs_igs),
