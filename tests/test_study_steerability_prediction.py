@@ -325,6 +325,8 @@ def test_steerboost_search_protocol_runs_alphasearch_on_the_paper_split():
     assert ap.parse_args(["--search-protocol", "steerboost"]).search_protocol == "steerboost"
     with pytest.raises(SteerjaxError, match="search_protocol must be one of"):
         study_mod.inputs(Config.preset("smoke", search_protocol="nope"))
+    with pytest.raises(SteerjaxError, match="drops the budgets above the grid's 3 strengths"):  # before any model
+        study_mod.inputs(Config.preset("smoke", search_protocol="steerboost", max_rollouts=[5, 10]))
 
     config = Config.preset("smoke", search_protocol="steerboost", max_rollouts=[2, 3, 9])
     table = _features(n_concepts=10)

@@ -189,6 +189,10 @@ def inputs(config: Config, *, names: Mapping[str, str] | None = None) -> Inputs:
                             f"baseline, search), got {list(strengths)}")
     if len(names_) < 2:
         raise SteerjaxError(f"{n['concept_names']}: the seen/unseen split needs two or more concepts, got {names_}")
+    if config.search_protocol == "steerboost" and min(config.max_rollouts) > len(strengths):
+        raise SteerjaxError(f"{n['max_rollouts']} {list(config.max_rollouts)}: {n['search_protocol']} steerboost drops "
+                            f"the budgets above the grid's {len(strengths)} strengths, as alphasearch does, and none "
+                            "would be left")
     ev_kw = {k: v for k, v in (src or {}).get("evaluation", {}).items() if k != "refit"}
     try:  # the paper evaluation's split, made now: a part left empty is refused before any rollout
         evaluation.paper_split(names_, list(range(len(prompts))), levels=levels, **{"seed": config.seed, **ev_kw})
