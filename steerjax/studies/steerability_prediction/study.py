@@ -796,10 +796,12 @@ def evaluate_table(table: pd.DataFrame, config: Config, details: dict, *, levels
         f"{seed}):\n" + iv.to_string(index=False))
     details["search_feature_set"] = search_set
     details["strategies"] = _strategy_summary(strategies)
-    log("strategies (unseen concepts, held-out prompts; relative to IGS):\n"
-        + strategies[strategies["threshold"].isna()][["strategy", "max_rollouts", "items", "success_rate",
-                                                      "tokens_per_item", "success_vs_igs", "tokens_vs_igs"]]
-        .to_string(index=False))
+    where = ("seen concepts' test prompts and unseen concepts' every prompt, by group (SteerBoost's alphasearch)"
+             if config.search_protocol == "steerboost" else "unseen concepts, held-out prompts")
+    shown = (["group"] if config.search_protocol == "steerboost" else []) + [
+        "strategy", "max_rollouts", "items", "success_rate", "tokens_per_item", "success_vs_igs", "tokens_vs_igs"]
+    log(f"strategies ({where}; relative to IGS):\n"
+        + strategies[strategies["threshold"].isna()][shown].to_string(index=False))
     details["targets"] = targets(details)
     return Result(config={}, details=details, features=table, paper=paper.tables(), cv_predictions=ev.predictions,
                   cv_scores=ev.scores, cv_importance=ev.importance,
