@@ -442,7 +442,8 @@ def test_cli_predictor_train_and_search(chat_model_dir, tmp_path, capsys):
                  "--prompts", "4", "--strengths", "0.02", "0.5", "4", "--layer", "0", "--max-new-tokens", "6",
                  "--pairs", "4", "--out", tb]) == 0
     assert main(["predictor", "train", tb, "--steps", "1", "2", "--search-k", "1", "--folds", "0",
-                 "--iterations", "20", "--feature-set", "steerboost", "--protocol", "paper", "--out", pred]) == 0
+                 "--iterations", "20", "--feature-set", "steerboost", "--protocol", "paper", "--steerboost-compat",
+                 "--out", pred]) == 0
     labels = pd.read_parquet(f"{pred}/labels.parquet")
     assert set(labels["label"]) <= {"under-steer", "success", "over-steer"} and len(labels) == 4 * (1 + 3 * 3)
     p = SteerabilityPredictor.load(pred)
@@ -451,6 +452,9 @@ def test_cli_predictor_train_and_search(chat_model_dir, tmp_path, capsys):
     assert all(c.startswith("sb_") or c == "strength" for c in p.feature_columns)
     assert {"sb_InterventionMag", "sb_Alpha"} <= set(p.feature_columns)
     assert all(c.endswith("_k1") or c in ("strength", "sb_InterventionMag", "sb_Alpha") for c in p.feature_columns)
+    # --steerboost-compat (issue 27, points 3, 4): blocks 0 + 10, 0 + 15 past the last, named so, and recorded:
+    # `predictor search` below reads the predictor's columns only if it computes them the same way
+    assert p.meta["steerboost_compat"] is True and "sb_MagDiff_T0_L15_k1" in p.feature_columns
     paper = pd.read_csv(f"{pred}/paper/scores.csv")
     assert {("seen", "test"), ("unseen", "test"), ("unseen", "all")} == set(zip(paper["concepts"], paper["prompts"]))
     for part, g in paper.groupby(["concepts", "prompts"]):  # the same baselines as the study's, CGS included

@@ -283,6 +283,45 @@ def _steerboost_samples(model, ids, concept, strength, own, k_max, n_list, k_lis
     return steered, raw, new
 
 
+def test_steerboost_compat_reaches_the_pipeline_and_the_live_search(model, concepts, monkeypatch):
+    """Issue 27, wiring of points 3 and 4: a predictor trained on ``steerboost_compat`` features
+    (columns of blocks past the last, named by L + k) is scored by the live search on the same
+    columns (the option read from its meta), and ``label_and_featurize`` passes the option on."""
+    from steerjax.studies.steerability_prediction import pipeline, search
+
+    grid = [0.5, 1.0, 2.0, 4.0]
+    table, _ = early_features(model, PROMPTS, concepts, grid, layer=LAYER, steps=(1, 2), batch_size=8,
+                              steerboost_compat=True, judge_aware=False)
+    cols = ["strength"] + F.steerboost_columns(model.config, LAYER, (1, 2), steerboost_compat=True)
+    assert "sb_MagDiff_T1_L16_k2" in cols and cols[1:] == [c for c in table.columns if c.startswith("sb_")]
+    labels = np.where(table["strength"] < 1.5, "under-steer", np.where(table["strength"] < 3, "success", "over-steer"))
+    pred = classifier.fit(table.assign(label=labels), feature_columns=cols, iterations=5)
+    pred.meta["steerboost_compat"] = True
+    got = search.guided_search(model, pred, PROMPTS[0], concepts[0], grid, layer=LAYER, max_new_tokens=3)
+    assert len(got["predictions"]) == len(grid) and got["strength"] in grid
+    with pytest.raises(PredictorError, match="lacks .* columns"):  # the clipped default names other blocks
+        search.guided_search(model, pred, PROMPTS[0], concepts[0], grid, layer=LAYER, max_new_tokens=3,
+                             steerboost_compat=False)
+    seen = []
+    monkeypatch.setattr(pipeline, "early_features", lambda *a, **kw: seen.append(kw["steerboost_compat"]) or (
+        pd.DataFrame({"prompt_id": [0], "concept": [concepts[0].name], "strength": [1.0]}), None))
+
+    class Judge:
+        def __init__(self, *a, **kw):
+            pass
+
+        def __call__(self, roll):
+            return pd.DataFrame({"label": "success"}, index=roll.index), types.SimpleNamespace()
+
+    monkeypatch.setattr(pipeline, "HiddenStateJudge", Judge)
+    roll = pd.DataFrame({"prompt_id": [0, 0], "prompt": [PROMPTS[0]] * 2, "concept": ["none", concepts[0].name],
+                         "strength": [0.0, 1.0], "tokens": [[5], [6]]})
+    for compat in (True, False):
+        pipeline.label_and_featurize(model, concepts, roll, layer=LAYER, steps=(1,), steerboost_compat=compat,
+                                     progress=False)
+    assert seen == [True, False]
+
+
 @pytest.mark.slow  # an uncached float64 reference per row
 def test_steerboost_compat_equals_steerboosts_feature_code(model, concepts):
     """Issue 27, points 3 and 4: ``steerboost_compat=True`` gives SteerBoost's feature vector (its

@@ -298,6 +298,38 @@ def test_split_sizes_disjoint_stratified_and_reproducible():
     assert per_concept.prompts.groupby("prompt_id").part.nunique().max() > 1  # per concept: parts differ
 
 
+def test_steerboost_split_is_28_7_15_as_train_weighted_search():
+    """Point 2 of issue 27: the steerboost preset's per-concept prompt split is sized and drawn as
+    SteerBoost's ``xgb/train_weighted_search.py`` (``prepare_training_data``), built here by hand."""
+    kw = {k: v for k, v in STEERBOOST["evaluation"].items() if k != "refit"}
+    assert kw["prompt_sizes"] == (0.3, 0.2) and kw["seed"] == 42 and "prompt_fractions" not in kw
+    split = paper_split(NAMES, range(50), levels=LEVELS, **kw)
+    # its construction: the seen ids sorted; n_test = max(1, int(50 * 0.3)) = 15, n_val = max(1, int(35 * 0.2)) = 7;
+    # one RandomState(42) shuffles arange(50) per seen concept in id order: test, then validation, then train
+    rng = np.random.default_rng(42)
+    seen = sorted(i for ids in LEVEL_POOLS.values() for i in np.asarray(ids)[rng.permutation(50)[:40]])
+    assert split.names("seen") == [NAMES[i] for i in seen]
+    rs = np.random.RandomState(42)
+    p = split.prompts.set_index(["concept", "prompt_id"]).part
+    for i in seen:
+        perm = np.arange(50)
+        rs.shuffle(perm)
+        want = {"test": sorted(perm[:15].tolist()), "validation": sorted(perm[15:22].tolist()),
+                "train": sorted(perm[22:].tolist())}
+        got = p.loc[NAMES[i]]
+        assert {part: sorted(got[got == part].index) for part in want} == want
+    # other prompt counts: the same truncations (a share of all prompts, then of the rest), e.g. 13 prompts:
+    # 3 test, int(10 * 0.2) = 2 validation (fractions of all prompts, 0.14 * 13, would give 1)
+    for n in (3, 9, 10, 13, 20, 37, 50, 60):
+        n_test = max(1, int(n * 0.3))
+        n_val = max(1, int((n - n_test) * 0.2))
+        sizes = paper_split(["a", "b", "c"], range(n), prompt_split="per-concept", prompt_sizes=(0.3, 0.2),
+                            seed=42).prompts.query("concept == 'a'").part.value_counts()
+        assert (sizes["test"], sizes["validation"], sizes["train"]) == (n_test, n_val, n - n_test - n_val), n
+    with pytest.raises(PredictorError, match="prompt_sizes"):
+        paper_split(["a", "b"], range(10), prompt_sizes=(0.3, 1.2))
+
+
 def test_split_minimums_and_unstratified():
     split = paper_split(["a", "b", "c", "d", "e"], [0, 1, 2], seed=0)  # the least: 3 prompts, one per part
     assert split.concepts.level.isna().all() and (split.concepts.part == "unseen").sum() == 1

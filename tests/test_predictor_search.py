@@ -517,3 +517,130 @@ def test_bootstrap_strategies_points_and_intervals():
         search.bootstrap_strategies(items[items["concept"] == "c0"])
     with pytest.raises(classifier.PredictorError, match="no IGS rows"):
         search.bootstrap_strategies(items[items["strategy"] != "IGS"])
+
+
+# ----------------------------------------------------------------------------- SteerBoost's alphasearch protocol
+
+
+def _alphasearch_by_hand(judgments, alphas, id_train, id_test, ood_test, probs, budgets, thresholds, few, full_len):
+    """SteerBoost ``alphasearch.py``'s settings restated on dicts (``judgments[c][a][p]`` 1 for a
+    success, ``probs[c][p][a]`` the predictor's P(success)): per block (``id``, ``ood``) the
+    success rate and the mean decoded tokens (``K * few + avg_cost * full_len`` for ours, ``avg_cost
+    * full_len`` for the others, IGS ``K * full_len``), as its tables print them."""
+    K = len(alphas)
+
+    def best(c, prompts):  # setting1 / setting2: the first alpha (ascending) with the highest rate
+        best_a, best_sr = None, -1
+        for a in alphas:
+            sr = sum(judgments[c][a][p] == 1 for p in prompts) / len(prompts)
+            if sr > best_sr:
+                best_a, best_sr = a, sr
+        return best_a
+
+    def topk(ranked, tests, k, thresh=None):
+        total = n_ok = cost = 0
+        for c, prompts in tests.items():
+            for p in prompts:
+                total += 1
+                tried = ranked[c][p][:k]
+                if thresh is not None:
+                    tried = [(a, q) for a, q in tried if q >= thresh]
+                for i, (a, _) in enumerate(tried):
+                    if judgments[c][a][p] == 1:
+                        n_ok += 1
+                        cost += i + 1
+                        break
+                else:
+                    cost += len(tried)
+        return n_ok / total, cost / total
+
+    out = {}
+    for block, tests in (("seen", id_test), ("unseen", ood_test)):
+        n = sum(len(v) for v in tests.values())
+        r = {"IGS": (sum(any(judgments[c][a][p] == 1 for a in alphas) for c in tests for p in tests[c]) / n,
+                     K * full_len)}
+        cgs = {c: best(c, tests[c]) for c in tests}
+        r["CGS"] = (sum(judgments[c][cgs[c]][p] == 1 for c in tests for p in tests[c]) / n, K * full_len)
+        if block == "seen":
+            tcgs = {c: best(c, id_train[c]) for c in tests}
+            r["TCGS"] = (sum(judgments[c][tcgs[c]][p] == 1 for c in tests for p in tests[c]) / n, 1.0 * full_len)
+        for name, order in (("IGS-A", sorted(alphas)), ("IGS-D", sorted(alphas, reverse=True))):
+            ok, cost = topk({c: {p: [(a, 0.0) for a in order] for p in tests[c]} for c in tests}, tests, K)
+            r[name] = (ok, cost * full_len)
+        ranked = {c: {p: sorted(probs[c][p].items(), key=lambda x: x[1], reverse=True) for p in tests[c]}
+                  for c in tests}
+        for b in budgets:
+            ok, cost = topk(ranked, tests, b)
+            r[f"guided-argmax R={b}"] = (ok, K * few + cost * full_len)
+            for t in thresholds:
+                ok, cost = topk(ranked, tests, b, t)
+                r[f"threshold-ranked R={b} t={t:g}"] = (ok, K * few + cost * full_len)
+        out[block] = r
+    return out
+
+
+def test_alphasearch_protocol_matches_its_code(monkeypatch):
+    """Issue 27, point 5: ``alphasearch_strategies`` (the steerboost search protocol) gives
+    alphasearch's numbers, restated above from its code: one split (seen concepts' test prompts,
+    unseen concepts' every prompt), TCGS on train + validation prompts, the predictor trained on
+    seen concepts' train prompts, every rollout the mean response length, budgets above the grid
+    dropped."""
+    from steerjax.studies.steerability_prediction.evaluation import paper_split
+
+    rng = np.random.default_rng(5)
+    alphas = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2]
+    names = [f"c{i}" for i in range(8)]
+    levels = {n: ("low", "high")[i % 2] for i, n in enumerate(names)}
+    split = paper_split(names, range(10), levels=levels, prompt_split="per-concept", prompt_sizes=(0.3, 0.2), seed=42)
+    rows = [{"prompt_id": p, "concept": c, "strength": a, "x_k1": rng.normal(), "x_k6": rng.normal(),
+             "label": LABELS[int(rng.integers(3))], "n_tokens": int(rng.integers(5, 60))}
+            for c in names for p in range(10) for a in alphas]
+    rows += [{"prompt_id": p, "concept": "none", "strength": 0.0, "x_k1": 0.0, "x_k6": 0.0, "label": U,
+              "n_tokens": 999} for p in range(10)]  # unsteered rows: neither items nor in the mean length
+    table = pd.DataFrame(rows)
+    p_success = {i: float(rng.choice([0.1, 0.3, 0.5, 0.7])) for i in table.index}  # ties: the smaller alpha first
+    fitted = []
+
+    class Fixed:
+        def predict_proba(self, t):
+            p = t.index.map(p_success).to_numpy(float)
+            return pd.DataFrame({U: 1 - p, S: p, OV: 0.0}, index=t.index)
+
+    def fit(t, *, feature_columns, **kw):
+        fitted.append((set(zip(t["concept"], t["prompt_id"])), list(feature_columns), kw))
+        return Fixed()
+
+    monkeypatch.setattr(search, "fit", fit)
+    items, summary = search.alphasearch_strategies(
+        table, split, feature_columns=["strength", "x_k1", "x_k6"], k=1, max_rollouts=(2, 4, 8),
+        thresholds=(0.0, 0.5), guided=("argmax",), depth=4, seed=3)
+    # the predictor: seen concepts x train prompts, steps <= k, the given setting
+    parts = split.prompts.set_index(["concept", "prompt_id"])["part"]
+    seen, unseen = split.names("seen"), split.names("unseen")
+    assert fitted[0][0] == {(c, p) for c in seen for p in range(10) if parts[(c, p)] == "train"}
+    assert fitted[0][1] == ["strength", "x_k1"] and fitted[0][2] == {"seed": 3, "depth": 4}
+    steered = table[table["concept"] != "none"]
+    full_len = steered["n_tokens"].mean()
+    judgments = {c: {a: {p: int(lab == S) for p, lab in zip(g["prompt_id"], g["label"])}
+                     for a, g in gc.groupby("strength")} for c, gc in steered.groupby("concept")}
+    probs = {c: {p: {a: p_success[i] for i, a in zip(g.index, g["strength"])} for p, g in gc.groupby("prompt_id")}
+             for c, gc in steered.groupby("concept")}
+    id_test = {c: [p for p in range(10) if parts[(c, p)] == "test"] for c in seen}
+    id_train = {c: [p for p in range(10) if parts[(c, p)] != "test"] for c in seen}
+    ood_test = {c: list(range(10)) for c in unseen}
+    want = _alphasearch_by_hand(judgments, alphas, id_train, id_test, ood_test, probs, [2, 4], [0.0, 0.5], 1, full_len)
+    assert set(summary["max_rollouts"].dropna()) == {2, 4}  # 8 > the 6 alphas: dropped, as alphasearch drops it
+    got = {}
+    for r in summary.itertuples():
+        name = r.strategy + ("" if pd.isna(r.max_rollouts) else f" R={int(r.max_rollouts)}") + (
+            "" if pd.isna(r.threshold) else f" t={r.threshold:g}")
+        if r.items:
+            got.setdefault(r.group, {})[name] = (r.success_rate, r.tokens_per_item)
+    for block in ("seen", "unseen"):
+        for name, (ok, tokens) in want[block].items():
+            assert got[block][name] == pytest.approx((ok, tokens), rel=1e-12), (block, name)
+    assert "TCGS" not in got["unseen"]  # no training prompts for unseen concepts: not covered
+    assert items.groupby("group")["prompt_id"].size().gt(0).all()
+    assert len(items[(items.group == "seen") & (items.strategy == "IGS")]) == sum(map(len, id_test.values()))
+    with pytest.raises(search.PredictorError, match="exceeds the grid"):
+        search.alphasearch_strategies(table, split, feature_columns=["strength", "x_k1"], k=1, max_rollouts=(7,))

@@ -279,6 +279,76 @@ def test_summary_is_flat_with_the_documented_keys(result):
     assert "guided-feedback" in res.headline() or "target" in res.headline()
 
 
+def test_steerboost_preset_sends_steerboosts_judge_request_and_keeps_its_feature_zeros():
+    """Issue 27, wiring of points 1, 3, 4 and 6: ``steerboost_compat`` is on in the steerboost preset
+    (and a flag elsewhere); it makes the LLM judge SteerBoost's (verbatim names, no temperature) and
+    is in the run config (only when on: older run directories keep resuming) and the reuse keys."""
+    from steerjax.cli.predictor import STUDY_FLAGS, add_study_arguments
+    from steerjax.studies.steerability_prediction.llm_judge import STEERBOOST_JUDGE_OPTIONS
+
+    assert Config.preset("steerboost").steerboost_compat and not Config.preset("quick").steerboost_compat
+    assert not Config.preset("steerboost", steerboost_compat=False).steerboost_compat
+    on = Config.preset("smoke", judge="llm", judge_model="m", steerboost_compat=True)
+    off = dataclasses.replace(on, steerboost_compat=False)
+    assert study_mod.judge_options(on) == STEERBOOST_JUDGE_OPTIONS and study_mod.judge_options(off) == {}
+    judge_on, judge_off = study_mod.inputs(on).llm, study_mod.inputs(off).llm
+    assert (judge_on.concept_names, judge_on.temperature) == ("verbatim", None)
+    assert (judge_off.concept_names, judge_off.temperature) == ("readable", 0.0)
+    assert judge_on.concept_text("iambic-like") == "iambic-like"
+    assert judge_off.concept_text("iambic-like") == "iambic like"
+    assert on.run_config("m")["steerboost_compat"] is True and "steerboost_compat" not in off.run_config("m")
+    assert "steerboost_compat" in study_mod.REUSE_KEYS and STUDY_FLAGS["steerboost_compat"] == "--steerboost-compat"
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    add_study_arguments(ap, default_out="x", model_flag=True)
+    assert ap.parse_args([]).steerboost_compat is None  # the preset's
+    assert ap.parse_args(["--no-steerboost-compat"]).steerboost_compat is False
+
+
+def test_steerboost_search_protocol_runs_alphasearch_on_the_paper_split():
+    """Issue 27, point 5 in the study: ``search_protocol="steerboost"`` (the steerboost preset's
+    default, ``--search-protocol``) searches the paper evaluation's split (seen concepts' test
+    prompts, unseen concepts' every prompt) in two groups, budgets above the grid dropped, every
+    rollout the mean length; the summary, intervals and headline read the unseen group unprefixed."""
+    import argparse
+
+    from steerjax.cli.predictor import add_study_arguments
+
+    sb = Config.preset("steerboost")
+    assert sb.search_protocol == "steerboost" and sb.max_rollouts == (5, 10, 15, 20)
+    assert Config.preset("quick").search_protocol == "folds" and "search_protocol" not in Config().run_config("m")
+    assert sb.run_config("m")["search_protocol"] == "steerboost"
+    ap = argparse.ArgumentParser()
+    add_study_arguments(ap, default_out="x", model_flag=True)
+    assert ap.parse_args([]).search_protocol is None
+    assert ap.parse_args(["--search-protocol", "steerboost"]).search_protocol == "steerboost"
+    with pytest.raises(SteerjaxError, match="search_protocol must be one of"):
+        study_mod.inputs(Config.preset("smoke", search_protocol="nope"))
+    with pytest.raises(SteerjaxError, match="drops the budgets above the grid's 3 strengths"):  # before any model
+        study_mod.inputs(Config.preset("smoke", search_protocol="steerboost", max_rollouts=[5, 10]))
+
+    config = Config.preset("smoke", search_protocol="steerboost", max_rollouts=[2, 3, 9])
+    table = _features(n_concepts=10)
+    table["n_tokens"] = np.arange(len(table)) % 7 + 3
+    details = {"model_source": "synthetic", "layer": 1, "judge": "hidden", "feature_set": config.feature_set,
+               "feature_set_replays_judge": False}
+    res = study_mod.evaluate_table(table, config, details, progress=False)
+    parts = res.paper["split_prompts"].set_index(["concept", "prompt_id"])["part"]
+    concept_part = dict(zip(res.paper["split_concepts"]["concept"], res.paper["split_concepts"]["part"]))
+    igs = res.strategy_items[res.strategy_items["strategy"] == "IGS"]
+    want = {(concept_part[c], p, c) for c in concept_part for p in range(6)
+            if concept_part[c] == "unseen" or parts[(c, p)] == "test"}
+    assert set(zip(igs["group"], igs["prompt_id"], igs["concept"])) == want
+    assert set(res.strategies["max_rollouts"].dropna()) == {2, 3}  # 9 > the 4 strengths
+    assert igs["tokens"].eq(4 * table["n_tokens"].mean()).all()  # the mean length per rollout
+    st = res.details["strategies"]
+    assert {"IGS", "seen/IGS", "seen/TCGS", "guided-argmax_R3", "seen/guided-argmax_R3"} <= set(st)
+    assert st["TCGS"]["items"] == 0  # unseen concepts have no training prompts
+    assert "seen IGS success_vs_igs" in set(res.intervals["quantity"])
+    assert res.summary()["guided_setting"] == "guided-feedback R=3" and "search IGS" in res.headline()
+
+
 def test_protocol_table_matches_the_readme():
     """config.PROTOCOL (what the report shows as deviations) has the README table's elements, in order."""
     from steerjax.studies.steerability_prediction.config import PROTOCOL

@@ -25,6 +25,7 @@ from steerjax.studies.steerability_prediction.config import (
     POSITIONS,
     PRESETS,
     PROTOCOLS,
+    SEARCH_PROTOCOLS,
     STRATEGIES,
     Config,
     testbed_run_config,
@@ -38,7 +39,8 @@ STUDY_FLAGS = {"concepts": "--concepts", "concept_names": "--concept-names", "pr
                "feature_set": "--feature-set", "judge": "--judge", "judge_url": "--judge-url",
                "judge_model": "--judge-model", "no_kappa": "--no-kappa", "steerboost_data": "--steerboost-data",
                "reuse_features": "--reuse-features", "layer": "--layer", "seed": "--seed", "out": "--out",
-               "model": "--model"}
+               "model": "--model", "steerboost_compat": "--steerboost-compat",
+               "search_protocol": "--search-protocol"}
 
 
 def add_study_arguments(ap: argparse.ArgumentParser, *, default_preset: str = "quick",
@@ -75,6 +77,16 @@ def add_study_arguments(ap: argparse.ArgumentParser, *, default_preset: str = "q
     ap.add_argument("--steerboost-data", default=None, metavar="DIR",
                     help="--preset steerboost: SteerBoost's data directory (concepts.json, alpaca_eval.json, "
                          "training/{id}.json); default <data dir>/steerboost")
+    ap.add_argument("--steerboost-compat", action=argparse.BooleanOptionalAction, default=None,
+                    help="SteerBoost's code exactly where steerjax differs by choice: the LLM judge's request "
+                         "(concept names verbatim, no temperature) and the features' zeros (blocks past the last, "
+                         "tokens past a rollout's end) (default: the preset's, on in steerboost)")
+    ap.add_argument("--search-protocol", choices=SEARCH_PROTOCOLS, default=None,
+                    help="the strength search: folds (unseen concepts x held-out prompts over concept x prompt folds, "
+                         "each rollout its own length) or steerboost (SteerBoost's alphasearch: the paper split's "
+                         "test prompts of seen concepts and all prompts of unseen ones, TCGS on train + validation "
+                         "prompts, each rollout the mean response length, budgets above the grid dropped) (default: "
+                         "the preset's, steerboost in steerboost, else folds)")
     ap.add_argument("--reuse-features", default=None, metavar="DIR",
                     help="evaluate the labelled features of a finished run in DIR (same preset, model, seed, judge, "
                          "concepts and prompts) instead of running the model: steps 4-5 only, into --out")
@@ -164,6 +176,9 @@ def add_commands(sub) -> None:
     ptr.add_argument("--max-rollouts", type=checks.positive_int, nargs="+", default=[1, 2, 3], metavar="R",
                      help="with --search-prompt-folds: the guided search's budgets (default: 1 2 3)")
     ptr.add_argument("--batch-size", type=checks.positive_int, default=32, help="default: %(default)s")
+    ptr.add_argument("--steerboost-compat", action="store_true",
+                     help="SteerBoost's feature columns as its code leaves them (blocks past the last and tokens past "
+                          "a rollout's end as zeros); recorded in the predictor, so `predictor search` reads the same")
     ptr.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     ptr.add_argument("--out", required=True, metavar="DIR", help="where the predictor and its tables go")
     checks.add_force(ptr, "the files of a non-empty --out directory")
@@ -250,7 +265,8 @@ def run_predictor_train(args) -> int:
     done = pipeline.train_predictor(model, testbed, out=args.out, steps=args.steps, search_k=args.search_k,
                                     folds=args.folds, iterations=args.iterations, batch_size=args.batch_size,
                                     seed=args.seed, feature_set=args.feature_set, protocol=args.protocol,
-                                    search_prompt_folds=args.search_prompt_folds, max_rollouts=args.max_rollouts)
+                                    search_prompt_folds=args.search_prompt_folds, max_rollouts=args.max_rollouts,
+                                    steerboost_compat=args.steerboost_compat)
     steered = done.labels[done.labels["concept"] != UNSTEERED]
     print(f"labels: {steered['label'].value_counts().to_dict()}\n{done.thresholds.how}")
     note = " (REPLAYS THE JUDGE)" if replays_judge(args.feature_set) else ""

@@ -56,17 +56,18 @@ STEERBOOST_ALPHAS: tuple[float, ...] = tuple(round(0.2 * i, 1) for i in range(1,
 #:   first 50 positive and negative examples, plain text, first token left out);
 #: * ``prompts``: :func:`alpaca_eval_prompts` (50 AlpacaEval prompts, seed 42);
 #: * ``evaluation``: :func:`steerjax.studies.steerability_prediction.evaluation.paper_evaluation`: 120 seen / 30 unseen
-#:   concepts stratified by level, a 70/10/20 train/validation/test prompt split per seen concept
-#:   (the README's numbers; ``xgb/train_weighted_search.py``'s defaults, ``--test_size 0.3
-#:   --val_size 0.2`` of the rest, give 28/7/15 of 50), the validation-best model kept as
-#:   trained on the train prompts (no refit), unseen concepts scored on all their prompts;
+#:   concepts stratified by level, a train/validation/test prompt split per seen concept as
+#:   ``xgb/train_weighted_search.py`` sizes it (``prompt_sizes``: its defaults ``--test_size 0.3
+#:   --val_size 0.2``, validation a share of the rest: 28/7/15 of 50; its README says 70/10/20),
+#:   the validation-best model kept as trained on the train prompts (no refit), unseen concepts
+#:   scored on all their prompts;
 #: * ``reference``: facts with no steerjax argument (model, layer, its feature lists, search trials).
 STEERBOOST: dict[str, dict[str, Any]] = {
     "rollouts": {"strengths": STEERBOOST_ALPHAS, "scale": "raw", "positions": "all", "temperature": 0.7,
                  "top_k": 20, "top_p": 0.95, "max_new_tokens": 2048},
     "concepts": {"method": "diffmean", "n_examples": 50, "chat": False},
     "prompts": {"n": 50, "seed": 42},
-    "evaluation": {"unseen_fraction": 0.2, "prompt_fractions": (0.7, 0.1, 0.2), "prompt_split": "per-concept",
+    "evaluation": {"unseen_fraction": 0.2, "prompt_sizes": (0.3, 0.2), "prompt_split": "per-concept",
                    "refit": False, "seed": 42},
     "reference": {"model": "Qwen/Qwen3-1.7B", "layer": 10, "n_concepts": 150, "levels": ("low", "mid", "high"),
                   "layer_offsets": (1, 2, 3, 5, 10, 15), "tokens": (1, 3, 5), "classifier": "XGBoost",

@@ -40,6 +40,12 @@ PRUNING = ("feedback",)
 GUIDED = STRATEGIES
 #: ``steerjax predictor train``'s evaluations
 PROTOCOLS = ("cv", "paper")
+#: the study's strength-search protocols: ``folds``, unseen concepts x held-out prompts over
+#: concept folds x prompt folds, each rollout charged its own length; ``steerboost``, SteerBoost's
+#: ``alphasearch.py`` (the paper evaluation's one split, TCGS on train + validation prompts, each
+#: rollout charged the mean response length, budgets above the grid dropped:
+#: :func:`.search.alphasearch_strategies`)
+SEARCH_PROTOCOLS = ("folds", "steerboost")
 
 #: named feature sets (:mod:`.features`), combined with ``+``
 FEATURE_SETS = {
@@ -94,10 +100,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (DiffMean), 50 AlpacaEval prompts, alpha x the raw vector on 45 alphas, prompt steered,
     # temperature 0.7; for a GPU. max_new_tokens is 256, not its 2048 (features read 6 tokens; the
     # judge reads the rollout). Its strengths are SteerBoost's alphas, set when the data are read.
+    # steerboost_compat: SteerBoost's code exactly where steerjax differs by choice (the LLM judge's
+    # request, the features' zeros past the last block and past a rollout's end)
+    # search_protocol: alphasearch's one split, mean-length token cost and budgets 5/10/15/20
     "steerboost": dict(concepts=None, prompts=50, strengths=None, max_new_tokens=256, steps=[1, 2, 4, 6],
-                       n_statements=50, folds=5, search_k=6, max_rollouts=[1, 2, 3, 4, 5], prompt_folds=5,
+                       n_statements=50, folds=5, search_k=6, max_rollouts=[5, 10, 15, 20], prompt_folds=5,
                        kappa_sample=2000, iterations=500, batch_size=128, paper_grid=None, thresholds=None,
-                       source="steerboost", cv_grid=None),
+                       source="steerboost", cv_grid=None, steerboost_compat=True, search_protocol="steerboost"),
 }
 
 #: the protocol element by element (the README's table, shortened): ``(element, paper / SteerBoost,
@@ -121,11 +130,15 @@ PROTOCOL: tuple[tuple[str, str, str, bool], ...] = (
     ("splits", "120 / 30 concepts by level; prompts per concept", "80 / 20 concepts; prompts 70 / 10 / 20 shared",
      True),
     ("search", "IGS, CGS, TCGS, IGS-A, IGS-D, ranked search, threshold sweep; 6 early tokens",
-     "the same replayed on one table, plus threshold-ascending and feedback; 1 early token", True),
+     "the same replayed on one table over concept x prompt folds, each rollout its own length, plus "
+     "threshold-ascending and feedback; 1 early token", True),
 )
 
 #: the fields whose preset value a ``None`` override keeps (a flag not given)
 _SEQUENCES = ("concept_names", "strengths", "steps", "max_rollouts", "thresholds")
+#: options added after run directories existed: in the run config only when not at this default,
+#: so that those directories keep resuming
+_LATER = {"steerboost_compat": False, "search_protocol": "folds"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -163,6 +176,14 @@ class Config:
         answered is recorded instead).
       steerboost_data: SteerBoost's data directory (``None``: ``<data dir>/steerboost``).
       reuse_features: a finished run whose labelled features are evaluated again (no model).
+      steerboost_compat: SteerBoost's code exactly where steerjax differs by choice (True in
+        ``steerboost``): the LLM judge sends SteerBoost's request (concept names verbatim, no
+        temperature: :data:`.llm_judge.STEERBOOST_JUDGE_OPTIONS`) and the early features keep its
+        zeros (blocks past the last, tokens past a rollout's end:
+        :func:`.features.early_features` ``steerboost_compat``).
+      search_protocol: the strength search's protocol (:data:`SEARCH_PROTOCOLS`; ``steerboost`` in
+        ``steerboost``): concept x prompt folds, or SteerBoost's alphasearch on the paper split
+        (``folds``, ``prompt_folds`` are then the CV's only).
     """
 
     preset_name: str = "full"
@@ -193,6 +214,8 @@ class Config:
     no_kappa: bool = False
     steerboost_data: str | None = None
     reuse_features: str | None = None
+    steerboost_compat: bool = False
+    search_protocol: str = "folds"
 
     def __hash__(self) -> int:  # the grids are mappings: hash the JSON view
         return hash(json.dumps(self.run_config(""), sort_keys=True))
@@ -227,7 +250,8 @@ class Config:
         ``n_prompts``, ``judge_endpoint``; ``strengths`` in ``steerboost``). The pre-model checks
         and the run directory both use it."""
         out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
-               if f.name not in ("judge_url", "concept_names", "preset_name")}
+               if f.name not in ("judge_url", "concept_names", "preset_name")
+               and not (f.name in _LATER and getattr(self, f.name) == _LATER[f.name])}
         out["preset"] = self.preset_name
         out["model"] = model_source
         out.update({k: _plain(v) for k, v in facts.items()})

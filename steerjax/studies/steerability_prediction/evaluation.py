@@ -12,7 +12,10 @@ features table (one row per prompt x concept x strength with a ``label``, as
    With SteerBoost's 150 concepts in id order and its levels this is its ``stratified_shuffle``
    partition (``xgb/concept_partition.py``: 40 seen + 10 unseen per level).
 2. **Prompts**: train / validation / test by ``prompt_fractions`` (0.7 / 0.1 / 0.2; sizes
-   ``floor(n * f)``, at least one each, test and validation first, train the rest). A permutation
+   ``floor(n * f)``, at least one each, test and validation first, train the rest), or by
+   ``prompt_sizes=(test_size, val_size)`` as SteerBoost's ``xgb/train_weighted_search.py`` sizes
+   them (``n_test = max(1, int(n * test_size))``, ``n_val = max(1, int((n - n_test) * val_size))``,
+   train the rest: its defaults (0.3, 0.2) give 28 / 7 / 15 of 50). A permutation
    of the prompt ids by ``numpy.random.RandomState(seed)``: one for every concept
    (``prompt_split="shared"``, the default: a test prompt is never a training prompt of any
    concept) or one per concept, seen concepts first in order, then unseen ones
@@ -91,7 +94,8 @@ class PaperSplit:
 
 def paper_split(concepts: Sequence[str], prompt_ids: Sequence[int], *, levels: Mapping[str, str] | None = None,
                 unseen_fraction: float = 0.2, prompt_fractions: Sequence[float] = (0.7, 0.1, 0.2),
-                prompt_split: str = "shared", seed: int = 0) -> PaperSplit:
+                prompt_split: str = "shared", prompt_sizes: Sequence[float] | None = None,
+                seed: int = 0) -> PaperSplit:
     """Seen / unseen concepts and train / validation / test prompts (see the module docstring).
 
     Args:
@@ -102,6 +106,9 @@ def paper_split(concepts: Sequence[str], prompt_ids: Sequence[int], *, levels: M
       unseen_fraction: share of each level left unseen, in (0, 1).
       prompt_fractions: train, validation, test shares (positive, summing to 1).
       prompt_split: ``"shared"`` or ``"per-concept"``.
+      prompt_sizes: SteerBoost's ``(test_size, val_size)`` (test a share of all prompts,
+        validation a share of the rest, each truncated as its ``int()`` does, at least 1);
+        replaces ``prompt_fractions``. None: ``prompt_fractions``.
 
     Raises:
       PredictorError: too few concepts (two per level: one seen, one unseen) or prompts (three:
@@ -147,8 +154,17 @@ def paper_split(concepts: Sequence[str], prompt_ids: Sequence[int], *, levels: M
                                   "part": [part[c] for c in concepts]})
 
     n = len(prompt_ids)
-    n_test = max(1, math.floor(n * fractions[2] + 1e-9))
-    n_val = max(1, math.floor(n * fractions[1] + 1e-9))
+    if prompt_sizes is None:
+        n_test = max(1, math.floor(n * fractions[2] + 1e-9))
+        n_val = max(1, math.floor(n * fractions[1] + 1e-9))
+    else:
+        sizes = [float(f) for f in prompt_sizes]
+        if len(sizes) != 2 or not all(0 < f < 1 for f in sizes):
+            raise PredictorError(f"prompt_sizes must be SteerBoost's (test_size, val_size), two shares in (0, 1), "
+                                 f"got {list(prompt_sizes)}")
+        fractions = sizes  # for the message below
+        n_test = max(1, int(n * sizes[0]))
+        n_val = max(1, int((n - n_test) * sizes[1]))
     if n - n_test - n_val < 1:
         raise PredictorError(f"the train/validation/test prompt split needs at least 3 prompts (one per part); got "
                              f"{n} (with shares {fractions}: {n_test} test, {n_val} validation, "
@@ -269,7 +285,8 @@ def confusion_figures(out: str, confusion: Mapping[str, pd.DataFrame]) -> list[s
 def paper_evaluation(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = None,
                      levels: Mapping[str, str] | None = None, unseen_fraction: float = 0.2,
                      prompt_fractions: Sequence[float] = (0.7, 0.1, 0.2), prompt_split: str = "shared",
-                     grid: Mapping[str, Sequence] | None = None, refit: bool = False, cv_folds: int = 0,
+                     prompt_sizes: Sequence[float] | None = None, grid: Mapping[str, Sequence] | None = None,
+                     refit: bool = False, cv_folds: int = 0,
                      label_col: str = "label", seed: int = 0, threads: int | None = None,
                      progress: bool = True) -> PaperEvaluation:
     """The paper's evaluation of the predictor on a features table (see the module docstring).
@@ -282,7 +299,7 @@ def paper_evaluation(table: pd.DataFrame, *, feature_columns: Sequence[str] | No
         :func:`steerjax.data.steerboost.steerboost_concepts` or the concepts'
         ``metadata["level"]``, :func:`concept_levels`). Its keys are the concepts evaluated, in
         order; every one needs rows. None: the table's concepts, sorted, unstratified.
-      unseen_fraction, prompt_fractions, prompt_split: the split (:func:`paper_split`).
+      unseen_fraction, prompt_fractions, prompt_split, prompt_sizes: the split (:func:`paper_split`).
       grid: ``{"depth": [...], "iterations": [...], "learning_rate": [...]}`` (a key left out
         keeps :func:`~steerjax.studies.steerability_prediction.classifier.fit`'s default); default :data:`DEFAULT_GRID`.
       refit: refit the chosen setting on train + validation prompts (default: keep the model
@@ -326,7 +343,7 @@ def paper_evaluation(table: pd.DataFrame, *, feature_columns: Sequence[str] | No
         raise PredictorError(f"concepts {absent[:5]} have no rows in the table (no rollouts or features): run "
                              "them, or leave them out of levels")
     split = paper_split(concepts, sorted(set(table["prompt_id"].astype(int))), levels=levels,
-                        unseen_fraction=unseen_fraction, prompt_fractions=prompt_fractions,
+                        unseen_fraction=unseen_fraction, prompt_fractions=prompt_fractions, prompt_sizes=prompt_sizes,
                         prompt_split=prompt_split, seed=seed)
     for part in ("seen", "unseen"):
         test = table[split.rows(table, part, "test")]
@@ -408,7 +425,8 @@ def paper_evaluation(table: pd.DataFrame, *, feature_columns: Sequence[str] | No
         cv = classifier.evaluate(table, feature_columns=cols, n_folds=int(cv_folds), seed=seed, label_col=label_col,
                                  progress=progress, threads=threads, **chosen)
     options = {"feature_columns": len(cols), "levels": levels is not None, "unseen_fraction": unseen_fraction,
-               "prompt_fractions": list(prompt_fractions), "prompt_split": prompt_split, "refit": bool(refit),
+               "prompt_fractions": list(prompt_fractions), "prompt_split": prompt_split,
+               "prompt_sizes": None if prompt_sizes is None else list(prompt_sizes), "refit": bool(refit),
                "cv_folds": int(cv_folds), "seed": int(seed), "n_settings": len(settings)}
     model.meta.update(chosen=chosen, protocol="paper", refit=bool(refit))
     return PaperEvaluation(pd.DataFrame(score_rows), pd.DataFrame(class_rows), params, chosen, split,

@@ -177,7 +177,7 @@ def testbed_concepts(model, path: str, *, names: Sequence[str] | None, layer: in
 
 
 def label_and_featurize(model, concepts, rollouts: pd.DataFrame, *, layer: int, steps, batch_size: int = 32,
-                        positions: str = "all", progress: bool = True):
+                        positions: str = "all", steerboost_compat: bool = False, progress: bool = True):
     """``(labelled, thresholds, data)``: the rollout table with the hidden-state judge's scores and
     labels (``tokens`` dropped), the judge's thresholds, and one row per steered rollout with its
     early features and ``label``.
@@ -190,6 +190,9 @@ def label_and_featurize(model, concepts, rollouts: pd.DataFrame, *, layer: int, 
     :func:`steerjax.studies.steerability_prediction.early_features` as the equivalent fractions of the residual norm
     (``alpha * |v| / residual_norm``), and the rows keep the alphas as ``strength`` and
     ``multiplier``.
+
+    ``steerboost_compat``: SteerBoost's feature columns exactly as its code leaves them
+    (:func:`steerjax.studies.steerability_prediction.early_features`' option of that name).
     """
     prompts = rollouts.drop_duplicates("prompt_id").sort_values("prompt_id")
     if list(prompts["prompt_id"]) != list(range(len(prompts))):
@@ -201,7 +204,8 @@ def label_and_featurize(model, concepts, rollouts: pd.DataFrame, *, layer: int, 
     steered = labelled[labelled["concept"] != UNSTEERED]
     own = {(int(p), str(c), float(s)): list(t) for p, c, s, t in
            zip(rollouts["prompt_id"], rollouts["concept"], rollouts["strength"], rollouts["tokens"])}
-    kw = dict(layer=layer, steps=steps, batch_size=batch_size, positions=positions, progress=progress)
+    kw = dict(layer=layer, steps=steps, batch_size=batch_size, positions=positions,
+              steerboost_compat=steerboost_compat, progress=progress)
     if scale == "norm":  # each concept at its rollouts' strengths (the tokens to read exist for those only)
         grid = {str(n): sorted(set(g.astype(float))) for n, g in steered.groupby("concept", sort=False)["strength"]}
         feats, _ = early_features(model, prompts["prompt"].tolist(), [c for c in concepts if c.name in grid], grid,
@@ -326,7 +330,8 @@ def check_training(testbed: Testbed, *, steps: Sequence[int], search_k: int, fol
 def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] = (1, 2, 4, 8), search_k: int = 2,
                     folds: int = 5, iterations: int = 300, batch_size: int = 32, seed: int = 0,
                     feature_set: str | None = None, protocol: str = "cv", search_prompt_folds: int = 0,
-                    max_rollouts: Sequence[int] = (1, 2, 3), progress: bool = True) -> PredictorTraining:
+                    max_rollouts: Sequence[int] = (1, 2, 3), steerboost_compat: bool = False,
+                    progress: bool = True) -> PredictorTraining:
     """Label a testbed's rollouts (hidden-state judge), extract their early features, evaluate, fit
     the predictor on the features of the first ``search_k`` steps and save it, with its tables and
     figures, in ``out``.
@@ -343,6 +348,9 @@ def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] =
         prompts (``folds`` concept folds x this many prompt folds) against IGS, CGS and TCGS, as the
         study runs it (:func:`.search.held_out_strategies`, budgets ``max_rollouts``):
         ``strategies.csv``, ``strategy_items.parquet``, ``strategies.png``.
+      steerboost_compat: SteerBoost's feature columns as its code leaves them
+        (:func:`~steerjax.studies.steerability_prediction.early_features`); recorded in the saved
+        predictor, so :func:`~.search.guided_search` computes its features the same way.
 
     Raises:
       SteerjaxError, PredictorError: see :func:`check_training`.
@@ -356,7 +364,8 @@ def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] =
     os.makedirs(out, exist_ok=True)
     labelled, thr, data = label_and_featurize(model, testbed.concepts, testbed.rollouts, layer=cfg["layer"],
                                               steps=steps, batch_size=batch_size,
-                                              positions=cfg.get("positions", "all"), progress=progress)
+                                              positions=cfg.get("positions", "all"),
+                                              steerboost_compat=steerboost_compat, progress=progress)
     labelled.to_parquet(os.path.join(out, "labels.parquet"), index=False)
     data.to_parquet(os.path.join(out, "features.parquet"), index=False)
     steered = labelled[labelled["concept"] != UNSTEERED]
@@ -395,6 +404,6 @@ def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] =
                      layer=cfg["layer"], positions=cfg.get("positions", "all"), scale=cfg.get("scale", "norm"),
                      steps=list(steps), search_k=search_k, feature_set=feature_set, protocol=protocol,
                      strengths=sorted(set(steered["strength"])), max_new_tokens=cfg.get("max_new_tokens"),
-                     thresholds=thr.to_dict())
+                     thresholds=thr.to_dict(), steerboost_compat=bool(steerboost_compat))
     pred.save(out)
     return PredictorTraining(pred, labelled, thr, ev, paper, strategies)

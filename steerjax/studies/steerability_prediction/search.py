@@ -584,6 +584,65 @@ def held_out_strategies(table: pd.DataFrame, *, feature_columns: Sequence[str], 
     return items, compare_strategies(items)
 
 
+#: SteerBoost ``alphasearch.py``'s budgets (``--top_k_values 5,10,15,20``)
+ALPHASEARCH_BUDGETS = (5, 10, 15, 20)
+
+
+def alphasearch_strategies(table: pd.DataFrame, split, *, feature_columns: Sequence[str], k: int,
+                           max_rollouts: Sequence[int] = ALPHASEARCH_BUDGETS, thresholds: Sequence[float] | None = None,
+                           guided: Sequence[str] = STRATEGIES, refit: bool = False,
+                           rollout_tokens: float | None = None, seed: int = 0,
+                           **fit_kw) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(items, summary)``: every strategy of :func:`simulate_strategies` under SteerBoost's
+    ``alphasearch.py`` protocol, on the paper evaluation's one split (``split``: a
+    :class:`~steerjax.studies.steerability_prediction.evaluation.PaperSplit`) instead of folds:
+
+    * items: seen concepts x their test prompts (group ``"seen"``, its ID rows) and unseen concepts
+      x all their prompts (group ``"unseen"``, its OOD rows: ``ood_test`` is every prompt);
+    * TCGS learns each seen concept's strength on its train + validation prompts
+      (``load_splits_from_model``: ``train + val``); unseen concepts have none (not covered, as the
+      reference runs TCGS on ID concepts only); CGS chooses per group and concept on the items;
+    * the predictor is fitted once on seen concepts x train prompts (x validation too with
+      ``refit``), on ``feature_columns`` of steps ``<= k`` (its model is the trained one of
+      ``train_weighted_search.py``), with ``fit_kw`` (e.g. the paper evaluation's chosen setting);
+    * every full rollout costs ``rollout_tokens``, default the mean ``n_tokens`` of the table's
+      steered rollouts (``compute_avg_response_tokens``: the mean response length), ``k`` early
+      tokens per candidate scored (``--few_tokens``);
+    * budgets ``max_rollouts`` (default 5, 10, 15, 20), those above the grid's size dropped
+      (``top_k_values = [k for k in top_k_values if k <= len(alphas)]``).
+
+    Raises:
+      PredictorError: a table without ``n_tokens`` (and no ``rollout_tokens``), no budget within
+        the grid, or what :func:`simulate_strategies` refuses.
+    """
+    from steerjax.studies.steerability_prediction.concepts import UNSTEERED
+
+    cols = [c for c in feature_columns if (step := feature_step(c)) is None or step <= k]
+    if not [c for c in cols if c != "strength"]:
+        raise PredictorError(f"none of the {len(feature_columns)} feature columns given is from steps <= {k}")
+    steered = table["concept"] != UNSTEERED
+    n_grid = int(table.loc[steered, "strength"].nunique())
+    budgets = [int(r) for r in max_rollouts if r <= n_grid]
+    if not budgets:
+        raise PredictorError(f"every budget of {list(max_rollouts)} exceeds the grid's {n_grid} strengths "
+                             "(alphasearch drops those): give one of at most the grid's size")
+    if rollout_tokens is None:
+        if "n_tokens" not in table:
+            raise PredictorError("the rollout table lacks n_tokens: give rollout_tokens= (the mean response length)")
+        rollout_tokens = float(table.loc[steered, "n_tokens"].mean())
+    seen = split.rows(table, "seen", "all")
+    test = split.rows(table, "seen", "test") | split.rows(table, "unseen", "all")
+    train = split.rows(table, "seen", "train") | split.rows(table, "seen", "validation")
+    fit_rows = train if refit else split.rows(table, "seen", "train")
+    model = fit(table[fit_rows & steered.to_numpy()], feature_columns=cols, seed=seed, **fit_kw)
+    proba = model.predict_proba(table[test & steered.to_numpy()]).reindex(columns=list(LABELS), fill_value=0.0)
+    items = simulate_strategies(table, proba, k=k, test=test, train=train, groups=np.where(seen, "seen", "unseen"),
+                                max_rollouts=budgets, guided=guided,
+                                thresholds=THRESHOLDS if thresholds is None else list(thresholds),
+                                rollout_tokens=rollout_tokens)
+    return items, compare_strategies(items)
+
+
 def compare_strategies(items: pd.DataFrame) -> pd.DataFrame:
     """The tidy comparison: one row per (group, strategy, max_rollouts, threshold).
 
@@ -687,7 +746,7 @@ def bootstrap_strategies(items: pd.DataFrame, *, n_draws: int = 1000, seed: int 
 def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept, strengths: Sequence[float], *,
                   layer: int, max_new_tokens: int, strategy: str = "argmax", max_rollouts: int = 1, steps=None,
                   judge=None, calibration: pd.DataFrame | None = None, positions: str = "all",
-                  seed: int = 0) -> dict:
+                  steerboost_compat: bool | None = None, seed: int = 0) -> dict:
     """Search a strength for one prompt and concept with the predictor, then decode to confirm.
 
     ``steps``: the decoding steps whose features the predictor uses (default: those its feature
@@ -704,6 +763,10 @@ def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept,
     None), ``decoded_tokens`` counted as :func:`simulate_strategies` counts them (``k`` per evaluated
     candidate plus the confirming rollouts) and ``reference_tokens`` (the prompt's unsteered
     rollout, decoded for the judge).
+
+    ``steerboost_compat``: the features as :func:`.features.early_features` computes them with
+    that option (SteerBoost's zeros); default: as the predictor was trained
+    (``predictor.meta["steerboost_compat"]``, False when absent), so its columns are the same.
     """
     from steerjax.studies.steerability_prediction.features import early_features
     from steerjax.studies.steerability_prediction.testbed import rollouts
@@ -714,6 +777,8 @@ def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept,
     if judge is not None:
         calibration = _calibration(calibration)
     steps = tuple(steps) if steps else _steps_of(predictor)
+    if steerboost_compat is None:
+        steerboost_compat = bool((getattr(predictor, "meta", None) or {}).get("steerboost_compat", False))
     cands = sorted({float(x) for x in strengths})
     if not cands or not all(np.isfinite(cands)):
         raise PredictorError(f"strengths must be finite numbers, got {list(strengths)}")
@@ -723,7 +788,7 @@ def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept,
         if not idx:
             return pd.DataFrame(columns=list(LABELS))
         feats, _ = early_features(model, [prompt], [concept], [cands[i] for i in idx], layer=layer, steps=steps,
-                                  batch_size=len(cands), positions=positions)
+                                  batch_size=len(cands), positions=positions, steerboost_compat=steerboost_compat)
         proba = predictor.predict_proba(feats).reindex(columns=list(LABELS), fill_value=0.0)
         rows.append(pd.concat([feats[["strength"]].reset_index(drop=True), proba.reset_index(drop=True)], axis=1))
         return proba

@@ -20,7 +20,8 @@ The protocol (the ``steerboost`` preset is SteerBoost's setting, the others stee
    hidden-state judge's own statistics: it appears only in the ablation, flagged.
 4. Predictor (CatBoost) on unseen concepts:
    - the paper's evaluation (``paper/``): seen / unseen concepts, 70/10/20 train / validation /
-     test prompts, CatBoost settings chosen on validation; per-class and macro-F1 on seen and
+     test prompts (28/7/15 of 50 per concept in ``steerboost``, as SteerBoost's code), CatBoost
+     settings chosen on validation; per-class and macro-F1 on seen and
      unseen concepts, next to strength-only, multiplier-only, majority and CGS (the most common
      label of the row's concept at its strength over the concept's other prompts: what a
      concept-level grid search knows, an oracle for unseen concepts);
@@ -30,7 +31,9 @@ The protocol (the ``steerboost`` preset is SteerBoost's setting, the others stee
    paper's baselines (IGS, CGS, TCGS per cell, IGS-A, IGS-D), guided search with up to R
    confirming rollouts (:data:`~.config.GUIDED`), and a threshold sweep on P(success), replayed on
    the labelled rollouts; success and decoded tokens relative to IGS (``strategies.csv``; per item
-   ``strategy_items.parquet``).
+   ``strategy_items.parquet``). ``search_protocol="steerboost"`` (the ``steerboost`` preset's)
+   is SteerBoost's alphasearch instead: the paper evaluation's split (groups ``seen`` / ``unseen``),
+   each rollout charged the mean response length, budgets above the grid dropped.
 6. Uncertainty (``intervals.csv``): 95% percentile intervals from 1000 bootstrap draws of the
    unseen concepts (seeded): the predictor's macro-F1 minus the best of strength-only and CGS,
    and each strategy's success and tokens relative to IGS.
@@ -72,6 +75,7 @@ from steerjax.studies.steerability_prediction.config import (
     HEADLINE,
     JUDGE_NAMES,
     JUDGES,
+    SEARCH_PROTOCOLS,
     SOURCES,
     TARGET_F1,
     TARGET_MARGIN,
@@ -83,7 +87,7 @@ from steerjax.studies.steerability_prediction.config import (
     search_feature_set,
 )
 from steerjax.studies.steerability_prediction.features import relative_columns, relative_features
-from steerjax.studies.steerability_prediction.llm_judge import LLMJudge, judge_agreement
+from steerjax.studies.steerability_prediction.llm_judge import STEERBOOST_JUDGE_OPTIONS, LLMJudge, judge_agreement
 from steerjax.studies.steerability_prediction.pipeline import label_and_featurize, testbed_concepts
 from steerjax.studies.steerability_prediction.testbed import rollouts as make_rollouts
 from steerjax.version import __version__
@@ -92,7 +96,7 @@ CONCEPTS_FILE = "concepts.safetensors"
 SUMMARY = "summary.json"
 #: what a reused run must share with this one (its config.json)
 REUSE_KEYS = ("preset", "model", "layer", "seed", "judge", "judge_model", "concept_names", "n_prompts", "strengths",
-              "steps", "max_new_tokens", "n_statements", "source")
+              "steps", "max_new_tokens", "n_statements", "source", "steerboost_compat")
 #: the reused run's summary entries that describe its steps 1-3
 REUSED_SUMMARY = ("model_source", "layer", "steerjax", "python", "thresholds", "judge", "embedding_thresholds",
                   "judges", "unlabelled_dropped", "label_shares")
@@ -147,6 +151,9 @@ def inputs(config: Config, *, names: Mapping[str, str] | None = None) -> Inputs:
         raise SteerjaxError(f"{n['source']} must be one of {SOURCES}, got {config.source!r}")
     if config.judge not in JUDGES:
         raise JudgeError(f"{n['judge']} must be one of {JUDGES}, got {config.judge!r}")
+    if config.search_protocol not in SEARCH_PROTOCOLS:
+        raise SteerjaxError(f"{n['search_protocol']} must be one of {SEARCH_PROTOCOLS}, got "
+                            f"{config.search_protocol!r}")
     parse_feature_set(config.feature_set)  # an unknown name: PredictorError listing the known ones
     for field in ("concepts", "prompts"):
         v = getattr(config, field)
@@ -158,7 +165,8 @@ def inputs(config: Config, *, names: Mapping[str, str] | None = None) -> Inputs:
     if config.judge == "embedding" and config.no_kappa:
         raise JudgeError(f"{n['judge']} embedding runs the embedding judge: drop {n['no_kappa']}")
     _check_numbers(config, n)
-    llm = LLMJudge(config.judge_model, base_url=config.judge_url) if config.judge == "llm" else None
+    llm = LLMJudge(config.judge_model, base_url=config.judge_url, **judge_options(config)) \
+        if config.judge == "llm" else None
     if config.source == "steerboost":
         src = _steerboost_inputs(config, n)
         names_, prompts, levels = src["names"], src["prompts"], src["levels"]
@@ -181,6 +189,10 @@ def inputs(config: Config, *, names: Mapping[str, str] | None = None) -> Inputs:
                             f"baseline, search), got {list(strengths)}")
     if len(names_) < 2:
         raise SteerjaxError(f"{n['concept_names']}: the seen/unseen split needs two or more concepts, got {names_}")
+    if config.search_protocol == "steerboost" and min(config.max_rollouts) > len(strengths):
+        raise SteerjaxError(f"{n['max_rollouts']} {list(config.max_rollouts)}: {n['search_protocol']} steerboost drops "
+                            f"the budgets above the grid's {len(strengths)} strengths, as alphasearch does, and none "
+                            "would be left")
     ev_kw = {k: v for k, v in (src or {}).get("evaluation", {}).items() if k != "refit"}
     try:  # the paper evaluation's split, made now: a part left empty is refused before any rollout
         evaluation.paper_split(names_, list(range(len(prompts))), levels=levels, **{"seed": config.seed, **ev_kw})
@@ -193,6 +205,12 @@ def inputs(config: Config, *, names: Mapping[str, str] | None = None) -> Inputs:
         raise SteerjaxError(f"{n['prompt_folds']} {config.prompt_folds} is more than the {len(prompts)} prompts: each "
                             f"prompt fold of the search needs one or more (use more {n['prompts']})")
     return Inputs(list(names_), prompts, levels, src, strengths, llm)
+
+
+def judge_options(config: Config) -> dict[str, Any]:
+    """The LLM judge's options: SteerBoost's request (:data:`.llm_judge.STEERBOOST_JUDGE_OPTIONS`)
+    with ``steerboost_compat``, else :class:`.llm_judge.LLMJudge`'s defaults."""
+    return dict(STEERBOOST_JUDGE_OPTIONS) if config.steerboost_compat else {}
 
 
 def _check_numbers(config: Config, n: dict[str, str]) -> None:
@@ -596,7 +614,8 @@ def run(model, config: Config, out: str, *, mesh=None, progress: bool = True) ->
     # 3. hidden-state labels and early features
     labelled, thr, table = label_and_featurize(model, concepts, roll, layer=layer, steps=config.steps,
                                                batch_size=config.batch_size,
-                                               positions=roll_kw.get("positions", "all"), progress=progress)
+                                               positions=roll_kw.get("positions", "all"),
+                                               steerboost_compat=config.steerboost_compat, progress=progress)
     judged["hidden"] = labelled["label"]
     steered_idx = labelled.index[labelled["concept"] != judge.UNSTEERED]
     details = {"model_source": model.source, "layer": layer, "steerjax": __version__,
@@ -765,7 +784,7 @@ def evaluate_table(table: pd.DataFrame, config: Config, details: dict, *, levels
     search_set = search_feature_set(config.feature_set)
     if search_set != config.feature_set:
         log(f"the search's predictor uses {search_set!r}: the judge-independent part of {config.feature_set!r}")
-    items, strategies = strategy_items(table, config, search_set, fit_kw)
+    items, strategies = strategy_items(table, config, search_set, fit_kw, paper=paper)
 
     # 6. intervals over concepts
     paper_pred = paper.predictions.assign(cgs=paper_cgs)
@@ -777,10 +796,12 @@ def evaluate_table(table: pd.DataFrame, config: Config, details: dict, *, levels
         f"{seed}):\n" + iv.to_string(index=False))
     details["search_feature_set"] = search_set
     details["strategies"] = _strategy_summary(strategies)
-    log("strategies (unseen concepts, held-out prompts; relative to IGS):\n"
-        + strategies[strategies["threshold"].isna()][["strategy", "max_rollouts", "items", "success_rate",
-                                                      "tokens_per_item", "success_vs_igs", "tokens_vs_igs"]]
-        .to_string(index=False))
+    where = ("seen concepts' test prompts and unseen concepts' every prompt, by group (SteerBoost's alphasearch)"
+             if config.search_protocol == "steerboost" else "unseen concepts, held-out prompts")
+    shown = (["group"] if config.search_protocol == "steerboost" else []) + [
+        "strategy", "max_rollouts", "items", "success_rate", "tokens_per_item", "success_vs_igs", "tokens_vs_igs"]
+    log(f"strategies ({where}; relative to IGS):\n"
+        + strategies[strategies["threshold"].isna()][shown].to_string(index=False))
     details["targets"] = targets(details)
     return Result(config={}, details=details, features=table, paper=paper.tables(), cv_predictions=ev.predictions,
                   cv_scores=ev.scores, cv_importance=ev.importance,
@@ -788,10 +809,20 @@ def evaluate_table(table: pd.DataFrame, config: Config, details: dict, *, levels
                   ablation=abl, strategy_items=items, strategies=strategies, intervals=iv, cv_search=ev.search)
 
 
-def strategy_items(table: pd.DataFrame, config: Config, feature_set: str, fit_kw: dict):
+def strategy_items(table: pd.DataFrame, config: Config, feature_set: str, fit_kw: dict,
+                   paper: evaluation.PaperEvaluation | None = None):
     """``(items, strategies)`` of :func:`.search.held_out_strategies` with the config's folds,
-    budgets and thresholds, the predictor on ``feature_set``."""
+    budgets and thresholds, the predictor on ``feature_set``; with ``search_protocol="steerboost"``
+    :func:`.search.alphasearch_strategies` on ``paper``'s split, its predictor fitted with the
+    setting ``paper`` chose (groups ``seen`` and ``unseen``)."""
     cols = classifier.feature_columns_of(table, feature_set=feature_set)
+    if config.search_protocol == "steerboost":
+        if paper is None:
+            raise PredictorError("search_protocol='steerboost' searches on the paper evaluation's split: pass paper=")
+        return search.alphasearch_strategies(table, paper.split, feature_columns=cols, k=config.search_k,
+                                             max_rollouts=config.max_rollouts, thresholds=config.thresholds,
+                                             guided=GUIDED, refit=bool(paper.options["refit"]), seed=config.seed,
+                                             **{**fit_kw, **paper.chosen})
     return search.held_out_strategies(table, feature_columns=cols, n_folds=config.folds,
                                       prompt_folds=config.prompt_folds, k=config.search_k,
                                       max_rollouts=config.max_rollouts, thresholds=config.thresholds, guided=GUIDED,
@@ -816,9 +847,13 @@ def intervals(table, ev, cgs, paper_pred, items, seed) -> pd.DataFrame:
         paper = evaluation.bootstrap_f1(sub["concept"], sub["label"], {
             "predictor": sub["predicted"], "strength-only": sub["strength_only"], "CGS": sub["cgs"]}, **kw)
         rows.append(paper.assign(evaluation=f"paper {c}/{p}"))
-    st = search.bootstrap_strategies(items[items["threshold"].isna()], **kw)
-    for ratio in ("success_vs_igs", "tokens_vs_igs"):
-        name = st["strategy"] + st["max_rollouts"].map(lambda r: "" if pd.isna(r) else f" R={int(r)}")
+    st_items = items[items["threshold"].isna()]
+    sizes = st_items.groupby("group")["concept"].nunique()
+    st_items = st_items[st_items["group"].isin(sizes.index[sizes >= 2])]  # a lone concept has nothing to resample
+    st = search.bootstrap_strategies(st_items, **kw) if len(st_items) else None
+    for ratio in ("success_vs_igs", "tokens_vs_igs") if st is not None else ():
+        name = (st["group"].map(lambda g: _group_prefix(g, " ")) + st["strategy"]
+                + st["max_rollouts"].map(lambda r: "" if pd.isna(r) else f" R={int(r)}"))
         rows.append(pd.DataFrame({"evaluation": "search", "quantity": name + f" {ratio}", "point": st[ratio],
                                   "low": st[f"{ratio}_low"], "high": st[f"{ratio}_high"], "concepts": st["concepts"],
                                   "draws": BOOTSTRAP_DRAWS}))
@@ -826,10 +861,18 @@ def intervals(table, ev, cgs, paper_pred, items, seed) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)[cols]
 
 
+def _group_prefix(group: str, sep: str) -> str:
+    """How a search group is named in the summary and the intervals: not at all for ``all`` (the
+    folds protocol) and the headline's concepts (``unseen``, alphasearch's OOD rows), so the targets
+    and the headline read those; ``seen`` + ``sep`` for alphasearch's ID rows."""
+    return "" if group in ("all", HEADLINE[0]) else f"{group}{sep}"
+
+
 def _strategy_summary(strategies: pd.DataFrame) -> dict:
     out = {}
     for r in strategies.itertuples():
-        name = r.strategy + ("" if pd.isna(r.max_rollouts) else f"_R{int(r.max_rollouts)}") + (
+        name = _group_prefix(r.group, "/") + r.strategy + (
+            "" if pd.isna(r.max_rollouts) else f"_R{int(r.max_rollouts)}") + (
             "" if pd.isna(r.threshold) else f"_t{r.threshold:g}")
         out[name] = {"success_rate": _round(r.success_rate), "tokens_per_item": _round(r.tokens_per_item),
                      "success_vs_igs": _round(r.success_vs_igs), "tokens_vs_igs": _round(r.tokens_vs_igs),
