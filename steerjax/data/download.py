@@ -35,6 +35,7 @@ from collections.abc import Iterable, Sequence
 
 from steerjax.data import manifest
 from steerjax.errors import DataError
+from steerjax.progress import tqdm
 from steerjax.version import __version__
 
 MIRROR_ENV = "STEERJAX_DATA_MIRROR"
@@ -254,8 +255,6 @@ def _by_local() -> dict[str, DataFile]:
 
 def _transfer(url: str, out, entry: DataFile, progress: bool | None, timeout: float) -> tuple[int, int | None]:
     """Stream ``url`` into ``out``; ``(bytes received, Content-Length or None)``."""
-    from tqdm.auto import tqdm
-
     request = urllib.request.Request(url, headers={"User-Agent": f"steerjax/{__version__}"})
     received, expected = 0, None
     try:

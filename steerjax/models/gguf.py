@@ -18,6 +18,7 @@ import numpy as np
 
 from steerjax.errors import CheckpointError, UnsupportedArchitectureError
 from steerjax.models import llama
+from steerjax.progress import tqdm
 
 # gguf architecture -> HF model_type
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
@@ -106,8 +107,6 @@ def hf_config(reader, path: str) -> dict[str, Any]:
 def hf_tensors(reader, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
     """All tensors, dequantized, under their HF names (q/k permutation undone for llama)."""
     import gguf
-    from tqdm.auto import tqdm
-
     out = {}
     for t in tqdm(reader.tensors, desc="dequantizing GGUF", unit="tensor", disable=None, leave=False):
         name = llama.gguf_hf_name(t.name, _LAYER_RE.match(t.name))

@@ -39,6 +39,7 @@ from typing import Any
 
 import pandas as pd
 
+from steerjax.progress import tqdm
 from steerjax.runs import atomic_write, claim, fsync_dir, fsync_file, remove_file
 
 MANIFEST = "manifest.jsonl"
@@ -168,8 +169,6 @@ def map_chunks(chunks: Sequence[Any], work: Callable[[int, Any], pd.DataFrame], 
     """``work(i, chunk)`` for every chunk, concatenated in order; with a ``store`` the finished
     chunks are loaded instead of recomputed, each new one is saved as soon as it is done, and a
     resumed run says how many chunks it reuses."""
-    from steerjax.progress import tqdm  # a bar on a terminal, plain lines in a log
-
     chunks = list(chunks)
     reused = 0 if store is None else sum(store.done(i) for i in range(len(chunks)))
     if reused and progress:

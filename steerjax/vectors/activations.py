@@ -36,6 +36,7 @@ from steerjax import sharding as shd
 from steerjax.data.batch import ACTIVATIONS, Buckets, TokenBatch, round_up
 from steerjax.errors import DataError, SteeringError
 from steerjax.models.transformer import forward
+from steerjax.progress import tqdm
 from steerjax.steering import normalize_layer
 
 REDUCTIONS = ("mean", "norm")
@@ -81,8 +82,6 @@ def read_activations(
       SteeringError: an unknown reduction or a bad ``batch_size``.
       LayerIndexError: a block out of range.
     """
-    from tqdm.auto import tqdm
-
     cfg = model.config
     modes = reduce if isinstance(reduce, tuple) else (reduce,)
     index = None

@@ -24,6 +24,7 @@ from steerjax.data.batch import ACTIVATIONS, TokenBatch, round_up
 from steerjax.data.examples import Encoded, Example, encode_all
 from steerjax.errors import CheckpointError, SteeringError
 from steerjax.models.transformer import forward, unembed
+from steerjax.progress import tqdm
 from steerjax.runs import digest
 from steerjax.steering import Steering, check_vector
 from steerjax.vectors.activations import layer_indices
@@ -92,8 +93,6 @@ def learn_vectors(
         ``steps``.
     """
     import optax
-    from tqdm.auto import tqdm
-
     check_options(steps, lr, norm_penalty, positions)
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) \
             or checkpoint_every < 1:

@@ -38,6 +38,7 @@ from steerjax.data.batch import ACTIVATIONS, TokenBatch, pow2
 from steerjax.data.examples import Encoded, Example, encode_all
 from steerjax.errors import SteeringError
 from steerjax.models.transformer import forward, param_dtype, prefill
+from steerjax.progress import tqdm
 from steerjax.vectors.activations import first_blocks, layer_indices, token_position
 from steerjax.vectors.estimators import mean_difference, pca_direction, probe_direction
 from steerjax.vectors.learned import check_options, learn_vectors
@@ -267,8 +268,6 @@ def _contrastive(model, encoded: list[Encoded], idx: list[int], token_index: int
             tp, tc, _ = cap(order[start:start + k])
         batches.append((order[start:start + k], tp, tc))
         start += k
-
-    from tqdm.auto import tqdm
 
     layer_idx = shd.put(np.asarray(idx, np.int32), mesh, batch=False)
     out = np.empty((n, 2, len(idx), cfg.hidden_size), np.float32)

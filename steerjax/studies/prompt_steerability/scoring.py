@@ -35,6 +35,7 @@ from steerjax.data.examples import DataError
 from steerjax.data.prompt_steering import DIRECTIONS, query_messages
 from steerjax.errors import ContextLengthError, TokenizerError
 from steerjax.models.transformer import forward, param_dtype, prefill, unembed
+from steerjax.progress import tqdm
 from steerjax.studies.prompt_steerability.templates import check_category, render_chat
 
 ANSWERS = ("yes", "no")
@@ -133,8 +134,6 @@ def answer_logprobs(
     for p in order:
         by_bucket.setdefault(SCORING_PREFIX(splits[p]), []).append(p)
     groups = [(tp, ps[i:i + group]) for tp, ps in by_bucket.items() for i in range(0, len(ps), group)]
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=n_prompts, desc="profile", unit="prompt", disable=not progress or None)
     try:
         for tp, pidx in groups:

@@ -36,6 +36,7 @@ import pandas as pd
 from steerjax import model as model_lib
 from steerjax.data import load_dataset, paper
 from steerjax.errors import MetricsError, RunConfigError, SteeringError
+from steerjax.progress import tqdm
 from steerjax.runs import CONFIG, RunLog, claim, keyed_artifact, read_run_config, write_json
 from steerjax.studies.reliability.analyses import (
     ModelComparison,
@@ -368,8 +369,6 @@ def run(model: Any, config: Config, out: str, *, mesh=None, progress: bool = Tru
     Returns:
       The :class:`Result`, saved in ``out`` (figures: :meth:`Result.figures`).
     """
-    from tqdm.auto import tqdm
-
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     sources = [m if isinstance(m, str) else str(m.source) for m in models]
     claim(out, config.claimable_config(out, sources))  # before anything else: another run's directory is refused

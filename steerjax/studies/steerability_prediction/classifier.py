@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from steerjax.errors import PredictorError
+from steerjax.progress import tqdm
 from steerjax.studies.steerability_prediction.features import (
     DEFAULT_FEATURE_SET,
     FEATURE_SETS,
@@ -372,8 +373,6 @@ def evaluate(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = Non
         best = np.arange(len(scores)) == int(np.argmax(scores["inner_macro_f1"].to_numpy()))
         searched.append(scores.assign(fold=fold, model=model, chosen=best))
         return fit(train, feature_columns=columns, label_col=label_col, seed=seed, **{**fit_kw, **chosen})
-
-    from tqdm.auto import tqdm
 
     for i, test_concepts in enumerate(tqdm(folds, desc="folds", unit="fold", disable=not progress or None)):
         test = table["concept"].isin(test_concepts).to_numpy()

@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 from steerjax.errors import PredictorError
+from steerjax.progress import tqdm
 from steerjax.studies.steerability_prediction import classifier
 from steerjax.studies.steerability_prediction.classifier import DEFAULT_GRID, GRID_KEYS, grid_settings  # noqa: F401
 from steerjax.studies.steerability_prediction.judge import LABELS
@@ -313,8 +314,6 @@ def paper_evaluation(table: pd.DataFrame, *, feature_columns: Sequence[str] | No
         split without rows (or without rows at its test prompts), too few concepts or prompts
         for the split (:func:`paper_split`), a bad grid, a training part with a single label.
     """
-    from tqdm.auto import tqdm
-
     need = {"prompt_id", "concept", "strength", label_col}
     missing = sorted(need - set(table.columns))
     if missing:

@@ -127,6 +127,7 @@ from steerjax import sharding as shd
 from steerjax.data.batch import GENERATION, TokenBatch
 from steerjax.errors import PredictorError, SteerjaxError
 from steerjax.models.transformer import KVCache, final_norm, forward, param_dtype, unembed
+from steerjax.progress import tqdm
 from steerjax.steering.core import normalize_layer
 from steerjax.studies.steerability_prediction.concepts import UNSTEERED, Concept
 from steerjax.studies.steerability_prediction.config import (  # noqa: F401 (FEATURE_SETS, replays_judge: re-exported)
@@ -399,8 +400,6 @@ def early_features(
     lens = lens_layers(cfg)
     mesh = shd.default_mesh(mesh)
     params = model.params if mesh is None else shd.shard_params(model.params, cfg, mesh)
-
-    from tqdm.auto import tqdm
 
     raw, toks, mults = [], [], []
     for i in tqdm(range(0, len(jobs), batch_size), desc="features", unit="batch", disable=None if progress else True):

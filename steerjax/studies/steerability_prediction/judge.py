@@ -47,6 +47,7 @@ from steerjax import sharding as shd
 from steerjax.data.batch import JUDGE_PROMPT, JUDGE_ROLLOUT, TokenBatch, encode
 from steerjax.errors import JudgeError
 from steerjax.models.transformer import forward, param_dtype, prefill, unembed
+from steerjax.progress import tqdm
 from steerjax.studies.steerability_prediction.concepts import UNSTEERED
 
 LABELS = ("under-steer", "success", "over-steer")
@@ -247,8 +248,6 @@ class HiddenStateJudge(Judge):
         dtype = param_dtype(self.model.params)
         mesh = shd.default_mesh(self.mesh)
         params = self.model.params if mesh is None else shd.shard_params(self.model.params, cfg, mesh)
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(table), desc="judge", unit="rollout", disable=not self.progress or None)
         for p, rows in groups.items():
             head = p[:-1]

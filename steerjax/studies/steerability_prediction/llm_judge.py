@@ -70,6 +70,7 @@ import numpy as np
 import pandas as pd
 
 from steerjax.errors import JudgeError
+from steerjax.progress import tqdm
 from steerjax.studies.steerability_prediction.concepts import UNSTEERED
 from steerjax.studies.steerability_prediction.judge import LABELS, cohen_kappa
 
@@ -548,8 +549,6 @@ class LLMJudge:
     def _ask(self, todo, questions, answers, cache) -> None:
         """Send the questions ``todo`` (a thread pool), storing answers as they come; on a fatal
         error stop the others and raise it."""
-        from tqdm.auto import tqdm
-
         stop = threading.Event()
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="llm-judge")
         bar = tqdm(total=len(todo), desc="LLM judge", unit="request", disable=not self.progress or None)
