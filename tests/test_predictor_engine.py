@@ -136,9 +136,9 @@ def test_rollouts_resume_after_a_partial_run(model, concepts, tmp_path, monkeypa
     calls = []
     import importlib
 
-    gen = importlib.import_module("steerjax.generate")
-    real = gen.generate
-    monkeypatch.setattr(gen, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    tb = importlib.import_module("steerjax.studies.steerability_prediction.testbed")
+    real = tb.generate
+    monkeypatch.setattr(tb, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))  # where rollouts call it
     again = rollouts(model, PROMPTS, concepts, [0.5, 1.5], run_dir=run, **kw)
     assert len(calls) == 1
     pd.testing.assert_frame_equal(full, again)

@@ -439,7 +439,6 @@ def test_feedback_equals_argmax_at_one_rollout_and_after_a_first_success():
 def test_guided_search_live_feedback_prunes_with_the_judges_labels(monkeypatch):
     # the live search with stand-ins for the model: early features (the strength itself), rollouts
     # (n_tokens = 10 x strength) and a judge that labels by strength as the hand-built item does
-    from steerjax.studies.steerability_prediction import features, testbed
 
     p_success = dict(zip(FB_GRID, [0.3, 0.5, 0.1, 0.7, 0.6]))  # ranking 8, 16, 2, 1, 4
     label_at = dict(zip(FB_GRID, [U, U, S, OV, OV]))
@@ -465,8 +464,8 @@ def test_guided_search_live_feedback_prunes_with_the_judges_labels(monkeypatch):
         steered = table[table["concept"] != "none"]
         return pd.DataFrame({"label": [label_at[s] for s in steered["strength"]]}, index=steered.index), None
 
-    monkeypatch.setattr(features, "early_features", early)
-    monkeypatch.setattr(testbed, "rollouts", rollouts)
+    monkeypatch.setattr(search, "early_features", early)  # where the live search calls them
+    monkeypatch.setattr(search, "rollouts", rollouts)
     calibration = pd.DataFrame({"prompt_id": [0, 1], "prompt": ["a", "b"], "concept": "none", "strength": 0.0,
                                 "text": ["x", "y"], "tokens": [[1], [2]], "n_tokens": 3})
     kw = dict(layer=0, max_new_tokens=24, judge=judge, calibration=calibration, max_rollouts=5)

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from steerjax.cli import profile as cli_profile
 from steerjax.errors import DataError, LayerIndexError, ProfileError, RunConfigError, TokenizerError
 from steerjax.studies.prompt_steerability import PRESETS, Config, Result, check, run
 
@@ -196,6 +197,7 @@ def test_experiment_and_cli_pass_reference_compat(chat_model_dir, tmp_path, monk
     monkeypatch.setattr(steerjax, "load_model", lambda *a, **k: None)
     monkeypatch.setattr(experiment, "run", fake_run)
     monkeypatch.setattr(prompt_steerability, "run", fake_run)
+    monkeypatch.setattr(cli_profile, "run", fake_run)  # the command's own name for it
     with pytest.raises(Stop):
         experiment.main(["--preset", "smoke", "--model", chat_model_dir, "--reference-compat", "--out",
                          str(tmp_path / "e")])

@@ -25,6 +25,7 @@ from steerjax.studies.prompt_steerability.beta import BetaProfile, answer_matche
 from steerjax.studies.prompt_steerability.distance import joint_sinkhorn
 from steerjax.studies.prompt_steerability.indices import extremes_table, steerability_indices
 from steerjax.studies.prompt_steerability.scoring import answer_logprobs
+from steerjax.sweeps import sweep
 from steerjax.vectors import mean_difference, read_activations
 
 
@@ -45,7 +46,6 @@ def activation_profiles(model, dims: Sequence[str], *, layer: int, multipliers: 
     """Profiles under activation steering: ``(profiles, extremes)`` tables in the format of
     :func:`steerjax.studies.prompt_steerability.indices.steerability_indices`, with ``budget = |multiplier|``
     (positive multipliers steer toward +, negative toward -; trial 0)."""
-    from steerjax.sweeps import sweep
 
     mults = sorted({float(m) for m in multipliers if m > 0})
     grid = [0.0] + mults + [-m for m in mults]

@@ -193,7 +193,7 @@ class Result:
         ``index_curves.png``, ``index_heatmap.png``, ``base_profiles.png``; with two or more
         formats ``format_comparison.png``; with the activation stage ``activation_index_curves.png``.
         """
-        from steerjax.studies.prompt_steerability import plots
+        from steerjax.studies.prompt_steerability import plots  # matplotlib: loaded only to draw
 
         w1 = "reference W1 formula" if self.config.reference_compat else "exact W1"
         model = self.info.get("model_source")

@@ -32,18 +32,24 @@ import pandas as pd
 
 from steerjax.errors import JudgeError, SteerjaxError
 from steerjax.runs import digest, keyed_artifact
-from steerjax.studies.steerability_prediction import classifier, plots, search
+from steerjax.steering.core import normalize_layer
+from steerjax.studies.steerability_prediction import classifier, evaluation, plots, search
 from steerjax.studies.steerability_prediction.concepts import (
     NEUTRAL_PROMPTS,
     UNSTEERED,
     Concept,
+    check_scale,
+    concepts_from_examples,
     load_concepts,
     make_concepts,
+    read_examples,
     save_concepts,
+    select,
 )
 from steerjax.studies.steerability_prediction.config import PROTOCOLS, search_feature_set
-from steerjax.studies.steerability_prediction.features import early_features
+from steerjax.studies.steerability_prediction.features import early_features, parse_feature_set
 from steerjax.studies.steerability_prediction.judge import HiddenStateJudge
+from steerjax.studies.steerability_prediction.testbed import check_options
 from steerjax.studies.steerability_prediction.testbed import rollouts as make_rollouts
 
 KEYS = ["prompt_id", "concept", "strength"]
@@ -109,9 +115,6 @@ def run_testbed(model, names: Sequence[str] | None, prompts: Sequence[Any], stre
       SteerjaxError: ``examples`` with another source or missing with ``"examples"``; as
         :func:`steerjax.studies.steerability_prediction.rollouts` and the concept builders.
     """
-    from steerjax.steering.core import normalize_layer
-    from steerjax.studies.steerability_prediction.concepts import check_scale
-    from steerjax.studies.steerability_prediction.testbed import check_options
 
     layer = normalize_layer(layer, model.config.num_layers)
     check_scale(scale)
@@ -147,7 +150,6 @@ def testbed_concepts(model, path: str, *, names: Sequence[str] | None, layer: in
     Raises:
       SteerjaxError: an example bank missing for one of ``names``; as the concept builders.
     """
-    from steerjax.studies.steerability_prediction.concepts import concepts_from_examples, read_examples, select
 
     key = {"model": str(model.source), "dtype": model.dtype, "concepts": list(names) if names else "all",
            "layer": layer, "pairs": pairs, "seed": seed, "source": source}
@@ -299,7 +301,6 @@ def check_training(testbed: Testbed, *, steps: Sequence[int], search_k: int, fol
       SteerjaxError: ``folds == 1``, ``search_k`` below every step, an unknown protocol, or a
         testbed too small for the paper's protocol; PredictorError: an unknown feature set.
     """
-    from steerjax.studies.steerability_prediction.features import parse_feature_set
 
     n = {k: k for k in ("steps", "search_k", "folds", "protocol", "search_prompt_folds", "max_rollouts")} | dict(
         names or {})
@@ -355,7 +356,6 @@ def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] =
     Raises:
       SteerjaxError, PredictorError: see :func:`check_training`.
     """
-    from steerjax.studies.steerability_prediction import evaluation
 
     feature_set = feature_set or classifier.DEFAULT_FEATURE_SET
     check_training(testbed, steps=steps, search_k=search_k, folds=folds, feature_set=feature_set, protocol=protocol,

@@ -49,8 +49,12 @@ from steerjax.studies.steerability_prediction.classifier import (
     fit,
     group_folds,
 )
+from steerjax.studies.steerability_prediction.concepts import UNSTEERED
 from steerjax.studies.steerability_prediction.config import DEFAULT_FEATURE_SET, PRUNING, STRATEGIES
+from steerjax.studies.steerability_prediction.evaluation import concept_draws, interval
+from steerjax.studies.steerability_prediction.features import early_features
 from steerjax.studies.steerability_prediction.judge import LABELS
+from steerjax.studies.steerability_prediction.testbed import rollouts
 
 
 def choose_strength(strengths: Sequence[float], proba: pd.DataFrame, strategy: str = "argmax"):
@@ -365,7 +369,6 @@ def simulate_strategies(table: pd.DataFrame, proba: pd.DataFrame | None = None, 
 def _strategy_rows(table, proba, test, train, groups, label_col, missing_labels, rollout_tokens):
     """The steered rows checked, with ``_success`` and ``_tokens`` columns, and the test, train
     and group Series (aligned with the rows)."""
-    from steerjax.studies.steerability_prediction.concepts import UNSTEERED
 
     if missing_labels not in MISSING_LABELS:
         raise PredictorError(f"missing_labels must be one of {MISSING_LABELS}, got {missing_labels!r}")
@@ -615,7 +618,6 @@ def alphasearch_strategies(table: pd.DataFrame, split, *, feature_columns: Seque
       PredictorError: a table without ``n_tokens`` (and no ``rollout_tokens``), no budget within
         the grid, or what :func:`simulate_strategies` refuses.
     """
-    from steerjax.studies.steerability_prediction.concepts import UNSTEERED
 
     cols = [c for c in feature_columns if (step := feature_step(c)) is None or step <= k]
     if not [c for c in cols if c != "strength"]:
@@ -717,7 +719,6 @@ def bootstrap_strategies(items: pd.DataFrame, *, n_draws: int = 1000, seed: int 
       PredictorError: not a :func:`simulate_strategies` table, no IGS rows, a group with fewer
         than 2 concepts.
     """
-    from steerjax.studies.steerability_prediction.evaluation import concept_draws, interval
 
     key, igs = _igs_items(items, {"group", "prompt_id", "concept", "strategy", "max_rollouts", "threshold",
                                   "covered", "success", "tokens"})
@@ -768,8 +769,6 @@ def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept,
     that option (SteerBoost's zeros); default: as the predictor was trained
     (``predictor.meta["steerboost_compat"]``, False when absent), so its columns are the same.
     """
-    from steerjax.studies.steerability_prediction.features import early_features
-    from steerjax.studies.steerability_prediction.testbed import rollouts
 
     max_rollouts = _check_rollouts(max_rollouts)
     if max_rollouts > 1 and judge is None:
@@ -823,7 +822,6 @@ def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept,
 
 def _calibration(table) -> pd.DataFrame:
     """The unsteered rows of ``table``, checked: the judge calibrates on them."""
-    from steerjax.studies.steerability_prediction.concepts import UNSTEERED
 
     if table is None:
         raise PredictorError("a judge needs calibration=: unsteered rollouts of many prompts (e.g. the testbed's "

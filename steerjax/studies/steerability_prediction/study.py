@@ -63,6 +63,7 @@ from steerjax import model as model_lib
 from steerjax import runs
 from steerjax.data import list_datasets, store
 from steerjax.data import steerboost as sources
+from steerjax.data.prompt_steering import persona_statements
 from steerjax.errors import DataError, JudgeError, LayerIndexError, PredictorError, RunConfigError, SteerjaxError
 from steerjax.runs import RunLog, claim, write_json
 from steerjax.studies.steerability_prediction import classifier, evaluation, judge, plots, search
@@ -674,7 +675,6 @@ def embedding_labels(roll: pd.DataFrame, n: int, seed: int, source: dict | None)
     """The embedding judge's labels on a sample of ``n`` steered rows (all unsteered rows are
     scored too: the judge calibrates on them), as a Series indexed like ``roll``, and its
     thresholds. The concepts' texts: SteerBoost's banks (``source``) or persona statements."""
-    from steerjax.data.prompt_steering import persona_statements
 
     steered = roll.index[roll["concept"] != judge.UNSTEERED]
     rng = np.random.default_rng(seed)

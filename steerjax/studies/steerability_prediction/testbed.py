@@ -33,6 +33,7 @@ import pandas as pd
 
 from steerjax.data.batch import encode, pow2
 from steerjax.errors import SteeringError, SteerjaxError
+from steerjax.generate import generate
 from steerjax.runs import digest
 from steerjax.runs.chunks import RunDirectory, map_chunks
 from steerjax.steering.core import Steering, normalize_layer
@@ -99,7 +100,6 @@ def rollouts(
       LayerIndexError: ``layer`` out of range; SteeringError: a concept at another layer or of
       the wrong width.
     """
-    from steerjax.generate import generate
 
     cfg = model.config
     li = normalize_layer(layer, cfg.num_layers)
