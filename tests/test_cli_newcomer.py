@@ -1,4 +1,4 @@
-"""Issue 29, a newcomer's first hour: the repros of "Why" for argument parsing (point 6) and
+"""A newcomer's first hour: the repros of "Why" for argument parsing (point 6) and
 Ctrl-C (point 3), each as a test."""
 from __future__ import annotations
 

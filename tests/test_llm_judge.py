@@ -78,7 +78,7 @@ NAMES = ("iambic-like", "step-by-step", "FAQ-style", "snake_case identifiers", "
 
 
 def test_concept_names_verbatim_are_steerboosts(tmp_path):
-    """Issue 27, points 1 and 6: with STEERBOOST_JUDGE_OPTIONS every request body is SteerBoost's."""
+    """with STEERBOOST_JUDGE_OPTIONS every request body is SteerBoost's."""
     readable = lj.LLMJudge("m", cache=False)
     verbatim = lj.LLMJudge("m", cache=False, **lj.STEERBOOST_JUDGE_OPTIONS)
     assert lj.STEERBOOST_JUDGE_OPTIONS == {"concept_names": "verbatim", "temperature": None}

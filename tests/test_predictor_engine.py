@@ -452,7 +452,7 @@ def test_cli_predictor_train_and_search(chat_model_dir, tmp_path, capsys):
     assert all(c.startswith("sb_") or c == "strength" for c in p.feature_columns)
     assert {"sb_InterventionMag", "sb_Alpha"} <= set(p.feature_columns)
     assert all(c.endswith("_k1") or c in ("strength", "sb_InterventionMag", "sb_Alpha") for c in p.feature_columns)
-    # --steerboost-compat (issue 27, points 3, 4): blocks 0 + 10, 0 + 15 past the last, named so, and recorded:
+    # --steerboost-compat: blocks 0 + 10, 0 + 15 past the last, named so, and recorded:
     # `predictor search` below reads the predictor's columns only if it computes them the same way
     assert p.meta["steerboost_compat"] is True and "sb_MagDiff_T0_L15_k1" in p.feature_columns
     paper = pd.read_csv(f"{pred}/paper/scores.csv")

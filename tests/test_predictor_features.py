@@ -173,7 +173,7 @@ def test_steerboost_features_equal_a_per_example_computation(model, concepts, po
 
 
 def test_steerboost_compat_names_blocks_past_the_last():
-    """Issue 27, point 3: SteerBoost's feature code reads blocks L + k unclipped (xgb/utils.py:
+    """SteerBoost's feature code reads blocks L + k unclipped (xgb/utils.py:
     ``layer_indices = sorted(set([L] + [L + k for k in k_list]))``)."""
     cfg = types.SimpleNamespace(num_layers=30)
     assert F.steerboost_layers(cfg, 15, True) == (15, 16, 17, 18, 20, 25, 30)  # SmolLM2 at block 15
@@ -284,7 +284,7 @@ def _steerboost_samples(model, ids, concept, strength, own, k_max, n_list, k_lis
 
 
 def test_steerboost_compat_reaches_the_pipeline_and_the_live_search(model, concepts, monkeypatch):
-    """Issue 27, wiring of points 3 and 4: a predictor trained on ``steerboost_compat`` features
+    """a predictor trained on ``steerboost_compat`` features
     (columns of blocks past the last, named by L + k) is scored by the live search on the same
     columns (the option read from its meta), and ``label_and_featurize`` passes the option on."""
     from steerjax.studies.steerability_prediction import pipeline, search
@@ -324,7 +324,7 @@ def test_steerboost_compat_reaches_the_pipeline_and_the_live_search(model, conce
 
 @pytest.mark.slow  # an uncached float64 reference per row
 def test_steerboost_compat_equals_steerboosts_feature_code(model, concepts):
-    """Issue 27, points 3 and 4: ``steerboost_compat=True`` gives SteerBoost's feature vector (its
+    """``steerboost_compat=True`` gives SteerBoost's feature vector (its
     order, its zeros) on the tiny Llama steered at block 1 of 3, so blocks 3, 4, 6, 11, 16 are past the
     last; rollouts that end (EOS, id 2) within the first six tokens, or whose tokens run out, leave the
     later tokens at 0."""

@@ -299,7 +299,7 @@ def test_split_sizes_disjoint_stratified_and_reproducible():
 
 
 def test_steerboost_split_is_28_7_15_as_train_weighted_search():
-    """Point 2 of issue 27: the steerboost preset's per-concept prompt split is sized and drawn as
+    """the steerboost preset's per-concept prompt split is sized and drawn as
     SteerBoost's ``xgb/train_weighted_search.py`` (``prepare_training_data``), built here by hand."""
     kw = {k: v for k, v in STEERBOOST["evaluation"].items() if k != "refit"}
     assert kw["prompt_sizes"] == (0.3, 0.2) and kw["seed"] == 42 and "prompt_fractions" not in kw

@@ -579,7 +579,7 @@ def _alphasearch_by_hand(judgments, alphas, id_train, id_test, ood_test, probs, 
 
 
 def test_alphasearch_protocol_matches_its_code(monkeypatch):
-    """Issue 27, point 5: ``alphasearch_strategies`` (the steerboost search protocol) gives
+    """``alphasearch_strategies`` (the steerboost search protocol) gives
     alphasearch's numbers, restated above from its code: one split (seen concepts' test prompts,
     unseen concepts' every prompt), TCGS on train + validation prompts, the predictor trained on
     seen concepts' train prompts, every rollout the mean response length, budgets above the grid

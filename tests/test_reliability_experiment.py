@@ -49,7 +49,7 @@ def fresh_machine(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.requires_data
 def test_reliability_experiment_smoke(two_models, fresh_machine, tmp_path):
-    """On a fresh machine (issue 16: no STEERJAX_DATA, data downloaded on first use) the smoke
+    """On a fresh machine (no STEERJAX_DATA, data downloaded on first use) the smoke
     preset runs end to end for two models, resumes, and refuses another command."""
     from experiments.steering_reliability.run import SETTINGS, VECTORS, main
 

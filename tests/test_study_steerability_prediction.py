@@ -280,7 +280,7 @@ def test_summary_is_flat_with_the_documented_keys(result):
 
 
 def test_steerboost_preset_sends_steerboosts_judge_request_and_keeps_its_feature_zeros():
-    """Issue 27, wiring of points 1, 3, 4 and 6: ``steerboost_compat`` is on in the steerboost preset
+    """``steerboost_compat`` is on in the steerboost preset
     (and a flag elsewhere); it makes the LLM judge SteerBoost's (verbatim names, no temperature) and
     is in the run config (only when on: older run directories keep resuming) and the reuse keys."""
     from steerjax.cli.predictor import STUDY_FLAGS, add_study_arguments
@@ -307,7 +307,7 @@ def test_steerboost_preset_sends_steerboosts_judge_request_and_keeps_its_feature
 
 
 def test_steerboost_search_protocol_runs_alphasearch_on_the_paper_split():
-    """Issue 27, point 5 in the study: ``search_protocol="steerboost"`` (the steerboost preset's
+    """``search_protocol="steerboost"`` (the steerboost preset's
     default, ``--search-protocol``) searches the paper evaluation's split (seen concepts' test
     prompts, unseen concepts' every prompt) in two groups, budgets above the grid dropped, every
     rollout the mean length; the summary, intervals and headline read the unseen group unprefixed."""
