@@ -57,7 +57,7 @@ def main(argv=None):
     import jax
 
     import steerjax
-    from steerjax.predictor import NEUTRAL_PROMPTS, residual_norm
+    from steerjax.studies.steerability_prediction import NEUTRAL_PROMPTS, residual_norm
 
     t0 = time.perf_counter()
     model = steerjax.load_model(args.model, dtype="float32")

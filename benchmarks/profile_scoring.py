@@ -10,10 +10,10 @@ reference's own wrapper), answered ``"yes"`` / ``"no"``. The default is the pape
 one dimension and one steering trial: budgets k = 1, 2, 3, 4, 5, 10, 20, 50, 100 in both directions
 plus the base prompt (19 prompts), 25 profiling questions per direction (50 per prompt).
 With ``$STEERJAX_DATA`` the prompts and questions are the prompt-steerability data (steering
-statements; profiling statements from :func:`steerjax.profiles.data.profiling_statements`);
+statements; profiling statements from :func:`steerjax.data.prompt_steering.profiling_statements`);
 without it, synthetic statements.
 
-steerjax: :func:`steerjax.profiles.scoring.answer_logprobs`, one call per dimension (its prompts x
+steerjax: :func:`steerjax.studies.prompt_steerability.scoring.answer_logprobs`, one call per dimension (its prompts x
 its questions), the steering prompt's KV cache computed once and reused; warmed up (compiled)
 before timing; the timed call includes its host-side tokenization.
 The peer runs in a process of its own (no JAX runtime competes with its threads) and is the
@@ -50,7 +50,7 @@ PAPER_BUDGETS = [1, 2, 3, 4, 5, 10, 20, 50, 100]
 
 def real_setup(n_dims, budgets, n_questions, seed, dims=None, prompt_format="reference"):
     """``[(dimension, [(label, steering prompt or None)], [questions])]`` from $STEERJAX_DATA."""
-    from steerjax.profiles.data import (
+    from steerjax.data.prompt_steering import (
         DIRECTIONS,
         list_dimensions,
         profiling_statements,
@@ -72,7 +72,7 @@ def real_setup(n_dims, budgets, n_questions, seed, dims=None, prompt_format="ref
 
 def synthetic_setup(n_dims, budgets, n_questions, seed, prompt_format="reference"):
     rng = np.random.default_rng(seed)
-    from steerjax.profiles.data import DIRECTIONS, steering_prompt
+    from steerjax.data.prompt_steering import DIRECTIONS, steering_prompt
 
     traits = ["cautious", "curious", "honest", "ambitious", "agreeable", "independent", "cooperative", "skeptical"]
     things = ["new ideas", "rules", "other people", "risks", "my goals", "authority", "change", "the future"]
@@ -94,8 +94,8 @@ def synthetic_setup(n_dims, budgets, n_questions, seed, prompt_format="reference
 
 def chat_text(tokenizer, steering, question, prompt_format, template_category):
     """The rendered chat and whether to tokenize it with the tokenizer's special tokens (as steerjax does)."""
-    from steerjax.profiles.data import query_messages
-    from steerjax.profiles.templates import render_chat
+    from steerjax.data.prompt_steering import query_messages
+    from steerjax.studies.prompt_steerability.templates import render_chat
 
     messages = query_messages(question, steering, prompt_format=prompt_format)
     if template_category is not None:
@@ -107,7 +107,7 @@ def peer_scores(tm, tokenizer, prompts, questions, ans, prompt_format, template_
     """transformers, one (prompt, question) chat per forward: ``[n_prompts, n_questions, 2]``."""
     import torch
 
-    from steerjax.profiles.scoring import ANSWERS
+    from steerjax.studies.prompt_steerability.scoring import ANSWERS
 
     single = all(len(a) == 1 for a in ans)
     out = np.zeros((len(prompts), len(questions), 2), np.float32)
@@ -196,7 +196,7 @@ def main(argv=None):
     import jax
 
     import steerjax
-    from steerjax.profiles.scoring import ANSWERS, answer_logprobs, answer_tokens
+    from steerjax.studies.prompt_steerability.scoring import ANSWERS, answer_logprobs, answer_tokens
 
     budgets = args.budgets or PAPER_BUDGETS
     fmt = dict(prompt_format=args.prompt_format, template_category=args.template_category)

@@ -7,8 +7,7 @@ from steerjax.models.config import ModelConfig
 from steerjax.steering import Steering
 from steerjax.sweeps import sweep
 from steerjax.vectors import SteeringVector, train_vector
-
-__version__ = "0.1.0"
+from steerjax.version import __version__  # noqa: F401  (steerjax.__version__)
 
 __all__ = [
     "DEFAULT_MODEL", "GenerationOutput", "LanguageModel", "ModelConfig", "Steering", "errors",

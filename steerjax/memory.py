@@ -22,7 +22,7 @@ _F32 = 4
 
 def param_bytes(cfg, dtype=jnp.float32) -> int:
     """Bytes of the parameters of ``cfg`` in ``dtype`` (embeddings once when tied)."""
-    return cfg.num_parameters() * jnp.dtype(dtype).itemsize
+    return transformer.num_parameters(cfg) * jnp.dtype(dtype).itemsize
 
 
 def block_bytes(cfg, dtype=jnp.float32) -> int:

@@ -1,5 +1,5 @@
 """A minimal OpenAI-compatible chat-completions server: a local judge for
-:class:`steerjax.predictor.llm_judge.LLMJudge`, and the server its tests talk to.
+:class:`steerjax.studies.steerability_prediction.llm_judge.LLMJudge`, and the server its tests talk to.
 
 Routes (the subset of the OpenAI API that a chat client needs):
 

@@ -11,8 +11,9 @@ this one table (tensor parallelism: each ``model`` shard holds ``1/model`` of th
 units).
 
 The entry points (:func:`steerjax.sweep`, :func:`steerjax.generate`,
-:func:`steerjax.profiles.scoring.answer_logprobs`, :func:`steerjax.predictor.rollouts`,
-:func:`steerjax.predictor.early_features`, :class:`steerjax.predictor.judge.HiddenStateJudge`, ...)
+:func:`steerjax.studies.prompt_steerability.scoring.answer_logprobs`, :func:`studies.steerability_prediction.rollouts`,
+:func:`studies.steerability_prediction.early_features`,
+:class:`studies.steerability_prediction.judge.HiddenStateJudge`, ...)
 take ``mesh=``: they place the parameters with :func:`shard_params` and their batches with
 :func:`put_batch` (padded to a multiple of the ``data`` size, split over it, in one call); XLA's
 SPMD partitioner propagates the shardings through the unchanged jitted programs, so one program

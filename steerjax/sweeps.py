@@ -41,7 +41,7 @@ from steerjax.data.batch import SWEEP_PROMPT, TokenBatch, pow2, round_up
 from steerjax.data.examples import Encoded, Example, encode_all
 from steerjax.errors import ContextLengthError, SteeringError
 from steerjax.models.transformer import KVCache, forward, param_dtype, positions_from_mask, unembed
-from steerjax.runs import RunDirectory, map_chunks
+from steerjax.runs.chunks import RunDirectory, map_chunks
 from steerjax.steering.core import Steering, normalize_layer
 
 POSITIONS = ("completion", "last_prompt", "all")

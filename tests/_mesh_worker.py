@@ -145,7 +145,7 @@ def steered_generation(model, mesh):
 
 def profile_scores(model, mesh):
     """Profile scoring of 5 questions under 4 steering prompts (padded to 8 on the 8-device meshes)."""
-    from steerjax.profiles.scoring import answer_logprobs
+    from steerjax.studies.prompt_steerability.scoring import answer_logprobs
 
     return answer_logprobs(model, SYSTEMS, QUESTIONS, progress=False, mesh=mesh)
 
@@ -157,8 +157,8 @@ def others(model, mesh):
     import numpy as np
     import pandas as pd
 
-    from steerjax.predictor import Concept, early_features, feature_columns
-    from steerjax.predictor.judge import HiddenStateJudge
+    from steerjax.studies.steerability_prediction import Concept, early_features, feature_columns
+    from steerjax.studies.steerability_prediction.judge import HiddenStateJudge
 
     cfg = model.config
     g = steered_generation(model, mesh)

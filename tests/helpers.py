@@ -138,7 +138,7 @@ def token_concepts(model, names=("alpha", "beta"), layer=1):
     neutral ones (the same vectors for a name whatever else is asked)."""
     import numpy as np
 
-    from steerjax.predictor import text_concepts
+    from steerjax.studies.steerability_prediction import text_concepts
 
     rng = np.random.default_rng(0)
     texts = {name: [rng.integers(3, 256, size=6).tolist() for _ in range(3)] for name in names}

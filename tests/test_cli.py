@@ -357,7 +357,7 @@ def test_profile_template_category_needs_no_chat_template(capsys, model_dir, tmp
 def test_profile_command_trials_config_and_resume(chat_model_dir, tmp_path, capsys):
     import pandas as pd
 
-    from steerjax.profiles.data import profiling_source
+    from steerjax.data.prompt_steering import profiling_source
 
     out = tmp_path / "profiles"
     argv = ["profile", chat_model_dir, "--dims", "agreeableness", "--budgets", "1", "2", "--benchmark-trials", "2",
@@ -387,7 +387,7 @@ def test_profile_command_trials_config_and_resume(chat_model_dir, tmp_path, caps
 
 def test_check_output_dir(tmp_path):
     from steerjax.errors import OutputPathError
-    from steerjax.paths import check_output_dir
+    from steerjax.runs import check_output_dir
 
     assert check_output_dir(str(tmp_path / "new" / "dir")) == str(tmp_path / "new" / "dir")
     assert check_output_dir(str(tmp_path))  # empty
@@ -404,7 +404,7 @@ def test_check_output_dir(tmp_path):
 
 def test_check_run_dir(tmp_path):
     from steerjax.errors import OutputPathError, RunConfigError
-    from steerjax.paths import check_run_dir
+    from steerjax.runs import check_run_dir
 
     run_dir = fake_run_dir(tmp_path / "run", {"kind": "sweep", "model": "m", "layers": [1], "extra": 1})
     assert check_run_dir(run_dir, {"kind": "sweep", "model": "m", "layers": [1]}) == run_dir

@@ -15,10 +15,9 @@ import os
 
 import pytest
 
-from steerjax import paths
 from steerjax.cli import main as cli
 from steerjax.data import download as dl
-from steerjax.data import manifest
+from steerjax.data import manifest, store
 from steerjax.errors import DataError
 from tests.data_server import (
     DataServer,
@@ -123,13 +122,13 @@ def test_data_list_counts_files_of_unrecorded_size(capsys):
 
 @pytest.mark.requires_data
 def test_every_served_file_downloads_and_verifies(cache, server):
-    done = dl.download(root=cache)
+    done = dl.download(None, cache)
     assert len(done) == len(dl.all_files()) and all(new for _, new in done)
     for f, _ in done:
         assert dl.problem(cache / f.local, f) is None, f.local
     assert not [p for p in leftovers(cache) if p.endswith(".part")]
     asked = len(server.requests)
-    again = dl.download(root=cache)  # a rerun keeps what verifies
+    again = dl.download(None, cache)  # a rerun keeps what verifies
     assert not any(new for _, new in again) and len(server.requests) == asked
 
 
@@ -232,10 +231,10 @@ def test_unreachable_and_missing_urls_are_named(cache, server, monkeypatch):
 @pytest.mark.requires_data
 def test_loaders_download_what_they_read_on_first_use(cache, server, shared, monkeypatch):
     from steerjax.data import list_datasets, load_dataset, persona_prompts
-    from steerjax.profiles import data as pdata
+    from steerjax.data import prompt_steering as pdata
 
     src = shared[0]
-    assert paths.data_root() == cache
+    assert store.data_root() == cache
     names = list_datasets()  # from the manifest: no request
     assert server.requests == [] and not cache.exists()
     monkeypatch.setenv("STEERJAX_DATA", src)
@@ -261,10 +260,10 @@ def test_loaders_download_what_they_read_on_first_use(cache, server, shared, mon
 @pytest.mark.requires_data
 def test_steerjax_data_set_means_no_request(cache, server, shared, tmp_path, monkeypatch):
     from steerjax.data import list_datasets, load_dataset, persona_prompts
-    from steerjax.profiles import data as pdata
+    from steerjax.data import prompt_steering as pdata
 
     monkeypatch.setenv("STEERJAX_DATA", shared[0])
-    assert paths.data_root() == paths.data_override()
+    assert store.data_root() == store.data_override()
     assert len(list_datasets()) == 168
     load_dataset("anti-immigration", max_examples=2, setting="SYS_positive")
     persona_prompts("corrigible-neutral-HHH")
@@ -277,7 +276,7 @@ def test_steerjax_data_set_means_no_request(cache, server, shared, tmp_path, mon
         with pytest.raises(DataError, match="is missing"):
             call()
     wanted = empty / "prompt-steering" / "steering_df.csv"
-    assert paths.data_file(wanted) == wanted
+    assert store.data_file(wanted) == wanted
     assert cli(["data", "download", "steerboost"]) == 2  # the command refuses too, without --to
     assert server.requests == [] and not cache.exists()
 

@@ -212,8 +212,8 @@ def test_killed_runs_finish_with_the_same_table(case, setting, tmp_path):
 def test_another_config_in_the_same_directory_is_refused(setting, tmp_path, capsys, monkeypatch):
     import steerjax
     from steerjax.cli import main
-    from steerjax.profiles.run import run_profiles
     from steerjax.runs import RunConfigError
+    from steerjax.studies.prompt_steerability.run import run_profiles
 
     model_dir, _, env = setting
     monkeypatch.setenv("STEERJAX_DATA", env["STEERJAX_DATA"])

@@ -1,4 +1,4 @@
-"""The LLM judge (steerjax.predictor.llm_judge) against real HTTP servers on 127.0.0.1 (steerjax.serve):
+"""The LLM judge (studies.steerability_prediction.llm_judge) against real HTTP servers on 127.0.0.1 (steerjax.serve):
 scripted replies for the failure modes, and a steerjax model answering through its chat template."""
 
 import json
@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from steerjax.errors import JudgeError
-from steerjax.predictor import llm_judge as lj
 from steerjax.serve import ChatServer, Reply, completion, error_body, model_server
+from steerjax.studies.steerability_prediction import llm_judge as lj
 
 FAST = {"backoff": 0.01, "max_backoff": 0.05, "progress": False}
 

@@ -44,7 +44,7 @@ def test_param_bytes_of_real_configs(name):
     cfg = config_from_hf(hf)
     params = abstract_params(cfg, jnp.bfloat16)
     n = sum(x.size for x in jax.tree.leaves(params))
-    assert n == count == cfg.num_parameters()
+    assert n == count == transformer.num_parameters(cfg)
     assert memory.param_bytes(cfg, jnp.bfloat16) == 2 * count
     assert sharding.per_device_bytes(params, cfg, None) == 2 * count  # no mesh: everything on one device
 

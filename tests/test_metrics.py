@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steerjax.metrics import (
+from steerjax.studies.reliability import (
     MetricsError,
     best_layer,
     dataset_steerability,
@@ -319,7 +319,7 @@ def test_single_curve_plots_refuse_mixed_settings(tmp_path):
 def test_spurious_variance_plot_writes_a_png(tmp_path):
     import os
 
-    from steerjax.metrics import plots, spurious_variance
+    from steerjax.studies.reliability import plots, spurious_variance
 
     rng = np.random.default_rng(0)
     rows = []

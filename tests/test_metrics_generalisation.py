@@ -1,4 +1,4 @@
-"""Generalisation and reliability analyses (steerjax.metrics.analyses) on constructed tables whose
+"""Generalisation and reliability analyses (steerjax.studies.reliability.analyses) on constructed tables whose
 answers are computed by hand.
 
 The table: every dataset x train setting (the five persona settings and "mean") x test setting
@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from steerjax.metrics import (
+from steerjax.studies.reliability import (
     ID_SHIFT,
     PERSONA_SETTINGS,
     SHIFTS,

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steerjax.predictor import classifier, judge, search
-from steerjax.predictor.judge import LABELS, Thresholds
+from steerjax.studies.steerability_prediction import classifier, judge, search
+from steerjax.studies.steerability_prediction.judge import LABELS, Thresholds
 from tests.helpers import labelled_table
 
 # ----------------------------------------------------------------------------- judge pieces

@@ -8,7 +8,7 @@ import pytest
 
 import steerjax
 from steerjax.errors import LayerIndexError, SteeringError, SteerjaxError
-from steerjax.predictor import (
+from steerjax.studies.steerability_prediction import (
     Concept,
     early_features,
     feature_columns,
@@ -17,7 +17,7 @@ from steerjax.predictor import (
     rollouts,
     text_concepts,
 )
-from steerjax.predictor import features as features_mod
+from steerjax.studies.steerability_prediction import features as features_mod
 from tests.helpers import token_concepts
 
 LAYER = 1
@@ -53,7 +53,7 @@ def test_concepts_and_multipliers(model, concepts):
 
 
 def test_concepts_are_steering_vectors_saved_as_a_vector_set(concepts, tmp_path):
-    from steerjax.predictor import load_concepts, save_concepts
+    from steerjax.studies.steerability_prediction import load_concepts, save_concepts
     from steerjax.vectors import SteeringVector
 
     c = concepts[0]
@@ -74,7 +74,7 @@ def test_concepts_are_steering_vectors_saved_as_a_vector_set(concepts, tmp_path)
 
 @pytest.mark.requires_data
 def test_make_concepts_picks_the_source(chat_model):
-    from steerjax.predictor.concepts import make_concepts, persona_concepts, statement_concepts
+    from steerjax.studies.steerability_prediction.concepts import make_concepts, persona_concepts, statement_concepts
 
     names = ["agreeableness", "anti-immigration"]
     for source, build, kw in (("statements", statement_concepts, {"n_statements": 3}),
@@ -149,7 +149,7 @@ def test_rollouts_resume_after_a_partial_run(model, concepts, tmp_path, monkeypa
 def test_bad_inputs_raise_clear_errors(model, concepts):
     kw = dict(layer=LAYER, max_new_tokens=3, progress=False)
     with pytest.raises(SteerjaxError, match="unknown concept"):
-        from steerjax.predictor.concepts import select
+        from steerjax.studies.steerability_prediction.concepts import select
 
         select(concepts, ["alpha", "delta"])
     with pytest.raises(SteerjaxError, match="unknown concept"):
@@ -319,7 +319,7 @@ def test_batched_features_equal_a_per_example_computation(model, concepts, posit
 
 @pytest.mark.slow  # sampled rollouts, three early_features passes and the pipeline's
 def test_sampled_rollouts_features_are_read_on_their_own_tokens(model, concepts, monkeypatch):
-    from steerjax.predictor import pipeline
+    from steerjax.studies.steerability_prediction import pipeline
 
     strengths = [1.0, 2.0]
     roll = rollouts(model, PROMPTS[:2], concepts[:2], strengths, layer=LAYER, max_new_tokens=4, batch_size=8,
@@ -379,7 +379,7 @@ def test_features_do_not_recompile_for_new_prompts_and_strengths(model, concepts
 @pytest.mark.slow
 @pytest.mark.requires_smollm2
 def test_smollm2_larger_strength_moves_features_monotonically(smollm2):
-    from steerjax.predictor import NEUTRAL_PROMPTS
+    from steerjax.studies.steerability_prediction import NEUTRAL_PROMPTS
 
     model = smollm2
     layer = 12
@@ -435,7 +435,7 @@ def test_cli_predictor_train_and_search(chat_model_dir, tmp_path, capsys):
     import json
 
     from steerjax.cli import main
-    from steerjax.predictor.classifier import SteerabilityPredictor
+    from steerjax.studies.steerability_prediction.classifier import SteerabilityPredictor
 
     tb, pred = str(tmp_path / "tb"), str(tmp_path / "pred")
     assert main(["testbed", chat_model_dir, "--concepts", "agreeableness", "narcissism", "risk-seeking",

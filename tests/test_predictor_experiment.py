@@ -32,7 +32,7 @@ def no_model(monkeypatch):
 @pytest.mark.requires_data
 def test_steerability_predictor_experiment_smoke(tmp_path, capsys, monkeypatch):
     from experiments.steerability_predictor.run import PRESETS, main
-    from steerjax.predictor.judge import LABELS
+    from steerjax.studies.steerability_prediction.judge import LABELS
     from tests.helpers import TINYSTORIES_MISSING, tinystories_path
 
     # TinyStories, not the default SmolLM2: the pipeline end to end in half the time (compiling for
@@ -234,8 +234,8 @@ def steerboost_data(root, *, banks=True, one_sided=None):
 
 def test_steerboost_preset_checks_its_data_first(tmp_path, no_model):
     from experiments.steerability_predictor.run import _steerboost_inputs, main
+    from steerjax.data import steerboost as sources
     from steerjax.errors import DataError, SteerjaxError
-    from steerjax.predictor import sources
 
     base = ["--preset", "steerboost", "--concepts", "4", "--prompts", "3", "--out", str(tmp_path / "run")]
     with pytest.raises(DataError) as e:
@@ -268,7 +268,7 @@ def test_steerboost_preset_checks_its_data_first(tmp_path, no_model):
 
 
 def test_cgs_baseline_is_leave_one_prompt_out():
-    from steerjax.predictor.evaluation import concept_strength
+    from steerjax.studies.steerability_prediction.evaluation import concept_strength
 
     t = pd.DataFrame({"prompt_id": [0, 1, 2, 0, 1, 2, 0, 1],
                       "concept": ["a"] * 6 + ["b"] * 2,

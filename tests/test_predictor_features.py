@@ -11,9 +11,9 @@ import pytest
 
 import steerjax
 from steerjax.errors import PredictorError, SteerjaxError
-from steerjax.predictor import classifier, early_features, feature_columns
-from steerjax.predictor import features as F
-from steerjax.predictor.judge import LABELS
+from steerjax.studies.steerability_prediction import classifier, early_features, feature_columns
+from steerjax.studies.steerability_prediction import features as F
+from steerjax.studies.steerability_prediction.judge import LABELS
 from tests.helpers import labelled_table, token_concepts
 
 LAYER = 1

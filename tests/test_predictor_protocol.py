@@ -13,12 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steerjax.errors import DataError, PredictorError, SteerjaxError
-from steerjax.predictor import classifier, evaluation, rollouts, text_concepts
-from steerjax.predictor.concepts import Examples, concepts_from_examples, read_examples
-from steerjax.predictor.evaluation import paper_evaluation, paper_split
-from steerjax.predictor.judge import LABELS
-from steerjax.predictor.sources import (
+from steerjax.data.example_banks import Examples, read_examples
+from steerjax.data.steerboost import (
     LEVEL_POOLS,
     STEERBOOST,
     alpaca_eval_prompts,
@@ -26,6 +22,11 @@ from steerjax.predictor.sources import (
     steerboost_concepts,
     steerboost_examples,
 )
+from steerjax.errors import DataError, PredictorError, SteerjaxError
+from steerjax.studies.steerability_prediction import classifier, evaluation, rollouts, text_concepts
+from steerjax.studies.steerability_prediction.concepts import concepts_from_examples
+from steerjax.studies.steerability_prediction.evaluation import paper_evaluation, paper_split
+from steerjax.studies.steerability_prediction.judge import LABELS
 from steerjax.vectors import read_activations
 from tests.helpers import token_concepts
 
@@ -157,7 +158,7 @@ def test_example_banks_from_jsonl_and_bad_banks(tmp_path, model):
 
 
 def test_run_testbed_from_example_banks_in_the_raw_scale(model, tmp_path):
-    from steerjax.predictor.pipeline import load_testbed, run_testbed
+    from steerjax.studies.steerability_prediction.pipeline import load_testbed, run_testbed
 
     out = str(tmp_path / "tb")
     tb = run_testbed(model, None, PROMPTS, [0.5, 1.0], layer=LAYER, max_new_tokens=4, out=out, source="examples",
@@ -453,7 +454,7 @@ def test_paper_evaluation_refuses_bad_input():
 
 @pytest.mark.slow
 def test_label_and_featurize_reads_raw_alphas_at_their_multipliers(tinystories):
-    from steerjax.predictor.pipeline import label_and_featurize
+    from steerjax.studies.steerability_prediction.pipeline import label_and_featurize
 
     rng = np.random.default_rng(0)
     texts = {n: [rng.integers(3, 256, size=6).tolist() for _ in range(3)] for n in ("alpha", "beta")}
@@ -476,7 +477,7 @@ def test_label_and_featurize_reads_raw_alphas_at_their_multipliers(tinystories):
 
 
 def test_macro_f1_from_confusion_matches_the_classifier():
-    from steerjax.predictor.evaluation import macro_f1_from_confusion
+    from steerjax.studies.steerability_prediction.evaluation import macro_f1_from_confusion
 
     rng = np.random.default_rng(0)
     for present in (LABELS, LABELS[:2]):  # all classes, and one absent from the true labels
@@ -489,7 +490,7 @@ def test_macro_f1_from_confusion_matches_the_classifier():
 
 
 def test_bootstrap_f1_by_hand_and_bad_input():
-    from steerjax.predictor.evaluation import bootstrap_f1, concept_draws
+    from steerjax.studies.steerability_prediction.evaluation import bootstrap_f1, concept_draws
 
     u, s, o = LABELS
     # concept A predicted perfectly, concept B always under-steer. Draws {A, A}: macro-F1 1;

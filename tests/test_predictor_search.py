@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steerjax.predictor import classifier, plots, search
-from steerjax.predictor.judge import LABELS
+from steerjax.studies.steerability_prediction import classifier, plots, search
+from steerjax.studies.steerability_prediction.judge import LABELS
 
 U, S, OV = LABELS  # under-steer, success, over-steer
 GRID = (1.0, 2.0, 4.0, 8.0)
@@ -419,7 +419,7 @@ def test_feedback_equals_argmax_at_one_rollout_and_after_a_first_success():
 def test_guided_search_live_feedback_prunes_with_the_judges_labels(monkeypatch):
     # the live search with stand-ins for the model: early features (the strength itself), rollouts
     # (n_tokens = 10 x strength) and a judge that labels by strength as the hand-built item does
-    from steerjax.predictor import features, testbed
+    from steerjax.studies.steerability_prediction import features, testbed
 
     p_success = dict(zip(FB_GRID, [0.3, 0.5, 0.1, 0.7, 0.6]))  # ranking 8, 16, 2, 1, 4
     label_at = dict(zip(FB_GRID, [U, U, S, OV, OV]))

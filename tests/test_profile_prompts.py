@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from steerjax.data import prompt_steering as pdata
 from steerjax.data.batch import TokenBatch
 from steerjax.errors import DataError
-from steerjax.profiles import data as pdata
-from steerjax.profiles import scoring
-from steerjax.profiles.templates import TEMPLATE_CATEGORIES, render_chat
+from steerjax.studies.prompt_steerability import scoring
+from steerjax.studies.prompt_steerability.templates import TEMPLATE_CATEGORIES, render_chat
 from tests.helpers import CHAT_TEMPLATE, tiered, write_steering_df
 
 # ----------------------------------------------------------------------------- the reference's strings, by hand

@@ -9,9 +9,15 @@ import pandas as pd
 import pytest
 from scipy import integrate, stats
 
-from steerjax.profiles import BetaProfile, ProfileError, joint_sinkhorn, profile_parameters, wasserstein
-from steerjax.profiles.distance import _wp_quantile, wasserstein_many
-from steerjax.profiles.indices import (
+from steerjax.studies.prompt_steerability import (
+    BetaProfile,
+    ProfileError,
+    joint_sinkhorn,
+    profile_parameters,
+    wasserstein,
+)
+from steerjax.studies.prompt_steerability.distance import _wp_quantile, wasserstein_many
+from steerjax.studies.prompt_steerability.indices import (
     asymmetry,
     extremes_table,
     steerability_curves,
@@ -283,7 +289,7 @@ def test_indices_single_base_row_and_errors():
 # ---------------------------------------------------------------- plots
 
 def test_plots(tmp_path):
-    from steerjax.profiles import plots
+    from steerjax.studies.prompt_steerability import plots
 
     profiles, extremes = synthetic_profiles()
     curves = steerability_curves(steerability_indices(profiles, extremes))
@@ -375,7 +381,7 @@ def test_curves_spread_as_the_reference():
 
 
 def test_base_summary_as_the_papers_tables():
-    from steerjax.profiles.indices import base_summary
+    from steerjax.studies.prompt_steerability.indices import base_summary
 
     profiles, _ = benchmark_profiles()
     summary = base_summary(profiles.assign(yes_rate=0.5))
@@ -403,7 +409,7 @@ def fake_scoring(monkeypatch):
     record every call."""
     import zlib
 
-    from steerjax.profiles import run as run_mod
+    from steerjax.studies.prompt_steerability import run as run_mod
 
     calls = []
 
@@ -421,7 +427,7 @@ def fake_scoring(monkeypatch):
 def statements_of(prompt, prompt_format="reference"):
     """The set of statements in a steering prompt (the format's header and separator found from
     two-statement prompts)."""
-    from steerjax.profiles.data import steering_prompt
+    from steerjax.data.prompt_steering import steering_prompt
 
     two = steering_prompt(["@A@", "@B@"], prompt_format=prompt_format)
     header, sep = two[:two.index("@A@")], two[two.index("@A@") + 3:two.index("@B@")]
@@ -431,8 +437,8 @@ def statements_of(prompt, prompt_format="reference"):
 
 @pytest.mark.requires_data
 def test_trial_structure(fake_scoring, tmp_path):
-    from steerjax.profiles.data import profiling_source
-    from steerjax.profiles.run import run_profiles
+    from steerjax.data.prompt_steering import profiling_source
+    from steerjax.studies.prompt_steerability.run import run_profiles
 
     dims, budgets = ["agreeableness", "narcissism"], [1, 3, 10]
     kw = dict(budgets=budgets, benchmark_trials=3, steering_trials=2, num_questions=4, seed=7, progress=False,
@@ -478,7 +484,7 @@ def test_trial_structure(fake_scoring, tmp_path):
 
 @pytest.mark.requires_data
 def test_nested_draws_and_formats(fake_scoring):
-    from steerjax.profiles.run import run_profiles
+    from steerjax.studies.prompt_steerability.run import run_profiles
 
     kw = dict(budgets=[2, 5, 20], benchmark_trials=2, steering_trials=2, num_questions=3, progress=False)
     run_profiles(FakeModel(), ["risk-seeking"], nested=True, prompt_format="steerjax-v1", **kw)
@@ -513,7 +519,7 @@ def test_nested_draws_and_formats(fake_scoring):
 ])
 def test_bad_options_fail_before_scoring(fake_scoring, kw, message):
     from steerjax.errors import SteerjaxError
-    from steerjax.profiles.run import run_profiles
+    from steerjax.studies.prompt_steerability.run import run_profiles
 
     kw = dict(dict(dims=["agreeableness"], num_questions=2, progress=False), **kw)
     with pytest.raises(SteerjaxError, match=message):
@@ -523,8 +529,8 @@ def test_bad_options_fail_before_scoring(fake_scoring, kw, message):
 
 @pytest.mark.requires_data
 def test_dimension_sets():
-    from steerjax.profiles.data import PAPER_DIMENSIONS, list_dimensions
-    from steerjax.profiles.run import resolve_dimensions
+    from steerjax.data.prompt_steering import PAPER_DIMENSIONS, list_dimensions
+    from steerjax.studies.prompt_steerability.run import resolve_dimensions
 
     paper = resolve_dimensions("paper")
     assert paper == list(PAPER_DIMENSIONS) and len(paper) == 32 and paper[:3] == ["agreeableness",
@@ -535,7 +541,7 @@ def test_dimension_sets():
 
 
 def test_draw_seed():
-    from steerjax.profiles.run import draw_seed
+    from steerjax.studies.prompt_steerability.run import draw_seed
 
     assert draw_seed(0, "steering", "a", 1) == draw_seed(0, "steering", "a", 1)
     seeds = {draw_seed(s, "steering", d, b) for s in (0, 1) for d in ("a", "b") for b in range(5)}

@@ -14,7 +14,7 @@ import pytest
 def test_prompt_steerability_experiment_smoke(chat_model_dir, tmp_path):
     """The smoke preset end to end (the library's own padding buckets)."""
     from experiments.prompt_steerability.run import PRESETS, main
-    from steerjax.profiles.data import profiling_source
+    from steerjax.data.prompt_steering import profiling_source
 
     out = tmp_path / "run"
     main(["--preset", "smoke", "--model", chat_model_dir, "--out", str(out)])

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from steerjax.data import prompt_steering as pdata
 from steerjax.data.batch import TokenBatch
 from steerjax.data.examples import DataError
 from steerjax.errors import ContextLengthError
-from steerjax.profiles import data as pdata
-from steerjax.profiles import scoring
+from steerjax.studies.prompt_steerability import scoring
 
 # ----------------------------------------------------------------------------- data fixtures
 

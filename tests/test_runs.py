@@ -8,7 +8,8 @@ import os
 import pandas as pd
 import pytest
 
-from steerjax.runs import RunConfigError, RunDirectory
+from steerjax.runs import RunConfigError
+from steerjax.runs.chunks import RunDirectory
 
 CFG = {"kind": "test", "n": 3, "layers": (1, 2)}
 
@@ -169,7 +170,7 @@ def test_vector_files_are_written_atomically(tmp_path, monkeypatch):
 
 
 def test_map_chunks_resumes_and_says_what_it_reuses(tmp_path, capsys):
-    from steerjax.runs import map_chunks
+    from steerjax.runs.chunks import map_chunks
 
     calls = []
 

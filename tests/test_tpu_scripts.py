@@ -271,7 +271,7 @@ def test_setup_ships_this_checkout_and_the_data(fake, tmp_path):
     listing = subprocess.run(["tar", "-tzf", str(home / "steerjax-src.tar.gz")], capture_output=True, text=True,
                              check=True).stdout.split()
     listing = [name[2:] if name.startswith("./") else name for name in listing]
-    expected = {"pyproject.toml", "steerjax/runs.py", "tpu_scripts/setup.sh", "experiments/quickstart/run.py"}
+    expected = {"pyproject.toml", "steerjax/runs/__init__.py", "tpu_scripts/setup.sh", "experiments/quickstart/run.py"}
     assert expected <= set(listing)
     assert not [name for name in listing if name.startswith((".git/", "runs/", "tpu-logs/"))]
     data_listing = subprocess.run(["tar", "-tzf", str(home / "steerjax-data.tar.gz")], capture_output=True,

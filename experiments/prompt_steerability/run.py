@@ -58,7 +58,7 @@ PRESETS = {
 
 def profile_figures(run, out: str, label: str) -> None:
     """The curves, heatmap and base-profile figures of one format's run in ``out``."""
-    from steerjax.profiles import plots
+    from steerjax.studies.prompt_steerability import plots
 
     plots.index_curves(run.curves, os.path.join(out, "index_curves.png"),
                        title=f"Prompt steerability, {label} prompts (mean ± std over benchmark trials)")
@@ -83,7 +83,7 @@ def template_sensitivity(runs: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     Returns:
       ``(long, wide)``: ``long`` has one row per format x dimension x quantity (``base_mean``, or
       ``index`` per direction and budget) with ``value`` and ``spread`` (for
-      :func:`steerjax.profiles.plots.format_comparison`); ``wide`` one row per dimension with, per
+      :func:`steerjax.studies.prompt_steerability.plots.format_comparison`); ``wide`` one row per dimension with, per
       format, the base profile mean and yes-rate and gamma+/gamma- at the largest budget.
     """
     long, wide = [], {}
@@ -123,14 +123,18 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import steerjax
+    from steerjax.data.prompt_steering import profiling_source
     from steerjax.errors import ProfileError
-    from steerjax.profiles import plots, wasserstein_many
-    from steerjax.profiles.activation import activation_profiles, compare_prompt_and_activation, joint_steerability
-    from steerjax.profiles.data import profiling_source
-    from steerjax.profiles.indices import steerability_curves, steerability_indices
-    from steerjax.profiles.run import check_options, run_profiles
-    from steerjax.profiles.templates import TEMPLATE_CATEGORIES
     from steerjax.runs import RunLog, claim, write_json
+    from steerjax.studies.prompt_steerability import plots, wasserstein_many
+    from steerjax.studies.prompt_steerability.activation import (
+        activation_profiles,
+        compare_prompt_and_activation,
+        joint_steerability,
+    )
+    from steerjax.studies.prompt_steerability.indices import steerability_curves, steerability_indices
+    from steerjax.studies.prompt_steerability.run import check_options, run_profiles
+    from steerjax.studies.prompt_steerability.templates import TEMPLATE_CATEGORIES
 
     preset = dict(PRESETS[args.preset])
     if args.compare_formats is not None:

@@ -32,7 +32,7 @@ import steerjax  # noqa: E402
 from steerjax.data.batch import encode  # noqa: E402
 from steerjax.errors import LayerIndexError, TokenizerError  # noqa: E402
 from steerjax.model import load_config  # noqa: E402
-from steerjax.paths import check_output_dir  # noqa: E402
+from steerjax.runs import check_output_dir  # noqa: E402
 from steerjax.vectors import mean_difference, read_activations, save_vectors  # noqa: E402
 
 HAPPY = ["I feel happy", "I am so joyful today", "What a wonderful, delightful day",

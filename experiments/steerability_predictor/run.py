@@ -1,7 +1,7 @@
 """Predicting steerability early (Fan et al., "When is Your LLM Steerable?") on one model.
 
 The reference implementation is SteerBoost (GitHub ``Fcr09/SteerBoost``); the ``steerboost``
-preset is its setting (:data:`steerjax.predictor.sources.STEERBOOST`), the others steerjax's.
+preset is its setting (:data:`steerjax.data.steerboost.STEERBOOST`), the others steerjax's.
 
 1. Testbed: concepts (persona statements, each dimension's statements against all dimensions';
    or, in the ``steerboost`` preset, SteerBoost's example banks by DiffMean), prompts (neutral
@@ -108,7 +108,7 @@ PRESETS = {
 
 
 def main(argv=None):
-    from steerjax.predictor.features import DEFAULT_FEATURE_SET, FEATURE_SETS
+    from steerjax.studies.steerability_prediction.features import DEFAULT_FEATURE_SET, FEATURE_SETS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="quick")
@@ -139,12 +139,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import steerjax
-    from steerjax.predictor import judge, plots
-    from steerjax.predictor.concepts import NEUTRAL_PROMPTS, load_concepts, save_concepts
-    from steerjax.predictor.features import parse_feature_set, replays_judge
-    from steerjax.predictor.pipeline import label_and_featurize
-    from steerjax.predictor.testbed import rollouts
     from steerjax.runs import RunLog, claim, keyed_artifact
+    from steerjax.studies.steerability_prediction import judge, plots
+    from steerjax.studies.steerability_prediction.concepts import NEUTRAL_PROMPTS, load_concepts, save_concepts
+    from steerjax.studies.steerability_prediction.features import parse_feature_set, replays_judge
+    from steerjax.studies.steerability_prediction.pipeline import label_and_featurize
+    from steerjax.studies.steerability_prediction.testbed import rollouts
 
     # ---- every input checked before any model loads
     preset = dict(PRESETS[args.preset])
@@ -256,9 +256,9 @@ def evaluate_table(table: pd.DataFrame, summary: dict, preset: dict, args, level
     """Steps 4 and 5 on a labelled features table: the paper evaluation, concept-grouped CV (nested
     when the preset has a ``cv_grid``), F1 by k, the ablation, the search; ``summary`` completed
     and written, the headline printed."""
-    from steerjax.predictor import classifier, evaluation, plots, search
-    from steerjax.predictor.pipeline import save_evaluation
     from steerjax.runs import write_json
+    from steerjax.studies.steerability_prediction import classifier, evaluation, plots, search
+    from steerjax.studies.steerability_prediction.pipeline import save_evaluation
 
     cols = classifier.feature_columns_of(table, feature_set=args.feature_set)
     log(f"features: {len(cols)} columns of {args.feature_set!r} for {len(table)} rows")
@@ -386,8 +386,8 @@ def _reused_table(path: str, old: dict, args) -> tuple[pd.DataFrame, dict]:
     before they existed (from its concepts' norms), and its summary's entries for steps 1-3."""
     import json
 
-    from steerjax.predictor.concepts import load_concepts
-    from steerjax.predictor.features import relative_columns, relative_features, replays_judge
+    from steerjax.studies.steerability_prediction.concepts import load_concepts
+    from steerjax.studies.steerability_prediction.features import relative_columns, relative_features, replays_judge
 
     table = pd.read_parquet(os.path.join(path, "features.parquet"))
     with open(os.path.join(path, "summary.json")) as f:
@@ -408,7 +408,7 @@ def _reused_table(path: str, old: dict, args) -> tuple[pd.DataFrame, dict]:
 
 def _llm_judge(args):
     """The LLM judge from --judge-url / --judge-model and the environment (no request is made)."""
-    from steerjax.predictor.llm_judge import LLMJudge
+    from steerjax.studies.steerability_prediction.llm_judge import LLMJudge
 
     return LLMJudge(args.judge_model, base_url=args.judge_url)
 
@@ -440,19 +440,19 @@ def check_endpoint(llm, timeout: float = 10.0) -> None:
 
 def _steerboost_inputs(args, preset) -> dict:
     """SteerBoost's concepts, example banks, prompts and setting, every file checked (no model)."""
-    from steerjax import paths
+    from steerjax.data import steerboost as sources
+    from steerjax.data import store
     from steerjax.errors import DataError
-    from steerjax.predictor import sources
 
     sb = sources.STEERBOOST
-    root = args.steerboost_data or os.path.join(paths.data_root(), "steerboost")
+    root = args.steerboost_data or os.path.join(store.data_root(), "steerboost")
     how = ("SteerBoost's data are not shipped with steerjax: `steerjax data download steerboost` fetches "
            "concepts.json and alpaca_eval.json (or leave STEERJAX_DATA unset and they are fetched on first "
            "use); the example banks training/{id}.json come from SteerBoost's data release "
            "(github.com/Fcr09/SteerBoost, scripts/download_data.py): pass their folder as --steerboost-data DIR")
     try:
-        concepts_json = paths.data_file(os.path.join(root, "concepts.json"))
-        alpaca_json = paths.data_file(os.path.join(root, "alpaca_eval.json"))
+        concepts_json = store.data_file(os.path.join(root, "concepts.json"))
+        alpaca_json = store.data_file(os.path.join(root, "alpaca_eval.json"))
         table = sources.steerboost_concepts(concepts_json)
         n = args.concepts or preset["concepts"]
         if n is not None:
@@ -484,8 +484,8 @@ def evaluation_options(source) -> dict:
 def ablation_sets(table: pd.DataFrame, feature_set: str) -> list[str]:
     """Each set alone and the combinations, those with columns in the table; the headline set included."""
     from steerjax.errors import PredictorError
-    from steerjax.predictor import classifier
-    from steerjax.predictor.classifier import ABLATION_SETS
+    from steerjax.studies.steerability_prediction import classifier
+    from steerjax.studies.steerability_prediction.classifier import ABLATION_SETS
 
     out = []
     for name in dict.fromkeys([*ABLATION_SETS, feature_set]):
@@ -498,7 +498,7 @@ def ablation_sets(table: pd.DataFrame, feature_set: str) -> list[str]:
 
 
 def _concepts(model, names, layer, preset, args, source, keyed_artifact, save_concepts, load_concepts, out):
-    from steerjax.predictor.concepts import concepts_from_examples, statement_concepts
+    from steerjax.studies.steerability_prediction.concepts import concepts_from_examples, statement_concepts
 
     if source is None:
         key = dict(model=model.source, dtype=model.dtype, layer=layer, names=names,
@@ -530,7 +530,7 @@ def _embedding_labels(roll, n, seed, judge, concepts, source):
             ex = source["banks"][c]
             texts[c] = ([str(t) for t in ex.positive[:40]], [str(t) for t in ex.negative[:40]])
             continue
-        from steerjax.profiles.data import persona_statements
+        from steerjax.data.prompt_steering import persona_statements
 
         rows = persona_statements(c)
         texts[c] = tuple(rows.loc[rows["direction"] == d, "statement"].sample(frac=1.0, random_state=seed)
@@ -541,7 +541,7 @@ def _embedding_labels(roll, n, seed, judge, concepts, source):
 
 def _agreement(judged: dict, steered_idx, log) -> pd.DataFrame:
     """Kappa and raw agreement between every pair of judges that ran, on the steered rows both labelled."""
-    from steerjax.predictor.llm_judge import judge_agreement
+    from steerjax.studies.steerability_prediction.llm_judge import judge_agreement
 
     cols = ["judge_a", "judge_b", "n", "agreement", "kappa"]
     if len(judged) < 2:
@@ -559,8 +559,8 @@ def _agreement(judged: dict, steered_idx, log) -> pd.DataFrame:
 
 
 def _score_row(name, y, pred) -> dict:
-    from steerjax.predictor import classifier
-    from steerjax.predictor.judge import LABELS
+    from steerjax.studies.steerability_prediction import classifier
+    from steerjax.studies.steerability_prediction.judge import LABELS
 
     f = classifier.f1_scores(y, pred)
     return {"model": name, "macro_f1": classifier.macro_f1(y, pred), "accuracy": float(np.mean(y == pred)),
@@ -569,9 +569,9 @@ def _score_row(name, y, pred) -> dict:
 
 def _with_cgs(paper, table) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The paper evaluation's scores with a CGS row per scored subset (leave-one-prompt-out
-    :func:`steerjax.predictor.evaluation.concept_strength` of the whole table, on the rows scored),
+    :func:`studies.steerability_prediction.evaluation.concept_strength` of the whole table, on the rows scored),
     and its predictions with a ``cgs`` column."""
-    from steerjax.predictor.evaluation import concept_strength
+    from steerjax.studies.steerability_prediction.evaluation import concept_strength
 
     pred = paper.predictions
     key = table.set_index(["prompt_id", "concept", "strength"]).index
@@ -595,7 +595,7 @@ def _intervals(table, ev, cgs, paper_pred, items, seed) -> pd.DataFrame:
     and on the paper evaluation's headline subset (when it has 2 or more concepts); success and
     tokens relative to IGS of every strategy but the threshold sweep. Columns ``evaluation``,
     ``quantity``, ``point``, ``low``, ``high``, ``concepts``, ``draws``."""
-    from steerjax.predictor import evaluation, search
+    from steerjax.studies.steerability_prediction import evaluation, search
 
     kw = dict(n_draws=BOOTSTRAP_DRAWS, seed=seed, level=BOOTSTRAP_LEVEL)
     cv_pred = ev.predictions
@@ -622,7 +622,7 @@ def _intervals(table, ev, cgs, paper_pred, items, seed) -> pd.DataFrame:
 def _search_set(feature_set: str) -> str:
     """The search predictor's set: ``feature_set`` without ``judge-aware`` (the search is scored by
     the judge; held_out_proba reads judge-independent sets), or the default if nothing remains."""
-    from steerjax.predictor.features import DEFAULT_FEATURE_SET, JUDGE_AWARE, parse_feature_set
+    from steerjax.studies.steerability_prediction.features import DEFAULT_FEATURE_SET, JUDGE_AWARE, parse_feature_set
 
     parts = [p for p in parse_feature_set(feature_set) if p != JUDGE_AWARE]
     return "+".join(parts) if parts else DEFAULT_FEATURE_SET
@@ -632,8 +632,8 @@ def _strategies(table, preset, seed, feature_set, fit_kw, search):
     """Every strategy on unseen concepts x held-out prompts (concept folds x prompt folds): the
     held-out probabilities of a predictor on ``feature_set``; TCGS per cell learns each concept's
     strength on the cell's other prompts."""
-    from steerjax.predictor import classifier
-    from steerjax.predictor.judge import LABELS
+    from steerjax.studies.steerability_prediction import classifier
+    from steerjax.studies.steerability_prediction.judge import LABELS
 
     cols = classifier.feature_columns_of(table, feature_set=feature_set)
     proba = search.held_out_proba(table, n_folds=preset["folds"], k=preset["search_k"], feature_columns=cols,

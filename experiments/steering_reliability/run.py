@@ -136,7 +136,8 @@ def main(argv=None):
     import steerjax
     from steerjax.data import load_dataset
     from steerjax.errors import SteerjaxError
-    from steerjax.metrics import (
+    from steerjax.runs import RunLog, claim, keyed_artifact, write_json
+    from steerjax.studies.reliability import (
         best_layer,
         bootstrap_ci,
         compare_models,
@@ -151,7 +152,6 @@ def main(argv=None):
         shift_correlations,
         spurious_variance,
     )
-    from steerjax.runs import RunLog, claim, keyed_artifact, write_json
 
     preset = dict(PRESETS[args.preset])
     if args.multipliers is not None:

@@ -11,7 +11,7 @@ One module per command group (:mod:`~steerjax.cli.generate`: info and generate;
 :mod:`~steerjax.cli.sweep`: datasets, vector, sweep; :mod:`~steerjax.cli.profile`;
 :mod:`~steerjax.cli.predictor`: testbed and predictor), each a parser and a handler that checks its
 arguments, reads the model's config, loads the model and calls the library. Shared checks live in
-:mod:`steerjax.cli.checks` and :mod:`steerjax.paths`.
+:mod:`steerjax.cli.checks` and :mod:`steerjax.runs`.
 
 How every command behaves:
 
@@ -99,8 +99,8 @@ def _behave(command: Callable[[], int], *, hard: bool) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser with every subcommand."""
-    from steerjax import __version__
     from steerjax.cli import convert, data, generate, predictor, profile, sweep
+    from steerjax.version import __version__
 
     parser = Parser(prog="steerjax",
                     description="Measure and control how steerable language models are, in JAX.")

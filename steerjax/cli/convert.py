@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from steerjax import paths
+from steerjax import runs
 from steerjax.cli import checks
 
 
@@ -30,7 +30,7 @@ def run_convert(args) -> int:
 
     checks.fold_revision(args, "source")
     checks.read_config(args.source)  # a bad source fails in milliseconds, before the weights are read
-    out = paths.check_output_dir(args.out, force=args.force)
+    out = runs.check_output_dir(args.out, force=args.force)
     written = convert(args.source, out, dtype=args.dtype, force=True)
     size = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(written) for f in files)
     print(f"wrote {written} ({size / 2**20:.1f} MiB, {args.dtype}): load it with steerjax.load_model({written!r})")

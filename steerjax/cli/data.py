@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import pathlib
 
-from steerjax import paths
 from steerjax.data import download as dl
-from steerjax.data import manifest
+from steerjax.data import manifest, store
 from steerjax.errors import DataError
 
 # a pinned file -> a file the loaders read in its place (steerjax's earlier JSON extraction)
@@ -46,7 +45,7 @@ def add_commands(sub) -> None:
 def run_list(args) -> int:
     root, why = _target(args.to, listing=True)
     print(f"data directory: {root} ({why})")
-    if paths.data_override() is None or args.to is not None:
+    if store.data_override() is None or args.to is not None:
         print(f"downloads from: {dl.mirror_base()}/OWNER/REPO/COMMIT/PATH")
     for name in dl.sources():
         spec = manifest.SOURCES[name]
@@ -100,7 +99,7 @@ def run_download(args) -> int:
         licence = (", ".join(f.local for f, _ in done if f.licence) or "no file") + f": {spec['licence_name']}"
         print(f"{name}: {len(done)} files, {fetched} downloaded, {len(done) - fetched} already verified; "
               f"licence {licence}", flush=True)
-    if args.to is not None and paths.data_override() != root:
+    if args.to is not None and store.data_override() != root:
         print(f"to use it: export STEERJAX_DATA={root}")
     return 0
 
@@ -113,15 +112,15 @@ def _target(to: str | None, *, listing: bool) -> tuple[pathlib.Path, str]:
             raise DataError(f"--to {to} is not a directory: give a data directory (one that steerjax data "
                             "download --to filled, or STEERJAX_DATA's)")
         return root, "--to"
-    override = paths.data_override()
+    override = store.data_override()
     if override is None:
-        return paths.data_cache(), "the download cache: STEERJAX_DATA is unset, so files are downloaded on first use"
+        return store.data_cache(), "the download cache: STEERJAX_DATA is unset, so files are downloaded on first use"
     if listing:
         return override, "STEERJAX_DATA: nothing is downloaded"
-    raise DataError(f"STEERJAX_DATA is set ({os.environ.get(paths.DATA_ENV)}), so steerjax reads its data from "
+    raise DataError(f"STEERJAX_DATA is set ({os.environ.get(store.DATA_ENV)}), so steerjax reads its data from "
                     "there and downloads nothing: pass --to DIR to download into a directory (--to "
                     f"\"$STEERJAX_DATA\" fills that one), or unset STEERJAX_DATA to download into the cache "
-                    f"{paths.data_cache()}")
+                    f"{store.data_cache()}")
 
 
 def _mb(n: int) -> str:

@@ -56,6 +56,8 @@ def add_commands(sub) -> None:
 
 def describe(header, dtype: str = "float32") -> dict[str, Any]:
     """A JSON-serializable summary of a model from its :class:`steerjax.model.ModelHeader`."""
+    from steerjax.models import transformer
+
     cfg = header.config
     return {
         "family": cfg.family,
@@ -68,7 +70,7 @@ def describe(header, dtype: str = "float32") -> dict[str, Any]:
         "intermediate_size": cfg.intermediate_size,
         "vocab_size": cfg.vocab_size,
         "context_length": cfg.max_position_embeddings,
-        "num_parameters": int(cfg.num_parameters()),
+        "num_parameters": int(transformer.num_parameters(cfg)),
         "dtype": dtype,
         "source": header.source,
         "commit": header.commit,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from steerjax import paths
+from steerjax import runs
 from steerjax.cli import checks
 from steerjax.errors import DataError, SteerjaxError
-from steerjax.predictor.features import DEFAULT_FEATURE_SET, FEATURE_SETS
-from steerjax.predictor.search import STRATEGIES
+from steerjax.studies.steerability_prediction.features import DEFAULT_FEATURE_SET, FEATURE_SETS
+from steerjax.studies.steerability_prediction.search import STRATEGIES
 
 
 def add_commands(sub) -> None:
@@ -97,7 +97,7 @@ def add_commands(sub) -> None:
 def run_testbed(args) -> int:
     import steerjax
     from steerjax.data import list_datasets
-    from steerjax.predictor import NEUTRAL_PROMPTS, pipeline
+    from steerjax.studies.steerability_prediction import NEUTRAL_PROMPTS, pipeline
 
     if args.prompts > len(NEUTRAL_PROMPTS):
         raise SteerjaxError(f"--prompts must be in 1..{len(NEUTRAL_PROMPTS)} (the built-in neutral prompts), "
@@ -114,7 +114,7 @@ def run_testbed(args) -> int:
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         raise DataError(f"--concepts: unknown persona dimension {unknown[0]!r}{hint} "
                         "(steerjax datasets --kind persona lists them)")
-    paths.check_run_dir(args.out, {
+    runs.check_run_dir(args.out, {
         "kind": "testbed", "model": header.source, "dtype": args.dtype, "layer": layer,
         "max_new_tokens": args.max_new_tokens, "seed": args.seed, "batch_size": args.batch_size,
         "positions": args.positions, "temperature": args.temperature,
@@ -137,15 +137,15 @@ def run_testbed(args) -> int:
 
 def run_predictor_train(args) -> int:
     import steerjax
-    from steerjax.predictor import UNSTEERED, pipeline
-    from steerjax.predictor.features import replays_judge
+    from steerjax.studies.steerability_prediction import UNSTEERED, pipeline
+    from steerjax.studies.steerability_prediction.features import replays_judge
 
     testbed = pipeline.load_testbed(args.testbed)
     pipeline.check_training(testbed, steps=args.steps, search_k=args.search_k, folds=args.folds,
                             feature_set=args.feature_set, protocol=args.protocol,
                             names={"steps": "--steps", "search_k": "--search-k", "folds": "--folds",
                                    "protocol": "--protocol"})
-    paths.check_output_dir(args.out, force=args.force)
+    runs.check_output_dir(args.out, force=args.force)
     cfg = testbed.config
     model = steerjax.load_model(cfg["model"], dtype=cfg.get("dtype", "float32"))
     done = pipeline.train_predictor(model, testbed, out=args.out, steps=args.steps, search_k=args.search_k,
@@ -171,16 +171,16 @@ def run_predictor_train(args) -> int:
 
 def run_predictor_search(args) -> int:
     import steerjax
-    from steerjax.predictor import judge as judges
-    from steerjax.predictor import pipeline
-    from steerjax.predictor.classifier import SteerabilityPredictor
-    from steerjax.predictor.search import guided_search
+    from steerjax.studies.steerability_prediction import judge as judges
+    from steerjax.studies.steerability_prediction import pipeline
+    from steerjax.studies.steerability_prediction.classifier import SteerabilityPredictor
+    from steerjax.studies.steerability_prediction.search import guided_search
 
     if args.max_rollouts > 1 and not args.judge:
         raise SteerjaxError(f"--max-rollouts {args.max_rollouts} confirms rollouts with the judge: pass a judge "
                             "with --judge")
     if args.out is not None:
-        paths.check_output_file(args.out, force=args.force)
+        runs.check_output_file(args.out, force=args.force)
     pred = SteerabilityPredictor.load(args.predictor)
     meta = pred.meta
     testbed = pipeline.load_testbed(meta["testbed"])

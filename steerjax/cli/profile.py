@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
-from steerjax import paths
+from steerjax import runs
 from steerjax.cli import checks
 
-PAPER_BUDGETS = [1, 2, 3, 4, 5, 10, 20, 50, 100]  # steerjax.profiles.run.PAPER_BUDGETS (not imported: fast --help)
-PROMPT_FORMATS = ("reference", "steerjax-v1")  # steerjax.profiles.data.PROMPT_FORMATS; checked again in the run
+PAPER_BUDGETS = [1, 2, 3, 4, 5, 10, 20, 50, 100]  # studies.prompt_steerability.run (fast --help)
+PROMPT_FORMATS = ("reference", "steerjax-v1")  # steerjax.data.prompt_steering.PROMPT_FORMATS; checked again in the run
 
 
 def add_commands(sub) -> None:
@@ -49,9 +49,9 @@ def add_commands(sub) -> None:
 def run_profile(args) -> int:
     import steerjax
     from steerjax.errors import ProfileError, TokenizerError
-    from steerjax.profiles import plots
-    from steerjax.profiles.run import check_options, run_config, run_profiles
-    from steerjax.profiles.templates import TEMPLATE_CATEGORIES
+    from steerjax.studies.prompt_steerability import plots
+    from steerjax.studies.prompt_steerability.run import check_options, run_config, run_profiles
+    from steerjax.studies.prompt_steerability.templates import TEMPLATE_CATEGORIES
 
     options = dict(budgets=args.budgets, benchmark_trials=args.benchmark_trials,
                    steering_trials=args.steering_trials, num_questions=args.num_questions,
@@ -68,7 +68,7 @@ def run_profile(args) -> int:
         raise TokenizerError(f"{args.model} has no chat template: pass --template-category (one of the reference's "
                              "hand-written wrappers) or use a chat model")
     options.update(budgets=budgets)
-    paths.check_run_dir(args.out, run_config(header.source, args.dtype, dims, nested=args.nested, **options))
+    runs.check_run_dir(args.out, run_config(header.source, args.dtype, dims, nested=args.nested, **options))
 
     model = steerjax.load_model(args.model, dtype=args.dtype)
     run = run_profiles(model, dims, nested=args.nested, batch_size=args.batch_size, run_dir=args.out, **options)

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from steerjax import paths
+from steerjax import runs
 from steerjax.cli import checks
 from steerjax.data.formats import FORMATS, SETTINGS
 from steerjax.data.mwe import SPLIT_COMPAT
@@ -111,7 +111,7 @@ def run_vector_train(args) -> int:
     from steerjax.vectors import export_control_vector_gguf, train_vector
 
     checks.layer_spec(args.layers)
-    paths.check_output_file(args.out, force=args.force)
+    runs.check_output_file(args.out, force=args.force)
     gguf = args.out.endswith(".gguf")
     examples = load_split(args)
     header = checks.read_config(args.model)
@@ -140,8 +140,8 @@ def run_vector_train(args) -> int:
 
 def run_sweep(args) -> int:
     import steerjax
-    from steerjax.metrics import dataset_steerability, per_example_steerability
     from steerjax.runs import write_json
+    from steerjax.studies.reliability import dataset_steerability, per_example_steerability
 
     if args.layers is not None:
         checks.layer_spec(args.layers)
@@ -158,7 +158,7 @@ def run_sweep(args) -> int:
         raise SteeringError(f"{args.vector} has no vector for layer(s) {missing} of --layers {args.layers}; "
                             f"it has {sorted(vectors)}")
     checks.check_width(args.vector, vec, cfg.hidden_size)
-    paths.check_run_dir(args.out, {
+    runs.check_run_dir(args.out, {
         "kind": "sweep", "model": header.source, "dtype": args.dtype, "layers": layers,
         "multipliers": np.asarray(args.multipliers, np.float32).tolist(), "positions": positions,
         "propensity": fmt.propensity, "operator": args.operator, "memory_budget_mb": args.memory_budget_mb,
@@ -188,7 +188,7 @@ def run_sweep(args) -> int:
 def sweep_plots(table, per_example, summary, out: str) -> list[str]:
     """Per layer, the propensity curves and the per-example steerability (violins); with several
     layers, steerability against layer. Returns the files written."""
-    from steerjax.metrics import plots
+    from steerjax.studies.reliability import plots
 
     written = []
     layers = sorted(set(table["layer"]))

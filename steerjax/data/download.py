@@ -11,7 +11,7 @@ renamed into place (atomic on one file system). A failed, interrupted or corrupt
 its temporary file, so nothing is left that a later run could mistake for data; a rerun fetches
 what is missing and keeps what verifies. Each source's licence files are stored beside its data.
 
-Where the files go (:func:`steerjax.paths.data_root`): ``$STEERJAX_DATA`` when set (then nothing is
+Where the files go (:func:`steerjax.data.store.data_root`): ``$STEERJAX_DATA`` when set (then nothing is
 ever downloaded: the directory is the user's), else the cache ``$STEERJAX_CACHE/data`` (default
 ``~/.cache/steerjax/data``), filled file by file on first use or all at once by ``steerjax data
 download``.
@@ -240,13 +240,13 @@ def ensure(entry: DataFile, root: str | os.PathLike, *, base: str | None = None,
     return fetch(entry, root, base=base, verify=False, progress=progress)[0]
 
 
-def download(names: Sequence[str] | None = None, root: str | os.PathLike | None = None, *, force: bool = False,
+def download(names: Sequence[str] | None, root: str | os.PathLike, *, force: bool = False,
              base: str | None = None, progress: bool | None = None) -> list[tuple[DataFile, bool]]:
     """Download whole sources into a data directory, keeping the copies that verify.
 
     Args:
       names: source names (default: every source).
-      root: the data directory (default: :func:`steerjax.paths.data_root`).
+      root: the data directory (:func:`steerjax.data.store.data_root` for the one readers use).
       force: download every file again.
       base: the raw-file base URL (default :func:`mirror_base`).
       progress: progress bars on stderr (None: only on a terminal).
@@ -261,10 +261,6 @@ def download(names: Sequence[str] | None = None, root: str | os.PathLike | None 
     names = sources() if names is None else list(dict.fromkeys(names))
     for name in names:
         source_files(name)  # every name is checked before anything is fetched
-    if root is None:
-        from steerjax.paths import data_root
-
-        root = data_root()
     done = []
     for name in names:
         files = sorted(source_files(name), key=lambda f: not f.licence)
@@ -382,7 +378,7 @@ def _transfer(url: str, out, entry: DataFile, progress: bool | None, timeout: fl
     """Stream ``url`` into ``out``; ``(bytes received, Content-Length or None)``."""
     from tqdm.auto import tqdm
 
-    from steerjax import __version__
+    from steerjax.version import __version__
 
     request = urllib.request.Request(url, headers={"User-Agent": f"steerjax/{__version__}"})
     received, expected = 0, None

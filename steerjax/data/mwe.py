@@ -2,7 +2,7 @@
 
 The data lives outside the repository: in ``$STEERJAX_DATA`` (a directory holding
 ``anthropic-evals/`` and ``steering-bench/``) when set, else in the download cache, where each file
-arrives on first use (:func:`steerjax.paths.data_root`, :mod:`steerjax.data.download`).
+arrives on first use (:func:`steerjax.data.store.data_root`, :mod:`steerjax.data.download`).
 
 Dataset names (see :func:`list_datasets`):
 
@@ -48,8 +48,8 @@ from steerjax.data.download import read_persona_prompts
 from steerjax.data.examples import Example
 from steerjax.data.formats import PromptFormat, get_format, parse_setting
 from steerjax.data.paper import TAN_UNAVAILABLE, unavailable_message
+from steerjax.data.store import data_exists, data_file, data_names, data_root
 from steerjax.errors import DataError
-from steerjax.paths import data_exists, data_file, data_names, data_root
 
 ENV_VAR = "STEERJAX_DATA"
 HUMAN_SUFFIX = "@human"

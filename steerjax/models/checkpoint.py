@@ -293,7 +293,7 @@ def _quiet_absl():
 
 
 def cache_root() -> str:
-    """``$STEERJAX_CACHE``, default ``~/.cache/steerjax`` (as :func:`steerjax.paths.cache_root`)."""
+    """``$STEERJAX_CACHE``, default ``~/.cache/steerjax`` (as :func:`steerjax.data.store.cache_root`)."""
     value = os.environ.get(CACHE_VARIABLE, "").strip()
     return os.path.expanduser(value) if value else os.path.join(os.path.expanduser("~"), ".cache", "steerjax")
 
@@ -406,7 +406,7 @@ def prune() -> list[str]:
 
 
 def _version() -> str:
-    from steerjax import __version__
+    from steerjax.version import __version__
 
     return __version__
 

@@ -9,6 +9,10 @@ import numpy as np
 
 from steerjax.errors import CheckpointError, UnsupportedArchitectureError
 
+#: the family names, in the order they are listed to users (:data:`steerjax.models.registry.FAMILIES`
+#: holds each family's code; the family modules import this module, so it cannot import them)
+FAMILY_NAMES = ("llama", "gpt2", "gpt_neox", "gemma2", "gemma3")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
@@ -57,9 +61,8 @@ class ModelConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
-        from steerjax.models import registry  # the one list of families (it imports the family modules)
-
-        registry.family(self.family)
+        if self.family not in FAMILY_NAMES:
+            raise UnsupportedArchitectureError(f"unknown family {self.family!r}; supported: {', '.join(FAMILY_NAMES)}")
         for name, limit in SIZE_LIMITS.items():
             object.__setattr__(self, name, check_int(name, getattr(self, name), 1, limit))
         if self.num_heads % self.num_kv_heads:
@@ -80,18 +83,6 @@ class ModelConfig:
     @property
     def rope_scaling_dict(self) -> dict[str, Any] | None:
         return None if self.rope_scaling is None else dict(self.rope_scaling)
-
-    def num_parameters(self) -> int:
-        """Parameter count implied by the config (embeddings counted once when tied)."""
-        from steerjax.models import transformer
-
-        n = 0
-        for leaf in leaves(transformer.abstract_params(self)):
-            size = 1
-            for s in leaf.shape:
-                size *= s
-            n += size
-        return n
 
 
 #: inclusive upper bounds of the size fields: far above any released model (Llama 3.1 405B: 126

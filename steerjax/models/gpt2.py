@@ -13,8 +13,8 @@ from typing import Any
 from flax import nnx
 
 from steerjax.models.config import ModelConfig, check_fields, eos_ids
+from steerjax.models.hooks import split_columns
 from steerjax.models.layers import MLP, Attention, Decoder, Embed, LayerNorm, activation
-from steerjax.models.weights import split_columns
 
 
 def _field(hf: dict[str, Any], name: str, alias: str, default: Any) -> Any:

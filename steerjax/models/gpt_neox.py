@@ -14,8 +14,8 @@ from typing import Any
 from flax import nnx
 
 from steerjax.models.config import ModelConfig, check_fields, freeze, hf_sizes, hf_tokens
+from steerjax.models.hooks import transpose
 from steerjax.models.layers import MLP, Attention, Decoder, LayerNorm, activation
-from steerjax.models.weights import transpose
 
 #: config fields read by :func:`config_from_hf` (``partial_rotary_factor`` / ``rope_theta`` are newer
 #: transformers' names of ``rotary_pct`` / ``rotary_emb_base``)

@@ -14,8 +14,8 @@ from typing import Any
 from flax import nnx
 
 from steerjax.models.config import ModelConfig, check_fields, freeze, hf_sizes, hf_tokens
+from steerjax.models.hooks import split_rows, transpose
 from steerjax.models.layers import Attention, Decoder, GatedMLP, RMSNorm
-from steerjax.models.weights import split_rows, transpose
 
 _QKV_BIAS_DEFAULT = {"qwen2": True}
 

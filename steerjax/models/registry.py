@@ -14,6 +14,7 @@ from typing import Any
 
 from steerjax.errors import UnsupportedArchitectureError
 from steerjax.models import gemma, gpt2, gpt_neox, llama
+from steerjax.models.config import FAMILY_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,9 @@ FAMILIES: tuple[Family, ...] = (
     _family("gemma3", gemma, ("gemma3_text", "gemma3")),
 )
 _BY_NAME = {f.name: f for f in FAMILIES}
+if tuple(_BY_NAME) != FAMILY_NAMES:
+    raise ImportError(f"steerjax.models.config.FAMILY_NAMES {FAMILY_NAMES} must list the families of FAMILIES, "
+                      f"in order: {tuple(_BY_NAME)}")
 #: HF model_type -> family name
 MODEL_TYPES = {mt: f.name for f in FAMILIES for mt in f.model_types}
 

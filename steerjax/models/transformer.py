@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from steerjax.models import registry
-from steerjax.models.config import ModelConfig
+from steerjax.models.config import ModelConfig, leaves
 from steerjax.models.layers import AttentionContext, LayerContext, Rotary, rotary_tables
 from steerjax.steering.core import NO_END, Steering, apply, token_mask
 
@@ -40,6 +40,17 @@ def structure(cfg: ModelConfig) -> Structure:
     graphdef, state = nnx.split(model)
     block, _ = nnx.split(model.layers)
     return Structure(graphdef, block, state)
+
+
+def num_parameters(cfg: ModelConfig) -> int:
+    """Parameter count implied by ``cfg`` (embeddings counted once when tied)."""
+    n = 0
+    for leaf in leaves(abstract_params(cfg)):
+        size = 1
+        for s in leaf.shape:
+            size *= s
+        n += size
+    return n
 
 
 def abstract_params(cfg: ModelConfig, dtype=None) -> dict:

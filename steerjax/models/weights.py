@@ -17,6 +17,7 @@ import ml_dtypes
 import numpy as np
 
 from steerjax.errors import CheckpointError, ShapeMismatchError, WeightKeyError
+from steerjax.models import transformer
 from steerjax.models.config import ModelConfig, leaves
 
 _ST_DTYPES = {
@@ -122,21 +123,6 @@ def read_hf_directory(path: str) -> dict[str, np.ndarray]:
     raise CheckpointError(f"{path} has no model.safetensors or model.safetensors.index.json.{hint}")
 
 
-def transpose(w: np.ndarray) -> np.ndarray:
-    """HF's ``[out, in]`` linear weight as an ``[in, out]`` kernel."""
-    return w.T
-
-
-def split_rows(start: int, stop: int) -> Callable[[np.ndarray], np.ndarray]:
-    """The hook taking rows ``start:stop`` of a fused ``[out, in]`` weight, as an ``[in, out]`` kernel."""
-    return lambda w: w[start:stop].T
-
-
-def split_columns(start: int, stop: int) -> Callable[[np.ndarray], np.ndarray]:
-    """The hook taking ``[..., start:stop]`` of a fused ``[in, out]`` kernel or ``[out]`` bias."""
-    return lambda w: w[..., start:stop]
-
-
 def build_params(
     tensors: Mapping[str, np.ndarray],
     cfg: ModelConfig,
@@ -159,8 +145,6 @@ def build_params(
       WeightKeyError: tensors are missing or unused (the mis-shaped ones are listed too).
       ShapeMismatchError: only shapes are wrong.
     """
-    from steerjax.models import transformer
-
     tensors = {fam.canonical(k): v for k, v in tensors.items()}
     table = fam.conversion(cfg)
     expected = flatten(transformer.abstract_params(cfg))

@@ -259,17 +259,47 @@ class Steering:
             raise SteeringError("steering vectors contain non-finite values")
 
 
-def normalize_layer(layer: int, num_layers: int) -> int:
-    """Map a block index (negative counts from the end) into ``[0, num_layers)``."""
+def normalize_layer(layer: int, num_layers: int, *, name: str = "layer") -> int:
+    """Map a block index (negative counts from the end) into ``[0, num_layers)``: the one check of
+    a layer's range. ``name`` is how the caller's user spells it (``"--layer"`` on the command line).
+
+    Raises:
+      LayerIndexError: not an int, or out of range (the message gives the valid indices).
+    """
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
-        raise LayerIndexError(f"layer index must be an int, got {layer!r}")
+        raise LayerIndexError(f"{name} index must be an int, got {layer!r}")
     li = int(layer) + num_layers if layer < 0 else int(layer)
     if not 0 <= li < num_layers:
         raise LayerIndexError(
-            f"layer {layer} is out of range: the model has {num_layers} blocks "
+            f"{name} {layer} is out of range: the model has {num_layers} blocks "
             f"(valid indices {-num_layers}..{num_layers - 1})"
         )
     return li
+
+
+def check_vector(cfg, vector, *, where: str = "the steering vector", made_on: str | None = None,
+                 batched: bool = False) -> np.ndarray:
+    """``vector`` as float32 ``[D]`` (``[batch, D]`` too with ``batched``) for a model whose config
+    (anything with ``hidden_size``) is ``cfg``: the one check of a steering vector's width.
+
+    Args:
+      where: the vector as the caller's user knows it (a file name, ``"the vector for layer 3"``).
+      made_on: the model the vector was made on, when known (named in the message).
+
+    Raises:
+      SteeringError: another width (or shape), or non-finite values.
+    """
+    d = int(cfg.hidden_size)
+    arr = np.asarray(vector, dtype=np.float32)
+    if not (arr.shape == (d,) or (batched and arr.ndim == 2 and arr.shape[1] == d)):
+        width = arr.shape[-1] if arr.ndim else "none"
+        want = f"[{d}]" + (f" or [batch, {d}]" if batched else "")
+        src = f" (it was made on {made_on})" if made_on else ""
+        raise SteeringError(f"{where} has width {width} (shape {list(arr.shape)}) but this model's hidden size is "
+                            f"{d}: vectors must be {want}{src}; use a vector made for this model")
+    if not np.all(np.isfinite(arr)):
+        raise SteeringError(f"{where} has non-finite values")
+    return arr
 
 
 def apply(steering: Steering | None, h, vec, mult, mask, layer_on=None):
