@@ -41,6 +41,7 @@ from steerjax.data.batch import SWEEP_PROMPT, TokenBatch, pow2, round_up
 from steerjax.data.examples import Encoded, Example, encode_all
 from steerjax.errors import ContextLengthError, SteeringError
 from steerjax.models.transformer import KVCache, forward, param_dtype, positions_from_mask, unembed
+from steerjax.runs import MODEL_FINGERPRINT
 from steerjax.runs.chunks import RunDirectory, map_chunks
 from steerjax.steering.core import Steering, normalize_layer
 
@@ -145,7 +146,8 @@ def sweep(
     store = None
     if run_dir is not None:
         store = RunDirectory(run_dir, {
-            "kind": "sweep", "model": model.source, "dtype": model.dtype, "layers": layer_ids,
+            "kind": "sweep", "model": model.source, MODEL_FINGERPRINT: model.fingerprint, "dtype": model.dtype,
+            "layers": layer_ids,
             "multipliers": mults.tolist(), "positions": positions, "propensity": propensity, "operator": operator,
             "batch_size": batch_size, "memory_budget_mb": memory_budget_mb, "n_examples": len(examples),
             "examples_sha256": _digest(encoded), "vector_sha256": _digest(table[:, layer_ids].tobytes()),

@@ -62,6 +62,7 @@ def hub(tiny_files, tmp_path, monkeypatch):
     ``HF_ENDPOINT`` does), online, with an empty cache."""
     import huggingface_hub.constants as constants
     import huggingface_hub.file_download as file_download
+    import huggingface_hub.hf_api as hf_api
 
     with HubServer() as server:
         decoys = {"consolidated.safetensors": tiny_files["model.safetensors"], "pytorch_model.bin": b"\0" * 64,
@@ -76,11 +77,12 @@ def hub(tiny_files, tmp_path, monkeypatch):
         server.add("org/sharded", {**sharded, "consolidated.safetensors": tiny_files["model.safetensors"]})
         server.add("org/bin-only", {"config.json": tiny_files["config.json"], "pytorch_model.bin": b"\0" * 64})
         server.cache = str(tmp_path / "hub-cache")
-        monkeypatch.setattr(constants, "ENDPOINT", server.base)
-        monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE",
-                            server.base + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", server.cache)
+        values = {"ENDPOINT": server.base, "HF_HUB_OFFLINE": False, "HF_HUB_CACHE": server.cache,
+                  "HUGGINGFACE_CO_URL_TEMPLATE": server.base + "/{repo_id}/resolve/{revision}/{filename}"}
+        for module in (constants, file_download, hf_api):  # older versions copy the constants at import
+            for name, value in values.items():
+                if hasattr(module, name):
+                    monkeypatch.setattr(module, name, value)
         yield server
 
 

@@ -48,6 +48,7 @@ from steerjax.data.prompt_steering import (
     steering_statements,
 )
 from steerjax.errors import ProfileError
+from steerjax.runs import MODEL_FINGERPRINT
 from steerjax.runs.chunks import RunDirectory, map_chunks
 from steerjax.studies.prompt_steerability.beta import answer_matches, profile_parameters
 from steerjax.studies.prompt_steerability.indices import (
@@ -316,10 +317,11 @@ def run_profiles(model, dims: str | Sequence[str], *, budgets: Sequence[int] = P
                                   template_category=template_category)
     store = None
     if run_dir is not None:
-        store = RunDirectory(run_dir, run_config(
+        store = RunDirectory(run_dir, dict(run_config(
             model.source, model.dtype, dims, budgets=budgets, benchmark_trials=benchmark_trials,
             steering_trials=steering_trials, num_questions=num_questions, confidence_threshold=confidence_threshold,
-            seed=seed, nested=nested, prompt_format=prompt_format, template_category=template_category))
+            seed=seed, nested=nested, prompt_format=prompt_format, template_category=template_category),
+            **{MODEL_FINGERPRINT: model.fingerprint}))
 
     def work(_, chunk):
         dim, trial = chunk
