@@ -221,7 +221,8 @@ def hf_tokens(hf: dict[str, Any], *, tie: bool, bos: int | None = None, eos: Any
 #: fields every transformers config carries that never change a forward pass: bookkeeping, output
 #: switches and generation defaults (sampling is steerjax's own). Token ids are read where needed.
 GENERIC_FIELDS = frozenset({
-    "_name_or_path", "architectures", "auto_map", "transformers_version", "torch_dtype", "dtype", "use_bfloat16",
+    "_name_or_path", "_attn_implementation_autoset", "architectures", "auto_map", "transformers_version",
+    "torch_dtype", "dtype", "use_bfloat16",
     "return_dict", "output_hidden_states", "output_attentions", "output_scores", "torchscript", "tf_legacy_loss",
     "finetuning_task", "id2label", "label2id", "problem_type", "prefix", "task_specific_params", "tokenizer_class",
     "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
