@@ -146,8 +146,8 @@ def sweep(
     store = None
     if run_dir is not None:
         store = RunDirectory(run_dir, {
-            "kind": "sweep", "model": model.source, MODEL_FINGERPRINT: model.fingerprint, "dtype": model.dtype,
-            "layers": layer_ids,
+            "kind": "sweep", "model": model.source, MODEL_FINGERPRINT: getattr(model, "fingerprint", None),
+            "dtype": model.dtype, "layers": layer_ids,
             "multipliers": mults.tolist(), "positions": positions, "propensity": propensity, "operator": operator,
             "batch_size": batch_size, "memory_budget_mb": memory_budget_mb, "n_examples": len(examples),
             "examples_sha256": _digest(encoded), "vector_sha256": _digest(table[:, layer_ids].tobytes()),

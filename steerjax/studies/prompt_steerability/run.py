@@ -321,7 +321,7 @@ def run_profiles(model, dims: str | Sequence[str], *, budgets: Sequence[int] = P
             model.source, model.dtype, dims, budgets=budgets, benchmark_trials=benchmark_trials,
             steering_trials=steering_trials, num_questions=num_questions, confidence_threshold=confidence_threshold,
             seed=seed, nested=nested, prompt_format=prompt_format, template_category=template_category),
-            **{MODEL_FINGERPRINT: model.fingerprint}))
+            **{MODEL_FINGERPRINT: getattr(model, "fingerprint", None)}))
 
     def work(_, chunk):
         dim, trial = chunk

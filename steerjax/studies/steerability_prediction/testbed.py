@@ -114,8 +114,8 @@ def rollouts(
     store = None
     if run_dir is not None:
         store = RunDirectory(run_dir, {
-            "kind": "testbed", "model": str(model.source), MODEL_FINGERPRINT: model.fingerprint,
-            "dtype": model.dtype, "layer": li,
+            "kind": "testbed", "model": str(model.source),
+            MODEL_FINGERPRINT: getattr(model, "fingerprint", None), "dtype": model.dtype, "layer": li,
             "prompts_sha256": digest(ids), "concepts": concept_digests(concepts),
             "strengths": {k: [float(s) for s in v] for k, v in grid.items()},
             "max_new_tokens": int(max_new_tokens), "seed": int(seed), "batch_size": int(batch_size),
