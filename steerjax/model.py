@@ -24,7 +24,7 @@ from steerjax.errors import (
 )
 from steerjax.models import checkpoint, hub, registry, weights
 from steerjax.models import gguf as gguf_io
-from steerjax.models.config import ModelConfig, check_hf_config
+from steerjax.models.config import ModelConfig, check_hf_config, legacy_rope
 from steerjax.models.transformer import forward, positions_from_mask, unembed
 from steerjax.steering.core import Steering, normalize_layer
 
@@ -219,6 +219,9 @@ def config_from_hf(hf: dict) -> ModelConfig:
     """The :class:`ModelConfig` of an HF config dict, its integer fields checked before anything
     is built from them (:func:`steerjax.models.config.check_hf_config`)."""
     check_hf_config(hf)
+    hf = legacy_rope(hf)  # transformers 5 writes rope_parameters
+    if isinstance(hf.get("text_config"), dict):
+        hf = dict(hf, text_config=legacy_rope(hf["text_config"], "config.json text_config"))
     fam = registry.family_for_model_type(hf.get("model_type"), hf.get("architectures"))
     try:
         return fam.config_from_hf(hf)

@@ -13,6 +13,7 @@ import pytest
 from steerjax import errors
 from steerjax.model import config_from_hf, load_config
 from steerjax.models.weights import read_safetensors
+from tests import tiny_models
 
 LLAMA = dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=64, intermediate_size=128,
              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
@@ -153,3 +154,46 @@ def test_gguf_block_count_is_bounded_by_the_file(tmp_path, count):
 def test_gguf_with_consistent_counts_reads(tmp_path):
     assert load_config(_gguf(tmp_path / "m.gguf", 2)).config.num_layers == 2
 
+
+
+# ----------------------------------------------------------------------------- transformers 5 configs
+
+
+def _as_transformers5(hf: dict) -> dict:
+    """A transformers 4 config dict as transformers 5 writes it: the rotary fields folded into
+    ``rope_parameters`` (per layer type for Gemma 3), as dumped from transformers 5.25's configs
+    of the same tiny models."""
+    hf = dict(hf)
+    theta = hf.pop("rope_theta", hf.pop("rotary_emb_base", 10000.0))
+    scaling = hf.pop("rope_scaling", None) or {"rope_type": "default"}
+    rope = dict(scaling, rope_theta=theta)
+    for name in ("partial_rotary_factor", "rotary_pct"):
+        if name in hf:
+            rope["partial_rotary_factor"] = hf.pop(name)
+    if hf.get("model_type") == "gemma3_text":
+        local = {"rope_type": "default", "rope_theta": hf.pop("rope_local_base_freq")}
+        rope = {"full_attention": rope, "sliding_attention": local}
+    hf["rope_parameters"] = rope
+    return hf
+
+
+@pytest.mark.parametrize("name", [n for n in tiny_models.SPECS if n != "gpt2"])
+def test_transformers5_rope_parameters_read_as_the_same_config(name):
+    from tests.test_config_fields import full_config
+
+    old = full_config(name)
+    new = _as_transformers5(old)
+    assert "rope_parameters" in new and "rope_theta" not in new
+    assert config_from_hf(new) == config_from_hf(old)
+
+
+def test_rope_parameters_that_disagree_or_scale_sliding_layers_are_refused():
+    with pytest.raises(errors.CheckpointError, match="rope_theta=10000.0 disagrees with rope_parameters"):
+        config_from_hf(dict(LLAMA, rope_theta=10000.0, rope_parameters={"rope_type": "default", "rope_theta": 5.0}))
+    with pytest.raises(errors.CheckpointError, match="rope_parameters must be an object"):
+        config_from_hf(dict(LLAMA, rope_parameters=[1]))
+    gemma = {"model_type": "gemma3_text", "rope_parameters": {
+        "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+        "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}}
+    with pytest.raises(errors.UnsupportedArchitectureError, match="sliding layers"):
+        config_from_hf(gemma)

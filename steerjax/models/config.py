@@ -163,6 +163,42 @@ def check_hf_config(hf: Any, where: str = "config.json") -> None:
         check_hf_config(text, f"{where} text_config")
 
 
+def legacy_rope(hf: dict[str, Any], where: str = "config.json") -> dict[str, Any]:
+    """A transformers 5 config's ``rope_parameters`` as the fields transformers 4 wrote and the
+    families read: ``rope_theta``, ``partial_rotary_factor``, ``rope_scaling`` (when the type is
+    not ``default``) and, for Gemma 3's per-layer-type parameters, ``rope_local_base_freq`` (the
+    sliding layers' base). A config without ``rope_parameters`` is returned as it is.
+
+    Raises:
+      CheckpointError: ``rope_parameters`` is not an object, or disagrees with a field also present.
+      UnsupportedArchitectureError: scaled rotary embeddings on the sliding layers.
+    """
+    rope = hf.get("rope_parameters")
+    if rope is None:
+        return hf
+    if not isinstance(rope, dict):
+        raise CheckpointError(f"{where} field rope_parameters must be an object, got {rope!r}")
+    out = {k: v for k, v in hf.items() if k != "rope_parameters"}
+    if rope and set(rope) <= {"full_attention", "sliding_attention"}:  # per layer type (Gemma 3)
+        local = rope.get("sliding_attention") or {}
+        if local.get("rope_type", "default") != "default":
+            raise UnsupportedArchitectureError(f"{where}: scaled rotary embeddings on the sliding layers "
+                                               f"({local}) are not supported")
+        if "rope_theta" in local:
+            out["rope_local_base_freq"] = local["rope_theta"]
+        rope = rope.get("full_attention") or {}
+    rope = dict(rope)
+    for name in ("rope_theta", "partial_rotary_factor"):
+        if name in rope:
+            value = rope.pop(name)
+            if out.get(name) is not None and out[name] != value:
+                raise CheckpointError(f"{where}: {name}={out[name]!r} disagrees with rope_parameters ({value!r})")
+            out[name] = value
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        out["rope_scaling"] = rope
+    return out
+
+
 def leaves(tree):
     """The leaves of a tree of nested dicts (params, shapes), in insertion order."""
     if isinstance(tree, dict):
