@@ -195,3 +195,12 @@ def test_the_cli_reads_hf_endpoint_and_revision(hub, tmp_path):
     info = json.loads(r.stdout)
     assert info["commit"] == hub.v1 and info["num_layers"] == 2
     assert set(hub.fetched("org/tiny")) == {"config.json"} | TOKENIZER
+
+
+def test_revision_flag_errors(capsys):
+    from steerjax.cli import main
+
+    assert main(["info", "org/tiny@v1", "--revision", "v2"]) == 2
+    assert "already names a revision" in capsys.readouterr().err
+    assert main(["info", "org/tiny", "--revision", ""]) == 2
+    assert "--revision '': give a branch, tag or commit" in capsys.readouterr().err
