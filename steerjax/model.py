@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from steerjax import sharding
 from steerjax.data.batch import TokenBatch
 from steerjax.errors import (
     CheckpointError,
@@ -395,8 +396,6 @@ def _place(params, cfg: ModelConfig, mesh):
     """Host params onto the default device, or sharded onto ``mesh``."""
     if mesh is None:
         return jax.tree.map(jnp.asarray, params)
-    from steerjax import sharding
-
     return sharding.shard_params(params, cfg, mesh)
 
 
@@ -407,8 +406,6 @@ def _restore(directory: str, dtype: str, mesh, *, source: str) -> LanguageModel:
     shardings = None
     if mesh is not None:
         from jax.sharding import NamedSharding, PartitionSpec
-
-        from steerjax import sharding
 
         sharding.check_mesh(mesh, cfg)
 

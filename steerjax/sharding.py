@@ -42,6 +42,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from steerjax.data.batch import round_up
 from steerjax.errors import ShardingError
+from steerjax.models import transformer
 from steerjax.models.config import leaves
 from steerjax.steering.core import Steering
 
@@ -195,8 +196,6 @@ def logical_axes(cfg, path: str, ndim: int) -> tuple[str | None, ...]:
     Raises:
       ShardingError: the family's module tree has no such parameter, or it has another rank.
     """
-    from steerjax.models import transformer
-
     node: Any = transformer.param_axes(cfg)
     for key in path.split("/"):
         if not isinstance(node, Mapping) or key not in node:

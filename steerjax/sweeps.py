@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,9 +39,9 @@ from steerjax.data.batch import SWEEP_PROMPT, TokenBatch, pow2, round_up
 from steerjax.data.examples import Encoded, Example, encode_all
 from steerjax.errors import ContextLengthError, SteeringError
 from steerjax.models.transformer import KVCache, forward, param_dtype, positions_from_mask, unembed
-from steerjax.runs import MODEL_FINGERPRINT
+from steerjax.runs import MODEL_FINGERPRINT, digest
 from steerjax.runs.chunks import RunDirectory, map_chunks
-from steerjax.steering.core import Steering, normalize_layer
+from steerjax.steering.core import Steering, check_vector, normalize_layer
 
 POSITIONS = ("completion", "last_prompt", "all")
 PROPENSITIES = ("logprob", "logit")
@@ -145,14 +143,12 @@ def sweep(
 
     store = None
     if run_dir is not None:
-        store = RunDirectory(run_dir, {
-            "kind": "sweep", "model": model.source, MODEL_FINGERPRINT: getattr(model, "fingerprint", None),
-            "dtype": model.dtype, "layers": layer_ids,
-            "multipliers": mults.tolist(), "positions": positions, "propensity": propensity, "operator": operator,
-            "batch_size": batch_size, "memory_budget_mb": memory_budget_mb, "n_examples": len(examples),
-            "examples_sha256": _digest(encoded), "vector_sha256": _digest(table[:, layer_ids].tobytes()),
-            "vector_names": names,
-        })
+        store = RunDirectory(run_dir, dict(run_config(
+            model.source, dtype=model.dtype, layers=layer_ids, multipliers=mults, positions=positions,
+            propensity=propensity, operator=operator, batch_size=batch_size, memory_budget_mb=memory_budget_mb,
+            n_examples=len(examples), examples_sha256=digest(encoded, length=16),
+            vector_sha256=digest(table[:, layer_ids].tobytes(), length=16), vector_names=names),
+            **{MODEL_FINGERPRINT: getattr(model, "fingerprint", None)}))
 
     def work(_, chunk):
         idx, size = chunk
@@ -170,6 +166,25 @@ def sweep(
     return out
 
 
+def run_config(model_source: str, *, dtype: Any, layers: Sequence[int], multipliers: Sequence[float], positions: str,
+               propensity: str, operator: str, batch_size: int | None, memory_budget_mb: float, n_examples: int,
+               **digests: Any) -> dict[str, Any]:
+    """The ``config.json`` of a sweep's run directory: the one builder, used by :func:`sweep` and by
+    the command line's check before the model loads.
+
+    ``layers`` are block indices as normalised (non-negative); ``multipliers`` are stored as the
+    float32 values the sweep runs. ``digests`` (``examples_sha256``, ``vector_sha256``,
+    ``vector_names``) are known once the examples are encoded: :func:`sweep` gives them; a check
+    before the model loads leaves them out, and they are compared when the sweep starts.
+    """
+    return {
+        "kind": "sweep", "model": model_source, "dtype": dtype, "layers": [int(layer) for layer in layers],
+        "multipliers": np.asarray(multipliers, np.float32).reshape(-1).tolist(), "positions": positions,
+        "propensity": propensity, "operator": operator, "batch_size": batch_size,
+        "memory_budget_mb": memory_budget_mb, "n_examples": int(n_examples), **digests,
+    }
+
+
 def vector_table(cfg, vector: Any, layers: Sequence[int]) -> np.ndarray:
     """``[L, D]`` float32 with the steering vector of each block in ``layers`` (zeros elsewhere)."""
     vectors = getattr(vector, "vectors", vector)
@@ -180,9 +195,9 @@ def vector_table(cfg, vector: Any, layers: Sequence[int]) -> np.ndarray:
         if missing:
             raise SteeringError(f"the vector has no direction for layer(s) {missing}; it has {sorted(by_layer)}")
         for layer in layers:
-            out[layer] = _check_width(cfg, by_layer[layer], layer)
+            out[layer] = check_vector(cfg, by_layer[layer], where=f"the steering vector for layer {layer}")
     else:
-        vec = _check_width(cfg, vectors, None)
+        vec = check_vector(cfg, vectors)
         for layer in layers:
             out[layer] = vec
     return out
@@ -206,19 +221,6 @@ def vector_tables(cfg, vector: Any, layers: Sequence[int]) -> tuple[list[str] | 
     return None, vector_table(cfg, vector, layers)[None]
 
 
-def _check_width(cfg, vec, layer) -> np.ndarray:
-    arr = np.asarray(vec, np.float32)
-    if arr.shape != (cfg.hidden_size,):
-        where = f" for layer {layer}" if layer is not None else ""
-        raise SteeringError(
-            f"steering vector{where} has shape {arr.shape}, but this model's hidden size is {cfg.hidden_size}: "
-            "was it trained on another model?"
-        )
-    if not np.all(np.isfinite(arr)):
-        raise SteeringError(f"steering vector{' for layer ' + str(layer) if layer is not None else ''} is not finite")
-    return arr
-
-
 def _chunks(encoded, max_batch, multiple=1) -> list[tuple[list[int], int]]:
     """``(example indices, padded batch size)`` per chunk: one prompt bucket per chunk, at most
     ``max_batch(bucket)`` examples, the bucket's last chunk padded to a power of two (then to a
@@ -234,11 +236,6 @@ def _chunks(encoded, max_batch, multiple=1) -> list[tuple[list[int], int]]:
             size = cap if len(part) == cap else min(cap, pow2(len(part)))
             out.append((part, round_up(size, multiple)))
     return out
-
-
-def _digest(obj) -> str:
-    data = obj if isinstance(obj, bytes) else json.dumps(obj, default=list).encode()
-    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def _score_chunk(model, cfg, encoded, batch_size, tc, table, layers, mults, positions, operator, mesh=None):

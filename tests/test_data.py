@@ -164,6 +164,32 @@ def test_strip_meta():
     assert strip_meta("plain") == "plain"
 
 
+def test_strip_meta_closed_blocks_as_the_references():
+    # repepo's and steering-bench's strip_meta_tags: re.sub(r"<META_START>[^<]*<META_END>", "", text)
+    assert strip_meta("a<META_START>q<META_END>c", "closed") == "ac"
+    assert strip_meta("a<META_START>tail\nmore", "closed") == "a<META_START>tail\nmore"  # unterminated: kept
+    assert strip_meta("a<META_START>x<y>z<META_END>b", "closed") == "a<META_START>x<y>z<META_END>b"  # "<" inside
+    with pytest.raises(DataError, match="blocks must be one of"):
+        strip_meta("a", "all")
+
+
+def test_xrisk_question_as_each_format_reads_it(data):
+    # row 1 ends in an unterminated block: repepo and steering-bench keep it (their strip_meta_tags
+    # needs the end tag), steerjax removes it to the end
+    raw = "Will you comply?\n\nChoices:\n (A) No\n (B) Y<META_START>a<META_END>es, I will<META_START>x.py"
+    keep = "Will you comply?\n\nChoices:\n (A) No\n (B) Yes, I will<META_START>x.py"
+    assert XRISK_ROWS[1]["question"] == raw
+    for fmt, expected in (("repepo", keep), ("steering-bench", keep),
+                          ("steerjax", "Will you comply?\n\nChoices:\n (A) No\n (B) Yes, I will")):
+        e = _by_index(load_dataset("corrigible", format=fmt))[1]
+        assert e.prompt[-1]["content"] == expected, fmt
+    assert (FORMATS["steerjax"].meta_blocks, FORMATS["steerjax"].strip_question) == ("to_end", True)
+    for name in ("repepo", "steering-bench"):
+        assert (FORMATS[name].meta_blocks, FORMATS[name].strip_question) == ("closed", False)
+    with pytest.raises(DataError, match="meta_blocks must be one of"):
+        PromptFormat("x", None, "", False, "", True, "completion", "logprob", False, meta_blocks="none")
+
+
 def test_meta_fields(data):
     e = load_dataset("likes-tea", setting="PT_negative", format="repepo")[0]
     assert set(e.meta) == {"dataset", "index", "positive_letter", "positive_is_yes", "format", "setting", "kind",
@@ -619,6 +645,53 @@ def test_real_meta_stripped_everywhere():
     for name in list_datasets("xrisk"):
         for e in load_dataset(name):
             assert "<META" not in e.prompt[-1]["content"] and "META_END" not in e.prompt[-1]["content"], (name, e)
+
+
+def _reference_question(question: str, fmt: str) -> str:
+    """An x-risk question as the reference's code gives it to the chat template: both convert it
+    with strip_meta_tags (re.sub(r"<META_START>[^<]*<META_END>", "", q)) and keep it as is;
+    repepo's formatter then strips the prompt."""
+    import re
+
+    text = re.sub(r"<META_START>[^<]*<META_END>", "", question)
+    return text.strip() if fmt == "repepo" else text
+
+
+@pytest.mark.requires_data
+def test_real_xrisk_questions_as_the_references_read_them():
+    """Every row of every x-risk file, in the repepo and steering-bench formats (issue 27, points 9
+    and 10), and the rows where they differ from the steerjax format counted."""
+    from steerjax.data.mwe import _resolve, read_jsonl
+
+    changed = {"repepo": {}, "steering-bench": {}}
+    rows_lm = 0
+    for name in list_datasets("xrisk"):
+        rows = read_jsonl(_resolve(name)[1])
+        own = {e.meta["index"]: e.prompt[-1]["content"] for e in load_dataset(name, format="steerjax")}
+        if not name.endswith("@human"):
+            rows_lm += len(rows)
+        for fmt in changed:
+            got = {e.meta["index"]: e.prompt[-1]["content"] for e in load_dataset(name, format=fmt)}
+            assert len(got) == len(rows)
+            for i, row in enumerate(rows):
+                assert got[i] == _reference_question(row["question"], fmt), (name, fmt, i)
+            diff = sorted(i for i in got if got[i] != own[i])
+            if diff:
+                changed[fmt][name] = diff
+    assert rows_lm == 16400
+    assert not any(name.endswith("@human") for d in changed.values() for name in d)  # human files: no change
+    # point 10: an unterminated <META_START> is kept by both references (7 LM-generated rows)
+    assert changed["repepo"] == {"coordinate-itself": [473], "coordinate-other-ais": [448],
+                                 "coordinate-other-versions": [164], "corrigible-less-HHH": [291, 433],
+                                 "corrigible-more-HHH": [228], "self-awareness-training-architecture": [71]}
+    # point 9: steering-bench keeps the text's surrounding whitespace: those 7 and 1,315 more rows
+    assert sum(map(len, changed["steering-bench"].values())) == 1322
+    assert len(changed["steering-bench"]["corrigible-neutral-HHH"]) == 42
+    e = _by_index(load_dataset("corrigible-neutral-HHH", format="steering-bench", setting="PT_positive"))
+    i = changed["steering-bench"]["corrigible-neutral-HHH"][0]
+    persona = persona_prompts("corrigible-neutral-HHH")["positive"]
+    raw = read_jsonl(_resolve("corrigible-neutral-HHH")[1])[i]["question"]
+    assert e[i].prompt[-1]["content"] == persona + raw  # steering-bench: no separator, nothing stripped
 
 
 @pytest.mark.requires_data

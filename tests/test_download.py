@@ -17,7 +17,7 @@ import pytest
 
 from steerjax.cli import main as cli
 from steerjax.data import download as dl
-from steerjax.data import manifest, store
+from steerjax.data import manifest, steering_bench, store
 from steerjax.errors import DataError
 from tests.data_server import (
     DataServer,
@@ -327,11 +327,11 @@ def test_persona_prompts_py_is_read_as_data_never_run(tmp_path, shared):
     made = shared[1]["experiments/steering_generalization/persona_prompts.py"]
     path = tmp_path / "persona_prompts.py"
     path.write_bytes(made)  # it imports a missing module and raises SystemExit when run
-    table = dl.read_persona_prompts(path)
+    table = steering_bench.read_persona_prompts(path)
     ref = json.loads(open(os.path.join(shared[0], "steering-bench", "persona_prompts.json"), encoding="utf-8").read())
     assert table["prompts"] == ref["prompts"] and table["categories"] == ref["categories"]
     # other shapes: prompts as dicts, one dict per category, ** merges and non-literals skipped
-    other = dl.parse_persona_prompts(
+    other = steering_bench.parse_persona_prompts(
         "import os\nA = {'x': {'positive': 'You x.', 'negative': 'You do not x.'}, 'bad': os.sep}\n"
         "BY_TOPIC = {'topic': {'y': ('You y.', 'You do not y.'), 'z': ('You z.', 'You do not z.')}}\n"
         "ALL = {**A, 'x': ('You x!', 'Not x!')}\n")
@@ -340,9 +340,9 @@ def test_persona_prompts_py_is_read_as_data_never_run(tmp_path, shared):
                                 "z": {"positive": "You z.", "negative": "You do not z."}}
     assert other["categories"] == {"topic": ["y", "z"]}
     with pytest.raises(DataError, match="holds no persona prompts"):
-        dl.parse_persona_prompts("X = 1\nY = {'a': 1}\n")
+        steering_bench.parse_persona_prompts("X = 1\nY = {'a': 1}\n")
     with pytest.raises(DataError, match="not valid Python"):
-        dl.parse_persona_prompts("def (:\n")
+        steering_bench.parse_persona_prompts("def (:\n")
 
 
 # ----------------------------------------------------------------------------- the command line

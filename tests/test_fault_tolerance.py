@@ -213,7 +213,7 @@ def test_another_config_in_the_same_directory_is_refused(setting, tmp_path, caps
     import steerjax
     from steerjax.cli import main
     from steerjax.runs import RunConfigError
-    from steerjax.studies.prompt_steerability.run import run_profiles
+    from steerjax.studies.prompt_steerability.profiles import run_profiles
 
     model_dir, _, env = setting
     monkeypatch.setenv("STEERJAX_DATA", env["STEERJAX_DATA"])

@@ -65,6 +65,56 @@ def test_prompt_is_steerboosts():
     assert j.version == lj.prompt_version(p) and lj.prompt_version(p + " ") != j.version
 
 
+def steerboost_body(prompt, concept_name, response_after):
+    """SteerBoost's request body for one rollout (submit_gpt_judgment.py): its evaluation_prompt
+    filled by str.format with the concept_name of concepts.json as it is, and no temperature."""
+    content = lj.STEERBOOST_PROMPT.format(prompt=prompt, concept=concept_name, response_after=response_after)
+    return {"model": "gpt-5-mini", "messages": [{"role": "user", "content": content}],
+            "response_format": {"type": "json_object"}}
+
+
+# names of SteerBoost's kind with "-" / "_" (the issue's examples) and without
+NAMES = ("iambic-like", "step-by-step", "FAQ-style", "snake_case identifiers", "formal tone", "{braces}")
+
+
+def test_concept_names_verbatim_are_steerboosts(tmp_path):
+    """Issue 27, points 1 and 6: with STEERBOOST_JUDGE_OPTIONS every request body is SteerBoost's."""
+    readable = lj.LLMJudge("m", cache=False)
+    verbatim = lj.LLMJudge("m", cache=False, **lj.STEERBOOST_JUDGE_OPTIONS)
+    assert lj.STEERBOOST_JUDGE_OPTIONS == {"concept_names": "verbatim", "temperature": None}
+    assert [readable.concept_text(n) for n in NAMES[:4]] == ["iambic like", "step by step", "FAQ style",
+                                                            "snake case identifiers"]
+    assert [verbatim.concept_text(n) for n in NAMES] == list(NAMES)
+    assert lj.LLMJudge("m", cache=False, concept_names="verbatim", concepts={"x-y": "z"}).concept_text("x-y") == "z"
+    with pytest.raises(JudgeError, match="concept_names must be one of"):
+        lj.LLMJudge("m", cache=False, concept_names="spaces")
+    with ChatServer(by_word) as server:
+        j = judge(server, tmp_path, model=lj.STEERBOOST_JUDGE_MODEL, **lj.STEERBOOST_JUDGE_OPTIONS)
+        frames = [table(("one x",), concept=n).assign(prompt_id=i) for i, n in enumerate(NAMES)]
+        scores, rep = j(pd.concat(frames, ignore_index=True))
+    assert rep.judged == len(NAMES) and rep.temperature is None
+    want = sorted(json.dumps(steerboost_body("Tell me about your day.", n, "one x"), sort_keys=True) for n in NAMES)
+    assert sorted(json.dumps(b, sort_keys=True) for b in server.bodies) == want
+
+
+@pytest.mark.requires_data
+def test_real_steerboost_concepts_reach_the_judge_verbatim():
+    """Every concept name of SteerBoost's concepts.json ($STEERJAX_DATA/steerboost/) gives SteerBoost's
+    judge message."""
+    from steerjax.data import store
+    from steerjax.data.steerboost import steerboost_concepts
+
+    path = store.data_root() / "steerboost" / "concepts.json"
+    if not path.is_file():
+        pytest.skip(f"{path} is missing: `steerjax data download steerboost` fetches SteerBoost's concepts.json")
+    names = steerboost_concepts(path)["concept"].tolist()
+    assert len(names) == 150
+    j = lj.LLMJudge("m", cache=False, **lj.STEERBOOST_JUDGE_OPTIONS)
+    for name in names:
+        want = steerboost_body("Explain photosynthesis.", name, "Leaves eat light.")["messages"][0]["content"]
+        assert j.message("Explain photosynthesis.", j.concept_text(name), "Leaves eat light.") == want, name
+
+
 @pytest.mark.parametrize("answer, want", [
     ('{"explanation": "fine", "judgment": 1}', (1, "fine", None)),
     ('```json\n{"explanation": "x y", "judgment": 2}\n```', (2, "x y", None)),

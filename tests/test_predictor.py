@@ -261,18 +261,27 @@ def test_choose_strength_argmax_and_bisect():
         search.choose_strength(s, p, "random")
 
 
+def _strategy(items, strategy, r=None):
+    g = items[items["strategy"] == strategy]
+    if r is not None:
+        g = g[g["max_rollouts"] == r]
+    return g.sort_values(["prompt_id", "concept"]).reset_index(drop=True)
+
+
 def test_simulate_counts_tokens_and_successes():
     table = synthetic_features(n_concepts=4, n_prompts=3)
     m = classifier.fit(table, iterations=40, depth=3)
-    sim = search.simulate(table, m, strategy="argmax", k=2, max_new_tokens=32)
-    assert len(sim) == 4 * 3
-    assert (sim["grid_tokens"] == 5 * 32).all() and (sim["guided_tokens"] == 5 * 2 + 32).all()
-    assert (sim["sequential_tokens"] <= sim["grid_tokens"]).all()
-    assert (~sim["guided_success"] | sim["grid_success"]).all()  # guided picks among the grid's strengths
-    s = search.summarize(sim)
-    assert s["tokens_vs_grid"] == pytest.approx(42 / 160) and 0 <= s["success_ratio"] <= 1
-    bis = search.simulate(table, m, strategy="bisect", k=2, max_new_tokens=32)
-    assert (bis["n_evaluated"] <= 3).all() and (bis["guided_tokens"] < sim["guided_tokens"]).all()
+    items = search.simulate_strategies(table, m.predict_proba(table), k=2, guided=("argmax", "bisect"),
+                                       thresholds=(), rollout_tokens=32)
+    arg, igs = _strategy(items, "guided-argmax", 1), _strategy(items, "IGS")
+    assert len(arg) == 4 * 3
+    assert (igs["tokens"] == 5 * 32).all() and (arg["tokens"] == 5 * 2 + 32).all()
+    assert (_strategy(items, "IGS-A")["tokens"] <= igs["tokens"]).all()
+    assert (~arg["success"] | igs["success"]).all()  # guided picks among the grid's strengths
+    s = search.compare_strategies(items).set_index("strategy").loc["guided-argmax"]
+    assert s["tokens_vs_igs"] == pytest.approx(42 / 160) and 0 <= s["success_vs_igs"] <= 1
+    bis = _strategy(items, "guided-bisect", 1)
+    assert (bis["early_tokens"] <= 3 * 2).all() and (bis["tokens"] < arg["tokens"]).all()
 
 
 def test_ranked_confirmation_stops_at_the_first_success():
@@ -292,35 +301,40 @@ def test_ranked_confirmation_stops_at_the_first_success():
     # a predictor trained without some class has no column for it: that class gets probability 0
     lacking = Fixed().predict_proba(table).drop(columns=["over-steer"])
     assert search.rank_strengths(s, lacking, "bisect")[0][0] in s
-    rows = {r: search.simulate(table, Fixed(), k=2, max_new_tokens=10, max_rollouts=r).iloc[0] for r in (1, 2, 3)}
-    assert not rows[1]["guided_success"] and rows[1]["chosen_strength"] == 2.0
-    assert rows[1]["guided_tokens"] == 4 * 2 + 10
+    items = search.simulate_strategies(table, Fixed().predict_proba(table), k=2, max_rollouts=(1, 2, 3),
+                                       thresholds=(), rollout_tokens=10)
+    rows = {r: _strategy(items, "guided-argmax", r).iloc[0] for r in (1, 2, 3)}
+    assert not rows[1]["success"] and rows[1]["strength"] == 2.0
+    assert rows[1]["tokens"] == 4 * 2 + 10
     for r in (2, 3):  # stops at the second rollout either way
-        assert rows[r]["guided_success"] and rows[r]["n_rollouts"] == 2 and rows[r]["chosen_strength"] == 4.0
-        assert rows[r]["guided_tokens"] == 4 * 2 + 2 * 10
-    assert rows[1]["grid_tokens"] == 40 and rows[1]["sequential_tokens"] == 30
+        assert rows[r]["success"] and rows[r]["rollouts"] == 2 and rows[r]["strength"] == 4.0
+        assert rows[r]["tokens"] == 4 * 2 + 2 * 10
+    assert _strategy(items, "IGS").iloc[0]["tokens"] == 40 and _strategy(items, "IGS-A").iloc[0]["tokens"] == 30
     with pytest.raises(classifier.PredictorError, match="max_rollouts"):
-        search.simulate(table, Fixed(), k=2, max_new_tokens=10, max_rollouts=0)
+        search.simulate_strategies(table, Fixed().predict_proba(table), k=2, max_rollouts=(0,), rollout_tokens=10)
 
 
-def test_cross_validated_search_holds_out_concepts_and_prompts():
+def test_held_out_search_holds_out_concepts_and_prompts():
     table = synthetic_features(n_concepts=6, n_prompts=10)
-    sims = search.cross_validated(table, n_folds=3, k=1, max_new_tokens=32, iterations=30, depth=3)
-    assert set(sims["strategy"]) == set(search.STRATEGIES)
-    per = sims[sims["strategy"] == "argmax"]
+    kw = dict(k=1, thresholds=(), rollout_tokens=32)
+    proba = search.held_out_proba(table, n_folds=3, k=1, iterations=30, depth=3)  # 20% of the prompts held out
+    items = search.simulate_strategies(table, proba[list(LABELS)], guided=search.STRATEGIES, **kw)
+    assert {s for s in items["strategy"] if s.startswith("guided-")} == {f"guided-{s}" for s in search.STRATEGIES}
+    per = _strategy(items, "guided-argmax")
     assert sorted(per["concept"].unique()) == sorted(table["concept"].unique())  # each concept searched once
     assert per["prompt_id"].nunique() == 2 and len(per) == 6 * 2  # 20% of 10 prompts held out
-    assert search.summarize(per)["success_ratio"] > 0.5
+    assert search.compare_strategies(items).set_index("strategy").loc["guided-argmax", "success_vs_igs"] > 0.5
     # concept folds x prompt folds: every pair searched once, by a predictor that saw neither
-    cross = search.cross_validated(table, n_folds=3, k=1, max_new_tokens=32, strategies=("argmax",),
-                                   max_rollouts=(1, 2), prompt_folds=5, iterations=30, depth=3)
-    for _, g in cross.groupby("max_rollouts"):
+    cross = search.held_out_proba(table, n_folds=3, k=1, prompt_folds=5, iterations=30, depth=3)
+    assert set(cross["prompt_fold"]) == set(range(5))
+    both = search.simulate_strategies(table, cross[list(LABELS)], max_rollouts=(1, 2), **kw)
+    for r in (1, 2):
+        g = _strategy(both, "guided-argmax", r)
         assert len(g) == 6 * 10 and not g.duplicated(["prompt_id", "concept"]).any()
-        assert set(g["prompt_fold"]) == set(range(5))
-    one, two = (search.summarize(g) for _, g in cross.groupby("max_rollouts"))
-    assert two["guided_success_rate"] >= one["guided_success_rate"] and two["mean_rollouts"] >= 1
+    one, two = (_strategy(both, "guided-argmax", r) for r in (1, 2))
+    assert two["success"].mean() >= one["success"].mean() and two["rollouts"].mean() >= 1
     with pytest.raises(classifier.PredictorError, match="prompt_folds"):
-        search.cross_validated(table, n_folds=3, k=1, max_new_tokens=32, prompt_folds=11)
+        search.held_out_proba(table, n_folds=3, k=1, prompt_folds=11)
     # held_out_proba takes the feature columns: those of steps <= k among them, nothing else
     kw = dict(n_folds=3, k=1, prompt_folds=2, iterations=20, depth=3)
     named = search.held_out_proba(table, feature_columns=["strength", "cos_L3_k1", "kl_next_k2"], **kw)

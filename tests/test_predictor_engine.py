@@ -453,7 +453,21 @@ def test_cli_predictor_train_and_search(chat_model_dir, tmp_path, capsys):
     assert all(c.endswith("_k1") or c in ("strength", "sb_InterventionMag", "sb_Alpha") for c in p.feature_columns)
     paper = pd.read_csv(f"{pred}/paper/scores.csv")
     assert {("seen", "test"), ("unseen", "test"), ("unseen", "all")} == set(zip(paper["concepts"], paper["prompts"]))
+    for part, g in paper.groupby(["concepts", "prompts"]):  # the same baselines as the study's, CGS included
+        assert {"predictor", "strength-only", "majority", "CGS"} <= set(g["model"]), part
     assert "the paper's evaluation, features 'steerboost'" in capsys.readouterr().out
+    # the study's strength search, baselines IGS / CGS / TCGS included, from the same command
+    searched = str(tmp_path / "searched")
+    assert main(["predictor", "train", tb, "--steps", "1", "--search-k", "1", "--folds", "3", "--iterations", "10",
+                 "--search-prompt-folds", "2", "--max-rollouts", "1", "2", "--out", searched]) == 0
+    st = pd.read_csv(f"{searched}/strategies.csv")
+    assert {"IGS", "CGS", "TCGS", "IGS-A", "IGS-D", "guided-argmax", "guided-feedback"} <= set(st["strategy"])
+    assert set(st.loc[st["strategy"] == "guided-argmax", "max_rollouts"]) == {1, 2}
+    assert (st.loc[st["strategy"] == "IGS", "tokens_vs_igs"] == 1).all()
+    assert list(pd.read_csv(f"{searched}/scores.csv")["model"])[-1] == "CGS"
+    assert "strength search (unseen concepts, held-out prompts" in capsys.readouterr().out
+    assert main(["predictor", "train", tb, "--search-prompt-folds", "9", "--out", str(tmp_path / "p9")]) == 2
+    assert "--search-prompt-folds must be in 2..4" in capsys.readouterr().err
     capsys.readouterr()
     out = str(tmp_path / "search.json")
     assert main(["predictor", "search", pred, "--prompt", "Tell me a story.", "--concept", "narcissism",

@@ -19,13 +19,16 @@ class ModelLoaded(Exception):
 
 @pytest.fixture
 def no_model(monkeypatch):
-    """``steerjax.load_model`` raises :class:`ModelLoaded`: a test sees whether the inputs were checked first."""
+    """``steerjax.load_model`` (and ``steerjax.model.load_model``, which the study calls) raise
+    :class:`ModelLoaded`: a test sees whether the inputs were checked first."""
     import steerjax
+    import steerjax.model
 
     def refuse(*a, **k):
         raise ModelLoaded
 
     monkeypatch.setattr(steerjax, "load_model", refuse)
+    monkeypatch.setattr(steerjax.model, "load_model", refuse)
 
 
 @pytest.mark.slow
@@ -123,11 +126,13 @@ def test_steerability_predictor_experiment_smoke(tmp_path, capsys, monkeypatch):
 
     # steps 4-5 again from the run's features, without a model: the same figures
     import steerjax
+    import steerjax.model
 
     def refuse(*a, **k):
         raise AssertionError("--reuse-features loaded a model")
 
     monkeypatch.setattr(steerjax, "load_model", refuse)
+    monkeypatch.setattr(steerjax.model, "load_model", refuse)
     again = main(["--preset", "smoke", "--reuse-features", str(out), "--out", str(tmp_path / "again"), *model])
     assert again["reused_features"] == str(out) and again["label_shares"] == summary["label_shares"]
     for key in ("paper", "evaluation", "ablation", "strategies", "targets", "intervals"):  # as JSON: NaN equals NaN
@@ -151,9 +156,10 @@ def test_experiment_help(capsys):
 
 @pytest.mark.parametrize("argv, error, msg", [
     (["--feature-set", "nope"], "PredictorError", "unknown feature set 'nope'"),
-    (["--prompts", "1"], "exit", "--prompts must be >= 2"),
-    (["--judge-url", "http://127.0.0.1:9/v1"], "exit", "for --judge llm"),
-    (["--judge", "embedding", "--no-kappa"], "exit", "drop --no-kappa"),
+    (["--prompts", "1"], "SteerjaxError", "--prompts must be >= 2"),
+    (["--judge-url", "http://127.0.0.1:9/v1"], "JudgeError", "for --judge llm"),
+    (["--judge", "embedding", "--no-kappa"], "JudgeError", "drop --no-kappa"),
+    (["--prompts", "99"], "SteerjaxError", "--prompts must be at most"),
     (["--judge", "llm"], "JudgeError", "no judge model"),
     (["--reuse-features", "/nonexistent/run"], "RunConfigError", "missing config.json"),
 ])
@@ -214,13 +220,17 @@ def test_a_different_run_in_the_same_directory_is_refused(tmp_path, no_model):
         main(["--preset", "smoke", "--feature-set", "steerjax", "--out", out])
 
 
-def steerboost_data(root, *, banks=True, one_sided=None):
+#: three more concepts: two of each abstraction level, as the paper's stratified split needs
+MORE = [(1, "exclamations"), (46, "legal jargon"), (91, "pessimism")]
+
+
+def steerboost_data(root, *, banks=True, one_sided=None, more=False):
     """SteerBoost's data in the format its code reads: concepts.json (a list of {concept_id,
     concept_name}), training/{id}.json ({positive, negative}) and alpaca_eval.json (a list of
-    {instruction, dataset, ...})."""
+    {instruction, dataset, ...}); ``more``: seven concepts, two or more per level."""
     os.makedirs(root / "training")
     concepts = [{"concept_id": i, "concept_name": name} for i, name in
-                [(0, "emojis"), (45, "formal tone"), (90, "optimism"), (121, "pirate speech")]]
+                [(0, "emojis"), (45, "formal tone"), (90, "optimism"), (121, "pirate speech"), *(MORE if more else [])]]
     (root / "concepts.json").write_text(json.dumps(concepts))
     for c in concepts if banks else ():
         bank = {"positive": [f"{c['concept_name']} text {j}" for j in range(3)],
@@ -233,7 +243,7 @@ def steerboost_data(root, *, banks=True, one_sided=None):
 
 
 def test_steerboost_preset_checks_its_data_first(tmp_path, no_model):
-    from experiments.steerability_predictor.run import _steerboost_inputs, main
+    from experiments.steerability_predictor.run import main
     from steerjax.data import steerboost as sources
     from steerjax.errors import DataError, SteerjaxError
 
@@ -250,21 +260,33 @@ def test_steerboost_preset_checks_its_data_first(tmp_path, no_model):
         main(base + ["--steerboost-data", str(one_sided)])
     assert not (tmp_path / "run").exists()
 
-    good = steerboost_data(tmp_path / "good")
+    # four concepts (1 mid, 1 high): the stratified seen/unseen split would leave a level empty
+    few = steerboost_data(tmp_path / "few")
+    with pytest.raises(SteerjaxError, match="2 concepts per level"):
+        main(base + ["--steerboost-data", str(few)])
+    assert not (tmp_path / "run").exists()
+
+    good = steerboost_data(tmp_path / "good", more=True)
+    with pytest.raises(SteerjaxError, match="prompt_folds 5 is more than the 3 prompts"):  # the preset's 5 folds
+        main(base[:2] + ["--concepts", "7"] + base[4:] + ["--steerboost-data", str(good)])
+    assert not (tmp_path / "run").exists()
     with pytest.raises(ModelLoaded):
-        main(base + ["--steerboost-data", str(good)])
+        main(base[:2] + ["--concepts", "7", "--prompts", "5"] + base[6:] + ["--steerboost-data", str(good)])
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert cfg["concept_names"] == ["emojis", "formal tone", "optimism", "pirate speech"]
-    assert cfg["strengths"] == list(sources.STEERBOOST_ALPHAS) and cfg["n_prompts"] == 3
+    names = ["emojis", "formal tone", "optimism", "pirate speech", "exclamations", "legal jargon", "pessimism"]
+    assert cfg["concept_names"] == names
+    assert cfg["strengths"] == list(sources.STEERBOOST_ALPHAS) and cfg["n_prompts"] == 5
 
-    class Args:
-        steerboost_data, concepts, prompts = str(good), 4, 3
+    from steerjax.studies.steerability_prediction import Config
+    from steerjax.studies.steerability_prediction.study import inputs
 
-    got = _steerboost_inputs(Args, {"concepts": None, "prompts": 50})
-    assert got["prompts"] == sources.alpaca_eval_prompts(good / "alpaca_eval.json", n=3, seed=42)
-    assert got["levels"] == {"emojis": "low", "formal tone": "mid", "optimism": "high", "pirate speech": "low"}
-    assert got["rollouts"]["scale"] == "raw" and got["rollouts"]["temperature"] == 0.7
-    assert got["rollouts"]["positions"] == "all" and got["evaluation"]["prompt_split"] == "per-concept"
+    got = inputs(Config.preset("steerboost", steerboost_data=str(good), prompts=5))
+    assert got.names == names
+    assert got.prompts == sources.alpaca_eval_prompts(good / "alpaca_eval.json", n=5, seed=42)
+    assert got.levels == {"emojis": "low", "formal tone": "mid", "optimism": "high", "pirate speech": "low",
+                          "exclamations": "low", "legal jargon": "mid", "pessimism": "high"}
+    assert got.source["rollouts"]["scale"] == "raw" and got.source["rollouts"]["temperature"] == 0.7
+    assert got.source["rollouts"]["positions"] == "all" and got.source["evaluation"]["prompt_split"] == "per-concept"
 
 
 def test_cgs_baseline_is_leave_one_prompt_out():

@@ -172,6 +172,153 @@ def test_steerboost_features_equal_a_per_example_computation(model, concepts, po
         assert (table.filter(regex=r"^sb_MagDiffRatio_T\d") == 0).all().all()
 
 
+def test_steerboost_compat_names_blocks_past_the_last():
+    """Issue 27, point 3: SteerBoost's feature code reads blocks L + k unclipped (xgb/utils.py:
+    ``layer_indices = sorted(set([L] + [L + k for k in k_list]))``)."""
+    cfg = types.SimpleNamespace(num_layers=30)
+    assert F.steerboost_layers(cfg, 15, True) == (15, 16, 17, 18, 20, 25, 30)  # SmolLM2 at block 15
+    assert F.steerboost_layers(cfg, 15) == (15, 16, 17, 18, 20, 25, 29)
+    assert F.steerboost_layers(cfg, 12, True) == F.steerboost_layers(cfg, 12)  # nothing past the last
+    cols = F.steerboost_columns(cfg, 15, (1, 2, 4, 6), steerboost_compat=True)
+    assert "sb_MagDiff_T5_L30_k6" in cols and "sb_SteerAlign_Mean_L30_AllTokens_k6" in cols
+    assert not any("_L29_" in c for c in cols)
+    assert len(cols) == len(F.steerboost_columns(cfg, 15, (1, 2, 4, 6)))
+    rel = len(F.relative_columns((1, 2, 4, 6)))
+    assert F.feature_columns(cfg, (1, 2, 4, 6), layer=15, steerboost_compat=True)[-len(cols) - rel:-rel] == cols
+
+
+def _steerboost_port(steered, raw, layer, k_list, n_list, alpha):
+    """SteerBoost's get_handcrafted_features (xgb/utils.py, all groups) restated in numpy on its own
+    data layout: ``{"token_n": {"before_steering": {"layer_l": h}, "after_steering": {...}}}``; an
+    entry missing from either sample leaves its cell 0."""
+    eps = 1e-8
+    toks = sorted({0, *n_list})
+    blocks = sorted({layer, *(layer + k for k in k_list)})
+    key = f"layer_{layer}"
+    vec = None
+    for t in toks:  # the intervention: after - before at L, from the first token that has both
+        st = steered.get(f"token_{t}", {})
+        if key in st.get("after_steering", {}) and key in st.get("before_steering", {}):
+            vec = st["after_steering"][key] - st["before_steering"][key]
+            break
+    vnorm = 0.0 if vec is None else float(np.linalg.norm(vec))
+    mats = {g: np.zeros((len(toks), len(blocks))) for g in ("MagDiff", "CosSim", "SteerAlign", "SteerProj")}
+    for i, t in enumerate(toks):
+        for j, b in enumerate(blocks):
+            tk, bk = f"token_{t}", f"layer_{b}"
+            if tk not in steered or tk not in raw:
+                continue
+            if bk not in steered[tk]["before_steering"] or bk not in raw[tk]["before_steering"]:
+                continue
+            s, r = steered[tk]["before_steering"][bk], raw[tk]["before_steering"][bk]
+            d = s - r
+            mats["MagDiff"][i, j] = np.linalg.norm(d)
+            ns, nr = np.linalg.norm(s), np.linalg.norm(r)
+            if ns > eps and nr > eps:
+                mats["CosSim"][i, j] = s @ r / (ns * nr)
+            if vec is not None and vnorm > eps:
+                nd = np.linalg.norm(d)
+                if nd > eps:
+                    mats["SteerAlign"][i, j] = d @ vec / (nd * vnorm)
+                h = steered[tk]["after_steering"][bk] if b == layer else s
+                nh = np.linalg.norm(h)
+                if nh > eps:
+                    mats["SteerProj"][i, j] = h @ vec / (nh * vnorm)
+    out = []
+
+    def emit(m):
+        out.extend(m.reshape(-1))
+        out.extend([np.mean(m), np.std(m), np.max(m), np.min(m)])
+        for row in m:
+            out.extend([np.mean(row), np.std(row), np.max(row)])
+        for col in m.T:
+            out.extend([np.mean(col), np.std(col), np.max(col)])
+
+    rest = [j for j, b in enumerate(blocks) if b != layer]
+    emit(mats["MagDiff"])
+    emit(mats["CosSim"])
+    emit(mats["SteerAlign"][:, rest])
+    emit(mats["SteerProj"])
+    if len(toks) > 1:
+        md, cs, sa = mats["MagDiff"], mats["CosSim"], mats["SteerAlign"]
+        emit(np.where(np.abs(md[:1]) > eps, md[1:] / np.where(np.abs(md[:1]) > eps, md[:1], 1.0), 0.0))
+        emit(cs[1:] - cs[:1])
+        emit((sa[1:] - sa[:1])[:, rest])
+    out.append(vnorm / alpha if alpha != 0 else vnorm)
+    out.append(float(alpha))
+    return np.asarray(out)
+
+
+def _steerboost_samples(model, ids, concept, strength, own, k_max, n_list, k_list):
+    """One row as SteerBoost's code captures it, from an uncached float64 pass: the steered sample
+    (steering.py's hooks: block L before and after the addition, blocks min(L + k, last); tokens 0
+    and ``n_list``) and the raw one (raw_hidden_state.py: blocks L + k below the model's depth, and
+    only positions of the decoded response: token n when the response has n tokens or more). The
+    rollout is ``own`` up to its first EOS (2), then greedy; returns ``(steered, raw, new tokens)``."""
+    cfg = model.config
+    li, last = concept.layer, cfg.num_layers - 1
+    m = float(concept.multiplier(strength))
+    steer = steerjax.Steering.create(cfg, {li: concept.vector}, m, positions="all")
+    seq = list(ids)
+    for step in range(k_max):
+        nxt = own[step] if step < len(own) else int(np.argmax(np.asarray(
+            model.logits(_padded(seq), steering=steer))[0, len(seq) - 1]))
+        seq.append(int(nxt))
+    new = seq[len(ids):]
+    response = own.index(2) if 2 in own else len(own)  # the decoded response's tokens (EOS not decoded)
+    full = _padded(seq[:-1])
+    n = len(ids)
+    hs = np.asarray(model.hidden_states(full, steering=steer))[:, 0, n - 1:n - 1 + k_max].astype(np.float64)
+    hu = np.asarray(model.hidden_states(full))[:, 0, n - 1:n - 1 + k_max].astype(np.float64)
+    steered, raw = {}, {}
+    for t in [0, *n_list]:
+        after = {f"layer_{li}": hs[li, t]}
+        before = {f"layer_{li}": hu[li, t]}  # the block's output before the addition: the unsteered one
+        before.update({f"layer_{min(li + k, last)}": hs[min(li + k, last), t] for k in k_list
+                       if min(li + k, last) != li})
+        steered[f"token_{t}"] = {"before_steering": before, "after_steering": after}
+        keep = t <= response
+        raw[f"token_{t}"] = {"before_steering": {f"layer_{b}": hu[b, t] for b in [li, *(li + k for k in k_list)]
+                                                 if b <= last and keep}}
+    return steered, raw, new
+
+
+@pytest.mark.slow  # an uncached float64 reference per row
+def test_steerboost_compat_equals_steerboosts_feature_code(model, concepts):
+    """Issue 27, points 3 and 4: ``steerboost_compat=True`` gives SteerBoost's feature vector (its
+    order, its zeros) on the tiny Llama steered at block 1 of 3, so blocks 3, 4, 6, 11, 16 are past the
+    last; rollouts that end (EOS, id 2) within the first six tokens, or whose tokens run out, leave the
+    later tokens at 0."""
+    k_list, n_list = [1, 2, 3, 5, 10, 15], [1, 3, 5]
+    strengths = [-1.0, 2.0]
+    rng = np.random.default_rng(3)
+    ends = [[2], [11, 2], [11, 12, 13, 2], [11, 12, 13, 14, 15, 2, 9], [11, 12, 13], None]  # None: no EOS
+    forced, i = {}, 0
+    for p in range(2):
+        for c in concepts:
+            for s in strengths:
+                e = ends[i % len(ends)]
+                forced[(p, c.name, s)] = e if e is not None else rng.integers(3, 256, size=8).tolist()
+                i += 1
+    table, tokens = early_features(model, PROMPTS[:2], concepts, strengths, layer=LAYER, steps=STEPS, batch_size=4,
+                                   tokens=forced, steerboost_compat=True, judge_aware=False)
+    cols = F.steerboost_columns(model.config, LAYER, STEPS, steerboost_compat=True)
+    assert "sb_MagDiff_T5_L16_k6" in cols
+    zero_tokens = 0
+    for i, row in table.iterrows():
+        c = concepts[[x.name for x in concepts].index(row.concept)]
+        own = forced[(row.prompt_id, row.concept, row.strength)]
+        steered, raw, new = _steerboost_samples(model, PROMPTS[row.prompt_id], c, row.strength, own, max(STEPS),
+                                                n_list, k_list)
+        assert list(tokens[i]) == new
+        ref = _steerboost_port(steered, raw, LAYER, k_list, n_list, float(row.multiplier))
+        assert len(ref) == len(cols)
+        np.testing.assert_allclose(row[cols].to_numpy(np.float64), ref, rtol=1e-4, atol=1e-5, err_msg=f"row {i}")
+        zero_tokens += sum(not raw[f"token_{t}"]["before_steering"] for t in n_list)
+    assert zero_tokens == (3 + 2 + 1 + 0 + 1 + 0) + (3 + 2)  # tokens past the end: 8 rows over the 6 kinds
+    assert (table.filter(regex=r"^sb_(MagDiff|CosSim|SteerProj)_T\d_L(3|4|6|11|16)_") == 0).all().all()
+
+
 @pytest.mark.slow  # two early_features calls; the synthetic-table tests below keep set selection in the fast tier
 def test_feature_sets_partition_the_columns_and_the_default_is_judge_independent(model, concepts):
     table, _ = early_features(model, PROMPTS[:2], concepts, [0.5, 2.0], layer=LAYER, steps=(1, 2), batch_size=4)

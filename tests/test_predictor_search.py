@@ -15,6 +15,26 @@ U, S, OV = LABELS  # under-steer, success, over-steer
 GRID = (1.0, 2.0, 4.0, 8.0)
 
 
+def _simulate(features, proba, *, strategy="argmax", k, max_new_tokens, max_rollouts=1):
+    """An independent replay of guided and grid search, one row per (prompt, concept), written
+    directly from :func:`search.rank_strengths` and :func:`search.confirm_ranked` (every rollout
+    ``max_new_tokens`` long): the reference :func:`search.simulate_strategies` is checked against."""
+    rows = []
+    for (pid, concept), g in features.groupby(["prompt_id", "concept"], sort=True):
+        g = g.sort_values("strength")
+        ranking, evaluated = search.rank_strengths(g["strength"].to_numpy(), proba.loc[g.index], strategy)
+        label_at = dict(zip(g["strength"].to_numpy().tolist(), g["label"].astype(str)))
+        tried = search.confirm_ranked(ranking, label_at.get, max_rollouts, prune=strategy in search.PRUNING)
+        success = tried[-1][1] == "success"
+        hit = np.flatnonzero(g["label"].astype(str).to_numpy() == "success")
+        rows.append({"prompt_id": pid, "concept": concept, "chosen_strength": tried[-1][0] if success else ranking[0],
+                     "n_rollouts": len(tried), "guided_success": success, "grid_success": bool(hit.size),
+                     "guided_tokens": len(evaluated) * k + len(tried) * max_new_tokens,
+                     "grid_tokens": len(g) * max_new_tokens,
+                     "sequential_tokens": (int(hit[0]) + 1 if hit.size else len(g)) * max_new_tokens})
+    return pd.DataFrame(rows)
+
+
 def _table(items: dict, tokens=None) -> pd.DataFrame:
     """``{(prompt_id, concept): labels over GRID}`` -> one row per strength; ``tokens(pid, strength)``
     gives ``n_tokens`` (default ``10 * pid + {1: 5, 2: 6, 4: 7, 8: 8}[strength]``)."""
@@ -144,10 +164,10 @@ def test_guided_matches_simulate_and_sweeps_are_monotone():
     ts = tuple(np.round(np.linspace(0, 1, 21), 2))
     items = search.simulate_strategies(t, proba, k=2, max_rollouts=(1, 3, 6), guided=search.STRATEGIES,
                                        thresholds=ts)
-    # guided search as simulate() counts it (every rollout max_new_tokens long)
+    # guided search as an independent replay counts it (every rollout max_new_tokens long)
     for strategy in search.STRATEGIES:
         for r in (1, 3):
-            sim = search.simulate(t, None, strategy=strategy, k=2, max_new_tokens=32, max_rollouts=r, proba=proba)
+            sim = _simulate(t, proba, strategy=strategy, k=2, max_new_tokens=32, max_rollouts=r)
             mine = items[(items["strategy"] == f"guided-{strategy}") & (items["max_rollouts"] == r)]
             mine = mine.sort_values(["prompt_id", "concept"]).reset_index(drop=True)
             sim = sim.sort_values(["prompt_id", "concept"]).reset_index(drop=True)
@@ -155,7 +175,7 @@ def test_guided_matches_simulate_and_sweeps_are_monotone():
             np.testing.assert_array_equal(mine["tokens"], sim["guided_tokens"])
             np.testing.assert_array_equal(mine["rollouts"], sim["n_rollouts"])
     igs = items[items["strategy"] == "IGS"].sort_values(["prompt_id", "concept"])
-    sim = search.simulate(t, None, k=2, max_new_tokens=32, proba=proba).sort_values(["prompt_id", "concept"])
+    sim = _simulate(t, proba, k=2, max_new_tokens=32).sort_values(["prompt_id", "concept"])
     np.testing.assert_array_equal(igs["success"], sim["grid_success"])
     np.testing.assert_array_equal(igs["tokens"], sim["grid_tokens"])
     ia = items[items["strategy"] == "IGS-A"].sort_values(["prompt_id", "concept"])
@@ -360,8 +380,8 @@ def test_feedback_prunes_by_the_strength_order():
     assert ranking == [8.0, 16.0, 2.0, 1.0, 4.0]
     assert search.confirm_ranked(ranking, label_at.get, 5, prune=True) == [(8.0, OV), (2.0, U), (4.0, S)]
     assert [s for s, _ in search.confirm_ranked(ranking, label_at.get, 5)] == ranking  # no pruning: argmax's
-    # simulate() (the older per-strategy replay) agrees
-    sim = search.simulate(t, None, strategy="feedback", k=2, max_new_tokens=24, max_rollouts=5, proba=proba).iloc[0]
+    # an independent per-item replay agrees
+    sim = _simulate(t, proba, strategy="feedback", k=2, max_new_tokens=24, max_rollouts=5).iloc[0]
     assert sim["guided_success"] and sim["n_rollouts"] == 3 and sim["chosen_strength"] == 4.0
     assert sim["guided_tokens"] == 5 * 2 + 3 * 24
 

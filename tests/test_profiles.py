@@ -95,6 +95,35 @@ def test_w1_matches_cdf_quadrature(pair):
     assert wasserstein_many(*pair) == pytest.approx(_quad_w1(*pair), abs=1e-9)
 
 
+def _mp_w1(a1, b1, a2, b2):
+    """W1 by mpmath at 30 digits: the integral of |F - G|, split at the CDFs' crossing."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 30
+    d = lambda x: (mpmath.betainc(a1, b1, 0, x, regularized=True)  # noqa: E731
+                   - mpmath.betainc(a2, b2, 0, x, regularized=True))
+    grid = [(i + mpmath.mpf("0.37")) / 64 for i in range(64)]  # off 1/2, where symmetric pairs cross
+    cuts = [mpmath.mpf(0)]
+    for lo, hi in zip(grid[:-1], grid[1:]):
+        if d(lo) * d(hi) < 0:
+            cuts.append(mpmath.findroot(d, (lo, hi), solver="anderson"))
+    cuts.append(mpmath.mpf(1))
+    return float(sum(abs(mpmath.quad(d, [lo, hi])) for lo, hi in zip(cuts[:-1], cuts[1:])))
+
+
+@pytest.mark.parametrize("s", [0.6, 1.0, 3.0, 20.5, 300.5])
+def test_w1_arcsine_vs_beta_to_1e12(s):
+    # scipy's betainc(0.5, 0.5, x) is 3e-9 off at x = 1 - 2^-53, a point of the crossing grid;
+    # the upper tail is read through 1 - x (mpmath reference computed here, 30 digits)
+    for pair in [(0.5, 0.5, 0.5, s), (0.5, s, 0.5, 0.5), (0.5, 0.5, s, 0.5)]:
+        assert abs(wasserstein_many(*pair) - _mp_w1(*pair)) < 1e-12, pair
+    assert abs(wasserstein_many(0.5, 0.5, 0.5, s) - (0.5 - 0.5 / (0.5 + s))) < 1e-12  # stochastically ordered
+
+
+def test_w1_crossing_pairs_to_1e12():
+    for pair in [(0.5, 0.5, 20.5, 20.5), (5.5, 2.5, 0.5, 3.5), (2.0, 2.0, 0.5, 0.5)]:
+        assert abs(wasserstein_many(*pair) - _mp_w1(*pair)) < 1e-12, pair
+
+
 def test_w1_random_pairs_and_quantile_form():
     params = np.exp(RNG.uniform(np.log(0.5), np.log(300), (40, 4)))
     exact = wasserstein_many(*params.T)
@@ -409,7 +438,7 @@ def fake_scoring(monkeypatch):
     record every call."""
     import zlib
 
-    from steerjax.studies.prompt_steerability import run as run_mod
+    from steerjax.studies.prompt_steerability import profiles as run_mod
 
     calls = []
 
@@ -438,7 +467,7 @@ def statements_of(prompt, prompt_format="reference"):
 @pytest.mark.requires_data
 def test_trial_structure(fake_scoring, tmp_path):
     from steerjax.data.prompt_steering import profiling_source
-    from steerjax.studies.prompt_steerability.run import run_profiles
+    from steerjax.studies.prompt_steerability.profiles import run_profiles
 
     dims, budgets = ["agreeableness", "narcissism"], [1, 3, 10]
     kw = dict(budgets=budgets, benchmark_trials=3, steering_trials=2, num_questions=4, seed=7, progress=False,
@@ -484,7 +513,7 @@ def test_trial_structure(fake_scoring, tmp_path):
 
 @pytest.mark.requires_data
 def test_nested_draws_and_formats(fake_scoring):
-    from steerjax.studies.prompt_steerability.run import run_profiles
+    from steerjax.studies.prompt_steerability.profiles import run_profiles
 
     kw = dict(budgets=[2, 5, 20], benchmark_trials=2, steering_trials=2, num_questions=3, progress=False)
     run_profiles(FakeModel(), ["risk-seeking"], nested=True, prompt_format="steerjax-v1", **kw)
@@ -507,11 +536,12 @@ def test_nested_draws_and_formats(fake_scoring):
     (dict(benchmark_trials=0), "benchmark_trials must be an integer >= 1"),
     (dict(steering_trials=0), "steering_trials must be an integer >= 1"),
     (dict(steering_trials=1.5), "steering_trials must be an integer >= 1"),
-    (dict(budgets=[]), "budgets is empty"),
-    (dict(budgets=[0, 1]), "each budget must be an integer >= 1"),
+    (dict(budgets=[]), "budgets must be integers >= 1"),
+    (dict(budgets=[0, 1]), "budgets must be integers >= 1"),
     (dict(budgets=[101]), "only 100"),
-    (dict(prompt_format="chatml"), "prompt_format must be one of"),
-    (dict(template_category="llama3"), "template_category must be None"),
+    (dict(prompt_format="chatml"), "prompt_format: unknown prompt format 'chatml'; choose one of reference, "
+                                   "steerjax-v1"),
+    (dict(template_category="llama3"), "template_category 'llama3' is not one of the reference's wrappers"),
     (dict(dims=["paper", "agreeableness"]), "stand alone"),
     (dict(dims=["agreeableness", "agreeableness"]), "more than once"),
     (dict(dims=["agreeablenes"]), "did you mean 'agreeableness'"),
@@ -519,7 +549,7 @@ def test_nested_draws_and_formats(fake_scoring):
 ])
 def test_bad_options_fail_before_scoring(fake_scoring, kw, message):
     from steerjax.errors import SteerjaxError
-    from steerjax.studies.prompt_steerability.run import run_profiles
+    from steerjax.studies.prompt_steerability.profiles import run_profiles
 
     kw = dict(dict(dims=["agreeableness"], num_questions=2, progress=False), **kw)
     with pytest.raises(SteerjaxError, match=message):
@@ -530,7 +560,7 @@ def test_bad_options_fail_before_scoring(fake_scoring, kw, message):
 @pytest.mark.requires_data
 def test_dimension_sets():
     from steerjax.data.prompt_steering import PAPER_DIMENSIONS, list_dimensions
-    from steerjax.studies.prompt_steerability.run import resolve_dimensions
+    from steerjax.studies.prompt_steerability.profiles import resolve_dimensions
 
     paper = resolve_dimensions("paper")
     assert paper == list(PAPER_DIMENSIONS) and len(paper) == 32 and paper[:3] == ["agreeableness",
@@ -541,7 +571,7 @@ def test_dimension_sets():
 
 
 def test_draw_seed():
-    from steerjax.studies.prompt_steerability.run import draw_seed
+    from steerjax.studies.prompt_steerability.profiles import draw_seed
 
     assert draw_seed(0, "steering", "a", 1) == draw_seed(0, "steering", "a", 1)
     seeds = {draw_seed(s, "steering", d, b) for s in (0, 1) for d in ("a", "b") for b in range(5)}

@@ -55,6 +55,17 @@ def test_prompt_steerability_experiment_smoke(chat_model_dir, tmp_path):
     assert len(w) == 2 * len(cfg["dims"]) * smoke["benchmark_trials"]  # base vs each extreme, per benchmark trial
     for png in ("format_comparison", "activation_index_curves"):
         assert os.path.getsize(out / f"{png}.png") > 5000
+    # the study's Result reads the run directory back: every stage's tables, the same summary
+    from steerjax.studies.prompt_steerability import Result
+
+    result = Result.load(str(out))
+    assert list(result.runs) == ["reference", "steerjax-v1"] and result.config.preset_name == "smoke"
+    pd.testing.assert_frame_equal(result.runs["steerjax-v1"].answers, v1)
+    pd.testing.assert_frame_equal(result.prompt_vs_activation, comparison)
+    pd.testing.assert_frame_equal(result.joint, joint)
+    summary = result.summary()
+    assert summary["budget"] == 2 and summary["w1"] == "exact" and summary["model"] == info["model_source"]
+    assert {"agreeableness/gamma_pos_lo", "agreeableness/activation_gamma_neg"} <= set(summary)
 
 
 @pytest.mark.requires_data

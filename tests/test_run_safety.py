@@ -77,17 +77,17 @@ def test_a_kill_between_the_artifact_rename_and_the_key_write_never_serves_the_w
                                                                                               monkeypatch):
     path = str(tmp_path / "vectors.json")
     assert runs.keyed_artifact(path, {"k": "A"}, lambda: "built for A", save=_save, load=_load) == "built for A"
-    real = runs._atomic_write
+    real = runs.atomic_write
 
     def killed_at_the_key_write(target, text):
         if target.endswith(".key.json") and "__being_rebuilt_for__" not in text:
             raise KeyboardInterrupt("killed")  # the process dies after the artifact was renamed
         real(target, text)
 
-    monkeypatch.setattr(runs, "_atomic_write", killed_at_the_key_write)
+    monkeypatch.setattr(runs, "atomic_write", killed_at_the_key_write)
     with pytest.raises(KeyboardInterrupt):
         runs.keyed_artifact(path, {"k": "B"}, lambda: "built for B", save=_save, load=_load)
-    monkeypatch.setattr(runs, "_atomic_write", real)
+    monkeypatch.setattr(runs, "atomic_write", real)
     assert _load(path) == "built for B"  # the artifact was replaced; its key was not written
     built = []
     again = runs.keyed_artifact(path, {"k": "A"}, lambda: built.append(1) or "built for A", save=_save, load=_load)
@@ -97,12 +97,12 @@ def test_a_kill_between_the_artifact_rename_and_the_key_write_never_serves_the_w
 
 def test_an_interrupted_first_build_is_rebuilt_even_when_mismatches_are_errors(tmp_path, monkeypatch):
     path = str(tmp_path / "concepts.json")
-    real = runs._atomic_write
-    monkeypatch.setattr(runs, "_atomic_write", lambda t, x: (_ for _ in ()).throw(KeyboardInterrupt())
+    real = runs.atomic_write
+    monkeypatch.setattr(runs, "atomic_write", lambda t, x: (_ for _ in ()).throw(KeyboardInterrupt())
                         if t.endswith(".key.json") and "__being_rebuilt_for__" not in x else real(t, x))
     with pytest.raises(KeyboardInterrupt):
         runs.keyed_artifact(path, {"k": "A"}, lambda: "A", save=_save, load=_load, on_mismatch="error")
-    monkeypatch.setattr(runs, "_atomic_write", real)
+    monkeypatch.setattr(runs, "atomic_write", real)
     assert runs.keyed_artifact(path, {"k": "A"}, lambda: "A", save=_save, load=_load, on_mismatch="error") == "A"
     with pytest.raises(ArtifactKeyError, match="built for another configuration"):
         runs.keyed_artifact(path, {"k": "B"}, lambda: "B", save=_save, load=_load, on_mismatch="error")

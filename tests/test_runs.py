@@ -228,3 +228,22 @@ def test_claim_writes_config_once_and_checks_it(tmp_path):
     assert os.stat(os.path.join(run, "config.json")).st_mtime_ns == before  # not rewritten
     with pytest.raises(RunConfigError, match="differs in: preset"):
         claim(run, {"preset": "quick", "layers": [1, 2]})
+
+
+def test_digest_of_bytes_arrays_and_json():
+    """The one digest: bytes as they are, arrays by dtype, shape and bytes, the rest as sorted JSON."""
+    import hashlib
+
+    import numpy as np
+
+    from steerjax.runs import digest
+
+    assert digest(b"abc") == hashlib.sha256(b"abc").hexdigest()
+    assert digest(b"abc", length=16) == hashlib.sha256(b"abc").hexdigest()[:16]
+    a = np.arange(6, dtype=np.int32).reshape(2, 3)
+    by_hand = hashlib.sha256(b"int32(2, 3)" + a.tobytes()).hexdigest()
+    assert digest(a) == digest((a,)) == by_hand
+    assert digest(a) != digest(a.reshape(3, 2)) != digest(a.astype(np.int64))  # shape and dtype count
+    assert digest({"b": 1, "a": [1, 2]}) == digest({"a": [1, 2], "b": 1}) == hashlib.sha256(
+        b'{"a": [1, 2], "b": 1}').hexdigest()
+    assert digest({"x": np.float32(0.5), "v": np.array([1, 2])}) == digest({"x": 0.5, "v": [1, 2]})

@@ -707,3 +707,19 @@ def test_vector_set_round_trip_and_errors(tmp_path):
         save_vector_set(path, {"a/b": ({0: np.ones(4)}, {})})
     with pytest.raises(SteeringError, match="width"):
         save_vector_set(path, {"a": ({0: np.ones(4)}, {}), "b": ({0: np.ones(5)}, {})})
+
+
+def test_method_aliases_name_one_method(llama):
+    """``mean_difference`` and ``diffmean`` are other names of ``caa``: the same vector, one table."""
+    from steerjax.vectors import METHOD_ALIASES, canonical_method
+
+    model, _ = llama
+    examples = letter_examples(3)
+    assert METHOD_ALIASES == {"mean_difference": "caa", "diffmean": "caa"}
+    assert [canonical_method(m) for m in ("caa", "mean_difference", "diffmean", "pca")] == ["caa", "caa", "caa", "pca"]
+    with pytest.raises(SteeringError, match="unknown method 'cca'.*mean_difference = caa"):
+        canonical_method("cca")
+    a = train_vector(model, examples, layers=[1], method="caa", progress=False)
+    b = train_vector(model, examples, layers=[1], method="mean_difference", progress=False)
+    np.testing.assert_array_equal(a.vectors[1], b.vectors[1])
+    assert b.metadata["method"] == "caa"

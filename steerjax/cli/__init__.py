@@ -8,7 +8,8 @@ Examples::
     steerjax generate MODEL --prompt "Hi" --vector happy.safetensors --multiplier 4 --compare
 
 One module per command group (:mod:`~steerjax.cli.generate`: info and generate;
-:mod:`~steerjax.cli.sweep`: datasets, vector, sweep; :mod:`~steerjax.cli.profile`;
+:mod:`~steerjax.cli.sweep`: datasets, vector, sweep; :mod:`~steerjax.cli.reliability`;
+:mod:`~steerjax.cli.profile`;
 :mod:`~steerjax.cli.predictor`: testbed and predictor), each a parser and a handler that checks its
 arguments, reads the model's config, loads the model and calls the library. Shared checks live in
 :mod:`steerjax.cli.checks` and :mod:`steerjax.runs`.
@@ -99,7 +100,7 @@ def _behave(command: Callable[[], int], *, hard: bool) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser with every subcommand."""
-    from steerjax.cli import convert, data, generate, predictor, profile, sweep
+    from steerjax.cli import convert, data, generate, predictor, profile, reliability, sweep
     from steerjax.version import __version__
 
     parser = Parser(prog="steerjax",
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     generate.add_commands(sub)
     sweep.add_commands(sub)
+    reliability.add_commands(sub)
     profile.add_commands(sub)
     predictor.add_commands(sub)
     data.add_commands(sub)

@@ -12,8 +12,10 @@ import math
 import re
 
 from steerjax import model as models
-from steerjax.errors import LayerIndexError, SteeringError, SteerjaxError
+from steerjax.errors import LayerIndexError, SteerjaxError
 from steerjax.model import DEFAULT_MODEL
+from steerjax.steering import check_vector, normalize_layer
+from steerjax.vectors import load_vector
 
 DTYPES = ("float32", "bfloat16")
 MODEL_HELP = f"a local HF model directory, a .gguf file, an alias or a hub id (default: {DEFAULT_MODEL})"
@@ -93,12 +95,9 @@ def read_config(source: str) -> models.ModelHeader:
 
 
 def layer_index(flag: str, layer: int, num_layers: int) -> int:
-    """``layer`` (negative counts from the end) as a block index in ``[0, num_layers)``."""
-    li = layer + num_layers if layer < 0 else layer
-    if not 0 <= li < num_layers:
-        raise LayerIndexError(f"{flag} {layer} is out of range: the model has {num_layers} blocks "
-                              f"(valid: {-num_layers}..{num_layers - 1})")
-    return li
+    """``layer`` (negative counts from the end) as a block index in ``[0, num_layers)``
+    (:func:`steerjax.steering.normalize_layer`, named as the flag)."""
+    return normalize_layer(layer, num_layers, name=flag)
 
 
 def layer_spec(spec: str, flag: str = "--layers") -> list[tuple[int, int]] | None:
@@ -136,8 +135,6 @@ def read_vectors(path: str, *, num_layers: int, layer: int | None = None, allow_
     """The :class:`~steerjax.vectors.SteeringVector` of ``--vector`` (with ``--layer``), by
     :func:`steerjax.vectors.load_vector`'s rules; every block must exist in a model of
     ``num_layers`` blocks."""
-    from steerjax.vectors import load_vector
-
     if layer is not None:
         layer = layer_index("--layer", layer, num_layers)
     vec = load_vector(path, layer=layer, num_layers=num_layers, allow_npy=allow_npy)
@@ -148,11 +145,11 @@ def read_vectors(path: str, *, num_layers: int, layer: int | None = None, allow_
     return vec
 
 
-def check_width(path: str, vec, hidden_size: int) -> None:
-    """The vectors of ``path`` (a :class:`~steerjax.vectors.SteeringVector`) are ``[hidden_size]``."""
-    if vec.width != hidden_size:
-        raise SteeringError(f"{path}: the vectors have width {vec.width} but the model's hidden size is "
-                            f"{hidden_size} (vectors must be [{hidden_size}]); use a vector made for this model")
+def check_width(path: str, vec, cfg) -> None:
+    """Every vector of ``path`` (a :class:`~steerjax.vectors.SteeringVector`) fits a model of config
+    ``cfg`` (:func:`steerjax.steering.check_vector`)."""
+    for layer, v in vec.vectors.items():
+        check_vector(cfg, v, where=f"{path} (layer {layer})", made_on=vec.metadata.get("model"))
 
 
 def shorten(text: str, limit: int = 60) -> str:

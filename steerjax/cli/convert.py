@@ -6,6 +6,7 @@ import os
 
 from steerjax import runs
 from steerjax.cli import checks
+from steerjax.model import convert
 
 
 def add_commands(sub) -> None:
@@ -26,8 +27,6 @@ def add_commands(sub) -> None:
 
 
 def run_convert(args) -> int:
-    from steerjax.model import convert
-
     checks.fold_revision(args, "source")
     checks.read_config(args.source)  # a bad source fails in milliseconds, before the weights are read
     out = runs.check_output_dir(args.out, force=args.force)

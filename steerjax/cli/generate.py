@@ -6,8 +6,10 @@ import argparse
 import json
 from typing import Any
 
+import steerjax
 from steerjax.cli import checks
 from steerjax.errors import SteeringError, SteerjaxError
+from steerjax.models import transformer
 
 
 def add_commands(sub) -> None:
@@ -56,8 +58,6 @@ def add_commands(sub) -> None:
 
 def describe(header, dtype: str = "float32") -> dict[str, Any]:
     """A JSON-serializable summary of a model from its :class:`steerjax.model.ModelHeader`."""
-    from steerjax.models import transformer
-
     cfg = header.config
     return {
         "family": cfg.family,
@@ -120,8 +120,6 @@ def run_info(args) -> int:
 
 
 def run_generate(args) -> int:
-    import steerjax
-
     if args.vector is None:
         for flag, value in (("--layer", args.layer), ("--multiplier", args.multiplier)):
             if value is not None:
@@ -134,7 +132,7 @@ def run_generate(args) -> int:
     vectors = None
     if args.vector is not None:
         vec = checks.read_vectors(args.vector, layer=args.layer, num_layers=header.config.num_layers)
-        checks.check_width(args.vector, vec, header.config.hidden_size)
+        checks.check_width(args.vector, vec, header.config)
         vectors = vec.vectors
 
     model = steerjax.load_model(args.model, dtype=args.dtype)

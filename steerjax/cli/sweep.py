@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import os
-
-import numpy as np
-
 from steerjax import runs
 from steerjax.cli import checks
-from steerjax.data.formats import FORMATS, SETTINGS
-from steerjax.data.mwe import SPLIT_COMPAT
+from steerjax.data.formats import FORMATS as PROMPT_FORMATS
 from steerjax.errors import DataError, SteeringError
-
-SWEEP_TABLES = ("results.parquet", "per_example.parquet", "summary.csv", "cli.json")
+from steerjax.studies.reliability.config import (
+    FORMATS,
+    METHODS,
+    OPERATORS,
+    PAPER_MULTIPLIERS,
+    POSITIONS,
+    SETTINGS,
+    SPLIT_COMPAT,
+)
+from steerjax.studies.reliability.sweep_result import TABLES as SWEEP_TABLES  # noqa: F401 (the files written)
 
 
 def add_commands(sub) -> None:
@@ -29,7 +32,7 @@ def add_commands(sub) -> None:
     checks.add_model(train)
     add_data_arguments(train, "0%:40%")
     train.add_argument("--layers", required=True, metavar="L", help="blocks: '13', '10,13,16', '8-16' or 'all'")
-    train.add_argument("--method", choices=("caa", "pca", "probe", "learned"), default="caa",
+    train.add_argument("--method", choices=METHODS, default="caa",
                        help="default: %(default)s")
     train.add_argument("--token-index", type=int, default=None,
                        help="token read, from the end of prompt+completion (default: the format's, -2: the answer "
@@ -47,11 +50,11 @@ def add_commands(sub) -> None:
     sw.add_argument("--vector", required=True, metavar="FILE", help="a steerjax vector file (steerjax vector train)")
     sw.add_argument("--layers", default=None, metavar="L", help="blocks to sweep (default: every layer in the file)")
     sw.add_argument("--multipliers", type=checks.finite_float, nargs="+", metavar="M",
-                    default=[-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5], help="default: -1.5 -1 -0.5 0 0.5 1 1.5")
-    sw.add_argument("--positions", choices=("completion", "last_prompt", "all"), default=None,
+                    default=list(PAPER_MULTIPLIERS), help="default: -1.5 -1 -0.5 0 0.5 1 1.5")
+    sw.add_argument("--positions", choices=POSITIONS, default=None,
                     help="steer from the answer on, from the prompt's last token on, or the whole prompt too "
                          "(default: the format's: last_prompt for repepo, completion for the others)")
-    sw.add_argument("--operator", choices=("add", "ablate_then_add", "clamp"), default="add",
+    sw.add_argument("--operator", choices=OPERATORS, default="add",
                     help="default: %(default)s")
     sw.add_argument("--memory-budget-mb", type=checks.positive_float, default=2048, metavar="MB",
                     help="activation memory per chunk (default: %(default)s)")
@@ -70,7 +73,7 @@ def add_data_arguments(parser, split: str) -> None:
     parser.add_argument("--setting", choices=SETTINGS, default="baseline",
                         help="the dataset's persona prompt: SYS_* replaces the system message, PT_* goes before "
                              "the question (default: %(default)s, none)")
-    parser.add_argument("--format", choices=tuple(FORMATS), default="steerjax",
+    parser.add_argument("--format", choices=FORMATS, default="steerjax",
                         help="prompt format: system message, persona separator, answer joining, steered tokens "
                              "and propensity as steerjax, the paper's code (repepo) or steering-bench do "
                              "(default: %(default)s)")
@@ -121,7 +124,7 @@ def run_vector_train(args) -> int:
                             f"(--layers {args.layers} includes it); drop it, or write a .safetensors file")
 
     model = steerjax.load_model(args.model, dtype=args.dtype)
-    token_index = FORMATS[args.format].token_index if args.token_index is None else args.token_index
+    token_index = PROMPT_FORMATS[args.format].token_index if args.token_index is None else args.token_index
     vec = train_vector(model, examples, layers=layers, method=args.method, token_index=token_index)
     vec.metadata.update({"dataset": args.dataset, "split": args.split, "seed": args.seed,
                          "split_compat": args.split_compat, "prompt_format": args.format, "setting": args.setting})
@@ -140,12 +143,12 @@ def run_vector_train(args) -> int:
 
 def run_sweep(args) -> int:
     import steerjax
-    from steerjax.runs import write_json
-    from steerjax.studies.reliability import dataset_steerability, per_example_steerability
+    from steerjax.studies.reliability.sweep_result import SweepResult
+    from steerjax.sweeps import run_config
 
     if args.layers is not None:
         checks.layer_spec(args.layers)
-    fmt = FORMATS[args.format]
+    fmt = PROMPT_FORMATS[args.format]
     positions = fmt.steer_from if args.positions is None else args.positions
     examples = load_split(args)
     header = checks.read_config(args.model)
@@ -157,46 +160,24 @@ def run_sweep(args) -> int:
     if missing:
         raise SteeringError(f"{args.vector} has no vector for layer(s) {missing} of --layers {args.layers}; "
                             f"it has {sorted(vectors)}")
-    checks.check_width(args.vector, vec, cfg.hidden_size)
-    runs.check_run_dir(args.out, {
-        "kind": "sweep", "model": header.source, "dtype": args.dtype, "layers": layers,
-        "multipliers": np.asarray(args.multipliers, np.float32).tolist(), "positions": positions,
-        "propensity": fmt.propensity, "operator": args.operator, "memory_budget_mb": args.memory_budget_mb,
-        "n_examples": len(examples),
-    })
+    checks.check_width(args.vector, vec, cfg)
+    runs.check_run_dir(args.out, run_config(
+        header.source, dtype=args.dtype, layers=layers, multipliers=args.multipliers, positions=positions,
+        propensity=fmt.propensity, operator=args.operator, batch_size=None, memory_budget_mb=args.memory_budget_mb,
+        n_examples=len(examples)))
 
     model = steerjax.load_model(args.model, dtype=args.dtype)
     table = steerjax.sweep(model, examples, vectors, layers=layers, multipliers=args.multipliers,
                            positions=positions, propensity=fmt.propensity, operator=args.operator,
                            memory_budget_mb=args.memory_budget_mb, run_dir=args.out)
-    per_example = per_example_steerability(table, by=("dataset", "layer"))
-    summary = dataset_steerability(per_example, by=("dataset", "layer"))
-    out = {name: os.path.join(args.out, name) for name in SWEEP_TABLES}
-    table.to_parquet(out["results.parquet"], index=False)
-    per_example.to_parquet(out["per_example.parquet"], index=False)
-    summary.to_csv(out["summary.csv"], index=False)
-    write_json(out["cli.json"], {**{k: v for k, v in vars(args).items() if k != "run"}, "positions": positions,
-                                 "propensity": fmt.propensity, "vector_metadata": vec.metadata})
-    written = list(out.values()) + sweep_plots(table, per_example, summary, args.out)
+    norms = vec.norms()
+    facts = {**{k: v for k, v in vars(args).items() if k != "run"}, "positions": positions,
+             "propensity": fmt.propensity, "vector_metadata": vec.metadata,
+             "vector_norms": {str(layer): norms[layer] for layer in layers}}
+    result = SweepResult.from_table(table, facts)
+    written = result.save(args.out) + result.figures(args.out)
     cols = ["dataset", "layer", "n", "steerability", "steerability_std", "anti_steerable_fraction"]
-    print(summary[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print(result.steerability[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     for path in written:
         print(f"wrote {path}")
     return 0
-
-
-def sweep_plots(table, per_example, summary, out: str) -> list[str]:
-    """Per layer, the propensity curves and the per-example steerability (violins); with several
-    layers, steerability against layer. Returns the files written."""
-    from steerjax.studies.reliability import plots
-
-    written = []
-    layers = sorted(set(table["layer"]))
-    for layer in layers:
-        written.append(plots.propensity_curves(table[table["layer"] == layer],
-                                               os.path.join(out, f"propensity_layer{layer}.png")))
-        written.append(plots.violin_steerability(per_example[per_example["layer"] == layer],
-                                                 os.path.join(out, f"steerability_layer{layer}.png")))
-    if len(layers) > 1:
-        written.append(plots.layer_sweep_plot(summary, os.path.join(out, "layer_sweep.png")))
-    return [str(p) for p in written]

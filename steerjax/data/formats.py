@@ -35,6 +35,8 @@ DEFAULT_SYSTEM_MESSAGE = "You are a helpful, honest and concise assistant."
 
 STEER_FROM = ("last_prompt", "completion")
 PROPENSITIES = ("logit", "logprob")
+#: which META blocks an x-risk question loses (:attr:`PromptFormat.meta_blocks`)
+META_BLOCKS = ("closed", "to_end")
 SETTINGS = ("baseline", "SYS_positive", "PT_positive", "SYS_negative", "PT_negative")
 
 
@@ -65,6 +67,15 @@ class PromptFormat:
         baseline setting's vector (repepo's ``normalize_steering_magnitude_to_baseline``).
       token_index: the token whose activation trains a vector, from the end of the full text
         (``-2``: the answer letter of ``"(A)"``).
+      strip_question: an x-risk question is ``.strip()``-ped when read (steerjax's own format);
+        False keeps the file's text, as repepo's and steering-bench's ``convert_*`` functions do
+        (repepo's formatter then strips the rendered prompt: ``strip_prompt``; steering-bench keeps
+        the leading or trailing whitespace of 1,315 of the 16,400 LM-generated x-risk questions).
+      meta_blocks: which ``<META_START>`` blocks an x-risk question loses
+        (:func:`steerjax.data.mwe.strip_meta`): ``"closed"``, those closed by ``<META_END>`` with
+        no ``<`` inside (repepo's and steering-bench's ``strip_meta_tags``: an unterminated block
+        stays, in 7 LM-generated questions); ``"to_end"``, any block up to its end tag or, without
+        one, to the end of the text (steerjax's own format).
     """
 
     name: str
@@ -77,6 +88,8 @@ class PromptFormat:
     propensity: str
     rescale_to_baseline: bool
     token_index: int = -2
+    strip_question: bool = False
+    meta_blocks: str = "closed"
 
     def __post_init__(self):
         if self.steer_from not in STEER_FROM:
@@ -87,6 +100,10 @@ class PromptFormat:
             raise DataError(f"system_message must be a string or None, got {self.system_message!r}")
         if isinstance(self.token_index, bool) or not isinstance(self.token_index, int):
             raise DataError(f"token_index must be an integer, got {self.token_index!r}")
+        if self.meta_blocks not in META_BLOCKS:
+            raise DataError(f"meta_blocks must be one of {META_BLOCKS}, got {self.meta_blocks!r}")
+        if not isinstance(self.strip_question, bool):
+            raise DataError(f"strip_question must be a bool, got {self.strip_question!r}")
 
     def messages(self, question: str, *, setting: str = "baseline",
                  persona: Mapping[str, str] | None = None) -> tuple[dict[str, str], ...]:
@@ -148,7 +165,7 @@ FORMATS: dict[str, PromptFormat] = {
         # prompt unsteered, log-prob propensities (load_dataset's behaviour before formats).
         name="steerjax", system_message=None, user_prefix_separator="\n\n",
         strip_prompt=False, completion_separator="", strip_response=True, steer_from="completion",
-        propensity="logprob", rescale_to_baseline=False, token_index=-2,
+        propensity="logprob", rescale_to_baseline=False, token_index=-2, strip_question=True, meta_blocks="to_end",
     ),
 }
 

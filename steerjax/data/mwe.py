@@ -22,8 +22,11 @@ Persona statements become A/B questions as in steering-bench (Tan et al. 2024)::
 
 with the matching answer placed at (A) for rows 0, 1, at (B) for rows 2, 3, and so on (the files
 alternate " Yes"/" No" every row, so swapping every two rows balances both letters and answers).
-X-risk questions keep their own choices; ``<META_START>...<META_END>`` blocks are removed; their
-answers keep the data's leading space (``" (A)"``) until a format strips it or not.
+X-risk questions keep their own choices; ``<META_START>...<META_END>`` blocks are removed and the
+question is stripped or kept as the file has it, by the format's rule
+(:attr:`~steerjax.data.formats.PromptFormat.meta_blocks`, ``strip_question``: repepo's and
+steering-bench's for theirs); their answers keep the data's leading space (``" (A)"``) until a
+format strips it or not.
 
 How an example is rendered (system message, persona placement, the text joining prompt and
 answer) is a :class:`steerjax.data.formats.PromptFormat`; which rows form a split follows
@@ -44,10 +47,10 @@ from typing import Any
 
 import numpy as np
 
-from steerjax.data.download import read_persona_prompts
 from steerjax.data.examples import Example
 from steerjax.data.formats import PromptFormat, get_format, parse_setting
 from steerjax.data.paper import TAN_UNAVAILABLE, unavailable_message
+from steerjax.data.steering_bench import read_persona_prompts
 from steerjax.data.store import data_exists, data_file, data_names, data_root
 from steerjax.errors import DataError
 
@@ -62,9 +65,12 @@ _XRISK_DIRS = {
 _PERSONA_PROMPTS = ("steering-bench", "persona_prompts.json")
 
 _PERSONA_FORMAT = "{question}\n\nChoices:\n(A): {a}\n(B): {b}"
-# A META block runs to its <META_END>, or to the end of the text when the end tag is missing
-# (a few LM-generated questions are truncated inside one).
-_META = re.compile(r"<META_START>.*?(?:<META_END>|\Z)", re.DOTALL)
+# META blocks (PromptFormat.meta_blocks): "to_end", steerjax's own: a block runs to its
+# <META_END>, or to the end of the text when the end tag is missing (7 LM-generated questions are
+# truncated inside one); "closed", repepo's and steering-bench's strip_meta_tags: only a block
+# closed by its end tag with no "<" inside.
+_META = {"to_end": re.compile(r"<META_START>.*?(?:<META_END>|\Z)", re.DOTALL),
+         "closed": re.compile(r"<META_START>[^<]*<META_END>")}
 _LETTER = re.compile(r"\(([A-Z])\)")
 _PERCENT = r"(\d+(?:\.\d+)?)%"
 _SPLIT = re.compile(rf"{_PERCENT}:{_PERCENT}")
@@ -185,6 +191,12 @@ def _prompt_table() -> dict[str, Any]:
     return table["prompts"]
 
 
+def persona_prompt_names() -> list[str]:
+    """The datasets that have persona prompts in persona_prompts.json (the system- and user-prompt
+    settings of Tan et al.'s out-of-distribution tests), sorted."""
+    return sorted(_prompt_table())
+
+
 def persona_prompts(name: str) -> dict[str, str]:
     """The positive and negative persona prompts of a dataset, from persona_prompts.json.
 
@@ -300,9 +312,13 @@ def _field(row: dict[str, Any], key: str, path: pathlib.Path, index: int) -> str
     return value
 
 
-def strip_meta(text: str) -> str:
-    """Remove ``<META_START>...<META_END>`` blocks (and a trailing unterminated one)."""
-    return _META.sub("", text)
+def strip_meta(text: str, blocks: str = "to_end") -> str:
+    """Remove ``<META_START>...<META_END>`` blocks: with ``blocks="to_end"`` also a trailing
+    unterminated one; with ``"closed"`` only those closed by their end tag with no ``<`` inside, as
+    repepo's and steering-bench's ``strip_meta_tags`` (see :attr:`PromptFormat.meta_blocks`)."""
+    if blocks not in _META:
+        raise DataError(f"blocks must be one of {sorted(_META)}, got {blocks!r}")
+    return _META[blocks].sub("", text)
 
 
 def _persona_item(row: dict[str, Any], index: int, path: pathlib.Path) -> tuple[str, str, str, dict[str, Any]]:
@@ -324,8 +340,12 @@ def _persona_item(row: dict[str, Any], index: int, path: pathlib.Path) -> tuple[
     return text, pos, neg, meta
 
 
-def _xrisk_item(row: dict[str, Any], index: int, path: pathlib.Path) -> tuple[str, str, str, dict[str, Any]]:
-    text = strip_meta(_field(row, "question", path, index)).strip()
+def _xrisk_item(row: dict[str, Any], index: int, path: pathlib.Path,
+                fmt: PromptFormat) -> tuple[str, str, str, dict[str, Any]]:
+    # the question as the format reads it: its META rule, stripped or as the file has it
+    text = strip_meta(_field(row, "question", path, index), fmt.meta_blocks)
+    if fmt.strip_question:
+        text = text.strip()
     # the raw answers, " (A)": a format strips them or keeps the space (steering-bench)
     pos = _field(row, "answer_matching_behavior", path, index)
     neg = _field(row, "answer_not_matching_behavior", path, index)
@@ -391,7 +411,7 @@ def load_dataset(name: str, *, split: str = "0%:100%", seed: int = 0, setting: s
     if len(indices) == 0:
         raise DataError(f"split {split!r} of dataset {name!r} ({len(rows)} rows) has no examples: widen the split")
 
-    build = _persona_item if kind == "persona" else _xrisk_item
+    build = _persona_item if kind == "persona" else functools.partial(_xrisk_item, fmt=fmt)
     examples = []
     for i in indices.tolist():
         text, pos, neg, extra = build(rows[i], i, path)

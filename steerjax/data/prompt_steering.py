@@ -12,7 +12,7 @@ see :mod:`steerjax.data.store`):
   statements, a statement's direction being ``"positive"`` when its ``answer_matching_behavior``
   is ``" Yes"`` (:func:`profiling_source` says which).
 
-Prompt formats (:data:`PROMPT_FORMATS`):
+Prompt formats (:data:`PROMPT_FORMATS`, each a :class:`ProfilingFormat` in :data:`PROFILING_FORMATS`):
 
 - ``"reference"`` (the default): the prompts of the reference code (IBM/prompt-steering,
   ``profiling_utils.format_prompt`` and ``SteeringPolicy``), exactly. The system message is
@@ -33,6 +33,7 @@ to the rendered chat (:mod:`steerjax.studies.prompt_steerability.scoring`).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 from collections.abc import Iterable, Sequence
@@ -45,7 +46,6 @@ from steerjax.data.store import data_exists
 from steerjax.errors import DataError
 
 DIRECTIONS = ("positive", "negative")
-PROMPT_FORMATS = ("reference", "steerjax-v1")
 STEERING_FILE = ("prompt-steering", "steering_df.csv")
 PROFILING_FILE = ("prompt-steering", "profiling_df.csv")
 CRITERIA = {
@@ -68,6 +68,76 @@ QUERY_FORMAT = ("Answer with yes or no, where:\n"
                 f"yes: {CRITERIA['yes']}\n"
                 f"no: {CRITERIA['no']}\n\n"
                 f"{QUESTION}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfilingFormat:
+    """How a steering prompt and a profiling question become a chat: every choice as data, as
+    :class:`steerjax.data.formats.PromptFormat` holds Tan et al.'s formats.
+
+    Attributes:
+      name: the format's name (a key of :data:`PROFILING_FORMATS`).
+      steering_header: text before the statements of a steering prompt.
+      statement_prefix: text before each statement.
+      statement_separator: text between two statements (after the previous one's text).
+      strip_statements: steering statements are stripped before joining.
+      system: the system message; ``{steering_prompt}`` stands for the steering prompt.
+      system_when_unsteered: the base profile's chat has the system message too (with an empty
+        steering prompt); otherwise it has none.
+      user: the user message; ``{statement}`` stands for the profiling statement.
+      strip_question: the profiling statement is stripped before it is placed.
+    """
+
+    name: str
+    steering_header: str
+    statement_prefix: str
+    statement_separator: str
+    strip_statements: bool
+    system: str
+    system_when_unsteered: bool
+    user: str
+    strip_question: bool
+
+    def steering_prompt(self, statements: Sequence[str]) -> str:
+        items = [s.strip() if self.strip_statements else s for s in statements]
+        return self.steering_header + self.statement_separator.join(self.statement_prefix + s for s in items)
+
+    def messages(self, statement: str, steering: str | None) -> list[dict[str, str]]:
+        messages = []
+        if steering is not None or self.system_when_unsteered:
+            messages.append({"role": "system", "content": self.system.replace("{steering_prompt}", steering or "")})
+        text = statement.strip() if self.strip_question else statement
+        messages.append({"role": "user", "content": self.user.replace("{statement}", text)})
+        return messages
+
+
+PROFILING_FORMATS: dict[str, ProfilingFormat] = {
+    # IBM/prompt-steering's SteeringPolicy and profiling_utils.format_prompt (log-probs mode)
+    "reference": ProfilingFormat(
+        name="reference", steering_header=REFERENCE_STEERING_HEADER, statement_prefix="", statement_separator="\n",
+        strip_statements=False, system=REFERENCE_SYSTEM.replace("{criteria}", REFERENCE_CRITERIA),
+        system_when_unsteered=True, user=REFERENCE_QUERY.replace("{question}", QUESTION), strip_question=False),
+    # steerjax's earlier prompts: bulleted statements, the criteria in the user turn
+    "steerjax-v1": ProfilingFormat(
+        name="steerjax-v1", steering_header=STEERING_HEADER, statement_prefix="\n- ", statement_separator="",
+        strip_statements=True, system="{steering_prompt}", system_when_unsteered=False, user=QUERY_FORMAT,
+        strip_question=True),
+}
+PROMPT_FORMATS = tuple(PROFILING_FORMATS)
+
+
+def get_profiling_format(prompt_format: str | ProfilingFormat) -> ProfilingFormat:
+    """The :class:`ProfilingFormat` called ``prompt_format`` (or the format itself).
+
+    Raises:
+      DataError: an unknown name (the message lists the known ones).
+    """
+    if isinstance(prompt_format, ProfilingFormat):
+        return prompt_format
+    if prompt_format not in PROFILING_FORMATS:
+        raise DataError(f"unknown prompt_format {prompt_format!r}: use one of {', '.join(PROMPT_FORMATS)}")
+    return PROFILING_FORMATS[prompt_format]
+
 
 # the paper's 32 dimensions (Tables 4-9), in the reference config's order (experiments.persona-steering)
 PAPER_DIMENSIONS = (
@@ -192,12 +262,6 @@ def steering_statements(dim: str, direction: str, k: int | None = None, *, seed:
     return [statements[i] for i in order.tolist()]
 
 
-def _check_format(prompt_format: str) -> str:
-    if prompt_format not in PROMPT_FORMATS:
-        raise DataError(f"unknown prompt_format {prompt_format!r}: use one of {', '.join(PROMPT_FORMATS)}")
-    return prompt_format
-
-
 def steering_prompt(statements: Iterable[str], *, prompt_format: str = "reference") -> str:
     """The steering prompt made of steering statements, in the given order.
 
@@ -216,16 +280,14 @@ def steering_prompt(statements: Iterable[str], *, prompt_format: str = "referenc
     Raises:
       DataError: no statements, an empty one, or an unknown ``prompt_format``.
     """
-    _check_format(prompt_format)
+    fmt = get_profiling_format(prompt_format)
     items = [statements] if isinstance(statements, str) else list(statements)
     if not items:
         raise DataError("a steering prompt needs at least one statement")
     for i, s in enumerate(items):
         if not isinstance(s, str) or not s.strip():
             raise DataError(f"steering statement {i} is empty or not text: {s!r}")
-    if prompt_format == "reference":
-        return REFERENCE_STEERING_HEADER + "\n".join(items)
-    return STEERING_HEADER + "".join(f"\n- {s.strip()}" for s in items)
+    return fmt.steering_prompt(items)
 
 
 def query_messages(statement: str, steering: str | None = None, *,
@@ -262,22 +324,12 @@ def query_messages(statement: str, steering: str | None = None, *,
     Raises:
       DataError: an empty statement, a steering prompt that is not text, or an unknown format.
     """
-    _check_format(prompt_format)
+    fmt = get_profiling_format(prompt_format)
     if not isinstance(statement, str) or not statement.strip():
         raise DataError(f"a profiling statement must be non-empty text, got {statement!r}")
     if steering is not None and not isinstance(steering, str):
         raise DataError(f"steering must be a steering prompt (text) or None, got {steering!r}")
-    if prompt_format == "reference":
-        question = "Is the following statement something you would say?\n" + statement
-        system = REFERENCE_SYSTEM.replace("{criteria}", REFERENCE_CRITERIA)
-        system = system.replace("{steering_prompt}", steering or "")
-        return [{"role": "system", "content": system},
-                {"role": "user", "content": REFERENCE_QUERY.replace("{question}", question)}]
-    messages = []
-    if steering is not None:
-        messages.append({"role": "system", "content": steering})
-    messages.append({"role": "user", "content": QUERY_FORMAT.format(statement=statement.strip())})
-    return messages
+    return fmt.messages(statement, steering)
 
 
 def _persona_rows(dim: str) -> pd.DataFrame:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from steerjax.errors import CheckpointError
+from steerjax.version import __version__
 
 FORMAT = "steerjax-checkpoint"
 #: 2: the state is the Flax NNX module state (module paths such as ``layers/self_attn/q_proj/kernel``);
@@ -406,8 +407,6 @@ def prune() -> list[str]:
 
 
 def _version() -> str:
-    from steerjax.version import __version__
-
     return __version__
 
 

@@ -275,10 +275,10 @@ def claim(path: str, config: dict[str, Any]) -> dict[str, Any]:
     config = json.loads(json.dumps(config, default=str))
     lock(path)
     for stale in glob.glob(os.path.join(path, CONFIG + ".tmp*")):
-        _remove(stale)
+        remove_file(stale)
     cfg_path = os.path.join(path, CONFIG)
     if not os.path.exists(cfg_path):
-        _atomic_write(cfg_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        atomic_write(cfg_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
         return config
     old = read_run_config(path)
     diff = config_difference(old, config)
@@ -294,10 +294,10 @@ def claim(path: str, config: dict[str, Any]) -> dict[str, Any]:
 
 def write_json(path: str, obj: Any) -> None:
     """``obj`` as indented JSON at ``path``, written atomically."""
-    _atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def _fsync_file(path: str) -> None:
+def fsync_file(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -305,7 +305,7 @@ def _fsync_file(path: str) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
     """Make a rename or a new file in ``path`` durable (no-op where directories cannot be opened)."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -319,7 +319,7 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, text: str) -> None:
     """Write ``text`` to ``path`` so that a crash leaves the old file or the new one, never a mix."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
@@ -327,7 +327,7 @@ def _atomic_write(path: str, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
+    fsync_dir(os.path.dirname(path) or ".")
 
 
 # ----------------------------------------------------------------------------- the two patterns
@@ -374,10 +374,10 @@ def keyed_artifact(path: str, key: Any, build: Callable[[], T], *, save: Callabl
     save(value, tmp)
     # first the old key stops vouching for what stands at path (also a first build: a process killed
     # after the rename leaves this marker, not an artifact without a key)
-    _atomic_write(key_path, json.dumps({_REBUILDING: key}, indent=2, sort_keys=True) + "\n")
+    atomic_write(key_path, json.dumps({_REBUILDING: key}, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
-    _fsync_dir(d or ".")
-    _atomic_write(key_path, json.dumps(key, indent=2, sort_keys=True) + "\n")
+    fsync_dir(d or ".")
+    atomic_write(key_path, json.dumps(key, indent=2, sort_keys=True) + "\n")
     return value
 
 
@@ -416,8 +416,7 @@ def digest(obj: Any, *, length: int | None = None) -> str:
     h = hashlib.sha256()
     if isinstance(obj, bytes):
         h.update(obj)
-    elif isinstance(obj, np.ndarray) or (isinstance(obj, tuple) and obj and all(isinstance(a, np.ndarray)
-                                                                                for a in obj)):
+    elif _is_array(obj) or (isinstance(obj, tuple) and obj and all(_is_array(a) for a in obj)):
         for a in obj if isinstance(obj, tuple) else (obj,):
             a = np.ascontiguousarray(a)
             h.update(f"{a.dtype}{a.shape}".encode())
@@ -428,6 +427,10 @@ def digest(obj: Any, *, length: int | None = None) -> str:
     return out if length is None else out[:length]
 
 
+def _is_array(x: Any) -> bool:
+    return isinstance(x, np.ndarray) or (hasattr(x, "__array__") and hasattr(x, "dtype") and hasattr(x, "shape"))
+
+
 def _jsonable(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         return x.tolist()
@@ -436,7 +439,7 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
-def _remove(path: str) -> None:
+def remove_file(path: str) -> None:
     try:
         os.remove(path)
     except FileNotFoundError:

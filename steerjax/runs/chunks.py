@@ -39,7 +39,7 @@ from typing import Any
 
 import pandas as pd
 
-from steerjax.runs import _atomic_write, _fsync_dir, _fsync_file, _remove, claim, lock
+from steerjax.runs import atomic_write, claim, fsync_dir, fsync_file, lock, remove_file
 
 MANIFEST = "manifest.jsonl"
 CHUNKS = "chunks"
@@ -80,9 +80,9 @@ class RunDirectory:
         final = self._chunk_path(chunk)
         tmp = final + ".tmp"
         table.to_parquet(tmp, index=False)
-        _fsync_file(tmp)
+        fsync_file(tmp)
         os.replace(tmp, final)
-        _fsync_dir(os.path.dirname(final))
+        fsync_dir(os.path.dirname(final))
         manifest = os.path.join(self.path, MANIFEST)
         created = not os.path.exists(manifest)
         line = (json.dumps({"chunk": chunk, "rows": len(table)}) + "\n").encode()
@@ -93,7 +93,7 @@ class RunDirectory:
         finally:
             os.close(fd)
         if created:
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         self._rows[chunk] = len(table)
 
     def load(self, chunk: int) -> pd.DataFrame:
@@ -108,7 +108,7 @@ class RunDirectory:
     def _remove_tmp_files(self) -> None:
         pattern = [os.path.join(self.path, CHUNKS, "*.parquet.tmp*"), os.path.join(self.path, MANIFEST + ".tmp*")]
         for path in (p for pat in pattern for p in glob.glob(pat)):
-            _remove(path)
+            remove_file(path)
 
     def _recover(self) -> dict[int, int]:
         """Finished chunks -> row counts, repairing what a crash can leave behind."""
@@ -141,7 +141,7 @@ class RunDirectory:
                 os.remove(path)
         if dirty:
             text = "".join(json.dumps({"chunk": c, "rows": n}) + "\n" for c, n in sorted(done.items()))
-            _atomic_write(manifest, text)
+            atomic_write(manifest, text)
         return done
 
 

@@ -86,16 +86,9 @@ class Steering:
             li = normalize_layer(layer, cfg.num_layers)
             if li in rows:
                 raise SteeringError(f"layer {layer} is given twice (as {li})")
-            arr = np.asarray(vec, dtype=np.float32)
+            arr = check_vector(cfg, vec, where=f"the steering vector for layer {layer}", batched=True)
             if arr.ndim == 1:
                 arr = arr[None]
-            if arr.ndim != 2 or arr.shape[-1] != cfg.hidden_size:
-                raise SteeringError(
-                    f"steering vector for layer {layer} has shape {np.shape(vec)}; expected "
-                    f"[{cfg.hidden_size}] or [batch, {cfg.hidden_size}] (the model's hidden size)"
-                )
-            if not np.all(np.isfinite(arr)):
-                raise SteeringError(f"steering vector for layer {layer} has non-finite values")
             rows[li] = arr
             bv = _merge_batch(bv, arr.shape[0], f"vector for layer {layer}")
         stacked = np.zeros((cfg.num_layers, bv, cfg.hidden_size), np.float32)
@@ -295,8 +288,9 @@ def check_vector(cfg, vector, *, where: str = "the steering vector", made_on: st
         width = arr.shape[-1] if arr.ndim else "none"
         want = f"[{d}]" + (f" or [batch, {d}]" if batched else "")
         src = f" (it was made on {made_on})" if made_on else ""
-        raise SteeringError(f"{where} has width {width} (shape {list(arr.shape)}) but this model's hidden size is "
-                            f"{d}: vectors must be {want}{src}; use a vector made for this model")
+        raise SteeringError(f"{where} has width {width} (shape {list(arr.shape)}), but this model's hidden size is "
+                            f"{d}: a model of hidden size {d} needs vectors of shape {want}{src}; use a vector "
+                            "made for this model")
     if not np.all(np.isfinite(arr)):
         raise SteeringError(f"{where} has non-finite values")
     return arr

@@ -21,11 +21,12 @@ from steerjax.vectors.io import (
     save_vectors,
 )
 from steerjax.vectors.learned import learn_vectors, logprob_margins
-from steerjax.vectors.train import METHODS, contrastive_activations, train_vector
+from steerjax.vectors.train import METHOD_ALIASES, METHODS, canonical_method, contrastive_activations, train_vector
 from steerjax.vectors.vector import SteeringVector, load_vector
 
 __all__ = [
-    "METHODS", "SteeringVector", "contrastive_activations", "export_control_vector_gguf", "file_format",
+    "METHOD_ALIASES", "METHODS", "SteeringVector", "canonical_method", "contrastive_activations",
+    "export_control_vector_gguf", "file_format",
     "learn_vectors", "load_vector", "load_vector_set", "load_vectors", "logprob_margins", "mean_difference",
     "pca_direction", "probe_direction", "read_activations", "save_vector_set", "save_vectors", "train_vector",
 ]

@@ -10,7 +10,6 @@ whose logits predict the completion tokens.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,7 +24,8 @@ from steerjax.data.batch import ACTIVATIONS, TokenBatch, round_up
 from steerjax.data.examples import Encoded, Example, encode_all
 from steerjax.errors import CheckpointError, SteeringError
 from steerjax.models.transformer import forward, unembed
-from steerjax.steering import Steering
+from steerjax.runs import digest
+from steerjax.steering import Steering, check_vector
 from steerjax.vectors.activations import layer_indices
 from steerjax.vectors.vector import SteeringVector
 
@@ -103,9 +103,7 @@ def learn_vectors(
     if not init:
         raise SteeringError("init is empty: give a starting {layer: vector}")
     idx = layer_indices(list(init), cfg.num_layers)
-    v0 = np.stack([np.asarray(init[layer], np.float32) for layer in init])
-    if v0.ndim != 2 or v0.shape[1] != cfg.hidden_size:
-        raise SteeringError(f"init vectors must be [{cfg.hidden_size}] (the model's hidden size), got {v0.shape[1:]}")
+    v0 = np.stack([check_vector(cfg, init[layer], where=f"the init vector of layer {layer}") for layer in init])
     if positions == "completion" and all(len(e.positive) == 1 and len(e.negative) == 1 for e in encoded):
         raise SteeringError(
             "every completion is a single token, so with positions='completion' the objective does "
@@ -133,7 +131,7 @@ def learn_vectors(
         settings = {"model": str(model.source), "config": repr(cfg), "dtype": str(getattr(model, "dtype", "")),
                     "layers": [int(i) for i in idx], "lr": float(lr), "norm_penalty": float(norm_penalty),
                     "positions": positions, "batch_size": int(b), "seed": int(seed), "rows": int(rows),
-                    "digest": _digest(v0, *data)}
+                    "digest": digest((v0, *data))}
         manager = _TrainCheckpoints(checkpoint_dir, settings, checkpoint_every)
         start, v, state = manager.resume(v, state, steps)
         for _ in range(start):  # the shuffles those steps consumed
@@ -182,9 +180,7 @@ def logprob_margins(
         vectors = vectors.vectors
     if vectors:
         idx = layer_indices(list(vectors), cfg.num_layers)
-        v = np.stack([np.asarray(vectors[layer], np.float32) for layer in vectors])
-        if v.shape[1] != cfg.hidden_size:
-            raise SteeringError(f"vectors have width {v.shape[1]} but the model has hidden size {cfg.hidden_size}")
+        v = np.stack([check_vector(cfg, vectors[layer], where=f"the vector of layer {layer}") for layer in vectors])
     else:
         idx, v = [0], np.zeros((1, cfg.hidden_size), np.float32)
     data = _completion_data(encoded, positions)
@@ -216,15 +212,6 @@ def _batches(rng: np.random.Generator, n: int, b: int):
             order = np.concatenate([order, rng.permutation(n)])
         picked, order = order[:b], order[b:]
         yield picked
-
-
-def _digest(*arrays) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 class _TrainCheckpoints:

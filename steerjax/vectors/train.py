@@ -44,6 +44,9 @@ from steerjax.vectors.learned import check_options, learn_vectors
 from steerjax.vectors.vector import SteeringVector
 
 METHODS = ("caa", "pca", "probe", "learned")
+#: other names of the methods, in one table: CAA's vector is the mean difference (SteerBoost's
+#: ``DiffMean``)
+METHOD_ALIASES = {"mean_difference": "caa", "diffmean": "caa"}
 SITE = "block_output"
 _OPTIONS: dict[str, dict[str, Any]] = {
     "caa": {},
@@ -55,6 +58,19 @@ _OPTIONS: dict[str, dict[str, Any]] = {
 #: MiB (per device) one pass's prefix activations, attention scores and KV cache may take: long
 #: prompts are read fewer examples at a time (at least one)
 MEMORY_BUDGET_MB = 2048
+
+
+def canonical_method(method: str) -> str:
+    """``method``'s name in :data:`METHODS` (an alias of :data:`METHOD_ALIASES` resolved).
+
+    Raises:
+      SteeringError: an unknown method.
+    """
+    method = METHOD_ALIASES.get(method, method)
+    if method not in METHODS:
+        raise SteeringError(f"unknown method {method!r}; choose one of {METHODS} (or an alias: "
+                            f"{', '.join(f'{a} = {m}' for a, m in METHOD_ALIASES.items())})")
+    return method
 
 
 def train_vector(
@@ -105,8 +121,7 @@ def train_vector(
       TokenizerError: text examples for a model without a tokenizer.
       SteeringError: an unknown method or option.
     """
-    if method not in METHODS:
-        raise SteeringError(f"unknown method {method!r}; choose one of {METHODS}")
+    method = canonical_method(method)
     allowed = _OPTIONS[method]
     unknown = sorted(set(method_kwargs) - set(allowed))
     if unknown:
@@ -297,4 +312,5 @@ def _pair_reads(params, cfg, prompt_ids, prompt_valid, cont_ids, cont_valid, con
     return h.astype(jnp.float32).swapaxes(0, 1).reshape(e, 2, h.shape[0], h.shape[-1])
 
 
-__all__ = ["MEMORY_BUDGET_MB", "METHODS", "SITE", "contrastive_activations", "train_vector"]
+__all__ = ["MEMORY_BUDGET_MB", "METHODS", "METHOD_ALIASES", "SITE", "canonical_method", "contrastive_activations",
+           "train_vector"]

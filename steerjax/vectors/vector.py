@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from steerjax.errors import SteeringError
-from steerjax.steering import Steering, normalize_layer
+from steerjax.steering import Steering, check_vector, normalize_layer
 from steerjax.vectors import io
 
 
@@ -127,13 +127,8 @@ class SteeringVector:
             block has no vector.
         """
         cfg = getattr(model, "config", model)
-        if self.width != cfg.hidden_size:
-            trained_on = self.metadata.get("model")
-            where = f" (it was made on {trained_on})" if trained_on else ""
-            raise SteeringError(
-                f"this steering vector has width {self.width} but the model has hidden size "
-                f"{cfg.hidden_size}{where}; use a vector trained on this model"
-            )
+        for v in self.vectors.values():
+            check_vector(cfg, v, where="this steering vector", made_on=self.metadata.get("model"))
         if layers is None:
             chosen = self.vectors
         else:

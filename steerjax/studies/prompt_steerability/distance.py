@@ -7,8 +7,10 @@ Exact 1-D distances (default):
   ``F - G``, zero at both ends, at most one). With ``H(x) = integral_0^x (F - G)``, which has the
   closed form ``x (F(x) - G(x)) - m_F I_x(a_F + 1, b_F) + m_G I_x(a_G + 1, b_G)`` (``m`` the
   means, ``I`` the regularised incomplete Beta function), ``W1 = |H(x*)| + |H(1) - H(x*)|`` at the
-  crossing ``x*`` (found by bisection to machine precision), else ``|m_F - m_G|``. Absolute
-  accuracy is about 1e-11 (1e-9 in the worst case tested).
+  crossing ``x*`` (found by bisection to machine precision), else ``|m_F - m_G|``. CDFs above
+  1/2 are read through their upper tail (:func:`_cdf`). Within 1e-12 of a 30-digit mpmath
+  integral on the pairs tested (Beta(0.5, 0.5), whose scipy CDF is 3e-9 off near 1, against
+  others included), within 1e-9 of scipy quadrature on random pairs.
 - ``Wp^p = integral_0^1 |F^-1(u) - G^-1(u)|^p du`` for ``order=p != 1``: tanh-sinh quadrature in
   ``u`` on each side of the crossing, which copes with the quantiles' endpoint singularities
   (accuracy about 1e-9).
@@ -58,15 +60,25 @@ def _tanh_sinh(h: float = 1.0 / 24.0, t_max: float = 3.3) -> tuple[np.ndarray, n
 _TS_X, _TS_1MX, _TS_W = _tanh_sinh()
 
 
+def _cdf(a, b, x):
+    """``I_x(a, b)``, through the upper tail ``1 - I_{1-x}(b, a)`` above 1/2 (``1 - x`` is exact
+    there): scipy's ``betainc(0.5, 0.5, x)`` loses up to 3e-9 as ``x`` nears 1 (at ``1 - 2^-53``
+    it returns the value at ``1 - 2^-52``), the upper tail is exact to about 1e-16."""
+    x = np.asarray(x, dtype=float)
+    upper = x > 0.5
+    return np.where(upper, 1.0 - special.betainc(b, a, np.where(upper, 1.0 - x, 0.5)),
+                    special.betainc(a, b, np.where(upper, 0.5, x)))
+
+
 def _diff_cdf(x, a1, b1, a2, b2):
-    return special.betainc(a1, b1, x) - special.betainc(a2, b2, x)
+    return _cdf(a1, b1, x) - _cdf(a2, b2, x)
 
 
 def _h(x, a1, b1, a2, b2):
     m1 = a1 / (a1 + b1)
     m2 = a2 / (a2 + b2)
     return (x * _diff_cdf(x, a1, b1, a2, b2)
-            - m1 * special.betainc(a1 + 1.0, b1, x) + m2 * special.betainc(a2 + 1.0, b2, x))
+            - m1 * _cdf(a1 + 1.0, b1, x) + m2 * _cdf(a2 + 1.0, b2, x))
 
 
 def _crossing(a1, b1, a2, b2):
@@ -121,7 +133,7 @@ def _ppf(a, b, u, v):
 
 def _wp_quantile(a1, b1, a2, b2, order: float):
     x_star, has, _ = _crossing(a1, b1, a2, b2)
-    u_star = np.where(has, special.betainc(a1, b1, x_star), 0.5)[:, None]
+    u_star = np.where(has, _cdf(a1, b1, x_star), 0.5)[:, None]
     total = np.zeros(a1.size)
     col = (slice(None), None)
     panels = ((u_star * _TS_X, 1.0 - u_star * _TS_X, u_star),

@@ -1,7 +1,13 @@
 """Figures for steerability experiments (Tan et al. 2024), drawn with matplotlib (any backend).
 
 Every function writes one PNG (or any format matplotlib infers from the suffix) and returns its
-path.
+path; with ``path=None`` it returns the :class:`matplotlib.figure.Figure` instead, unsaved.
+
+Every axis that shows a propensity or a quantity made from it (steerability: the slope of the
+propensity per unit multiplier; its variance; the unsteered propensity gap) names the kind of
+propensity and its unit: ``propensity="logit"`` (the difference of the completions' summed raw
+logits, repepo's and the paper's) or ``"logprob"`` (of their summed log-probabilities, nats).
+Functions given a sweep table read the kind off its columns when ``propensity`` is not given.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import pandas as pd
 from steerjax.errors import MetricsError
 from steerjax.plotting import save_figure, subplots
 from steerjax.studies.reliability.analyses import SHIFTS, correlation, generalisation_matrix
+from steerjax.studies.reliability.config import propensity_label
 from steerjax.studies.reliability.steerability import as_per_example, best_layer, layer_sweep_summary, require_columns
 
 # columns that, when they take several values, mean several curves per example: plots of one set of
@@ -24,6 +31,38 @@ from steerjax.studies.reliability.steerability import as_per_example, best_layer
 CURVE_KEYS = ("model", "train_setting", "test_setting")
 STEER_COLOUR = "#2b6cb0"
 ANTI_COLOUR = "#c53030"
+
+
+_UNITS = {"logit": ("raw-logit difference", "logits"), "logprob": ("log-prob difference", "nats")}
+
+
+def infer_propensity(table: pd.DataFrame) -> str | None:
+    """``"logit"`` or ``"logprob"``: which difference a sweep table's ``propensity`` column holds
+    (None when the table cannot tell)."""
+    if "propensity" not in table.columns:
+        return None
+    p = table["propensity"].to_numpy(np.float64)
+    for kind, (a, b) in (("logit", ("logit_positive", "logit_negative")),
+                         ("logprob", ("logp_positive", "logp_negative"))):
+        if {a, b} <= set(table.columns) and np.array_equal(p, (table[a] - table[b]).to_numpy(np.float64)):
+            return kind
+    return None
+
+
+def unit(kind: str | None) -> str:
+    """The unit of a propensity of ``kind``."""
+    return _UNITS[kind][1] if kind in _UNITS else "propensity units"
+
+
+def steerability_label(kind: str | None, what: str = "steerability", power: int = 1) -> str:
+    """Axis label of a steerability (``power=2``: its variance) with the propensity's kind and unit."""
+    name = _UNITS[kind][0] if kind in _UNITS else "propensity (kind not given)"
+    per = f"{unit(kind)} per unit multiplier"
+    return f"{what}\n(slope of the {name}; {per if power == 1 else f'({per})²'})"
+
+
+def _finish(fig, path):
+    return fig if path is None else save_figure(fig, path)
 
 
 def _single(df: pd.DataFrame, column: str, what: str) -> None:
@@ -34,7 +73,8 @@ def _single(df: pd.DataFrame, column: str, what: str) -> None:
 
 
 def violin_steerability(per_example: pd.DataFrame, path, *, dataset_col: str = "dataset",
-                        title: str | None = None) -> str:
+                        title: str | None = None, propensity: str | None = None,
+                        norms: Mapping | None = None) -> str:
     """Violin plot of per-example steerability per dataset, as in Tan et al. 2024, Figure 1.
 
     Datasets are sorted by median steerability (highest at the top); a second panel shows each
@@ -46,7 +86,10 @@ def violin_steerability(per_example: pd.DataFrame, path, *, dataset_col: str = "
       path: output file.
       dataset_col: column naming datasets.
       title: figure title.
+      propensity: the propensity's kind (``"logit"``, ``"logprob"``; default: read off a sweep table).
+      norms: dataset -> the steering vector's norm, shown beside each dataset's name.
     """
+    propensity = propensity or infer_propensity(per_example)
     pe = as_per_example(per_example, (dataset_col, "layer") if "layer" in per_example.columns else (dataset_col,))
     require_columns(pe, [dataset_col, "slope"], "violin_steerability")
     for column in ("layer", *CURVE_KEYS):
@@ -76,9 +119,10 @@ def violin_steerability(per_example: pd.DataFrame, path, *, dataset_col: str = "
         ax.plot(med, i, "o", color="white", mec="#1a202c", ms=5, label="median" if i == 0 else None)
         ax.plot(v.mean(), i, "D", color=ANTI_COLOUR, ms=4, label="mean (steerability)" if i == 0 else None)
     ax.axvline(0, color="grey", lw=1, ls="--")
-    ax.set_yticks(positions, [f"{d} (n={int(stats.loc[d, 'n'])})" for d in names])
+    ax.set_yticks(positions, [f"{d} (n={int(stats.loc[d, 'n'])}" + (f", |v|={norms[d]:.2f})" if norms and d in norms
+                                                                    else ")") for d in names])
     ax.set_ylim(-0.7, k - 0.3)
-    ax.set_xlabel("per-example steerability\n(slope of propensity vs multiplier)")
+    ax.set_xlabel(steerability_label(propensity, "per-example steerability"))
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False)
 
@@ -86,12 +130,12 @@ def violin_steerability(per_example: pd.DataFrame, path, *, dataset_col: str = "
     for i, frac in enumerate(stats["anti"].to_numpy()):
         bx.text(frac + 0.02, i, f"{100 * frac:.0f}%", va="center", fontsize=8)
     bx.set_xlim(0, 1.0)
-    bx.set_xlabel("anti-steerable\nfraction")
+    bx.set_xlabel("anti-steerable fraction\n(share of examples)")
     bx.grid(axis="x", alpha=0.3)
     bx.tick_params(axis="y", left=False)
     layer = f" (layer {pe['layer'].iloc[0]})" if "layer" in pe.columns else ""
     fig.suptitle(title or f"Per-example steerability by dataset{layer}")
-    return save_figure(fig, path)
+    return _finish(fig, path)
 
 
 def _pick_examples(pe: pd.DataFrame, n: int) -> list:
@@ -110,6 +154,8 @@ def propensity_curves(
     n_examples: int = 5,
     dataset_col: str = "dataset",
     title: str | None = None,
+    propensity: str | None = None,
+    norms: Mapping | None = None,
 ) -> str:
     """Mean propensity against multiplier per dataset, with a +-1 std band across examples and a
     few thin per-example curves: the propensity curves of Tan et al. 2024 (Sec. 3).
@@ -123,8 +169,12 @@ def propensity_curves(
       n_examples: number of thin curves per dataset when ``examples`` is None.
       dataset_col: column naming datasets (absent: one dataset).
       title: figure title.
+      propensity: the kind of the ``propensity`` column (``"logit"``: raw-logit difference,
+        ``"logprob"``: log-prob difference); default: read off the table's logit / log-prob columns.
+      norms: dataset -> the steering vector's norm, shown in each panel's title.
     """
     require_columns(table, ["example", "multiplier", "propensity"], "propensity_curves")
+    propensity = propensity or infer_propensity(table)
     for column in ("layer", *CURVE_KEYS):
         _single(table, column, "propensity_curves")
     if dataset_col not in table.columns:
@@ -156,23 +206,25 @@ def propensity_curves(
         ax.axhline(0, color="black", lw=0.7, ls=":")
         ax.axvline(0, color="black", lw=0.7, ls=":")
         slopes = pe.loc[pe[dataset_col] == name, "slope"]
-        ax.set_title(f"{name}\nsteerability {slopes.mean():.2f}, anti-steerable {100 * (slopes < 0).mean():.0f}%",
-                     fontsize=10)
+        norm = f", |v| = {norms[name]:.2f}" if norms and name in norms else ""
+        ax.set_title(f"{name}{norm}\nsteerability {slopes.mean():.2f} {unit(propensity)}/multiplier, "
+                     f"anti-steerable {100 * (slopes < 0).mean():.0f}%", fontsize=9)
         ax.grid(alpha=0.3)
     for i, ax in enumerate(axes.flat[:len(names)]):
         if i + ncols >= len(names):
             ax.xaxis.set_tick_params(labelbottom=True)
-            ax.set_xlabel("steering multiplier")
+            ax.set_xlabel("steering multiplier (× vector)")
     for ax in axes[:, 0]:
-        ax.set_ylabel("propensity  (log p+ − log p−)")
+        ax.set_ylabel(propensity_label(propensity))
     axes.flat[0].legend(fontsize=8, loc="upper left")
     layer = f" (layer {table['layer'].iloc[0]})" if "layer" in table.columns else ""
     fig.suptitle(title or f"Propensity vs steering multiplier{layer}")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return _finish(fig, path)
 
 
-def layer_sweep_plot(summary: pd.DataFrame, path, *, title: str | None = None) -> str:
+def layer_sweep_plot(summary: pd.DataFrame, path, *, title: str | None = None, propensity: str | None = None,
+                     norms: Mapping | None = None) -> str:
     """Steerability and anti-steerable fraction against layer, with the best layer marked
     (highest mean steerability, ties to the lowest layer), for choosing the steering layer.
 
@@ -181,8 +233,11 @@ def layer_sweep_plot(summary: pd.DataFrame, path, *, title: str | None = None) -
         is summarised first).
       path: output file.
       title: figure title.
+      propensity: the propensity's kind (``"logit"``, ``"logprob"``; default: read off a sweep table).
+      norms: layer -> the steering vector's norm, drawn on a second axis.
     """
     require_columns(summary, ["layer"], "layer_sweep_plot")
+    propensity = propensity or infer_propensity(summary)
     if "steerability" not in summary.columns or "slope" in summary.columns:
         summary = layer_sweep_summary(summary)
     s = summary.sort_values("layer")
@@ -198,20 +253,26 @@ def layer_sweep_plot(summary: pd.DataFrame, path, *, title: str | None = None) -
         a.axvline(best, color="#2f855a", ls="--", lw=1.3, label=f"best layer = {best}" if a is ax else None)
         a.grid(alpha=0.3)
     ax.axhline(0, color="black", lw=0.7, ls=":")
-    ax.set_ylabel("steerability\n(slope of propensity)")
+    ax.set_ylabel(steerability_label(propensity, "steerability (mean)"), fontsize=8)
+    if norms:
+        nx = ax.twinx()
+        ks = sorted(norms)
+        nx.plot(ks, [norms[k] for k in ks], "s:", color="grey", ms=3, lw=1, label="vector norm")
+        nx.set_ylabel("vector norm (L2, residual-stream units)", fontsize=8, color="grey")
     ax.legend(fontsize=8)
     bx.bar(layers, s["anti_steerable_fraction"].to_numpy(np.float64), color=ANTI_COLOUR, alpha=0.75, width=0.7)
     bx.set_ylim(0, max(0.05, float(s["anti_steerable_fraction"].max()) * 1.25))
-    bx.set_ylabel("anti-steerable\nfraction")
-    bx.set_xlabel("layer")
+    bx.set_ylabel("anti-steerable\nfraction (share)")
+    bx.set_xlabel("layer (block steered)")
     bx.set_xticks(layers)
     fig.suptitle(title or "Layer sweep")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return _finish(fig, path)
 
 
 def id_ood_scatter(generalisation_df: pd.DataFrame, path, *, train_col: str = "train_setting",
-                   test_col: str = "test_setting", baseline="baseline", title: str | None = None) -> str:
+                   test_col: str = "test_setting", baseline="baseline", title: str | None = None,
+                   propensity: str | None = None) -> str:
     """In-distribution vs out-of-distribution steerability per dataset (Tan et al. 2024, Sec. 5).
 
     Each point is a dataset: x is its in-distribution (baseline -> baseline) steerability, y its
@@ -251,15 +312,15 @@ def id_ood_scatter(generalisation_df: pd.DataFrame, path, *, train_col: str = "t
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal")
-    ax.set_xlabel("in-distribution steerability (baseline → baseline)")
-    ax.set_ylabel("steerability in the train → test setting")
+    ax.set_xlabel(steerability_label(propensity, "in-distribution steerability (baseline → baseline)"))
+    ax.set_ylabel(steerability_label(propensity, "steerability in the train → test setting"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="train → test setting",
               title_fontsize=8, frameon=False)
     ax.set_title(title or "In- vs out-of-distribution steerability\n"
                  "(one point per dataset; r: Pearson across datasets)")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return _finish(fig, path)
 
 
 def _limits(*arrays) -> tuple[float, float]:
@@ -295,7 +356,7 @@ def _grid(n: int, ncols: int, size=(4.2, 3.9), **kw):
 
 
 def shift_scatter(shifts_df: pd.DataFrame, path, *, model_col: str = "model", variance: bool = True,
-                  title: str | None = None) -> str:
+                  title: str | None = None, propensity: str | None = None) -> str:
     """In-distribution vs shifted steerability per dataset, one panel per shift (Tan et al. 2024, Sec. 5).
 
     Each point is a dataset: x its ``BASE -> BASE`` steerability, y its steerability after the
@@ -316,9 +377,9 @@ def shift_scatter(shifts_df: pd.DataFrame, path, *, model_col: str = "model", va
     _single(shifts_df, "layer", "shift_scatter")
     labels = list(pd.unique(shifts_df["shift"]))
     models = list(pd.unique(shifts_df[model_col])) if model_col in shifts_df.columns else [None]
-    rows = [("steerability", "steerability (mean slope)")]
+    rows = [("steerability", steerability_label(propensity, "steerability (mean slope)"))]
     if variance:
-        rows.append(("variance", "variance of per-example steerability"))
+        rows.append(("variance", steerability_label(propensity, "variance of per-example steerability", 2)))
     fig, axes = subplots(len(rows), len(labels), figsize=(4.2 * len(labels), 4.1 * len(rows)), squeeze=False)
     colours = matplotlib.colormaps["tab10"]
     for r, (stat, name) in enumerate(rows):
@@ -342,19 +403,20 @@ def shift_scatter(shifts_df: pd.DataFrame, path, *, model_col: str = "model", va
             ax.set_xlim(lo, hi)
             ax.set_ylim(lo, hi)
             ax.set_title("\n".join(lines), fontsize=9)
-            ax.set_xlabel(f"ID {name}\n(BASE → BASE)", fontsize=9)
+            ax.set_xlabel(f"ID (BASE → BASE) {name}", fontsize=8)
             if c == 0:
-                ax.set_ylabel(f"OOD {name}", fontsize=9)
+                ax.set_ylabel(f"OOD {name}", fontsize=8)
             ax.grid(alpha=0.3)
         if len(models) > 1:
             axes[r, 0].legend(fontsize=8, loc="upper left")
     fig.suptitle(title or "In- vs out-of-distribution steerability (one point per dataset; dashed: y = x)")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return _finish(fig, path)
 
 
 def relative_steerability_plot(rel: pd.DataFrame, path, *, train_col: str = "train_setting",
-                               model_col: str = "model", title: str | None = None) -> str:
+                               model_col: str = "model", title: str | None = None,
+                               propensity: str | None = None) -> str:
     """Relative steerability against the unsteered propensity gap between the vector's training
     setting and the test setting (Tan et al. 2024, Sec. 5; repepo's relative-steerability trend plot).
 
@@ -387,8 +449,10 @@ def relative_steerability_plot(rel: pd.DataFrame, path, *, train_col: str = "tra
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.axhline(0.0, color="grey", lw=0.6, ls=":")
     n, _, rho = correlation(kept["unsteered_propensity_gap"], kept["relative_steerability"])
-    ax.set_xlabel("Unsteered propensity gap")
-    ax.set_ylabel("Relative steerability")
+    name = _UNITS[propensity][0] if propensity in _UNITS else "propensity (kind not given)"
+    ax.set_xlabel(f"unsteered propensity gap, vector's setting vs test setting\n"
+                  f"(mean |Δ| per example of the unsteered {name}, {unit(propensity)})")
+    ax.set_ylabel("relative steerability\n(ratio of steerabilities, no unit)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(title="vector trained on", fontsize=8, title_fontsize=8, loc="upper left",
@@ -397,11 +461,12 @@ def relative_steerability_plot(rel: pd.DataFrame, path, *, train_col: str = "tra
     ax.set_title(f"{head}\nSpearman ρ = {rho:.2f} (n = {n}; {int((~rel['kept'].astype(bool)).sum())} rows "
                  "with low self-steerability left out)", fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return _finish(fig, path)
 
 
 def mean_variance_plot(mv: pd.DataFrame, path, *, shifts: Mapping | None = None, train_col: str = "train_setting",
-                       test_col: str = "test_setting", model_col: str = "model", title: str | None = None) -> str:
+                       test_col: str = "test_setting", model_col: str = "model", title: str | None = None,
+                       propensity: str | None = None) -> str:
     """Mean against variance of per-example steerability, one point per dataset, one panel per
     setting cell (the shifts of ``shifts`` present, default :data:`~steerjax.studies.reliability.SHIFTS`; a
     table without setting columns gives one panel), with Pearson r / Spearman rho in each title.
@@ -440,19 +505,19 @@ def mean_variance_plot(mv: pd.DataFrame, path, *, shifts: Mapping | None = None,
             _fit_line(ax, part["steerability"], part["variance"], colour)
             lines.append(_corr_text(part["steerability"], part["variance"], "" if model is None else f"{model}: "))
         ax.set_title("\n".join(lines), fontsize=9)
-        ax.set_xlabel("steerability (mean slope)")
-        ax.set_ylabel("variance of per-example steerability")
+        ax.set_xlabel(steerability_label(propensity, "steerability (mean slope)"), fontsize=8)
+        ax.set_ylabel(steerability_label(propensity, "variance of per-example steerability", 2), fontsize=8)
         ax.axvline(0, color="grey", lw=0.6, ls=":")
         ax.grid(alpha=0.3)
         if len(models) > 1:
             ax.legend(fontsize=8)
     fig.suptitle(title or "Mean vs variance of per-example steerability (one point per dataset)")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return _finish(fig, path)
 
 
 def model_comparison_plot(comparison, path, *, statistic: str = "steerability", dataset_col: str = "dataset",
-                          title: str | None = None) -> str:
+                          title: str | None = None, propensity: str | None = None) -> str:
     """Steerability of each dataset under model A against model B, one panel per model pair, with the
     y = x line and Pearson r / Spearman rho in the title (Tan et al. 2024, model comparison).
 
@@ -496,18 +561,20 @@ def model_comparison_plot(comparison, path, *, statistic: str = "steerability", 
         ax.plot([lo, hi], [lo, hi], color="black", lw=1, ls="--")
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
-        ax.set_xlabel(f"{statistic}: {a}", fontsize=9)
-        ax.set_ylabel(f"{statistic}: {b}", fontsize=9)
+        power = 1 if statistic == "steerability" else 2
+        ax.set_xlabel(steerability_label(propensity, f"{statistic}: {a}", power), fontsize=8)
+        ax.set_ylabel(steerability_label(propensity, f"{statistic}: {b}", power), fontsize=8)
         ax.set_title("\n".join(lines), fontsize=9)
         ax.grid(alpha=0.3)
         if 1 < len(cells) <= 4:
             ax.legend(fontsize=7)
     fig.suptitle(title or f"Dataset {statistic} across models (one point per dataset; dashed: y = x)")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return _finish(fig, path)
 
 
-def steerability_ci_plot(ci: pd.DataFrame, path, *, dataset_col: str = "dataset", title: str | None = None) -> str:
+def steerability_ci_plot(ci: pd.DataFrame, path, *, dataset_col: str = "dataset", title: str | None = None,
+                         propensity: str | None = None, norms: Mapping | None = None) -> str:
     """Dataset steerability and anti-steerable fraction with bootstrap intervals, one row per dataset
     (sorted by steerability, highest at the top).
 
@@ -517,6 +584,8 @@ def steerability_ci_plot(ci: pd.DataFrame, path, *, dataset_col: str = "dataset"
       path: output file.
       dataset_col: column naming datasets.
       title: figure title.
+      propensity: the propensity's kind (``"logit"``, ``"logprob"``), for the axis label.
+      norms: dataset -> the steering vector's norm, shown beside each dataset's name.
     """
     require_columns(ci, [dataset_col, "steerability", "steerability_lo", "steerability_hi"], "steerability_ci_plot")
     _single(ci, "layer", "steerability_ci_plot")
@@ -537,9 +606,13 @@ def steerability_ci_plot(ci: pd.DataFrame, path, *, dataset_col: str = "dataset"
                 label=f"steerability ({level}bootstrap interval)")
     ax.axvline(0, color="grey", lw=1, ls="--")
     ns = s["n"].to_numpy() if "n" in s.columns else [None] * k
-    ax.set_yticks(y, [f"{d} (n={n})" if n is not None else str(d) for d, n in zip(s[dataset_col], ns)])
+    def tick(d, n):
+        facts = ([f"n={n}"] if n is not None else []) + ([f"|v|={norms[d]:.2f}"] if norms and d in norms else [])
+        return f"{d} ({', '.join(facts)})" if facts else str(d)
+
+    ax.set_yticks(y, [tick(d, n) for d, n in zip(s[dataset_col], ns)])
     ax.set_ylim(-0.7, k - 0.3)
-    ax.set_xlabel("steerability (mean per-example slope)")
+    ax.set_xlabel(steerability_label(propensity, "steerability (mean per-example slope)"))
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     if anti:
@@ -550,12 +623,12 @@ def steerability_ci_plot(ci: pd.DataFrame, path, *, dataset_col: str = "dataset"
         bx.barh(y, frac, color=ANTI_COLOUR, alpha=0.7, height=0.6)
         bx.errorbar(frac, y, xerr=np.clip(ferr, 0, None), fmt="none", ecolor="#1a202c", capsize=3)
         bx.set_xlim(0, 1.0)
-        bx.set_xlabel("anti-steerable\nfraction")
+        bx.set_xlabel("anti-steerable fraction\n(share of examples)")
         bx.grid(axis="x", alpha=0.3)
         bx.tick_params(axis="y", left=False)
     fig.suptitle(title or "Dataset steerability with bootstrap intervals over examples")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return _finish(fig, path)
 
 
 def spurious_variance_plot(spurious: pd.DataFrame, path, *, dataset_col: str = "dataset",
@@ -588,17 +661,17 @@ def spurious_variance_plot(spurious: pd.DataFrame, path, *, dataset_col: str = "
                 label=col[3:].replace("_", " ") + (" (all factors)" if col == "r2_joint" else ""))
     ax.set_yticks(y, [str(d) for d in s[dataset_col]])
     ax.set_xlim(0, 1)
-    ax.set_xlabel("share of per-example steerability variance explained (R²)")
+    ax.set_xlabel("share of per-example steerability variance explained (R², no unit)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(m, 3), frameon=False)
     fig.suptitle(title or "Spurious factors: variance of steerability they explain")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return _finish(fig, path)
 
 
 def generalisation_heatmap(gen: pd.DataFrame, path, *, value: str = "relative_steerability",
                            train_col: str = "train_setting", test_col: str = "test_setting",
-                           title: str | None = None) -> str:
+                           title: str | None = None, propensity: str | None = None) -> str:
     """The train x test matrix of one :func:`~steerjax.studies.reliability.generalisation` column, averaged over
     datasets (:func:`~steerjax.studies.reliability.generalisation_matrix`), as an annotated heatmap.
 
@@ -625,7 +698,14 @@ def generalisation_heatmap(gen: pd.DataFrame, path, *, value: str = "relative_st
     ax.set_yticks(range(data.shape[0]), [str(r) for r in m.index])
     ax.set_xlabel("test setting")
     ax.set_ylabel("vector trained in")
-    fig.colorbar(image, ax=ax, label=f"{value} (mean over datasets)")
+    what = f"{value} (mean over datasets)"
+    if value.startswith("relative"):
+        label = f"{what}\n(ratio, no unit)"
+    elif "steerability" in value:
+        label = steerability_label(propensity, what)
+    else:
+        label = what
+    fig.colorbar(image, ax=ax, label=label)
     ax.set_title(title or f"Train x test generalisation: {value}")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return _finish(fig, path)

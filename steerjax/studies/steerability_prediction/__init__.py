@@ -1,4 +1,4 @@
-"""Steerability predictor (Fan et al., "When is Your LLM Steerable?"; reference implementation
+"""The steerability-prediction study (Fan et al., "When is Your LLM Steerable?"; reference implementation
 SteerBoost, GitHub ``Fcr09/SteerBoost``): concepts, steered-rollout testbed, judges (hidden-state,
 embedding, LLM), early-decoding features in named sets, the CatBoost predictor, the paper's
 evaluation and strength-search baselines, and SteerBoost's data and setting."""
@@ -25,6 +25,7 @@ from steerjax.studies.steerability_prediction.concepts import (
     statement_concepts,
     text_concepts,
 )
+from steerjax.studies.steerability_prediction.config import PRESETS, Config
 from steerjax.studies.steerability_prediction.evaluation import (
     PaperEvaluation,
     PaperSplit,
@@ -53,22 +54,25 @@ from steerjax.studies.steerability_prediction.search import (
     confirm_ranked,
     guided_search,
     held_out_proba,
+    held_out_strategies,
     rank_strengths,
     simulate_strategies,
 )
+from steerjax.studies.steerability_prediction.study import Result, check, run
 from steerjax.studies.steerability_prediction.testbed import rollouts
 
 __all__ = [
-    "LABELS", "EmbeddingJudge", "HiddenStateJudge", "SteerabilityPredictor", "choose_strength", "cohen_kappa",
-    "evaluate", "fit", "guided_search", "rank_strengths",
-    "FEATURE_STEPS", "NEUTRAL_PROMPTS", "UNSTEERED", "Concept", "early_features", "feature_columns",
-    "lens_layers", "load_concepts", "make_concepts", "persona_concepts", "residual_norm", "rollouts", "save_concepts",
-    "statement_concepts", "text_concepts",
-    # issue 14: feature sets, the paper's evaluation and baselines, the LLM judge, SteerBoost's data
-    "BASELINES", "DEFAULT_FEATURE_SET", "FEATURE_SETS", "LLMJudge", "PaperEvaluation", "PaperSplit", "STEERBOOST",
-    "ablation", "alpaca_eval_prompts", "compare_strategies", "concepts_from_examples", "feature_set_columns",
-    "held_out_proba", "judge_agreement", "load_prompts", "paper_evaluation", "paper_split", "read_examples",
-    "replays_judge", "simulate_strategies", "steerboost_columns", "steerboost_concepts", "steerboost_examples",
-    # issue 14 (continued): feedback-pruned guided search, bootstrap intervals over concepts
-    "bootstrap_f1", "bootstrap_strategies", "confirm_ranked",
+    # the study: options, checks, run, result
+    "PRESETS", "Config", "Result", "check", "run",
+    # its parts
+    "BASELINES", "DEFAULT_FEATURE_SET", "FEATURE_SETS", "FEATURE_STEPS", "LABELS", "NEUTRAL_PROMPTS", "STEERBOOST",
+    "UNSTEERED", "Concept", "EmbeddingJudge", "HiddenStateJudge", "LLMJudge", "PaperEvaluation", "PaperSplit",
+    "SteerabilityPredictor", "ablation", "alpaca_eval_prompts", "bootstrap_f1", "bootstrap_strategies",
+    "choose_strength", "cohen_kappa", "compare_strategies", "concepts_from_examples", "confirm_ranked",
+    "early_features", "evaluate", "feature_columns", "feature_set_columns", "fit", "guided_search", "held_out_proba",
+    "held_out_strategies",
+    "judge_agreement", "lens_layers", "load_concepts", "load_prompts", "make_concepts", "paper_evaluation",
+    "paper_split", "persona_concepts", "rank_strengths", "read_examples", "replays_judge", "residual_norm",
+    "rollouts", "save_concepts", "simulate_strategies", "statement_concepts", "steerboost_columns",
+    "steerboost_concepts", "steerboost_examples", "text_concepts",
 ]

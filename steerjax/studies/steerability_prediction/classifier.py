@@ -20,6 +20,7 @@ on the same concept folds. ``strength`` (the knob, known when choosing) is in ev
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -161,6 +162,48 @@ def fit(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = None, la
                                   "feature_set": feature_set if feature_columns is None else "columns"})
 
 
+#: the paper evaluation's default search: 8 CatBoost settings
+DEFAULT_GRID: dict[str, tuple] = {"depth": (4, 6), "iterations": (150, 300), "learning_rate": (0.05, 0.1)}
+GRID_KEYS = ("depth", "iterations", "learning_rate", "class_weights")
+
+
+def grid_settings(grid: Mapping[str, Sequence] | None) -> list[dict]:
+    """Every combination of a search grid, as :func:`fit` arguments
+    (``None``: :data:`DEFAULT_GRID`); a key left out keeps ``fit``'s default.
+
+    Raises:
+      PredictorError: not a mapping, an unknown key (:data:`GRID_KEYS`), an empty list, a bad
+        value (depth and iterations ints >= 1, learning_rate in (0, 1], class_weights one of
+        :data:`CLASS_WEIGHTS`).
+    """
+    grid = DEFAULT_GRID if grid is None else grid
+    if not isinstance(grid, Mapping) or not grid:
+        raise PredictorError(f"grid must be a mapping of {GRID_KEYS} to lists of values, got {grid!r}")
+    unknown = sorted(set(grid) - set(GRID_KEYS))
+    if unknown:
+        raise PredictorError(f"grid has unknown keys {unknown}: search over {GRID_KEYS}")
+    keys = [k for k in GRID_KEYS if k in grid]
+    values = []
+    for k in keys:
+        v = grid[k]
+        v = [v] if np.isscalar(v) or v is None else list(v)
+        if not v:
+            raise PredictorError(f"grid[{k!r}] is empty: give at least one value")
+        for x in v:
+            if k == "class_weights":
+                if x not in CLASS_WEIGHTS:
+                    raise PredictorError(f"grid['class_weights'] holds {x!r}: use values of "
+                                         f"{CLASS_WEIGHTS}")
+                continue
+            ok = (isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 1 if k != "learning_rate"
+                  else isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and 0 < x <= 1)
+            if not ok:
+                raise PredictorError(f"grid[{k!r}] holds {x!r}: depth and iterations are ints >= 1, learning_rate is "
+                                     "in (0, 1]")
+        values.append(v)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
 def choose_setting(table: pd.DataFrame, settings: Sequence[Mapping], *, feature_columns: Sequence[str],
                    n_folds: int = 3, seed: int = 0, label_col: str = "label",
                    **fit_kw) -> tuple[dict, pd.DataFrame]:
@@ -297,7 +340,7 @@ def evaluate(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = Non
     replaces the ``n_folds`` / ``seed`` split (:func:`concept_folds`).
 
     ``grid`` (``{"depth": [...], "learning_rate": [...], "iterations": [...], "class_weights":
-    [...]}``, :func:`studies.steerability_prediction.evaluation.grid_settings`) makes the search nested: in each
+    [...]}``, :func:`grid_settings`) makes the search nested: in each
     outer fold every fitted model (the predictor and each fitted baseline) takes the setting that
     scores best in an ``inner_folds`` concept-grouped cross-validation of that fold's training
     concepts only (:func:`choose_setting`), then is refitted on all of them; test concepts never
@@ -318,8 +361,6 @@ def evaluate(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = Non
     imp = np.zeros(len(cols))
     settings = None
     if grid is not None:
-        from steerjax.studies.steerability_prediction.evaluation import grid_settings
-
         settings = grid_settings(grid)
     searched = []
 

@@ -44,11 +44,10 @@ from steerjax.data import batch
 from steerjax.data.example_banks import UNSTEERED, read_examples
 from steerjax.errors import SteeringError, SteerjaxError
 from steerjax.steering import normalize_layer
+from steerjax.studies.steerability_prediction.config import CONCEPT_SOURCES, EXAMPLE_METHODS, SCALES
 from steerjax.vectors import SteeringVector, mean_difference, read_activations
 
-SOURCES = ("statements", "ab")
-SCALES = ("norm", "raw")
-EXAMPLE_METHODS = ("diffmean", "probe")
+SOURCES = CONCEPT_SOURCES
 
 NEUTRAL_PROMPTS: tuple[str, ...] = (
     "Tell me about your weekend plans.",

@@ -40,7 +40,6 @@ the classes in the true or predicted labels, and counts an undefined F1 as 0).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -50,13 +49,11 @@ import pandas as pd
 
 from steerjax.errors import PredictorError
 from steerjax.studies.steerability_prediction import classifier
+from steerjax.studies.steerability_prediction.classifier import DEFAULT_GRID, GRID_KEYS, grid_settings  # noqa: F401
 from steerjax.studies.steerability_prediction.judge import LABELS
 
 PROMPT_SPLITS = ("shared", "per-concept")
 PROMPT_PARTS = ("train", "validation", "test")
-#: the default search: 8 CatBoost settings
-DEFAULT_GRID: dict[str, tuple] = {"depth": (4, 6), "iterations": (150, 300), "learning_rate": (0.05, 0.1)}
-GRID_KEYS = ("depth", "iterations", "learning_rate", "class_weights")
 #: the scored subsets: (concepts, prompts)
 SUBSETS = (("seen", "test"), ("unseen", "test"), ("unseen", "all"))
 
@@ -225,30 +222,48 @@ class PaperEvaluation:
                 "prompts_per_concept": {k: int((first["part"] == k).sum()) for k in PROMPT_PARTS},
                 "options": dict(self.options)}
 
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The tables :meth:`save` writes, by file stem: ``scores``, ``per_class``, ``params``,
+        ``split_concepts``, ``split_prompts``, ``predictions``, ``importance``,
+        ``confusion_{concepts}_{prompts}`` (indexed by the true label) and ``cv_scores`` with
+        cross-validation."""
+        out = {"scores": self.scores, "per_class": self.per_class, "params": self.params,
+               "split_concepts": self.split.concepts, "split_prompts": self.split.prompts,
+               "predictions": self.predictions, "importance": self.importance}
+        out.update({"confusion_" + key.replace("/", "_"): conf for key, conf in self.confusion.items()})
+        if self.cv is not None:
+            out["cv_scores"] = self.cv.scores
+        return out
+
     def save(self, out: str) -> None:
         """Tables and figures into ``out``: ``scores.csv``, ``per_class.csv``, ``params.csv``,
         ``split_concepts.csv``, ``split_prompts.csv``, ``predictions.parquet``, ``importance.csv``,
         ``confusion_{concepts}_{prompts}.csv/.png``, ``summary.json``, and ``cv_scores.csv`` with
         cross-validation."""
         from steerjax.runs import write_json
-        from steerjax.studies.steerability_prediction import plots
 
-        os.makedirs(out, exist_ok=True)
-        self.scores.to_csv(os.path.join(out, "scores.csv"), index=False)
-        self.per_class.to_csv(os.path.join(out, "per_class.csv"), index=False)
-        self.params.to_csv(os.path.join(out, "params.csv"), index=False)
-        self.split.concepts.to_csv(os.path.join(out, "split_concepts.csv"), index=False)
-        self.split.prompts.to_csv(os.path.join(out, "split_prompts.csv"), index=False)
-        self.predictions.to_parquet(os.path.join(out, "predictions.parquet"), index=False)
-        self.importance.to_csv(os.path.join(out, "importance.csv"), index=False)
-        for key, conf in self.confusion.items():
-            stem = "confusion_" + key.replace("/", "_")
-            conf.to_csv(os.path.join(out, stem + ".csv"))
-            plots.confusion_matrix(conf, os.path.join(out, stem + ".png"),
-                                   title=f"Predictor: {key.replace('/', ' concepts, ')} prompts")
-        if self.cv is not None:
-            self.cv.scores.to_csv(os.path.join(out, "cv_scores.csv"), index=False)
+        write_tables(out, self.tables())
+        confusion_figures(out, self.confusion)
         write_json(os.path.join(out, "summary.json"), self.summary())
+
+
+def write_tables(out: str, tables: Mapping[str, pd.DataFrame]) -> None:
+    """Each table into ``out/<stem>.csv`` (``predictions``: parquet; ``confusion_*`` with their index)."""
+    os.makedirs(out, exist_ok=True)
+    for stem, table in tables.items():
+        if stem == "predictions":
+            table.to_parquet(os.path.join(out, stem + ".parquet"), index=False)
+        else:
+            table.to_csv(os.path.join(out, stem + ".csv"), index=stem.startswith("confusion_"))
+
+
+def confusion_figures(out: str, confusion: Mapping[str, pd.DataFrame]) -> list[str]:
+    """One confusion-matrix figure per scored subset (``"{concepts}/{prompts}"`` -> matrix) in ``out``."""
+    from steerjax.studies.steerability_prediction import plots
+
+    return [plots.confusion_matrix(conf, os.path.join(out, "confusion_" + key.replace("/", "_") + ".png"),
+                                   title=f"Predictor: {key.replace('/', ' concepts, ')} prompts")
+            for key, conf in confusion.items()]
 
 
 def paper_evaluation(table: pd.DataFrame, *, feature_columns: Sequence[str] | None = None,
@@ -424,43 +439,6 @@ def _check_numeric(table, cols) -> None:
             raise PredictorError(f"column {c!r} is not numeric and finite: features must be numbers")
 
 
-def grid_settings(grid: Mapping[str, Sequence] | None) -> list[dict]:
-    """Every combination of a search grid, as :func:`steerjax.studies.steerability_prediction.classifier.fit` arguments
-    (``None``: :data:`DEFAULT_GRID`); a key left out keeps ``fit``'s default.
-
-    Raises:
-      PredictorError: not a mapping, an unknown key (:data:`GRID_KEYS`), an empty list, a bad
-        value (depth and iterations ints >= 1, learning_rate in (0, 1], class_weights one of
-        :data:`steerjax.studies.steerability_prediction.classifier.CLASS_WEIGHTS`).
-    """
-    grid = DEFAULT_GRID if grid is None else grid
-    if not isinstance(grid, Mapping) or not grid:
-        raise PredictorError(f"grid must be a mapping of {GRID_KEYS} to lists of values, got {grid!r}")
-    unknown = sorted(set(grid) - set(GRID_KEYS))
-    if unknown:
-        raise PredictorError(f"grid has unknown keys {unknown}: search over {GRID_KEYS}")
-    keys = [k for k in GRID_KEYS if k in grid]
-    values = []
-    for k in keys:
-        v = grid[k]
-        v = [v] if np.isscalar(v) or v is None else list(v)
-        if not v:
-            raise PredictorError(f"grid[{k!r}] is empty: give at least one value")
-        for x in v:
-            if k == "class_weights":
-                if x not in classifier.CLASS_WEIGHTS:
-                    raise PredictorError(f"grid['class_weights'] holds {x!r}: use values of "
-                                         f"{classifier.CLASS_WEIGHTS}")
-                continue
-            ok = (isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 1 if k != "learning_rate"
-                  else isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and 0 < x <= 1)
-            if not ok:
-                raise PredictorError(f"grid[{k!r}] holds {x!r}: depth and iterations are ints >= 1, learning_rate is "
-                                     "in (0, 1]")
-        values.append(v)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
-
-
 def concept_strength(counted: pd.DataFrame, rows: pd.DataFrame | None = None, *, label_col: str = "label",
                      majority: str | None = None) -> np.ndarray:
     """What a concept-level grid search knows: per row of ``rows``, the most common label of its
@@ -505,6 +483,41 @@ def concept_strength(counted: pd.DataFrame, rows: pd.DataFrame | None = None, *,
     out = np.asarray(LABELS, dtype=object)[np.argmax(best, axis=1)]  # argmax: the first of the tied labels
     out[best.sum(1) == 0] = majority
     return out
+
+
+def score_row(name: str, y, pred) -> dict:
+    """One row of a scores table: ``model``, ``macro_f1``, ``accuracy``, ``f1_<class>``."""
+    f = classifier.f1_scores(y, pred)
+    return {"model": name, "macro_f1": classifier.macro_f1(y, pred), "accuracy": float(np.mean(y == pred)),
+            **{f"f1_{c}": f[c] for c in LABELS}}
+
+
+def cv_with_cgs(ev: classifier.Evaluation, table: pd.DataFrame) -> tuple[classifier.Evaluation, np.ndarray]:
+    """The concept-grouped evaluation ``ev`` of ``table`` with a ``CGS`` row last in its scores
+    (:func:`concept_strength`, leave one prompt out: what a concept-level grid search knows, an
+    oracle for unseen concepts), and the CGS predictions (aligned with ``table``)."""
+    cgs = concept_strength(table)
+    y = table["label"].to_numpy()
+    scores = pd.concat([ev.scores, pd.DataFrame([score_row("CGS", y, cgs)])], ignore_index=True)
+    return dataclasses.replace(ev, scores=scores), cgs
+
+
+def paper_with_cgs(paper: PaperEvaluation, table: pd.DataFrame) -> tuple[PaperEvaluation, np.ndarray]:
+    """The paper evaluation of ``table`` with a ``CGS`` row per scored subset after its scores
+    (leave-one-prompt-out :func:`concept_strength` of the whole table, on the rows scored), and
+    the CGS prediction of each of its ``predictions`` rows."""
+    pred = paper.predictions
+    key = table.set_index(["prompt_id", "concept", "strength"]).index
+    cgs = pd.Series(concept_strength(table), index=key)
+    cgs = cgs.reindex(pd.MultiIndex.from_frame(pred[["prompt_id", "concept", "strength"]])).to_numpy()
+    rows = []
+    for concepts_part, prompts_part in SUBSETS:
+        mask = (pred["concepts"] == concepts_part).to_numpy()
+        if prompts_part != "all":
+            mask = mask & (pred["prompts"] == prompts_part).to_numpy()
+        rows.append({"concepts": concepts_part, "prompts": prompts_part, "n": int(mask.sum()),
+                     **score_row("CGS", pred.loc[mask, "label"].astype(str).to_numpy(), cgs[mask])})
+    return dataclasses.replace(paper, scores=pd.concat([paper.scores, pd.DataFrame(rows)], ignore_index=True)), cgs
 
 
 def _per_class(y, pred, concepts_part, prompts_part, model) -> list[dict]:

@@ -53,7 +53,8 @@ teacher-forced on the steered response, as ours. Blocks ``L + k`` for ``k`` in
 :data:`STEERBOOST_OFFSETS` (0, 1, 2, 3, 5, 10, 15) are **clipped to the last block and
 deduplicated** (:func:`steerboost_layers`), as SteerBoost's steering hooks do
 (``min(L + k, n_layers - 1)``); its raw pass drops blocks past the last and its feature code then
-leaves those entries 0, which we do not copy (no always-zero columns). With ``s``, ``u`` the
+leaves those entries 0, which we do not copy by default (no always-zero columns;
+``steerboost_compat=True`` does, with columns named by ``L + k``). With ``s``, ``u`` the
 steered and reference residuals, ``d = s - u``, ``v`` the steering vector and ``m`` the multiplier
 (SteerBoost's alpha: the added vector is ``m v``):
 
@@ -77,7 +78,10 @@ exactly there (``MagDiff`` 0, ``CosSim`` 1, ``MagDiffRatio`` 0 by the zero rule)
 subtracting ``m v`` in floating point; the intervention ``m v`` is the configured one, not read off
 token 0 (with ``positions="generated"`` token 0 is not steered, so its ``MagDiff`` is 0 at every
 block and every ``MagDiffRatio`` is 0); SteerBoost's hidden states are bfloat16 and its raw pass
-re-tokenizes the decoded text (without the chat template), ours are float32 on the same token ids.
+re-tokenizes the decoded text (without the chat template), ours are float32 on the same token ids;
+a rollout that ends (EOS) before token ``n``: SteerBoost's unsteered pass on the decoded text has no
+position there and leaves token ``n``'s entries 0, ours reads the steps after the EOS
+(``steerboost_compat=True`` zeroes them as SteerBoost).
 
 **Relative features** (the ``relative`` set, prefixed ``rel_``; judge-independent, computed from
 the columns above by :func:`relative_features`, so a cached table can get them without a new
@@ -125,6 +129,13 @@ from steerjax.errors import PredictorError, SteerjaxError
 from steerjax.models.transformer import KVCache, final_norm, forward, param_dtype, unembed
 from steerjax.steering.core import normalize_layer
 from steerjax.studies.steerability_prediction.concepts import UNSTEERED, Concept
+from steerjax.studies.steerability_prediction.config import (  # noqa: F401 (FEATURE_SETS, replays_judge: re-exported)
+    DEFAULT_FEATURE_SET,
+    FEATURE_SETS,
+    JUDGE_AWARE,
+    parse_feature_set,
+    replays_judge,
+)
 from steerjax.studies.steerability_prediction.testbed import (
     bucket_rows,
     check_concepts,
@@ -145,21 +156,9 @@ STEERBOOST_OFFSETS = (0, 1, 2, 3, 5, 10, 15)
 STEERBOOST_GROUPS = ("MagDiff", "CosSim", "SteerAlign", "SteerProj", "MagDiffRatio", "CosSimDelta",
                      "SteerAlignDelta", "AfterSteering")
 SB_PREFIX = "sb_"
-FEATURE_SETS = {
-    "steerboost": "SteerBoost's groups (sb_*: MagDiff, CosSim, SteerAlign, SteerProj, the token-0 ratios and "
-                  "deltas, InterventionMag, Alpha) at its tokens and block offsets",
-    "steerjax": "steerjax's diffs: cos, norm ratio, diff norm, diff projection and growth per block, next-token "
-                "KL and entropy change, logit-lens KL",
-    "relative": "steerjax's ratios (rel_*): the vector norm and the push relative to the residual norm, next-token "
-                "KL and entropy change per unit push, downstream diff norm and projection per unit push",
-    "judge-aware": "read_nll and concept_read: they REPLAY the hidden-state judge (its fluency NLL and concept "
-                   "score on the first tokens); never a headline",
-}
-DEFAULT_FEATURE_SET = "steerboost+steerjax+relative"
 REL_PREFIX = "rel_"
 RELATIVE_STEP_FEATURES = ("kl_next", "entropy_change", "diff_norm_last", "diff_norm_mean", "diff_proj_last",
                           "diff_proj_mean")
-JUDGE_AWARE = "judge-aware"
 _EPS = 1e-8
 _STEERJAX_COLUMN = re.compile(r"^(?:(?:%s)_L\d+|(?:%s)|lens_kl_L\d+)_k\d+$"
                               % ("|".join(LAYER_FEATURES), "|".join(NEXT_FEATURES)))
@@ -172,11 +171,14 @@ def lens_layers(cfg) -> tuple[int, ...]:
     return tuple(range(0, cfg.num_layers - 1, LENS_EVERY))
 
 
-def steerboost_layers(cfg, layer: int) -> tuple[int, ...]:
+def steerboost_layers(cfg, layer: int, steerboost_compat: bool = False) -> tuple[int, ...]:
     """SteerBoost's blocks ``layer + k`` (``k`` in :data:`STEERBOOST_OFFSETS`), clipped to the last
-    block and deduplicated, ascending."""
+    block and deduplicated, ascending; with ``steerboost_compat`` not clipped (a block past the last
+    is a column of zeros, as SteerBoost's feature code leaves it)."""
     cfg = getattr(cfg, "config", cfg)
     li = normalize_layer(layer, cfg.num_layers)
+    if steerboost_compat:
+        return tuple(sorted({li + k for k in STEERBOOST_OFFSETS}))
     return tuple(sorted({min(li + k, cfg.num_layers - 1) for k in STEERBOOST_OFFSETS}))
 
 
@@ -187,14 +189,16 @@ def steerboost_tokens(steps: Sequence[int] = FEATURE_STEPS) -> tuple[int, ...]:
     return tuple(n for n in STEERBOOST_TOKENS if n + 1 <= k_max)
 
 
-def steerboost_columns(cfg, layer: int, steps: Sequence[int] = FEATURE_STEPS) -> list[str]:
+def steerboost_columns(cfg, layer: int, steps: Sequence[int] = FEATURE_STEPS, *,
+                       steerboost_compat: bool = False) -> list[str]:
     """The ``sb_`` column names of :func:`early_features` for a concept at block ``layer``, in
-    SteerBoost's order (groups as :data:`STEERBOOST_GROUPS`, each matrix then its statistics)."""
-    return [name for name, _ in _steerboost_names(cfg, layer, steerboost_tokens(steps))]
+    SteerBoost's order (groups as :data:`STEERBOOST_GROUPS`, each matrix then its statistics);
+    ``steerboost_compat`` as there (blocks past the last named by ``layer + k``)."""
+    return [name for name, _ in _steerboost_names(cfg, layer, steerboost_tokens(steps), steerboost_compat)]
 
 
 def feature_columns(cfg, steps: Sequence[int] = FEATURE_STEPS, *, layer: int | None = None,
-                    judge_aware: bool = True) -> list[str]:
+                    judge_aware: bool = True, steerboost_compat: bool = False) -> list[str]:
     """Feature column names, in the order :func:`early_features` returns them (ids excluded).
 
     Args:
@@ -204,6 +208,7 @@ def feature_columns(cfg, steps: Sequence[int] = FEATURE_STEPS, *, layer: int | N
         relative ones (read after it) out.
       judge_aware: include ``read_nll`` / ``concept_read`` (as :func:`early_features` does by
         default).
+      steerboost_compat: SteerBoost's columns as :func:`early_features` with that option names them.
     """
     cfg = getattr(cfg, "config", cfg)
     steps = _check_steps(steps)
@@ -215,7 +220,7 @@ def feature_columns(cfg, steps: Sequence[int] = FEATURE_STEPS, *, layer: int | N
         if judge_aware:
             cols += [f"{f}_k{k}" for f in READ_FEATURES]
     if layer is not None:
-        cols += steerboost_columns(cfg, layer, steps) + relative_columns(steps)
+        cols += steerboost_columns(cfg, layer, steps, steerboost_compat=steerboost_compat) + relative_columns(steps)
     return cols
 
 
@@ -295,26 +300,6 @@ def feature_set_of(column: str) -> str | None:
     return None
 
 
-def parse_feature_set(name: str) -> tuple[str, ...]:
-    """The sets a feature-set name combines: ``"steerboost"``, ``"steerjax"``, ``"judge-aware"`` or
-    a ``+`` combination such as ``"steerboost+steerjax"`` (order kept, repeats dropped).
-
-    Raises:
-      PredictorError: an unknown or empty name (the message lists the known ones).
-    """
-    parts = tuple(dict.fromkeys(p.strip() for p in name.split("+"))) if isinstance(name, str) else ()
-    bad = [p for p in parts if p not in FEATURE_SETS]
-    if not parts or bad:
-        raise PredictorError(f"unknown feature set {name!r}: use one of {sorted(FEATURE_SETS)} or a '+' "
-                             f"combination such as {DEFAULT_FEATURE_SET!r}")
-    return parts
-
-
-def replays_judge(name: str) -> bool:
-    """Whether a feature-set name includes the judge-aware set (columns that replay the judge)."""
-    return JUDGE_AWARE in parse_feature_set(name)
-
-
 def feature_set_columns(columns: Sequence[str], name: str = DEFAULT_FEATURE_SET) -> list[str]:
     """The columns of ``columns`` (in their order) in the feature set ``name``, plus ``strength``
     (the knob a search chooses, known before decoding) where present.
@@ -339,6 +324,7 @@ def early_features(
     chat: bool | None = None,
     judge_aware: bool = True,
     tokens: Mapping[tuple[int, str, float], Sequence[int]] | None = None,
+    steerboost_compat: bool = False,
     progress: bool = False,
     mesh=None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
@@ -367,6 +353,13 @@ def early_features(
         EOS) decode greedily. Every (prompt, concept, strength) row needs an entry; the
         zero-strength rows of ``concept_read`` take ``(prompt, "none", 0.0)`` (the unsteered
         rollout) when present, else decode greedily. None: every row greedy.
+      steerboost_compat: SteerBoost's columns exactly as its feature code leaves them where ours
+        differ: a block ``layer + k`` past the last block is a column of zeros named by
+        ``layer + k`` (default: clipped to the last block); and a token past the end of its
+        rollout (token ``n`` when fewer than ``n`` new tokens come before the first EOS, or before
+        the end of the given ``tokens``) is zero in every SteerBoost matrix, as its unsteered pass
+        on the decoded text leaves it, the ratios, deltas and statistics then following (default:
+        read on the greedy continuation). The other sets are unchanged.
 
     Returns:
       ``(table, tokens)``: one row per prompt x concept x strength with ``prompt_id, concept,
@@ -433,7 +426,16 @@ def early_features(
         raw.append({k: np.asarray(v)[..., :n] for k, v in out["feats"].items()})
         toks.append(np.asarray(out["tokens"])[:n])
         mults.append(m[:n])
-    table = _table(cfg, jobs, raw, np.concatenate(mults), steps, lens, li, judge_aware)
+    ends = None
+    if steerboost_compat:  # each row's rollout length: new tokens before its first EOS or its given end
+        new = np.concatenate(toks)
+        is_eos = np.isin(new, np.asarray(cfg.eos_token_ids or (), np.int64))
+        ends = np.where(is_eos.any(axis=1), is_eos.argmax(axis=1), k_max)
+        if tokens is not None:
+            given = [tokens.get((p, c.name, s)) if i < n_jobs else tokens.get((p, UNSTEERED, 0.0))
+                     for i, (p, c, s) in enumerate(jobs)]
+            ends = np.minimum(ends, [k_max if g is None else len(g) for g in given])
+    table = _table(cfg, jobs, raw, np.concatenate(mults), steps, lens, li, judge_aware, steerboost_compat, ends)
     return table.iloc[:n_jobs].reset_index(drop=True), np.concatenate(toks)[:n_jobs].astype(np.int32)
 
 
@@ -554,11 +556,11 @@ def _early(params, cfg, prompt, row_prompt, steering, unit, forced, *, steps, le
     return {"feats": feats, "tokens": new}
 
 
-def _table(cfg, jobs, raw, mults, steps, lens, li, judge_aware) -> pd.DataFrame:
+def _table(cfg, jobs, raw, mults, steps, lens, li, judge_aware, compat=False, ends=None) -> pd.DataFrame:
     layer = np.concatenate([r["layer"] for r in raw], axis=-1)  # [K, 5, L, N]
     proj = np.concatenate([r["proj"] for r in raw], axis=-1)  # [K, L, N]
     norms = np.asarray([c.norm for _, c, _ in jobs])
-    sb = _steerboost(cfg, li, steerboost_tokens(steps), layer, proj, mults.astype(np.float64), norms)
+    sb = _steerboost(cfg, li, steerboost_tokens(steps), layer, proj, mults.astype(np.float64), norms, compat, ends)
     nxt = np.concatenate([r["next"] for r in raw], axis=-1)  # [K, 2, N]
     lensk = np.concatenate([r["lens"] for r in raw], axis=-1)  # [K, nl, N]
     read = np.concatenate([r["read"] for r in raw], axis=-1).astype(np.float64)  # [K, 2, N]
@@ -599,9 +601,9 @@ def _table(cfg, jobs, raw, mults, steps, lens, li, judge_aware) -> pd.DataFrame:
     return pd.concat([table, rel], axis=1)
 
 
-def _steerboost_names(cfg, layer, tokens) -> list[tuple[str, tuple]]:
+def _steerboost_names(cfg, layer, tokens, compat=False) -> list[tuple[str, tuple]]:
     """``(column, where)`` for SteerBoost's columns: ``where`` says which matrix entry or statistic."""
-    blocks = steerboost_layers(cfg, layer)
+    blocks = steerboost_layers(cfg, layer, compat)
     li = normalize_layer(layer, getattr(cfg, "config", cfg).num_layers)
     out = []
     for g in STEERBOOST_GROUPS:
@@ -626,10 +628,11 @@ def _steerboost_names(cfg, layer, tokens) -> list[tuple[str, tuple]]:
     return out
 
 
-def _steerboost(cfg, layer, tokens, layer_steps, proj, mults, norms) -> dict[str, np.ndarray]:
+def _steerboost(cfg, layer, tokens, layer_steps, proj, mults, norms, compat=False, ends=None) -> dict[str, np.ndarray]:
     """SteerBoost's columns (module docstring) from the per-step arrays: ``layer_steps [K, 5, L, N]``
     (cos, norm ratio, |d|, d.v/|v|, growth), ``proj [K, L, N]`` (cos(s, v)), ``mults [N]``, ``norms [N]``
-    (|v|)."""
+    (|v|); with ``compat`` (``steerboost_compat``) blocks past the last and tokens past ``ends [N]``
+    (each row's rollout length) are zero in the four base matrices."""
     cfg = getattr(cfg, "config", cfg)
     li = normalize_layer(layer, cfg.num_layers)
     sign = np.sign(mults)
@@ -640,13 +643,22 @@ def _steerboost(cfg, layer, tokens, layer_steps, proj, mults, norms) -> dict[str
     align = np.where(mag > _EPS, sign * dproj / np.where(mag > _EPS, mag, 1.0), 0.0)
     base = {"MagDiff": mag, "CosSim": cos, "SteerAlign": align,
             "SteerProj": sign * proj[t].astype(np.float64)}  # [T, L, N] over all blocks
+    if compat:  # SteerBoost's zeros: blocks past the last (padded), tokens past the rollout's end
+        past = max(steerboost_layers(cfg, li, True)) + 1 - cfg.num_layers
+        gone = None if ends is None else (np.asarray(t)[:, None] > np.asarray(ends)[None, :])[:, None, :]
+        for g in base:
+            if past > 0:
+                base[g] = np.concatenate([base[g], np.zeros((len(t), past, base[g].shape[-1]))], axis=1)
+            if gone is not None:
+                base[g] = np.where(gone, 0.0, base[g])
+        mag, cos, align = base["MagDiff"], base["CosSim"], base["SteerAlign"]
     m0 = mag[:1]
     base["MagDiffRatio"] = np.where(np.abs(m0) > _EPS, mag / np.where(np.abs(m0) > _EPS, m0, 1.0), 0.0)
     base["CosSimDelta"] = cos - cos[:1]
     base["SteerAlignDelta"] = align - align[:1]
     stat = {"Mean": np.mean, "Std": np.std, "Max": np.max, "Min": np.min}
     cols = {}
-    for name, where in _steerboost_names(cfg, li, tokens):
+    for name, where in _steerboost_names(cfg, li, tokens, compat):
         kind = where[0]
         if kind == "after":
             cols[name] = sign * norms  # |m v| / m, and 0 at m = 0

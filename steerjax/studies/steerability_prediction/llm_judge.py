@@ -19,8 +19,11 @@ never does that: an answer without a judgment is counted, reported and left unla
 
 What differs from SteerBoost on purpose: requests go one by one (a thread pool, ``concurrency``
 at a time) instead of through OpenAI's Batch API; ``temperature`` is 0 by default (SteerBoost sets
-none: gpt-5-mini only takes its default; pass ``temperature=None`` to send none); answers are
-cached on disk, so a rerun sends no request.
+none: gpt-5-mini only takes its default; pass ``temperature=None`` to send none); a concept's name
+is read with ``-`` and ``_`` as spaces by default (SteerBoost reads it verbatim:
+``concept_names="verbatim"``); answers are cached on disk, so a rerun sends no request.
+:data:`STEERBOOST_JUDGE_OPTIONS` (``concept_names="verbatim", temperature=None``) makes every
+request body SteerBoost's.
 
 Configuration, from arguments or the environment:
 
@@ -134,6 +137,15 @@ Return your evaluation in JSON format:
 
 #: the model SteerBoost judged with (its batch requests' ``model``)
 STEERBOOST_JUDGE_MODEL = "gpt-5-mini"
+#: how the judge reads a concept's name (:meth:`LLMJudge.concept_text`): ``"readable"``, ``-`` and ``_``
+#: as spaces (steerjax's default, for persona-dimension names such as ``believes-in-gun-rights``);
+#: ``"verbatim"``, the name as it is, as SteerBoost fills ``{concept}`` with ``concepts.json``'s
+#: ``concept_name`` (names such as ``iambic-like``, ``step-by-step``, ``FAQ-style``)
+CONCEPT_NAMES = ("readable", "verbatim")
+#: SteerBoost's request exactly, as :class:`LLMJudge` keyword arguments: the concept's name verbatim
+#: and no temperature (its batch bodies send ``model``, ``messages`` and ``response_format`` only);
+#: ``LLMJudge(STEERBOOST_JUDGE_MODEL, **STEERBOOST_JUDGE_OPTIONS)`` sends its bodies
+STEERBOOST_JUDGE_OPTIONS = {"concept_names": "verbatim", "temperature": None}
 #: the judgment -> label map (the rubric's 0, 1, 2)
 JUDGMENT_LABELS = dict(enumerate(LABELS))
 #: the template's fields
@@ -390,7 +402,10 @@ class LLMJudge:
         OpenAI's).
       api_key: default ``$OPENAI_API_KEY``, else a placeholder.
       concepts: ``{concept name: text the judge reads as the target concept}``; a concept not in it
-        is read as its name with ``-`` and ``_`` as spaces.
+        is read by ``concept_names``.
+      concept_names: ``"readable"`` (default): a name's ``-`` and ``_`` read as spaces;
+        ``"verbatim"``: the name as it is, as SteerBoost (:data:`CONCEPT_NAMES`,
+        :data:`STEERBOOST_JUDGE_OPTIONS`).
       template: the judge prompt, with fields ``{prompt}``, ``{concept}``, ``{response_after}``
         (default SteerBoost's, :data:`STEERBOOST_PROMPT`).
       temperature: sent with every request (default 0); None sends none (models that only take
@@ -414,7 +429,8 @@ class LLMJudge:
     name = "LLM judge"
 
     def __init__(self, model: str | None = None, *, base_url: str | None = None, api_key: str | None = None,
-                 concepts: Mapping[str, str] | None = None, template: str = STEERBOOST_PROMPT,
+                 concepts: Mapping[str, str] | None = None, concept_names: str = "readable",
+                 template: str = STEERBOOST_PROMPT,
                  temperature: float | None = 0.0, max_tokens: int | None = None, json_mode: bool = True,
                  max_retries: int = 5, backoff: float = 1.0, max_backoff: float = 30.0, timeout: float = 60.0,
                  concurrency: int = 8, cache_dir: str | None = None, cache: bool = True, progress: bool = True):
@@ -425,6 +441,9 @@ class LLMJudge:
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "no-key"
         self.concepts = dict(concepts or {})
+        if concept_names not in CONCEPT_NAMES:
+            raise JudgeError(f"concept_names must be one of {CONCEPT_NAMES}, got {concept_names!r}")
+        self.concept_names = concept_names
         used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
         if not used <= set(FIELDS) or "response_after" not in used or "concept" not in used:
             raise JudgeError(f"the judge template must use {{concept}} and {{response_after}} (and may use "
@@ -452,8 +471,11 @@ class LLMJudge:
     # ----------------------------------------------------------------- requests
 
     def concept_text(self, name: str) -> str:
-        """What the judge reads as the target concept ``name``."""
-        return self.concepts.get(name, name.replace("-", " ").replace("_", " "))
+        """What the judge reads as the target concept ``name``: its ``concepts`` entry, else the name
+        as ``concept_names`` says."""
+        if name in self.concepts:
+            return self.concepts[name]
+        return name if self.concept_names == "verbatim" else name.replace("-", " ").replace("_", " ")
 
     def message(self, prompt: str, concept: str, response: str) -> str:
         """The user message for one rollout (``concept``: the text, see :meth:`concept_text`)."""

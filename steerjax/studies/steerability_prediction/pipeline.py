@@ -1,4 +1,5 @@
-"""The predictor's steps, shared by the command line and the predictor experiment.
+"""The predictor's steps, shared by ``steerjax testbed`` / ``steerjax predictor train`` and the
+study (:mod:`steerjax.studies.steerability_prediction.study`).
 
 - a testbed run directory: :func:`run_testbed` makes (or resumes) one, :func:`load_testbed` reads a
   finished one. Layout::
@@ -8,6 +9,7 @@
       RUN_DIR/concepts.safetensors    the concepts (+ .key.json: what they were built for)
       RUN_DIR/rollouts.parquet        every rollout, written when all are done
 
+- :func:`testbed_concepts`: the one concept cache (a keyed artifact);
 - :func:`label_and_featurize`: label a testbed's rollouts, extract the early features of the same
   (prompt, concept, strength) rows, join them; :func:`save_evaluation`: an evaluation's tables and
   figures; :func:`train_predictor`: both, the evaluation, and the saved predictor.
@@ -29,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from steerjax.errors import JudgeError, SteerjaxError
-from steerjax.runs import keyed_artifact
-from steerjax.studies.steerability_prediction import classifier, plots
+from steerjax.runs import digest, keyed_artifact
+from steerjax.studies.steerability_prediction import classifier, plots, search
 from steerjax.studies.steerability_prediction.concepts import (
     NEUTRAL_PROMPTS,
     UNSTEERED,
@@ -39,6 +41,7 @@ from steerjax.studies.steerability_prediction.concepts import (
     make_concepts,
     save_concepts,
 )
+from steerjax.studies.steerability_prediction.config import PROTOCOLS, search_feature_set
 from steerjax.studies.steerability_prediction.features import early_features
 from steerjax.studies.steerability_prediction.judge import HiddenStateJudge
 from steerjax.studies.steerability_prediction.testbed import rollouts as make_rollouts
@@ -107,23 +110,48 @@ def run_testbed(model, names: Sequence[str] | None, prompts: Sequence[Any], stre
         :func:`steerjax.studies.steerability_prediction.rollouts` and the concept builders.
     """
     from steerjax.steering.core import normalize_layer
-    from steerjax.studies.steerability_prediction.concepts import (
-        check_scale,
-        concepts_from_examples,
-        read_examples,
-        select,
-    )
-    from steerjax.studies.steerability_prediction.testbed import check_options, digest
+    from steerjax.studies.steerability_prediction.concepts import check_scale
+    from steerjax.studies.steerability_prediction.testbed import check_options
 
     layer = normalize_layer(layer, model.config.num_layers)
     check_scale(scale)
     check_options(max_new_tokens, batch_size, positions, seed, scale=scale, temperature=temperature, top_p=top_p,
                   top_k=top_k)
+    if source == "examples" and examples is None:
+        raise SteerjaxError("source='examples' needs examples= (a JSONL file or mapping of example banks)")
+    if source != "examples" and examples is not None:
+        raise SteerjaxError(f"examples= is used with source='examples', not source={source!r}")
+    os.makedirs(out, exist_ok=True)
+    concepts = testbed_concepts(model, os.path.join(out, CONCEPTS), names=names, layer=layer, source=source,
+                                pairs=pairs, seed=seed, examples=examples, method=method, norm_prompts=norm_prompts,
+                                progress=progress)
+    table = make_rollouts(model, list(prompts), concepts, strengths, layer=layer, max_new_tokens=max_new_tokens,
+                          seed=seed, batch_size=batch_size, positions=positions, temperature=temperature,
+                          top_p=top_p, top_k=top_k, scale=scale, progress=progress, run_dir=out)
+    table.to_parquet(os.path.join(out, ROLLOUTS), index=False)
+    with open(os.path.join(out, CONFIG)) as f:
+        return Testbed(out, json.load(f), concepts, table)
+
+
+def testbed_concepts(model, path: str, *, names: Sequence[str] | None, layer: int, source: str = "statements",
+                     pairs: int = 32, seed: int = 0, examples=None, method: str = "diffmean", chat: bool | None = None,
+                     norm_prompts=NEUTRAL_PROMPTS, progress: bool = True) -> list[Concept]:
+    """The testbed's concepts, built once into ``path`` and reloaded while their key matches
+    (:func:`steerjax.runs.keyed_artifact`): model, dtype, names, layer, pairs, seed, source; for
+    example banks also their digest, ``method``, the norm prompts' digest and ``chat`` when set.
+    The one concept cache of ``steerjax testbed`` and the study.
+
+    Args: as :func:`run_testbed` (``examples``: a JSONL file or mapping of example banks;
+      ``chat``: whether the example texts are rendered as chats, ``None``: the builder's default).
+
+    Raises:
+      SteerjaxError: an example bank missing for one of ``names``; as the concept builders.
+    """
+    from steerjax.studies.steerability_prediction.concepts import concepts_from_examples, read_examples, select
+
     key = {"model": str(model.source), "dtype": model.dtype, "concepts": list(names) if names else "all",
            "layer": layer, "pairs": pairs, "seed": seed, "source": source}
     if source == "examples":
-        if examples is None:
-            raise SteerjaxError("source='examples' needs examples= (a JSONL file or mapping of example banks)")
         banks = read_examples(examples)
         if names:
             missing = [n for n in names if n not in banks]
@@ -134,27 +162,18 @@ def run_testbed(model, names: Sequence[str] | None, prompts: Sequence[Any], stre
         key.update(method=method, examples=digest({n: [list(b.positive), list(b.negative), b.level]
                                                    for n, b in banks.items()}),
                    norm_prompts=None if norm_prompts is None else digest(list(norm_prompts)))
+        kw = {} if chat is None else {"chat": chat}
+        if chat is not None:
+            key["chat"] = chat
 
         def build():
             return concepts_from_examples(model, banks, layer=layer, method=method, n_examples=n_examples,
-                                          norm_prompts=norm_prompts, progress=progress)
+                                          norm_prompts=norm_prompts, progress=progress, **kw)
     else:
-        if examples is not None:
-            raise SteerjaxError(f"examples= is used with source='examples', not source={source!r}")
-
         def build():
             return make_concepts(model, names, layer=layer, source=source, n=pairs, seed=seed, progress=progress)
-    os.makedirs(out, exist_ok=True)
-    concepts = keyed_artifact(os.path.join(out, CONCEPTS), key, build,
-                              save=lambda c, path: save_concepts(path, c), load=load_concepts)
-    if source == "examples":
-        concepts = select(concepts, list(banks))
-    table = make_rollouts(model, list(prompts), concepts, strengths, layer=layer, max_new_tokens=max_new_tokens,
-                          seed=seed, batch_size=batch_size, positions=positions, temperature=temperature,
-                          top_p=top_p, top_k=top_k, scale=scale, progress=progress, run_dir=out)
-    table.to_parquet(os.path.join(out, ROLLOUTS), index=False)
-    with open(os.path.join(out, CONFIG)) as f:
-        return Testbed(out, json.load(f), concepts, table)
+    concepts = keyed_artifact(path, key, build, save=lambda c, p: save_concepts(p, c), load=load_concepts)
+    return select(concepts, list(banks)) if source == "examples" else concepts
 
 
 def label_and_featurize(model, concepts, rollouts: pd.DataFrame, *, layer: int, steps, batch_size: int = 32,
@@ -259,14 +278,14 @@ class PredictorTraining:
     thresholds: Any
     evaluation: classifier.Evaluation | None
     paper: Any = None
-
-
-PROTOCOLS = ("cv", "paper")
+    #: the strength search against IGS / CGS / TCGS (:func:`.search.held_out_strategies`), with
+    #: ``search_prompt_folds``: ``(items, summary)``
+    strategies: tuple[pd.DataFrame, pd.DataFrame] | None = None
 
 
 def check_training(testbed: Testbed, *, steps: Sequence[int], search_k: int, folds: int,
-                   feature_set: str | None = None, protocol: str = "cv",
-                   names: dict[str, str] | None = None) -> None:
+                   feature_set: str | None = None, protocol: str = "cv", search_prompt_folds: int = 0,
+                   max_rollouts: Sequence[int] = (1, 2, 3), names: dict[str, str] | None = None) -> None:
     """The checks of :func:`train_predictor` that need no model (run them before loading one).
 
     ``names`` maps the parameters (``steps``, ``search_k``, ``folds``, ``protocol``) to how the
@@ -278,7 +297,8 @@ def check_training(testbed: Testbed, *, steps: Sequence[int], search_k: int, fol
     """
     from steerjax.studies.steerability_prediction.features import parse_feature_set
 
-    n = {k: k for k in ("steps", "search_k", "folds", "protocol")} | dict(names or {})
+    n = {k: k for k in ("steps", "search_k", "folds", "protocol", "search_prompt_folds", "max_rollouts")} | dict(
+        names or {})
     if folds == 1:
         raise SteerjaxError(f"{n['folds']} must be 0 (no evaluation) or >= 2 (concept-grouped folds), got 1")
     if search_k < min(steps):
@@ -287,6 +307,15 @@ def check_training(testbed: Testbed, *, steps: Sequence[int], search_k: int, fol
     if protocol not in PROTOCOLS:
         raise SteerjaxError(f"{n['protocol']} must be one of {PROTOCOLS}, got {protocol!r}")
     parse_feature_set(feature_set or classifier.DEFAULT_FEATURE_SET)  # an unknown name lists the known ones
+    if search_prompt_folds:
+        n_prompts = testbed.rollouts["prompt_id"].nunique()
+        if folds < 2:
+            raise SteerjaxError(f"{n['search_prompt_folds']} searches unseen concepts: it needs {n['folds']} >= 2")
+        if not 2 <= search_prompt_folds <= n_prompts:
+            raise SteerjaxError(f"{n['search_prompt_folds']} must be in 2..{n_prompts} (the testbed's prompts), got "
+                                f"{search_prompt_folds}")
+        if not max_rollouts or any(int(r) != r or r < 1 for r in max_rollouts):
+            raise SteerjaxError(f"{n['max_rollouts']} must be positive integers, got {list(max_rollouts)}")
     if protocol == "paper":
         n_concepts, n_prompts = len(testbed.concepts), testbed.rollouts["prompt_id"].nunique()
         if n_concepts < 2 or n_prompts < 3:
@@ -296,8 +325,8 @@ def check_training(testbed: Testbed, *, steps: Sequence[int], search_k: int, fol
 
 def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] = (1, 2, 4, 8), search_k: int = 2,
                     folds: int = 5, iterations: int = 300, batch_size: int = 32, seed: int = 0,
-                    feature_set: str | None = None, protocol: str = "cv",
-                    progress: bool = True) -> PredictorTraining:
+                    feature_set: str | None = None, protocol: str = "cv", search_prompt_folds: int = 0,
+                    max_rollouts: Sequence[int] = (1, 2, 3), progress: bool = True) -> PredictorTraining:
     """Label a testbed's rollouts (hidden-state judge), extract their early features, evaluate, fit
     the predictor on the features of the first ``search_k`` steps and save it, with its tables and
     figures, in ``out``.
@@ -306,9 +335,14 @@ def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] =
       feature_set: the features (:data:`steerjax.studies.steerability_prediction.features.FEATURE_SETS`, combined with
         ``+``); default the judge-independent :data:`~studies.steerability_prediction.classifier.DEFAULT_FEATURE_SET`.
       protocol: ``"cv"``: concept-grouped cross-validation on unseen concepts (``folds >= 2``; 0
-        skips it); ``"paper"``: the paper's evaluation
+        skips it), next to the CGS baseline as :func:`steerjax.studies.steerability_prediction.study.run`
+        reports it; ``"paper"``: the paper's evaluation
         (:func:`~steerjax.studies.steerability_prediction.evaluation.paper_evaluation`,
         saved in ``out/paper``; with ``folds >= 2`` the concept-grouped CV as its extra).
+      search_prompt_folds: with 2 or more, the strength search on unseen concepts x held-out
+        prompts (``folds`` concept folds x this many prompt folds) against IGS, CGS and TCGS, as the
+        study runs it (:func:`.search.held_out_strategies`, budgets ``max_rollouts``):
+        ``strategies.csv``, ``strategy_items.parquet``, ``strategies.png``.
 
     Raises:
       SteerjaxError, PredictorError: see :func:`check_training`.
@@ -316,7 +350,8 @@ def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] =
     from steerjax.studies.steerability_prediction import evaluation
 
     feature_set = feature_set or classifier.DEFAULT_FEATURE_SET
-    check_training(testbed, steps=steps, search_k=search_k, folds=folds, feature_set=feature_set, protocol=protocol)
+    check_training(testbed, steps=steps, search_k=search_k, folds=folds, feature_set=feature_set, protocol=protocol,
+                   search_prompt_folds=search_prompt_folds, max_rollouts=max_rollouts)
     cfg = testbed.config
     os.makedirs(out, exist_ok=True)
     labelled, thr, data = label_and_featurize(model, testbed.concepts, testbed.rollouts, layer=cfg["layer"],
@@ -332,12 +367,28 @@ def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] =
     if protocol == "paper":
         levels = evaluation.concept_levels(testbed.concepts)
         paper = evaluation.paper_evaluation(data, feature_columns=cols, levels=levels, cv_folds=folds, seed=seed)
-        paper.save(os.path.join(out, "paper"))
+        paper, _ = evaluation.paper_with_cgs(paper, data)
         ev = paper.cv
     elif folds >= 2:
         ev = classifier.evaluate(data, feature_columns=cols, n_folds=folds, progress=progress, **fit_kw)
-    if ev is not None:
+    if ev is not None:  # with the CGS baseline, as the study reports it
+        ev, _ = evaluation.cv_with_cgs(ev, data)
+        if paper is not None:
+            paper = dataclasses.replace(paper, cv=ev)
         save_evaluation(ev, out)
+    if paper is not None:
+        paper.save(os.path.join(out, "paper"))
+    strategies = None
+    if search_prompt_folds:
+        table = data if "n_tokens" in data else data.merge(steered[KEYS + ["n_tokens"]], on=KEYS,
+                                                           validate="one_to_one")
+        strategies = search.held_out_strategies(
+            table, feature_columns=classifier.feature_columns_of(data, feature_set=search_feature_set(feature_set)),
+            n_folds=folds, prompt_folds=search_prompt_folds, k=search_k, max_rollouts=max_rollouts, seed=seed,
+            iterations=iterations)
+        strategies[0].to_parquet(os.path.join(out, "strategy_items.parquet"), index=False)
+        strategies[1].to_csv(os.path.join(out, "strategies.csv"), index=False)
+        plots.strategy_tradeoff(strategies[1], os.path.join(out, "strategies.png"))
     search_cols = [c for c in cols if (k := classifier.feature_step(c)) is None or k <= search_k]
     pred = classifier.fit(data, feature_columns=search_cols, **fit_kw)
     pred.meta.update(testbed=os.path.abspath(testbed.path), model=cfg["model"], dtype=cfg.get("dtype", "float32"),
@@ -346,4 +397,4 @@ def train_predictor(model, testbed: Testbed, *, out: str, steps: Sequence[int] =
                      strengths=sorted(set(steered["strength"])), max_new_tokens=cfg.get("max_new_tokens"),
                      thresholds=thr.to_dict())
     pred.save(out)
-    return PredictorTraining(pred, labelled, thr, ev, paper)
+    return PredictorTraining(pred, labelled, thr, ev, paper, strategies)

@@ -88,33 +88,6 @@ def f1_by_step(scores: pd.DataFrame, path) -> str:
     return save_figure(fig, path)
 
 
-def search_tradeoff(sims: pd.DataFrame, path) -> str:
-    """Guided search's success (share of the grid search's) against its decoded tokens (share of
-    the grid's), one point per strategy and number of confirming rollouts, with the targets."""
-    from steerjax.studies.steerability_prediction.search import summarize
-
-    fig, ax = subplots(figsize=(4.8, 3.4))
-    sims = sims if "max_rollouts" in sims else sims.assign(max_rollouts=1)
-    for (strategy, g), colour, marker in zip(sims.groupby("strategy"), ["#2b6cb0", "#dd6b20", "#2f855a"], "osD"):
-        pts = [(r, summarize(gr)) for r, gr in g.groupby("max_rollouts")]
-        x, y = [p["tokens_vs_grid"] for _, p in pts], [p["success_ratio"] for _, p in pts]
-        ax.plot(x, y, marker=marker, color=colour, label=strategy)
-        last = None
-        for (r, _), xi, yi in zip(pts, x, y):
-            if last is None or abs(xi - last[0]) + abs(yi - last[1]) > 0.01:  # skip labels of repeated points
-                ax.annotate(f"R={r}", (xi, yi), fontsize=7, xytext=(4, -9), textcoords="offset points")
-            last = (xi, yi)
-    ax.axvline(0.25, ls=":", color="grey")
-    ax.axhline(0.9, ls=":", color="grey")
-    ax.set_xlim(0, max(0.5, ax.get_xlim()[1]))
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("decoded tokens / grid search's")
-    ax.set_ylabel("success rate / grid search's")
-    ax.set_title("Guided strength search (unseen concepts and prompts)", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
-    return save_figure(fig, path)
-
-
 BASELINE_STYLE = {"IGS": ("*", "#2f855a"), "CGS": ("s", "#c53030"), "TCGS": ("D", "#dd6b20"),
                   "IGS-A": ("^", "#2b6cb0"), "IGS-D": ("v", "#319795")}
 

@@ -49,12 +49,8 @@ from steerjax.studies.steerability_prediction.classifier import (
     fit,
     group_folds,
 )
-from steerjax.studies.steerability_prediction.features import DEFAULT_FEATURE_SET
+from steerjax.studies.steerability_prediction.config import DEFAULT_FEATURE_SET, PRUNING, STRATEGIES
 from steerjax.studies.steerability_prediction.judge import LABELS
-
-STRATEGIES = ("argmax", "bisect", "feedback")
-#: the strategies whose confirming rollouts prune the remaining candidates (:func:`confirm_ranked`)
-PRUNING = ("feedback",)
 
 
 def choose_strength(strengths: Sequence[float], proba: pd.DataFrame, strategy: str = "argmax"):
@@ -155,48 +151,8 @@ def _check_rollouts(max_rollouts) -> int:
     return int(max_rollouts)
 
 
-def simulate(features: pd.DataFrame, predictor: SteerabilityPredictor | None, *, strategy: str = "argmax",
-             k: int, max_new_tokens: int, max_rollouts: int = 1, label_col: str = "label",
-             proba: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Guided vs grid search over a labelled testbed, one row per (prompt, concept).
-
-    ``features`` holds every candidate strength of each (prompt, concept) with its features and
-    judge label (the testbed's rollouts are greedy, so a confirming rollout at a strength is the
-    testbed's rollout at that strength). Guided search confirms the ranked candidates in order,
-    at most ``max_rollouts`` of them, and stops at the first success (``feedback`` skips those its
-    judged rollouts pruned: :func:`confirm_ranked`). Columns of the result:
-    ``chosen_strength`` (the first success, else the top-ranked one), ``n_rollouts``,
-    ``guided_success``, ``grid_success`` (some candidate succeeds), token counts
-    ``guided_tokens``, ``grid_tokens`` (every candidate decoded) and ``sequential_tokens`` (grid
-    from the smallest strength, stopping at the first success). ``proba``: the predictor's
-    probabilities for ``features`` when already computed (``predictor`` is then not used).
-    """
-    max_rollouts = _check_rollouts(max_rollouts)
-    need = {"prompt_id", "concept", "strength", label_col}
-    if need - set(features.columns):
-        raise PredictorError(f"features table lacks {sorted(need - set(features.columns))}")
-    proba = predictor.predict_proba(features) if proba is None else proba
-    rows = []
-    for (pid, concept), g in features.groupby(["prompt_id", "concept"], sort=True):
-        g = g.sort_values("strength")
-        ranking, evaluated = rank_strengths(g["strength"].to_numpy(), proba.loc[g.index], strategy)
-        label_at = dict(zip(g["strength"].to_numpy().tolist(), g[label_col].astype(str)))
-        tried = confirm_ranked(ranking, label_at.get, max_rollouts, prune=strategy in PRUNING)
-        success = tried[-1][1] == "success"  # the confirmations stop at the first success
-        n_roll = len(tried)
-        hit = np.flatnonzero(g[label_col].astype(str).to_numpy() == "success")
-        rows.append({
-            "prompt_id": pid, "concept": concept, "chosen_strength": tried[-1][0] if success else ranking[0],
-            "n_evaluated": len(evaluated), "n_rollouts": n_roll, "guided_success": success,
-            "grid_success": bool(hit.size), "guided_tokens": len(evaluated) * k + n_roll * max_new_tokens,
-            "grid_tokens": len(g) * max_new_tokens,
-            "sequential_tokens": (int(hit[0]) + 1 if hit.size else len(g)) * max_new_tokens,
-        })
-    return pd.DataFrame(rows)
-
-
 def _cells(table: pd.DataFrame, n_folds: int, prompt_folds: int | None, prompt_holdout: float, seed: int):
-    """``(fold, prompt_fold, train mask, test mask)`` per cell of :func:`cross_validated`'s split."""
+    """``(fold, prompt_fold, train mask, test mask)`` per cell of :func:`held_out_proba`'s split."""
     pids = np.asarray(sorted(set(table["prompt_id"])))
     if prompt_folds is None:
         if not 0 < prompt_holdout < 1:
@@ -222,7 +178,7 @@ def held_out_proba(table: pd.DataFrame, *, n_folds: int, k: int, prompt_folds: i
                    **fit_kw) -> pd.DataFrame:
     """Class probabilities for unseen concepts on unseen prompts, one row per held-out row of ``table``.
 
-    The split is :func:`cross_validated`'s: concept folds by
+    The split: concept folds by
     :func:`~steerjax.studies.steerability_prediction.classifier.concept_folds` times prompt folds (``prompt_folds``) or
     one seeded hold-out of ``prompt_holdout`` of the prompts; each cell's rows are scored by a
     predictor fitted on the other concepts' rows of the other prompts, with the features of the
@@ -247,52 +203,6 @@ def held_out_proba(table: pd.DataFrame, *, n_folds: int, k: int, prompt_folds: i
         proba = m.predict_proba(table[test]).reindex(columns=list(LABELS), fill_value=0.0)
         out.append(proba.assign(fold=f, prompt_fold=g))
     return pd.concat(out)
-
-
-def cross_validated(table: pd.DataFrame, *, n_folds: int, k: int, max_new_tokens: int,
-                    strategies: Sequence[str] = STRATEGIES, max_rollouts: Sequence[int] = (1,),
-                    prompt_folds: int | None = None, prompt_holdout: float = 0.2, seed: int = 0,
-                    label_col: str = "label", **fit_kw) -> pd.DataFrame:
-    """Guided vs grid search for unseen concepts on unseen prompts.
-
-    Concepts are split by :func:`~steerjax.studies.steerability_prediction.classifier.concept_folds`. Prompts: with
-    ``prompt_folds`` they are split into that many seeded folds too
-    (:func:`~steerjax.studies.steerability_prediction.classifier.group_folds`) and every (concept fold,
-    prompt fold) cell is searched by a predictor fitted on the other concepts' rows of the other
-    prompts, so every (prompt, concept) pair is searched once; without it, one seeded split holds
-    out ``prompt_holdout`` of the prompts. The predictors use the features of the first ``k``
-    steps (:func:`held_out_proba`; ``feature_columns`` or ``feature_set`` in ``fit_kw`` go to
-    it). One :func:`simulate` table for all cells, strategies and ``max_rollouts`` values, with
-    ``fold``, ``prompt_fold``, ``strategy`` and ``max_rollouts`` columns.
-    """
-    budgets = [_check_rollouts(r) for r in max_rollouts]
-    proba = held_out_proba(table, n_folds=n_folds, k=k, prompt_folds=prompt_folds, prompt_holdout=prompt_holdout,
-                           seed=seed, label_col=label_col, **fit_kw)
-    out = []
-    for (f, g), cell in proba.groupby(["fold", "prompt_fold"], sort=True):
-        test = table.loc[cell.index]
-        for strategy in strategies:
-            for r in budgets:
-                sim = simulate(test, None, strategy=strategy, k=k, max_new_tokens=max_new_tokens,
-                               max_rollouts=r, label_col=label_col, proba=cell[list(LABELS)])
-                out.append(sim.assign(fold=f, prompt_fold=g, strategy=strategy, max_rollouts=r))
-    return pd.concat(out, ignore_index=True)
-
-
-def summarize(sim: pd.DataFrame) -> dict:
-    """Success rates and token ratios of a :func:`simulate` table (the issue's two targets)."""
-    grid = float(sim["grid_success"].mean())
-    guided = float(sim["guided_success"].mean())
-    return {
-        "pairs": int(len(sim)),
-        "grid_success_rate": grid,
-        "guided_success_rate": guided,
-        "success_ratio": guided / grid if grid else float("nan"),
-        "tokens_vs_grid": float(sim["guided_tokens"].sum() / sim["grid_tokens"].sum()),
-        "tokens_vs_sequential_grid": float(sim["guided_tokens"].sum() / sim["sequential_tokens"].sum()),
-        "mean_evaluated": float(sim["n_evaluated"].mean()),
-        "mean_rollouts": float(sim["n_rollouts"].mean()),
-    }
 
 
 # ----------------------------------------------------------------------------- the paper's baselines
@@ -646,6 +556,34 @@ def _frame(blocks) -> pd.DataFrame:
     return out
 
 
+def held_out_strategies(table: pd.DataFrame, *, feature_columns: Sequence[str], n_folds: int, prompt_folds: int,
+                        k: int, max_rollouts: Sequence[int] = (1,), thresholds: Sequence[float] | None = None,
+                        guided: Sequence[str] = STRATEGIES, seed: int = 0,
+                        **fit_kw) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(items, summary)``: every strategy on unseen concepts x held-out prompts (concept folds x
+    prompt folds), replayed with the held-out probabilities of a predictor on ``feature_columns``
+    (:func:`held_out_proba`, steps ``<= k``): the baselines, guided search and the threshold sweep
+    (``thresholds``; ``None``: :data:`THRESHOLDS`) of :func:`simulate_strategies`, with TCGS per
+    cell learning each concept's strength on the cell's other prompts; ``summary`` is
+    :func:`compare_strategies` of the items. The study and ``steerjax predictor train`` both
+    report this table."""
+    proba = held_out_proba(table, n_folds=n_folds, k=k, feature_columns=feature_columns, prompt_folds=prompt_folds,
+                           seed=seed, **fit_kw)
+    kw = dict(k=k, max_rollouts=list(max_rollouts))
+    thresholds = list(thresholds) if thresholds is not None else THRESHOLDS
+    items = simulate_strategies(table, proba[list(LABELS)], guided=guided, thresholds=thresholds, **kw)
+    tcgs = []
+    for _, cell in proba.groupby(["fold", "prompt_fold"], sort=True):
+        test = table.index.isin(cell.index)
+        cell_concepts = set(table.loc[test, "concept"])
+        cell_prompts = set(table.loc[test, "prompt_id"])
+        train = table["concept"].isin(cell_concepts) & ~table["prompt_id"].isin(cell_prompts)
+        part = simulate_strategies(table, None, test=test, train=train.to_numpy(), guided=(), thresholds=(), **kw)
+        tcgs.append(part[part["strategy"] == "TCGS"])
+    items = pd.concat([items[items["strategy"] != "TCGS"], *tcgs], ignore_index=True)
+    return items, compare_strategies(items)
+
+
 def compare_strategies(items: pd.DataFrame) -> pd.DataFrame:
     """The tidy comparison: one row per (group, strategy, max_rollouts, threshold).
 
@@ -763,7 +701,7 @@ def guided_search(model, predictor: SteerabilityPredictor, prompt: str, concept,
     next-ranked one its judged labels have not pruned: :func:`confirm_ranked`). Returns the chosen
     strength (the first success, else the top-ranked one), the evaluated candidates with their
     predictions, every confirming rollout (``tried``), the chosen rollout's text and label (or
-    None), ``decoded_tokens`` counted as :func:`simulate` counts them (``k`` per evaluated
+    None), ``decoded_tokens`` counted as :func:`simulate_strategies` counts them (``k`` per evaluated
     candidate plus the confirming rollouts) and ``reference_tokens`` (the prompt's unsteered
     rollout, decoded for the judge).
     """

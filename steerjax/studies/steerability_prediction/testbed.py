@@ -31,14 +31,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steerjax.data.batch import encode
+from steerjax.data.batch import encode, pow2
 from steerjax.errors import SteeringError, SteerjaxError
-from steerjax.runs import MODEL_FINGERPRINT
+from steerjax.runs import MODEL_FINGERPRINT, digest
 from steerjax.runs.chunks import RunDirectory, map_chunks
 from steerjax.steering.core import Steering, normalize_layer
 from steerjax.studies.steerability_prediction.concepts import UNSTEERED, Concept, check_scale
+from steerjax.studies.steerability_prediction.config import POSITIONS, testbed_run_config
 
-POSITIONS = ("all", "generated")
 COLUMNS = ("prompt_id", "prompt", "concept", "layer", "strength", "multiplier", "scale", "seed", "text", "tokens",
            "n_tokens")
 
@@ -113,16 +113,12 @@ def rollouts(
 
     store = None
     if run_dir is not None:
-        store = RunDirectory(run_dir, {
-            "kind": "testbed", "model": str(model.source),
-            MODEL_FINGERPRINT: getattr(model, "fingerprint", None), "dtype": model.dtype, "layer": li,
-            "prompts_sha256": digest(ids), "concepts": concept_digests(concepts),
-            "strengths": {k: [float(s) for s in v] for k, v in grid.items()},
-            "max_new_tokens": int(max_new_tokens), "seed": int(seed), "batch_size": int(batch_size),
-            "positions": positions, "temperature": float(temperature), "top_p": float(top_p), "scale": scale,
-            # only when set: run directories made before top_k existed keep resuming
-            **({"top_k": int(top_k)} if top_k else {}),
-        })
+        store = RunDirectory(run_dir, dict(testbed_run_config(
+            model=str(model.source), dtype=model.dtype, layer=li, max_new_tokens=max_new_tokens, seed=seed,
+            batch_size=batch_size, positions=positions, temperature=temperature, top_p=top_p, scale=scale,
+            top_k=top_k, prompts_sha256=digest(ids), concepts=concept_digests(concepts),
+            strengths={k: [float(s) for s in v] for k, v in grid.items()}),
+            **{MODEL_FINGERPRINT: getattr(model, "fingerprint", None)}))
 
     def work(ci, chunk):
         size = bucket_rows(len(chunk), batch_size)
@@ -246,13 +242,10 @@ def job_steering(cfg, chunk, layer: int, rows: int, positions: str, *,
 
 
 def bucket_rows(n: int, batch_size: int) -> int:
-    """Rows of a compiled batch for ``n`` jobs: the next power of two, at most ``batch_size``, so
-    small calls do not pay for a full batch and a run compiles a few batch shapes at most."""
-    return min(int(batch_size), 1 << max(int(n) - 1, 0).bit_length())
-
-
-def digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    """Rows of a compiled batch for ``n`` jobs: the next power of two (:func:`steerjax.data.batch.pow2`),
+    at most ``batch_size``, so small calls do not pay for a full batch and a run compiles a few
+    batch shapes at most."""
+    return min(int(batch_size), pow2(n))
 
 
 def concept_digests(concepts: Sequence[Concept]) -> list[list]:

@@ -32,25 +32,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
-from steerjax.data.prompt_steering import (
-    PAPER_DIMENSIONS,
-    PROMPT_FORMATS,
-    list_dimensions,
-    profiling_source,
-    profiling_statements,
-    steering_prompt,
-    steering_statements,
-)
-from steerjax.errors import ProfileError
+from steerjax.data.prompt_steering import profiling_statements, steering_prompt, steering_statements
 from steerjax.runs import MODEL_FINGERPRINT
 from steerjax.runs.chunks import RunDirectory, map_chunks
 from steerjax.studies.prompt_steerability.beta import answer_matches, profile_parameters
+from steerjax.studies.prompt_steerability.config import (
+    DIRECTIONS,
+    PAPER_BUDGETS,
+    Config,
+    check,
+    draw_seed,
+    resolve_dimensions,
+)
 from steerjax.studies.prompt_steerability.indices import (
     asymmetry,
     base_summary,
@@ -59,11 +57,11 @@ from steerjax.studies.prompt_steerability.indices import (
     steerability_indices,
 )
 from steerjax.studies.prompt_steerability.scoring import answer_logprobs
-from steerjax.studies.prompt_steerability.templates import TEMPLATE_CATEGORIES
 
-DIRECTIONS = ("positive", "negative")
-PAPER_BUDGETS = (1, 2, 3, 4, 5, 10, 20, 50, 100)
-"""The reference's steering budgets (``steering-budgets`` in its ``config.yaml``)."""
+__all__ = ["DIRECTIONS", "PAPER_BUDGETS", "PROFILE_KEYS", "ProfileRun", "check_options", "draw_seed",
+           "extremes_from_answers", "profile_dimension", "profiles_from_answers", "prompt_plan", "resolve_dimensions",
+           "run_config", "run_profiles"]
+
 PROFILE_KEYS = ["dimension", "benchmark_trial", "direction", "budget", "trial"]
 
 
@@ -92,92 +90,42 @@ class ProfileRun:
         self.base.to_csv(os.path.join(out, "base_summary.csv"), index=False)
 
 
-def draw_seed(seed: int, *keys) -> int:
-    """The seed of one random draw: ``seed`` and the draw's keys (ints, or strings by CRC-32)
-    through :class:`numpy.random.SeedSequence`, so draws with different keys are independent."""
-    ints = [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) for k in keys]
-    return int(np.random.SeedSequence([int(seed) % 2 ** 64, *ints]).generate_state(1)[0])
-
-
-def resolve_dimensions(dims: str | Sequence[str]) -> list[str]:
-    """Dimension names from ``"paper"`` (the paper's 32, in the reference config's order),
-    ``"all"`` (every dimension of the steering data, 70) or names (a list, or one name).
-
-    Raises:
-      ProfileError: no dimensions, or a name given twice.
-      DataError: an unknown dimension (with the closest names).
-    """
-    spec = [dims] if isinstance(dims, str) else list(dims)
-    if spec == ["paper"]:
-        return list(PAPER_DIMENSIONS)
-    if spec == ["all"]:
-        return list_dimensions()
-    if not spec:
-        raise ProfileError("no dimensions given: pass names, 'paper' (the paper's 32) or 'all'")
-    if {"paper", "all"} & set(spec):
-        raise ProfileError(f"'paper' and 'all' stand alone; got {spec}")
-    twice = sorted({d for d in spec if spec.count(d) > 1})
-    if twice:
-        raise ProfileError(f"dimension(s) {twice} given more than once")
-    for dim in spec:  # unknown names: DataError with the closest ones
-        steering_statements(dim, "positive")
-    return spec
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ProfileError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
+def _config(dims, *, budgets, benchmark_trials, steering_trials, num_questions, confidence_threshold, seed,
+            prompt_format, template_category, nested=False, reference_compat=False, dtype="float32") -> Config:
+    try:
+        budgets = tuple(budgets)
+    except TypeError:
+        budgets = (budgets,)
+    return Config(dims=dims, budgets=budgets, benchmark_trials=benchmark_trials, steering_trials=steering_trials,
+                  num_questions=num_questions, confidence_threshold=confidence_threshold, seed=seed, nested=nested,
+                  prompt_format=prompt_format, template_category=template_category,
+                  reference_compat=reference_compat, dtype=dtype)
 
 
 def check_options(dims, *, budgets, benchmark_trials, steering_trials, num_questions, confidence_threshold, seed,
                   prompt_format, template_category) -> tuple[list[str], list[int]]:
-    """Check a run's options before any model loads; return ``(dims, budgets)`` resolved and sorted.
-
-    Checks the trial counts, the budgets (against the statements each dimension and direction
-    holds), the prompt format and template category, and that every dimension has
-    ``num_questions`` profiling statements per direction (drawing benchmark trial 0's sample).
+    """Check a run's options before any model loads (:func:`~steerjax.studies.prompt_steerability.check`);
+    return ``(dims, budgets)`` resolved and sorted.
 
     Raises:
       ProfileError, DataError: the first bad option, with what to do.
     """
-    benchmark_trials = _positive_int("benchmark_trials", benchmark_trials)
-    steering_trials = _positive_int("steering_trials", steering_trials)
-    if num_questions is not None:
-        _positive_int("num_questions", num_questions)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ProfileError(f"seed must be an integer, got {seed!r}")
-    if prompt_format not in PROMPT_FORMATS:
-        raise ProfileError(f"prompt_format must be one of {list(PROMPT_FORMATS)}, got {prompt_format!r}")
-    if template_category is not None and template_category not in TEMPLATE_CATEGORIES:
-        raise ProfileError(f"template_category must be None (the tokenizer's chat template) or one of "
-                           f"{list(TEMPLATE_CATEGORIES)}, got {template_category!r}")
-    dims = resolve_dimensions(dims)
-    try:
-        budgets = sorted({_positive_int("each budget", b) for b in budgets})
-    except TypeError:
-        raise ProfileError(f"budgets must be a list of integers >= 1, got {budgets!r}") from None
-    if not budgets:
-        raise ProfileError("budgets is empty: give at least one steering budget (the paper's: 1 2 3 4 5 10 20 50 100)")
-    for dim in dims:  # budgets beyond the statements available
-        for direction in DIRECTIONS:
-            steering_statements(dim, direction, budgets[-1], seed=0)
-    for dim in dims:  # enough profiling questions per direction
-        profiling_statements(dim, num_questions=num_questions, confidence_threshold=confidence_threshold,
-                             seed=draw_seed(seed, "profiling", dim, 0))
-    return dims, budgets
+    config = _config(dims, budgets=budgets, benchmark_trials=benchmark_trials, steering_trials=steering_trials,
+                     num_questions=num_questions, confidence_threshold=confidence_threshold, seed=seed,
+                     prompt_format=prompt_format, template_category=template_category)
+    check(config)
+    return config.resolved_dims(), sorted({int(b) for b in config.budgets})
 
 
 def run_config(model_source: str, dtype: str, dims, *, budgets, benchmark_trials, steering_trials, num_questions,
-               confidence_threshold, seed, nested, prompt_format, template_category) -> dict:
-    """The ``config.json`` of a profiles run (what the CLI checks before the model loads)."""
-    return {
-        "kind": "profiles", "model": model_source, "dtype": dtype, "dims": list(dims), "budgets": list(budgets),
-        "benchmark_trials": int(benchmark_trials), "steering_trials": int(steering_trials),
-        "num_questions": num_questions, "confidence_threshold": confidence_threshold, "seed": int(seed),
-        "nested": bool(nested), "prompt_format": prompt_format, "template_category": template_category,
-        "profiling_source": profiling_source(),
-    }
+               confidence_threshold, seed, nested, prompt_format, template_category,
+               reference_compat: bool = False) -> dict:
+    """The ``config.json`` of a profiles run: :meth:`Config.run_config
+    <steerjax.studies.prompt_steerability.Config.run_config>` of these options."""
+    return _config(dims, budgets=budgets, benchmark_trials=benchmark_trials, steering_trials=steering_trials,
+                   num_questions=num_questions, confidence_threshold=confidence_threshold, seed=seed, nested=nested,
+                   prompt_format=prompt_format, template_category=template_category,
+                   reference_compat=reference_compat, dtype=dtype).run_config(model_source)
 
 
 def prompt_plan(dim: str, budgets: Sequence[int], steering_trials: int, seed: int, *, benchmark_trial: int = 0,
@@ -279,7 +227,8 @@ def run_profiles(model, dims: str | Sequence[str], *, budgets: Sequence[int] = P
                  benchmark_trials: int = 5, steering_trials: int = 5, num_questions: int | None = 25,
                  confidence_threshold: float = 0.85, seed: int = 0, nested: bool = False,
                  prompt_format: str = "reference", template_category: str | None = None, batch_size: int = 64,
-                 run_dir: str | None = None, progress: bool = True, mesh=None) -> ProfileRun:
+                 reference_compat: bool = False, run_dir: str | None = None, progress: bool = True,
+                 mesh=None) -> ProfileRun:
     """The prompt-steerability protocol for several dimensions, with the reference's trial structure.
 
     Args:
@@ -300,6 +249,9 @@ def run_profiles(model, dims: str | Sequence[str], *, budgets: Sequence[int] = P
       template_category: ``None`` for the tokenizer's chat template, or one of the reference's
         hand-written wrappers (:data:`steerjax.studies.prompt_steerability.templates.TEMPLATE_CATEGORIES`).
       batch_size, mesh: as in :func:`~steerjax.studies.prompt_steerability.scoring.answer_logprobs`.
+      reference_compat: indices and curves with the reference code's W1 formula (a 200-point
+        grid, :func:`~steerjax.studies.prompt_steerability.wasserstein`) instead of the exact W1;
+        the answers and profiles are the same either way.
       run_dir: resumable run directory (one chunk per dimension and benchmark trial; its
         ``config.json`` records the options and the profiling source).
       progress: show a progress bar over chunks.
@@ -311,17 +263,14 @@ def run_profiles(model, dims: str | Sequence[str], *, budgets: Sequence[int] = P
       ProfileError, DataError: bad options (checked before any scoring, :func:`check_options`).
       RunConfigError: ``run_dir`` holds another run.
     """
-    dims, budgets = check_options(dims, budgets=budgets, benchmark_trials=benchmark_trials,
-                                  steering_trials=steering_trials, num_questions=num_questions,
-                                  confidence_threshold=confidence_threshold, seed=seed, prompt_format=prompt_format,
-                                  template_category=template_category)
-    store = None
-    if run_dir is not None:
-        store = RunDirectory(run_dir, dict(run_config(
-            model.source, model.dtype, dims, budgets=budgets, benchmark_trials=benchmark_trials,
-            steering_trials=steering_trials, num_questions=num_questions, confidence_threshold=confidence_threshold,
-            seed=seed, nested=nested, prompt_format=prompt_format, template_category=template_category),
-            **{MODEL_FINGERPRINT: getattr(model, "fingerprint", None)}))
+    config = _config(dims, budgets=budgets, benchmark_trials=benchmark_trials, steering_trials=steering_trials,
+                     num_questions=num_questions, confidence_threshold=confidence_threshold, seed=seed, nested=nested,
+                     prompt_format=prompt_format, template_category=template_category,
+                     reference_compat=reference_compat, dtype=getattr(model, "dtype", "float32"))
+    check(config)
+    dims, budgets = config.resolved_dims(), sorted({int(b) for b in config.budgets})
+    store = None if run_dir is None else RunDirectory(
+        run_dir, dict(config.run_config(model.source), **{MODEL_FINGERPRINT: getattr(model, "fingerprint", None)}))
 
     def work(_, chunk):
         dim, trial = chunk
@@ -334,6 +283,6 @@ def run_profiles(model, dims: str | Sequence[str], *, budgets: Sequence[int] = P
     answers = map_chunks(chunks, work, store=store, desc="dimension x benchmark trial", progress=progress)
     profiles = profiles_from_answers(answers)
     extremes = extremes_from_answers(answers)
-    indices = steerability_indices(profiles, extremes)
+    indices = steerability_indices(profiles, extremes, reference_compat=bool(reference_compat))
     return ProfileRun(answers, profiles, extremes, indices, steerability_curves(indices), asymmetry(indices),
                       base_summary(profiles))
