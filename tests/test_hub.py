@@ -204,3 +204,19 @@ def test_revision_flag_errors(capsys):
     assert "already names a revision" in capsys.readouterr().err
     assert main(["info", "org/tiny", "--revision", ""]) == 2
     assert "--revision '': give a branch, tag or commit" in capsys.readouterr().err
+
+
+def test_the_quickstart_on_a_hub_id_records_the_commit(hub, tmp_path, capsys):
+    """The resolved commit goes into the run's config and the vector's metadata; the weights are
+    fetched once, at that commit."""
+    from experiments.quickstart.run import main
+    from steerjax.vectors import load_vectors
+
+    out = tmp_path / "run"
+    main(["--model", "org/tiny", "--revision", "v1", "--out", str(out), "--max-new-tokens", "2",
+          "--multipliers", "0", "1"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_commit"] == hub.v1 and config["revision"] == "v1"
+    _, meta = load_vectors(out / "vector.safetensors")
+    assert meta["model_commit"] == hub.v1
+    assert hub.fetched("org/tiny").count("model.safetensors") == 1
