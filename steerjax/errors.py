@@ -59,6 +59,10 @@ class RunConfigError(SteerjaxError, ValueError):
     """A run directory already holds a run with a different configuration."""
 
 
+class RunLockedError(SteerjaxError, RuntimeError):
+    """Another process is writing the run directory (it holds the directory's lock)."""
+
+
 class ArtifactKeyError(SteerjaxError, ValueError):
     """A stored artifact (a vector, concepts, a cache) was built for another configuration."""
 

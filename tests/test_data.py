@@ -659,7 +659,8 @@ def _reference_question(question: str, fmt: str) -> str:
 
 @pytest.mark.requires_data
 def test_real_xrisk_questions_as_the_references_read_them():
-    """Every row of every x-risk file, in the repepo and steering-bench formats (    and 10), and the rows where they differ from the steerjax format counted."""
+    """Every row of every x-risk file, in the repepo and steering-bench formats, and the rows where
+    they differ from the steerjax format counted."""
     from steerjax.data.mwe import _resolve, read_jsonl
 
     changed = {"repepo": {}, "steering-bench": {}}

@@ -189,14 +189,14 @@ def test_cache_rerun_makes_no_requests(tmp_path):
         assert server.requests == 9
         judge(server, tmp_path, temperature=0.7)(table())
         assert server.requests == 12
-        # the concept text too; another base URL is the same model: no request
+        # the concept text too; another base URL is another endpoint: asked again
         judge(server, tmp_path, concepts={"agreeableness": "a kind, agreeable persona"})(table())
         assert server.requests == 15
     with ChatServer(by_word) as other:
         judge(other, tmp_path)(table())
-        assert other.requests == 0
+        assert other.requests == 3
     with sqlite3.connect(tmp_path / "cache" / lj.CACHE_FILE) as db:
-        assert db.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == 15
+        assert db.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == 18
     # no cache: every run asks
     with ChatServer(by_word) as server:
         judge(server, tmp_path, cache=False)(table())
@@ -330,30 +330,31 @@ def test_malformed_and_unparseable_answers(tmp_path):
         assert s.loc["e", "answer"] == "I think it is fine."
         assert s.loc["g", "problem"] == "empty answer (the answer was cut at max_tokens)"
         assert (rep.judged, rep.unparseable, rep.malformed) == (1, 3, 4)
-        # answers are cached (unparseable ones too: the same question gets the same answer); malformed
-        # replies are not, so a rerun asks only those again
+        # only answers with a judgment are cached: a rerun asks the 4 malformed and 3 unparseable again
         with pytest.warns(UserWarning):
             again, rep2 = judge(server, tmp_path)(table(tuple(replies)))
-        assert server.requests == 12 and rep2.cache_hits == 4
+        assert server.requests == 15 and rep2.cache_hits == 1
         pd.testing.assert_series_equal(again["status"], scores["status"])
 
 
 def test_failure_keeps_received_answers_in_the_cache(tmp_path):
+    key_fixed = {"yet": False}
+
     def flaky(request):
-        if response_of(request).startswith("two"):
+        if response_of(request).startswith("two") and not key_fixed["yet"]:
             return Reply(401, error_body("Incorrect API key provided."))
         return by_word(request)
 
     t = table(("zero", "one", "two", "one more"))
-    with ChatServer(flaky) as server:
+    with ChatServer(flaky) as server:  # the same endpoint (it is part of the cache key), then fixed
         with pytest.raises(JudgeError) as e:
             judge(server, tmp_path, concurrency=1)(t)  # one at a time: zero and one are asked first
         assert "the 2 answer(s) received before it are kept in the cache" in str(e.value)
-    with sqlite3.connect(tmp_path / "cache" / lj.CACHE_FILE) as db:
-        assert db.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == 2
-    with ChatServer(by_word) as fixed:
-        scores, rep = judge(fixed, tmp_path)(t)
-        assert rep.cache_hits == 2 and fixed.requests == 2
+        with sqlite3.connect(tmp_path / "cache" / lj.CACHE_FILE) as db:
+            assert db.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == 2
+        key_fixed["yet"] = True
+        scores, rep = judge(server, tmp_path)(t)
+        assert rep.cache_hits == 2 and rep.requests - rep.retries == 2  # only the two unanswered questions
     assert scores["label"].fillna("-").tolist() == ["-", "under-steer", "success", "over-steer", "success"]
 
 

@@ -100,7 +100,7 @@ def test_tmp_files_are_removed(tmp_path):
     open(os.path.join(run, "notes.tmp"), "w").write("the user's file")
     rd = RunDirectory(run, CFG)
     assert files(run) == ["00000.parquet"]
-    assert sorted(os.listdir(run)) == ["chunks", "config.json", "manifest.jsonl", "notes.tmp"]
+    assert sorted(os.listdir(run)) == [".lock", "chunks", "config.json", "manifest.jsonl", "notes.tmp"]
 
 
 def test_missing_or_damaged_chunk_file_is_redone(tmp_path):

@@ -5,7 +5,8 @@ USAGE="usage: tpu_scripts/setup.sh --project P --zone Z --name N [--accelerator-
                            [--python PYTHON] [--dry-run]
 
 On every worker (all at once): a virtual environment ~/steerjax-venv with jax[tpu] and steerjax
-(installed editable from ~/steerjax), then a check that JAX sees the TPU.
+(installed editable from ~/steerjax), both constrained to the versions CI tested
+(constraints/tested.txt), then a check that JAX sees the TPU.
 
 Where the code comes from:
   default          this checkout's files (git ls-files: tracked and untracked-but-not-ignored,
@@ -106,7 +107,9 @@ venv="\$HOME/$REMOTE_VENV"
 install="set -o pipefail; $get_code$get_data && mkdir -p ~/$REMOTE_LOGS"
 install+=" && { $(shell_quote "$python") -m venv $venv || { sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv && $(shell_quote "$python") -m venv $venv; }; }"
 install+=" && . $venv/bin/activate && python -m pip install -q --upgrade pip"
-install+=" && python -m pip install -q 'jax[tpu]'$find_links"
-install+=" && python -m pip install -q -e ~/$REMOTE_REPO"
+# the versions CI tested (constraints/tested.txt), not whatever is newest
+constraints="-c ~/$REMOTE_REPO/constraints/tested.txt"
+install+=" && python -m pip install -q 'jax[tpu]'$find_links $constraints"
+install+=" && python -m pip install -q -e ~/$REMOTE_REPO $constraints"
 install+=" && python -c 'import jax, steerjax; print(jax.process_index(), jax.local_device_count(), jax.device_count(), steerjax.__version__)'"
 tpu_ssh_all "$install"

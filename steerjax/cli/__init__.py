@@ -73,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
         except SystemExit as e:  # --help, --version or a usage error, already printed
             return e.code if isinstance(e.code, int) else EXIT_ERROR
+        if hasattr(args, "model"):
+            from steerjax.cli.checks import fold_revision
+
+            fold_revision(args)
         return args.run(args)
 
     return _behave(command, hard=argv is None)

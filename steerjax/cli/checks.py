@@ -55,6 +55,27 @@ nonnegative_int = _number_type(int, "an integer >= 0", lambda v: v >= 0)
 
 def add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, metavar="MODEL", help=MODEL_HELP)
+    add_revision(parser)
+
+
+def add_revision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--revision", metavar="REV",
+                        help="a branch, tag or commit of a hub id or Hub cache folder (as MODEL@REV); the commit "
+                             "it resolves to is recorded with the results")
+
+
+def fold_revision(args: argparse.Namespace, attr: str = "model") -> None:
+    """``--revision REV`` written into the model argument as ``MODEL@REV``, the form every loader
+    reads (so run configs and reloads name the revision too)."""
+    revision = getattr(args, "revision", None)
+    if revision is None:
+        return
+    if not revision.strip() or "@" in revision:
+        raise SteerjaxError(f"--revision {revision!r}: give a branch, tag or commit")
+    source = getattr(args, attr)
+    if "@" in source:
+        raise SteerjaxError(f"{source} already names a revision: drop --revision or the '@' part")
+    setattr(args, attr, f"{source}@{revision}")
 
 
 def add_dtype(parser: argparse.ArgumentParser, what: str = "model dtype") -> None:

@@ -21,12 +21,14 @@ def add_commands(sub) -> None:
                                       "leaves nothing that loads.")
     conv.add_argument("source", metavar="SOURCE", help=checks.MODEL_HELP.replace("(default: ", "(e.g. "))
     conv.add_argument("--out", required=True, metavar="DIR", help="the directory to write (must not exist)")
+    checks.add_revision(conv)
     checks.add_dtype(conv, "the dtype stored")
     conv.add_argument("--force", action="store_true", help="replace an existing --out directory")
     conv.set_defaults(run=run_convert)
 
 
 def run_convert(args) -> int:
+    checks.fold_revision(args, "source")
     checks.read_config(args.source)  # a bad source fails in milliseconds, before the weights are read
     out = runs.check_output_dir(args.out, force=args.force)
     check_target(out, force=args.force)  # with --force: only an empty or converted directory is replaced

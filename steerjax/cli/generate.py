@@ -73,6 +73,7 @@ def describe(header, dtype: str = "float32") -> dict[str, Any]:
         "num_parameters": int(transformer.num_parameters(cfg)),
         "dtype": dtype,
         "source": header.source,
+        "commit": header.commit,
         "tokenizer": header.tokenizer,
         "chat_template": header.chat_template,
     }
@@ -105,6 +106,7 @@ def run_info(args) -> int:
         ("parameters", f"{human_count(info['num_parameters'])} ({info['num_parameters']:,})"),
         ("dtype", info["dtype"]),
         ("source", info["source"]),
+        *([("commit", info["commit"])] if info["commit"] else []),
         ("tokenizer", yes_no(info["tokenizer"])),
         ("chat template", yes_no(info["chat_template"])),
     ]

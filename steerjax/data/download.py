@@ -43,6 +43,7 @@ DEFAULT_BASE = "https://" + ".".join(("raw", "githubusercontent", "com"))
 TIMEOUT = 60.0  # seconds without progress (connect or read) before a download is abandoned
 CHUNK = 1 << 16
 STALE_PART_SECONDS = 600  # a temporary file not written for this long belongs to a killed download
+MAX_UNPINNED_BYTES = 1 << 30  # the cap of a file whose size the manifest does not record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +137,26 @@ def git_blob_sha1(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def target(root: str | os.PathLike, local: str) -> pathlib.Path:
+    """``root/local``, checked to stay inside ``root``: ``local`` is relative, ``/``-separated,
+    without empty, ``.`` or ``..`` parts, and no symbolic link under ``root`` leads out of it.
+
+    Raises:
+      DataError: the path would leave the data directory.
+    """
+    parts = local.split("/") if isinstance(local, str) else []
+    if (not parts or any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts)
+            or os.path.isabs(local)):
+        raise DataError(f"the data path {local!r} is not a plain relative path: refusing to write outside the "
+                        "data directory")
+    dest = pathlib.Path(root, *parts)
+    base = os.path.realpath(root)
+    if os.path.commonpath([base, os.path.realpath(dest)]) != base:
+        raise DataError(f"the data path {local!r} leads outside the data directory {root} (through a symbolic "
+                        "link): refusing to write there")
+    return dest
+
+
 def problem(path: str | os.PathLike, entry: DataFile, *, check_sha: bool = True) -> str | None:
     """What is wrong with the file at ``path`` as a copy of ``entry`` (None: it verifies).
 
@@ -179,7 +200,7 @@ def fetch(entry: DataFile, root: str | os.PathLike, *, base: str | None = None, 
         content does not match the manifest (the file named; nothing is kept), or the folder
         cannot be written.
     """
-    dest = pathlib.Path(root, *entry.local.split("/"))
+    dest = target(root, entry.local)
     if not force and dest.is_file() and problem(dest, entry, check_sha=verify) is None:
         return dest, False
     url = entry.url(base)
@@ -257,17 +278,27 @@ def _transfer(url: str, out, entry: DataFile, progress: bool | None, timeout: fl
     """Stream ``url`` into ``out``; ``(bytes received, Content-Length or None)``."""
     request = urllib.request.Request(url, headers={"User-Agent": f"steerjax/{__version__}"})
     received, expected = 0, None
+    cap = entry.size if entry.size >= 0 else MAX_UNPINNED_BYTES
+
+    def too_long(what: str) -> DataError:
+        return DataError(f"the server sent {what} for {entry.local}, but the manifest pins {cap} bytes: the transfer "
+                         f"was stopped at {cap} bytes and nothing was kept. Check the server ({url})")
+
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             length = response.headers.get("Content-Length")
             expected = int(length) if length and length.isdigit() else None
+            if expected is not None and expected > cap:
+                raise too_long(f"a Content-Length of {expected} bytes")
             total = expected if expected is not None else (entry.size if entry.size >= 0 else None)
             with tqdm(total=total, desc=entry.local, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
                       disable=None if progress is None else not progress) as bar:
                 while True:
-                    block = response.read(CHUNK)
+                    block = response.read(min(CHUNK, cap - received) or 1)
                     if not block:
                         break
+                    if received + len(block) > cap:  # one byte past the cap: never written
+                        raise too_long("more bytes")
                     out.write(block)
                     received += len(block)
                     bar.update(len(block))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from steerjax.errors import UnsupportedArchitectureError
+import numpy as np
+
+from steerjax.errors import CheckpointError, UnsupportedArchitectureError
 
 #: the family names, in the order they are listed to users (:data:`steerjax.models.registry.FAMILIES`
 #: holds each family's code; the family modules import this module, so it cannot import them)
@@ -61,10 +63,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.family not in FAMILY_NAMES:
             raise UnsupportedArchitectureError(f"unknown family {self.family!r}; supported: {', '.join(FAMILY_NAMES)}")
-        for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
-                     "vocab_size", "max_position_embeddings"):
-            if getattr(self, name) <= 0:
-                raise UnsupportedArchitectureError(f"config field {name} must be positive")
+        for name, limit in SIZE_LIMITS.items():
+            object.__setattr__(self, name, check_int(name, getattr(self, name), 1, limit))
         if self.num_heads % self.num_kv_heads:
             raise UnsupportedArchitectureError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
@@ -84,6 +84,119 @@ class ModelConfig:
     def rope_scaling_dict(self) -> dict[str, Any] | None:
         return None if self.rope_scaling is None else dict(self.rope_scaling)
 
+
+#: inclusive upper bounds of the size fields: far above any released model (Llama 3.1 405B: 126
+#: layers, width 16384, MLP 53248; Gemma 3: vocabulary 262144; the longest contexts ~10M tokens), and
+#: far below what would exhaust memory while a config is merely read (a per-layer tuple, a shape)
+SIZE_LIMITS = {
+    "num_layers": 1024, "hidden_size": 2**16, "num_heads": 1024, "num_kv_heads": 1024, "head_dim": 2048,
+    "intermediate_size": 2**19, "vocab_size": 2**21, "max_position_embeddings": 2**25,
+}
+#: HF config fields (every family's spelling) that are integers, -> the :data:`SIZE_LIMITS` entry
+#: bounding them (None: a non-negative integer with the loosest bound, e.g. a window or a pattern)
+HF_INT_FIELDS = {
+    "num_hidden_layers": "num_layers", "n_layer": "num_layers",
+    "hidden_size": "hidden_size", "n_embd": "hidden_size",
+    "num_attention_heads": "num_heads", "n_head": "num_heads",
+    "num_key_value_heads": "num_kv_heads", "head_dim": "head_dim",
+    "intermediate_size": "intermediate_size", "n_inner": "intermediate_size",
+    "vocab_size": "vocab_size",
+    "max_position_embeddings": "max_position_embeddings", "n_positions": "max_position_embeddings",
+    "sliding_window": "max_position_embeddings", "max_window_layers": "num_layers",
+    "sliding_window_pattern": "num_layers", "_sliding_window_pattern": "num_layers",
+}
+_HF_OPTIONAL_ZERO = ("sliding_window", "max_window_layers", "n_inner")  # 0 means "off" / "the default"
+
+
+def check_int(name: str, value: Any, low: int, high: int, *, where: str = "config") -> int:
+    """``value`` as an ``int`` in ``[low, high]``.
+
+    Raises:
+      CheckpointError: not an integer (a string, a float such as ``4.5`` or ``1e9``, a bool).
+      UnsupportedArchitectureError: an integer outside the range.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise CheckpointError(f"{where} field {name} must be an integer, got {value!r} ({type(value).__name__}); "
+                              "fix config.json")
+    value = int(value)
+    if not low <= value <= high:
+        raise UnsupportedArchitectureError(f"{where} field {name}={value} is outside the supported range "
+                                           f"[{low}, {high}]; is config.json the right one?")
+    return value
+
+
+def check_hf_config(hf: Any, where: str = "config.json") -> None:
+    """Check the integer fields of an HF config dict (and of a nested ``text_config``) before a
+    family reads it: each an integer within :data:`SIZE_LIMITS`, token ids integers, and the heads
+    dividing the width where the head size is implied. Nothing is allocated before this passes.
+
+    Raises:
+      CheckpointError: not a JSON object, or a field of the wrong type.
+      UnsupportedArchitectureError: a field out of range, or heads that do not divide the width.
+    """
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{where} must be a JSON object, got {type(hf).__name__}")
+    if not isinstance(hf.get("model_type", ""), str):
+        raise CheckpointError(f"{where} field model_type must be a string, got {hf['model_type']!r}")
+    for name, limit in HF_INT_FIELDS.items():
+        value = hf.get(name)
+        if value is None:
+            continue
+        low = 0 if name in _HF_OPTIONAL_ZERO else 1
+        check_int(name, value, low, SIZE_LIMITS[limit], where=where)
+    for name in ("bos_token_id", "pad_token_id", "eos_token_id"):
+        value = hf.get(name)
+        for v in (value if isinstance(value, list) else [value]):
+            if v is not None:
+                check_int(name, v, -1, SIZE_LIMITS["vocab_size"], where=where)
+    width = hf.get("hidden_size", hf.get("n_embd"))
+    heads = hf.get("num_attention_heads", hf.get("n_head"))
+    kv = hf.get("num_key_value_heads")
+    if heads and kv and heads % kv:
+        raise UnsupportedArchitectureError(f"{where}: num_attention_heads={heads} is not a multiple of "
+                                           f"num_key_value_heads={kv}")
+    if width and heads and not hf.get("head_dim") and width % heads:
+        raise UnsupportedArchitectureError(f"{where}: the width {width} is not divisible by the {heads} heads "
+                                           "(and no head_dim is given)")
+    text = hf.get("text_config")
+    if text is not None:
+        check_hf_config(text, f"{where} text_config")
+
+
+def legacy_rope(hf: dict[str, Any], where: str = "config.json") -> dict[str, Any]:
+    """A transformers 5 config's ``rope_parameters`` as the fields transformers 4 wrote and the
+    families read: ``rope_theta``, ``partial_rotary_factor``, ``rope_scaling`` (when the type is
+    not ``default``) and, for Gemma 3's per-layer-type parameters, ``rope_local_base_freq`` (the
+    sliding layers' base). A config without ``rope_parameters`` is returned as it is.
+
+    Raises:
+      CheckpointError: ``rope_parameters`` is not an object, or disagrees with a field also present.
+      UnsupportedArchitectureError: scaled rotary embeddings on the sliding layers.
+    """
+    rope = hf.get("rope_parameters")
+    if rope is None:
+        return hf
+    if not isinstance(rope, dict):
+        raise CheckpointError(f"{where} field rope_parameters must be an object, got {rope!r}")
+    out = {k: v for k, v in hf.items() if k != "rope_parameters"}
+    if rope and set(rope) <= {"full_attention", "sliding_attention"}:  # per layer type (Gemma 3)
+        local = rope.get("sliding_attention") or {}
+        if local.get("rope_type", "default") != "default":
+            raise UnsupportedArchitectureError(f"{where}: scaled rotary embeddings on the sliding layers "
+                                               f"({local}) are not supported")
+        if "rope_theta" in local:
+            out["rope_local_base_freq"] = local["rope_theta"]
+        rope = rope.get("full_attention") or {}
+    rope = dict(rope)
+    for name in ("rope_theta", "partial_rotary_factor"):
+        if name in rope:
+            value = rope.pop(name)
+            if out.get(name) is not None and out[name] != value:
+                raise CheckpointError(f"{where}: {name}={out[name]!r} disagrees with rope_parameters ({value!r})")
+            out[name] = value
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        out["rope_scaling"] = rope
+    return out
 
 
 def leaves(tree):
@@ -144,7 +257,8 @@ def hf_tokens(hf: dict[str, Any], *, tie: bool, bos: int | None = None, eos: Any
 #: fields every transformers config carries that never change a forward pass: bookkeeping, output
 #: switches and generation defaults (sampling is steerjax's own). Token ids are read where needed.
 GENERIC_FIELDS = frozenset({
-    "_name_or_path", "architectures", "auto_map", "transformers_version", "torch_dtype", "dtype", "use_bfloat16",
+    "_name_or_path", "_attn_implementation_autoset", "architectures", "auto_map", "transformers_version",
+    "torch_dtype", "dtype", "use_bfloat16",
     "return_dict", "output_hidden_states", "output_attentions", "output_scores", "torchscript", "tf_legacy_loss",
     "finetuning_task", "id2label", "label2id", "problem_type", "prefix", "task_specific_params", "tokenizer_class",
     "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",

@@ -77,11 +77,18 @@ def hf_config(reader, path: str) -> dict[str, Any]:
             "safetensors checkpoint instead, whose config carries rope_scaling."
         )
     k = lambda name, default=None: _field(reader, f"{arch}.{name}", default)  # noqa: E731
-    heads = int(k("attention.head_count"))
-    d = int(k("embedding_length"))
+    names = {t.name for t in reader.tensors}
+    blocks = {int(m.group(1)) for m in map(_LAYER_RE.match, names) if m}
+    count = _count(k("block_count"), f"{arch}.block_count", path)
+    if count != len(blocks) or (blocks and max(blocks) != count - 1):
+        raise CheckpointError(f"{path}: {arch}.block_count is {count} but the file holds tensors of {len(blocks)} "
+                              "blocks; the file is corrupt or was written wrongly. Re-download it.")
+    heads = _count(k("attention.head_count"), f"{arch}.attention.head_count", path)
+    d = _count(k("embedding_length"), f"{arch}.embedding_length", path)
     tokens = _field(reader, "tokenizer.ggml.tokens")
     vocab = k("vocab_size") or (len(tokens) if tokens is not None else None)
-    names = {t.name for t in reader.tensors}
+    if vocab is None:
+        raise CheckpointError(f"{path} states no vocabulary size ({arch}.vocab_size or tokenizer.ggml.tokens)")
     cfg = {
         "model_type": ARCHITECTURES[arch],
         "architectures": [f"{arch} (gguf)"],
@@ -102,6 +109,16 @@ def hf_config(reader, path: str) -> dict[str, Any]:
         "pad_token_id": _field(reader, "tokenizer.ggml.padding_token_id"),
     }
     return cfg
+
+
+def _count(value: Any, key: str, path: str) -> int:
+    """A GGUF count field as an int (the config check bounds it further)."""
+    if value is None:
+        raise CheckpointError(f"{path} lacks the metadata field {key}; the file is incomplete. Re-download it.")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path}: the metadata field {key} is {value!r}, not a count") from None
 
 
 def hf_tensors(reader, cfg: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -45,22 +45,53 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{what}: the header is not a JSON object. Re-download the file.")
     header.pop("__metadata__", None)
     data_start = 8 + n
+    tensors = _check_header(header, size - data_start, what)
     data = np.memmap(path, dtype=np.uint8, mode="r") if size > data_start else np.zeros(0, np.uint8)
     out = {}
-    for name, info in header.items():
-        try:
-            dtype = np.dtype(_ST_DTYPES[info["dtype"]])
-            shape = tuple(info["shape"])
-            begin, end = info["data_offsets"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{what}: bad entry for tensor {name!r}: {info!r}") from e
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if end - begin != nbytes or data_start + end > size:
-            raise CheckpointError(
-                f"{what}: tensor {name!r} needs bytes {begin}..{end} of the data section, but the "
-                f"file holds {size - data_start}. The file is truncated or corrupt; re-download it."
-            )
+    for name, (dtype, shape, begin, end) in tensors.items():
         out[name] = data[data_start + begin : data_start + end].view(dtype).reshape(shape)
+    return out
+
+
+def _check_header(header: dict, data_size: int, what: str) -> dict[str, tuple]:
+    """Every tensor entry of a safetensors header checked before any array is made: a known dtype,
+    a shape of non-negative integers, integer offsets ``0 <= begin <= end <= data_size`` spanning
+    exactly the shape's bytes, and no two tensors overlapping. Returns name -> (dtype, shape,
+    begin, end).
+
+    Raises:
+      CheckpointError: naming the tensor and what is wrong.
+    """
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    out = {}
+    for name, info in header.items():
+        bad = f"{what}: bad entry for tensor {name!r}: {str(info)[:200]}"
+        if not isinstance(info, dict) or info.get("dtype") not in _ST_DTYPES:
+            raise CheckpointError(f"{bad} (unknown dtype). Re-download the file.")
+        shape, offsets = info.get("shape"), info.get("data_offsets")
+        if not isinstance(shape, list) or len(shape) > 8 or not all(is_int(s) and s >= 0 for s in shape):
+            raise CheckpointError(f"{bad} (the shape must be at most 8 non-negative integers). Re-download the file.")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(is_int(o) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1]):
+            raise CheckpointError(f"{bad} (data_offsets must be two integers 0 <= begin <= end). Re-download the file.")
+        dtype = np.dtype(_ST_DTYPES[info["dtype"]])
+        begin, end = offsets
+        nbytes = dtype.itemsize
+        for s in shape:  # Python integers: no overflow
+            nbytes *= s
+        if end - begin != nbytes or end > data_size:
+            raise CheckpointError(
+                f"{what}: tensor {name!r} needs bytes {begin}..{end} of the data section ({nbytes} for its shape "
+                f"{tuple(shape)}), but the file holds {data_size}. The file is truncated or corrupt; re-download it."
+            )
+        out[name] = (dtype, tuple(shape), begin, end)
+    spans = sorted((b, e, name) for name, (_, _, b, e) in out.items() if e > b)
+    for (_, prev_end, prev), (begin, _, name) in zip(spans, spans[1:]):
+        if begin < prev_end:
+            raise CheckpointError(f"{what}: tensors {prev!r} and {name!r} overlap in the data section (bytes "
+                                  f"{begin}..{prev_end}). The file is corrupt; re-download or re-save it.")
     return out
 
 

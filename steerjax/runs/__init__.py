@@ -32,12 +32,15 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from steerjax.errors import ArtifactKeyError, OutputPathError, RunConfigError
+from steerjax.errors import ArtifactKeyError, OutputPathError, RunConfigError, RunLockedError
 
 T = TypeVar("T")
 
 CONFIG = "config.json"
 RUN_FILES = ("chunks", "manifest.jsonl")  # what a run directory holds besides its config
+LOCK = ".lock"  # the advisory lock of the process writing a run directory (it holds the writer's PID)
+MODEL_FINGERPRINT = "model_fingerprint"  # the run config entry identifying the model's weights
+_held: dict[str, int] = {}  # run directories locked by this process: real path -> the lock file's descriptor
 
 
 def check_output_file(path: str | os.PathLike, *, force: bool = False, flag: str = "--out",
@@ -110,7 +113,7 @@ def check_run_dir(path: str | os.PathLike, config: Mapping[str, Any] | None = No
     if os.path.exists(cfg_path):
         _check_config(path, cfg_path, dict(config or {}), flag)
     else:
-        own = set(RUN_FILES) | set(allowed)
+        own = set(RUN_FILES) | set(allowed) | {LOCK}
         foreign = sorted(e for e in os.listdir(path) if e not in own and ".tmp" not in e)
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
@@ -216,19 +219,61 @@ def _short(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def claim(path: str, config: dict[str, Any]) -> dict[str, Any]:
-    """Make ``path`` the directory of the run described by ``config``: its ``config.json`` is
-    written once (atomically) and, when it already exists, must equal ``config``.
-
-    Returns the config as stored (JSON types). Results and facts found during the run (timings,
-    a chosen layer, versions) belong in other files, never in ``config.json``.
+def lock(path: str) -> None:
+    """Take the advisory lock of run directory ``path`` for this process: an exclusive ``flock`` on
+    ``path/.lock``, which records the holder's PID. It is held until the process exits (the
+    system drops it even after SIGKILL) or :func:`release`; taking it again in the same process
+    is a no-op. Where ``fcntl`` does not exist (Windows), nothing is locked.
 
     Raises:
+      RunLockedError: another process holds it (the message names its PID).
+    """
+    real = os.path.realpath(path)
+    if real in _held:
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    os.makedirs(path, exist_ok=True)
+    fd = os.open(os.path.join(path, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunLockedError(f"{path} is being written by another process (PID {holder}, which holds {LOCK} "
+                             "there): two writers would delete each other's chunks. Wait for it to finish or stop "
+                             "it, or use another directory") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[real] = fd
+
+
+def release(path: str) -> None:
+    """Give up this process's lock of run directory ``path`` (:func:`lock`), if held."""
+    fd = _held.pop(os.path.realpath(path), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops the flock
+
+
+def claim(path: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Make ``path`` the directory of the run described by ``config``: its ``config.json`` is
+    written once (atomically) and, when it already exists, must equal ``config``. The directory
+    is locked first (:func:`lock`): one writer at a time.
+
+    Returns the config as stored (JSON types). Results and facts found during the run (timings,
+    a chosen layer, versions) belong in other files, never in ``config.json``. A config naming the
+    model's weights (``model_fingerprint``, e.g. ``LanguageModel.fingerprint``: the Hub commit, or
+    the files' sizes and mtimes) refuses to resume with a model that changed since.
+
+    Raises:
+      RunLockedError: another process is writing the directory.
       RunConfigError: the directory holds another run (the message names what differs), or its
         ``config.json`` is unreadable.
     """
     config = json.loads(json.dumps(config, default=str))
-    os.makedirs(path, exist_ok=True)
+    lock(path)
     for stale in glob.glob(os.path.join(path, CONFIG + ".tmp*")):
         remove_file(stale)
     cfg_path = os.path.join(path, CONFIG)
@@ -237,6 +282,11 @@ def claim(path: str, config: dict[str, Any]) -> dict[str, Any]:
         return config
     old = read_run_config(path)
     diff = config_difference(old, config)
+    if diff == [MODEL_FINGERPRINT] and isinstance(old, dict) and old.get(MODEL_FINGERPRINT):
+        raise RunConfigError(f"{path} holds a run of {config.get('model', 'this model')} whose weights have changed "
+                             f"since it started ({MODEL_FINGERPRINT}: {_short(old.get(MODEL_FINGERPRINT))} in the "
+                             f"directory, {_short(config.get(MODEL_FINGERPRINT))} now): resuming would mix results "
+                             "of two models. Use a new directory, or delete this one to start over.")
     if diff:
         raise RunConfigError(describe_difference(path, old, config, diff))
     return config
@@ -292,6 +342,11 @@ def keyed_artifact(path: str, key: Any, build: Callable[[], T], *, save: Callabl
     data digests, options). When both exist and the keys are equal, ``load(path)`` is returned.
     Otherwise it is built; an existing artifact with another key is rebuilt
     (``on_mismatch="rebuild"``) or refused with :class:`ArtifactKeyError` (``"error"``).
+
+    Replacing: the key file is first replaced (atomically) by a "being rebuilt" marker, then the
+    artifact is renamed into place, then the new key written. A process killed in between leaves
+    the marker, which matches no key: the next run rebuilds (never serves an artifact built for
+    another key, and ``"error"`` does not refuse its own interrupted rebuild).
     """
     if on_mismatch not in ("rebuild", "error"):
         raise ValueError(f"on_mismatch must be 'rebuild' or 'error', got {on_mismatch!r}")
@@ -305,7 +360,7 @@ def keyed_artifact(path: str, key: Any, build: Callable[[], T], *, save: Callabl
             old = None
         if old == key:
             return load(path)
-        if on_mismatch == "error":
+        if on_mismatch == "error" and not _rebuilding(old):
             diff = config_difference(old, key) if isinstance(key, dict) else ["key"]
             raise ArtifactKeyError(f"{path} was built for another configuration (differs in: {', '.join(diff)}); "
                                    "delete it or use another directory")
@@ -317,9 +372,21 @@ def keyed_artifact(path: str, key: Any, build: Callable[[], T], *, save: Callabl
     root, ext = os.path.splitext(base)
     tmp = os.path.join(d, f"{root}.tmp{os.getpid()}{ext}")  # keep the extension: savers may look at it
     save(value, tmp)
+    # first the old key stops vouching for what stands at path (also a first build: a process killed
+    # after the rename leaves this marker, not an artifact without a key)
+    atomic_write(key_path, json.dumps({_REBUILDING: key}, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
+    fsync_dir(d or ".")
     atomic_write(key_path, json.dumps(key, indent=2, sort_keys=True) + "\n")
     return value
+
+
+_REBUILDING = "__being_rebuilt_for__"
+
+
+def _rebuilding(old_key: Any) -> bool:
+    """Whether a key file holds the marker of a rebuild that was interrupted."""
+    return isinstance(old_key, dict) and set(old_key) == {_REBUILDING}
 
 
 class RunLog:

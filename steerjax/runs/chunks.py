@@ -40,7 +40,7 @@ from typing import Any
 import pandas as pd
 
 from steerjax.progress import tqdm
-from steerjax.runs import atomic_write, claim, fsync_dir, fsync_file, remove_file
+from steerjax.runs import atomic_write, claim, fsync_dir, fsync_file, lock, remove_file
 
 MANIFEST = "manifest.jsonl"
 CHUNKS = "chunks"
@@ -52,12 +52,14 @@ class RunDirectory:
     Args:
       path: the directory (created if missing).
       config: a JSON-serialisable description of the run; a directory holding a run with another
-        config raises :class:`RunConfigError`.
+        config raises :class:`RunConfigError`. The directory is locked for this process
+        (:func:`steerjax.runs.lock`): a second writer gets :class:`RunLockedError` naming the PID.
     """
 
     def __init__(self, path: str, config: dict[str, Any]):
         self.path = path
         os.makedirs(os.path.join(path, CHUNKS), exist_ok=True)
+        lock(path)  # before anything is removed: another writer's in-flight files are not ours to delete
         self._remove_tmp_files()
         self.config = claim(path, config)
         self._rows: dict[int, int] = self._recover()

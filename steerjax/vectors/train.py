@@ -159,6 +159,7 @@ def train_vector(
         dataset = ",".join(names) if names else None
     metadata = {
         "model": str(model.source),
+        **({"model_commit": model.commit} if getattr(model, "commit", None) else {}),
         "family": cfg.family,
         "num_layers": cfg.num_layers,
         "hidden_size": cfg.hidden_size,

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from steerjax.data.prompt_steering import profiling_statements, steering_prompt, steering_statements
+from steerjax.runs import MODEL_FINGERPRINT
 from steerjax.runs.chunks import RunDirectory, map_chunks
 from steerjax.studies.prompt_steerability.beta import answer_matches, profile_parameters
 from steerjax.studies.prompt_steerability.config import (
@@ -268,7 +269,8 @@ def run_profiles(model, dims: str | Sequence[str], *, budgets: Sequence[int] = P
                      reference_compat=reference_compat, dtype=getattr(model, "dtype", "float32"))
     check(config)
     dims, budgets = config.resolved_dims(), sorted({int(b) for b in config.budgets})
-    store = None if run_dir is None else RunDirectory(run_dir, config.run_config(model.source))
+    store = None if run_dir is None else RunDirectory(
+        run_dir, dict(config.run_config(model.source), **{MODEL_FINGERPRINT: getattr(model, "fingerprint", None)}))
 
     def work(_, chunk):
         dim, trial = chunk

@@ -52,7 +52,8 @@ _PROFILE_CSV = {"curves": "curves.csv", "asymmetry": "asymmetry.csv", "base": "b
 
 def _load_profiles(out: str) -> ProfileRun:
     tables = {name: pd.read_parquet(os.path.join(out, f"{name}.parquet")) for name in _PROFILE_PARQUET}
-    tables.update({name: pd.read_csv(os.path.join(out, f)) for name, f in _PROFILE_CSV.items()})
+    tables.update({name: pd.read_csv(os.path.join(out, f), float_precision="round_trip")
+                   for name, f in _PROFILE_CSV.items()})
     return ProfileRun(**tables)
 
 
@@ -172,7 +173,7 @@ class Result:
         runs = {fmt: _load_profiles(out if fmt == config.prompt_format else os.path.join(out, fmt))
                 for fmt in config.formats}
         path = lambda name: os.path.join(out, name)  # noqa: E731
-        csv = lambda name: pd.read_csv(path(name)) if os.path.exists(path(name)) else None  # noqa: E731
+        csv = lambda name: pd.read_csv(path(name), float_precision="round_trip") if os.path.exists(path(name)) else None  # noqa: E731
         parquet = lambda name: pd.read_parquet(path(name)) if os.path.exists(path(name)) else None  # noqa: E731
         info = {}
         if os.path.exists(path("run.json")):

@@ -206,7 +206,9 @@ class Result:
 
         def get(*parts: str) -> pd.DataFrame:
             path = os.path.join(out, *parts)
-            return pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
+            if path.endswith(".parquet"):
+                return pd.read_parquet(path)
+            return pd.read_csv(path, float_precision="round_trip")  # exact floats with pandas 2 too
 
         tables = {attr: get(name) for attr, name in TABLES.items()}
         sweeps_ = {s: get(s, "layer_sweep.parquet") for s in models

@@ -66,7 +66,7 @@ class SweepResult:
             facts = json.load(f)
         return cls(results=pd.read_parquet(os.path.join(out, TABLES[0])),
                    per_example=pd.read_parquet(os.path.join(out, TABLES[1])),
-                   steerability=pd.read_csv(os.path.join(out, TABLES[2])), facts=facts)
+                   steerability=pd.read_csv(os.path.join(out, TABLES[2]), float_precision="round_trip"), facts=facts)
 
     def figures(self, out: str) -> list[str]:
         """Per layer, the propensity curves and the per-example steerability (violins); with

@@ -32,9 +32,13 @@ Configuration, from arguments or the environment:
   check none; a server that does answers 401, reported as a wrong key);
 * model: ``model`` or ``$STEERJAX_JUDGE_MODEL`` (no default: the judge is a choice to state);
 * cache: ``cache_dir`` or ``$STEERJAX_CACHE/judge`` (default ``~/.cache/steerjax/judge``), an
-  SQLite file ``llm_judge.sqlite3`` keyed by (model, prompt version, prompt, concept, response,
-  temperature, max_tokens, JSON mode). The base URL is not in the key: the same model behind
-  another URL (a proxy, another port) reuses the answers.
+  SQLite file ``llm_judge.sqlite3`` keyed by (base URL, model, prompt version, prompt, concept,
+  response, temperature, max_tokens, JSON mode): another endpoint serving a model of the same name
+  is asked again. Only answers holding a judgment are kept: an unparseable or cut-off answer (or
+  one cached by an earlier version) is asked again on the next run, and the report counts those
+  (``retried_from_cache``). An unreadable cache (any ``sqlite3`` error) is a
+  :class:`~steerjax.errors.JudgeError` naming the file; a corrupt one (overwritten pages, not a
+  database) is moved aside as ``llm_judge.sqlite3.corrupt-<time>`` with one warning and rebuilt.
 
 Failures: 429, 408, 409 and 5xx replies, timeouts and connection errors are retried with
 exponential backoff (``backoff * 2**attempt`` seconds, at most ``max_backoff``; the server's
@@ -52,6 +56,7 @@ message) is a *malformed* reply: not cached, counted and left unlabelled like an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -230,11 +235,28 @@ def _judgment_value(v) -> int | None:
 # ----------------------------------------------------------------------------- cache
 
 
+class CacheWarning(UserWarning):
+    """The judge's answer cache was corrupt: it was moved aside and is being rebuilt."""
+
+
+def _corrupt(error: sqlite3.Error) -> bool:
+    """Whether an SQLite error means a damaged file (SQLITE_CORRUPT, SQLITE_NOTADB), not a busy or
+    read-only one: those are raised as plain ``DatabaseError``, the others as its subclasses."""
+    return type(error) is sqlite3.DatabaseError
+
+
+def usable(answer, finish_reason) -> bool:
+    """Whether an answer is worth keeping: it holds a judgment and was not cut at max_tokens."""
+    return finish_reason != "length" and parse_judgment(answer)[0] is not None
+
+
 class AnswerCache:
     """The judge's answers on disk: an SQLite file ``<directory>/llm_judge.sqlite3``.
 
     One row per request key (:meth:`LLMJudge.key`) with the answer's text and finish reason, and,
-    to read it by eye, the model, prompt version and concept. Written from one thread.
+    to read it by eye, the model, prompt version and concept. Written from one thread. Every
+    ``sqlite3`` error is a :class:`~steerjax.errors.JudgeError` naming the file, except a corrupt
+    file, which is moved aside (one :class:`CacheWarning`) and replaced by an empty cache.
     """
 
     def __init__(self, directory: str):
@@ -244,35 +266,81 @@ class AnswerCache:
             raise JudgeError(f"cannot make the judge cache directory {directory}: {e}; pass cache_dir= "
                              "a writable folder") from e
         self.path = os.path.join(directory, CACHE_FILE)
+        self.db = None
         try:
-            self.db = sqlite3.connect(self.path, timeout=30)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT, "
-                            "prompt_version TEXT, concept TEXT, answer TEXT, finish_reason TEXT, created REAL)")
-            self.db.commit()
+            self._open()
         except sqlite3.Error as e:
-            raise JudgeError(f"cannot open the judge cache {self.path}: {e}; pass cache_dir= another folder") from e
+            if not _corrupt(e):
+                raise JudgeError(f"cannot open the judge cache {self.path}: {e}; pass cache_dir= another "
+                                 "folder") from e
+            self._rebuild(e)
+
+    def _open(self) -> None:
+        self.db = sqlite3.connect(self.path, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT, "
+                        "prompt_version TEXT, concept TEXT, answer TEXT, finish_reason TEXT, created REAL)")
+        self.db.commit()
+        check = self.db.execute("PRAGMA quick_check").fetchone()[0]  # reads every page: overwritten ones show
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"integrity check: {check}")
+
+    def _rebuild(self, error: sqlite3.Error) -> None:
+        """Move the corrupt file (and its journal files) aside, warn once, and start an empty cache."""
+        with contextlib.suppress(sqlite3.Error, AttributeError):
+            self.db.close()
+        aside = f"{self.path}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        try:
+            os.replace(self.path, aside)
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(self.path + suffix):
+                    os.replace(self.path + suffix, aside + suffix)
+            self._open()
+        except (OSError, sqlite3.Error) as e:
+            raise JudgeError(f"the judge cache {self.path} is corrupt ({error}) and could not be replaced ({e}); "
+                             "delete it or pass cache_dir= another folder") from e
+        warnings.warn(f"the judge cache {self.path} was corrupt ({error}); it was moved to {aside} and is being "
+                      "rebuilt: its answers will be asked again", CacheWarning, stacklevel=4)
+
+    def _failed(self, what: str, error: sqlite3.Error) -> JudgeError:
+        return JudgeError(f"cannot {what} the judge cache {self.path}: {type(error).__name__}: {error}; delete it "
+                          "or pass cache_dir= another folder")
 
     def get(self, keys: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """The cached ``(answer, finish reason)`` of each key present. A file found corrupt here is
+        moved aside and rebuilt (then nothing is cached)."""
         out = {}
         keys = list(keys)
-        for s in range(0, len(keys), 500):
-            part = keys[s:s + 500]
-            rows = self.db.execute(f"SELECT key, answer, finish_reason FROM answers WHERE key IN "
-                                   f"({','.join('?' * len(part))})", part)
-            out.update({k: (a, f) for k, a, f in rows})
+        try:
+            for s in range(0, len(keys), 500):
+                part = keys[s:s + 500]
+                rows = self.db.execute(f"SELECT key, answer, finish_reason FROM answers WHERE key IN "
+                                       f"({','.join('?' * len(part))})", part)
+                out.update({k: (a, f) for k, a, f in rows})
+        except sqlite3.Error as e:
+            if not _corrupt(e):
+                raise self._failed("read", e) from e
+            self._rebuild(e)
+            return {}
         return out
 
     def put(self, key: str, *, model: str, version: str, concept: str, answer: str, finish_reason) -> None:
-        self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (key, model, version, concept, answer, finish_reason, time.time()))
-        self.db.commit()
+        try:
+            self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (key, model, version, concept, answer, finish_reason, time.time()))
+            self.db.commit()
+        except sqlite3.Error as e:
+            raise self._failed("write", e) from e
 
     def __len__(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+        try:
+            return int(self.db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+        except sqlite3.Error as e:
+            raise self._failed("read", e) from e
 
     def close(self) -> None:
-        self.db.close()
+        with contextlib.suppress(sqlite3.Error):
+            self.db.close()
 
 
 # ----------------------------------------------------------------------------- the judge
@@ -289,7 +357,9 @@ class LLMJudgeReport:
       requests: HTTP requests made (retries included); retries: of them, repeats after a failure;
       backoff_seconds: time the retries waited before being sent (backoff or ``Retry-After``, summed
         over requests, also those waiting in parallel);
-      cache_hits: distinct questions answered from the cache; questions: distinct questions asked.
+      cache_hits: distinct questions answered from the cache; questions: distinct questions asked;
+      retried_from_cache: cached answers without a judgment (unparseable or cut off, kept by an
+        earlier version) that were asked again instead of reused.
     """
 
     model: str
@@ -307,6 +377,7 @@ class LLMJudgeReport:
     requests: int = 0
     retries: int = 0
     backoff_seconds: float = 0.0
+    retried_from_cache: int = 0
 
     @property
     def how(self) -> str:
@@ -314,7 +385,9 @@ class LLMJudgeReport:
                 f"{self.prompt_version}, temperature {self.temperature}): {self.judged} of {self.rows} rows judged, "
                 f"{self.unparseable} unparseable and {self.malformed} malformed answers left unlabelled, "
                 f"{self.not_judged} unsteered rows not sent; {self.questions} questions, {self.cache_hits} from "
-                f"the cache, {self.requests} requests ({self.retries} retries"
+                "the cache" + (f" ({self.retried_from_cache} cached answers without a judgment asked again)"
+                                if self.retried_from_cache else "")
+                + f", {self.requests} requests ({self.retries} retries"
                 + (f", {self.backoff_seconds:.1f} s of backoff" if self.retries else "") + ")")
 
     def to_dict(self) -> dict:
@@ -410,9 +483,9 @@ class LLMJudge:
         return self.template.format(prompt=prompt, concept=concept, response_after=response)
 
     def key(self, prompt: str, concept: str, response: str) -> str:
-        """The cache key of one question: model, prompt version, prompt, concept, response and the
-        request options that change the answer."""
-        blob = json.dumps([self.model, self.version, prompt, concept, response, self.temperature,
+        """The cache key of one question: the endpoint (base URL), model, prompt version, prompt,
+        concept, response and the request options that change the answer."""
+        blob = json.dumps([self.base_url, self.model, self.version, prompt, concept, response, self.temperature,
                            self.max_tokens, self.json_mode])
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -536,7 +609,9 @@ class LLMJudge:
             rep.cache_path = cache.path if cache else None
             answers: dict[str, tuple] = {}
             if cache is not None:
-                answers = {k: (a, f, None, True) for k, (a, f) in cache.get(list(questions)).items()}
+                cached = cache.get(list(questions))
+                answers = {k: (a, f, None, True) for k, (a, f) in cached.items() if usable(a, f)}
+                rep.retried_from_cache = len(cached) - len(answers)
             rep.cache_hits = len(answers)
             todo = [k for k in questions if k not in answers]
             if todo:
@@ -561,7 +636,7 @@ class LLMJudge:
                     k = futures[fut]
                     text, finish, malformed = fut.result()
                     answers[k] = (text, finish, malformed, False)
-                    if malformed is None and text is not None and cache is not None:
+                    if malformed is None and cache is not None and usable(text, finish):
                         cache.put(k, model=self.model, version=self.version, concept=questions[k][1],
                                   answer=text, finish_reason=finish)
                     bar.update(1)

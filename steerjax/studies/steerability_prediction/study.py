@@ -420,7 +420,8 @@ class Result:
         for name, file in TABLES.items():
             path = os.path.join(out, file)
             if os.path.exists(path):
-                tables[name] = pd.read_parquet(path) if file.endswith(".parquet") else pd.read_csv(path)
+                tables[name] = (pd.read_parquet(path) if file.endswith(".parquet")
+                                else pd.read_csv(path, float_precision="round_trip"))
         paper = {}
         pdir = os.path.join(out, "paper")
         for stem in sorted(os.listdir(pdir)):
@@ -428,8 +429,8 @@ class Result:
             if ext == ".parquet":
                 paper[base] = pd.read_parquet(os.path.join(pdir, stem))
             elif ext == ".csv":
-                paper[base] = pd.read_csv(os.path.join(pdir, stem), index_col=0 if base.startswith("confusion_")
-                                          else None)
+                paper[base] = pd.read_csv(os.path.join(pdir, stem), float_precision="round_trip",
+                                          index_col=0 if base.startswith("confusion_") else None)
         order = [*PAPER_TABLES, *sorted(k for k in paper if k not in PAPER_TABLES)]
         with open(os.path.join(out, SUMMARY)) as f:
             details = json.load(f)

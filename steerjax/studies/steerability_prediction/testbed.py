@@ -34,7 +34,7 @@ import pandas as pd
 from steerjax.data.batch import encode, pow2
 from steerjax.errors import SteeringError, SteerjaxError
 from steerjax.generate import generate
-from steerjax.runs import digest
+from steerjax.runs import MODEL_FINGERPRINT, digest
 from steerjax.runs.chunks import RunDirectory, map_chunks
 from steerjax.steering.core import Steering, normalize_layer
 from steerjax.studies.steerability_prediction.concepts import UNSTEERED, Concept, check_scale
@@ -113,11 +113,12 @@ def rollouts(
 
     store = None
     if run_dir is not None:
-        store = RunDirectory(run_dir, testbed_run_config(
+        store = RunDirectory(run_dir, dict(testbed_run_config(
             model=str(model.source), dtype=model.dtype, layer=li, max_new_tokens=max_new_tokens, seed=seed,
             batch_size=batch_size, positions=positions, temperature=temperature, top_p=top_p, scale=scale,
             top_k=top_k, prompts_sha256=digest(ids), concepts=concept_digests(concepts),
-            strengths={k: [float(s) for s in v] for k, v in grid.items()}))
+            strengths={k: [float(s) for s in v] for k, v in grid.items()}),
+            **{MODEL_FINGERPRINT: getattr(model, "fingerprint", None)}))
 
     def work(ci, chunk):
         size = bucket_rows(len(chunk), batch_size)
