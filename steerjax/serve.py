@@ -564,9 +564,6 @@ class Engine:
 
     # ----------------------------------------------------------------- the public side
 
-    def vector_index(self, name: str | None) -> int:
-        return 0 if name is None else self.names.index(name) + 1
-
     def submit(self, job: Job) -> Job:
         """Queue ``job``; raises :class:`Busy` when the queue is full or the engine is closing."""
         with self._cond:
@@ -941,12 +938,12 @@ class ModelResponder:
       model: a :class:`steerjax.LanguageModel` whose tokenizer has a chat template.
       name: the model id put in replies (default: the model's source).
       max_tokens: new tokens when a request does not say (``max_tokens`` / ``max_completion_tokens``).
-      max_tokens_limit: the most new tokens a request may ask for.
+      max_tokens_limit: the most new tokens a request may ask for (at most the model's context).
       vectors: name -> :class:`~steerjax.vectors.SteeringVector` a request may pick.
       default_vector, multiplier: the steering of a request that does not say (``None``: none);
         ``multiplier`` is also the strength of a request that names a vector but no multiplier.
       positions: ``"all"`` or ``"generated"``.
-      max_batch, queue_size: as in :class:`Engine`.
+      max_batch, queue_size: as in :class:`Engine` (started with the first request).
 
     A request without ``temperature`` is sampled at 1 (OpenAI's default); without ``seed``, each
     request takes the next seed of a counter from 0, so repeated sampled requests differ.
@@ -957,23 +954,34 @@ class ModelResponder:
                  multiplier: float = 1.0, positions: str = "all", max_batch: int = 16, queue_size: int = 64):
         if model.tokenizer is None:
             raise SteerjaxError(f"{model.source} has no tokenizer: a chat server needs one")
-        if not getattr(model.tokenizer, "chat_template", None):
-            raise SteerjaxError(f"the tokenizer of {model.source} has no chat template: a chat server needs one")
         vectors = dict(vectors or {})
         if default_vector is not None and default_vector not in vectors:
             raise SteerjaxError(f"default vector {default_vector!r} is not among the vectors {sorted(vectors)}")
         if not math.isfinite(multiplier):
             raise SteerjaxError(f"multiplier must be finite, got {multiplier}")
-        context = model.config.max_position_embeddings
+        if positions not in ("all", "generated"):
+            raise SteerjaxError(f"positions must be 'all' or 'generated', got {positions!r}")
+        cfg = getattr(model, "config", None)
         self.model, self.name = model, name or str(model.source)
-        self.max_tokens_limit = min(int(max_tokens_limit), context)
+        self.max_tokens_limit = int(max_tokens_limit)
+        if cfg is not None:
+            self.max_tokens_limit = min(self.max_tokens_limit, cfg.max_position_embeddings)
         self.max_tokens = min(int(max_tokens), self.max_tokens_limit)
-        self.vectors, self.default_vector, self.multiplier = vectors, default_vector, float(multiplier)
-        self.positions = positions
-        self.engine = Engine(model, vectors=vectors, positions=positions, max_batch=max_batch,
-                             queue_size=queue_size, max_tokens_limit=self.max_tokens_limit)
+        self.vectors, self.names = vectors, list(vectors)
+        self.default_vector, self.multiplier, self.positions = default_vector, float(multiplier), positions
+        self._batching = {"max_batch": max_batch, "queue_size": queue_size}
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
         self._seeds = iter(range(2**63))
-        self._seed_lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        """The batching engine (started on first use)."""
+        with self._lock:
+            if self._engine is None:
+                self._engine = Engine(self.model, vectors=self.vectors, positions=self.positions,
+                                      max_tokens_limit=self.max_tokens_limit, **self._batching)
+            return self._engine
 
     def info(self) -> dict:
         """The ``GET /v1/models`` entry's steering fields."""
@@ -987,21 +995,31 @@ class ModelResponder:
         }}
 
     def close(self, drain: float = 0.0) -> None:
-        self.engine.close(drain)
+        """Stop the engine: running requests get ``drain`` seconds, the rest a 503."""
+        if self._engine is not None:
+            self._engine.close(drain)
 
     def __call__(self, request: dict) -> Reply | Pending:
         from steerjax.data.batch import encode
+        from steerjax.errors import TokenizerError
 
         try:
-            messages, job = self.parse(request)
-            prompt = encode(self.model, [messages], chat=True)[0]
+            messages, opts = self.parse(request)
+            try:
+                prompt = encode(self.model, [messages], chat=True)[0]
+            except TokenizerError as e:
+                raise RequestError(str(e), "messages") from None
             context = self.model.config.max_position_embeddings
-            if len(prompt) + job.max_tokens > context:
-                raise RequestError(f"the prompt of {len(prompt)} tokens + max_tokens {job.max_tokens} exceeds the "
-                                   f"model's context of {context} tokens", "messages", "context_length_exceeded")
+            if len(prompt) + opts["max_new_tokens"] > context:
+                raise RequestError(f"the prompt of {len(prompt)} tokens + max_tokens {opts['max_new_tokens']} "
+                                   f"exceeds the model's context of {context} tokens", "messages",
+                                   "context_length_exceeded")
         except RequestError as e:
             return Reply(400, error_body(str(e), param=e.param, code=e.code))
-        job.prompt = prompt
+        vector, multiplier = opts.get("steering", (None, 0.0))
+        job = Job(prompt, opts["max_new_tokens"], opts["temperature"], opts["top_p"], opts.get("top_k", 0),
+                  opts["seed"], opts.get("stop", ()), 0 if vector is None else self.names.index(vector) + 1,
+                  multiplier)
         try:
             self.engine.submit(job)
         except Busy as e:
@@ -1016,15 +1034,18 @@ class ModelResponder:
         body = completion(job.text, model=self.name, finish_reason=job.finish_reason,
                           prompt_tokens=len(job.prompt), completion_tokens=len(job.tokens))
         if self.vectors:
-            name = None if job.vector == 0 else self.engine.names[job.vector - 1]
+            name = None if job.vector == 0 else self.names[job.vector - 1]
             body["steering"] = {"vector": name, "multiplier": job.multiplier if name else 0.0}
         return body
 
-    def parse(self, request: dict) -> tuple[list[dict], Job]:
-        """``(messages, job)`` of a request (the job's prompt still empty).
+    def parse(self, request: dict) -> tuple[list[dict], dict]:
+        """``(messages, options)`` of a request. The options always hold ``max_new_tokens``,
+        ``temperature``, ``top_p`` and ``seed`` (:func:`steerjax.generate`'s names); ``top_k``,
+        ``stop`` (a tuple of strings) and ``steering`` (``(vector name or None, multiplier)``) when
+        the request or the server's default steering sets them.
 
         Raises:
-          RequestError: a bad field (named in ``param``).
+          RequestError: a bad field (named in its ``param``).
         """
         model = request.get("model")
         if model is not None and not isinstance(model, str):
@@ -1069,33 +1090,35 @@ class ModelResponder:
                                                                                    "json_schema")):
             raise RequestError("'response_format' must be {\"type\": \"text\" | \"json_object\" | \"json_schema\"}",
                                "response_format", "invalid_value")
-        temperature = _number(request, "temperature", 1.0, 0, 2)
-        top_p = _number(request, "top_p", 1.0, 0, 1, lo_open=True)
-        top_k = _number(request, "top_k", 0, 0, self.model.config.vocab_size, integer=True)
+        opts: dict[str, Any] = {}
         name = "max_completion_tokens" if request.get("max_completion_tokens") is not None else "max_tokens"
-        max_new = _number(request, name, self.max_tokens, 1, self.max_tokens_limit, integer=True)
+        opts["max_new_tokens"] = _number(request, name, self.max_tokens, 1, self.max_tokens_limit, integer=True)
+        opts["temperature"] = float(_number(request, "temperature", 1.0, 0, 2))
+        opts["top_p"] = float(_number(request, "top_p", 1.0, 0, 1, lo_open=True))
+        if request.get("top_k") is not None:
+            vocab = getattr(getattr(self.model, "config", None), "vocab_size", 2**31 - 1)
+            opts["top_k"] = _number(request, "top_k", 0, 0, vocab, integer=True)
         seed = request.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise RequestError(f"'seed' must be an integer, got {json.dumps(seed)}", "seed", "invalid_type")
         if seed is not None and not SEED_RANGE[0] <= seed < SEED_RANGE[1]:
             raise RequestError(f"'seed' must fit in 64 bits ([-2**63, 2**64)), got {seed}", "seed", "invalid_value")
         stop = request.get("stop")
-        if stop is None:
-            stop = ()
-        elif isinstance(stop, str):
-            stop = (stop,)
-        elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-            stop = tuple(stop)
-        else:
-            raise RequestError("'stop' must be a string or a list of strings", "stop", "invalid_type")
-        if len(stop) > MAX_STOP or any(not s for s in stop):
-            raise RequestError(f"'stop' takes at most {MAX_STOP} non-empty strings", "stop", "invalid_value")
-        vector, multiplier = self._steering(request)
+        if stop is not None:
+            if isinstance(stop, str):
+                stop = [stop]
+            if not isinstance(stop, list) or not all(isinstance(x, str) for x in stop):
+                raise RequestError("'stop' must be a string or a list of strings", "stop", "invalid_type")
+            if len(stop) > MAX_STOP or any(not x for x in stop):
+                raise RequestError(f"'stop' takes at most {MAX_STOP} non-empty strings", "stop", "invalid_value")
+            opts["stop"] = tuple(stop)
+        if self.vectors or "steering" in request:
+            opts["steering"] = self._steering(request)
         if seed is None:
-            with self._seed_lock:
+            with self._lock:
                 seed = next(self._seeds)
-        return messages, Job([], max_new, float(temperature), float(top_p), int(top_k), int(seed), stop,
-                             self.engine.vector_index(vector), float(multiplier))
+        opts["seed"] = int(seed)
+        return messages, opts
 
     def _steering(self, request: dict) -> tuple[str | None, float]:
         """``(vector name or None, multiplier)`` of a request's ``steering`` field."""
@@ -1111,11 +1134,12 @@ class ModelResponder:
         if unknown:
             raise RequestError(f"'steering' has unknown fields {unknown}; it takes 'vector' and 'multiplier'",
                                f"steering.{unknown[0]}", "invalid_value")
-        name = s.get("vector", self.default_vector if self.default_vector else (self.names_or_none()))
+        only = self.names[0] if len(self.names) == 1 else None
+        name = s.get("vector", self.default_vector or only)
         if name is not None and not isinstance(name, str):
             raise RequestError("'steering.vector' must be a string or null", "steering.vector", "invalid_type")
         if name is not None and name not in self.vectors:
-            loaded = sorted(self.vectors) or "none (start the server with --vector)"
+            loaded = self.names or "none (start the server with --vector)"
             raise RequestError(f"unknown steering vector {name!r}; the server has {loaded}", "steering.vector",
                                "invalid_value")
         mult = _number(s, "multiplier", self.multiplier, -1e6, 1e6, prefix="steering.")
@@ -1125,10 +1149,6 @@ class ModelResponder:
                                    "steering.vector", "invalid_value")
             return None, 0.0
         return name, float(mult)
-
-    def names_or_none(self) -> str | None:
-        """The only vector served, else None (a request must then name one)."""
-        return next(iter(self.vectors)) if len(self.vectors) == 1 else None
 
 
 def model_server(model, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
