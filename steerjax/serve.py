@@ -489,21 +489,31 @@ def key_data(seed: int):
     return np.asarray([0, int(seed) % (1 << 32)], np.uint32)
 
 
+def _row_bucket(n: int, most: int) -> int:
+    """Rows for ``n`` requests: a power of 4 (1, 4, 16, 64: few shapes to compile), at most ``most``."""
+    b = 1
+    while b < n:
+        b *= 4
+    return min(b, most)
+
+
 def _slot_bucket(n: int) -> int:
     from steerjax.data.batch import pow2
 
-    return max(64, pow2(n))
+    return max(128, pow2(n))
 
 
 class Engine:
     """Continuous batching of chat requests over :func:`steerjax.generate.decode_chunk`.
 
-    One thread owns the device. The running batch holds ``B`` rows (a power of two up to
+    One thread owns the device. The running batch holds ``B`` rows (a power of 4 up to
     ``max_batch``) sharing one KV cache of ``S`` slots whose write index is shared: a newcomer's
     prompt is prefilled apart, then placed so that it ends at the shared index (slot offsets do not
     change attention: masks compare slots, rotary tables use positions). When the index would run
     past the cache, the cache is shifted left by the oldest live row's first slot and resized to a
-    power of two. Each loop: drop cancelled rows, admit waiting requests into free rows, run one
+    power of two. Rows only grow while any request runs (fewer shapes to compile); an empty batch
+    is freed. Newcomers are prefilled by a program per (rows, prompt width) bucket and placed by a
+    small program without the model. Each loop: drop cancelled rows, admit waiting requests into free rows, run one
     chunk, hand finished requests back.
 
     Args:
@@ -559,6 +569,7 @@ class Engine:
         self.index = 0  # the cache's shared write index (mirrors rows.state.cache.index)
         self.size = 0  # cache slots
         self.chunks = 0  # chunks run so far
+        self.gather = 0.02  # seconds an idle engine waits for more requests after the first
         self._thread = threading.Thread(target=self._loop, name="steerjax-engine", daemon=True)
         self._thread.start()
 
@@ -616,6 +627,9 @@ class Engine:
                     self.slots = [None] * len(self.slots)
                     self.rows = None
                     return
+                if not self.live() and len(self._queue) < self.max_batch and self.gather:
+                    # idle: let requests sent together arrive together (one prefill, fewer shapes)
+                    self._cond.wait(self.gather)
                 free = self.max_batch - self.live()
                 newcomers = [self._queue.popleft() for _ in range(min(free, len(self._queue)))]
             try:
@@ -641,6 +655,8 @@ class Engine:
             if job is not None and job.cancelled:
                 job.finish(None, "cancelled")
                 self._free(r)
+        if self.rows is not None and not self.live():
+            self.rows, self.slots, self.first, self.n = None, [], [], []
 
     def _fit(self, width: int, remaining: int) -> None:
         """Make room: the shared index at least ``width`` (newcomers' prompt width, 0 for none)
@@ -679,13 +695,13 @@ class Engine:
 
         need = self.live() + len(jobs)
         if self.rows is None:
-            b = min(self.max_batch, pow2(need))
-            self.rows = _empty_rows(self.cfg, b, 64, self.model.dtype)
+            b = _row_bucket(need, self.max_batch)
+            self.rows = _empty_rows(self.cfg, b, 128, self.model.dtype)
             self.slots, self.first, self.n = [None] * b, [0] * b, [0] * b
-            self.index, self.size = 0, 64
+            self.index, self.size = 0, 128
         elif need > len(self.slots):
             live = [r for r, j in enumerate(self.slots) if j is not None]
-            self._resize(min(self.max_batch, pow2(need)), live)
+            self._resize(_row_bucket(need, self.max_batch), live)
         k = pow2(len(jobs))
         batch = TokenBatch.pad([j.prompt for j in jobs], side="left", buckets=GENERATION, rows=k)
         width = batch.shape[1]
@@ -732,13 +748,8 @@ class Engine:
                 got = int(n[r]) - self.n[r]
                 self.n[r] = int(n[r])
                 self._take(r, toks[r, :got].tolist())
-        live = [r for r, j in enumerate(self.slots) if j is not None]
-        if not live:
+        if not self.live():  # rows only grow while any runs (fewer shapes to compile); empty: freed
             self.rows, self.slots, self.first, self.n = None, [], [], []
-        elif len(live) <= len(self.slots) // 4:
-            from steerjax.data.batch import pow2
-
-            self._resize(pow2(len(live)), live)
 
     def _take(self, r: int, new: list[int]) -> None:
         """Row ``r``'s new tokens: finish its job at EOS, its limit or a stop string."""
@@ -812,7 +823,7 @@ def _programs():
     import jax.numpy as jnp
 
     from steerjax.generate import DecodeState, decode_chunk, eos_array, sample, step_keys
-    from steerjax.models.transformer import KVCache, forward, unembed
+    from steerjax.models.transformer import KVCache, forward, param_dtype, unembed
 
     rows_cls = _rows_cls()
 
@@ -845,23 +856,30 @@ def _programs():
         return out.replace(state=out.state.replace(cache=cache, done=jnp.where(ok, out.state.done, True)))
 
     @functools.partial(jax.jit, static_argnames=("cfg", "generated", "operator"))
-    def join(params, rows, batch, table, keys, idx, *, cfg, generated, operator, limit, temperature, top_p, top_k,
-             vector, multiplier):
+    def prefill(params, batch, table, keys, vector, multiplier, temperature, top_p, top_k, *, cfg, generated,
+                operator):
+        """Newcomers' prompts ``[k, T]`` alone: their cache (``T`` slots) and first tokens."""
         k, t = batch.ids.shape
-        c = rows.state.cache
-        dtype = c.k.dtype
         steering = _steering(table, vector, multiplier, generated, operator)
         out = forward(params, cfg, batch.ids, positions=batch.positions, valid=batch.valid, steering=steering,
-                      generation_start=batch.lengths, cache=KVCache.empty(cfg, k, t, dtype))
+                      generation_start=batch.lengths, cache=KVCache.empty(cfg, k, t, param_dtype(params)))
         first_keys = jax.vmap(lambda kd: jax.random.split(jax.random.wrap_key_data(kd), 1)[0])(keys)
         first = sample(unembed(params, cfg, out.hidden[:, -1]), first_keys, temperature, top_p, top_k)
-        at = c.index - t  # the prompts end at the shared index
+        return out.cache, first
+
+    @jax.jit
+    def place(rows, new, first, lengths, idx, keys, limit, temperature, top_p, top_k, vector, multiplier):
+        """Newcomers into rows ``idx`` (out of range: dropped), their prompts ending at the shared index
+        (a program without the model: cheap to compile for each shape)."""
+        c = rows.state.cache
+        k, t = new.valid.shape
+        at = c.index - t
         s = c.valid.shape[1]
-        new_k = jax.lax.dynamic_update_slice(jnp.zeros(c.k.shape[:1] + (k,) + c.k.shape[2:], dtype), out.cache.k,
+        new_k = jax.lax.dynamic_update_slice(jnp.zeros(c.k.shape[:1] + (k,) + c.k.shape[2:], c.k.dtype), new.k,
                                              (0, 0, 0, at, 0))
-        new_v = jax.lax.dynamic_update_slice(jnp.zeros(c.v.shape[:1] + (k,) + c.v.shape[2:], dtype), out.cache.v,
+        new_v = jax.lax.dynamic_update_slice(jnp.zeros(c.v.shape[:1] + (k,) + c.v.shape[2:], c.v.dtype), new.v,
                                              (0, 0, 0, at, 0))
-        new_valid = jax.lax.dynamic_update_slice(jnp.zeros((k, s), bool), batch.valid, (0, at))
+        new_valid = jax.lax.dynamic_update_slice(jnp.zeros((k, s), bool), new.valid, (0, at))
         cache = KVCache(c.k.at[:, idx].set(new_k, mode="drop"), c.v.at[:, idx].set(new_v, mode="drop"),
                         c.valid.at[idx].set(new_valid, mode="drop"), c.index)
 
@@ -869,12 +887,11 @@ def _programs():
             return x.at[idx].set(y.astype(x.dtype), mode="drop")
 
         st = rows.state
-        lengths = batch.lengths
         state = DecodeState(cache, put(st.tok, first), put(st.pos, lengths), put(st.n, jnp.ones((k,), jnp.int32)),
                             put(st.done, jnp.zeros((k,), bool)))
         return rows_cls(state, put(rows.start, lengths), put(rows.limit, limit), put(rows.key, keys),
                         put(rows.temperature, temperature), put(rows.top_p, top_p), put(rows.top_k, top_k),
-                        put(rows.vector, vector), put(rows.multiplier, multiplier)), first
+                        put(rows.vector, vector), put(rows.multiplier, multiplier))
 
     @functools.partial(jax.jit, static_argnames=("cfg", "chunk", "pad_id", "horizon", "generated", "operator"))
     def chunk_fn(params, rows, table, live, *, cfg, chunk, pad_id, horizon, generated, operator):
@@ -886,7 +903,8 @@ def _programs():
                                 eos=eos_array(cfg), pad_id=pad_id)
         return rows.replace(state=st), toks, st.n
 
-    return {"empty": empty, "reslot": reslot, "take_rows": take_rows, "join": join, "chunk": chunk_fn}
+    return {"empty": empty, "reslot": reslot, "take_rows": take_rows, "prefill": prefill, "place": place,
+            "chunk": chunk_fn}
 
 
 def _empty_rows(cfg, b, s, dtype):
@@ -903,8 +921,17 @@ def _take_rows(rows, idx, ok):
     return _programs()["take_rows"](rows, idx, ok)
 
 
-def _join(params, rows, batch, table, keys, idx, **kw):
-    return _programs()["join"](params, rows, batch, table, keys, idx, **kw)
+def _join(params, rows, batch, table, keys, idx, *, cfg, generated, operator, limit, temperature, top_p, top_k,
+          vector, multiplier):
+    """Prefill newcomers apart (a program per prompt shape), then place them into ``rows``."""
+    import jax.numpy as jnp
+
+    progs = _programs()
+    new, first = progs["prefill"](params, batch, table, keys, vector, multiplier, temperature, top_p, top_k,
+                                  cfg=cfg, generated=generated, operator=operator)
+    rows = progs["place"](rows, new, first, jnp.asarray(batch.lengths), idx, keys, limit, temperature, top_p, top_k,
+                          vector, multiplier)
+    return rows, first
 
 
 def _serve_chunk(params, rows, table, live, **kw):
