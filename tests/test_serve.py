@@ -464,22 +464,23 @@ SHORT = "Concept: {concept}\nText: {response_after}\nJSON judgment (0, 1 or 2):"
 
 
 def test_llm_judge_at_concurrency_4_against_the_server(chat_model, tmp_path):
-    """LLMJudge (concurrency 4, a 20 s timeout, one retry) judges a table through the batching
-    server: every question answered on its first attempt, several at once."""
-    import pandas as pd
-
+    """A testbed's steered rollouts judged by LLMJudge (concurrency 4, a 20 s timeout, one retry)
+    through the batching server: every question answered on its first attempt, several at once."""
     from steerjax.predictor import llm_judge as lj
+    from steerjax.predictor.testbed import rollouts
+    from tests.helpers import token_concepts
 
-    rows = [{"prompt_id": 0, "prompt": "Tell me about your day.", "concept": "none", "strength": 0.0,
-             "text": "I had a nice day.", "tokens": [1, 2]}]
-    rows += [{"prompt_id": 0, "prompt": "Tell me about your day.", "concept": "joy", "strength": 0.1 * (i + 1),
-              "text": f"story number {i} about a dog", "tokens": [3, 4]} for i in range(8)]
+    concepts = token_concepts(chat_model, ("alpha", "beta"), layer=1)
+    table = rollouts(chat_model, ["Hi", "Tom had a red ball."], concepts, [0.5, 1.0, 2.0], layer=1,
+                     max_new_tokens=12, progress=False)
+    steered = int((table["concept"] != "none").sum())
     with serve.model_server(chat_model, name="tiny", max_tokens=16) as server:
         judge = lj.LLMJudge("tiny", base_url=server.url, api_key="k", template=SHORT, concurrency=4, timeout=20,
                             max_retries=1, cache=False, progress=False)
         with pytest.warns(UserWarning, match="unparseable"):  # TinyStories writes stories, not judgments
-            scores, rep = judge(pd.DataFrame(rows))
-        assert rep.requests == 8 and rep.retries == 0
-        assert (scores["status"].iloc[1:] == "unparseable").all()
-        assert scores["answer"].iloc[1:].map(lambda a: isinstance(a, str)).all()
+            scores, rep = judge(table)
+        assert rep.retries == 0 and rep.requests == rep.questions and rep.judged + rep.unparseable == steered
+        judged = scores[table["concept"] != "none"]
+        assert judged["status"].isin(["ok", "unparseable"]).all()
+        assert judged["answer"].map(lambda a: isinstance(a, str)).all()
         assert server.max_in_flight >= 2  # the requests overlapped
