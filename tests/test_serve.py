@@ -484,3 +484,32 @@ def test_llm_judge_at_concurrency_4_against_the_server(chat_model, tmp_path):
         assert judged["status"].isin(["ok", "unparseable"]).all()
         assert judged["answer"].map(lambda a: isinstance(a, str)).all()
         assert server.max_in_flight >= 2  # the requests overlapped
+
+
+@pytest.mark.slow
+def test_the_cache_shifts_and_grows_under_overlapping_requests(endless, monkeypatch):
+    """Requests that overlap like tiles (each joins while the previous runs, the first leaves
+    before the last arrives) make the engine shift the shared cache left past finished rows and
+    grow it; every text still equals generate's alone."""
+    shifts = []
+    reslot = serve._reslot
+    monkeypatch.setattr(serve, "_reslot", lambda rows, shift, *, size: shifts.append((shift, size)) or
+                        reslot(rows, shift, size=size))
+    engine = serve.Engine(endless, max_batch=4)
+    try:
+        plan = [(MESSAGES[0], 60), (MESSAGES[1], 90), (MESSAGES[2], 150), (MESSAGES[3], 40)]
+        jobs = []
+        for msg, n in plan:
+            prompt = encode(endless, [chat(msg)], chat=True)[0]
+            jobs.append(engine.submit(serve.Job(prompt, n)))
+            start = engine.chunks
+            assert until(lambda s=start: engine.chunks >= s + 5, 60)  # joins, then runs a while
+        for job in jobs:
+            assert job.event.wait(120) and job.error is None
+    finally:
+        engine.close()
+    for (msg, n), job in zip(plan, jobs):
+        assert len(job.tokens) == n and job.finish_reason == "length"
+        assert job.text == alone(endless, msg, max_tokens=n)[0]
+    assert any(shift > 0 for shift, _ in shifts)  # past the first request's slots
+    assert len({size for _, size in shifts}) >= 2  # and resized
