@@ -15,9 +15,19 @@ running in the compiled loop); the ratios shared/unsteered and per-example/share
 calls, the estimate least disturbed by other processes on a shared machine (targets >= 0.95; EasySteer reports 0.76 at
 best for steered vs unsteered, and 0.18 with 256 distinct configurations).
 
+``--early-stop`` times the rows of issue 26 instead: 32 chat prompts whose greedy answers end
+(EOS) between 8 and 48 tokens (picked from a pool by a first untimed call), generated
+
+* at ``max_new_tokens=256`` against the same batch at ``max_new_tokens=48`` (target: the wall
+  time within 1.3x: decoding stops once every row has stopped);
+* steered (one shared vector at ``--layer``), at ``max_new_tokens=256``, against transformers'
+  ``generate`` with steering-vectors' hook on the same model, prompts and vector, which also stops
+  at EOS (target: at least 2x the generated tokens per second).
+
 Usage::
 
     python benchmarks/generate.py [--batch 32] [--new-tokens 32] [--repeats 5] [--peer]
+    python benchmarks/generate.py --early-stop [--repeats 3]
 """
 
 from __future__ import annotations
@@ -44,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--layer", type=int, default=12, help="steered block (default 12)")
     p.add_argument("--strength", type=float, default=0.5, help="added norm / residual norm (default 0.5)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--early-stop", action="store_true",
+                   help="time early stopping and steered rollouts against the peer instead (see the module doc)")
     p.add_argument("--peer", action="store_true",
                    help="also time transformers generate (unsteered, and steered with steering-vectors' "
                         "SteeringVector.apply: one shared configuration per call), interleaved with the rest")
@@ -52,6 +64,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.early_stop:
+        return early_stop(args)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
     import jax
@@ -167,6 +181,116 @@ def peer_generate(model, prompts, delta, args):
 
     info = {"version": transformers.__version__, "torch": torch.__version__, "threads": torch.get_num_threads()}
     return {"peer unsteered": plain, "peer shared": steered}, info
+
+
+#: candidate questions for --early-stop: short answers of varied length
+QUESTIONS = [f"{ask} {what}" for what in (
+    "the sun", "a cat", "rain", "music", "the sea", "a bicycle", "coffee", "winter", "a library", "friendship",
+    "mountains", "a garden", "the moon", "bread", "a river", "chess") for ask in (
+    "In one short sentence, what is", "Give a three-word description of", "In about twenty words, describe",
+    "Name one fact about")]
+
+
+def early_stop(args):
+    import jax
+
+    import steerjax
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    model = steerjax.load_model(args.model, dtype="float32")
+    cfg = model.config
+    pool = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    first = steerjax.generate(model, pool, max_new_tokens=256)
+    eos = np.isin(first.tokens, cfg.eos_token_ids)
+    ended = [i for i in range(len(pool)) if eos[i].any() and 8 <= first.lengths[i] <= 48]
+    if not ended:
+        raise SystemExit("no candidate answer ends between 8 and 48 tokens")
+    rows = [pool[ended[i % len(ended)]] for i in range(args.batch)]
+    rng = np.random.default_rng(args.seed)
+    vec = rng.standard_normal(cfg.hidden_size).astype(np.float32)
+    from steerjax.data.batch import TokenBatch, encode
+
+    batch = TokenBatch.pad(encode(model, rows[:8], chat=True))
+    h = np.asarray(model.hidden_states(batch, layers=[args.layer]))[0]  # [B, T, D]
+    delta = vec / np.linalg.norm(vec) * args.strength * float(np.linalg.norm(h, axis=-1)[batch.valid].mean())
+    steering = steerjax.Steering.create(cfg, {args.layer: delta}, 1.0)
+    out = {}
+
+    def ours(name, m, st=None):
+        def run():
+            out[name] = steerjax.generate(model, rows, steering=st, max_new_tokens=m)
+        return run
+
+    calls = {"max_new_tokens=48": ours("48", 48), "max_new_tokens=256": ours("256", 256),
+             "steered, 256": ours("steered", 256, steering)}
+    peer, info = peer_rollouts(model, rows, delta, args, out)
+    calls["peer steered, 256"] = peer
+    times = {name: [] for name in calls}
+    for fn in calls.values():  # compile / warm up
+        fn()
+    for _ in range(args.repeats):
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    lengths = out["256"].lengths
+    steered_tokens = int(out["steered"].lengths.sum())
+    peer_tokens = out["peer tokens"]
+    print(f"# early stop: {os.path.basename(model.source)} (float32), {args.batch} chat prompts whose greedy answers "
+          f"end between {lengths.min()} and {lengths.max()} tokens (mean {lengths.mean():.1f}); {args.repeats} timed "
+          "calls each, interleaved, after an untimed one")
+    print(f"# machine: {cpu_name()}, {cores} usable cores, shared with other jobs; jax {jax.__version__}; "
+          f"peer: transformers {info['version']} + steering-vectors hook, torch {info['torch']} "
+          f"({info['threads']} threads)")
+    print()
+    header = f"| {'call':<20} | {'min s':>7} | {'median s':>8} | {'new tokens':>10} | {'tokens/s (min)':>14} |"
+    print(header)
+    print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
+    counted = {"max_new_tokens=48": int(out["48"].lengths.sum()), "max_new_tokens=256": int(lengths.sum()),
+               "steered, 256": steered_tokens, "peer steered, 256": peer_tokens}
+    for name, t in times.items():
+        print(f"| {name:<20} | {min(t):7.3f} | {statistics.median(t):8.3f} | {counted[name]:10d} | "
+              f"{counted[name] / min(t):14.1f} |")
+    print()
+    r1 = min(times["max_new_tokens=256"]) / min(times["max_new_tokens=48"])
+    r2 = (steered_tokens / min(times["steered, 256"])) / (peer_tokens / min(times["peer steered, 256"]))
+    same = np.mean([a == b for a, b in zip(out["steered"].texts, out["peer texts"])])
+    print(f"wall 256 / 48:                 {r1:.2f}x  (target <= 1.3: {'OK' if r1 <= 1.3 else 'MISSED'})")
+    print(f"steered tokens/s, ours / peer: {r2:.2f}x  (target >= 2: {'OK' if r2 >= 2 else 'MISSED'}); "
+          f"identical steered texts: {same:.0%}")
+
+
+def peer_rollouts(model, rows, delta, args, out):
+    """transformers' greedy generate with steering-vectors' hook (``delta`` at ``args.layer``) on
+    the same chat prompts, up to 256 new tokens, stopping at EOS: a callable that puts the count of
+    generated tokens and the texts in ``out`` ("peer tokens", "peer texts"), and versions."""
+    import torch
+    import transformers
+    from steering_vectors import SteeringVector
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    tm = AutoModelForCausalLM.from_pretrained(os.path.dirname(model.source), gguf_file=os.path.basename(model.source),
+                                              dtype=torch.float32).eval()
+    tok = model.tokenizer
+    tok.padding_side = "left"
+    texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in rows]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    sv = SteeringVector(layer_activations={args.layer: torch.tensor(delta)}, layer_type="decoder_block")
+    eos = list(model.config.eos_token_ids)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+    def steered():
+        with torch.inference_mode(), sv.apply(tm, multiplier=1.0, min_token_index=0):
+            new = tm.generate(**enc, max_new_tokens=256, do_sample=False, eos_token_id=eos,
+                              pad_token_id=pad)[:, enc["input_ids"].shape[1]:].numpy()
+        from steerjax.generate import eos_lengths
+
+        n = eos_lengths(new, eos)
+        out["peer tokens"] = int(n.sum())
+        out["peer texts"] = [tok.decode(r[:k].tolist(), skip_special_tokens=True) for r, k in zip(new, n)]
+
+    info = {"version": transformers.__version__, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    return steered, info
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Examples::
     steerjax info /models/llama --json
     steerjax generate --prompt "Tell me about cats"
     steerjax generate MODEL --prompt "Hi" --vector happy.safetensors --multiplier 4 --compare
+    steerjax serve MODEL --vector happy.safetensors --multiplier 4   # OpenAI chat API, steered
 
 One module per command group (:mod:`~steerjax.cli.generate`: info and generate;
 :mod:`~steerjax.cli.sweep`: datasets, vector, sweep; :mod:`~steerjax.cli.reliability`;
@@ -108,7 +109,7 @@ def _behave(command: Callable[[], int], *, hard: bool) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser with every subcommand."""
-    from steerjax.cli import convert, data, generate, predictor, profile, reliability, sweep
+    from steerjax.cli import convert, data, generate, predictor, profile, reliability, serve, sweep
     from steerjax.version import __version__
 
     parser = Parser(prog="steerjax",
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     predictor.add_commands(sub)
     data.add_commands(sub)
     convert.add_commands(sub)
+    serve.add_commands(sub)
     return parser
 
 
