@@ -241,4 +241,4 @@ def test_sweep_multipliers_checked_before_the_model_loads(chat_model_dir, tmp_pa
         main(base + ["--multipliers", "1", "1e30", "-1e30"])
     err = capsys.readouterr().err
     assert "warning: --multipliers 1e+30 -1e+30 times the vector's norm (up to 5.66)" in err
-    assert saturating_multipliers([1.0, 2e5, -3e5], [5.0]) == [2e5, -3e5] and SATURATION == 1e6
+    assert saturating_multipliers([1.0, 2e5, 3e5, -3e5], [5.0]) == [3e5, -3e5] and SATURATION == 1e6

@@ -76,7 +76,7 @@ def read_vectors(specs: list[str], layer: int | None, config) -> dict:
     vectors = {}
     for name, path in vector_specs(specs):
         vec = checks.read_vectors(path, layer=layer, num_layers=config.num_layers)
-        checks.check_width(path, vec, config.hidden_size)
+        checks.check_width(path, vec, config)
         name = name or vec.name or os.path.splitext(os.path.basename(path))[0]
         if name in vectors:
             raise SteerjaxError(f"two vectors are named {name!r}: name them with --vector NAME=FILE")
