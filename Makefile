@@ -52,7 +52,7 @@ quickstart: env
 test: test-env data
 	@data="$${STEERJAX_DATA:-$${STEERJAX_CACHE:-$$HOME/.cache/steerjax}/data}"; \
 	echo "STEERJAX_DATA=$$data $(BIN)/python -m pytest $(PYTEST_ARGS)"; \
-	STEERJAX_DATA="$$data" $(BIN)/python -m pytest $(PYTEST_ARGS)
+	STEERJAX_DATA="$$data" PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 data: test-env
 	@if [ -n "$${STEERJAX_DATA:-}" ]; then echo "data: STEERJAX_DATA=$$STEERJAX_DATA (nothing downloaded)"; \

@@ -227,6 +227,7 @@ BAD_ARGUMENTS = {
     "convert": (["convert", "{tmp}/no-such-model", "--out", "{tmp}/c"], "no such model"),
     "data list": (["data", "list", "--to", "{tmp}/nowhere"], "is not a directory"),
     "data download": (["data", "download", "nope", "--to", "{tmp}/d"], "unknown data source 'nope'"),
+    "serve": (["serve", "{model}", "--port", "99999"], "--port"),
 }
 
 

@@ -192,6 +192,11 @@ def test_ctrl_c_at_any_moment_of_vector_train(tmp_path):
         signalled += 1
         if code == 0:  # the signal came after the work: the whole output, and exit 0 is honest
             pytest.fail(f"{name}: SIGINT was not honoured, exit 0: {err}")
+        if code == -signal.SIGINT and out.exists() and INTERRUPTED not in err:
+            # the work was done and the interpreter was tearing down (its signal handlers already
+            # reset to the default action): killed by SIGINT, which a shell reports as 130
+            assert load_vectors(out)[0] and took < 4 and "Traceback" not in err, (name, err)
+            continue
         _interrupted_cleanly(code, err, took, name)
         if out.exists():  # interrupted after the rename: the whole vector
             assert load_vectors(out)[0], name
