@@ -255,6 +255,11 @@ def test_ctrl_c_while_the_command_imports(tmp_path, delay, argv):
     code, err, took, sent = _ctrl_c([sys.executable, *argv], delay, cwd=ROOT, env=subprocess_env())
     if not sent:
         pytest.skip(f"the command ended within {delay} s: {err!r}")
+    if code == -signal.SIGINT and INTERRUPTED not in err and err.startswith("error: no such model"):
+        # the command had done its work (the error line) and the interpreter was tearing down, its
+        # handlers reset to the default action: killed by SIGINT, which a shell reports as 130
+        assert took < 4 and "Traceback" not in err, err
+        return
     _interrupted_cleanly(code, err, took, f"at {delay} s")
 
 
