@@ -396,6 +396,7 @@ def _handler(server: ChatServer):
             except (ValueError, RecursionError):
                 body = None
             server._enter(body if isinstance(body, dict) else None)
+            left = False
             try:
                 if not self._authorized():
                     reply = Reply(401, error_body("Incorrect API key provided.", code="invalid_api_key"))
@@ -418,9 +419,14 @@ def _handler(server: ChatServer):
                 del body
                 if reply.delay:
                     time.sleep(reply.delay)
+                # answered: counted out before the bytes go, so a client's next request (sent once it
+                # reads them) never overlaps this one in the count
+                server._leave()
+                left = True
                 self._send(reply)
             finally:
-                server._leave()
+                if not left:
+                    server._leave()
 
         def _wait(self, pending: Pending) -> Reply | dict | None:
             """The pending reply; None (cancelled) once the client has gone; 408 past the time limit."""
