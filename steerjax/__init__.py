@@ -1,6 +1,6 @@
 """steerjax: measure and control how steerable language models are, in JAX."""
 
-from steerjax import _command, errors  # noqa: F401  (_command first: Ctrl-C while the command imports)
+from steerjax import errors, interrupts  # noqa: F401  (before jax: Ctrl-C while the command imports; errors imports nothing heavy)
 from steerjax.generate import GenerationOutput, generate
 from steerjax.model import DEFAULT_MODEL, LanguageModel, convert, load_model
 from steerjax.models.config import ModelConfig

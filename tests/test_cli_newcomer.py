@@ -250,7 +250,7 @@ def test_ctrl_c_swallowed_by_a_gc_callback_still_ends_the_command(tmp_path):
 ])
 def test_ctrl_c_while_the_command_imports(tmp_path, delay, argv):
     """Ctrl-C in the first seconds, while ``import steerjax`` imports JAX: the one line and 130,
-    no import traceback (``steerjax._command``)."""
+    no import traceback (``steerjax.interrupts``)."""
     argv = [a if a not in ("none", "quickstart") else str(tmp_path / a) for a in argv]
     code, err, took, sent = _ctrl_c([sys.executable, *argv], delay, cwd=ROOT, env=subprocess_env())
     if not sent:
@@ -285,13 +285,13 @@ def test_the_early_handler_is_for_the_command_only():
     ("/elsewhere/experiments/mine/run.py", ["python", "/elsewhere/experiments/mine/run.py"], False),
 ])
 def test_which_processes_are_the_command(monkeypatch, argv0, orig, expected):
-    from steerjax import _command
+    from steerjax import interrupts
 
     monkeypatch.setattr(sys, "argv", [argv0])
     monkeypatch.setattr(sys, "orig_argv", orig, raising=False)
     if "\\" in argv0:  # a Windows path, read on any system
-        monkeypatch.setattr(_command.os.path, "basename", lambda p: p.replace("\\", "/").rsplit("/", 1)[-1])
-    assert _command.is_command() is expected
+        monkeypatch.setattr(interrupts.os.path, "basename", lambda p: p.replace("\\", "/").rsplit("/", 1)[-1])
+    assert interrupts.is_command() is expected
 
 
 # ----------------------------------------------------------------------------- point 1: the two commands

@@ -28,7 +28,7 @@ How every command behaves:
 - an existing output is replaced only with ``--force``; a run directory (``--out`` of sweep,
   profile, testbed) is resumed only when it holds the same run;
 - Ctrl-C (SIGINT) prints ``interrupted: rerun the same command to resume`` and exits with status
-  130 within about a second, at any moment: while the libraries import (:mod:`steerjax._command`),
+  130 within about a second, at any moment: while the libraries import (:mod:`steerjax.interrupts`),
   while a compiled computation runs, and when Python swallows the interrupt in a garbage
   collector callback; run directories keep every finished chunk, and outputs are written to
   temporary files renamed into place, so nothing is left half-written;
@@ -49,8 +49,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
-from steerjax._command import EXIT_INTERRUPTED, INTERRUPTED  # noqa: F401  (re-exported; see steerjax._command)
 from steerjax.errors import SteerjaxError
+from steerjax.interrupts import EXIT_INTERRUPTED, INTERRUPTED  # noqa: F401  (re-exported; see steerjax.interrupts)
 
 EXIT_ERROR = 2
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141, as a shell reports a writer whose reader left
