@@ -109,7 +109,7 @@ def _behave(command: Callable[[], int], *, hard: bool) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser with every subcommand."""
-    from steerjax.cli import convert, data, generate, predictor, profile, reliability, serve, sweep
+    from steerjax.cli import convert, data, generate, predictor, profile, reliability, report, serve, sweep
     from steerjax.version import __version__
 
     parser = Parser(prog="steerjax",
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_commands(sub)
     convert.add_commands(sub)
     serve.add_commands(sub)
+    report.add_commands(sub)
     return parser
 
 

@@ -47,8 +47,22 @@ QUICK_DIMS: tuple[str, ...] = (
     "agreeableness", "narcissism", "conscientiousness", "politically-liberal", "risk-seeking",
     "believes-in-gun-rights", "subscribes-to-utilitarianism", "machiavellianism")
 
-__all__ = ["Config", "DIRECTIONS", "KIND", "PAPER_BUDGETS", "PAPER_DIMENSIONS", "PRESETS", "PROMPT_FORMATS",
-           "QUICK_DIMS", "STUDY_KIND", "TEMPLATE_CATEGORIES", "check", "draw_seed", "resolve_dimensions"]
+__all__ = ["Config", "DEVIATIONS", "DIRECTIONS", "KIND", "PAPER_BUDGETS", "PAPER_DIMENSIONS", "PRESETS",
+           "PROMPT_FORMATS", "QUICK_DIMS", "STUDY_KIND", "TEMPLATE_CATEGORIES", "check", "draw_seed",
+           "resolve_dimensions"]
+
+#: where the default protocol departs from the reference code (IBM/prompt-steering), whatever the
+#: scale: ``(element, the reference, steerjax)``; the README's protocol table has every element
+DEVIATIONS: tuple[tuple[str, str, str], ...] = (
+    ("random draws", "unseeded (pandas .sample, Python random)",
+     "seeded: each draw's seed from the seed and the draw's keys (dimension, trial, direction, budget)"),
+    ("chat rendering", "a hand-written wrapper per family, sent as raw text",
+     "the tokenizer's chat template (template_category reproduces the reference's wrappers)"),
+    ("answer", "the last token's log-prob; an answer of several tokens is dropped",
+     "the sum of the answer tokens' log-probs; nothing dropped"),
+    ("W1", "scipy's wasserstein_distance on two 200-point CDF grids",
+     "the exact W1 between the Beta profiles (reference_compat uses the reference's formula)"),
+)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # the test's: seconds on a tiny chat model

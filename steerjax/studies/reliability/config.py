@@ -46,8 +46,25 @@ PROPENSITIES: tuple[str, ...] = _SWEEP_PROPENSITIES
 PAPER_MULTIPLIERS: tuple[float, ...] = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
 KIND = "reliability"
 
-__all__ = ["Config", "FORMATS", "KIND", "MEAN", "METHODS", "OPERATORS", "PAPER_MULTIPLIERS", "POSITIONS", "PRESETS",
-           "PROPENSITIES", "SETTINGS", "SPLIT_COMPAT", "VECTORS", "check", "model_slug", "propensity_label"]
+__all__ = ["Config", "DEVIATIONS", "FORMATS", "KIND", "MEAN", "METHODS", "OPERATORS", "PAPER_MULTIPLIERS",
+           "POSITIONS", "PRESETS", "PROPENSITIES", "SETTINGS", "SPLIT_COMPAT", "VECTORS", "check", "model_slug",
+           "propensity_label"]
+
+#: where the default protocol departs from the paper's code (repepo), whatever the scale: ``(element,
+#: the paper's code, steerjax)``; the README's protocol table has every element
+DEVIATIONS: tuple[tuple[str, str, str], ...] = (
+    ("chat rendering", "hand-written per family (Llama-2 [INST], Qwen ChatML, Llama-3)",
+     "the model's own chat template (for ChatML models such as SmolLM2 the same string as repepo's Qwen "
+     "formatter); other families their own template"),
+    ("splits", "train '0:50%', test '50:100%' read as rows 50..n: the test set overlaps the training half",
+     "disjoint halves of a seeded shuffle (split_compat='repepo' reproduces the overlap)"),
+    ("datasets", "40: 37 model-written evaluations, CAA sycophancy, TruthfulQA",
+     "the 37 model-written evaluations (sycophancy and TruthfulQA are not in the data)"),
+    ("block", "13 (Llama-2-7b), 21 (Qwen1.5-14B) from layer sweeps",
+     "chosen per model by a layer sweep on the paper's sweep splits"),
+    ("intervals", "none", "bootstrap 95% intervals over examples, seeded"),
+    ("precision", "float16 (bfloat16 for 70B)", "float32"),
+)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # the whole pipeline on a sliver of the data: for tests

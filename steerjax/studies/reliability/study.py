@@ -356,7 +356,8 @@ class Result:
         return model
 
 
-def run(model: Any, config: Config, out: str, *, mesh=None, progress: bool = True) -> Result:
+def run(model: Any, config: Config, out: str, *, mesh=None, progress: bool = True,
+        layer_sweep_dir: str | None = None) -> Result:
     """Run the reliability study into run directory ``out`` (resumable) and save its tables.
 
     Args:
@@ -367,6 +368,10 @@ def run(model: Any, config: Config, out: str, *, mesh=None, progress: bool = Tru
       out: the run directory.
       mesh: a ``("data", "model")`` mesh for training and sweeps (default: one device).
       progress: print the log lines and progress bars.
+      layer_sweep_dir: where the layer sweep keeps its vectors and sweeps (per model, as
+        ``out`` does); default ``out``. Runs that differ only in ``datasets`` (the layer sweep
+        does not read them) can share one, so the sweep runs once: what the cross-paper report
+        does with one run per concept. Every artifact there is keyed by what built it.
 
     Returns:
       The :class:`Result`, saved in ``out`` (figures: :meth:`Result.figures`).
@@ -397,14 +402,16 @@ def run(model: Any, config: Config, out: str, *, mesh=None, progress: bool = Tru
         # 1. layer sweep on the paper's layer-sweep splits (disjoint from the test half)
         if config.layer is None:
             layers = list(range(0, lm.config.num_layers, config.layer_sweep_stride))
+            sweep_dir = mdir if layer_sweep_dir is None else os.path.join(layer_sweep_dir, slug)
+            os.makedirs(sweep_dir, exist_ok=True)
             parts = []
             for name in config.layer_sweep_datasets:
-                vec = _vector(lm, config, mdir, name, paper.LAYER_SWEEP_SPLITS["train"], config.layer_n_train,
+                vec = _vector(lm, config, sweep_dir, name, paper.LAYER_SWEEP_SPLITS["train"], config.layer_n_train,
                               "baseline", layers, mesh)
                 norm_rows += [dict(model=slug, stage="layer_sweep", dataset=name, layer=int(layer), vector="baseline",
                                    norm=n, steering_norm=n) for layer, n in sorted(vec.norms().items())]
                 test = _load(config, name, paper.LAYER_SWEEP_SPLITS["test"], config.layer_n_test)
-                parts.append(_sweep(lm, config, mdir, f"layer_sweep.{name}", test, vec, layers, mesh))
+                parts.append(_sweep(lm, config, sweep_dir, f"layer_sweep.{name}", test, vec, layers, mesh))
             layer_sweeps[slug] = pd.concat(parts, ignore_index=True)
             layer_summaries[slug] = layer_sweep_summary(layer_sweeps[slug])
             layer = best_layer(layer_summaries[slug])
