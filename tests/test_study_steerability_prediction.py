@@ -268,7 +268,12 @@ def test_summary_is_flat_with_the_documented_keys(result):
         assert s[f"{c}/best_strength"] == rates[rates == rates.max()].index.min()  # the smallest of the best
         assert s[f"{c}/best_success_rate"] == rates.max()
         assert 0 <= s[f"{c}/predictor_macro_f1"] <= 1
+        assert 0 <= s[f"{c}/predictor_macro_f1_lo"] <= s[f"{c}/predictor_macro_f1_hi"] <= 1  # over the prompts
         assert f"{c}/guided_success_vs_sweep" in s and s[f"{c}/guided_tokens_vs_sweep"] < 1
+        for key in ("guided_success_vs_sweep", "guided_tokens_vs_sweep"):  # NaN where the sweep never succeeds
+            value, lo, hi = (s[f"{c}/{key}{x}"] for x in ("", "_lo", "_hi"))
+            assert np.isnan(value) and np.isnan(lo) or 0 <= lo <= hi, (key, value, lo, hi)
+        assert s[f"{c}/guided_tokens_vs_sweep_lo"] < 1
     for key in ("predictor_macro_f1", "strength_only_macro_f1", "cgs_macro_f1", "predictor_margin",
                 "guided_success_vs_sweep", "guided_tokens_vs_sweep"):
         assert s[f"{key}_lo"] <= s[key] <= s[f"{key}_hi"], key

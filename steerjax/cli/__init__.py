@@ -7,11 +7,13 @@ Examples::
     steerjax generate --prompt "Tell me about cats"
     steerjax generate MODEL --prompt "Hi" --vector happy.safetensors --multiplier 4 --compare
     steerjax serve MODEL --vector happy.safetensors --multiplier 4   # OpenAI chat API, steered
+    steerjax report --preset quick --out runs/report                  # the three papers, one page
 
 One module per command group (:mod:`~steerjax.cli.generate`: info and generate;
 :mod:`~steerjax.cli.sweep`: datasets, vector, sweep; :mod:`~steerjax.cli.reliability`;
 :mod:`~steerjax.cli.profile`;
-:mod:`~steerjax.cli.predictor`: testbed and predictor), each a parser and a handler that checks its
+:mod:`~steerjax.cli.predictor`: testbed and predictor; :mod:`~steerjax.cli.report`: the
+cross-paper report), each a parser and a handler that checks its
 arguments, reads the model's config, loads the model and calls the library. Shared checks live in
 :mod:`steerjax.cli.checks` and :mod:`steerjax.runs`.
 

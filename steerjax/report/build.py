@@ -32,9 +32,10 @@ from steerjax.studies import prompt_steerability, reliability, steerability_pred
 from steerjax.studies.prompt_steerability import config as prompt_config
 from steerjax.studies.reliability import config as reliability_config
 from steerjax.studies.steerability_prediction import config as prediction_config
+from steerjax.studies.steerability_prediction.study import SUMMARY as PREDICTION_SUMMARY
 from steerjax.version import __version__
 
-SCHEMA = 1  # the summaries' and report.json's layout; a change rebuilds the summaries
+SCHEMA = 2  # the summaries' and report.json's layout; a change rebuilds the summaries
 SUMMARIES = "summaries"
 FIGURES = "figures"
 #: the data sources the studies read (steerjax.data.manifest names)
@@ -116,7 +117,7 @@ def run(model: Any, config: Config, out: str, *, mesh=None, progress: bool = Tru
 
         def build(study=study, concepts=concepts, where=where, built=built):
             built["yes"] = True
-            return _run_study(study, concepts, os.path.join(out, where), config, lm(), out, mesh, progress)
+            return _run_study(study, concepts, os.path.join(out, where), config, lm, out, mesh, progress)
 
         key = {"schema": SCHEMA, "study": study, "model": source, "concepts": list(concepts),
                "options": _options(config, study, concepts), "steerjax": __version__}
@@ -211,18 +212,32 @@ def _options(config: Config, study: str, concepts: Sequence[str]) -> Any:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str, sort_keys=True))
 
 
-def _run_study(study: str, concepts: Sequence[str], where: str, config: Config, lm, out: str, mesh,
-               progress: bool) -> dict[str, Any]:
-    """Run (or resume) one study and return its summary, with what the report draws from it."""
+def _run_study(study: str, concepts: Sequence[str], where: str, config: Config, lm: Callable[[], Any], out: str,
+               mesh, progress: bool) -> dict[str, Any]:
+    """One study's summary: its run directory's finished result read back, after running (or
+    resuming) it there unless it is finished (the checks made sure it holds this study's config).
+    Always read back, so a summary is the same whether the study ran now or earlier."""
     if study == "prompt_steerability":
-        result = prompt_steerability.run(lm, config.prompt_config(concepts[0]), where, mesh=mesh, progress=progress)
-        return result.summary()
+        if not _finished(os.path.join(where, "run.json"), "seconds"):
+            prompt_steerability.run(lm(), config.prompt_config(concepts[0]), where, mesh=mesh, progress=progress)
+        return prompt_steerability.Result.load(where).summary()
     if study == "reliability":
-        result = reliability.run(lm, config.reliability_config(concepts[0]), where, mesh=mesh, progress=progress,
-                                 layer_sweep_dir=os.path.join(out, "reliability", LAYER_SWEEP))
-        return result.summary()
-    result = steerability_prediction.run(lm, config.prediction_config(concepts), where, mesh=mesh, progress=progress)
-    return result.summary()
+        if not _finished(os.path.join(where, "run.json"), "seconds"):
+            reliability.run(lm(), config.reliability_config(concepts[0]), where, mesh=mesh, progress=progress,
+                            layer_sweep_dir=os.path.join(out, "reliability", LAYER_SWEEP))
+        return reliability.Result.load(where).summary()
+    if not _finished(os.path.join(where, PREDICTION_SUMMARY), "wall_seconds"):
+        steerability_prediction.run(lm(), config.prediction_config(concepts), where, mesh=mesh, progress=progress)
+    return steerability_prediction.Result.load(where).summary()
+
+
+def _finished(path: str, key: str) -> bool:
+    """Whether the JSON file at ``path`` exists and holds ``key`` (what a study writes last)."""
+    try:
+        with open(path) as f:
+            return key in json.load(f)
+    except (OSError, ValueError):
+        return False
 
 
 # ----------------------------------------------------------------------------- the document
@@ -301,9 +316,9 @@ def assemble(the_plan: Plan, summaries: Mapping[tuple[str, str], Mapping[str, An
             row = {f"success@{g:g}": _cell(s, f"{c}/success_rate@{g:g}") for g in strengths}
             row |= {"best_strength": s.get(f"{c}/best_strength"),
                     "best_success_rate": _cell(s, f"{c}/best_success_rate"),
-                    "predictor_macro_f1": s.get(f"{c}/predictor_macro_f1"),
-                    "guided_success_vs_sweep": s.get(f"{c}/guided_success_vs_sweep"),
-                    "guided_tokens_vs_sweep": s.get(f"{c}/guided_tokens_vs_sweep")}
+                    "predictor_macro_f1": _cell(s, f"{c}/predictor_macro_f1"),
+                    "guided_success_vs_sweep": _cell(s, f"{c}/guided_success_vs_sweep"),
+                    "guided_tokens_vs_sweep": _cell(s, f"{c}/guided_tokens_vs_sweep")}
             rows[c] = row
         overall = {"predictor_macro_f1": _cell(s, "predictor_macro_f1"),
                    "guided_success_vs_sweep": _cell(s, "guided_success_vs_sweep"),
@@ -327,11 +342,11 @@ def assemble(the_plan: Plan, summaries: Mapping[tuple[str, str], Mapping[str, An
             {"key": "best_success_rate", "label": "best success", "help": "the success rate there; 95% Wilson "
              "interval"},
             {"key": "predictor_macro_f1", "label": "predictor macro-F1", "help": "the predictor's macro-F1 on the "
-             "concept's rollouts with the concept held out (concept-grouped cross-validation); row 'all concepts': "
-             "over every concept, 95% bootstrap interval over concepts"},
+             "concept's rollouts with the concept held out (concept-grouped cross-validation), 95% bootstrap "
+             "interval over the concept's prompts; row 'all concepts': over every concept, interval over concepts"},
             {"key": "guided_success_vs_sweep", "label": "guided success ÷ sweep",
              "help": f"guided search ({guided or 'n/a'}) success relative to trying every "
-                     "strength; 'all concepts': 95% bootstrap interval"},
+                     "strength; 95% bootstrap interval over the concept's prompts ('all concepts': over concepts)"},
             {"key": "guided_tokens_vs_sweep", "label": "guided tokens ÷ sweep",
              "help": "tokens generated by the guided search relative to the full sweep (lower is cheaper)"}],
         "rows": strength_rows})

@@ -466,10 +466,12 @@ class Result:
         - ``c/best_strength``: the smallest strength with the highest success rate;
           ``c/best_success_rate`` (``_lo`` / ``_hi``);
         - ``c/predictor_macro_f1``: the predictor's macro-F1 on this concept's rows, the concept
-          held out (concept-grouped CV);
+          held out (concept-grouped CV), with ``_lo`` / ``_hi``: a bootstrap over the concept's
+          prompts (with two or more);
         - ``c/guided_success_vs_sweep``, ``c/guided_tokens_vs_sweep``: guided search
           (:data:`SUMMARY_GUIDED` at the largest budget R) on this concept's items relative to the
-          full sweep (IGS) on the same items (NaN where IGS never succeeds).
+          full sweep (IGS) on the same items (NaN where IGS never succeeds), with ``_lo`` / ``_hi``:
+          a bootstrap over the concept's prompts.
 
         Overall: ``model``, ``layer``, ``judge``, ``feature_set``, ``concepts``, ``prompts``,
         ``success_rate`` (share of steered rollouts judged a success);
@@ -499,13 +501,20 @@ class Result:
             out |= {f"{concept}/best_strength": best, f"{concept}/best_success_rate": float(rates[best]),
                     f"{concept}/best_success_rate_lo": lo, f"{concept}/best_success_rate_hi": hi}
         cv = self.cv_predictions
+        seed = int(self.config.get("seed", 0)) if isinstance(self.config, Mapping) else 0
         for concept, g in cv.groupby("concept", sort=True):
-            out[f"{concept}/predictor_macro_f1"] = classifier.macro_f1(g["label"].astype(str).to_numpy(),
-                                                                       g["predicted"].to_numpy())
-        setting, per_concept = self._guided()
-        for concept, (succ, tok) in per_concept.items():
-            out[f"{concept}/guided_success_vs_sweep"] = succ
-            out[f"{concept}/guided_tokens_vs_sweep"] = tok
+            key = f"{concept}/predictor_macro_f1"
+            out[key] = classifier.macro_f1(g["label"].astype(str).to_numpy(), g["predicted"].to_numpy())
+            if g["prompt_id"].nunique() >= 2:  # the concept's prompts resampled
+                ci = evaluation.bootstrap_f1(g["prompt_id"], g["label"].astype(str), {"predictor": g["predicted"]},
+                                             baselines=("predictor",), n_draws=BOOTSTRAP_DRAWS, seed=seed,
+                                             level=BOOTSTRAP_LEVEL).iloc[0]
+                out[f"{key}_lo"], out[f"{key}_hi"] = float(ci["low"]), float(ci["high"])
+        setting, per_concept = self._guided(seed)
+        for concept, cells in per_concept.items():
+            for name, (value, lo, hi) in zip(("success", "tokens"), cells):
+                key = f"{concept}/guided_{name}_vs_sweep"
+                out |= {key: value, f"{key}_lo": lo, f"{key}_hi": hi}
         iv = self.intervals.set_index(["evaluation", "quantity"])
 
         def put(key, evaluation_, quantity):
@@ -525,9 +534,11 @@ class Result:
         put("guided_tokens_vs_sweep", "search", f"{setting} tokens_vs_igs")
         return out
 
-    def _guided(self) -> tuple[str, dict[str, tuple[float, float]]]:
+    def _guided(self, seed: int = 0) -> tuple[str, dict[str, tuple[tuple[float, float, float], ...]]]:
         """The summary's guided setting (``"guided-feedback R=5"``) and, per concept, its success
-        and tokens relative to IGS on the concept's items."""
+        and tokens relative to IGS on the concept's items, each ``(value, lo, hi)``: the interval
+        a percentile bootstrap over the concept's prompts (:data:`~.config.BOOTSTRAP_DRAWS` draws,
+        ``seed``; NaN with one prompt)."""
         items = self.strategy_items
         guided = items[(items["strategy"] == SUMMARY_GUIDED) & items["threshold"].isna()]
         r = guided["max_rollouts"].max()
@@ -537,9 +548,18 @@ class Result:
         for concept, g in guided.groupby("concept", sort=True):
             base = igs[igs["concept"] == concept]
             base = base[base.set_index(["prompt_id"]).index.isin(g["prompt_id"])]
-            s_base, t_base = float(base["success"].mean()), float(base["tokens"].sum())
-            per[concept] = (float(g["success"].mean()) / s_base if s_base else float("nan"),
-                            float(g["tokens"].sum()) / t_base if t_base else float("nan"))
+            mine = g.groupby("prompt_id")[["success", "tokens"]].sum()
+            theirs = base.groupby("prompt_id")[["success", "tokens"]].sum().reindex(mine.index, fill_value=0)
+            draws = np.random.default_rng(seed).integers(0, len(mine), size=(BOOTSTRAP_DRAWS, len(mine)))
+            cells = []
+            for col in ("success", "tokens"):
+                a, b = mine[col].to_numpy(float), theirs[col].to_numpy(float)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratio = a[draws].sum(1) / b[draws].sum(1)
+                value = float(a.sum() / b.sum()) if b.sum() else float("nan")
+                lo, hi = evaluation.interval(ratio, BOOTSTRAP_LEVEL) if len(mine) >= 2 else (float("nan"),) * 2
+                cells.append((value, lo, hi))
+            per[concept] = tuple(cells)
         return f"{SUMMARY_GUIDED} R={int(r)}", per
 
     def headline(self) -> str:
