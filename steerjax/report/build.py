@@ -128,8 +128,10 @@ def run(model: Any, config: Config, out: str, *, mesh=None, progress: bool = Tru
         if "yes" not in built:
             log(f"[{i + 1}/{len(the_plan.units)}] reused: {where} holds this study")
     doc = assemble(the_plan, summaries, config, header, source, out)
+    # the facts of this invocation (a resumed report differs from an uninterrupted one only here)
     doc["command"] = command
     doc["seconds"] = round(time.time() - start, 1)
+    doc["reused"] = timer.reused
     # in the document's order (rows in the order asked), not write_json's sorted keys
     atomic_write(os.path.join(out, "report.json"), json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     atomic_write(os.path.join(out, "report.html"), render(doc, os.path.join(out, FIGURES)))
@@ -163,8 +165,10 @@ class _Eta:
     def __init__(self, the_plan: Plan):
         self.kinds = [u[0] for u in the_plan.units]
         self.times: dict[str, list[float]] = {}
+        self.reused = 0
 
     def done(self, i: int, seconds: float, reused: bool) -> None:
+        self.reused += reused
         if not reused:
             self.times.setdefault(self.kinds[i], []).append(seconds)
 

@@ -4,7 +4,7 @@ it comes from (``data-key``), so a reader (or a test) can check the page against
 
 The page is built from the report's JSON document alone (:func:`render`), whose shape is::
 
-    {"title", "model": {...}, "command", "seconds", "versions": {package: version},
+    {"title", "model": {...}, "command", "seconds", "reused", "versions": {package: version},
      "data_sources": [{"name", "repo", "commit"}], "concepts": [...],
      "measures": [{"id", "title", "paper", "columns": [{"key", "label", "help"}],
                    "rows": {concept: {key: number | {"value", "lo", "hi"} | None}}}],
@@ -67,12 +67,15 @@ def render(report: Mapping[str, Any], figures_dir: str | None = None) -> str:
     out.append(f"<h1>{e(str(report.get('title', 'steerjax report')))}</h1>")
     model = report.get("model", {})
     out.append("<table><caption>Run</caption>")
+    wall = "wall time of this run (s)"
     rows = [("model", model.get("source")), ("family", model.get("family")), ("layers", model.get("num_layers")),
-            ("command", report.get("command")), ("wall time (s)", report.get("seconds")),
+            ("command", report.get("command")), (wall, report.get("seconds")),
             ("concepts", ", ".join(report.get("concepts", [])))]
+    if "reused" in report:
+        rows.append(("studies reused from earlier runs", report["reused"]))
     for label, value in rows:
-        key = {"wall time (s)": ' data-key="seconds"'}.get(label, "")
-        text = number(value, 1) if label == "wall time (s)" else e(str(value))
+        key = {wall: ' data-key="seconds"'}.get(label, "")
+        text = number(value, 1) if label == wall else e(str(value))
         out.append(f'<tr><th class="name">{e(label)}</th><td class="name"{key}>{text}</td></tr>')
     out.append("</table>")
 
