@@ -190,6 +190,53 @@ def test_vector_train_reads_the_formats_examples_and_token(chat_model_dir, tmp_p
     assert seen["token_index"] == -1
 
 
+@pytest.mark.requires_data
+def test_learned_vector_train_resumes_after_ctrl_c(chat_model_dir, tmp_path, capfd, monkeypatch):
+    """`vector train --method learned` keeps checkpoints beside --out until the vector is written:
+    interrupted (Ctrl-C) during step 25, the same command resumes from step 20 and writes the
+    vector of an uninterrupted run; another command with that --out is refused, and says why."""
+    from steerjax.vectors import learned
+    from steerjax.vectors import train as vector_train
+    from steerjax.vectors.io import load_vectors
+
+    monkeypatch.setitem(vector_train._OPTIONS, "learned", {**vector_train._OPTIONS["learned"], "steps": 30})
+    out = tmp_path / "v.safetensors"
+    checkpoint = tmp_path / "v.safetensors.checkpoint"
+    head = ["vector", "train", chat_model_dir, "--dataset", "agreeableness", "--max-examples", "4",
+            "--method", "learned"]
+    argv = head + ["--layers", "1", "--out", str(out)]
+    step, calls = learned._loss_and_grad, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 25:
+            raise KeyboardInterrupt  # Ctrl-C during step 25: steps 10 and 20 are checkpointed
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(learned, "_loss_and_grad", counted)
+    assert main(argv) == 130
+    assert "interrupted: rerun the same command to resume" in capfd.readouterr().err
+    assert not out.exists() and sorted(os.listdir(checkpoint / "steps")) == ["10", "20"]
+
+    assert main(head + ["--layers", "0", "--out", str(out)]) == 2  # another run's checkpoints: not mixed in
+    err = capfd.readouterr().err
+    assert "other settings" in err and f"delete {checkpoint} to start over" in err, err
+
+    calls.clear()
+    assert main(argv) == 0
+    assert len(calls) == 10, "steps 21-30 only"
+    assert f"resuming the learned vector from step 20 in {checkpoint}" in capfd.readouterr().err
+    assert out.exists() and not checkpoint.exists()
+
+    monkeypatch.setattr(learned, "_loss_and_grad", step)
+    fresh = tmp_path / "fresh.safetensors"
+    assert main(head + ["--layers", "1", "--out", str(fresh)]) == 0
+    assert not (tmp_path / "fresh.safetensors.checkpoint").exists()
+    resumed, uninterrupted = load_vectors(str(out)), load_vectors(str(fresh))
+    np.testing.assert_array_equal(resumed[0][1], uninterrupted[0][1])
+    assert resumed[1] == uninterrupted[1]
+
+
 @pytest.mark.slow
 @pytest.mark.requires_data
 def test_profile_command_writes_tables_and_plots_and_resumes(chat_model_dir, tmp_path, capsys):

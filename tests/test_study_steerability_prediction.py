@@ -6,6 +6,7 @@ model loads (from Python, and through ``steerjax predictor study`` with exit sta
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -354,14 +355,23 @@ def test_steerboost_search_protocol_runs_alphasearch_on_the_paper_split():
     assert res.summary()["guided_setting"] == "guided-feedback R=3" and "search IGS" in res.headline()
 
 
-def test_protocol_table_matches_the_readme():
-    """config.PROTOCOL (what the report shows as deviations) has the README table's elements, in order."""
+def test_protocol_table_matches_the_docs():
+    """config.PROTOCOL (what the report shows as deviations) has the elements of the protocol table
+    (docs/protocols.md, which the README's section links to), in order."""
     from steerjax.studies.steerability_prediction.config import PROTOCOL
 
-    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
-    section = readme[readme.index("## Predicting steerability early"):readme.index("## Command line")]
-    table = section[section.index("| element | paper / SteerBoost"):]
-    rows = [line.split("|")[1].strip() for line in table.splitlines()[2:] if line.startswith("|")]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = open(os.path.join(root, "README.md"), encoding="utf-8").read()
+    start = readme.index("## Predicting steerability early")
+    assert "docs/protocols.md#predicting-steerability-early-fan-et-al" in readme[start:readme.index("\n## ", start)]
+    docs = open(os.path.join(root, "docs", "protocols.md"), encoding="utf-8").read()
+    start = docs.index("## Predicting steerability early (Fan et al.)")
+    end = docs.find("\n## ", start)
+    section = docs[start:] if end < 0 else docs[start:end]
+    lines = section[section.index("| element | paper / SteerBoost"):].splitlines()
+    table = list(itertools.takewhile(lambda line: line.startswith("|"), lines))  # the table, to its last row
+    rows = [line.split("|")[1].strip() for line in table[2:]]
+    assert table[1].startswith("| --- |") and rows
     assert [r[0] for r in PROTOCOL] == rows
     assert all(isinstance(d, bool) for *_, d in PROTOCOL)
 

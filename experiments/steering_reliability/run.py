@@ -32,7 +32,7 @@ from steerjax.studies.reliability.config import SETTINGS, VECTORS, model_slug  #
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Protocol elements and their sources: README, 'Steering reliability' table.")
+                                 epilog="Protocol elements and their sources: docs/protocols.md.")
     ap.add_argument("--model", action="append", default=None,
                     help="a model id or path; repeat for the cross-model comparison "
                          "(default: steerjax.DEFAULT_MODEL, SmolLM2-135M-Instruct, offline)")

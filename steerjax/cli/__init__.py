@@ -28,7 +28,9 @@ How every command behaves:
 - negative numbers in any notation are values (``--multipliers 1e30 -1e30``), and a flag given
   with its opposite (``--chat --no-chat``) is refused (:class:`Parser`);
 - an existing output is replaced only with ``--force``; a run directory (``--out`` of sweep,
-  profile, testbed) is resumed only when it holds the same run;
+  profile, testbed) is resumed only when it holds the same run; ``vector train --method learned``
+  keeps checkpoints beside its ``--out`` file (``OUT.checkpoint/``) until the vector is written,
+  and resumes from them the same way;
 - Ctrl-C (SIGINT) prints ``interrupted: rerun the same command to resume`` and exits with status
   130 within about a second, at any moment: while the libraries import (:mod:`steerjax.interrupts`),
   while a compiled computation runs, and when Python swallows the interrupt in a garbage

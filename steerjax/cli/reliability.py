@@ -28,7 +28,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompt format and protocol (default: repepo, the paper's code)")
     parser.add_argument("--split-compat", choices=SPLIT_COMPAT, default=None,
                         help="draw exactly the reference's examples: repepo's shuffle and split strings "
-                             "(its test split '50:100%%' overlaps the training half: see the README)")
+                             "(its test split '50:100%%' overlaps the training half: see docs/protocols.md)")
     parser.add_argument("--layer", type=int, default=None, help="skip the layer sweep and use this block (every model)")
     parser.add_argument("--multipliers", type=checks.finite_float, nargs="+", default=None,
                         help="default: the preset's")

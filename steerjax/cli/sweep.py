@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 
 import steerjax
@@ -9,7 +11,7 @@ from steerjax import runs
 from steerjax.cli import checks
 from steerjax.data import check_split, list_datasets, load_dataset
 from steerjax.data.formats import FORMATS as PROMPT_FORMATS
-from steerjax.errors import DataError, SteeringError
+from steerjax.errors import CheckpointError, DataError, OutputPathError, SteeringError
 from steerjax.studies.reliability.config import (
     FORMATS,
     METHODS,
@@ -23,6 +25,11 @@ from steerjax.studies.reliability.sweep_result import TABLES as SWEEP_TABLES  # 
 from steerjax.studies.reliability.sweep_result import SweepResult
 from steerjax.sweeps import SATURATION, check_multipliers, run_config, saturating_multipliers
 from steerjax.vectors import export_control_vector_gguf, train_vector
+from steerjax.vectors.learned import checkpoint_step
+
+#: beside ``--out``, the checkpoints of a ``--method learned`` run (every 10 steps), kept until the
+#: vector is written: the same command resumes from them after Ctrl-C or a crash
+CHECKPOINT_SUFFIX = ".checkpoint"
 
 
 def add_commands(sub) -> None:
@@ -40,7 +47,9 @@ def add_commands(sub) -> None:
     add_data_arguments(train, "0%:40%")
     train.add_argument("--layers", required=True, metavar="L", help="blocks: '13', '10,13,16', '8-16' or 'all'")
     train.add_argument("--method", choices=METHODS, default="caa",
-                       help="default: %(default)s")
+                       help="default: %(default)s. learned keeps checkpoints in "
+                            f"OUT{CHECKPOINT_SUFFIX}/ (every 10 steps) until the vector is written: the same "
+                            "command, run again after Ctrl-C or a crash, resumes from the last one")
     train.add_argument("--token-index", type=int, default=None,
                        help="token read, from the end of prompt+completion (default: the format's, -2: the answer "
                             "letter)")
@@ -118,6 +127,10 @@ def run_vector_train(args) -> int:
 
     checks.layer_spec(args.layers)
     runs.check_output_file(args.out, force=args.force)
+    checkpoint = args.out + CHECKPOINT_SUFFIX if args.method == "learned" else None
+    if checkpoint is not None and os.path.lexists(checkpoint) and not os.path.isdir(checkpoint):
+        raise OutputPathError(f"--out {args.out}: {checkpoint} (where --method learned keeps its checkpoints) "
+                              "is not a directory; move it away")
     gguf = args.out.endswith(".gguf")
     examples = load_split(args)
     header = checks.read_config(args.model)
@@ -128,13 +141,28 @@ def run_vector_train(args) -> int:
 
     model = steerjax.load_model(args.model, dtype=args.dtype)
     token_index = PROMPT_FORMATS[args.format].token_index if args.token_index is None else args.token_index
-    vec = train_vector(model, examples, layers=layers, method=args.method, token_index=token_index)
+    options = {}
+    if checkpoint is not None:
+        options["checkpoint_dir"] = checkpoint
+        step = checkpoint_step(checkpoint)
+        if step is not None:
+            print(f"resuming the learned vector from step {step} in {checkpoint}", file=sys.stderr)
+    try:
+        vec = train_vector(model, examples, layers=layers, method=args.method, token_index=token_index, **options)
+    except CheckpointError as e:
+        if checkpoint is None:
+            raise
+        raise CheckpointError(f"{e} (these are the checkpoints of an unfinished `steerjax vector train --method "
+                              f"learned --out {args.out}`: rerun the command that started them to finish it, "
+                              f"or delete {checkpoint} to start over)") from e
     vec.metadata.update({"dataset": args.dataset, "split": args.split, "seed": args.seed,
                          "split_compat": args.split_compat, "prompt_format": args.format, "setting": args.setting})
     if gguf:
         export_control_vector_gguf(args.out, vec.vectors, model_hint=model.config.model_type)
     else:
         vec.save(args.out)
+    if checkpoint is not None:  # the vector is written: nothing left to resume
+        shutil.rmtree(checkpoint, ignore_errors=True)
     norms = ", ".join(f"{layer}: {n:.2f}" for layer, n in sorted(vec.norms().items()))
     print(f"{args.method} vector from {len(examples)} examples of {args.dataset} [{args.split}] -> {args.out}")
     print(f"norms by layer: {norms}")

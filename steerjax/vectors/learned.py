@@ -188,6 +188,16 @@ def logprob_margins(
     return _margins_batched(params, cfg, data, layer_idx, v, max(1, min(batch_size, len(encoded))), mesh)
 
 
+def checkpoint_step(checkpoint_dir: str | os.PathLike) -> int | None:
+    """The step of the latest checkpoint that :func:`learn_vectors` saved in ``checkpoint_dir``
+    (the step a run with that directory resumes from), or None when it holds none."""
+    try:
+        names = os.listdir(os.path.join(os.fspath(checkpoint_dir), "steps"))
+    except OSError:
+        return None
+    return max((int(n) for n in names if n.isdigit()), default=None)
+
+
 def check_options(steps, lr, norm_penalty, positions) -> None:
     """Raise :class:`SteeringError` unless the options of :func:`learn_vectors` are valid."""
     if positions not in POSITIONS:

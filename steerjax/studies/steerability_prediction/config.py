@@ -109,9 +109,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                        source="steerboost", cv_grid=None, steerboost_compat=True, search_protocol="steerboost"),
 }
 
-#: the protocol element by element (the README's table, shortened): ``(element, paper / SteerBoost,
+#: the protocol element by element (the table in docs/protocols.md, shortened): ``(element, paper / SteerBoost,
 #: steerjax's quick preset, deviation)``; ``deviation`` is True where the quick preset differs from
-#: the paper (the README's table says, per element, what the ``steerboost`` preset does)
+#: the paper (that table says, per element, what the ``steerboost`` preset does)
 PROTOCOL: tuple[tuple[str, str, str, bool], ...] = (
     ("model, block", "Qwen3-1.7B, layer 10", "SmolLM2-135M-Instruct, block 15 (offline, CPU)", True),
     ("concepts", "150 at three abstraction levels, 50 written examples each",
