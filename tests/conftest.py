@@ -49,6 +49,7 @@ from tests.helpers import (  # noqa: E402
     DATA_MISSING,
     SMOLLM2_MISSING,
     TINYSTORIES_MISSING,
+    ModelLoaded,
     data_dir,
     smollm2_path,
     tinystories_path,
@@ -249,3 +250,18 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("skipped, and why", sep="-")
         for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
             terminalreporter.write_line(f"skipped {count}: {reason}")
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """``steerjax.load_model`` and ``steerjax.model.load_model`` (which the studies and the commands
+    call) raise :class:`tests.helpers.ModelLoaded`: a test sees whether the inputs were checked
+    before any weights load."""
+    import steerjax
+    import steerjax.model
+
+    def refuse(*a, **k):
+        raise ModelLoaded("a model was loaded")
+
+    monkeypatch.setattr(steerjax, "load_model", refuse)
+    monkeypatch.setattr(steerjax.model, "load_model", refuse)

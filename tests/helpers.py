@@ -144,3 +144,7 @@ def token_concepts(model, names=("alpha", "beta"), layer=1):
     texts = {name: [rng.integers(3, 256, size=6).tolist() for _ in range(3)] for name in names}
     neutral = [np.random.default_rng(1).integers(3, 256, size=6).tolist() for _ in range(4)]
     return text_concepts(model, texts, neutral, layer)
+
+
+class ModelLoaded(AssertionError):
+    """Raised in place of loading a model (the ``no_model`` fixture): every check before it passed."""

@@ -11,24 +11,7 @@ import pandas as pd
 import pytest
 
 from steerjax.errors import PredictorError
-
-
-class ModelLoaded(Exception):
-    """Raised in place of loading a model: every check before it passed."""
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """``steerjax.load_model`` (and ``steerjax.model.load_model``, which the study calls) raise
-    :class:`ModelLoaded`: a test sees whether the inputs were checked first."""
-    import steerjax
-    import steerjax.model
-
-    def refuse(*a, **k):
-        raise ModelLoaded
-
-    monkeypatch.setattr(steerjax, "load_model", refuse)
-    monkeypatch.setattr(steerjax.model, "load_model", refuse)
+from tests.helpers import ModelLoaded
 
 
 @pytest.mark.slow

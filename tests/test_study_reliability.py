@@ -24,22 +24,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE_DATASETS = ("corrigible-neutral-HHH", "believes-abortion-should-be-illegal")
 
 
-class ModelLoaded(AssertionError):
-    pass
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Loading a model raises: a test sees whether the inputs were checked first."""
-    import steerjax.model
-
-    def refuse(*a, **k):
-        raise ModelLoaded("a model was loaded")
-
-    monkeypatch.setattr(steerjax, "load_model", refuse)
-    monkeypatch.setattr(steerjax.model, "load_model", refuse)
-
-
 # ----------------------------------------------------------------------------- Config
 
 

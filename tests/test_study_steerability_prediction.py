@@ -28,23 +28,6 @@ from steerjax.studies.steerability_prediction import study as study_mod
 from steerjax.studies.steerability_prediction.config import JUDGES, POSITIONS, STRATEGIES
 from tests.helpers import labelled_table
 
-
-class ModelLoaded(Exception):
-    """Raised in place of loading a model: every check before it passed."""
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    import steerjax
-    import steerjax.model
-
-    def refuse(*a, **k):
-        raise ModelLoaded
-
-    monkeypatch.setattr(steerjax, "load_model", refuse)
-    monkeypatch.setattr(steerjax.model, "load_model", refuse)
-
-
 # ----------------------------------------------------------------------------- Config
 
 
