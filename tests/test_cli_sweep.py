@@ -14,6 +14,7 @@ from steerjax.cli import main
 from steerjax.cli import sweep as cli_sweep
 from steerjax.cli.checks import parse_layers
 from steerjax.errors import SteerjaxError
+from tests.helpers import ModelLoaded
 
 
 def forbidden(*args, **kwargs):
@@ -218,9 +219,12 @@ def test_learned_vector_train_resumes_after_ctrl_c(chat_model_dir, tmp_path, cap
     assert "interrupted: rerun the same command to resume" in capfd.readouterr().err
     assert not out.exists() and sorted(os.listdir(checkpoint / "steps")) == ["10", "20"]
 
+    loaded = steerjax.load_model
+    monkeypatch.setattr(steerjax, "load_model", lambda *a, **k: (_ for _ in ()).throw(ModelLoaded("loaded")))
     assert main(head + ["--layers", "0", "--out", str(out)]) == 2  # another run's checkpoints: not mixed in
-    err = capfd.readouterr().err
-    assert "other settings" in err and f"delete {checkpoint} to start over" in err, err
+    err = capfd.readouterr().err  # and refused before the model loads
+    assert "other settings: layers: '1' there, '0' now" in err and f"delete {checkpoint} to start over" in err, err
+    monkeypatch.setattr(steerjax, "load_model", loaded)
 
     calls.clear()
     assert main(argv) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -123,6 +124,34 @@ def run_datasets(args) -> int:
 # ----------------------------------------------------------------------------- vector train
 
 
+#: in the checkpoint directory: the options of the command that started it, checked before the
+#: model loads (the optimisation's own settings, checked when it starts, need the model)
+COMMAND_FILE = "command.json"
+
+
+def _learned_command(args) -> dict:
+    """What makes a learned-vector run the same run: every option but ``--force``."""
+    return {k: v for k, v in sorted(vars(args).items())
+            if k != "force" and isinstance(v, (str, int, float, bool, type(None)))}
+
+
+def _check_checkpoint_command(checkpoint: str, command: dict, out: str) -> None:
+    path = os.path.join(checkpoint, COMMAND_FILE)
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            held = json.load(f)
+    except (OSError, ValueError):
+        return  # unreadable: the optimisation's own settings decide, after the model loads
+    diff = runs.config_difference(held, command)
+    if diff:
+        shown = "; ".join(f"{k}: {held.get(k)!r} there, {command.get(k)!r} now" for k in diff[:3])
+        raise CheckpointError(f"--out {out}: {checkpoint} holds the checkpoints of another `vector train --method "
+                              f"learned` run (other settings: {shown}): rerun the command that started them to finish "
+                              f"it, or delete {checkpoint} to start over")
+
+
 def run_vector_train(args) -> int:
 
     checks.layer_spec(args.layers)
@@ -131,6 +160,9 @@ def run_vector_train(args) -> int:
     if checkpoint is not None and os.path.lexists(checkpoint) and not os.path.isdir(checkpoint):
         raise OutputPathError(f"--out {args.out}: {checkpoint} (where --method learned keeps its checkpoints) "
                               "is not a directory; move it away")
+    command = _learned_command(args) if checkpoint is not None else None
+    if command is not None:
+        _check_checkpoint_command(checkpoint, command, args.out)  # before the model loads
     gguf = args.out.endswith(".gguf")
     examples = load_split(args)
     header = checks.read_config(args.model)
@@ -144,6 +176,8 @@ def run_vector_train(args) -> int:
     options = {}
     if checkpoint is not None:
         options["checkpoint_dir"] = checkpoint
+        os.makedirs(checkpoint, exist_ok=True)
+        runs.write_json(os.path.join(checkpoint, COMMAND_FILE), command)
         step = checkpoint_step(checkpoint)
         if step is not None:
             print(f"resuming the learned vector from step {step} in {checkpoint}", file=sys.stderr)
