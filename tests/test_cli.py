@@ -217,6 +217,7 @@ BAD_ARGUMENTS = {
     "profile": (["profile", "{model}", "--dims", "x", "--budgets", "0", "--out", "{tmp}/run"], "--budgets"),
     "reliability": (["reliability", "{model}", "--preset", "smoke", "--multipliers", "1", "2", "--out", "{tmp}/run"],
                     "--multipliers must include 0"),
+    "report": (["report", "{model}", "--preset", "smoke", "--n-boot", "0", "--out", "{tmp}/run"], "--n-boot"),
     "testbed": (["testbed", "{model}", "--concepts", "x", "--layer", "1", "--prompts", "0", "--out", "{tmp}/run"],
                 "--prompts"),
     "predictor study": (["predictor", "study", "--preset", "smoke", "--prompts", "1", "--out", "{tmp}/run"],

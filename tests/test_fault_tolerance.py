@@ -250,18 +250,23 @@ def test_ctrl_c_exits_130_with_one_line_and_the_rerun_resumes(setting, tmp_path)
         while manifest_lines(run_dir) < 12:
             assert proc.poll() is None and time.monotonic() - start < 120, proc.communicate()[1][-3000:]
             time.sleep(0.002)
-        if proc.poll() is None:
-            break
-        # the whole sweep finished before this (starved) test process could send the signal: a race
-        # of the machine's load, not an answer; try again
-        proc.communicate()
+        if proc.poll() is not None:
+            # the whole sweep finished before this (starved) test process could send the signal: a
+            # race of the machine's load, not an answer; try again
+            proc.communicate()
+            continue
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        waited = time.monotonic() - sent
+        err = err.decode(errors="replace")
+        if proc.returncode == 0 and manifest_lines(run_dir) == 24 and "interrupted" not in err:
+            # the same race, a moment later: every chunk was done and the command had returned when
+            # the signal came (the interpreter's teardown ignores it); try again
+            continue
+        break
     else:
-        pytest.fail("the sweep finished before SIGINT could be sent, three times")
-    proc.send_signal(signal.SIGINT)
-    sent = time.monotonic()
-    _, err = proc.communicate(timeout=60)
-    waited = time.monotonic() - sent
-    err = err.decode(errors="replace")
+        pytest.fail("the sweep finished before SIGINT could land, three times")
     assert proc.returncode == 130, err[-3000:]
     assert waited < 5, waited
     assert err.strip().splitlines()[-1] == "interrupted: rerun the same command to resume"
