@@ -411,6 +411,19 @@ def test_cli_testbed_rejects_bad_input(tiny, capsys):
     assert "out of range" in capsys.readouterr().err
 
 
+def test_more_folds_than_concepts_are_refused_before_the_model_loads(concepts):
+    """``steerjax predictor train`` after a three-concept testbed (the README's) with the default
+    5 folds: refused by the checks that run before the model loads, naming the flag and the fix
+    (it used to fail after the features were extracted)."""
+    from steerjax.studies.steerability_prediction.pipeline import Testbed, check_training
+
+    testbed = Testbed("tb", {}, list(concepts), pd.DataFrame({"prompt_id": [0, 1]}))
+    with pytest.raises(SteerjaxError, match=r"--folds 5: the testbed has 3 concepts.*pass --folds 3 or fewer"):
+        check_training(testbed, steps=(1, 2), search_k=2, folds=5, names={"folds": "--folds"})
+    check_training(testbed, steps=(1, 2), search_k=2, folds=3)
+    check_training(testbed, steps=(1, 2), search_k=2, folds=0)
+
+
 @pytest.mark.slow
 @pytest.mark.requires_data
 def test_cli_testbed_runs_and_resumes(chat_model_dir, tmp_path, capsys):

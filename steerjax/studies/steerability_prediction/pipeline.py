@@ -298,14 +298,19 @@ def check_training(testbed: Testbed, *, steps: Sequence[int], search_k: int, fol
     caller's user spells them (the CLI: its flags) for the messages.
 
     Raises:
-      SteerjaxError: ``folds == 1``, ``search_k`` below every step, an unknown protocol, or a
-        testbed too small for the paper's protocol; PredictorError: an unknown feature set.
+      SteerjaxError: ``folds == 1``, more ``folds`` than the testbed has concepts, ``search_k``
+        below every step, an unknown protocol, or a testbed too small for the paper's protocol;
+        PredictorError: an unknown feature set.
     """
 
     n = {k: k for k in ("steps", "search_k", "folds", "protocol", "search_prompt_folds", "max_rollouts")} | dict(
         names or {})
     if folds == 1:
         raise SteerjaxError(f"{n['folds']} must be 0 (no evaluation) or >= 2 (concept-grouped folds), got 1")
+    n_concepts = len(testbed.concepts)
+    if folds > n_concepts:  # each fold holds out at least one concept (found here, not after the features)
+        raise SteerjaxError(f"{n['folds']} {folds}: the testbed has {n_concepts} concepts, and each concept-grouped "
+                            f"fold needs one; pass {n['folds']} {n_concepts} or fewer (0: no evaluation)")
     if search_k < min(steps):
         raise SteerjaxError(f"{n['search_k']} {search_k} is below every {n['steps']} value {list(steps)}: the "
                             "predictor would have no features; use one of the steps")
