@@ -483,7 +483,8 @@ def test_cli_predictor_train_and_search(chat_model_dir, tmp_path, capsys):
     assert (st.loc[st["strategy"] == "IGS", "tokens_vs_igs"] == 1).all()
     assert list(pd.read_csv(f"{searched}/scores.csv")["model"])[-1] == "CGS"
     assert "strength search (unseen concepts, held-out prompts" in capsys.readouterr().out
-    assert main(["predictor", "train", tb, "--search-prompt-folds", "9", "--out", str(tmp_path / "p9")]) == 2
+    assert main(["predictor", "train", tb, "--folds", "3", "--search-prompt-folds", "9",
+                 "--out", str(tmp_path / "p9")]) == 2
     assert "--search-prompt-folds must be in 2..4" in capsys.readouterr().err
     capsys.readouterr()
     out = str(tmp_path / "search.json")
@@ -493,6 +494,7 @@ def test_cli_predictor_train_and_search(chat_model_dir, tmp_path, capsys):
     assert res["strength"] in (0.02, 0.5, 4.0) and res["label"] in ("under-steer", "success", "over-steer")
     assert 1 <= len(res["evaluated"]) <= 2 and res["decoded_tokens"] > 0
     # ranked confirmation: up to 3 full rollouts in the predictor's order, stopping at the first success
+    capsys.readouterr()
     assert main(["predictor", "search", pred, "--prompt", "Tell me a story.", "--concept", "narcissism",
                  "--max-rollouts", "3", "--judge", "--out", out, "--force"]) == 0
     res = json.load(open(out))
@@ -500,6 +502,9 @@ def test_cli_predictor_train_and_search(chat_model_dir, tmp_path, capsys):
     assert 1 <= len(tried) <= 3 and len({t["strength"] for t in tried}) == len(tried)
     assert all(t["label"] != "success" for t in tried[:-1])
     assert len(tried) == 3 or tried[-1]["label"] == "success"
+    shown = capsys.readouterr().out  # every rollout tried is shown, and a search without a success says so
+    assert all(f"{t['strength']:g} ({t['label']})" in shown for t in tried) or tried[-1]["label"] == "success"
+    assert ("no strength the search tried was judged a success" in shown) == (tried[-1]["label"] != "success")
     assert res["decoded_tokens"] == 3 * 1 + sum(t["n_tokens"] for t in tried)  # k=1 per candidate + rollouts
     # feedback: each failed rollout's label prunes the candidates on its side of the strength order
     assert main(["predictor", "search", pred, "--prompt", "Tell me a story.", "--concept", "narcissism",
@@ -516,5 +521,6 @@ def test_cli_predictor_train_and_search(chat_model_dir, tmp_path, capsys):
     assert "unknown concept" in capsys.readouterr().err
     assert main(["predictor", "train", str(tmp_path / "missing"), "--out", pred]) == 2
     assert "not a finished testbed run" in capsys.readouterr().err
-    assert main(["predictor", "train", tb, "--feature-set", "steerboost+nope", "--out", pred, "--force"]) == 2
+    assert main(["predictor", "train", tb, "--folds", "3", "--feature-set", "steerboost+nope", "--out", pred,
+                 "--force"]) == 2
     assert "unknown feature set" in capsys.readouterr().err

@@ -319,6 +319,10 @@ def run_predictor_search(args) -> int:
           f"{res['decoded_tokens']} decoded tokens")
     if res["label"] is not None:
         print(f"judge: {res['label']}")
+        if res["label"] != "success":
+            tried = ", ".join(f"{t['strength']:g} ({t['label']})" for t in res["tried"])
+            print(f"no strength the search tried was judged a success: {len(res['tried'])} full rollout(s) at "
+                  f"{tried}; the chosen strength is the last one tried")
     print(res["text"])
     if args.out:
 
