@@ -189,9 +189,13 @@ def test_ctrl_c_at_any_moment_of_vector_train(tmp_path):
         if not sent:  # ended before the signal (a faster run than the first): a whole file
             assert code == 0 and load_vectors(out)[0], (name, err)
             continue
+        if code == 0 and INTERRUPTED not in err:
+            # the signal came after the work, once the command had returned and Python's teardown
+            # ignored it (a slower start than the first run's): the whole output, no temporary
+            # file, and exit 0 is honest; not counted as an interrupted run
+            assert load_vectors(out)[0] and "Traceback" not in err, (name, err)
+            continue
         signalled += 1
-        if code == 0:  # the signal came after the work: the whole output, and exit 0 is honest
-            pytest.fail(f"{name}: SIGINT was not honoured, exit 0: {err}")
         if code == -signal.SIGINT and out.exists() and INTERRUPTED not in err:
             # the work was done and the interpreter was tearing down (its signal handlers already
             # reset to the default action): killed by SIGINT, which a shell reports as 130

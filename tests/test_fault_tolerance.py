@@ -246,7 +246,10 @@ def test_ctrl_c_exits_130_with_one_line_and_the_rerun_resumes(setting, tmp_path)
     cmd = sweep_cmd(model, vec, run_dir)
     for _attempt in range(3):
         shutil.rmtree(run_dir, ignore_errors=True)
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # SIGINT as at a terminal: a test run started as a background job (SIGINT ignored, which
+        # children inherit) would otherwise test a process that cannot be interrupted
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         start = time.monotonic()
         # chunk 12 is the last of the first prompt-length bucket: the signal lands while the next
         # bucket compiles (the main thread in C++ for seconds) or just before
