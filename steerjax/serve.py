@@ -50,7 +50,11 @@ from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from steerjax.errors import SteerjaxError
+from steerjax.data.batch import GENERATION, TokenBatch, encode, pow2, round_up
+from steerjax.errors import SteerjaxError, TokenizerError
+from steerjax.generate import CHUNK, DecodeState, decode_chunk, eos_array, pad_id, sample, step_keys
+from steerjax.models.transformer import KVCache, forward, param_dtype, unembed
+from steerjax.steering.core import GENERATED, Steering
 
 #: the API prefix of every route (a client's base URL ends with it)
 PREFIX = "/v1"
@@ -504,7 +508,6 @@ def _row_bucket(n: int, most: int) -> int:
 
 
 def _slot_bucket(n: int) -> int:
-    from steerjax.data.batch import pow2
 
     return max(128, pow2(n))
 
@@ -536,8 +539,6 @@ class Engine:
         import jax.numpy as jnp
         import numpy as np
 
-        from steerjax.data.batch import pow2
-        from steerjax.generate import CHUNK, pad_id
 
         if positions not in ("all", "generated"):
             raise SteerjaxError(f"positions must be 'all' or 'generated', got {positions!r}")
@@ -667,7 +668,6 @@ class Engine:
     def _fit(self, width: int, remaining: int) -> None:
         """Make room: the shared index at least ``width`` (newcomers' prompt width, 0 for none)
         and the cache large enough for ``remaining`` more tokens of every row."""
-        from steerjax.data.batch import round_up
 
         live = [r for r, j in enumerate(self.slots) if j is not None]
         rem = max([self.slots[r].max_tokens - self.n[r] for r in live] + [remaining, 1])
@@ -697,7 +697,6 @@ class Engine:
     def _admit(self, jobs: list[Job]) -> None:
         import numpy as np
 
-        from steerjax.data.batch import GENERATION, TokenBatch, pow2
 
         need = self.live() + len(jobs)
         if self.rows is None:
@@ -781,7 +780,6 @@ class Engine:
 def _rows_type():
     from flax import struct
 
-    from steerjax.generate import DecodeState
 
     @struct.dataclass
     class Rows:
@@ -816,7 +814,6 @@ def _steering(table, vector, multiplier, generated: bool, operator: str):
         return None
     import jax.numpy as jnp
 
-    from steerjax.steering.core import GENERATED, Steering
 
     start = jnp.full(vector.shape, GENERATED if generated else 0, jnp.int32)
     return Steering.build(table[:, vector], multiplier, start=start, operator=operator)
@@ -828,8 +825,6 @@ def _programs():
     import jax
     import jax.numpy as jnp
 
-    from steerjax.generate import DecodeState, decode_chunk, eos_array, sample, step_keys
-    from steerjax.models.transformer import KVCache, forward, param_dtype, unembed
 
     rows_cls = _rows_cls()
 
@@ -1033,8 +1028,6 @@ class ModelResponder:
             self._engine.close(drain)
 
     def __call__(self, request: dict) -> Reply | Pending:
-        from steerjax.data.batch import encode
-        from steerjax.errors import TokenizerError
 
         try:
             messages, opts = self.parse(request)

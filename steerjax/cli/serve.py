@@ -14,8 +14,10 @@ import signal
 import sys
 import threading
 
+import steerjax
 from steerjax.cli import checks
 from steerjax.errors import SteerjaxError
+from steerjax.serve import ChatServer, ModelResponder, bind_warning
 
 
 def add_commands(sub) -> None:
@@ -85,9 +87,6 @@ def read_vectors(specs: list[str], layer: int | None, config) -> dict:
 
 
 def run_serve(args) -> int:
-    import steerjax
-    from steerjax.serve import ChatServer, ModelResponder, bind_warning
-
     if not args.vector:
         for flag, value in (("--layer", args.layer), ("--multiplier", args.multiplier)):
             if value is not None:
