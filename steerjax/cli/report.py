@@ -12,8 +12,6 @@ from steerjax.errors import SteerjaxError
 from steerjax.model import DEFAULT_MODEL
 from steerjax.report.config import PRESETS, cost
 
-NAMES = {"concepts": "--concepts", "preset": "--preset", "out": "--out", "seed": "--seed", "n_boot": "--n-boot"}
-
 
 def add_commands(sub) -> None:
     presets = "; ".join(f"{p}: {cost(p)}" for p in PRESETS)
@@ -70,9 +68,8 @@ def run_report(args) -> int:
     sizes = _mesh(args.mesh)
     config = report_lib.Config(preset=args.preset, concepts=None if args.concepts is None else tuple(args.concepts),
                                allow_partial=args.allow_partial, seed=args.seed, dtype=args.dtype, n_boot=args.n_boot)
-    header = checks.read_config(args.model)
-    report_lib.check(config, model_header=header, out=args.out, names=NAMES)  # before any model loads
     mesh = sharding.make_mesh(*sizes) if sizes else sharding.from_env()
+    # run() reads the model's config and checks every input before any weights load
     rep = report_lib.run(args.model, config, args.out, mesh=mesh,
                          command=_command(args))
     for c in rep.doc["correlations"]:
