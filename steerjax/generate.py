@@ -4,7 +4,9 @@ Decoding runs in chunks of :data:`CHUNK` steps inside a ``lax.while_loop`` that 
 row has stopped (end of sequence, or its token limit): a batch whose answers end at 24 tokens
 costs about 24 steps whatever ``max_new_tokens`` says. The limit is a traced argument; only the
 output and cache widths are static, bucketed by :func:`token_bucket` (powers of two from
-:data:`MIN_BUCKET`), so nearby values of ``max_new_tokens`` share one compiled program.
+:data:`MIN_BUCKET`), so nearby values of ``max_new_tokens`` share one compiled program. The KV cache grows with the
+answers (:func:`segment_ends`): a step attends over the slots the longest running row needs, so a
+batch costs what its answers cost, not what ``max_new_tokens`` allows.
 
 The pieces are public for the other decode loops (the server, :mod:`steerjax.serve`):
 :class:`DecodeState` (the loop's carry), :func:`decode_chunk` (``C`` steps of it), :func:`sample`
@@ -251,25 +253,36 @@ def eos_array(cfg):
     return jnp.asarray(cfg.eos_token_ids or (-1,), jnp.int32)
 
 
+def segment_ends(width: int, chunk: int = CHUNK) -> list[int]:
+    """Where the decode loop's KV cache grows: token counts ``1 + MIN_BUCKET * 2**k`` below
+    ``width``, then ``width``. Segment ``k`` decodes with ``prompt + ends[k]`` cache slots, so a step
+    attends over about as many slots as the longest answer so far needs, not ``max_new_tokens``."""
+    ends, end = [], 1 + round_up(MIN_BUCKET, chunk)
+    while end < width:
+        ends.append(end)
+        end = 1 + 2 * (end - 1)
+    return ends + [width]
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "width", "pad_id", "chunk"))
 def _generate(params, cfg, batch, steering, key, temperature, top_p, top_k, limit, *, width, pad_id, chunk):
     """``([B, width] new tokens, steps run)``: the prefill's token, then chunks of ``chunk`` steps
-    while any row runs (``limit`` traced: tokens past it are dropped by the caller)."""
+    while any row runs (``limit`` traced: tokens past it are dropped by the caller).
+
+    The cache starts with ``T + ends[0]`` slots and doubles at each of :func:`segment_ends` that
+    a row still running reaches (a ``lax.cond`` per segment: a batch that stopped never pays for the
+    larger caches). Attention masks empty slots, so the tokens equal those of one large cache."""
     b, t = batch.ids.shape
     dtype = param_dtype(params)
     lengths = batch.lengths
+    ends = segment_ends(width, chunk)
     out = forward(params, cfg, batch.ids, positions=batch.positions, valid=batch.valid, steering=steering,
-                  generation_start=lengths, cache=KVCache.empty(cfg, b, t + width, dtype))
+                  generation_start=lengths, cache=KVCache.empty(cfg, b, t + ends[0], dtype))
     keys = jax.random.split(key, width)
     first = sample(unembed(params, cfg, out.hidden[:, -1]), keys[0], temperature, top_p, top_k)
     eos = eos_array(cfg)
     state = DecodeState(out.cache, first, lengths, jnp.ones((b,), jnp.int32), jnp.zeros((b,), bool))
     tokens = jnp.full((b, width), pad_id, jnp.int32).at[:, 0].set(first)
-    n_chunks = (width - 1) // chunk
-
-    def running(carry):
-        c, st, _ = carry
-        return (c < n_chunks) & ~jnp.all(st.finished(eos, limit))
 
     def body(carry):
         c, st, tokens = carry
@@ -279,5 +292,23 @@ def _generate(params, cfg, batch, steering, key, temperature, top_p, top_k, limi
                                temperature=temperature, top_p=top_p, top_k=top_k, eos=eos, pad_id=pad_id)
         return c + 1, st, jax.lax.dynamic_update_slice(tokens, new, (0, at))
 
-    c, _, tokens = jax.lax.while_loop(running, body, (jnp.int32(0), state, tokens))
+    def segment(k, c, st, tokens):
+        n_chunks = (ends[k] - 1) // chunk
+
+        def running(carry):
+            c, st, _ = carry
+            return (c < n_chunks) & ~jnp.all(st.finished(eos, limit))
+
+        c, st, tokens = jax.lax.while_loop(running, body, (c, st, tokens))
+        if k == len(ends) - 1:
+            return c, tokens
+
+        def grow(args):
+            c, st, tokens = args
+            return segment(k + 1, c, st.replace(cache=st.cache.grow(t + ends[k + 1])), tokens)
+
+        return jax.lax.cond(jnp.all(st.finished(eos, limit)), lambda args: (args[0], args[2]), grow,
+                            (c, st, tokens))
+
+    c, tokens = segment(0, jnp.int32(0), state, tokens)
     return tokens, 1 + c * chunk

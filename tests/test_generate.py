@@ -146,6 +146,19 @@ def test_the_loop_exits_when_every_row_has_stopped(stopping):
     assert 5 <= int(steps) < 5 + gen.CHUNK
 
 
+def test_the_cache_grows_with_the_answers(stopping):
+    """Rows that run past 32, 64 and 96 tokens cross every segment (the cache grows three times):
+    the tokens equal the single-cache scan's; a batch that stops in the first segment never grows."""
+    assert gen.segment_ends(gen.output_width(256)) == [33, 65, 129, 257]
+    assert gen.segment_ends(gen.output_width(20)) == [33]
+    assert all((e - 1) % 5 == 0 for e in gen.segment_ends(gen.output_width(200, chunk=5), chunk=5))
+    endless = dataclasses.replace(stopping, config=dataclasses.replace(stopping.config, eos_token_ids=()))
+    for kw in ({}, {"temperature": 1.0, "top_k": 7, "seed": 2}):
+        out = steerjax.generate(endless, PROMPTS, max_new_tokens=100, **kw)
+        np.testing.assert_array_equal(out.tokens, reference(endless, PROMPTS, max_new_tokens=100, **kw))
+        assert (out.lengths == 100).all()
+
+
 def test_nearby_limits_share_one_program(stopping):
     gen._generate.clear_cache()
     for m in (3, 9, 17, 30, 32):

@@ -97,6 +97,16 @@ class KVCache:
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
                    jnp.zeros((batch, size), bool), jnp.zeros((), jnp.int32))
 
+    def grow(self, size: int) -> KVCache:
+        """The same cache with ``size`` slots (empty slots appended; ``size`` static, at least
+        the current size)."""
+        extra = size - self.valid.shape[1]
+        if extra < 0:
+            raise ValueError(f"a cache of {self.valid.shape[1]} slots cannot grow to {size}")
+        pad = ((0, 0), (0, 0), (0, 0), (0, extra), (0, 0))
+        return KVCache(jnp.pad(self.k, pad), jnp.pad(self.v, pad), jnp.pad(self.valid, ((0, 0), (0, extra))),
+                       self.index)
+
 
 class ForwardOutput(NamedTuple):
     hidden: jax.Array  # [B, T, D] after the final norm
