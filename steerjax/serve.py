@@ -62,6 +62,8 @@ PREFIX = "/v1"
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP = 4  # OpenAI's limit on stop strings
 SEED_RANGE = (-(2**63), 2**64)  # int64 or uint64
+#: the fewest free cache slots the engine makes room for when it grows the cache (see Engine._fit)
+LOOKAHEAD = 64
 
 
 @dataclasses.dataclass
@@ -520,10 +522,12 @@ class Engine:
     prompt is prefilled apart, then placed so that it ends at the shared index (slot offsets do not
     change attention: masks compare slots, rotary tables use positions). When the index would run
     past the cache, the cache is shifted left by the oldest live row's first slot and resized to a
-    power of two. Rows only grow while any request runs (fewer shapes to compile); an empty batch
-    is freed. Newcomers are prefilled by a program per (rows, prompt width) bucket and placed by a
-    small program without the model. Each loop: drop cancelled rows, admit waiting requests into free rows, run one
-    chunk, hand finished requests back.
+    power of two fitting what the live rows span, with room to grow (:meth:`_fit`). When nothing
+    waits and the live rows fit a smaller bucket, the batch shrinks to it; an empty batch is freed.
+    So a step costs what its live rows need: few shapes (rows 1, 4, 16, ...; slots 128, 256, ...)
+    and one compiled chunk program each. Newcomers are prefilled by a program per (rows, prompt
+    width) bucket and placed by a small program without the model. Each loop: drop cancelled rows,
+    admit waiting requests into free rows, run one chunk, hand finished requests back.
 
     Args:
       model: a :class:`steerjax.LanguageModel`.
@@ -662,21 +666,35 @@ class Engine:
             if job is not None and job.cancelled:
                 job.finish(None, "cancelled")
                 self._free(r)
-        if self.rows is not None and not self.live():
-            self.rows, self.slots, self.first, self.n = None, [], [], []
+        self._shrink()
 
-    def _fit(self, width: int, remaining: int) -> None:
-        """Make room: the shared index at least ``width`` (newcomers' prompt width, 0 for none)
-        and the cache large enough for ``remaining`` more tokens of every row."""
-
+    def _shrink(self) -> None:
+        """Free an empty batch; when nothing waits and the live rows fit a smaller row bucket,
+        move them there (a step's cost follows its rows: the last long request of a burst runs
+        alone, not in a batch of 16)."""
         live = [r for r, j in enumerate(self.slots) if j is not None]
-        rem = max([self.slots[r].max_tokens - self.n[r] for r in live] + [remaining, 1])
-        ahead = round_up(rem, self.chunk)
-        if width <= self.index and self.index + ahead <= self.size:
+        if self.rows is not None and not live:
+            self.rows, self.slots, self.first, self.n = None, [], [], []
+        elif live and not self._queue and _row_bucket(len(live), self.max_batch) < len(self.slots):
+            self._resize(_row_bucket(len(live), self.max_batch), live)
+
+    def _fit(self, width: int) -> None:
+        """Make room: the shared index at least ``width`` (newcomers' prompt width, 0 for none)
+        and a free chunk after it.
+
+        When there is none, the cache is shifted left by the oldest live row's first slot and
+        sized (a power of two) for what the live rows span plus room ahead: as much again as that
+        span (at least :data:`LOOKAHEAD` slots, at most what the rows have left). A step attends
+        over about what the rows hold now, not what they may hold at their limits; the cache grows
+        as they do, each time doubling."""
+        live = [r for r, j in enumerate(self.slots) if j is not None]
+        if width <= self.index and self.index + self.chunk <= self.size:
             return
         lo = min((self.first[r] for r in live), default=self.index)
         shift = min(lo, self.index - width)
         index = self.index - shift
+        rem = max([self.slots[r].max_tokens - self.n[r] for r in live] + [1])
+        ahead = round_up(max(1, min(rem, max(LOOKAHEAD, index))), self.chunk)
         size = _slot_bucket(index + ahead)
         self.rows = _reslot(self.rows, shift, size=size)
         self.first = [f - shift for f in self.first]
@@ -710,7 +728,7 @@ class Engine:
         k = pow2(len(jobs))
         batch = TokenBatch.pad([j.prompt for j in jobs], side="left", buckets=GENERATION, rows=k)
         width = batch.shape[1]
-        self._fit(width, max(j.max_tokens for j in jobs))
+        self._fit(width)
         free = [r for r, j in enumerate(self.slots) if j is None][:len(jobs)]
         rows_idx = np.full(k, len(self.slots), np.int32)  # padding rows: out of range, dropped
         rows_idx[:len(jobs)] = free
@@ -740,7 +758,7 @@ class Engine:
     def _step(self) -> None:
         import numpy as np
 
-        self._fit(0, 0)
+        self._fit(0)
         live = np.asarray([j is not None for j in self.slots])
         self.rows, toks, n = _serve_chunk(self.model.params, self.rows, self.table, live, cfg=self.cfg,
                                           chunk=self.chunk, pad_id=self.pad_id, horizon=self.horizon,
@@ -753,14 +771,15 @@ class Engine:
                 got = int(n[r]) - self.n[r]
                 self.n[r] = int(n[r])
                 self._take(r, toks[r, :got].tolist())
-        if not self.live():  # rows only grow while any runs (fewer shapes to compile); empty: freed
-            self.rows, self.slots, self.first, self.n = None, [], [], []
+        self._shrink()
 
     def _take(self, r: int, new: list[int]) -> None:
         """Row ``r``'s new tokens: finish its job at EOS, its limit or a stop string."""
         job = self.slots[r]
         job.tokens.extend(new)
         ended = bool(new) and new[-1] in self.eos
+        if not (job.stop or ended or len(job.tokens) >= job.max_tokens):
+            return  # decoded when it ends (or each chunk, to look for its stop strings)
         tok = self.model.tokenizer
         text = tok.decode(job.tokens, skip_special_tokens=True) if tok is not None else ""
         cut = min((i for i in (text.find(s) for s in job.stop) if i >= 0), default=-1)

@@ -136,7 +136,8 @@ def test_concurrent_mixed_steering_requests_each_get_generates_text(chat_model, 
 def test_a_short_request_joins_the_running_batch(endless):
     """A 4-token request sent while a 300-token one runs joins the batch at the next chunk boundary
     and is answered a chunk later (counted in chunks, not seconds: the machine may be loaded), long
-    before the long one ends; both equal generate's text alone."""
+    before the long one ends; then the batch shrinks back to one row. Both equal generate's text
+    alone."""
     with serve.model_server(endless, name="tiny", max_batch=4) as server:
         engine = server.respond.engine
         long = {}
@@ -151,6 +152,7 @@ def test_a_short_request_joins_the_running_batch(endless):
         status, _, short = post(server, {"messages": chat(MESSAGES[2]), "max_tokens": 4, "temperature": 0})
         chunks_when_short_ended = engine.chunks
         assert status == 200 and engine.live() == 1  # the long one still runs
+        assert until(lambda: len(engine.slots) == 1)  # the batch of 4 shrank back to the long row
         t.join(120)
         assert engine.chunks - chunks_when_short_ended > 20
     assert chunks_when_short_ended - sent <= 2  # joined at a chunk boundary, done within one chunk
