@@ -92,19 +92,9 @@ def post(url: str, body: dict) -> tuple[float, dict]:
 
 
 def concurrent(url: str, bodies: list[dict]) -> tuple[float, list[float], list[dict]]:
-    """Send every body at once (a thread each); ``(wall s, latencies, replies)``."""
-    lat, replies = [0.0] * len(bodies), [None] * len(bodies)
-
-    def one(i):
-        lat[i], replies[i] = post(url, bodies[i])
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - t0, lat, replies
+    """Send every body at once (a client each); ``(wall s, latencies, replies)``."""
+    wall, lat, replies, _ = closed_loop(url, [[b] for b in bodies])
+    return wall, lat, replies
 
 
 def closed_loop(url: str, per_client: list[list[dict]]) -> tuple[float, list[float], list[dict], list[dict]]:
