@@ -50,6 +50,11 @@ from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
 from steerjax.data.batch import GENERATION, TokenBatch, encode, pow2, round_up
 from steerjax.errors import SteerjaxError, TokenizerError
 from steerjax.generate import CHUNK, DecodeState, decode_chunk, eos_array, pad_id, sample, step_keys
@@ -496,8 +501,6 @@ class Job:
 def key_data(seed: int):
     """``jax.random.key_data(jax.random.key(seed))`` computed on the host, for any seed in
     :data:`SEED_RANGE` (JAX keeps a seed's low 32 bits; 64-bit seeds wrap as int64 would)."""
-    import numpy as np
-
     return np.asarray([0, int(seed) % (1 << 32)], np.uint32)
 
 
@@ -540,10 +543,6 @@ class Engine:
     def __init__(self, model, *, vectors: Mapping[str, Any] | None = None, positions: str = "all",
                  max_batch: int = 16, queue_size: int = 64, chunk: int | None = None,
                  max_tokens_limit: int = 2048):
-        import jax.numpy as jnp
-        import numpy as np
-
-
         if positions not in ("all", "generated"):
             raise SteerjaxError(f"positions must be 'all' or 'generated', got {positions!r}")
         if max_batch < 1 or queue_size < 0:
@@ -702,8 +701,6 @@ class Engine:
 
     def _resize(self, b: int, keep: Sequence[int]) -> None:
         """``b`` rows: the rows ``keep`` first (in order), then empty ones."""
-        import numpy as np
-
         idx = np.zeros(b, np.int32)
         ok = np.zeros(b, bool)
         idx[:len(keep)], ok[:len(keep)] = keep, True
@@ -713,9 +710,6 @@ class Engine:
         self.n = [self.n[r] for r in keep] + [0] * (b - len(keep))
 
     def _admit(self, jobs: list[Job]) -> None:
-        import numpy as np
-
-
         need = self.live() + len(jobs)
         if self.rows is None:
             b = _row_bucket(need, self.max_batch)
@@ -756,8 +750,6 @@ class Engine:
             self._take(r, [int(first[i])])
 
     def _step(self) -> None:
-        import numpy as np
-
         self._fit(0)
         live = np.asarray([j is not None for j in self.slots])
         self.rows, toks, n = _serve_chunk(self.model.params, self.rows, self.table, live, cfg=self.cfg,
@@ -796,166 +788,127 @@ class Engine:
 # ----------------------------------------------------------------------------- the engine's programs
 
 
-def _rows_type():
-    from flax import struct
+@struct.dataclass
+class _Rows:
+    """The running batch: the decode carry and each row's options (all ``[B]``)."""
 
-
-    @struct.dataclass
-    class Rows:
-        """The running batch: the decode carry and each row's options (all ``[B]``)."""
-
-        state: DecodeState
-        start: Any  # the prompt length (first generated position)
-        limit: Any
-        key: Any  # [B, 2] uint32 key data
-        temperature: Any
-        top_p: Any
-        top_k: Any
-        vector: Any  # row of the vector table
-        multiplier: Any
-
-    return Rows
-
-
-_Rows = None
-
-
-def _rows_cls():
-    global _Rows
-    if _Rows is None:
-        _Rows = _rows_type()
-    return _Rows
+    state: DecodeState
+    start: Any  # the prompt length (first generated position)
+    limit: Any
+    key: Any  # [B, 2] uint32 key data
+    temperature: Any
+    top_p: Any
+    top_k: Any
+    vector: Any  # row of the vector table
+    multiplier: Any
 
 
 def _steering(table, vector, multiplier, generated: bool, operator: str):
     """The rows' :class:`Steering` from the vector table (None when no vectors are served)."""
     if table is None:
         return None
-    import jax.numpy as jnp
-
-
     start = jnp.full(vector.shape, GENERATED if generated else 0, jnp.int32)
     return Steering.build(table[:, vector], multiplier, start=start, operator=operator)
 
 
-@functools.lru_cache(maxsize=None)
-def _programs():
-    """The engine's jitted programs (built on first use: importing this module imports no JAX)."""
-    import jax
-    import jax.numpy as jnp
+@functools.partial(jax.jit, static_argnames=("cfg", "b", "s", "dtype"))
+def _empty(cfg, b, s, dtype):
+    i32 = jnp.zeros((b,), jnp.int32)
+    state = DecodeState(KVCache.empty(cfg, b, s, jnp.dtype(dtype)), i32, i32, i32, jnp.ones((b,), bool))
+    return _Rows(state, i32, i32, jnp.zeros((b, 2), jnp.uint32), jnp.zeros((b,), jnp.float32),
+                 jnp.ones((b,), jnp.float32), i32, i32, jnp.zeros((b,), jnp.float32))
 
 
-    rows_cls = _rows_cls()
+@functools.partial(jax.jit, static_argnames=("size",))
+def _reslot_program(rows, shift, *, size):
+    c = rows.state.cache
+    s_old = c.valid.shape[1]
+    src = jnp.arange(size, dtype=jnp.int32) + shift
+    ok = (src >= 0) & (src < s_old)
+    src = jnp.clip(src, 0, s_old - 1)
+    keep = ok[None, None, None, :, None]
+    k = jnp.where(keep, jnp.take(c.k, src, axis=3), 0)
+    v = jnp.where(keep, jnp.take(c.v, src, axis=3), 0)
+    valid = jnp.where(ok[None, :], jnp.take(c.valid, src, axis=1), False)
+    return rows.replace(state=rows.state.replace(cache=KVCache(k, v, valid, c.index - shift)))
 
-    @functools.partial(jax.jit, static_argnames=("cfg", "b", "s", "dtype"))
-    def empty(cfg, b, s, dtype):
-        i32 = jnp.zeros((b,), jnp.int32)
-        state = DecodeState(KVCache.empty(cfg, b, s, jnp.dtype(dtype)), i32, i32, i32, jnp.ones((b,), bool))
-        return rows_cls(state, i32, i32, jnp.zeros((b, 2), jnp.uint32), jnp.zeros((b,), jnp.float32),
-                        jnp.ones((b,), jnp.float32), i32, i32, jnp.zeros((b,), jnp.float32))
 
-    @functools.partial(jax.jit, static_argnames=("size",))
-    def reslot(rows, shift, *, size):
-        c = rows.state.cache
-        s_old = c.valid.shape[1]
-        src = jnp.arange(size, dtype=jnp.int32) + shift
-        ok = (src >= 0) & (src < s_old)
-        src = jnp.clip(src, 0, s_old - 1)
-        keep = ok[None, None, None, :, None]
-        k = jnp.where(keep, jnp.take(c.k, src, axis=3), 0)
-        v = jnp.where(keep, jnp.take(c.v, src, axis=3), 0)
-        valid = jnp.where(ok[None, :], jnp.take(c.valid, src, axis=1), False)
-        return rows.replace(state=rows.state.replace(cache=KVCache(k, v, valid, c.index - shift)))
+@jax.jit
+def _take_rows(rows, idx, ok):
+    c = rows.state.cache
+    cache = KVCache(jnp.take(c.k, idx, axis=1), jnp.take(c.v, idx, axis=1),
+                    jnp.where(ok[:, None], jnp.take(c.valid, idx, axis=0), False), c.index)
+    out = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), rows.replace(state=rows.state.replace(cache=None)))
+    return out.replace(state=out.state.replace(cache=cache, done=jnp.where(ok, out.state.done, True)))
 
-    @jax.jit
-    def take_rows(rows, idx, ok):
-        c = rows.state.cache
-        cache = KVCache(jnp.take(c.k, idx, axis=1), jnp.take(c.v, idx, axis=1),
-                        jnp.where(ok[:, None], jnp.take(c.valid, idx, axis=0), False), c.index)
-        out = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), rows.replace(state=rows.state.replace(cache=None)))
-        return out.replace(state=out.state.replace(cache=cache, done=jnp.where(ok, out.state.done, True)))
 
-    @functools.partial(jax.jit, static_argnames=("cfg", "generated", "operator"))
-    def prefill(params, batch, table, keys, vector, multiplier, temperature, top_p, top_k, *, cfg, generated,
-                operator):
-        """Newcomers' prompts ``[k, T]`` alone: their cache (``T`` slots) and first tokens."""
-        k, t = batch.ids.shape
-        steering = _steering(table, vector, multiplier, generated, operator)
-        out = forward(params, cfg, batch.ids, positions=batch.positions, valid=batch.valid, steering=steering,
-                      generation_start=batch.lengths, cache=KVCache.empty(cfg, k, t, param_dtype(params)))
-        first_keys = jax.vmap(lambda kd: jax.random.split(jax.random.wrap_key_data(kd), 1)[0])(keys)
-        first = sample(unembed(params, cfg, out.hidden[:, -1]), first_keys, temperature, top_p, top_k)
-        return out.cache, first
+@functools.partial(jax.jit, static_argnames=("cfg", "generated", "operator"))
+def _prefill(params, batch, table, keys, vector, multiplier, temperature, top_p, top_k, *, cfg, generated,
+             operator):
+    """Newcomers' prompts ``[k, T]`` alone: their cache (``T`` slots) and first tokens."""
+    k, t = batch.ids.shape
+    steering = _steering(table, vector, multiplier, generated, operator)
+    out = forward(params, cfg, batch.ids, positions=batch.positions, valid=batch.valid, steering=steering,
+                  generation_start=batch.lengths, cache=KVCache.empty(cfg, k, t, param_dtype(params)))
+    first_keys = jax.vmap(lambda kd: jax.random.split(jax.random.wrap_key_data(kd), 1)[0])(keys)
+    first = sample(unembed(params, cfg, out.hidden[:, -1]), first_keys, temperature, top_p, top_k)
+    return out.cache, first
 
-    @jax.jit
-    def place(rows, new, first, lengths, idx, keys, limit, temperature, top_p, top_k, vector, multiplier):
-        """Newcomers into rows ``idx`` (out of range: dropped), their prompts ending at the shared index
-        (a program without the model: cheap to compile for each shape)."""
-        c = rows.state.cache
-        k, t = new.valid.shape
-        at = c.index - t
-        s = c.valid.shape[1]
-        new_k = jax.lax.dynamic_update_slice(jnp.zeros(c.k.shape[:1] + (k,) + c.k.shape[2:], c.k.dtype), new.k,
-                                             (0, 0, 0, at, 0))
-        new_v = jax.lax.dynamic_update_slice(jnp.zeros(c.v.shape[:1] + (k,) + c.v.shape[2:], c.v.dtype), new.v,
-                                             (0, 0, 0, at, 0))
-        new_valid = jax.lax.dynamic_update_slice(jnp.zeros((k, s), bool), new.valid, (0, at))
-        cache = KVCache(c.k.at[:, idx].set(new_k, mode="drop"), c.v.at[:, idx].set(new_v, mode="drop"),
-                        c.valid.at[idx].set(new_valid, mode="drop"), c.index)
 
-        def put(x, y):
-            return x.at[idx].set(y.astype(x.dtype), mode="drop")
+@jax.jit
+def _place(rows, new, first, lengths, idx, keys, limit, temperature, top_p, top_k, vector, multiplier):
+    """Newcomers into rows ``idx`` (out of range: dropped), their prompts ending at the shared index
+    (a program without the model: cheap to compile for each shape)."""
+    c = rows.state.cache
+    k, t = new.valid.shape
+    at = c.index - t
+    s = c.valid.shape[1]
+    new_k = jax.lax.dynamic_update_slice(jnp.zeros(c.k.shape[:1] + (k,) + c.k.shape[2:], c.k.dtype), new.k,
+                                         (0, 0, 0, at, 0))
+    new_v = jax.lax.dynamic_update_slice(jnp.zeros(c.v.shape[:1] + (k,) + c.v.shape[2:], c.v.dtype), new.v,
+                                         (0, 0, 0, at, 0))
+    new_valid = jax.lax.dynamic_update_slice(jnp.zeros((k, s), bool), new.valid, (0, at))
+    cache = KVCache(c.k.at[:, idx].set(new_k, mode="drop"), c.v.at[:, idx].set(new_v, mode="drop"),
+                    c.valid.at[idx].set(new_valid, mode="drop"), c.index)
 
-        st = rows.state
-        state = DecodeState(cache, put(st.tok, first), put(st.pos, lengths), put(st.n, jnp.ones((k,), jnp.int32)),
-                            put(st.done, jnp.zeros((k,), bool)))
-        return rows_cls(state, put(rows.start, lengths), put(rows.limit, limit), put(rows.key, keys),
-                        put(rows.temperature, temperature), put(rows.top_p, top_p), put(rows.top_k, top_k),
-                        put(rows.vector, vector), put(rows.multiplier, multiplier))
+    def put(x, y):
+        return x.at[idx].set(y.astype(x.dtype), mode="drop")
 
-    @functools.partial(jax.jit, static_argnames=("cfg", "chunk", "pad_id", "horizon", "generated", "operator"))
-    def chunk_fn(params, rows, table, live, *, cfg, chunk, pad_id, horizon, generated, operator):
-        st = rows.state.replace(done=rows.state.done | ~live)
-        keys = step_keys(jax.vmap(jax.random.wrap_key_data)(rows.key), st.n, chunk, horizon)
-        steering = _steering(table, rows.vector, rows.multiplier, generated, operator)
-        st, toks = decode_chunk(params, cfg, st, keys, steering=steering, generation_start=rows.start,
-                                limit=rows.limit, temperature=rows.temperature, top_p=rows.top_p, top_k=rows.top_k,
-                                eos=eos_array(cfg), pad_id=pad_id)
-        return rows.replace(state=st), toks, st.n
+    st = rows.state
+    state = DecodeState(cache, put(st.tok, first), put(st.pos, lengths), put(st.n, jnp.ones((k,), jnp.int32)),
+                        put(st.done, jnp.zeros((k,), bool)))
+    return _Rows(state, put(rows.start, lengths), put(rows.limit, limit), put(rows.key, keys),
+                 put(rows.temperature, temperature), put(rows.top_p, top_p), put(rows.top_k, top_k),
+                 put(rows.vector, vector), put(rows.multiplier, multiplier))
 
-    return {"empty": empty, "reslot": reslot, "take_rows": take_rows, "prefill": prefill, "place": place,
-            "chunk": chunk_fn}
+
+@functools.partial(jax.jit, static_argnames=("cfg", "chunk", "pad_id", "horizon", "generated", "operator"))
+def _serve_chunk(params, rows, table, live, *, cfg, chunk, pad_id, horizon, generated, operator):
+    st = rows.state.replace(done=rows.state.done | ~live)
+    keys = step_keys(jax.vmap(jax.random.wrap_key_data)(rows.key), st.n, chunk, horizon)
+    steering = _steering(table, rows.vector, rows.multiplier, generated, operator)
+    st, toks = decode_chunk(params, cfg, st, keys, steering=steering, generation_start=rows.start,
+                            limit=rows.limit, temperature=rows.temperature, top_p=rows.top_p, top_k=rows.top_k,
+                            eos=eos_array(cfg), pad_id=pad_id)
+    return rows.replace(state=st), toks, st.n
 
 
 def _empty_rows(cfg, b, s, dtype):
-    return _programs()["empty"](cfg, b, s, str(dtype))
+    return _empty(cfg, b, s, str(dtype))
 
 
 def _reslot(rows, shift, *, size):
-    import jax.numpy as jnp
-
-    return _programs()["reslot"](rows, jnp.int32(shift), size=size)
-
-
-def _take_rows(rows, idx, ok):
-    return _programs()["take_rows"](rows, idx, ok)
+    return _reslot_program(rows, jnp.int32(shift), size=size)
 
 
 def _join(params, rows, batch, table, keys, idx, *, cfg, generated, operator, limit, temperature, top_p, top_k,
           vector, multiplier):
     """Prefill newcomers apart (a program per prompt shape), then place them into ``rows``."""
-    import jax.numpy as jnp
-
-    progs = _programs()
-    new, first = progs["prefill"](params, batch, table, keys, vector, multiplier, temperature, top_p, top_k,
-                                  cfg=cfg, generated=generated, operator=operator)
-    rows = progs["place"](rows, new, first, jnp.asarray(batch.lengths), idx, keys, limit, temperature, top_p, top_k,
-                          vector, multiplier)
+    new, first = _prefill(params, batch, table, keys, vector, multiplier, temperature, top_p, top_k,
+                          cfg=cfg, generated=generated, operator=operator)
+    rows = _place(rows, new, first, jnp.asarray(batch.lengths), idx, keys, limit, temperature, top_p, top_k,
+                  vector, multiplier)
     return rows, first
-
-
-def _serve_chunk(params, rows, table, live, **kw):
-    return _programs()["chunk"](params, rows, table, live, **kw)
 
 
 # ----------------------------------------------------------------------------- chat requests
