@@ -19,8 +19,8 @@ Two kinds of server, one class (:class:`ChatServer`), which takes a reply functi
 ``respond(request: dict) -> dict | Reply | Pending``:
 
 * :class:`ModelResponder`: a steerjax :class:`~steerjax.LanguageModel` answers through an
-  :class:`Engine`. Requests wait in a bounded queue; at each chunk boundary (:data:`CHUNK
-  <steerjax.generate.CHUNK>` decoding steps) the engine adds what waits to the running batch and
+  :class:`Engine`. Requests wait in a bounded queue; at each chunk boundary (:data:`SERVE_CHUNK`
+  decoding steps) the engine adds what waits to the running batch and
   drops the rows that finished, were cancelled (the client disconnected or timed out) or hit a
   stop string: a short request is never stuck behind a long one. Steering is data, so one batch
   mixes requests with different vectors and multipliers. A request's text is the text
@@ -57,7 +57,7 @@ from flax import struct
 
 from steerjax.data.batch import GENERATION, TokenBatch, encode, pow2, round_up
 from steerjax.errors import SteerjaxError, TokenizerError
-from steerjax.generate import CHUNK, DecodeState, decode_chunk, eos_array, pad_id, sample, step_keys
+from steerjax.generate import DecodeState, decode_chunk, eos_array, pad_id, sample, step_keys
 from steerjax.models.transformer import KVCache, forward, param_dtype, unembed
 from steerjax.steering.core import GENERATED, Steering
 
@@ -69,6 +69,10 @@ MAX_STOP = 4  # OpenAI's limit on stop strings
 SEED_RANGE = (-(2**63), 2**64)  # int64 or uint64
 #: the fewest free cache slots the engine makes room for when it grows the cache (see Engine._fit)
 LOOKAHEAD = 64
+#: decoding steps per engine chunk: a request joins and leaves the running batch at chunk
+#: boundaries, so a shorter chunk than generate's wastes fewer row-steps (a finished row waits at
+#: most this many steps for its successor) at the cost of more host round trips (a few ms each)
+SERVE_CHUNK = 4
 
 
 @dataclasses.dataclass
@@ -551,7 +555,7 @@ class Engine:
         self.positions = positions
         self.max_batch = pow2(max_batch)
         self.queue_size = int(queue_size)
-        self.chunk = int(chunk or CHUNK)
+        self.chunk = int(chunk or SERVE_CHUNK)
         self.max_tokens_limit = int(max_tokens_limit)
         self.horizon = self.max_tokens_limit + self.chunk
         self.pad_id = pad_id(self.cfg)
@@ -579,7 +583,9 @@ class Engine:
         self.index = 0  # the cache's shared write index (mirrors rows.state.cache.index)
         self.size = 0  # cache slots
         self.chunks = 0  # chunks run so far
-        self.gather = 0.02  # seconds an idle engine waits for more requests after the first
+        self.gather = 0.02  # seconds an idle engine waits for more requests after the first, and a
+        # batch whose rows just finished waits for their clients' next requests (one chunk less idle)
+        self._freed = False
         self._thread = threading.Thread(target=self._loop, name="steerjax-engine", daemon=True)
         self._thread.start()
 
@@ -763,6 +769,13 @@ class Engine:
                 got = int(n[r]) - self.n[r]
                 self.n[r] = int(n[r])
                 self._take(r, toks[r, :got].tolist())
+        if self._freed and self.gather and self.live():
+            # clients that just got their answers often send the next request at once: a moment's
+            # wait lets it join at this boundary instead of a chunk later (and keeps the rows)
+            with self._cond:
+                if not self._queue and not self._closing:
+                    self._cond.wait(self.gather)
+        self._freed = False
         self._shrink()
 
     def _take(self, r: int, new: list[int]) -> None:
@@ -779,10 +792,12 @@ class Engine:
             job.text = text[:cut]
             job.finish("stop")
             self._free(r)
+            self._freed = True
         elif ended or len(job.tokens) >= job.max_tokens:
             job.text = text
             job.finish("stop" if ended else "length")
             self._free(r)
+            self._freed = True
 
 
 # ----------------------------------------------------------------------------- the engine's programs
