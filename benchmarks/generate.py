@@ -57,8 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--early-stop", action="store_true",
                    help="time early stopping and steered rollouts against the peer instead (see the module doc)")
     p.add_argument("--peer", action="store_true",
-                   help="also time transformers generate (unsteered, and steered with steering-vectors' "
-                        "SteeringVector.apply: one shared configuration per call), interleaved with the rest")
+                   help="also time transformers generate (unsteered; steered with steering-vectors' "
+                        "SteeringVector.apply, one shared configuration per call; and per example, one batch-1 "
+                        "call per row with its own vector), interleaved with the rest")
     return p.parse_args(argv)
 
 
@@ -99,7 +100,7 @@ def main(argv=None):
     calls = {name: call(name) for name in steerings}
     peer_info = None
     if args.peer:
-        peer_calls, peer_info = peer_generate(model, prompts, vecs[0] * mults[0], args)
+        peer_calls, peer_info = peer_generate(model, prompts, vecs * mults[:, None], args)
         calls |= peer_calls
     first, times = {}, {name: [] for name in calls}
     for name, fn in calls.items():
@@ -140,11 +141,11 @@ def main(argv=None):
               f"{peer_info['threads']} threads), steering-vectors' hook on the same block and vector, the same "
               f"prompts and {args.new_tokens} new tokens (min_new_tokens), fastest of {args.repeats} "
               "interleaved calls:")
-        for name in ("unsteered", "shared"):
+        for name in ("unsteered", "shared", "per-example"):
             peer = tps["peer " + name]
-            print(f"  {name:<9}: {peer:7.1f} new tokens/s; steerjax / peer {tps[name] / peer:.2f}x")
+            print(f"  {name:<11}: {peer:7.1f} new tokens/s; steerjax / peer {tps[name] / peer:.2f}x")
         print(f"  peer steered / unsteered: {tps['peer shared'] / tps['peer unsteered']:.3f}; a hook applies one "
-              "configuration per call, so per-example configurations need one call each")
+              "configuration per call, so the peer's per-example rollouts are one batch-1 call per row")
         print()
     r1 = tps["shared"] / tps["unsteered"]
     r2 = tps["per-example"] / tps["shared"]
@@ -152,9 +153,11 @@ def main(argv=None):
     print(f"ratio per-example / shared:  {r2:.3f}  (target >= 0.95: {'OK' if r2 >= 0.95 else 'MISSED'})")
 
 
-def peer_generate(model, prompts, delta, args):
+def peer_generate(model, prompts, deltas, args):
     """Callables running transformers' greedy generate on the same batch, unsteered and steered
-    (steering-vectors' ``SteeringVector.apply``: ``delta`` added at ``args.layer``), and versions."""
+    (steering-vectors' ``SteeringVector.apply``: ``deltas[0]`` added at ``args.layer``), and per
+    example (a hook applies one configuration per call: one batch-1 call per row, ``deltas[i]``
+    for row ``i``), and versions."""
     import torch
     import transformers
     from steering_vectors import SteeringVector
@@ -167,7 +170,10 @@ def peer_generate(model, prompts, delta, args):
     tok.padding_side = "left"
     texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    sv = SteeringVector(layer_activations={args.layer: torch.tensor(delta)}, layer_type="decoder_block")
+    sv = SteeringVector(layer_activations={args.layer: torch.tensor(deltas[0])}, layer_type="decoder_block")
+    per_row = [SteeringVector(layer_activations={args.layer: torch.tensor(d)}, layer_type="decoder_block")
+               for d in deltas]
+    rows = [tok(t, return_tensors="pt", add_special_tokens=False) for t in texts]
     kw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
               pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
 
@@ -179,8 +185,14 @@ def peer_generate(model, prompts, delta, args):
         with torch.inference_mode(), sv.apply(tm, multiplier=1.0):
             tm.generate(**enc, **kw)
 
+    def per_example():
+        with torch.inference_mode():
+            for one, v in zip(rows, per_row):
+                with v.apply(tm, multiplier=1.0):
+                    tm.generate(**one, **kw)
+
     info = {"version": transformers.__version__, "torch": torch.__version__, "threads": torch.get_num_threads()}
-    return {"peer unsteered": plain, "peer shared": steered}, info
+    return {"peer unsteered": plain, "peer shared": steered, "peer per-example": per_example}, info
 
 
 #: candidate questions for --early-stop: short answers of varied length
