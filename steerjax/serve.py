@@ -517,7 +517,6 @@ def _row_bucket(n: int, most: int) -> int:
 
 
 def _slot_bucket(n: int) -> int:
-
     return max(128, pow2(n))
 
 
@@ -583,9 +582,8 @@ class Engine:
         self.index = 0  # the cache's shared write index (mirrors rows.state.cache.index)
         self.size = 0  # cache slots
         self.chunks = 0  # chunks run so far
-        self.gather = 0.02  # seconds an idle engine waits for more requests after the first, and a
-        # batch whose rows just finished waits for their clients' next requests (one chunk less idle)
-        self._freed = False
+        self.gather = 0.02  # seconds the engine waits for requests at a boundary (see _loop)
+        self._freed = False  # the last chunk finished a request
         self._thread = threading.Thread(target=self._loop, name="steerjax-engine", daemon=True)
         self._thread.start()
 
@@ -643,13 +641,18 @@ class Engine:
                     self.slots = [None] * len(self.slots)
                     self.rows = None
                     return
-                if not self.live() and len(self._queue) < self.max_batch and self.gather:
-                    # idle: let requests sent together arrive together (one prefill, fewer shapes)
+                idle = not self.live() and len(self._queue) < self.max_batch
+                if self.gather and (idle or (self._freed and not self._queue)):
+                    # idle: let requests sent together arrive together (one prefill, fewer shapes);
+                    # a request just answered: its client often sends the next one at once, and it
+                    # joins at this boundary instead of a chunk later (the rows are kept for it)
                     self._cond.wait(self.gather)
+                self._freed = False
                 free = self.max_batch - self.live()
                 newcomers = [self._queue.popleft() for _ in range(min(free, len(self._queue)))]
             try:
                 self._reap()
+                self._shrink(len(newcomers))
                 if newcomers:
                     self._admit(newcomers)
                 if self.live():
@@ -671,17 +674,16 @@ class Engine:
             if job is not None and job.cancelled:
                 job.finish(None, "cancelled")
                 self._free(r)
-        self._shrink()
 
-    def _shrink(self) -> None:
-        """Free an empty batch; when nothing waits and the live rows fit a smaller row bucket,
-        move them there (a step's cost follows its rows: the last long request of a burst runs
-        alone, not in a batch of 16)."""
+    def _shrink(self, arriving: int = 0) -> None:
+        """Free an empty batch; when the live rows and the ``arriving`` requests fit a smaller row
+        bucket, move them there (a step's cost follows its rows: the last long request of a burst
+        runs alone, not in a batch of 16)."""
         live = [r for r, j in enumerate(self.slots) if j is not None]
-        if self.rows is not None and not live:
+        if not live:
             self.rows, self.slots, self.first, self.n = None, [], [], []
-        elif live and not self._queue and _row_bucket(len(live), self.max_batch) < len(self.slots):
-            self._resize(_row_bucket(len(live), self.max_batch), live)
+        elif (b := _row_bucket(len(live) + arriving, self.max_batch)) < len(self.slots):
+            self._resize(b, live)
 
     def _fit(self, width: int) -> None:
         """Make room: the shared index at least ``width`` (newcomers' prompt width, 0 for none)
@@ -719,7 +721,7 @@ class Engine:
         need = self.live() + len(jobs)
         if self.rows is None:
             b = _row_bucket(need, self.max_batch)
-            self.rows = _empty_rows(self.cfg, b, 128, self.model.dtype)
+            self.rows = _empty(self.cfg, b, 128, str(self.model.dtype))
             self.slots, self.first, self.n = [None] * b, [0] * b, [0] * b
             self.index, self.size = 0, 128
         elif need > len(self.slots):
@@ -769,14 +771,8 @@ class Engine:
                 got = int(n[r]) - self.n[r]
                 self.n[r] = int(n[r])
                 self._take(r, toks[r, :got].tolist())
-        if self._freed and self.gather and self.live():
-            # clients that just got their answers often send the next request at once: a moment's
-            # wait lets it join at this boundary instead of a chunk later (and keeps the rows)
-            with self._cond:
-                if not self._queue and not self._closing:
-                    self._cond.wait(self.gather)
-        self._freed = False
-        self._shrink()
+        if not self.live():
+            self._shrink()  # free the batch before the loop sleeps
 
     def _take(self, r: int, new: list[int]) -> None:
         """Row ``r``'s new tokens: finish its job at EOS, its limit or a stop string."""
@@ -906,10 +902,6 @@ def _serve_chunk(params, rows, table, live, *, cfg, chunk, pad_id, horizon, gene
                             limit=rows.limit, temperature=rows.temperature, top_p=rows.top_p, top_k=rows.top_k,
                             eos=eos_array(cfg), pad_id=pad_id)
     return rows.replace(state=st), toks, st.n
-
-
-def _empty_rows(cfg, b, s, dtype):
-    return _empty(cfg, b, s, str(dtype))
 
 
 def _reslot(rows, shift, *, size):

@@ -147,9 +147,11 @@ def test_the_loop_exits_when_every_row_has_stopped(stopping):
 
 
 def test_the_cache_grows_with_the_answers(stopping):
-    """Rows that run past 32, 64 and 96 tokens cross every segment (the cache grows three times):
-    the tokens equal the single-cache scan's; a batch that stops in the first segment never grows."""
+    """Rows that run to 100 tokens decode in all three segments of a 129-token program (the
+    cache grows from 33 to 65 to 129 slots past the prompt): the tokens equal the single-cache
+    scan's, greedy and sampled. The segment ends stay on chunk boundaries for any chunk size."""
     assert gen.segment_ends(gen.output_width(256)) == [33, 65, 129, 257]
+    assert gen.segment_ends(gen.output_width(100)) == [33, 65, 129]
     assert gen.segment_ends(gen.output_width(20)) == [33]
     assert all((e - 1) % 5 == 0 for e in gen.segment_ends(gen.output_width(200, chunk=5), chunk=5))
     endless = dataclasses.replace(stopping, config=dataclasses.replace(stopping.config, eos_token_ids=()))

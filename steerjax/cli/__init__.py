@@ -53,8 +53,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
+from steerjax.cli import convert, data, generate, predictor, profile, reliability, report, serve, sweep
+from steerjax.cli.checks import fold_revision
 from steerjax.errors import SteerjaxError
 from steerjax.interrupts import EXIT_INTERRUPTED, INTERRUPTED  # noqa: F401  (re-exported; see steerjax.interrupts)
+from steerjax.version import __version__
 
 EXIT_ERROR = 2
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141, as a shell reports a writer whose reader left
@@ -79,8 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as e:  # --help, --version or a usage error, already printed
             return e.code if isinstance(e.code, int) else EXIT_ERROR
         if hasattr(args, "model"):
-            from steerjax.cli.checks import fold_revision
-
             fold_revision(args)
         return args.run(args)
 
@@ -113,9 +114,6 @@ def _behave(command: Callable[[], int], *, hard: bool) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser with every subcommand."""
-    from steerjax.cli import convert, data, generate, predictor, profile, reliability, report, serve, sweep
-    from steerjax.version import __version__
-
     parser = Parser(prog="steerjax",
                     description="Measure and control how steerable language models are, in JAX.")
     parser.add_argument("--version", action="version", version=f"steerjax {__version__}")

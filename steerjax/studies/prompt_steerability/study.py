@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from steerjax.runs import RunLog, claim, write_json
+from steerjax.studies.prompt_steerability import plots
 from steerjax.studies.prompt_steerability.activation import (
     activation_profiles,
     compare_prompt_and_activation,
@@ -194,7 +195,6 @@ class Result:
         ``index_curves.png``, ``index_heatmap.png``, ``base_profiles.png``; with two or more
         formats ``format_comparison.png``; with the activation stage ``activation_index_curves.png``.
         """
-        from steerjax.studies.prompt_steerability import plots  # matplotlib: loaded only to draw
 
         w1 = "reference W1 formula" if self.config.reference_compat else "exact W1"
         model = self.info.get("model_source")

@@ -38,6 +38,7 @@ from steerjax.data import load_dataset, paper
 from steerjax.errors import MetricsError, RunConfigError, SteeringError
 from steerjax.progress import tqdm
 from steerjax.runs import CONFIG, RunLog, claim, keyed_artifact, read_run_config, write_json
+from steerjax.studies.reliability import plots
 from steerjax.studies.reliability.analyses import (
     ModelComparison,
     bootstrap_ci,
@@ -227,7 +228,6 @@ class Result:
         a steerability names the propensity's kind and unit; titles carry the model and the
         layer, and the propensity curves each dataset's vector norm.
         """
-        from steerjax.studies.reliability import plots  # matplotlib: loaded only to draw
 
         kind = self.propensity
         base = self.per_example[(self.per_example.train_setting == "baseline")

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from steerjax.runs import write_json
+from steerjax.studies.reliability import plots
 from steerjax.studies.reliability.steerability import dataset_steerability, per_example_steerability
 
 TABLES = ("results.parquet", "per_example.parquet", "summary.csv", "cli.json")
@@ -71,7 +72,6 @@ class SweepResult:
     def figures(self, out: str) -> list[str]:
         """Per layer, the propensity curves and the per-example steerability (violins); with
         several layers, steerability against layer. Returns the files written."""
-        from steerjax.studies.reliability import plots  # matplotlib: loaded only to draw
 
         kind = self.facts.get("propensity")
         model = os.path.basename(os.path.normpath(str(self.facts.get("model", "")))) or "model"

@@ -53,7 +53,7 @@ import pandas as pd
 from steerjax.errors import PredictorError
 from steerjax.progress import tqdm
 from steerjax.runs import write_json
-from steerjax.studies.steerability_prediction import classifier
+from steerjax.studies.steerability_prediction import classifier, plots
 from steerjax.studies.steerability_prediction.classifier import DEFAULT_GRID, GRID_KEYS, grid_settings  # noqa: F401
 from steerjax.studies.steerability_prediction.judge import LABELS
 
@@ -276,7 +276,6 @@ def write_tables(out: str, tables: Mapping[str, pd.DataFrame]) -> None:
 
 def confusion_figures(out: str, confusion: Mapping[str, pd.DataFrame]) -> list[str]:
     """One confusion-matrix figure per scored subset (``"{concepts}/{prompts}"`` -> matrix) in ``out``."""
-    from steerjax.studies.steerability_prediction import plots  # matplotlib: loaded only to draw
 
     return [plots.confusion_matrix(conf, os.path.join(out, "confusion_" + key.replace("/", "_") + ".png"),
                                    title=f"Predictor: {key.replace('/', ' concepts, ')} prompts")
