@@ -189,10 +189,11 @@ def test_ctrl_c_at_any_moment_of_vector_train(tmp_path):
         if not sent:  # ended before the signal (a faster run than the first): a whole file
             assert code == 0 and load_vectors(out)[0], (name, err)
             continue
-        if code == 0 and INTERRUPTED not in err:
-            # the signal came after the work, once the command had returned and Python's teardown
-            # ignored it (a slower start than the first run's): the whole output, no temporary
-            # file, and exit 0 is honest; not counted as an interrupted run
+        if code == 0 and INTERRUPTED not in err and fraction >= 0.75:
+            # near the end only: the signal came after the work, once the command had returned and
+            # Python's teardown ignored it (a faster run than the first one): the whole output, no
+            # temporary file, and exit 0 is honest; not counted as an interrupted run. Earlier, an
+            # exit 0 is a swallowed interrupt and fails below
             assert load_vectors(out)[0] and "Traceback" not in err, (name, err)
             continue
         signalled += 1
