@@ -17,10 +17,9 @@ import argparse
 import collections
 import dataclasses
 import os
-import threading
 import time
 
-from serve import QUESTIONS, workload  # benchmarks/ is sys.path[0] when a script runs
+from serve import QUESTIONS, in_threads, workload  # benchmarks/ is sys.path[0] when a script runs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -71,13 +70,7 @@ def main(argv=None):
             for j in range(reps):
                 k = (i + 5 * j) % len(bodies)
                 engine.submit(serve.Job(prompts[k], bodies[k]["max_tokens"])).event.wait()
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(bodies))]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return time.perf_counter() - t0
+        return in_threads(client, len(bodies))
 
     try:
         run(1)  # compiles

@@ -97,6 +97,17 @@ def concurrent(url: str, bodies: list[dict]) -> tuple[float, list[float], list[d
     return wall, lat, replies
 
 
+def in_threads(fn, n: int) -> float:
+    """Run ``fn(0) .. fn(n - 1)`` in a thread each; the wall seconds until all have returned."""
+    threads = [threading.Thread(target=fn, args=(i,)) for i in range(n)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def closed_loop(url: str, per_client: list[list[dict]]) -> tuple[float, list[float], list[dict], list[dict]]:
     """Each client (a thread) sends its bodies one after another; ``(wall s, latencies, replies,
     bodies)`` in the order the bodies were listed, client by client."""
@@ -107,13 +118,7 @@ def closed_loop(url: str, per_client: list[list[dict]]) -> tuple[float, list[flo
         for j, body in enumerate(per_client[i]):
             lat[i][j], replies[i][j] = post(url, body)
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(per_client))]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = in_threads(one, len(per_client))
     flat = [b for bs in per_client for b in bs]
     return wall, [x for xs in lat for x in xs], [r for rs in replies for r in rs], flat
 
